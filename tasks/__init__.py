@@ -1,0 +1,1 @@
+"""CIFAR-10 pipeline stages: plain functions (one module per concern) and their Prefect tasks (`tasks.stages`)."""

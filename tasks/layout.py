@@ -1,0 +1,65 @@
+"""Where everything lives under the data directory: the one place paths come from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    root: Path
+
+    @property
+    def raw(self) -> Path:
+        """Downloaded or copied source archives (immutable once verified)."""
+        return self.root / "raw"
+
+    @property
+    def parquet(self) -> Path:
+        return self.root / "parquet"
+
+    @property
+    def shard_manifest(self) -> Path:
+        return self.parquet / "manifest.json"
+
+    @property
+    def features(self) -> Path:
+        return self.root / "features"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def evaluations(self) -> Path:
+        return self.root / "evaluations"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def latest_report(self) -> Path:
+        return self.reports / "latest"
+
+    @property
+    def prefect_results(self) -> Path:
+        """Prefect's cache records live beside the data they describe."""
+        return self.root / ".prefect-results"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".pipeline.lock"
+
+    def split_dir(self, split: str) -> Path:
+        return self.parquet / split
+
+    def feature_dir(self, key: str) -> Path:
+        return self.features / key
+
+    def model_dir(self, key: str) -> Path:
+        return self.models / key
+
+    def evaluation_dir(self, key: str) -> Path:
+        return self.evaluations / key

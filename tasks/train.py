@@ -1,0 +1,111 @@
+"""Stage 3, train: features → a trained `.keras` model, its per-epoch history and timing.
+
+Training checkpoints every epoch (Keras `BackupAndRestore`) in a directory beside the final
+model, so a killed run resumes from its last finished epoch. The final model directory is
+written whole and renamed into place, so a model directory that exists is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tasks.files import atomic_directory, file_digest, read_json, write_json
+
+EpochHook = Callable[[int, int, dict[str, float]], None]  # (epoch (1-based), total, metrics)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The resolved training parameters (preset defaults filled in)."""
+
+    model: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str
+    seed: int
+    trainer: str = "keras_fit"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: Path
+    model_path: Path
+    model_sha256: str
+    history_path: Path
+    train_seconds: float
+    epochs: int
+    params: int
+
+    @property
+    def fingerprint(self) -> str:
+        return self.model_sha256
+
+
+def read_journal(journal: Path) -> list[dict[str, float]]:
+    """Finished epochs so far, one record per epoch (the last write wins after a resume)."""
+    if not journal.is_file():
+        return []
+    records: dict[int, dict] = {}
+    for line in journal.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        records[int(record["epoch"])] = record
+    return [records[e] for e in sorted(records)]
+
+
+def train_model(
+    settings: TrainSettings,
+    features_dir: Path,
+    model_dir: Path,
+    on_epoch: EpochHook | None = None,
+    verbose: int | str = "auto",
+) -> TrainResult:
+    """Train, resuming from a checkpoint left by an interrupted run, and write model_dir whole."""
+    import keras  # imported here so that planning and config checks never pay for TensorFlow
+
+    from tasks.fit import TRAINERS, EpochRecorder
+
+    work = model_dir.with_name(f".{model_dir.name}.inprogress")  # survives a kill; removed on success
+    work.mkdir(parents=True, exist_ok=True)
+    journal = work / "epochs.jsonl"
+    keras.utils.set_random_seed(settings.seed)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq="epoch", delete_checkpoint=False),
+        EpochRecorder(journal, settings.epochs, on_epoch),
+    ]
+    model = TRAINERS[settings.trainer](settings, features_dir, callbacks, verbose=verbose)
+    history = read_journal(journal)
+    with atomic_directory(model_dir) as staging:
+        model.save(staging / "model.keras")
+        write_json(staging / "history.json", history)
+        train_seconds = sum(r["seconds"] for r in history)
+        summary = {
+            "settings": settings.__dict__,
+            "train_seconds": train_seconds,
+            "params": model.count_params(),
+            "epochs_completed": len(history),
+            "model_sha256": file_digest(staging / "model.keras"),
+        }
+        write_json(staging / "train.json", summary)
+    shutil.rmtree(work, ignore_errors=True)
+    return load_train_result(model_dir)
+
+
+def load_train_result(model_dir: Path) -> TrainResult:
+    summary = read_json(model_dir / "train.json")
+    return TrainResult(
+        model_dir=model_dir,
+        model_path=model_dir / "model.keras",
+        model_sha256=summary["model_sha256"],
+        history_path=model_dir / "history.json",
+        train_seconds=summary["train_seconds"],
+        epochs=summary["epochs_completed"],
+        params=summary["params"],
+    )
