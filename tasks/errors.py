@@ -15,3 +15,7 @@ class ShardError(PipelineInputError):
 
 class StageInputMissing(PipelineInputError):
     """A stage was asked to run alone but an upstream stage has not produced its output yet."""
+
+
+class StorageError(PipelineInputError):
+    """The data directory cannot be written: not writable, read-only, or the disk is full."""

@@ -8,6 +8,7 @@ whole one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 CHUNK_BYTES = 1 << 20
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 
 
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
@@ -61,16 +63,46 @@ def read_json(path: str | Path) -> Any:
 
 
 @contextlib.contextmanager
+def storage_errors(where: Path) -> Iterator[None]:
+    """Turn 'disk full', 'read-only' and 'permission denied' into a StorageError that says what to do."""
+    from tasks.errors import StorageError
+
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in STORAGE_ERRNOS:
+            raise
+        reason = "the disk is full" if error.errno in {errno.ENOSPC, errno.EDQUOT} else "it is not writable"
+        raise StorageError(
+            f"cannot write under {where}: {reason} ({error.strerror}). Free space or fix permissions, or pass "
+            "another --data-dir; nothing half-written was left behind."
+        ) from error
+
+
+def ensure_writable(directory: Path) -> None:
+    """Fail fast, before any work, if `directory` cannot be created or written."""
+    with storage_errors(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+
+
+@contextlib.contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling directory that replaces `target` whole when the block succeeds.
 
-    Readers see either the old directory or the complete new one, never a mix.
+    Readers see either the old directory or the complete new one, never a mix; a failure
+    (a full disk included, reported as StorageError) leaves the old one untouched.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    with storage_errors(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*.part"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:
-        yield staging
+        with storage_errors(target.parent):
+            yield staging
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             os.replace(target, retired / target.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tasks.errors import PipelineInputError
+from tasks.files import atomic_path
 from tasks.preprocess import load_split
 from tasks.train import EpochHook, TrainSettings
 
@@ -36,6 +39,81 @@ class EpochRecorder(keras.callbacks.Callback):
             self.on_epoch(epoch + 1, self.total_epochs, record)
 
 
+class TrainingDiverged(PipelineInputError):
+    """The loss became NaN/inf or exploded: a property of the configuration, so never retried."""
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training with `TrainingDiverged` when the loss is not finite (checked every batch, like
+    `keras.callbacks.TerminateOnNaN`) or an epoch's mean loss exceeds `explode_factor` × the first
+    batch's loss. Placed before the journal and checkpoint callbacks, so a diverged epoch is never
+    recorded or resumed from."""
+
+    def __init__(self, learning_rate: float, explode_factor: float = 1e4):
+        super().__init__()
+        self.learning_rate, self.explode_factor = learning_rate, explode_factor
+        self._first_loss: float | None = None
+
+    def _diverged(self, epoch: int, loss: float, why: str) -> None:
+        self.model.stop_training = True
+        raise TrainingDiverged(
+            f"training diverged in epoch {epoch + 1}: {why} (loss {loss:.4g}) at learning rate "
+            f"{self.learning_rate:g}; lower the learning rate or raise the batch size"
+        )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not np.isfinite(loss):
+            self._diverged(getattr(self, "_epoch", 0), loss, "loss is not finite")
+        if self._first_loss is None and loss > 0:
+            self._first_loss = loss
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not np.isfinite(loss):
+            self._diverged(epoch, loss, "loss is not finite")
+        if self._first_loss and loss > self.explode_factor * self._first_loss:
+            self._diverged(epoch, loss, f"loss exploded to over {self.explode_factor:g}× its first-batch value")
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` whose checkpoint survives SIGKILL at any instant.
+
+    Keras writes the weights file in place and the epoch counter beside it, so a kill mid-write
+    leaves a corrupt or mismatched pair. Here each epoch's weights go to a new file, renamed
+    into place when complete, and only then does the (atomically replaced) metadata point at it.
+    """
+
+    def __init__(self, backup_dir: str):
+        super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False, double_checkpoint=False)
+        self._metadata = Path(backup_dir) / "checkpoint.json"
+
+    def _save_model(self):
+        directory = Path(self.backup_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = directory / f"epoch-{self._current_epoch:05d}.weights.h5"
+        partial = directory / f".partial-{self._current_epoch:05d}.weights.h5"  # h5py wants the suffix
+        self.model.save_weights(str(partial), overwrite=True)
+        os.replace(partial, weights)
+        with atomic_path(self._metadata) as tmp:
+            tmp.write_text(json.dumps({"epoch": self._current_epoch, "weights": weights.name}))
+        for old in directory.glob("epoch-*.weights.h5"):
+            if old != weights:
+                old.unlink(missing_ok=True)
+
+    def _load_model(self):
+        if not self._metadata.is_file():
+            return
+        checkpoint = json.loads(self._metadata.read_text())
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(str(Path(self.backup_dir) / checkpoint["weights"]))
+        self.model._initial_epoch = checkpoint["epoch"]
+
+
 def fit_keras(
     settings: TrainSettings, features_dir: Path, callbacks: list[keras.callbacks.Callback], verbose: int | str = "auto"
 ) -> keras.Model:
@@ -58,7 +136,7 @@ def fit_keras(
         batch_size=settings.batch_size,
         validation_data=(np.asarray(x_test), np.asarray(y_test)),
         shuffle=True,
-        callbacks=callbacks,
+        callbacks=[DivergenceGuard(settings.learning_rate), *callbacks],
         verbose=verbose,
     )
     return model

@@ -70,15 +70,18 @@ def train_model(
     """Train, resuming from a checkpoint left by an interrupted run, and write model_dir whole."""
     import keras  # imported here so that planning and config checks never pay for TensorFlow
 
-    from tasks.fit import TRAINERS, EpochRecorder
+    from tasks.fit import TRAINERS, AtomicBackupAndRestore, EpochRecorder
 
     work = model_dir.with_name(f".{model_dir.name}.inprogress")  # survives a kill; removed on success
     work.mkdir(parents=True, exist_ok=True)
     journal = work / "epochs.jsonl"
     keras.utils.set_random_seed(settings.seed)
+    # The journal is written before the checkpoint: a kill between the two re-runs that epoch
+    # and overwrites its journal line, so history and weights never disagree. Both live outside
+    # the final model directory, so a killed run resumes from its last finished epoch.
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(work / "backup"), save_freq="epoch", delete_checkpoint=False),
         EpochRecorder(journal, settings.epochs, on_epoch),
+        AtomicBackupAndRestore(str(work / "backup")),
     ]
     model = TRAINERS[settings.trainer](settings, features_dir, callbacks, verbose=verbose)
     history = read_journal(journal)

@@ -1,0 +1,195 @@
+"""The command line as a user runs it: bad input exits non-zero before any work; faults lose
+nothing; a killed training resumes; a flaky download is retried; runs on one data dir queue."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+FLOW = str(REPO_ROOT / "flows" / "cifar_flow.py")
+
+
+@pytest.fixture
+def cli_env(prefect_server, tmp_path):
+    """Environment for CLI subprocesses: the session's Prefect server, a private PREFECT_HOME."""
+    from prefect.settings import PREFECT_API_URL
+
+    return os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "prefect-home"),
+                         "PYTHONUNBUFFERED": "1", "PREFECT_LOGGING_LEVEL": "INFO"}
+
+
+def cli(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, FLOW, *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=REPO_ROOT)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "0"], "--epochs: Input should be greater than 0"),
+        (["--batch-size", "-4"], "--batch-size: Input should be greater than 0"),
+        (["--model", "resnet9000"], "unknown model 'resnet9000'"),
+        (["--stages", "train,deploy"], "unknown stage(s) in --stages: deploy"),
+        (["--sha256", "nothex"], "64 hex characters"),
+    ],
+)
+def test_invalid_options_exit_2_before_any_work(synthetic_archive, tmp_path, args, message):
+    data_dir = tmp_path / "data"
+    result = cli("--source", synthetic_archive, "--data-dir", data_dir, *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not data_dir.exists()  # nothing was started
+
+
+def test_missing_source_says_how_to_get_one(tmp_path):
+    result = cli("--source", tmp_path / "absent.tar.gz", "--data-dir", tmp_path / "data")
+    assert result.returncode == 2 and "is not an existing file" in result.stderr and "Getting the data" in result.stderr
+
+
+def test_unwritable_data_dir_is_rejected(synthetic_archive, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = cli("--source", synthetic_archive, "--data-dir", blocker / "data")
+    assert result.returncode == 2 and "cannot write under" in result.stderr and "another --data-dir" in result.stderr
+
+
+@pytest.mark.parametrize("fault", ["truncated", "checksum"])
+def test_bad_archive_fails_clearly_and_writes_no_shards(synthetic_archive, tmp_path, cli_env, fault):
+    source, extra = synthetic_archive, []
+    if fault == "truncated":
+        source = tmp_path / "cut.tar.gz"
+        source.write_bytes(synthetic_archive.read_bytes()[:3000])
+    else:
+        extra = ["--sha256", "0" * 64]
+    data_dir = tmp_path / "data"
+    result = cli("--source", source, "--data-dir", data_dir, "--epochs", "1", *extra, env=cli_env)
+    assert result.returncode == 1
+    assert ("truncated" in result.stderr) if fault == "truncated" else ("expected 0000" in result.stderr)
+    assert not (data_dir / "parquet").exists()
+    assert "Retrying" not in result.stdout + result.stderr  # bad input is not retried
+
+
+def test_plan_explains_without_running(synthetic_archive, tmp_path, cli_env):
+    base = ["--source", synthetic_archive, "--data-dir", tmp_path / "data", "--rows-per-shard", "100"]
+    fresh = cli(*base, "--plan", env=cli_env)
+    assert fresh.returncode == 0 and "ingest: will run: never ran in this data directory" in fresh.stdout
+    assert not (tmp_path / "data" / "parquet").exists()
+    assert cli(*base, "--epochs", "1", env=cli_env).returncode == 0
+    plan = cli(*base, "--epochs", "2", "--plan", env=cli_env).stdout
+    assert "ingest: cached: source sha256" in plan and "preprocess: cached" in plan
+    assert "train: will run: train_epochs 1→2" in plan
+    assert "evaluate: will run: after train runs" in plan
+    assert "train: will run: --refresh asked for it" in cli(*base, "--epochs", "1", "--plan", "--refresh", "train",
+                                                             env=cli_env).stdout
+
+
+def _wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _journal_epochs(data_dir: Path) -> int:
+    journals = list((data_dir / "models").glob(".*.inprogress/epochs.jsonl"))
+    return len(journals[0].read_text().splitlines()) if journals else 0
+
+
+def test_killed_training_resumes_from_last_epoch(synthetic_archive, tmp_path, cli_env):
+    data_dir, epochs = tmp_path / "data", 40
+    args = [FLOW, "--source", synthetic_archive, "--data-dir", data_dir, "--epochs", epochs, "--rows-per-shard", 100]
+    victim = subprocess.Popen([sys.executable, *map(str, args)], env=cli_env, cwd=REPO_ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _journal_epochs(data_dir) >= 3, 240, "three finished epochs")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+    finally:
+        victim.kill()
+    done_before_kill = _journal_epochs(data_dir)
+    assert 3 <= done_before_kill < epochs
+    resumed = cli(*args[1:], env=cli_env)
+    assert resumed.returncode == 0, resumed.stderr
+    output = resumed.stdout + resumed.stderr
+    assert "Epoch 1/40" not in output  # did not start over ...
+    assert f"Epoch {epochs}/{epochs}" in output  # ... and finished the planned number of epochs
+    from tasks.files import read_json
+
+    history = read_json(next((data_dir / "models").glob("*/history.json")))
+    assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
+    assert not list((data_dir / "models").glob(".*.inprogress"))
+
+
+class FlakyArchiveServer(http.server.ThreadingHTTPServer):
+    """Serves one file over HTTP on 127.0.0.1, dropping the first `failures` connections."""
+
+    def __init__(self, payload: bytes, failures: int):
+        self.payload, self.failures, self.requests = payload, failures, 0
+        super().__init__(("127.0.0.1", 0), self._Handler)
+
+    class _Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            server = self.server
+            server.requests += 1
+            if server.requests <= server.failures:
+                self.send_error(503, "try again later")
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(server.payload)))
+            self.end_headers()
+            self.wfile.write(server.payload)
+
+        def log_message(self, *args):
+            pass
+
+
+def test_flaky_download_is_retried_with_backoff(synthetic_archive, tmp_path, cli_env):
+    payload = synthetic_archive.read_bytes()
+    server = FlakyArchiveServer(payload, failures=2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+        result = cli("--source", url, "--sha256", hashlib.sha256(payload).hexdigest(), "--data-dir",
+                     tmp_path / "data", "--epochs", "1", "--rows-per-shard", "100", env=cli_env)
+    finally:
+        server.shutdown()
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert server.requests == 3
+    assert "Retry 1/3" in output and "Retry 2/3" in output and "Retry 3/3" not in output
+    assert (tmp_path / "data" / "raw" / "cifar-10-python.tar.gz").read_bytes() == payload
+
+
+def test_second_run_on_same_data_dir_waits_or_fails_clearly(synthetic_archive, tmp_path, cli_env):
+    data_dir = tmp_path / "data"
+    args = ["--source", synthetic_archive, "--data-dir", data_dir, "--rows-per-shard", "100"]
+    first = subprocess.Popen([sys.executable, FLOW, *map(str, args), "--epochs", "30"], env=cli_env, cwd=REPO_ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: "pid" in (data_dir / ".pipeline.lock").read_text()
+                  if (data_dir / ".pipeline.lock").exists() else False, 120, "the first run to take the lock")
+        second = cli(*args, "--epochs", "2", "--lock-timeout", "1", env=cli_env)
+        assert second.returncode == 1
+        assert "is in use by another pipeline run" in second.stderr
+        first_output, _ = first.communicate(timeout=300)
+    finally:
+        first.kill()
+    assert first.returncode == 0, first_output
+    from tasks.files import read_json
+
+    assert read_json(data_dir / "reports" / "latest" / "metrics.json")["epochs"] == 30
+    assert cli(*args, "--epochs", "2", env=cli_env).returncode == 0  # once free, it runs

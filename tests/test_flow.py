@@ -1,0 +1,91 @@
+"""The whole pipeline under a real (temporary) Prefect server, on a tiny synthetic archive."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.files import read_json
+from tasks.stages import STAGES
+from tests.flow_helpers import run_flow
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+CONTRACT_KEYS = {"test_accuracy", "test_loss", "classification_report", "confusion_matrix", "class_names",
+                 "model", "epochs", "train_seconds", "source_sha256"}
+
+
+def test_end_to_end_then_cached_then_downstream_only(tiny_config):
+    state, first = run_flow(tiny_config)
+    assert state.is_completed(), state.message
+    assert first == {stage: "Completed" for stage in STAGES}
+
+    latest = tiny_config.layout.latest_report
+    assert latest.is_symlink() and (latest / "report.md").is_file()
+    metrics = read_json(latest / "metrics.json")
+    assert CONTRACT_KEYS <= metrics.keys()
+    assert metrics["model"] == "seed" and metrics["epochs"] == 1
+    assert len(metrics["confusion_matrix"]) == 10 and all(len(row) == 10 for row in metrics["confusion_matrix"])
+    assert sum(map(sum, metrics["confusion_matrix"])) == 100
+    assert metrics["class_names"][0] == "airplane" and "macro avg" in metrics["classification_report"]
+    assert metrics["test_accuracy"] > 0.3  # 10 visually distinct synthetic classes: chance is 0.1
+    for plot in ("confusion_matrix.png", "training_curves.png", "sample_predictions.png"):
+        assert (latest / plot).read_bytes()[:4] == b"\x89PNG"
+    card = read_json(latest / "model_card.json")
+    assert card["params"] == 394_970 and card["source_sha256"] == metrics["source_sha256"]
+    assert "keras" in card["libraries"]
+
+    state, second = run_flow(tiny_config)
+    assert state.is_completed()
+    assert second == {stage: "Cached" for stage in STAGES}
+
+    state, third = run_flow(tiny_config.model_copy(update={"epochs": 2}))
+    assert third == {"ingest": "Cached", "preprocess": "Cached", "train": "Completed",
+                     "evaluate": "Completed", "report": "Completed"}
+    assert read_json(tiny_config.layout.latest_report / "metrics.json")["epochs"] == 2
+
+
+def test_damaged_outputs_are_recomputed_not_handed_on(tiny_config):
+    run_flow(tiny_config)
+    layout = tiny_config.layout
+    shard = layout.split_dir("train") / "part-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:-100])  # truncated after ingest
+    model = next(layout.models.glob("*/model.keras"))
+    model.unlink()  # a model file lost
+    state, states = run_flow(tiny_config)
+    assert state.is_completed()
+    assert states["ingest"] == "Completed" and states["train"] == "Completed"
+    assert model.is_file()
+
+
+def test_refresh_and_single_stages(tiny_config):
+    run_flow(tiny_config)
+    _, refreshed = run_flow(tiny_config, refresh=["evaluate"])
+    assert refreshed == {"ingest": "Cached", "preprocess": "Cached", "train": "Cached",
+                         "evaluate": "Completed", "report": "Cached"}
+    _, alone = run_flow(tiny_config, stages=["evaluate", "report"], refresh=["evaluate", "report"])
+    assert alone == {"evaluate": "Completed", "report": "Completed"}
+
+
+def test_stage_without_upstream_output_fails_clearly(tiny_config):
+    state, _ = run_flow(tiny_config, stages=["train"])
+    assert state.is_failed()
+    with pytest.raises(Exception, match="stage 'ingest' has no output for this configuration yet"):
+        state.result()
+
+
+def test_failed_stage_fails_the_flow_and_next_run_resumes_there(tiny_config, monkeypatch):
+    import tasks.evaluate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("plotting backend exploded")
+
+    monkeypatch.setattr(tasks.evaluate, "evaluate_model", broken)
+    state, states = run_flow(tiny_config)
+    assert state.is_failed() and states["evaluate"] == "Failed" and states["train"] == "Completed"
+    with pytest.raises(RuntimeError, match="plotting backend exploded"):
+        state.result()
+    monkeypatch.undo()
+    state, states = run_flow(tiny_config)
+    assert state.is_completed()
+    assert states == {"ingest": "Cached", "preprocess": "Cached", "train": "Cached",
+                      "evaluate": "Completed", "report": "Completed"}

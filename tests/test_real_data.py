@@ -1,0 +1,45 @@
+"""The real CIFAR-10 data, when `../shared/datasets` is beside the repository (skips otherwise)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tasks.files import file_digest, read_json
+from tests.conftest import REPO_ROOT, SHARED_DATASETS
+
+BUILT_SHA256 = "08bc026731e391f26bf96d1ec8d31e03bcb7da322f501f6fdb65eaa8503a5b32"
+pytestmark = [
+    pytest.mark.usefixtures("prefect_server"),
+    pytest.mark.skipif(not (SHARED_DATASETS / "cifar10-jpeg.tar.gz").is_file(),
+                       reason=f"real data not present at {SHARED_DATASETS}"),
+]
+
+
+@pytest.fixture(scope="module")
+def real_archive(tmp_path_factory):
+    """The official-layout archive built from ../shared/datasets (reused from data/cache if already built)."""
+    cached = REPO_ROOT / "data" / "cache" / "cifar-10-python.tar.gz"
+    if cached.is_file() and file_digest(cached) == BUILT_SHA256:
+        return cached
+    target = tmp_path_factory.mktemp("real") / "cifar-10-python.tar.gz"
+    subprocess.run([sys.executable, str(SHARED_DATASETS / "make_cifar10_archive.py"),
+                    str(SHARED_DATASETS / "cifar10-jpeg.tar.gz"), str(target)], check=True)
+    return target
+
+
+def test_real_archive_one_epoch_of_the_seed(real_archive, tmp_path):
+    from tasks.config import PipelineConfig
+    from tests.flow_helpers import run_flow
+
+    config = PipelineConfig(source=str(real_archive), sha256=BUILT_SHA256, data_dir=tmp_path / "data", epochs=1)
+    state, states = run_flow(config)
+    assert state.is_completed(), state.message
+    manifest = read_json(config.layout.shard_manifest)
+    assert manifest["splits"]["train"]["rows"] == 50_000 and manifest["splits"]["test"]["rows"] == 10_000
+    assert len(manifest["splits"]["train"]["shards"]) == 5
+    metrics = read_json(config.layout.latest_report / "metrics.json")
+    assert metrics["test_accuracy"] > 0.40, metrics["test_accuracy"]
+    assert metrics["classification_report"]["cat"]["support"] == 1000
