@@ -22,6 +22,12 @@ CHUNK_BYTES = 1 << 20
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     """Hex digest of a file, read in 1 MiB chunks so large archives never sit in memory."""
     digest = hashlib.new(algorithm)
@@ -45,6 +51,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, target)
@@ -100,6 +107,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         for stale in target.parent.glob(f".{target.name}.*.part"):  # left by a killed run
             shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         with storage_errors(target.parent):
             yield staging

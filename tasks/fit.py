@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from tasks.errors import PipelineInputError
-from tasks.files import atomic_path
+from tasks.files import atomic_path, read_json
 from tasks.preprocess import load_split
 from tasks.train import EpochHook, TrainSettings
 
@@ -114,6 +114,34 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model._initial_epoch = checkpoint["epoch"]
 
 
+def normalized_batches(features_dir: Path, split: str, batch_size: int, shuffle_seed: int | None = None):
+    """Batches of (normalized float32 images, one-hot labels) from the split's uint8 pixels.
+
+    The pixels are held once in memory as uint8 (a quarter of the float32 size) and each batch
+    is normalized in the graph with the same float32 arithmetic as `preprocess.normalize`, so
+    training sees exactly the values in `x_<split>.npy`. Shuffling permutes indices, not images.
+    """
+    import tensorflow as tf
+
+    meta = read_json(features_dir / "meta.json")
+    pixels = tf.constant(load_split(features_dir, split, "pixels"))
+    labels = tf.constant(load_split(features_dir, split, "labels"))
+    mean = None if meta["mean"] is None else tf.constant(meta["mean"], tf.float32)
+    std = None if meta["std"] is None else tf.constant(meta["std"], tf.float32)
+    num_classes = len(meta["label_names"])
+
+    def gather(indices):
+        images = tf.cast(tf.gather(pixels, indices), tf.float32) / 255.0
+        if mean is not None:
+            images = (images - mean) / std
+        return images, tf.one_hot(tf.cast(tf.gather(labels, indices), tf.int32), num_classes)
+
+    indices = tf.data.Dataset.range(int(labels.shape[0]))
+    if shuffle_seed is not None:
+        indices = indices.shuffle(int(labels.shape[0]), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return indices.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
 def fit_keras(
     settings: TrainSettings, features_dir: Path, callbacks: list[keras.callbacks.Callback], verbose: int | str = "auto"
 ) -> keras.Model:
@@ -121,21 +149,18 @@ def fit_keras(
     (curves in the report). No early stopping or model selection uses it."""
     from tasks.models import make_model, make_optimizer
 
-    x_train, y_train = load_split(features_dir, "train", "x"), load_split(features_dir, "train", "y")
-    x_test, y_test = load_split(features_dir, "test", "x"), load_split(features_dir, "test", "y")
-    model = make_model(settings.model, x_train.shape[1:], y_train.shape[1])
+    meta = read_json(features_dir / "meta.json")
+    model = make_model(settings.model, load_split(features_dir, "train", "pixels").shape[1:], len(meta["label_names"]))
     model.compile(
         optimizer=make_optimizer(settings.optimizer, settings.learning_rate),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
     )
     model.fit(
-        np.asarray(x_train),
-        np.asarray(y_train),
+        normalized_batches(features_dir, "train", settings.batch_size, shuffle_seed=settings.seed),
         epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        validation_data=(np.asarray(x_test), np.asarray(y_test)),
-        shuffle=True,
+        validation_data=normalized_batches(features_dir, "test", 1024),
+        shuffle=False,  # the dataset reshuffles its indices every epoch itself
         callbacks=[DivergenceGuard(settings.learning_rate), *callbacks],
         verbose=verbose,
     )

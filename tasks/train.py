@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,7 @@ def train_model(
     features_dir: Path,
     model_dir: Path,
     on_epoch: EpochHook | None = None,
-    verbose: int | str = "auto",
+    verbose: int | None = None,
 ) -> TrainResult:
     """Train, resuming from a checkpoint left by an interrupted run, and write model_dir whole."""
     import keras  # imported here so that planning and config checks never pay for TensorFlow
@@ -83,6 +84,8 @@ def train_model(
         EpochRecorder(journal, settings.epochs, on_epoch),
         AtomicBackupAndRestore(str(work / "backup")),
     ]
+    if verbose is None:  # a live progress bar on a terminal; one line per epoch in logs and CI
+        verbose = 1 if sys.stdout.isatty() else 2
     model = TRAINERS[settings.trainer](settings, features_dir, callbacks, verbose=verbose)
     history = read_journal(journal)
     with atomic_directory(model_dir) as staging:

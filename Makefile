@@ -1,0 +1,57 @@
+# make run   — set up .venv and run the pipeline on the default data source
+# make test  — set up .venv and run the test suite
+# make help  — everything else
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+OFFICIAL_URL := https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz
+SHARED_JPEG := ../shared/datasets/cifar10-jpeg.tar.gz
+LOCAL_ARCHIVE := data/cache/cifar-10-python.tar.gz
+# Offline machines with ../shared beside the repo build the archive locally; elsewhere, download it.
+SOURCE ?= $(if $(wildcard $(SHARED_JPEG)),$(LOCAL_ARCHIVE),$(OFFICIAL_URL))
+ARGS ?=
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: help install run test lint format system-deps server bench clean-data
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed  ## create .venv and install the project with its dev extra
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: install $(if $(findstring $(LOCAL_ARCHIVE),$(SOURCE)),$(LOCAL_ARCHIVE))  ## run the pipeline (ARGS="--model fast" etc.)
+	$(BIN)/python flows/cifar_flow.py --source $(SOURCE) $(ARGS)
+
+$(LOCAL_ARCHIVE): | install
+	$(BIN)/python ../shared/datasets/make_cifar10_archive.py $(SHARED_JPEG) $@
+
+test: install  ## run the test suite
+	$(BIN)/python -m pytest
+
+lint: install  ## ruff lint and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install  ## apply ruff formatting
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+system-deps:  ## Debian packages the browser and PostgreSQL tests use (run as root)
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql >/dev/null
+
+server: install  ## start the Prefect server and UI on http://127.0.0.1:4200
+	$(BIN)/prefect server start --host 127.0.0.1 --port 4200
+
+bench: install $(if $(wildcard $(SHARED_JPEG)),$(LOCAL_ARCHIVE))  ## measure speed and memory (writes benchmarks/results.md)
+	$(BIN)/python benchmarks/bench_pipeline.py --source $(SOURCE) --out benchmarks/results.md
+
+clean-data:  ## delete generated data (shards, features, models, reports, caches)
+	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep -exec rm -rf {} +
