@@ -34,10 +34,12 @@ from tasks.artifacts import publish_report  # noqa: E402
 from tasks.cache import key_parts, record_stage  # noqa: E402
 from tasks.config import PipelineConfig  # noqa: E402
 from tasks.errors import PipelineInputError  # noqa: E402
+from tasks.files import ensure_writable  # noqa: E402
 from tasks.lock import data_dir_lock  # noqa: E402
 from tasks.plan import persisted_upstream, plan_stages, state_dir  # noqa: E402
 from tasks.presets import PRESETS  # noqa: E402
-from tasks.stages import SPECS, STAGES, TASKS  # noqa: E402
+from tasks.promote_task import run_promote  # noqa: E402
+from tasks.stages import SPECS, STAGES, TASKS, existing_output  # noqa: E402
 
 
 def _run_name() -> str:
@@ -70,17 +72,17 @@ def cifar_pipeline(
     selected = parse_stage_list(stages, "stages") or list(STAGES)
     forced = set(parse_stage_list(refresh, "refresh"))
     layout = config.layout
+    ensure_writable(layout.root)
+    last_selected = max(STAGES.index(stage) for stage in selected)
     results: dict = {}
     with data_dir_lock(layout.lock_file, lock_timeout_s, log=logger.info):
         for stage in STAGES:
             if stage not in selected:
-                if any(stage in SPECS[later].upstream for later in selected if later != stage):
+                if STAGES.index(stage) < last_selected:  # an input of a selected stage: reuse it from disk
                     results[stage] = persisted_upstream(config, stage, results)
                 continue
             upstream = {name: results[name] for name in SPECS[stage].upstream}
             parts = key_parts(SPECS[stage], config, upstream)
-            from tasks.stages import existing_output
-
             refresh_cache = stage in forced or existing_output(stage, config, parts.key) is None
             task = TASKS[stage].with_options(refresh_cache=refresh_cache, result_storage=layout.prefect_results)
             results[stage] = task(config=config, force=stage in forced, **upstream)
@@ -90,6 +92,8 @@ def cifar_pipeline(
                 parts,
                 {"fingerprint": results[stage].fingerprint} if hasattr(results[stage], "fingerprint") else {},
             )
+        if "report" in selected:  # champion/challenger; adds its section to report.md (tasks/promote.py)
+            results["promote"] = run_promote(config, results)
     if "report" in results and "report" in selected:
         publish_report(results["report"], config.model)
         logger.info("report: %s", results["report"].report_path)
@@ -116,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=defaults["rows_per_shard"].default,
         help=defaults["rows_per_shard"].description,
+    )
+    parser.add_argument(
+        "--promotion-alpha",
+        type=float,
+        default=defaults["promotion_alpha"].default,
+        help=defaults["promotion_alpha"].description,
     )
     parser.add_argument("--stages", help=f"comma-separated stages to run (default all): {','.join(STAGES)}")
     parser.add_argument(
@@ -148,6 +158,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         seed=args.seed,
         normalization=args.normalization,
         rows_per_shard=args.rows_per_shard,
+        promotion_alpha=args.promotion_alpha,
     )
 
 
@@ -157,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
         stages = parse_stage_list(args.stages, "--stages")
         refresh = parse_stage_list(args.refresh, "--refresh")
+        ensure_writable(config.layout.root)
     except ValidationError as error:
         problems = "; ".join(
             f"--{'-'.join(map(str, e['loc'])).replace('_', '-') or 'options'}: {e['msg']}" for e in error.errors()

@@ -31,6 +31,9 @@ class PipelineConfig(BaseModel):
     seed: int = Field(42, ge=0, lt=2**31, description="random seed for weights and shuffling")
     normalization: Normalization = Field("unit", description="'unit' = pixels/255; 'standardize' = per-channel z-score")
     rows_per_shard: int = Field(10_000, gt=0, description="images per Parquet shard")
+    promotion_alpha: float = Field(
+        0.05, gt=0, lt=1, description="promote a new model over the champion only if McNemar's p is below this"
+    )
 
     @field_validator("sha256")
     @classmethod

@@ -40,6 +40,11 @@ class DataLayout:
         return self.root / "reports"
 
     @property
+    def registry(self) -> Path:
+        """Champion/challenger registry: the current champion model, its history and decisions."""
+        return self.root / "registry"
+
+    @property
     def latest_report(self) -> Path:
         return self.reports / "latest"
 

@@ -17,7 +17,7 @@ CONTRACT_KEYS = {"test_accuracy", "test_loss", "classification_report", "confusi
 def test_end_to_end_then_cached_then_downstream_only(tiny_config):
     state, first = run_flow(tiny_config)
     assert state.is_completed(), state.message
-    assert first == {stage: "Completed" for stage in STAGES}
+    assert first == {stage: "Completed" for stage in (*STAGES, "promote")}
 
     latest = tiny_config.layout.latest_report
     assert latest.is_symlink() and (latest / "report.md").is_file()
@@ -36,11 +36,11 @@ def test_end_to_end_then_cached_then_downstream_only(tiny_config):
 
     state, second = run_flow(tiny_config)
     assert state.is_completed()
-    assert second == {stage: "Cached" for stage in STAGES}
+    assert second == {stage: "Cached" for stage in (*STAGES, "promote")}
 
     state, third = run_flow(tiny_config.model_copy(update={"epochs": 2}))
     assert third == {"ingest": "Cached", "preprocess": "Cached", "train": "Completed",
-                     "evaluate": "Completed", "report": "Completed"}
+                     "evaluate": "Completed", "report": "Completed", "promote": "Completed"}
     assert read_json(tiny_config.layout.latest_report / "metrics.json")["epochs"] == 2
 
 
@@ -61,9 +61,9 @@ def test_refresh_and_single_stages(tiny_config):
     run_flow(tiny_config)
     _, refreshed = run_flow(tiny_config, refresh=["evaluate"])
     assert refreshed == {"ingest": "Cached", "preprocess": "Cached", "train": "Cached",
-                         "evaluate": "Completed", "report": "Cached"}
+                         "evaluate": "Completed", "report": "Cached", "promote": "Cached"}
     _, alone = run_flow(tiny_config, stages=["evaluate", "report"], refresh=["evaluate", "report"])
-    assert alone == {"evaluate": "Completed", "report": "Completed"}
+    assert alone == {"evaluate": "Completed", "report": "Completed", "promote": "Completed"}
 
 
 def test_stage_without_upstream_output_fails_clearly(tiny_config):
@@ -88,4 +88,4 @@ def test_failed_stage_fails_the_flow_and_next_run_resumes_there(tiny_config, mon
     state, states = run_flow(tiny_config)
     assert state.is_completed()
     assert states == {"ingest": "Cached", "preprocess": "Cached", "train": "Cached",
-                      "evaluate": "Completed", "report": "Completed"}
+                      "evaluate": "Completed", "report": "Completed", "promote": "Completed"}

@@ -1,0 +1,155 @@
+"""deployments/prefect.yaml and deployments/serve.py against a real local Prefect server:
+`prefect deploy` creates the nightly deployment with the declared schedule, parameters and
+concurrency limit; a run triggered through the API is executed by a `process` worker and by
+`serve.py`, and writes its report."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.live_server import PREFECT, REPO_ROOT, live_prefect_server, stop
+
+PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
+SPEC = next(d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"] if d["name"] == "nightly")
+POOL = SPEC["work_pool"]["name"]
+
+pytestmark = pytest.mark.server
+
+
+# ------------------------------------ without a server --------------------------------------
+
+
+def test_prefect_yaml_declares_a_nightly_offline_deployment():
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    (pull,) = spec["pull"]
+    assert pull == {"prefect.deployments.steps.set_working_directory": {"directory": "{{ repo-root.stdout }}"}}
+    assert not any("git" in str(step) for step in spec.get("pull", []) + spec.get("build", []))
+    assert SPEC["entrypoint"] == "flows/cifar_flow.py:cifar_pipeline"
+    assert SPEC["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": True}]
+    assert SPEC["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    assert (REPO_ROOT / SPEC["entrypoint"].split(":")[0]).is_file()
+    from tasks.config import PipelineConfig
+
+    assert set(SPEC["parameters"]["config"]) <= set(PipelineConfig.model_fields)
+
+
+def test_serve_uses_the_same_schedule_parameters_and_limit():
+    import importlib.util
+
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+
+    spec = importlib.util.spec_from_file_location("deployments_serve", REPO_ROOT / "deployments" / "serve.py")
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+
+    options = serve.serve_options(serve.deployment_spec("nightly"))
+    (schedule,) = options["schedules"]
+    assert (schedule.cron, schedule.timezone, schedule.active) == ("0 2 * * *", "UTC", True)
+    assert options["parameters"] == SPEC["parameters"]
+    assert options["concurrency_limit"].limit == 1
+    assert options["concurrency_limit"].collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+    assert options["tags"] == SPEC["tags"]
+
+
+# ------------------------------------ against a server --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with live_prefect_server(tmp_path_factory.mktemp("deploy-server")) as live:
+        yield live
+
+
+def run_parameters(archive: Path, data_dir: Path) -> dict:
+    return {"config": {"source": str(archive), "data_dir": str(data_dir), "epochs": 1, "rows_per_shard": 100}}
+
+
+def read_deployment(server, name: str):
+    from prefect.client.orchestration import get_client
+
+    with server.client_settings(), get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name)
+
+
+def trigger(server, deployment_id, parameters: dict):
+    from prefect.client.orchestration import get_client
+
+    with server.client_settings(), get_client(sync_client=True) as client:
+        return client.create_flow_run_from_deployment(deployment_id, parameters=parameters)
+
+
+def wait_final(server, flow_run_id, timeout: float = 150):
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with server.client_settings(), get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            if run.state.is_final() or time.monotonic() > deadline:
+                return run
+            time.sleep(1)
+
+
+def assert_report(data_dir: Path) -> None:
+    report = (data_dir / "reports" / "latest" / "report.md").read_text()
+    assert "# CIFAR-10 run" in report and "## Champion vs challenger" in report
+    assert (data_dir / "registry" / "champion" / "model.keras").is_file()
+
+
+def test_deploy_then_worker_runs_the_nightly_deployment(server, synthetic_archive, tmp_path):
+    created = server.run(PREFECT, "work-pool", "create", POOL, "--type", "process")
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = server.run(PREFECT, "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+
+    deployment = read_deployment(server, "cifar10-pipeline/nightly")
+    (schedule,) = deployment.schedules
+    assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC" and schedule.active
+    assert deployment.parameters == SPEC["parameters"]
+    # Prefect 3.8.8 keeps a deployment's limit as a global concurrency limit; `concurrency_limit` reads None
+    assert deployment.global_concurrency_limit.limit == 1
+    assert deployment.concurrency_options.collision_strategy.value == "CANCEL_NEW"
+    assert deployment.work_pool_name == POOL and set(deployment.tags) == {"cifar10", "nightly"}
+    assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}]
+
+    data_dir = tmp_path / "data"
+    flow_run = trigger(server, deployment.id, run_parameters(synthetic_archive, data_dir))
+    worker = server.run(PREFECT, "worker", "start", "--pool", POOL, "--run-once", timeout=240)
+    run = wait_final(server, flow_run.id, timeout=30)
+    assert run.state.is_completed(), f"{run.state!r}\n{worker.stdout[-4000:]}\n{worker.stderr[-4000:]}"
+    assert_report(data_dir)
+
+
+def test_serve_runs_the_same_flow(server, synthetic_archive, tmp_path):
+    log = tmp_path / "serve.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "deployments/serve.py"],
+            cwd=REPO_ROOT,
+            env=server.env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "being served" not in log.read_text():
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        deployment = read_deployment(server, "cifar10-pipeline/nightly-serve")
+        assert deployment.schedules[0].schedule.cron == "0 2 * * *"
+        assert deployment.global_concurrency_limit.limit == 1
+        data_dir = tmp_path / "data"
+        flow_run = trigger(server, deployment.id, run_parameters(synthetic_archive, data_dir))
+        run = wait_final(server, flow_run.id)
+        assert run.state.is_completed(), f"{run.state!r}\n{log.read_text()[-4000:]}"
+        assert_report(data_dir)
+    finally:
+        stop(process)

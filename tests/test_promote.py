@@ -1,0 +1,373 @@
+"""Champion/challenger (tasks/promote.py): the statistics, the decision rule and the registry on
+synthetic predictions (fast), and the `promote` task in the flow on a synthetic archive."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.evaluate import compute_metrics
+from tasks.promote import (
+    NO_CHAMPION,
+    SECTION_BEGIN,
+    SECTION_END,
+    Score,
+    baseline_id,
+    champion_id,
+    comparison_markdown,
+    confusion_difference,
+    decide,
+    format_p,
+    install_champion,
+    labels_digest,
+    mcnemar_test,
+    read_champion,
+    read_decisions,
+    record_decision,
+    score_from_evaluation,
+    with_section,
+    write_section,
+)
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+DATASET = "d" * 64
+
+
+def exact_p(b: int, c: int) -> float:
+    """Reference two-sided exact McNemar p-value with integer arithmetic."""
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def one_hot(predicted: np.ndarray) -> np.ndarray:
+    probabilities = np.full((len(predicted), 10), 0.01, np.float32)
+    probabilities[np.arange(len(predicted)), predicted] = 0.91
+    return probabilities
+
+
+def make_score(
+    labels: np.ndarray, predicted: np.ndarray, model_id: str, dataset: str = DATASET, run: str = "run"
+) -> Score:
+    return Score(
+        model_id=model_id,
+        run_name=run,
+        model="seed",
+        dataset_sha256=dataset,
+        test_set_sha256=labels_digest(labels),
+        predictions=np.asarray(predicted),
+        labels=np.asarray(labels),
+        metrics=compute_metrics(labels, one_hot(predicted), CLASSES),
+    )
+
+
+def with_accuracy(labels: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Predictions that are right exactly where `right` is True (wrong = the next class)."""
+    return np.where(right, labels, (labels + 1) % 10)
+
+
+@pytest.fixture
+def labels() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 10, 1000)
+
+
+# ------------------------------------ McNemar -----------------------------------------------
+
+
+@pytest.mark.parametrize("b,c", [(0, 10), (3, 12), (7, 7), (40, 61), (0, 0), (150, 110)])
+def test_exact_mcnemar_matches_the_binomial_reference(b, c):
+    champion = np.array([True] * b + [False] * c + [True] * 50)
+    challenger = np.array([False] * b + [True] * c + [True] * 50)
+    result = mcnemar_test(champion, challenger)
+    assert (result.champion_only, result.challenger_only) == (b, c)
+    assert result.p_value == pytest.approx(exact_p(b, c), rel=1e-9)
+
+
+def test_mid_p_is_the_exact_p_less_the_observed_point_probability():
+    champion = np.array([True] * 3 + [False] * 12)
+    challenger = ~champion
+    exact = mcnemar_test(champion, challenger, "exact").p_value
+    midp = mcnemar_test(champion, challenger, "midp").p_value
+    assert midp == pytest.approx(exact - math.comb(15, 3) / 2**15)
+    assert midp < exact
+
+
+def test_mcnemar_rejects_unpaired_inputs_and_unknown_methods():
+    with pytest.raises(ValueError, match="equal shapes"):
+        mcnemar_test(np.ones(3, bool), np.ones(4, bool))
+    with pytest.raises(ValueError, match="unknown McNemar method"):
+        mcnemar_test(np.ones(3, bool), np.zeros(3, bool), "chi2")
+
+
+def test_p_values_read_as_in_the_decisions():
+    assert format_p(1e-9) == "p < 0.001"
+    assert format_p(0.41) == "p = 0.41"
+    assert format_p(0.0312) == "p = 0.031"
+
+
+# ------------------------------------ the decision ------------------------------------------
+
+
+def test_first_run_promotes_automatically(labels):
+    challenger = make_score(labels, with_accuracy(labels, np.arange(1000) % 10 < 6), "a" * 64)
+    decision = decide(challenger, None)
+    assert decision.promoted and decision.reason == "first"
+    assert decision.summary == "promoted: first champion (test accuracy 0.600)"
+    assert decision.resulting_champion == "a" * 64
+
+
+def test_significantly_better_challenger_is_promoted(labels):
+    idx = np.arange(1000)
+    champion = make_score(labels, with_accuracy(labels, idx % 100 < 61), "a" * 64)
+    challenger = make_score(labels, with_accuracy(labels, idx % 100 < 70), "b" * 64)
+    decision = decide(challenger, champion)
+    assert decision.promoted and decision.reason == "better"
+    assert decision.summary.startswith("promoted: 0.610 → 0.700, p < 0.001")
+    assert decision.test.challenger_only == 90 and decision.test.champion_only == 0
+    assert decision.resulting_champion == "b" * 64
+
+
+def test_small_improvement_keeps_the_champion(labels):
+    idx = np.arange(1000)
+    champion_right = idx % 100 < 61
+    challenger_right = champion_right.copy()
+    challenger_right[[61, 161, 261, 361, 461]] = True  # 5 more right ...
+    challenger_right[[0, 100, 200]] = False  # ... and 3 fewer: +0.002
+    champion = make_score(labels, with_accuracy(labels, champion_right), "a" * 64)
+    challenger = make_score(labels, with_accuracy(labels, challenger_right), "b" * 64)
+    decision = decide(challenger, champion)
+    assert not decision.promoted and decision.reason == "not-better"
+    assert decision.summary.startswith("kept champion: difference +0.002")
+    assert f"p = {decision.test.p_value:.2g}" in decision.summary
+    assert decision.test.p_value == pytest.approx(exact_p(3, 5))
+    assert decision.resulting_champion == "a" * 64
+
+
+def test_worse_challenger_keeps_the_champion_even_when_significant(labels):
+    idx = np.arange(1000)
+    champion = make_score(labels, with_accuracy(labels, idx % 100 < 70), "a" * 64)
+    challenger = make_score(labels, with_accuracy(labels, idx % 100 < 61), "b" * 64)
+    decision = decide(challenger, champion)
+    assert not decision.promoted
+    assert decision.summary.startswith("kept champion: difference -0.090")
+    assert "not better" in decision.summary
+
+
+def test_alpha_is_configurable(labels):
+    idx = np.arange(1000)
+    champion_right = idx % 100 < 61
+    challenger_right = champion_right | (idx % 100 == 61) & (idx < 600)  # 6 more right, none fewer
+    champion = make_score(labels, with_accuracy(labels, champion_right), "a" * 64)
+    challenger = make_score(labels, with_accuracy(labels, challenger_right), "b" * 64)
+    assert decide(challenger, champion, alpha=0.05).promoted  # p = 2/64 = 0.031
+    assert not decide(challenger, champion, alpha=0.01).promoted
+    with pytest.raises(ValueError):
+        decide(challenger, champion, alpha=1.5)
+
+
+def test_challenger_that_is_the_champion_changes_nothing(labels):
+    score = make_score(labels, labels, "a" * 64)
+    decision = decide(score, score)
+    assert not decision.promoted and decision.reason == "already-champion"
+    assert decision.resulting_champion == "a" * 64
+
+
+def test_changed_test_set_promotes_the_challenger_and_says_why(labels):
+    champion = make_score(labels, labels, "a" * 64, dataset="1" * 64)  # perfect, but on other data
+    other_labels = np.random.default_rng(1).integers(0, 10, 500)
+    challenger = make_score(other_labels, with_accuracy(other_labels, np.arange(500) < 250), "b" * 64)
+    decision = decide(challenger, champion)
+    assert decision.promoted and decision.reason == "test-set-changed" and not decision.comparable
+    old, new = labels_digest(labels)[:12], labels_digest(other_labels)[:12]
+    assert f"the test set changed (test images {old}… → {new}…)" in decision.summary
+    assert decision.test is None
+
+
+def test_same_test_images_pair_even_if_the_dataset_digest_differs(labels):
+    # dataset_sha256 also covers the train split and the shard layout; pairing needs only the test set
+    champion = make_score(labels, with_accuracy(labels, np.arange(1000) % 2 == 0), "a" * 64, dataset="1" * 64)
+    challenger = make_score(labels, labels, "b" * 64, dataset="2" * 64)
+    assert decide(challenger, champion).reason == "better"
+    reordered = make_score(labels[::-1].copy(), labels[::-1].copy(), "b" * 64)
+    assert decide(reordered, champion).reason == "test-set-changed"
+
+
+def test_test_set_id_follows_test_images_not_normalization(tmp_path):
+    from tasks.promote import test_set_id
+
+    def meta(directory, pixels, labels, normalization):
+        directory.mkdir()
+        files = {"pixels_test.npy": pixels, "labels_test.npy": labels, "x_test.npy": normalization}
+        (directory / "meta.json").write_text(json.dumps({"files": files}))
+        return test_set_id(directory)
+
+    assert meta(tmp_path / "a", "p1", "l1", "unit") == meta(tmp_path / "b", "p1", "l1", "standardize")
+    assert meta(tmp_path / "c", "p1", "l1", "unit") != meta(tmp_path / "d", "p2", "l1", "unit")
+
+
+# ------------------------------------ the registry ------------------------------------------
+
+
+def write_model(path: Path, content: bytes) -> tuple[Path, str]:
+    import hashlib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path, hashlib.sha256(content).hexdigest()
+
+
+def test_registry_keeps_champion_history_and_decisions(tmp_path, labels):
+    registry = tmp_path / "registry"
+    assert read_champion(registry) is None and champion_id(registry) == NO_CHAMPION
+    model_a, id_a = write_model(tmp_path / "a" / "model.keras", b"model a")
+    model_b, id_b = write_model(tmp_path / "b" / "model.keras", b"model b")
+    idx = np.arange(1000)
+    score_a = make_score(labels, with_accuracy(labels, idx % 100 < 61), id_a, run="run-a")
+    score_b = make_score(labels, with_accuracy(labels, idx % 100 < 70), id_b, run="run-b")
+
+    first = decide(score_a, read_champion(registry))
+    install_champion(registry, model_a, score_a, first)
+    record_decision(registry, first, "run-a")
+    assert champion_id(registry) == id_a
+    assert baseline_id(registry, id_a) == NO_CHAMPION  # A replaced nobody: an identical rerun keys like run 1
+    assert baseline_id(registry, id_b) == id_a
+
+    champion = read_champion(registry)
+    assert champion.accuracy == pytest.approx(0.61) and champion.run_name == "run-a"
+    np.testing.assert_array_equal(champion.predictions, score_a.predictions)
+
+    second = decide(score_b, champion)
+    assert second.promoted
+    install_champion(registry, model_b, score_b, second)
+    record_decision(registry, second, "run-b")
+    assert champion_id(registry) == id_b
+    assert baseline_id(registry, id_b) == id_a
+    assert (registry / "champion" / "model.keras").read_bytes() == b"model b"
+    (retired,) = (registry / "history").iterdir()
+    assert retired.name.endswith(id_a[:12])
+    assert (retired / "model.keras").read_bytes() == b"model a"
+    assert json.loads((retired / "retired.json").read_text())["replaced_by"] == id_b
+
+    record = json.loads((registry / "champion" / "champion.json").read_text())
+    assert record["replaced"] == id_a and record["decision"] == second.summary
+    assert [d["summary"] for d in read_decisions(registry)] == [first.summary, second.summary]
+    assert not list(registry.rglob("*.part"))
+
+
+def test_install_refuses_a_model_file_that_is_not_the_challenger(tmp_path, labels):
+    model, _ = write_model(tmp_path / "m" / "model.keras", b"something else")
+    score = make_score(labels, labels, "f" * 64)
+    with pytest.raises(ValueError, match="does not match"):
+        install_champion(tmp_path / "registry", model, score, decide(score, None))
+    assert read_champion(tmp_path / "registry") is None  # nothing half-installed
+
+
+def test_install_refuses_a_decision_that_keeps_the_champion(tmp_path, labels):
+    score = make_score(labels, labels, "f" * 64)
+    with pytest.raises(ValueError):
+        install_champion(tmp_path / "registry", tmp_path / "x", score, decide(score, score))
+
+
+def test_score_from_evaluation_uses_argmax_of_saved_probabilities(tmp_path, labels):
+    predicted = with_accuracy(labels, np.arange(1000) % 4 != 0)
+    np.save(tmp_path / "probabilities.npy", one_hot(predicted))
+    (tmp_path / "metrics.json").write_text(json.dumps(compute_metrics(labels, one_hot(predicted), CLASSES)))
+    facts = {"model_id": "a", "run_name": "r", "model": "seed", "dataset_sha256": DATASET, "test_set_sha256": "t"}
+    score = score_from_evaluation(tmp_path, labels, **facts)
+    assert score.accuracy == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="predictions for"):
+        score_from_evaluation(tmp_path, labels[:10], **facts)
+
+
+# ------------------------------------ the report --------------------------------------------
+
+
+def test_report_section_shows_accuracy_f1_deltas_and_the_diff_plot(labels):
+    idx = np.arange(1000)
+    champion = make_score(labels, with_accuracy(labels, idx % 100 < 61), "a" * 64, run="run-a")
+    challenger = make_score(labels, with_accuracy(labels, idx % 100 < 70), "b" * 64, run="run-b")
+    decision = decide(challenger, champion)
+    text = comparison_markdown(decision, challenger, champion, "confusion_diff.png")
+    assert "## Champion vs challenger" in text and decision.summary in text
+    assert "| test accuracy | 0.6100 | 0.7000 |" in text
+    assert "### Per-class F1" in text and text.count("| +0.") + text.count("| -0.") >= 1
+    for name in CLASSES:
+        assert f"| {name} |" in text
+    assert "![confusion matrix change](confusion_diff.png)" in text
+    diff = confusion_difference(challenger, champion)
+    assert diff.sum() == 0 and np.trace(diff) == 90  # 90 more images on the diagonal
+
+
+def test_first_run_section_names_the_new_champion(labels):
+    score = make_score(labels, labels, "c" * 64)
+    text = comparison_markdown(decide(score, None), score, None)
+    assert "first champion" in text and "cccccccccccc" in text and "Per-class" not in text
+
+
+def test_section_is_replaced_not_duplicated(tmp_path):
+    report = tmp_path / "report.md"
+    report.write_text("# Run\n\nbody\n")
+    write_section(report, "## Champion vs challenger\n\nfirst\n")
+    write_section(report, "## Champion vs challenger\n\nsecond\n")
+    text = report.read_text()
+    assert text.count(SECTION_BEGIN) == 1 and text.count(SECTION_END) == 1
+    assert "second" in text and "first" not in text and text.startswith("# Run\n\nbody\n")
+    assert with_section(text, "## Champion vs challenger\n\nsecond\n") == text
+
+
+# ------------------------------------ in the flow -------------------------------------------
+
+
+def _task_states(flow_run_id) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name: run.state.name for run in runs}
+
+
+def test_flow_promotes_first_then_is_cached_then_judges_a_new_model(prefect_server, tiny_config):
+    from flows.cifar_flow import cifar_pipeline
+
+    registry = tiny_config.layout.registry
+    first = cifar_pipeline(config=tiny_config, return_state=True)
+    assert first.is_completed()
+    states = _task_states(first.state_details.flow_run_id)
+    assert states["promote-seed"] == "Completed"
+    champion = champion_id(registry)
+    assert champion != NO_CHAMPION
+    report_dir = Path(first.result()["report"])
+    report = (report_dir / "report.md").read_text()
+    assert "## Champion vs challenger" in report and "promoted: first champion" in report
+    assert json.loads((report_dir / "promotion.json").read_text())["decision"]["reason"] == "first"
+
+    second = cifar_pipeline(config=tiny_config, return_state=True)
+    states = _task_states(second.state_details.flow_run_id)
+    assert set(states.values()) == {"Cached"}, states
+    assert champion_id(registry) == champion and len(read_decisions(registry)) == 1
+
+    # a registry wiped behind Prefect's back is noticed: the cached decision is not trusted
+    import shutil
+
+    shutil.rmtree(registry)
+    third = cifar_pipeline(config=tiny_config, return_state=True)
+    assert _task_states(third.state_details.flow_run_id)["promote-seed"] == "Completed"
+    assert champion_id(registry) == champion
+
+    # a new challenger (another seed) is judged against the champion on the same test images
+    challenger_config = tiny_config.model_copy(update={"seed": 7, "epochs": 2})
+    fourth = cifar_pipeline(config=challenger_config, return_state=True)
+    assert _task_states(fourth.state_details.flow_run_id)["promote-seed"] == "Completed"
+    decision = json.loads((Path(fourth.result()["report"]) / "promotion.json").read_text())["decision"]
+    assert decision["reason"] in {"better", "not-better"} and decision["champion_id"] == champion
+    assert decision["summary"].startswith(("promoted: ", "kept champion: difference "))
+    report = (Path(fourth.result()["report"]) / "report.md").read_text()
+    assert "### Per-class F1" in report and "![confusion matrix change](confusion_diff.png)" in report
+    assert (Path(fourth.result()["report"]) / "confusion_diff.png").stat().st_size > 1000
+    assert len(read_decisions(registry)) == 2  # the wipe removed the first run's line
