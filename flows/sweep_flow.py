@@ -1,0 +1,462 @@
+"""Hyper-parameter sweep: ingest and preprocess once, then train → evaluate every trial configuration
+in parallel on a Dask cluster, report each trial like a normal run, and publish a leaderboard.
+
+    python flows/sweep_flow.py --source data/cache/cifar-10-python.tar.gz \\
+        --learning-rates 0.001,0.0003 --batch-sizes 32,64 --epochs 5
+    python flows/sweep_flow.py --space sweeps/seed-lr-scan.yaml --dask-address tcp://scheduler:8786
+    python flows/sweep_flow.py --space sweeps/seed-lr-scan.yaml --dry-run    # list the trials only
+
+Without --dask-address a `distributed.LocalCluster` is started for the run: one single-threaded
+worker process per core (TensorFlow limited to one thread per worker, so trials do not fight over
+cores). With --dask-address the trials go to that cluster; its workers need this project installed
+and must see the data directory at the same path (a shared volume).
+
+Each trial's model, evaluation and report land where a normal run's do (data/models/<key>,
+data/evaluations/<key>, data/reports/<run-name>), so trials are cached across sweeps and runs.
+The leaderboard goes to data/reports/sweeps/<sweep-name>/ (leaderboard.md/.json and
+accuracy_vs_time.png) and to the Prefect UI as a table artifact. A trial that fails (a diverging
+learning rate, say) is listed as failed; the sweep itself still completes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+for _name, _value in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}.items():
+    os.environ.setdefault(_name, _value)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
+
+from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402
+from prefect import flow, get_run_logger  # noqa: E402
+from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
+from prefect.context import FlowRunContext  # noqa: E402
+from prefect.settings import PREFECT_API_URL, temporary_settings  # noqa: E402
+from prefect.states import State  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+from prefect_dask import DaskTaskRunner  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
+
+from tasks.cache import key_parts, record_stage  # noqa: E402
+from tasks.config import PipelineConfig  # noqa: E402
+from tasks.errors import PipelineInputError  # noqa: E402
+from tasks.lock import data_dir_lock  # noqa: E402
+from tasks.plan import state_dir  # noqa: E402
+from tasks.stages import SPECS, TASKS, existing_output, existing_report  # noqa: E402
+from tasks.sweep import (  # noqa: E402
+    Trial,
+    TrialOutcome,
+    build_trials,
+    leaderboard_rows,
+    load_space,
+    merge_space,
+    sweep_name,
+    write_leaderboard,
+)
+
+# One thread per TensorFlow op pool in each worker: the cluster's parallelism is its worker processes.
+SINGLE_THREAD_ENV = {
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+
+class SingleThreadedTensorFlow(WorkerPlugin):
+    """Limits TensorFlow to one thread in every worker of a cluster we did not start ourselves.
+
+    Env vars take effect if TensorFlow has not run an op in that worker yet; otherwise the runtime
+    setting is tried, and a worker whose TensorFlow is already initialized keeps its pools."""
+
+    def setup(self, worker) -> None:
+        os.environ.update(SINGLE_THREAD_ENV)
+        if "tensorflow" in sys.modules:
+            tf = sys.modules["tensorflow"]
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(1)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:  # already initialized in this worker
+                pass
+
+
+def trial_task_runner(address: str | None = None, n_workers: int | None = None, sequential: bool = False):
+    """The existing cluster at `address`, or a LocalCluster of `n_workers` (default: one per core)
+    single-threaded worker processes, started and stopped with the run. `sequential`: no Dask, one
+    trial after another in this process, TensorFlow using every core (the baseline, or for debugging)."""
+    if sequential:
+        return ThreadPoolTaskRunner(max_workers=1)
+    if address:
+        return DaskTaskRunner(address=address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": n_workers or os.cpu_count() or 1,
+            "threads_per_worker": 1,
+            "processes": True,
+            "env": SINGLE_THREAD_ENV,
+            "dashboard_address": ":0",  # its HTTP server (health, metrics) on a free port, never a clash on 8787
+        },
+    )
+
+
+def _state_name(state: State | None) -> str:
+    return state.name if state is not None else "NotRun"
+
+
+def _message(state: State) -> str:
+    """The failure's own message (the exception's), not Prefect's wrapper text."""
+    try:
+        state.result(raise_on_failure=True)
+    except Exception as error:  # the trial's exception, re-raised from its state
+        return f"{type(error).__name__}: {error}"
+    return state.message or state.name
+
+
+@flow(name="cifar10-sweep-trials", flow_run_name="trials-{sweep}")
+def run_trials(
+    sweep: str,
+    trials: list[PipelineConfig],
+    trial_names: list[str],
+    features: Any,
+) -> dict[str, Any]:
+    """train → evaluate for every trial, all submitted at once to this flow's task runner (Dask).
+
+    Returns the cluster it ran on and, per trial, the Prefect states and results; never raises for
+    a failed trial."""
+    logger = get_run_logger()
+    context = FlowRunContext.get()
+    runner = context.task_runner
+    if isinstance(runner, DaskTaskRunner) and runner.address:  # a cluster we did not start
+        runner.client.register_plugin(SingleThreadedTensorFlow(), name="cifar-single-threaded-tf")
+    # Task runs travel to the workers with this process's settings. Name the API explicitly: on
+    # Prefect's temporary server (no PREFECT_API_URL) each worker would otherwise start its own.
+    with temporary_settings(updates={PREFECT_API_URL: str(context.client.api_url)}):
+        submitted = _submit_trials(trials, trial_names, features)
+    cluster = _describe_cluster(runner)
+    logger.info("submitted %d trials to %s", len(submitted), cluster)
+    outcomes = []
+    for name, train_future, evaluate_future in submitted:
+        train_future.wait()
+        evaluate_future.wait()
+        train_state, evaluate_state = train_future.state, evaluate_future.state
+        outcome: dict[str, Any] = {
+            "trial": name,
+            "states": {"train": _state_name(train_state), "evaluate": _state_name(evaluate_state)},
+        }
+        if train_state.is_completed() and evaluate_state.is_completed():
+            outcome |= {"train": train_state.result(), "evaluate": evaluate_state.result()}
+        else:
+            failed = train_state if not train_state.is_completed() else evaluate_state
+            outcome["error"] = _message(failed)
+            logger.warning("trial %s failed: %s", name, outcome["error"])
+        outcomes.append(outcome)
+    return {"cluster": cluster, "flow_run_id": str(context.flow_run.id), "trials": outcomes}
+
+
+def _describe_cluster(runner) -> dict[str, Any]:
+    if not isinstance(runner, DaskTaskRunner):
+        return {"runner": type(runner).__name__}
+    info = runner.client.scheduler_info()
+    workers = info.get("workers", {}).values()
+    return {
+        "runner": "DaskTaskRunner",
+        "scheduler": info.get("address"),
+        "workers": len(workers),
+        "threads": [w.get("nthreads") for w in workers],
+    }
+
+
+def _submit_trials(trials: list[PipelineConfig], trial_names: list[str], features) -> list[tuple]:
+    """Submit every trial's train, and its evaluate depending on it; the runner schedules them."""
+    submitted = []
+    for config, name in zip(trials, trial_names):
+        layout = config.layout
+        train_key = key_parts(SPECS["train"], config, {"preprocess": features}).key
+        model = existing_output("train", config, train_key)
+        if model is not None:
+            evaluate_key = key_parts(SPECS["evaluate"], config, {"preprocess": features, "train": model}).key
+            refresh_evaluate = existing_output("evaluate", config, evaluate_key) is None
+        else:
+            refresh_evaluate = True  # its model will be (re)trained: no cached evaluation can be trusted
+        train = TASKS["train"].with_options(
+            task_run_name=f"train-{name}", refresh_cache=model is None, result_storage=layout.prefect_results
+        )
+        evaluate = TASKS["evaluate"].with_options(
+            task_run_name=f"evaluate-{name}", refresh_cache=refresh_evaluate, result_storage=layout.prefect_results
+        )
+        train_future = train.submit(config=config, preprocess=features)
+        evaluate_future = evaluate.submit(config=config, preprocess=features, train=train_future)
+        submitted.append((name, train_future, evaluate_future))
+    return submitted
+
+
+def _sweep_run_name() -> str:
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    return f"sweep-{parameters.get('name') or (parameters.get('space') or {}).get('name') or 'unnamed'}"
+
+
+@flow(name="cifar10-sweep", flow_run_name=_sweep_run_name, log_prints=True)
+def cifar_sweep(
+    config: PipelineConfig = PipelineConfig(),
+    space: dict[str, Any] | None = None,
+    name: str | None = None,
+    dask_address: str | None = None,
+    n_workers: int | None = None,
+    sequential: bool = False,
+    promote_best: bool = False,
+    lock_timeout_s: float = 1800.0,
+) -> dict[str, Any]:
+    """Sweep `space` (see `tasks.sweep`) over `config`'s data. `dask_address`: an existing Dask
+    scheduler (tcp://host:8786); none starts a LocalCluster of `n_workers` (default: one per core).
+    `sequential`: no Dask; trials one after another in this process. `promote_best`: hand the best
+    trial to the champion/challenger step (tasks/promote_task.py), as a nightly run would be."""
+    logger = get_run_logger()
+    trials = build_trials(config, merge_space(space, {}))
+    name = sweep_name(name or (space or {}).get("name"), trials)
+    layout = config.layout
+    with data_dir_lock(layout.lock_file, lock_timeout_s, log=logger.info):
+        ingest = _run_stage("ingest", config, {})
+        features = _run_stage("preprocess", config, {"ingest": ingest})
+        where = "this process, one at a time" if sequential else dask_address or "a local Dask cluster"
+        logger.info("sweep %s: %d trials on %s", name, len(trials), where)
+        run = run_trials.with_options(task_runner=trial_task_runner(dask_address, n_workers, sequential))
+        ran = run(
+            sweep=name, trials=[t.config for t in trials], trial_names=[t.name for t in trials], features=features
+        )
+        clock = ReportClock()
+        outcomes = [
+            _report_trial(trial, result, ingest, features, clock) for trial, result in zip(trials, ran["trials"])
+        ]
+        summary = _publish(name, outcomes, layout.reports / "sweeps" / name, ran["cluster"], logger)
+        summary |= {"cluster": ran["cluster"], "trials_flow_run_id": ran["flow_run_id"]}
+        if promote_best and summary["best"]:
+            index = [t.name for t in trials].index(summary["best"])
+            summary["promotion"] = _promote(trials[index].config, ran["trials"][index], ingest, features, logger)
+        return summary
+
+
+def _promote(config: PipelineConfig, result: dict[str, Any], ingest, features, logger) -> str:
+    """The best trial goes through champion/challenger exactly like a nightly run's model."""
+    from tasks.promote_task import run_promote
+
+    upstream = {"ingest": ingest, "preprocess": features, "train": result["train"], "evaluate": result["evaluate"]}
+    upstream["report"] = existing_report(config, key_parts(SPECS["report"], config, upstream).key)
+    promotion = run_promote(config, upstream)
+    logger.info("champion/challenger for the best trial: %s", promotion.summary)
+    return promotion.summary
+
+
+def _run_stage(stage: str, config: PipelineConfig, upstream: dict[str, Any]):
+    """One shared stage, run in this process exactly as the pipeline flow runs it (cached when current)."""
+    parts = key_parts(SPECS[stage], config, upstream)
+    refresh = existing_output(stage, config, parts.key) is None
+    task = TASKS[stage].with_options(refresh_cache=refresh, result_storage=config.layout.prefect_results)
+    result = task(config=config, **upstream)
+    record_stage(state_dir(config), stage, parts, {"fingerprint": result.fingerprint})
+    return result
+
+
+class ReportClock:
+    """Report directories are named by the UTC second they are written in (`run_name_for`): two
+    trials of one model and epoch count written in the same second would share a directory. Reports
+    are written one at a time, each in a later second than the one before."""
+
+    def __init__(self):
+        self.last_write = 0.0
+
+    def wait_for_next_second(self) -> None:
+        if int(time.time()) == int(self.last_write):
+            time.sleep(1.02 - time.time() % 1)
+
+    def wrote(self) -> None:
+        self.last_write = time.time()
+
+
+def _report_trial(trial: Trial, result: dict[str, Any], ingest, features, clock: ReportClock) -> TrialOutcome:
+    """The trial's report, written by the pipeline's own report task (same layout as a normal run)."""
+    states = dict(result["states"])
+    if "error" in result:
+        return TrialOutcome(trial, "failed", states | {"report": "NotRun"}, error=result["error"])
+    config, train, evaluation = trial.config, result["train"], result["evaluate"]
+    upstream = {"ingest": ingest, "preprocess": features, "train": train, "evaluate": evaluation}
+    report_key = key_parts(SPECS["report"], config, upstream).key
+    cached = existing_report(config, report_key) is not None
+    if not cached:
+        clock.wait_for_next_second()
+    task = TASKS["report"].with_options(
+        task_run_name=f"report-{trial.name}", refresh_cache=not cached, result_storage=config.layout.prefect_results
+    )
+    state = task(config=config, return_state=True, **upstream)
+    clock.wrote()
+    states["report"] = state.name
+    if not state.is_completed():
+        return TrialOutcome(trial, "failed", states, error=_message(state))
+    report = state.result()
+    all_cached = all(s == "Cached" for s in (states["train"], states["evaluate"]))
+    return TrialOutcome(
+        trial,
+        "cached" if all_cached else "completed",
+        states,
+        test_accuracy=evaluation.test_accuracy,
+        test_loss=_test_loss(report.metrics_path),
+        train_seconds=train.train_seconds,
+        report_dir=str(report.directory),
+    )
+
+
+def _test_loss(metrics_path: Path) -> float | None:
+    from tasks.files import read_json
+
+    return read_json(metrics_path).get("test_loss")
+
+
+def _publish(name: str, outcomes: list[TrialOutcome], directory: Path, cluster: dict, logger) -> dict[str, Any]:
+    rows = leaderboard_rows(outcomes)
+    best = next((o for o in sorted(outcomes, key=lambda o: -(o.test_accuracy or 0)) if o.succeeded), None)
+    extra = {"best_config": best.trial.config.model_dump(mode="json") if best else None, "cluster": cluster}
+    files = write_leaderboard(directory, name, rows, extra)
+    table = [{k: ("" if v is None else v) for k, v in row.items()} for row in rows]
+    create_table_artifact(
+        table=table,
+        key=f"sweep-{name}-leaderboard"[:100],
+        description=f"Sweep {name}: {len(outcomes)} trials, best first",
+    )
+    markdown = files["markdown"].read_text()
+    if "plot" in files:
+        markdown = markdown.replace(f"]({files['plot'].name})", f"](file://{files['plot']})")
+    create_markdown_artifact(markdown=markdown, key=f"sweep-{name}-report"[:100], description=f"Sweep {name}")
+    logger.info("leaderboard: %s", files["markdown"])
+    if best:
+        logger.info("best trial %s: test accuracy %.4f", best.trial.name, best.test_accuracy)
+    return {
+        "name": name,
+        "directory": str(directory),
+        "leaderboard": str(files["markdown"]),
+        "plot": str(files.get("plot", "")),
+        "best": best.trial.name if best else None,
+        "trials": [
+            {
+                "trial": o.trial.name,
+                "status": o.status,
+                "states": o.states,
+                "test_accuracy": o.test_accuracy,
+                "train_seconds": o.train_seconds,
+                "report": o.report_dir,
+                "error": o.error,
+            }
+            for o in outcomes
+        ],
+    }
+
+
+# ---------------------------------------- command line ----------------------------------------
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = PipelineConfig.model_fields
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", type=Path, help="search space file (YAML or JSON; see tasks/sweep.py)")
+    parser.add_argument("--name", help="sweep name (default: the space's name, or one derived from its trials)")
+    parser.add_argument("--models", type=_names, help="comma-separated model presets")
+    parser.add_argument("--learning-rates", type=_floats, help="comma-separated learning rates")
+    parser.add_argument("--epochs", type=_ints, help="comma-separated epoch counts")
+    parser.add_argument("--batch-sizes", type=_ints, help="comma-separated batch sizes")
+    parser.add_argument("--seeds", type=_ints, help="comma-separated random seeds")
+    if "augment" in defaults:  # only once the config (and so the presets) can switch augmentation
+        parser.add_argument(
+            "--augment", type=lambda t: [v in {"on", "true", "1"} for v in _names(t)], help="augmentation on,off"
+        )
+    parser.add_argument("--source", default=defaults["source"].default, help=defaults["source"].description)
+    parser.add_argument("--sha256", help=defaults["sha256"].description)
+    parser.add_argument("--md5", help=defaults["md5"].description)
+    parser.add_argument("--data-dir", default=str(defaults["data_dir"].default), help=defaults["data_dir"].description)
+    parser.add_argument("--normalization", default="unit", help=defaults["normalization"].description)
+    parser.add_argument("--rows-per-shard", type=int, default=defaults["rows_per_shard"].default)
+    parser.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://scheduler:8786")
+    parser.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
+    parser.add_argument("--sequential", action="store_true", help="no Dask: run the trials one after another")
+    parser.add_argument("--promote", action="store_true", help="champion/challenger for the best trial")
+    parser.add_argument("--dry-run", action="store_true", help="list the trials and exit")
+    return parser
+
+
+def space_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    cli_axes = {
+        "model": args.models,
+        "learning_rate": args.learning_rates,
+        "epochs": args.epochs,
+        "batch_size": args.batch_sizes,
+        "seed": args.seeds,
+        "augment": getattr(args, "augment", None),
+    }
+    return merge_space(load_space(args.space) if args.space else None, cli_axes, args.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = PipelineConfig(
+            source=args.source,
+            sha256=args.sha256,
+            md5=args.md5,
+            data_dir=Path(args.data_dir),
+            normalization=args.normalization,
+            rows_per_shard=args.rows_per_shard,
+        )
+        space = space_from_args(args)
+        trials = build_trials(config, space)
+    except ValidationError as error:
+        print(f"error: invalid options: {'; '.join(e['msg'] for e in error.errors())}", file=sys.stderr)
+        return 2
+    except PipelineInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(f"sweep {sweep_name(space['name'], trials)}: {len(trials)} trials")
+        for trial in trials:
+            print(f"  {trial.name}")
+        return 0
+    try:
+        summary = cifar_sweep(
+            config=config,
+            space=space,
+            name=args.name,
+            dask_address=args.dask_address,
+            n_workers=args.workers,
+            sequential=args.sequential,
+            promote_best=args.promote,
+        )
+    except Exception as error:  # the flow already logged the traceback
+        print(f"error: sweep failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    failed = [t for t in summary["trials"] if t["status"] == "failed"]
+    print(f"done: leaderboard at {summary['leaderboard']} ({len(failed)} of {len(summary['trials'])} trials failed)")
+    return 0 if len(failed) < len(summary["trials"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
