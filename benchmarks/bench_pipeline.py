@@ -57,13 +57,19 @@ elif step == "prefect_overhead":
     per_task = (time.perf_counter() - t0) / args["n"]
     print("PER_TASK", per_task)
 seconds = time.perf_counter() - started
-print("RESULT", json.dumps({{"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print("RESULT", json.dumps({{"seconds": seconds, "peak_rss_mb": peak_rss_mb}}))
 """
 
 
 def child(step: str, **args) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD.format(repo=str(REPO)), step, json.dumps(args)],
-                         capture_output=True, text=True, env=ENV, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD.format(repo=str(REPO)), step, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        check=True,
+    ).stdout
     result = json.loads(out.split("RESULT ", 1)[1])
     if "PER_TASK" in out:
         result["per_task"] = float(out.split("PER_TASK ", 1)[1].split()[0])
@@ -72,15 +78,33 @@ def child(step: str, **args) -> dict:
 
 def flow_run(source: str, data_dir: Path, extra: list[str]) -> dict:
     started = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-f", "MAXRSS %M", sys.executable, str(REPO / "flows" / "cifar_flow.py"),
-                           "--source", source, "--data-dir", str(data_dir), *extra],
-                          capture_output=True, text=True, env=ENV | {"PREFECT_LOGGING_LEVEL": "INFO"})
+    done = subprocess.run(
+        [
+            "/usr/bin/time",
+            "-f",
+            "MAXRSS %M",
+            sys.executable,
+            str(REPO / "flows" / "cifar_flow.py"),
+            "--source",
+            source,
+            "--data-dir",
+            str(data_dir),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=ENV | {"PREFECT_LOGGING_LEVEL": "INFO"},
+    )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-2000:])
     output = done.stdout + done.stderr
-    return {"seconds": seconds, "peak_rss_mb": int(output.rsplit("MAXRSS ", 1)[1].split()[0]) / 1024,
-            "cached_tasks": output.count("Finished in state Cached"), "output": output}
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": int(output.rsplit("MAXRSS ", 1)[1].split()[0]) / 1024,
+        "cached_tasks": output.count("Finished in state Cached"),
+        "output": output,
+    }
 
 
 def main() -> None:

@@ -31,15 +31,14 @@ from prefect.runtime import flow_run  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from tasks.artifacts import publish_report  # noqa: E402
-from tasks.cache import key_parts, record_stage  # noqa: E402
 from tasks.config import PipelineConfig  # noqa: E402
 from tasks.errors import PipelineInputError  # noqa: E402
 from tasks.files import ensure_writable  # noqa: E402
 from tasks.lock import data_dir_lock  # noqa: E402
-from tasks.plan import persisted_upstream, plan_stages, state_dir  # noqa: E402
+from tasks.plan import persisted_upstream, plan_stages  # noqa: E402
 from tasks.presets import PRESETS  # noqa: E402
 from tasks.promote_task import run_promote  # noqa: E402
-from tasks.stages import SPECS, STAGES, TASKS, existing_output  # noqa: E402
+from tasks.stages import SPECS, STAGES, run_stage  # noqa: E402
 
 
 def _run_name() -> str:
@@ -82,16 +81,7 @@ def cifar_pipeline(
                     results[stage] = persisted_upstream(config, stage, results)
                 continue
             upstream = {name: results[name] for name in SPECS[stage].upstream}
-            parts = key_parts(SPECS[stage], config, upstream)
-            refresh_cache = stage in forced or existing_output(stage, config, parts.key) is None
-            task = TASKS[stage].with_options(refresh_cache=refresh_cache, result_storage=layout.prefect_results)
-            results[stage] = task(config=config, force=stage in forced, **upstream)
-            record_stage(
-                state_dir(config),
-                stage,
-                parts,
-                {"fingerprint": results[stage].fingerprint} if hasattr(results[stage], "fingerprint") else {},
-            )
+            results[stage] = run_stage(stage, config, upstream, force=stage in forced)
         if "report" in selected:  # champion/challenger; adds its section to report.md (tasks/promote.py)
             results["promote"] = run_promote(config, results)
     if "report" in results and "report" in selected:

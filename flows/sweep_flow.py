@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +45,11 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect_dask import DaskTaskRunner  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from tasks.cache import key_parts, record_stage  # noqa: E402
+from tasks.cache import key_parts  # noqa: E402
 from tasks.config import PipelineConfig  # noqa: E402
 from tasks.errors import PipelineInputError  # noqa: E402
 from tasks.lock import data_dir_lock  # noqa: E402
-from tasks.plan import state_dir  # noqa: E402
-from tasks.stages import SPECS, TASKS, existing_output, existing_report  # noqa: E402
+from tasks.stages import SPECS, existing_output, existing_report, prepared_task, run_stage, stage_key  # noqa: E402,E501
 from tasks.sweep import (  # noqa: E402
     Trial,
     TrialOutcome,
@@ -180,20 +178,14 @@ def _submit_trials(trials: list[PipelineConfig], trial_names: list[str], feature
     """Submit every trial's train, and its evaluate depending on it; the runner schedules them."""
     submitted = []
     for config, name in zip(trials, trial_names):
-        layout = config.layout
-        train_key = key_parts(SPECS["train"], config, {"preprocess": features}).key
-        model = existing_output("train", config, train_key)
+        model = existing_output("train", config, stage_key("train", config, {"preprocess": features}))
+        train = prepared_task("train", config, {"preprocess": features}, task_run_name=f"train-{name}")
         if model is not None:
-            evaluate_key = key_parts(SPECS["evaluate"], config, {"preprocess": features, "train": model}).key
-            refresh_evaluate = existing_output("evaluate", config, evaluate_key) is None
-        else:
-            refresh_evaluate = True  # its model will be (re)trained: no cached evaluation can be trusted
-        train = TASKS["train"].with_options(
-            task_run_name=f"train-{name}", refresh_cache=model is None, result_storage=layout.prefect_results
-        )
-        evaluate = TASKS["evaluate"].with_options(
-            task_run_name=f"evaluate-{name}", refresh_cache=refresh_evaluate, result_storage=layout.prefect_results
-        )
+            evaluate = prepared_task(
+                "evaluate", config, {"preprocess": features, "train": model}, task_run_name=f"evaluate-{name}"
+            )
+        else:  # its model will be (re)trained: no cached evaluation can be trusted
+            evaluate = prepared_task("evaluate", config, {}, force=True, task_run_name=f"evaluate-{name}")
         train_future = train.submit(config=config, preprocess=features)
         evaluate_future = evaluate.submit(config=config, preprocess=features, train=train_future)
         submitted.append((name, train_future, evaluate_future))
@@ -227,18 +219,15 @@ def cifar_sweep(
     name = sweep_name(name or (space or {}).get("name"), trials)
     layout = config.layout
     with data_dir_lock(layout.lock_file, lock_timeout_s, log=logger.info):
-        ingest = _run_stage("ingest", config, {})
-        features = _run_stage("preprocess", config, {"ingest": ingest})
+        ingest = run_stage("ingest", config, {})
+        features = run_stage("preprocess", config, {"ingest": ingest})
         where = "this process, one at a time" if sequential else dask_address or "a local Dask cluster"
         logger.info("sweep %s: %d trials on %s", name, len(trials), where)
         run = run_trials.with_options(task_runner=trial_task_runner(dask_address, n_workers, sequential))
         ran = run(
             sweep=name, trials=[t.config for t in trials], trial_names=[t.name for t in trials], features=features
         )
-        clock = ReportClock()
-        outcomes = [
-            _report_trial(trial, result, ingest, features, clock) for trial, result in zip(trials, ran["trials"])
-        ]
+        outcomes = [_report_trial(trial, result, ingest, features) for trial, result in zip(trials, ran["trials"])]
         summary = _publish(name, outcomes, layout.reports / "sweeps" / name, ran["cluster"], logger)
         summary |= {"cluster": ran["cluster"], "trials_flow_run_id": ran["flow_run_id"]}
         if promote_best and summary["best"]:
@@ -258,48 +247,15 @@ def _promote(config: PipelineConfig, result: dict[str, Any], ingest, features, l
     return promotion.summary
 
 
-def _run_stage(stage: str, config: PipelineConfig, upstream: dict[str, Any]):
-    """One shared stage, run in this process exactly as the pipeline flow runs it (cached when current)."""
-    parts = key_parts(SPECS[stage], config, upstream)
-    refresh = existing_output(stage, config, parts.key) is None
-    task = TASKS[stage].with_options(refresh_cache=refresh, result_storage=config.layout.prefect_results)
-    result = task(config=config, **upstream)
-    record_stage(state_dir(config), stage, parts, {"fingerprint": result.fingerprint})
-    return result
-
-
-class ReportClock:
-    """Report directories are named by the UTC second they are written in (`run_name_for`): two
-    trials of one model and epoch count written in the same second would share a directory. Reports
-    are written one at a time, each in a later second than the one before."""
-
-    def __init__(self):
-        self.last_write = 0.0
-
-    def wait_for_next_second(self) -> None:
-        if int(time.time()) == int(self.last_write):
-            time.sleep(1.02 - time.time() % 1)
-
-    def wrote(self) -> None:
-        self.last_write = time.time()
-
-
-def _report_trial(trial: Trial, result: dict[str, Any], ingest, features, clock: ReportClock) -> TrialOutcome:
+def _report_trial(trial: Trial, result: dict[str, Any], ingest, features) -> TrialOutcome:
     """The trial's report, written by the pipeline's own report task (same layout as a normal run)."""
     states = dict(result["states"])
     if "error" in result:
         return TrialOutcome(trial, "failed", states | {"report": "NotRun"}, error=result["error"])
     config, train, evaluation = trial.config, result["train"], result["evaluate"]
     upstream = {"ingest": ingest, "preprocess": features, "train": train, "evaluate": evaluation}
-    report_key = key_parts(SPECS["report"], config, upstream).key
-    cached = existing_report(config, report_key) is not None
-    if not cached:
-        clock.wait_for_next_second()
-    task = TASKS["report"].with_options(
-        task_run_name=f"report-{trial.name}", refresh_cache=not cached, result_storage=config.layout.prefect_results
-    )
+    task = prepared_task("report", config, upstream, task_run_name=f"report-{trial.name}")
     state = task(config=config, return_state=True, **upstream)
-    clock.wrote()
     states["report"] = state.name
     if not state.is_completed():
         return TrialOutcome(trial, "failed", states, error=_message(state))

@@ -54,6 +54,11 @@ class DataLayout:
         return self.root / ".prefect-results"
 
     @property
+    def stage_state(self) -> Path:
+        """Each stage's last cache key and what went into it (for --plan and --stages)."""
+        return self.root / ".stage-state"
+
+    @property
     def lock_file(self) -> Path:
         return self.root / ".pipeline.lock"
 

@@ -23,10 +23,6 @@ class StagePlan:
         return f"{self.stage}: {verb}: {self.reason}"
 
 
-def state_dir(config: PipelineConfig):
-    return config.layout.root / ".stage-state"
-
-
 def plan_stages(config: PipelineConfig, refresh: set[str] = frozenset()) -> list[StagePlan]:
     """For each stage in order: would it be reused or run, and why. Reads manifests, not data."""
     plans, upstream = [], {}
@@ -38,7 +34,7 @@ def plan_stages(config: PipelineConfig, refresh: set[str] = frozenset()) -> list
             continue
         parts = key_parts(spec, config, upstream)
         found = existing_output(stage, config, parts.key)
-        previous = last_state(state_dir(config), stage)
+        previous = last_state(config.layout.stage_state, stage)
         if stage in refresh:
             plans.append(StagePlan(stage, "run", "--refresh asked for it"))
         elif found is not None:
@@ -65,7 +61,7 @@ def persisted_upstream(config: PipelineConfig, stage: str, upstream: dict[str, A
     if found is None:
         raise StageInputMissing(
             f"stage {stage!r} has no output for this configuration yet "
-            f"({explain_change(last_state(state_dir(config), stage), parts)}); "
+            f"({explain_change(last_state(config.layout.stage_state, stage), parts)}); "
             f"run it first, e.g. add it to --stages or run without --stages"
         )
     return found

@@ -37,9 +37,11 @@ class Report:
     run_name: str
 
 
-def run_name_for(model: str, epochs: int, now: datetime | None = None) -> str:
+def run_name_for(model: str, epochs: int, key: str, now: datetime | None = None) -> str:
+    """Time first so names sort by age; the key's head keeps reports written in the same second
+    (parallel sweep trials) apart."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{model}-e{epochs}"
+    return f"{stamp}-{model}-e{epochs}-{key[:8]}"
 
 
 def build_metrics(evaluation: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +78,7 @@ def render_markdown(metrics: dict[str, Any], card: dict[str, Any], plot_prefix: 
     )
     versions = ", ".join(f"{k} {v}" for k, v in card["libraries"].items())
     delta = metrics["test_accuracy"] - SEED_PUBLISHED_ACCURACY
+    report = metrics["classification_report"]
     return f"""# CIFAR-10 run `{card["run_name"]}`
 
 **Test accuracy {metrics["test_accuracy"]:.4f}** (loss {metrics["test_loss"]:.4f}) with model `{card["model"]}`;
@@ -88,7 +91,7 @@ Test-time augmentation: {metrics.get("tta", "none")}.
 |---|---|---|---|---|
 {rows}
 
-Macro F1 {metrics["classification_report"]["macro avg"]["f1-score"]:.4f}; weighted F1 {metrics["classification_report"]["weighted avg"]["f1-score"]:.4f}.
+Macro F1 {report["macro avg"]["f1-score"]:.4f}; weighted F1 {report["weighted avg"]["f1-score"]:.4f}.
 
 ## Plots
 

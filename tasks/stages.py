@@ -16,7 +16,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.tasks import exponential_backoff
 
-from tasks.cache import StageCachePolicy, StageSpec, key_parts
+from tasks.cache import StageCachePolicy, StageSpec, key_parts, record_stage
 from tasks.config import PipelineConfig
 from tasks.errors import PipelineInputError, ShardError
 from tasks.evaluate import Evaluation
@@ -287,7 +287,7 @@ def report(
         logger.info("report already at %s", found.directory)
         return found
     card = model_card(
-        run_name=run_name_for(config.model, train.epochs),
+        run_name=run_name_for(config.model, train.epochs, key),
         config=config,
         train=train,
         ingest=ingest,
@@ -299,3 +299,23 @@ def report(
 
 
 TASKS = {"ingest": ingest, "preprocess": preprocess, "train": train, "evaluate": evaluate, "report": report}
+
+
+def prepared_task(stage: str, config: PipelineConfig, upstream: dict[str, Any], force: bool = False, **options):
+    """The stage's task for this configuration. Prefect's cache record is overridden (the stage runs
+    again) when forced or when the output for the key is missing or no longer whole on disk."""
+    refresh = force or existing_output(stage, config, stage_key(stage, config, upstream)) is None
+    return TASKS[stage].with_options(refresh_cache=refresh, result_storage=config.layout.prefect_results, **options)
+
+
+def run_stage(stage: str, config: PipelineConfig, upstream: dict[str, Any], force: bool = False):
+    """Run (or reuse) one stage inside a flow and record its key for `--plan` and `--stages`."""
+    result = prepared_task(stage, config, upstream, force)(config=config, force=force, **upstream)
+    fingerprint = getattr(result, "fingerprint", None)
+    record_stage(
+        config.layout.stage_state,
+        stage,
+        key_parts(SPECS[stage], config, upstream),
+        {"fingerprint": fingerprint} if fingerprint else {},
+    )
+    return result

@@ -25,13 +25,18 @@ def cli_env(prefect_server, tmp_path):
     """Environment for CLI subprocesses: the session's Prefect server, a private PREFECT_HOME."""
     from prefect.settings import PREFECT_API_URL
 
-    return os.environ | {"PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_HOME": str(tmp_path / "prefect-home"),
-                         "PYTHONUNBUFFERED": "1", "PREFECT_LOGGING_LEVEL": "INFO"}
+    return os.environ | {
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PYTHONUNBUFFERED": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
 
 
 def cli(*args, env=None, timeout=300):
-    return subprocess.run([sys.executable, FLOW, *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=REPO_ROOT)
+    return subprocess.run(
+        [sys.executable, FLOW, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT
+    )
 
 
 @pytest.mark.parametrize(
@@ -90,8 +95,10 @@ def test_plan_explains_without_running(synthetic_archive, tmp_path, cli_env):
     assert "ingest: cached: source sha256" in plan and "preprocess: cached" in plan
     assert "train: will run: train_epochs 1→2" in plan
     assert "evaluate: will run: after train runs" in plan
-    assert "train: will run: --refresh asked for it" in cli(*base, "--epochs", "1", "--plan", "--refresh", "train",
-                                                             env=cli_env).stdout
+    assert (
+        "train: will run: --refresh asked for it"
+        in cli(*base, "--epochs", "1", "--plan", "--refresh", "train", env=cli_env).stdout
+    )
 
 
 def _wait_for(predicate, timeout, what):
@@ -111,8 +118,13 @@ def _journal_epochs(data_dir: Path) -> int:
 def test_killed_training_resumes_from_last_epoch(synthetic_archive, tmp_path, cli_env):
     data_dir, epochs = tmp_path / "data", 40
     args = [FLOW, "--source", synthetic_archive, "--data-dir", data_dir, "--epochs", epochs, "--rows-per-shard", 100]
-    victim = subprocess.Popen([sys.executable, *map(str, args)], env=cli_env, cwd=REPO_ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    victim = subprocess.Popen(
+        [sys.executable, *map(str, args)],
+        env=cli_env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         _wait_for(lambda: _journal_epochs(data_dir) >= 3, 240, "three finished epochs")
         victim.send_signal(signal.SIGKILL)
@@ -163,8 +175,19 @@ def test_flaky_download_is_retried_with_backoff(synthetic_archive, tmp_path, cli
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
-        result = cli("--source", url, "--sha256", hashlib.sha256(payload).hexdigest(), "--data-dir",
-                     tmp_path / "data", "--epochs", "1", "--rows-per-shard", "100", env=cli_env)
+        result = cli(
+            "--source",
+            url,
+            "--sha256",
+            hashlib.sha256(payload).hexdigest(),
+            "--data-dir",
+            tmp_path / "data",
+            "--epochs",
+            "1",
+            "--rows-per-shard",
+            "100",
+            env=cli_env,
+        )
     finally:
         server.shutdown()
     output = result.stdout + result.stderr
@@ -177,11 +200,22 @@ def test_flaky_download_is_retried_with_backoff(synthetic_archive, tmp_path, cli
 def test_second_run_on_same_data_dir_waits_or_fails_clearly(synthetic_archive, tmp_path, cli_env):
     data_dir = tmp_path / "data"
     args = ["--source", synthetic_archive, "--data-dir", data_dir, "--rows-per-shard", "100"]
-    first = subprocess.Popen([sys.executable, FLOW, *map(str, args), "--epochs", "30"], env=cli_env, cwd=REPO_ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        [sys.executable, FLOW, *map(str, args), "--epochs", "30"],
+        env=cli_env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
-        _wait_for(lambda: "pid" in (data_dir / ".pipeline.lock").read_text()
-                  if (data_dir / ".pipeline.lock").exists() else False, 120, "the first run to take the lock")
+        _wait_for(
+            lambda: (
+                "pid" in (data_dir / ".pipeline.lock").read_text() if (data_dir / ".pipeline.lock").exists() else False
+            ),
+            120,
+            "the first run to take the lock",
+        )
         second = cli(*args, "--epochs", "2", "--lock-timeout", "1", env=cli_env)
         assert second.returncode == 1
         assert "is in use by another pipeline run" in second.stderr

@@ -10,8 +10,17 @@ from tests.flow_helpers import run_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
-CONTRACT_KEYS = {"test_accuracy", "test_loss", "classification_report", "confusion_matrix", "class_names",
-                 "model", "epochs", "train_seconds", "source_sha256"}
+CONTRACT_KEYS = {
+    "test_accuracy",
+    "test_loss",
+    "classification_report",
+    "confusion_matrix",
+    "class_names",
+    "model",
+    "epochs",
+    "train_seconds",
+    "source_sha256",
+}
 
 
 def test_end_to_end_then_cached_then_downstream_only(tiny_config):
@@ -39,8 +48,14 @@ def test_end_to_end_then_cached_then_downstream_only(tiny_config):
     assert second == {stage: "Cached" for stage in (*STAGES, "promote")}
 
     state, third = run_flow(tiny_config.model_copy(update={"epochs": 2}))
-    assert third == {"ingest": "Cached", "preprocess": "Cached", "train": "Completed",
-                     "evaluate": "Completed", "report": "Completed", "promote": "Completed"}
+    assert third == {
+        "ingest": "Cached",
+        "preprocess": "Cached",
+        "train": "Completed",
+        "evaluate": "Completed",
+        "report": "Completed",
+        "promote": "Completed",
+    }
     assert read_json(tiny_config.layout.latest_report / "metrics.json")["epochs"] == 2
 
 
@@ -60,8 +75,14 @@ def test_damaged_outputs_are_recomputed_not_handed_on(tiny_config):
 def test_refresh_and_single_stages(tiny_config):
     run_flow(tiny_config)
     _, refreshed = run_flow(tiny_config, refresh=["evaluate"])
-    assert refreshed == {"ingest": "Cached", "preprocess": "Cached", "train": "Cached",
-                         "evaluate": "Completed", "report": "Cached", "promote": "Cached"}
+    assert refreshed == {
+        "ingest": "Cached",
+        "preprocess": "Cached",
+        "train": "Cached",
+        "evaluate": "Completed",
+        "report": "Cached",
+        "promote": "Cached",
+    }
     _, alone = run_flow(tiny_config, stages=["evaluate", "report"], refresh=["evaluate", "report"])
     assert alone == {"evaluate": "Completed", "report": "Completed", "promote": "Completed"}
 
@@ -87,5 +108,11 @@ def test_failed_stage_fails_the_flow_and_next_run_resumes_there(tiny_config, mon
     monkeypatch.undo()
     state, states = run_flow(tiny_config)
     assert state.is_completed()
-    assert states == {"ingest": "Cached", "preprocess": "Cached", "train": "Cached",
-                      "evaluate": "Completed", "report": "Completed", "promote": "Completed"}
+    assert states == {
+        "ingest": "Cached",
+        "preprocess": "Cached",
+        "train": "Cached",
+        "evaluate": "Completed",
+        "report": "Completed",
+        "promote": "Completed",
+    }

@@ -13,8 +13,9 @@ from tests.conftest import REPO_ROOT, SHARED_DATASETS
 BUILT_SHA256 = "08bc026731e391f26bf96d1ec8d31e03bcb7da322f501f6fdb65eaa8503a5b32"
 pytestmark = [
     pytest.mark.usefixtures("prefect_server"),
-    pytest.mark.skipif(not (SHARED_DATASETS / "cifar10-jpeg.tar.gz").is_file(),
-                       reason=f"real data not present at {SHARED_DATASETS}"),
+    pytest.mark.skipif(
+        not (SHARED_DATASETS / "cifar10-jpeg.tar.gz").is_file(), reason=f"real data not present at {SHARED_DATASETS}"
+    ),
 ]
 
 
@@ -25,8 +26,15 @@ def real_archive(tmp_path_factory):
     if cached.is_file() and file_digest(cached) == BUILT_SHA256:
         return cached
     target = tmp_path_factory.mktemp("real") / "cifar-10-python.tar.gz"
-    subprocess.run([sys.executable, str(SHARED_DATASETS / "make_cifar10_archive.py"),
-                    str(SHARED_DATASETS / "cifar10-jpeg.tar.gz"), str(target)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(SHARED_DATASETS / "make_cifar10_archive.py"),
+            str(SHARED_DATASETS / "cifar10-jpeg.tar.gz"),
+            str(target),
+        ],
+        check=True,
+    )
     return target
 
 
