@@ -54,8 +54,14 @@ def py2_pickle(obj) -> bytes:
 
 
 def batch_bytes(label: str, labels: np.ndarray, data: np.ndarray, filenames: list[str]) -> bytes:
-    return py2_pickle({b"batch_label": label.encode(), b"labels": [int(v) for v in labels], b"data": data,
-                       b"filenames": [f.encode() for f in filenames]})
+    return py2_pickle(
+        {
+            b"batch_label": label.encode(),
+            b"labels": [int(v) for v in labels],
+            b"data": data,
+            b"filenames": [f.encode() for f in filenames],
+        }
+    )
 
 
 def meta_bytes() -> bytes:
@@ -67,11 +73,16 @@ def archive_members(per_batch: int = 60, test_size: int = 100, seed: int = 0) ->
     members = {}
     for i in range(1, 6):
         labels = rng.integers(0, 10, per_batch)
-        members[f"data_batch_{i}"] = batch_bytes(f"training batch {i} of 5", labels, class_images(labels, rng),
-                                                 [f"img_{i}_{j:04d}.png" for j in range(per_batch)])
+        members[f"data_batch_{i}"] = batch_bytes(
+            f"training batch {i} of 5",
+            labels,
+            class_images(labels, rng),
+            [f"img_{i}_{j:04d}.png" for j in range(per_batch)],
+        )
     labels = rng.integers(0, 10, test_size)
-    members["test_batch"] = batch_bytes("testing batch 1 of 1", labels, class_images(labels, rng),
-                                        [f"test_{j:04d}.png" for j in range(test_size)])
+    members["test_batch"] = batch_bytes(
+        "testing batch 1 of 1", labels, class_images(labels, rng), [f"test_{j:04d}.png" for j in range(test_size)]
+    )
     members["batches.meta"] = meta_bytes()
     return members
 

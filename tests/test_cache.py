@@ -51,8 +51,12 @@ def test_key_changes_with_each_ingredient_and_nothing_else(helper_module, monkey
 
 def test_explain_change_names_what_changed(helper_module, monkeypatch):
     before = parts(SimpleNamespace(epochs=15, seed=42))
-    previous = {"params": before.params, "upstream": before.upstream, "code": before.code,
-                "libraries": before.libraries}
+    previous = {
+        "params": before.params,
+        "upstream": before.upstream,
+        "code": before.code,
+        "libraries": before.libraries,
+    }
     after = parts(SimpleNamespace(epochs=20, seed=42), fingerprint="features-2")
     assert explain_change(previous, after) == "epochs 15→20, preprocess output changed"
     assert explain_change(None, after) == "never ran in this data directory"

@@ -14,7 +14,13 @@ def test_seed_model_matches_the_notebook():
     model = make_seed_model()
     assert model.count_params() == 394_970
     assert [type(layer).__name__ for layer in model.layers] == [
-        "InputLayer", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"]
+        "InputLayer",
+        "Conv2D",
+        "MaxPooling2D",
+        "Flatten",
+        "Dense",
+        "Dense",
+    ]
     conv = model.get_layer("conv")
     assert conv.filters == 12 and conv.kernel_size == (3, 3) and conv.padding == "same"
     assert model.get_layer("hidden").units == 128
