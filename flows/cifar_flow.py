@@ -11,20 +11,14 @@ running `prefect server start` when it is.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-# Offline-friendly defaults, set before Prefect and TensorFlow read them: no telemetry DNS
-# look-ups, and TensorFlow's C++ start-up chatter off.
-for _name, _value in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-}.items():
-    os.environ.setdefault(_name, _value)
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
+
+from tasks.environment import apply_defaults  # noqa: E402
+
+apply_defaults()  # before Prefect and TensorFlow read the environment
 
 from prefect import flow, get_run_logger  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402

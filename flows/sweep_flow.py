@@ -26,14 +26,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-for _name, _value in {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-}.items():
-    os.environ.setdefault(_name, _value)
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
+
+from tasks.environment import apply_defaults  # noqa: E402
+
+apply_defaults()  # before Prefect and TensorFlow read the environment
 
 from distributed.diagnostics.plugin import WorkerPlugin  # noqa: E402
 from prefect import flow, get_run_logger  # noqa: E402
