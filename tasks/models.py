@@ -22,8 +22,24 @@ def make_seed_model(input_shape: tuple[int, ...] = INPUT_SHAPE, num_classes: int
     return keras.Model(inputs, outputs, name="seed")
 
 
+def make_fast_model(input_shape: tuple[int, ...] = INPUT_SHAPE, num_classes: int = NUM_CLASSES) -> keras.Model:
+    """airbench94's network, widths 64/256/256 (tasks/airbench.py; logits out, pixels 0..255 in)."""
+    from tasks.airbench import make_fast_model as build
+
+    return build(input_shape, num_classes)
+
+
+def make_quick_model(input_shape: tuple[int, ...] = INPUT_SHAPE, num_classes: int = NUM_CLASSES) -> keras.Model:
+    """airbench94's network narrowed to widths 32/64/128 (tasks/airbench.py)."""
+    from tasks.airbench import make_quick_model as build
+
+    return build(input_shape, num_classes)
+
+
 BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "seed": make_seed_model,
+    "fast": make_fast_model,
+    "quick": make_quick_model,
 }
 
 

@@ -31,6 +31,29 @@ PRESETS: dict[str, Preset] = {
         optimizer="rmsprop",
         learning_rate=0.001,
     ),
+    # airbench94 (tasks/airbench.py). learning_rate is airbench's decoupled lr: per 1024 examples of a
+    # summed loss, before the Nesterov momentum normalisation; the optimizer is fixed by the recipe.
+    "fast": Preset(
+        name="fast",
+        description="airbench94 ported to Keras: frozen patch-whitening conv, conv blocks 64/256/256 with "
+        "BatchNorm + GELU, Nesterov SGD (decoupled wd), label smoothing 0.2, lookahead EMA, alternating flip "
+        "+ translate, 6-view TTA; bf16 where the CPU has it.",
+        epochs=10,
+        batch_size=1024,
+        optimizer="sgd_nesterov",
+        learning_rate=11.5,
+        trainer="airbench",
+    ),
+    "quick": Preset(
+        name="quick",
+        description="The airbench94 recipe on a narrow network (blocks 32/64/128) for few epochs: a "
+        "minutes-long CPU run.",
+        epochs=6,
+        batch_size=512,
+        optimizer="sgd_nesterov",
+        learning_rate=11.5,
+        trainer="airbench",
+    ),
 }
 
 
