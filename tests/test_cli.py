@@ -13,9 +13,11 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.synthetic import archive_members, batch_bytes, write_archive
 
 FLOW = str(REPO_ROOT / "flows" / "cifar_flow.py")
 
@@ -69,20 +71,51 @@ def test_unwritable_data_dir_is_rejected(synthetic_archive, tmp_path):
     assert result.returncode == 2 and "cannot write under" in result.stderr and "another --data-dir" in result.stderr
 
 
-@pytest.mark.parametrize("fault", ["truncated", "checksum"])
-def test_bad_archive_fails_clearly_and_writes_no_shards(synthetic_archive, tmp_path, cli_env, fault):
-    source, extra = synthetic_archive, []
+def _bad_source(fault: str, good: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    members = archive_members(per_batch=60, test_size=100)
     if fault == "truncated":
-        source = tmp_path / "cut.tar.gz"
-        source.write_bytes(synthetic_archive.read_bytes()[:3000])
-    else:
-        extra = ["--sha256", "0" * 64]
+        (bad := tmp_path / "cut.tar.gz").write_bytes(good.read_bytes()[:3000])
+        return bad, []
+    if fault == "not_gzip":
+        (bad := tmp_path / "page.tar.gz").write_bytes(b"<html>404 not found</html>")
+        return bad, []
+    if fault == "checksum":
+        return good, ["--sha256", "0" * 64]
+    if fault == "missing_batch":
+        del members["data_batch_3"]
+    elif fault == "wrong_shape":
+        members["data_batch_2"] = batch_bytes("b", np.zeros(4, int), np.zeros((4, 1000), np.uint8), ["x"] * 4)
+    elif fault == "labels_out_of_range":
+        labels = np.array([0, 1, 2, 12])
+        members["test_batch"] = batch_bytes("t", labels, np.zeros((4, 3072), np.uint8), ["x"] * 4)
+    return write_archive(tmp_path / f"{fault}.tar.gz", members), []
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("truncated", "may be truncated"),
+        ("not_gzip", "is not a readable tar.gz archive"),
+        ("checksum", "sha256 is"),
+        ("missing_batch", "is missing cifar-10-batches-py/data_batch_3"),
+        ("wrong_shape", "data_batch_2: data has shape (4, 1000) uint8, expected (N, 3072) uint8"),
+        ("labels_out_of_range", "test_batch: labels span 0..12, expected 0..9"),
+    ],
+)
+def test_bad_archive_fails_clearly_and_loses_nothing(synthetic_archive, tmp_path, cli_env, fault, message):
+    from tasks.ingest import ingest_archive
+    from tasks.layout import DataLayout
+
     data_dir = tmp_path / "data"
-    result = cli("--source", source, "--data-dir", data_dir, "--epochs", "1", *extra, env=cli_env)
+    ingest_archive(str(synthetic_archive), DataLayout(data_dir), rows_per_shard=100)  # earlier good shards
+    before = {p: p.read_bytes() for p in (data_dir / "parquet").rglob("*") if p.is_file()}
+    source, extra = _bad_source(fault, synthetic_archive, tmp_path)
+    result = cli("--source", source, "--data-dir", data_dir, "--rows-per-shard", "100", *extra, env=cli_env)
     assert result.returncode == 1
-    assert ("truncated" in result.stderr) if fault == "truncated" else ("expected 0000" in result.stderr)
-    assert not (data_dir / "parquet").exists()
-    assert "Retrying" not in result.stdout + result.stderr  # bad input is not retried
+    assert message in result.stderr
+    assert {p: p.read_bytes() for p in (data_dir / "parquet").rglob("*") if p.is_file()} == before
+    assert not [p for p in data_dir.rglob("*.part")]
+    assert "Retry 1/3" not in result.stdout + result.stderr  # bad input is not retried
 
 
 def test_plan_explains_without_running(synthetic_archive, tmp_path, cli_env):
