@@ -10,6 +10,7 @@ ever being handed downstream.
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -25,7 +26,7 @@ from tasks.ingest import IngestResult, ingest_archive
 from tasks.preprocess import Features, build_features, verify_features
 from tasks.report import Report
 from tasks.shards import SPLITS, verify_manifest
-from tasks.train import TrainResult, TrainSettings, load_train_result
+from tasks.train import TrainResult, TrainSettings, checkpoint_dir, load_train_result
 
 TF_LIBS = ("tensorflow-cpu", "tensorflow", "keras")
 SPECS: dict[str, StageSpec] = {
@@ -237,11 +238,8 @@ def train(config: PipelineConfig, preprocess: Features, force: bool = False) -> 
         update_progress_artifact(progress, progress=100.0 * epoch / total)
 
     logger.info("training %s: %s", config.model, settings)
-    if force:
-        # a forced re-train starts over rather than resuming an old checkpoint
-        import shutil
-
-        shutil.rmtree(config.layout.model_dir(key).with_name(f".{key}.inprogress"), ignore_errors=True)
+    if force:  # a forced re-train starts over rather than resuming an old checkpoint
+        shutil.rmtree(checkpoint_dir(config.layout.model_dir(key)), ignore_errors=True)
     result = train_model(settings, preprocess.directory, config.layout.model_dir(key), on_epoch=on_epoch)
     logger.info("trained %s in %.1f s (%d parameters)", config.model, result.train_seconds, result.params)
     return result

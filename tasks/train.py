@@ -61,6 +61,12 @@ def read_journal(journal: Path) -> list[dict[str, float]]:
     return [records[e] for e in sorted(records)]
 
 
+def checkpoint_dir(model_dir: Path) -> Path:
+    """Where an unfinished training keeps its journal and checkpoint: beside the final model
+    directory, so it survives a kill; removed once the model is written."""
+    return model_dir.with_name(f".{model_dir.name}.inprogress")
+
+
 def train_model(
     settings: TrainSettings,
     features_dir: Path,
@@ -73,7 +79,7 @@ def train_model(
 
     from tasks.fit import TRAINERS, AtomicBackupAndRestore, EpochRecorder
 
-    work = model_dir.with_name(f".{model_dir.name}.inprogress")  # survives a kill; removed on success
+    work = checkpoint_dir(model_dir)
     work.mkdir(parents=True, exist_ok=True)
     journal = work / "epochs.jsonl"
     keras.utils.set_random_seed(settings.seed)
