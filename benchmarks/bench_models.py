@@ -50,7 +50,7 @@ def pipeline_overhead(model: str, features: Path, steps: int, batch_size: int) -
     import numpy as np
     import tensorflow as tf
 
-    from tasks import airbench
+    from tasks import airbench, airbench_train
     from tasks.preprocess import load_split
     from tasks.presets import get_preset
     from tasks.train import TrainSettings
@@ -61,7 +61,7 @@ def pipeline_overhead(model: str, features: Path, steps: int, batch_size: int) -
     labels = np.ascontiguousarray(load_split(features, "train", "labels")).astype(np.int32)
     airbench.configure_threads()
     with airbench.dtype_policy(airbench.choose_policy()):
-        trainer, dataset = airbench.make_trainer(settings, pixels, labels)
+        trainer, dataset = airbench_train.make_trainer(settings, pixels, labels)
         pipeline = _fit_rate(trainer, dataset.repeat(), steps, batch_size)
         flips = np.zeros(batch_size, np.uint8)
         batch = ((tf.constant(pixels[:batch_size]), tf.constant(flips)), tf.constant(labels[:batch_size]))

@@ -168,7 +168,7 @@ def fit_keras(
 
 
 def _fit_airbench(*args, **kwargs) -> keras.Model:
-    from tasks.airbench import fit_airbench  # the fast presets' recipe, loaded only when used
+    from tasks.airbench_train import fit_airbench  # the fast presets' recipe, loaded only when used
 
     return fit_airbench(*args, **kwargs)
 

@@ -46,7 +46,16 @@ SPECS: dict[str, StageSpec] = {
     "train": StageSpec(
         "train",
         ("model", "train_epochs", "train_batch_size", "train_learning_rate", "seed"),
-        ("tasks.train", "tasks.fit", "tasks.models", "tasks.presets", "tasks.airbench", "tasks.augment"),
+        (
+            "tasks.train",
+            "tasks.fit",
+            "tasks.models",
+            "tasks.presets",
+            "tasks.airbench",
+            "tasks.airbench_train",
+            "tasks.muon",
+            "tasks.augment",
+        ),
         (*TF_LIBS, "numpy"),
         upstream=("preprocess",),
     ),

@@ -11,7 +11,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
-from tasks import airbench, augment  # noqa: E402
+from tasks import airbench, airbench_train, augment, muon  # noqa: E402
 from tasks.presets import get_preset  # noqa: E402
 from tasks.train import TrainSettings  # noqa: E402
 
@@ -99,9 +99,46 @@ def test_translate_and_alternating_flip():
     np.testing.assert_array_equal(augment.alternating_flip_mask(base, 4).numpy(), [True, False, True])
 
 
-def test_triangle_schedule():
+def test_schedules():
     steps = tf.constant([0, 23, 100], tf.int64)
-    np.testing.assert_allclose(airbench.triangle(steps, 100, 0.2, 0.23, 0.07).numpy(), [0.2, 1.0, 0.07], atol=1e-6)
+    triangle = airbench_train.triangle(steps, 100, 0.2, 0.23, 0.07).numpy()
+    np.testing.assert_allclose(triangle, [0.2, 1.0, 0.07], atol=1e-6)
+    decay = airbench_train.linear_decay(tf.constant([0, 25, 100, 120]), 100).numpy()
+    np.testing.assert_allclose(decay, [1.0, 0.75, 0.0, 0.0], atol=1e-6)
+
+
+def test_newton_schulz_orthogonalizes_a_kernel_gradient():
+    """The update keeps the gradient's singular vectors and flattens its singular values to ≈ 1 (airbench's
+    three quintic steps land in about [0.5, 1.5]), for a conv kernel seen as an (out, kh·kw·in) matrix."""
+    rng = np.random.default_rng(0)
+    for shape in ((3, 3, 16, 64), (3, 3, 64, 16)):  # wide and tall matrices
+        gradient = rng.normal(size=shape) * np.geomspace(0.1, 1.0, shape[-1])  # ill-conditioned
+        update = muon.orthogonal_update(tf.constant(gradient, tf.float32)).numpy()
+        assert update.shape == shape
+        matrix = gradient.reshape(-1, shape[-1]).T
+        u, _, vt = np.linalg.svd(matrix, full_matrices=False)
+        singular = np.linalg.svd(update.reshape(-1, shape[-1]).T, compute_uv=False)
+        assert 0.3 < singular.min() and singular.max() < 1.6
+        polar = (u @ vt).ravel()
+        cosine = polar @ update.reshape(-1, shape[-1]).T.ravel() / np.linalg.norm(polar) / np.linalg.norm(update)
+        assert cosine > 0.9
+
+
+def test_muon_step_renormalizes_the_kernel_and_steps_against_the_gradient():
+    rng = np.random.default_rng(1)
+    kernel = tf.Variable(rng.normal(size=(3, 3, 8, 32)).astype(np.float32))
+    buffer = tf.Variable(tf.zeros_like(kernel))
+    gradient = tf.constant(rng.normal(size=(3, 3, 8, 32)).astype(np.float32))
+    muon.muon_step(kernel, buffer, gradient, lr=0.0, momentum=0.6)
+    assert float(tf.norm(kernel)) == pytest.approx(np.sqrt(32), rel=1e-5)  # √out, so steps are relative
+    np.testing.assert_allclose(buffer.numpy(), gradient.numpy())
+    before = kernel.numpy()
+    muon.muon_step(kernel, buffer, gradient, lr=0.1, momentum=0.6)
+    np.testing.assert_allclose(buffer.numpy(), 1.6 * gradient.numpy(), rtol=1e-6)
+    moved = kernel.numpy() - before * np.sqrt(32) / np.linalg.norm(before)
+    assert float(np.sum(moved * gradient.numpy())) < 0  # a descent direction
+    expected = -0.1 * muon.orthogonal_update(gradient * 2.56).numpy()  # nesterov: g + 0.6 · 1.6 g
+    np.testing.assert_allclose(moved, expected, atol=1e-5)
 
 
 def _reference_model() -> keras.Model:
@@ -149,15 +186,23 @@ def _batch_loss(net, pixels, labels) -> float:
     return float(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True).numpy().mean())
 
 
-@pytest.mark.parametrize("model", ["quick", "fast"])
-def test_training_steps_lower_the_loss_on_a_tiny_batch(model):
+@pytest.mark.parametrize(
+    ("model", "recipe"),
+    [("quick", "muon"), ("fast", "muon"), ("fast", "sgd")],
+)
+def test_training_steps_lower_the_loss_on_a_tiny_batch(model, recipe):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, 64).astype(np.int32)
     steps = 6 if model == "quick" else 3
-    hyper = airbench.replace(airbench.hyper_for(_settings(model, 1, 64)), translate=0)
+    base = airbench_train.hyper_for(_settings(model, 1, 64)) if recipe == "muon" else airbench_train.AIRBENCH94_SGD
+    # micro-batches of 32: each step sums the gradients of two halves, as the 2000-image batches do
+    hyper = airbench_train.replace(base, translate=0, micro_batch=32)
+    settings = airbench_train.replace(_settings(model, steps, 64), learning_rate=hyper.lr)
     with airbench.dtype_policy("float32"):
-        trainer, dataset = airbench.make_trainer(_settings(model, steps, 64), pixels, labels, hyper)
+        trainer, dataset = airbench_train.make_trainer(settings, pixels, labels, hyper)
+        assert trainer.micro_batches == 2
+        assert len(trainer.muon_kernels) == (6 if recipe == "muon" else 0)
         before = _batch_loss(trainer.net, pixels, labels)
         history = trainer.fit(dataset, epochs=steps, verbose=0, shuffle=False)
         after = _batch_loss(trainer.net, pixels, labels)
@@ -171,7 +216,7 @@ def test_fit_restores_policy_runs_callbacks_and_saved_model_loads(tmp_path):
     np.save(tmp_path / "pixels_train.npy", rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8))
     np.save(tmp_path / "labels_train.npy", rng.integers(0, 10, 64).astype(np.uint8))
     np.save(tmp_path / "pixels_test.npy", rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
-    hyper = airbench.Hyper(widths=(8, 16, 16))
+    hyper = airbench_train.Hyper(widths=(8, 16, 16))
     epochs_seen = []
 
     class Recorder(keras.callbacks.Callback):
@@ -179,11 +224,12 @@ def test_fit_restores_policy_runs_callbacks_and_saved_model_loads(tmp_path):
             epochs_seen.append(epoch)
 
     policy = keras.config.dtype_policy().name
-    net = airbench.fit_airbench(
+    net = airbench_train.fit_airbench(
         _settings("quick", 2, 32), tmp_path, [Recorder()], verbose=0, mixed_precision=True, hyper=hyper
     )
     assert keras.config.dtype_policy().name == policy
     assert net.get_layer("block1_conv1").dtype_policy.name == "mixed_bfloat16"
+    assert net.get_layer("whiten").dtype_policy.name == "float32"  # the stem stays float32
     assert epochs_seen == [0, 1]
     net.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
@@ -210,14 +256,19 @@ def test_precision_choice(tmp_path, monkeypatch):
     assert keras.config.dtype_policy().name == before
 
 
-def test_resumed_training_matches_an_unbroken_run(tmp_path):
-    """Shuffle order and augmentation are keyed on (seed, epoch/step): a run killed after an epoch and
-    resumed from its BackupAndRestore checkpoint ends with exactly the weights of an unbroken run."""
+@pytest.mark.parametrize("recipe", ["muon", "sgd"])
+def test_resumed_training_matches_an_unbroken_run(tmp_path, recipe):
+    """Shuffle order and augmentation are keyed on (seed, epoch/step), and the checkpoint holds the
+    optimizer state, Muon buffers and EMA: a run killed after an epoch and resumed from its
+    BackupAndRestore checkpoint ends with exactly the weights of an unbroken run."""
     rng = np.random.default_rng(0)
     np.save(tmp_path / "pixels_train.npy", rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8))
     np.save(tmp_path / "labels_train.npy", rng.integers(0, 10, 96).astype(np.uint8))
-    hyper = airbench.Hyper(widths=(8, 8, 16), ema_start_epochs=1, whiten_bias_epochs=1, ema_every=2)
-    settings = _settings("quick", 3, 32)
+    base = airbench_train.Hyper() if recipe == "muon" else airbench_train.AIRBENCH94_SGD
+    hyper = airbench_train.replace(
+        base, widths=(8, 8, 16), ema_start_epochs=1, whiten_bias_epochs=2, ema_every=2, micro_batch=16
+    )
+    settings = airbench_train.replace(_settings("quick", 3, 32), learning_rate=hyper.lr)
 
     class Kill(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -226,7 +277,7 @@ def test_resumed_training_matches_an_unbroken_run(tmp_path):
 
     def fit(callbacks):
         keras.utils.set_random_seed(0)
-        return airbench.fit_airbench(settings, tmp_path, callbacks, verbose=0, hyper=hyper, mixed_precision=False)
+        return airbench_train.fit_airbench(settings, tmp_path, callbacks, verbose=0, hyper=hyper, mixed_precision=False)
 
     def backup():
         return keras.callbacks.BackupAndRestore(str(tmp_path / "backup"), delete_checkpoint=False)
@@ -244,5 +295,5 @@ def test_presets_and_builders_are_registered():
 
     for name, params in (("fast", 1_973_944), ("quick", 295_544)):
         preset = get_preset(name)
-        assert preset.trainer == "airbench" and preset.optimizer == "sgd_nesterov"
+        assert preset.trainer == "airbench" and preset.optimizer == "muon"
         assert make_model(name).count_params() == params
