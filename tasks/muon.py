@@ -43,5 +43,5 @@ def muon_step(kernel, buffer, gradient: tf.Tensor, lr: tf.Tensor, momentum: floa
     buffer.assign(momentum * buffer + gradient)
     nesterov = gradient + momentum * buffer
     out_channels = float(kernel.shape[-1])
-    kernel.assign(kernel * (out_channels**0.5 / (tf.norm(kernel) + 1e-12)))
-    kernel.assign_sub(lr * orthogonal_update(nesterov))
+    rescaled = kernel * (out_channels**0.5 / (tf.norm(kernel) + 1e-12))
+    kernel.assign(rescaled - lr * orthogonal_update(nesterov))  # one write of the kernel per step
