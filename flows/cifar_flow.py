@@ -25,7 +25,7 @@ from prefect.runtime import flow_run  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from tasks.artifacts import publish_report  # noqa: E402
-from tasks.config import PipelineConfig  # noqa: E402
+from tasks.config import PipelineConfig, add_data_arguments, data_settings  # noqa: E402
 from tasks.errors import PipelineInputError  # noqa: E402
 from tasks.files import ensure_writable  # noqa: E402
 from tasks.lock import data_dir_lock  # noqa: E402
@@ -89,22 +89,12 @@ def cifar_pipeline(
 def build_parser() -> argparse.ArgumentParser:
     defaults = PipelineConfig.model_fields
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", default=defaults["source"].default, help=defaults["source"].description)
-    parser.add_argument("--sha256", help=defaults["sha256"].description)
-    parser.add_argument("--md5", help=defaults["md5"].description)
-    parser.add_argument("--data-dir", default=str(defaults["data_dir"].default), help=defaults["data_dir"].description)
+    add_data_arguments(parser)
     parser.add_argument("--model", default="seed", help=f"model preset ({', '.join(PRESETS)}); default seed")
     parser.add_argument("--epochs", type=int, help=defaults["epochs"].description)
     parser.add_argument("--batch-size", type=int, help=defaults["batch_size"].description)
     parser.add_argument("--learning-rate", type=float, help=defaults["learning_rate"].description)
     parser.add_argument("--seed", type=int, default=defaults["seed"].default, help=defaults["seed"].description)
-    parser.add_argument("--normalization", default="unit", help=defaults["normalization"].description)
-    parser.add_argument(
-        "--rows-per-shard",
-        type=int,
-        default=defaults["rows_per_shard"].default,
-        help=defaults["rows_per_shard"].description,
-    )
     parser.add_argument(
         "--promotion-alpha",
         type=float,
@@ -131,17 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     return PipelineConfig(
-        source=args.source,
-        sha256=args.sha256,
-        md5=args.md5,
-        data_dir=Path(args.data_dir),
+        **data_settings(args),
         model=args.model,
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         seed=args.seed,
-        normalization=args.normalization,
-        rows_per_shard=args.rows_per_shard,
         promotion_alpha=args.promotion_alpha,
     )
 

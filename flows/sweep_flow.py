@@ -43,7 +43,7 @@ from prefect_dask import DaskTaskRunner  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from tasks.cache import key_parts  # noqa: E402
-from tasks.config import PipelineConfig  # noqa: E402
+from tasks.config import PipelineConfig, add_data_arguments, data_settings  # noqa: E402
 from tasks.errors import PipelineInputError  # noqa: E402
 from tasks.lock import data_dir_lock  # noqa: E402
 from tasks.stages import SPECS, existing_output, existing_report, prepared_task, run_stage, stage_key  # noqa: E402,E501
@@ -330,7 +330,6 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    defaults = PipelineConfig.model_fields
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", type=Path, help="search space file (YAML or JSON; see tasks/sweep.py)")
     parser.add_argument("--name", help="sweep name (default: the space's name, or one derived from its trials)")
@@ -339,16 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=_ints, help="comma-separated epoch counts")
     parser.add_argument("--batch-sizes", type=_ints, help="comma-separated batch sizes")
     parser.add_argument("--seeds", type=_ints, help="comma-separated random seeds")
-    if "augment" in defaults:  # only once the config (and so the presets) can switch augmentation
-        parser.add_argument(
-            "--augment", type=lambda t: [v in {"on", "true", "1"} for v in _names(t)], help="augmentation on,off"
-        )
-    parser.add_argument("--source", default=defaults["source"].default, help=defaults["source"].description)
-    parser.add_argument("--sha256", help=defaults["sha256"].description)
-    parser.add_argument("--md5", help=defaults["md5"].description)
-    parser.add_argument("--data-dir", default=str(defaults["data_dir"].default), help=defaults["data_dir"].description)
-    parser.add_argument("--normalization", default="unit", help=defaults["normalization"].description)
-    parser.add_argument("--rows-per-shard", type=int, default=defaults["rows_per_shard"].default)
+    add_data_arguments(parser)
     parser.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://scheduler:8786")
     parser.add_argument("--workers", type=int, help="LocalCluster worker processes (default: one per core)")
     parser.add_argument("--sequential", action="store_true", help="no Dask: run the trials one after another")
@@ -364,7 +354,6 @@ def space_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "batch_size": args.batch_sizes,
         "seed": args.seeds,
-        "augment": getattr(args, "augment", None),
     }
     return merge_space(load_space(args.space) if args.space else None, cli_axes, args.name)
 
@@ -372,14 +361,7 @@ def space_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = PipelineConfig(
-            source=args.source,
-            sha256=args.sha256,
-            md5=args.md5,
-            data_dir=Path(args.data_dir),
-            normalization=args.normalization,
-            rows_per_shard=args.rows_per_shard,
-        )
+        config = PipelineConfig(**data_settings(args))
         space = space_from_args(args)
         trials = build_trials(config, space)
     except ValidationError as error:

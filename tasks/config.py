@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Literal
@@ -86,3 +87,32 @@ class PipelineConfig(BaseModel):
     @property
     def train_learning_rate(self) -> float:
         return self.learning_rate or self.preset.learning_rate
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say where the data comes from and how it is stored, shared by every command
+    line that builds a `PipelineConfig` (the pipeline and the sweep)."""
+    fields = PipelineConfig.model_fields
+    parser.add_argument("--source", default=fields["source"].default, help=fields["source"].description)
+    parser.add_argument("--sha256", help=fields["sha256"].description)
+    parser.add_argument("--md5", help=fields["md5"].description)
+    parser.add_argument("--data-dir", default=str(fields["data_dir"].default), help=fields["data_dir"].description)
+    parser.add_argument("--normalization", default="unit", help=fields["normalization"].description)
+    parser.add_argument(
+        "--rows-per-shard",
+        type=int,
+        default=fields["rows_per_shard"].default,
+        help=fields["rows_per_shard"].description,
+    )
+
+
+def data_settings(args: argparse.Namespace) -> dict:
+    """`PipelineConfig` fields from the options `add_data_arguments` defined."""
+    return {
+        "source": args.source,
+        "sha256": args.sha256,
+        "md5": args.md5,
+        "data_dir": Path(args.data_dir),
+        "normalization": args.normalization,
+        "rows_per_shard": args.rows_per_shard,
+    }
