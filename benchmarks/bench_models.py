@@ -2,7 +2,7 @@
 memory, and (for the airbench presets) the input pipeline's overhead.
 
 Each model runs in its own subprocess, so its peak RSS (`ru_maxrss`) is its own. Training goes through
-`tasks.train.train_model` (the pipeline's train stage) and accuracy through the evaluate stage's
+`cifarflow.training.run.train_model` (the pipeline's train stage) and accuracy through the evaluate stage's
 predictor (TTA for the airbench presets), so the numbers are those of a real pipeline run.
 
 Pipeline overhead: images/s of `fit` fed by the airbench tf.data pipeline (uint8 arrays in memory,
@@ -50,10 +50,10 @@ def pipeline_overhead(model: str, features: Path, steps: int, batch_size: int) -
     import numpy as np
     import tensorflow as tf
 
+    from cifarflow.data.transform import load_split
+    from cifarflow.models.registry import get_preset
+    from cifarflow.training.run import TrainSettings
     from tasks import airbench, airbench_train
-    from tasks.preprocess import load_split
-    from tasks.presets import get_preset
-    from tasks.train import TrainSettings
 
     preset = get_preset(model)
     settings = TrainSettings(model, 1000, batch_size, preset.learning_rate, preset.optimizer, 0, preset.trainer)
@@ -73,10 +73,10 @@ def worker(model: str, features: Path, epochs: int | None, pipeline_steps: int) 
     """Train and evaluate one model in this process; returns the measurements."""
     import numpy as np
 
-    from tasks.evaluate import PREDICTORS
-    from tasks.preprocess import load_split
-    from tasks.presets import get_preset
-    from tasks.train import TrainSettings, train_model
+    from cifarflow.data.transform import load_split
+    from cifarflow.evaluation.evaluate import PREDICTORS
+    from cifarflow.models.registry import get_preset
+    from cifarflow.training.run import TrainSettings, train_model
 
     preset = get_preset(model)
     settings = TrainSettings(
@@ -102,7 +102,7 @@ def worker(model: str, features: Path, epochs: int | None, pipeline_steps: int) 
         import keras
 
         if preset.trainer == "airbench":
-            import tasks.airbench  # noqa: F401  registers the custom layers
+            import cifarflow.models.airbench  # noqa: F401  registers the custom layers
 
         loaded = keras.models.load_model(result.model_path)
         predictor, tta = PREDICTORS[preset.trainer]

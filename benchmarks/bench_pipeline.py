@@ -32,16 +32,16 @@ sys.path.insert(0, {repo!r})
 step, args = sys.argv[1], json.loads(sys.argv[2])
 started = time.perf_counter()
 if step == "ingest":
-    from tasks.ingest import ingest_archive
-    from tasks.layout import DataLayout
+    from cifarflow.data.ingest import ingest_archive
+    from cifarflow.layout import DataLayout
     ingest_archive(args["source"], DataLayout(Path(args["data"])), log=lambda *_: None)
 elif step == "preprocess":
-    from tasks.preprocess import build_features
+    from cifarflow.data.transform import build_features
     build_features(Path(args["data"]) / "parquet" / "manifest.json", Path(args["data"]) / "features" / "bench",
                    "unit", log=lambda *_: None)
 elif step == "load":
     import numpy as np
-    from tasks.preprocess import load_split
+    from cifarflow.data.transform import load_split
     x = np.asarray(load_split(Path(args["data"]) / "features" / "bench", "train", args["kind"])).copy()
 elif step == "prefect_overhead":
     from prefect import flow, task

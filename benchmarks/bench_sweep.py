@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
 
+    from cifarflow.config import PipelineConfig
     from flows.sweep_flow import cifar_sweep
-    from tasks.config import PipelineConfig
     from tests.synthetic import write_archive
 
     root = Path(tempfile.mkdtemp(prefix="bench-sweep-"))

@@ -1,4 +1,4 @@
-"""The CIFAR-10 pipeline: ingest → preprocess → train → evaluate → report, as one Prefect flow.
+"""The CIFAR-10 pipeline: ingest → preprocess → train → evaluate → report → promote, as one Prefect flow.
 
     python flows/cifar_flow.py --source data/cache/cifar-10-python.tar.gz
     python flows/cifar_flow.py --model seed --epochs 20 --plan     # what would run, and why
@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
-
-from tasks.environment import apply_defaults  # noqa: E402
+from cifarflow.environment import apply_defaults
 
 apply_defaults()  # before Prefect and TensorFlow read the environment
 
@@ -24,32 +21,29 @@ from prefect import flow, get_run_logger  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from tasks.artifacts import publish_report  # noqa: E402
-from tasks.config import PipelineConfig, add_data_arguments, data_settings  # noqa: E402
-from tasks.errors import PipelineInputError  # noqa: E402
-from tasks.files import ensure_writable  # noqa: E402
-from tasks.lock import data_dir_lock  # noqa: E402
-from tasks.plan import persisted_upstream, plan_stages  # noqa: E402
-from tasks.presets import PRESETS  # noqa: E402
-from tasks.promote_task import run_promote  # noqa: E402
-from tasks.stages import SPECS, STAGES, run_stage  # noqa: E402
+from cifarflow.config import PipelineConfig, add_data_arguments, data_settings  # noqa: E402
+from cifarflow.errors import PipelineInputError  # noqa: E402
+from cifarflow.files import ensure_writable  # noqa: E402
+from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock  # noqa: E402
+from cifarflow.models.registry import PRESETS  # noqa: E402
+from cifarflow.orchestration.artifacts import publish_report  # noqa: E402
+from cifarflow.orchestration.plan import plan_stages  # noqa: E402
+from cifarflow.orchestration.runner import StageRunner, parse_stage_list  # noqa: E402
+from cifarflow.orchestration.stages import STAGES  # noqa: E402
+from tasks.evaluate import evaluate  # noqa: E402
+from tasks.ingest import ingest  # noqa: E402
+from tasks.preprocess import preprocess  # noqa: E402
+from tasks.promote import promote  # noqa: E402
+from tasks.report import report  # noqa: E402
+from tasks.train import train  # noqa: E402
 
 
 def _run_name() -> str:
     config = flow_run.parameters.get("config") or {}
     config = config if isinstance(config, dict) else config.model_dump()
     model = config.get("model", "seed")
-    epochs = config.get("epochs") or PRESETS[model].epochs if model in PRESETS else config.get("epochs")
+    epochs = config.get("epochs") or (PRESETS[model].epochs if model in PRESETS else None)
     return f"{model}-e{epochs}-{flow_run.scheduled_start_time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def parse_stage_list(value: list[str] | str | None, what: str) -> list[str]:
-    names = value.split(",") if isinstance(value, str) else list(value or [])
-    names = [n.strip() for n in names if n.strip()]
-    unknown = [n for n in names if n not in STAGES and n != "all"]
-    if unknown:
-        raise PipelineInputError(f"unknown stage(s) in {what}: {', '.join(unknown)}; stages are {', '.join(STAGES)}")
-    return list(STAGES) if "all" in names else names
 
 
 @flow(name="cifar10-pipeline", flow_run_name=_run_name, log_prints=True)
@@ -57,33 +51,28 @@ def cifar_pipeline(
     config: PipelineConfig = PipelineConfig(),
     stages: list[str] | None = None,
     refresh: list[str] | None = None,
-    lock_timeout_s: float = 1800.0,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> dict:
-    """Run the selected stages (default: all) for `config`; stages not selected reuse their
-    persisted outputs. `refresh` names stages to recompute even when their output is cached."""
+    """ingest → preprocess → train → evaluate → report → promote for `config`. `stages` selects some
+    (default all; the others are reused from disk where a selected one needs them); `refresh` names
+    stages to recompute even when their output is cached. Returns where each stage's output lives."""
     logger = get_run_logger()
-    selected = parse_stage_list(stages, "stages") or list(STAGES)
-    forced = set(parse_stage_list(refresh, "refresh"))
-    layout = config.layout
-    ensure_writable(layout.root)
-    last_selected = max(STAGES.index(stage) for stage in selected)
-    results: dict = {}
-    with data_dir_lock(layout.lock_file, lock_timeout_s, log=logger.info):
-        for stage in STAGES:
-            if stage not in selected:
-                if STAGES.index(stage) < last_selected:  # an input of a selected stage: reuse it from disk
-                    results[stage] = persisted_upstream(config, stage, results)
-                continue
-            upstream = {name: results[name] for name in SPECS[stage].upstream}
-            results[stage] = run_stage(stage, config, upstream, force=stage in forced)
-        if "report" in selected:  # champion/challenger; adds its section to report.md (tasks/promote.py)
-            results["promote"] = run_promote(config, results)
-    if "report" in results and "report" in selected:
-        publish_report(results["report"], config.model)
-        logger.info("report: %s", results["report"].report_path)
-    return {
-        stage: str(getattr(r, "directory", None) or getattr(r, "manifest_path", "")) for stage, r in results.items()
-    }
+    ensure_writable(config.layout.root)
+    stage = StageRunner(config, parse_stage_list(stages, "stages"), parse_stage_list(refresh, "refresh"))
+    with data_dir_lock(config.layout.lock_file, lock_timeout_s, log=logger.info):
+        shards = stage(ingest)
+        features = stage(preprocess, ingest=shards)
+        model = stage(train, preprocess=features)
+        evaluation = stage(evaluate, preprocess=features, train=model)
+        run_report = stage(report, ingest=shards, preprocess=features, train=model, evaluate=evaluation)
+        decision = stage(
+            promote, ingest=shards, preprocess=features, train=model, evaluate=evaluation, report=run_report
+        )
+    if run_report is not None and "report" in stage.selected:
+        publish_report(run_report, config.model)
+        logger.info("report: %s", run_report.report_path)
+    outputs = zip(STAGES, (shards, features, model, evaluation, run_report, decision))
+    return {name: str(output.location) for name, output in outputs if output is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lock-timeout",
         type=float,
-        default=1800.0,
-        help="seconds to wait for another run on the same data dir (default 1800)",
+        default=DEFAULT_LOCK_TIMEOUT_S,
+        help=f"seconds to wait for another run on the same data dir (default {DEFAULT_LOCK_TIMEOUT_S:.0f})",
     )
     return parser
 

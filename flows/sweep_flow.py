@@ -26,9 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from any directory
-
-from tasks.environment import apply_defaults  # noqa: E402
+from cifarflow.environment import apply_defaults  # noqa: E402
 
 apply_defaults()  # before Prefect and TensorFlow read the environment
 
@@ -42,21 +40,21 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect_dask import DaskTaskRunner  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from tasks.cache import key_parts  # noqa: E402
-from tasks.config import PipelineConfig, add_data_arguments, data_settings  # noqa: E402
-from tasks.errors import PipelineInputError  # noqa: E402
-from tasks.lock import data_dir_lock  # noqa: E402
-from tasks.stages import SPECS, existing_output, existing_report, prepared_task, run_stage, stage_key  # noqa: E402,E501
-from tasks.sweep import (  # noqa: E402
-    Trial,
-    TrialOutcome,
-    build_trials,
-    leaderboard_rows,
-    load_space,
-    merge_space,
-    sweep_name,
-    write_leaderboard,
-)
+from cifarflow.config import PipelineConfig, add_data_arguments, data_settings  # noqa: E402
+from cifarflow.errors import PipelineInputError  # noqa: E402
+from cifarflow.files import read_json  # noqa: E402
+from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock  # noqa: E402
+from cifarflow.orchestration.cache import key_parts  # noqa: E402
+from cifarflow.orchestration.runner import run_stage  # noqa: E402
+from cifarflow.orchestration.stages import SPECS  # noqa: E402
+from cifarflow.sweep.leaderboard import TrialOutcome, leaderboard_rows, write_leaderboard  # noqa: E402
+from cifarflow.sweep.space import Trial, build_trials, load_space, merge_space, sweep_name  # noqa: E402
+from tasks.evaluate import evaluate  # noqa: E402
+from tasks.ingest import ingest  # noqa: E402
+from tasks.preprocess import preprocess  # noqa: E402
+from tasks.promote import promote  # noqa: E402
+from tasks.report import report  # noqa: E402
+from tasks.train import train  # noqa: E402
 
 # One thread per TensorFlow op pool in each worker: the cluster's parallelism is its worker processes.
 SINGLE_THREAD_ENV = {
@@ -141,14 +139,15 @@ def run_trials(
     logger.info("submitted %d trials to %s", len(submitted), cluster)
     outcomes = []
     for name, train_future, evaluate_future in submitted:
-        train_future.wait()
-        evaluate_future.wait()
-        train_state, evaluate_state = train_future.state, evaluate_future.state
+        if evaluate_future is not None:
+            evaluate_future.wait()
+        train_state = train_future.state
+        evaluate_state = evaluate_future.state if evaluate_future is not None else None
         outcome: dict[str, Any] = {
             "trial": name,
             "states": {"train": _state_name(train_state), "evaluate": _state_name(evaluate_state)},
         }
-        if train_state.is_completed() and evaluate_state.is_completed():
+        if train_state.is_completed() and evaluate_state is not None and evaluate_state.is_completed():
             outcome |= {"train": train_state.result(), "evaluate": evaluate_state.result()}
         else:
             failed = train_state if not train_state.is_completed() else evaluate_state
@@ -171,20 +170,30 @@ def _describe_cluster(runner) -> dict[str, Any]:
     }
 
 
+def _prepared(task, config: PipelineConfig, upstream: dict[str, Any], name: str):
+    """The stage's task for a trial, its key and whether its output on disk can be reused."""
+    spec = SPECS[task.name]
+    key = key_parts(spec, config, upstream).key
+    refresh = spec.find(config, key, upstream) is None
+    options = {"refresh_cache": refresh, "result_storage": config.layout.prefect_results}
+    return task.with_options(task_run_name=f"{task.name}-{name}", **options), key
+
+
 def _submit_trials(trials: list[PipelineConfig], trial_names: list[str], features) -> list[tuple]:
-    """Submit every trial's train, and its evaluate depending on it; the runner schedules them."""
-    submitted = []
+    """Submit every trial's train at once, then each trial's evaluate as soon as its model exists
+    (an evaluate's cache key includes its model's fingerprint, so it is known only then)."""
+    trains = []
     for config, name in zip(trials, trial_names):
-        model = existing_output("train", config, stage_key("train", config, {"preprocess": features}))
-        train = prepared_task("train", config, {"preprocess": features}, task_run_name=f"train-{name}")
-        if model is not None:
-            evaluate = prepared_task(
-                "evaluate", config, {"preprocess": features, "train": model}, task_run_name=f"evaluate-{name}"
-            )
-        else:  # its model will be (re)trained: no cached evaluation can be trusted
-            evaluate = prepared_task("evaluate", config, {}, force=True, task_run_name=f"evaluate-{name}")
-        train_future = train.submit(config=config, preprocess=features)
-        evaluate_future = evaluate.submit(config=config, preprocess=features, train=train_future)
+        task, key = _prepared(train, config, {"preprocess": features}, name)
+        trains.append((config, name, task.submit(config=config, key=key, preprocess=features)))
+    submitted = []
+    for config, name, train_future in trains:
+        train_future.wait()
+        evaluate_future = None
+        if train_future.state.is_completed():
+            upstream = {"preprocess": features, "train": train_future.result()}
+            task, key = _prepared(evaluate, config, upstream, name)
+            evaluate_future = task.submit(config=config, key=key, **upstream)
         submitted.append((name, train_future, evaluate_future))
     return submitted
 
@@ -205,9 +214,9 @@ def cifar_sweep(
     n_workers: int | None = None,
     sequential: bool = False,
     promote_best: bool = False,
-    lock_timeout_s: float = 1800.0,
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> dict[str, Any]:
-    """Sweep `space` (see `tasks.sweep`) over `config`'s data. `dask_address`: an existing Dask
+    """Sweep `space` (see `cifarflow.sweep.space`) over `config`'s data. `dask_address`: an existing Dask
     scheduler (tcp://host:8786); none starts a LocalCluster of `n_workers` (default: one per core).
     `sequential`: no Dask; trials one after another in this process. `promote_best`: hand the best
     trial to the champion/challenger step (tasks/promote_task.py), as a nightly run would be."""
@@ -216,63 +225,55 @@ def cifar_sweep(
     name = sweep_name(name or (space or {}).get("name"), trials)
     layout = config.layout
     with data_dir_lock(layout.lock_file, lock_timeout_s, log=logger.info):
-        ingest = run_stage("ingest", config, {})
-        features = run_stage("preprocess", config, {"ingest": ingest})
+        shards = run_stage(ingest, config, {})
+        features = run_stage(preprocess, config, {"ingest": shards})
         where = "this process, one at a time" if sequential else dask_address or "a local Dask cluster"
         logger.info("sweep %s: %d trials on %s", name, len(trials), where)
         run = run_trials.with_options(task_runner=trial_task_runner(dask_address, n_workers, sequential))
         ran = run(
             sweep=name, trials=[t.config for t in trials], trial_names=[t.name for t in trials], features=features
         )
-        outcomes = [_report_trial(trial, result, ingest, features) for trial, result in zip(trials, ran["trials"])]
+        outcomes = [_report_trial(trial, result, shards, features) for trial, result in zip(trials, ran["trials"])]
         summary = _publish(name, outcomes, layout.reports / "sweeps" / name, ran["cluster"], logger)
         summary |= {"cluster": ran["cluster"], "trials_flow_run_id": ran["flow_run_id"]}
         if promote_best and summary["best"]:
             index = [t.name for t in trials].index(summary["best"])
-            summary["promotion"] = _promote(trials[index].config, ran["trials"][index], ingest, features, logger)
+            summary["promotion"] = _promote(trials[index].config, ran["trials"][index], shards, features, logger)
         return summary
 
 
-def _promote(config: PipelineConfig, result: dict[str, Any], ingest, features, logger) -> str:
+def _promote(config: PipelineConfig, result: dict[str, Any], shards, features, logger) -> str:
     """The best trial goes through champion/challenger exactly like a nightly run's model."""
-    from tasks.promote_task import run_promote
-
-    upstream = {"ingest": ingest, "preprocess": features, "train": result["train"], "evaluate": result["evaluate"]}
-    upstream["report"] = existing_report(config, key_parts(SPECS["report"], config, upstream).key)
-    promotion = run_promote(config, upstream)
+    upstream = {"ingest": shards, "preprocess": features, "train": result["train"], "evaluate": result["evaluate"]}
+    upstream["report"] = SPECS["report"].find(config, key_parts(SPECS["report"], config, upstream).key, upstream)
+    promotion = run_stage(promote, config, upstream)
     logger.info("champion/challenger for the best trial: %s", promotion.summary)
     return promotion.summary
 
 
-def _report_trial(trial: Trial, result: dict[str, Any], ingest, features) -> TrialOutcome:
+def _report_trial(trial: Trial, result: dict[str, Any], shards, features) -> TrialOutcome:
     """The trial's report, written by the pipeline's own report task (same layout as a normal run)."""
     states = dict(result["states"])
     if "error" in result:
         return TrialOutcome(trial, "failed", states | {"report": "NotRun"}, error=result["error"])
-    config, train, evaluation = trial.config, result["train"], result["evaluate"]
-    upstream = {"ingest": ingest, "preprocess": features, "train": train, "evaluate": evaluation}
-    task = prepared_task("report", config, upstream, task_run_name=f"report-{trial.name}")
-    state = task(config=config, return_state=True, **upstream)
+    config, model, evaluation = trial.config, result["train"], result["evaluate"]
+    upstream = {"ingest": shards, "preprocess": features, "train": model, "evaluate": evaluation}
+    task, key = _prepared(report, config, upstream, trial.name)
+    state = task(config=config, key=key, return_state=True, **upstream)
     states["report"] = state.name
     if not state.is_completed():
         return TrialOutcome(trial, "failed", states, error=_message(state))
-    report = state.result()
+    written = state.result()
     all_cached = all(s == "Cached" for s in (states["train"], states["evaluate"]))
     return TrialOutcome(
         trial,
         "cached" if all_cached else "completed",
         states,
         test_accuracy=evaluation.test_accuracy,
-        test_loss=_test_loss(report.metrics_path),
-        train_seconds=train.train_seconds,
-        report_dir=str(report.directory),
+        test_loss=read_json(written.metrics_path).get("test_loss"),
+        train_seconds=model.train_seconds,
+        report_dir=str(written.directory),
     )
-
-
-def _test_loss(metrics_path: Path) -> float | None:
-    from tasks.files import read_json
-
-    return read_json(metrics_path).get("test_loss")
 
 
 def _publish(name: str, outcomes: list[TrialOutcome], directory: Path, cluster: dict, logger) -> dict[str, Any]:
@@ -331,7 +332,7 @@ def _names(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--space", type=Path, help="search space file (YAML or JSON; see tasks/sweep.py)")
+    parser.add_argument("--space", type=Path, help="search space file (YAML or JSON; see cifarflow/sweep/space.py)")
     parser.add_argument("--name", help="sweep name (default: the space's name, or one derived from its trials)")
     parser.add_argument("--models", type=_names, help="comma-separated model presets")
     parser.add_argument("--learning-rates", type=_floats, help="comma-separated learning rates")

@@ -1,153 +1,33 @@
-"""Stage 5, report: evaluation + training facts → `data/reports/<run-name>/` (report.md,
-metrics.json, plots, model card) and the `latest` link. Prefect artifacts are published from
-these files by the flow (see `tasks.artifacts`)."""
-
 from __future__ import annotations
 
-import platform
-import shutil
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata
-from pathlib import Path
-from typing import Any
+from prefect import get_run_logger, task
 
-from tasks.files import atomic_directory, atomic_path, point_symlink, read_json, write_json
-
-PLOTS = ("confusion_matrix.png", "training_curves.png", "sample_predictions.png")
-LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pyarrow", "scikit-learn", "prefect")
-SEED_PUBLISHED_ACCURACY = 0.615
+from cifarflow.config import PipelineConfig
+from cifarflow.data.ingest import IngestResult
+from cifarflow.data.transform import Features
+from cifarflow.evaluation.evaluate import Evaluation
+from cifarflow.orchestration.runner import stage_options
+from cifarflow.reporting.report import Report, model_card, run_name_for, write_report
+from cifarflow.training.run import TrainResult
 
 
-def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-@dataclass(frozen=True)
-class Report:
-    directory: Path
-    report_path: Path
-    metrics_path: Path
-    run_name: str
-
-
-def run_name_for(model: str, epochs: int, key: str, now: datetime | None = None) -> str:
-    """Time first so names sort by age; the key's head keeps reports written in the same second
-    (parallel sweep trials) apart."""
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{model}-e{epochs}-{key[:8]}"
-
-
-def build_metrics(evaluation: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
-    """The stable metrics.json contract: evaluation results plus the run's identifying facts."""
-    return evaluation | {
-        "model": card["model"],
-        "epochs": card["epochs"],
-        "batch_size": card["batch_size"],
-        "train_seconds": card["train_seconds"],
-        "source_sha256": card["source_sha256"],
-        "params": card["params"],
-        "run_name": card["run_name"],
-    }
-
-
-def per_class_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    report = metrics["classification_report"]
-    return [
-        {
-            "class": name,
-            "precision": round(report[name]["precision"], 4),
-            "recall": round(report[name]["recall"], 4),
-            "f1": round(report[name]["f1-score"], 4),
-            "support": int(report[name]["support"]),
-        }
-        for name in metrics["class_names"]
-    ]
-
-
-def render_markdown(metrics: dict[str, Any], card: dict[str, Any], plot_prefix: str = "") -> str:
-    rows = "\n".join(
-        f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |"
-        for r in per_class_rows(metrics)
-    )
-    versions = ", ".join(f"{k} {v}" for k, v in card["libraries"].items())
-    delta = metrics["test_accuracy"] - SEED_PUBLISHED_ACCURACY
-    report = metrics["classification_report"]
-    return f"""# CIFAR-10 run `{card["run_name"]}`
-
-**Test accuracy {metrics["test_accuracy"]:.4f}** (loss {metrics["test_loss"]:.4f}) with model `{card["model"]}`;
-the classic notebook's published seed is {SEED_PUBLISHED_ACCURACY:.3f} ({delta:+.3f}).
-Test-time augmentation: {metrics.get("tta", "none")}.
-
-## Per-class metrics (test set)
-
-| class | precision | recall | F1 | support |
-|---|---|---|---|---|
-{rows}
-
-Macro F1 {report["macro avg"]["f1-score"]:.4f}; weighted F1 {report["weighted avg"]["f1-score"]:.4f}.
-
-## Plots
-
-![confusion matrix]({plot_prefix}confusion_matrix.png)
-![training curves]({plot_prefix}training_curves.png)
-![sample predictions]({plot_prefix}sample_predictions.png)
-
-## Model card
-
-| fact | value |
-|---|---|
-| model | `{card["model"]}` ({card["params"]:,} parameters) |
-| epochs / batch size / learning rate | {card["epochs"]} / {card["batch_size"]} / {card["learning_rate"]} |
-| seed | {card["seed"]} |
-| normalization | {card["normalization"]} |
-| training time | {card["train_seconds"]:.1f} s |
-| data source | `{card["source"]}` |
-| source sha256 | `{card["source_sha256"]}` |
-| dataset sha256 (shards) | `{card["dataset_sha256"]}` |
-| model sha256 | `{card["model_sha256"]}` |
-| created | {card["created"]} |
-| libraries | {versions} |
-"""
-
-
-def write_report(evaluation_dir: Path, card: dict[str, Any], reports_dir: Path) -> Report:
-    """Assemble the run's report directory atomically and point `latest` at it."""
-    evaluation = read_json(evaluation_dir / "metrics.json")
-    metrics = build_metrics(evaluation, card)
-    target = reports_dir / card["run_name"]
-    with atomic_directory(target) as staging:
-        for plot in PLOTS:
-            shutil.copy2(evaluation_dir / plot, staging / plot)
-        write_json(staging / "metrics.json", metrics)
-        write_json(staging / "model_card.json", card)
-        with atomic_path(staging / "report.md") as tmp:
-            tmp.write_text(render_markdown(metrics, card))
-    point_symlink(reports_dir / "latest", target)
-    return Report(target, target / "report.md", target / "metrics.json", card["run_name"])
-
-
-def model_card(*, run_name: str, config: Any, train: Any, ingest: Any, features: Any) -> dict[str, Any]:
-    return {
-        "run_name": run_name,
-        "model": config.model,
-        "params": train.params,
-        "epochs": train.epochs,
-        "batch_size": config.train_batch_size,
-        "learning_rate": config.train_learning_rate,
-        "seed": config.seed,
-        "normalization": features.normalization,
-        "train_seconds": round(train.train_seconds, 2),
-        "source": config.source,
-        "source_sha256": ingest.source_sha256,
-        "dataset_sha256": ingest.dataset_sha256,
-        "model_sha256": train.model_sha256,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "libraries": library_versions(),
-    }
+@task(**stage_options("report", retries=2, delay=1), task_run_name="report-{config.model}")
+def report(
+    config: PipelineConfig,
+    key: str,
+    ingest: IngestResult,
+    preprocess: Features,
+    train: TrainResult,
+    evaluate: Evaluation,
+) -> Report:
+    """Write data/reports/<run-name>/ (report.md, metrics.json, plots, model card) and `latest`."""
+    card = model_card(
+        run_name=run_name_for(config.model, train.epochs, key),
+        config=config,
+        train=train,
+        ingest=ingest,
+        features=preprocess,
+    ) | {"cache_key": key}
+    result = write_report(evaluate.directory, card, config.layout.reports)
+    get_run_logger().info("report written to %s", result.directory)
+    return result

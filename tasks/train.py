@@ -1,123 +1,32 @@
-"""Stage 3, train: features → a trained `.keras` model, its per-epoch history and timing.
-
-Training checkpoints every epoch (Keras `BackupAndRestore`) in a directory beside the final
-model, so a killed run resumes from its last finished epoch. The final model directory is
-written whole and renamed into place, so a model directory that exists is always complete.
-"""
-
 from __future__ import annotations
 
-import json
-import shutil
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from tasks.files import atomic_directory, file_digest, read_json, write_json
-
-EpochHook = Callable[[int, int, dict[str, float]], None]  # (epoch (1-based), total, metrics)
+from cifarflow.config import PipelineConfig
+from cifarflow.data.transform import Features
+from cifarflow.orchestration.runner import stage_options
+from cifarflow.training.run import TrainResult, train_model
+from cifarflow.training.settings import TrainSettings
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """The resolved training parameters (preset defaults filled in)."""
-
-    model: str
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    optimizer: str
-    seed: int
-    trainer: str = "keras_fit"
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    model_dir: Path
-    model_path: Path
-    model_sha256: str
-    history_path: Path
-    train_seconds: float
-    epochs: int
-    params: int
-
-    @property
-    def fingerprint(self) -> str:
-        return self.model_sha256
-
-
-def read_journal(journal: Path) -> list[dict[str, float]]:
-    """Finished epochs so far, one record per epoch (the last write wins after a resume)."""
-    if not journal.is_file():
-        return []
-    records: dict[int, dict] = {}
-    for line in journal.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
-            continue
-        records[int(record["epoch"])] = record
-    return [records[e] for e in sorted(records)]
-
-
-def checkpoint_dir(model_dir: Path) -> Path:
-    """Where an unfinished training keeps its journal and checkpoint: beside the final model
-    directory, so it survives a kill; removed once the model is written."""
-    return model_dir.with_name(f".{model_dir.name}.inprogress")
-
-
-def train_model(
-    settings: TrainSettings,
-    features_dir: Path,
-    model_dir: Path,
-    on_epoch: EpochHook | None = None,
-    verbose: int | None = None,
-) -> TrainResult:
-    """Train, resuming from a checkpoint left by an interrupted run, and write model_dir whole."""
-    import keras  # imported here so that planning and config checks never pay for TensorFlow
-
-    from tasks.fit import TRAINERS, AtomicBackupAndRestore, EpochRecorder
-
-    work = checkpoint_dir(model_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    journal = work / "epochs.jsonl"
-    keras.utils.set_random_seed(settings.seed)
-    # The journal is written before the checkpoint: a kill between the two re-runs that epoch
-    # and overwrites its journal line, so history and weights never disagree. Both live outside
-    # the final model directory, so a killed run resumes from its last finished epoch.
-    callbacks = [
-        EpochRecorder(journal, settings.epochs, on_epoch),
-        AtomicBackupAndRestore(str(work / "backup")),
-    ]
-    if verbose is None:  # a live progress bar on a terminal; one line per epoch in logs and CI
-        verbose = 1 if sys.stdout.isatty() else 2
-    model = TRAINERS[settings.trainer](settings, features_dir, callbacks, verbose=verbose)
-    history = read_journal(journal)
-    with atomic_directory(model_dir) as staging:
-        model.save(staging / "model.keras")
-        write_json(staging / "history.json", history)
-        train_seconds = sum(r["seconds"] for r in history)
-        summary = {
-            "settings": settings.__dict__,
-            "train_seconds": train_seconds,
-            "params": model.count_params(),
-            "epochs_completed": len(history),
-            "model_sha256": file_digest(staging / "model.keras"),
-        }
-        write_json(staging / "train.json", summary)
-    shutil.rmtree(work, ignore_errors=True)
-    return load_train_result(model_dir)
-
-
-def load_train_result(model_dir: Path) -> TrainResult:
-    summary = read_json(model_dir / "train.json")
-    return TrainResult(
-        model_dir=model_dir,
-        model_path=model_dir / "model.keras",
-        model_sha256=summary["model_sha256"],
-        history_path=model_dir / "history.json",
-        train_seconds=summary["train_seconds"],
-        epochs=summary["epochs_completed"],
-        params=summary["params"],
+@task(**stage_options("train", retries=1, delay=5), task_run_name="train-{config.model}-e{config.train_epochs}")
+def train(config: PipelineConfig, key: str, preprocess: Features) -> TrainResult:
+    """Train the chosen preset; logs every epoch and updates a progress artifact in the UI."""
+    logger = get_run_logger()
+    settings = TrainSettings(
+        config.model, config.train_epochs, config.train_batch_size, config.train_learning_rate, config.seed
     )
+    progress = create_progress_artifact(
+        progress=0.0, key=f"training-progress-{config.model}", description=f"Training {config.model}"
+    )
+
+    def on_epoch(epoch: int, total: int, metrics: dict[str, float]) -> None:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in {"epoch", "seconds"})
+        logger.info("epoch %d/%d: %s (%.1f s)", epoch, total, shown, metrics["seconds"])
+        update_progress_artifact(progress, progress=100.0 * epoch / total)
+
+    logger.info("training %s: %s", config.model, settings)
+    result = train_model(settings, preprocess.directory, config.layout.model_dir(key), on_epoch=on_epoch)
+    logger.info("trained %s in %.1f s (%d parameters)", config.model, result.train_seconds, result.params)
+    return result

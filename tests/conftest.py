@@ -41,6 +41,6 @@ def synthetic_archive(tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny_config(tmp_path: Path, synthetic_archive: Path):
     """A pipeline config on the synthetic archive: small shards, 1 epoch, its own data dir."""
-    from tasks.config import PipelineConfig
+    from cifarflow.config import PipelineConfig
 
     return PipelineConfig(source=str(synthetic_archive), data_dir=tmp_path / "data", epochs=1, rows_per_shard=100)

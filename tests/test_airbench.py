@@ -11,9 +11,9 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
+from cifarflow.models.registry import get_preset  # noqa: E402
+from cifarflow.training.run import TrainSettings  # noqa: E402
 from tasks import airbench, airbench_train, augment, muon  # noqa: E402
-from tasks.presets import get_preset  # noqa: E402
-from tasks.train import TrainSettings  # noqa: E402
 
 
 def expected_params(widths, channels=3, classes=10) -> int:
@@ -291,7 +291,7 @@ def test_resumed_training_matches_an_unbroken_run(tmp_path, recipe):
 
 
 def test_presets_and_builders_are_registered():
-    from tasks.models import make_model
+    from cifarflow.models.seed import make_model
 
     for name, params in (("fast", 1_973_944), ("quick", 295_544)):
         preset = get_preset(name)

@@ -9,8 +9,8 @@ import pickle
 import numpy as np
 import pytest
 
-from tasks.archive import fetch_archive, read_archive, verify_checksums
-from tasks.errors import ArchiveError
+from cifarflow.data.archive import fetch_archive, read_archive, verify_checksums
+from cifarflow.errors import ArchiveError
 from tests.synthetic import CLASSES, archive_members, batch_bytes, write_archive
 
 

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import tasks.cache as cache
-from tasks.cache import StageSpec, explain_change, key_parts, module_digest
+import cifarflow.orchestration.cache as cache
+from cifarflow.orchestration.cache import StageSpec, explain_change, key_parts, module_digest
 
 
 @pytest.fixture
@@ -65,8 +65,8 @@ def test_explain_change_names_what_changed(helper_module, monkeypatch):
 
 
 def test_local_source_is_keyed_by_content_not_path(synthetic_archive, tmp_path):
-    from tasks.cache import source_identity
-    from tasks.config import PipelineConfig
+    from cifarflow.config import PipelineConfig
+    from cifarflow.orchestration.cache import source_identity
 
     copy = tmp_path / "copy.tar.gz"
     copy.write_bytes(synthetic_archive.read_bytes())

@@ -103,8 +103,8 @@ def _bad_source(fault: str, good: Path, tmp_path: Path) -> tuple[Path, list[str]
     ],
 )
 def test_bad_archive_fails_clearly_and_loses_nothing(synthetic_archive, tmp_path, cli_env, fault, message):
-    from tasks.ingest import ingest_archive
-    from tasks.layout import DataLayout
+    from cifarflow.data.ingest import ingest_archive
+    from cifarflow.layout import DataLayout
 
     data_dir = tmp_path / "data"
     ingest_archive(str(synthetic_archive), DataLayout(data_dir), rows_per_shard=100)  # earlier good shards
@@ -171,7 +171,7 @@ def test_killed_training_resumes_from_last_epoch(synthetic_archive, tmp_path, cl
     output = resumed.stdout + resumed.stderr
     assert "Epoch 1/40" not in output  # did not start over ...
     assert f"Epoch {epochs}/{epochs}" in output  # ... and finished the planned number of epochs
-    from tasks.files import read_json
+    from cifarflow.files import read_json
 
     history = read_json(next((data_dir / "models").glob("*/history.json")))
     assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
@@ -256,7 +256,7 @@ def test_second_run_on_same_data_dir_waits_or_fails_clearly(synthetic_archive, t
     finally:
         first.kill()
     assert first.returncode == 0, first_output
-    from tasks.files import read_json
+    from cifarflow.files import read_json
 
     assert read_json(data_dir / "reports" / "latest" / "metrics.json")["epochs"] == 30
     assert cli(*args, "--epochs", "2", env=cli_env).returncode == 0  # once free, it runs

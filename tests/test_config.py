@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from tasks.config import PipelineConfig
+from cifarflow.config import PipelineConfig
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ def test_prefect_yaml_declares_a_nightly_offline_deployment():
     assert SPEC["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": True}]
     assert SPEC["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert (REPO_ROOT / SPEC["entrypoint"].split(":")[0]).is_file()
-    from tasks.config import PipelineConfig
+    from cifarflow.config import PipelineConfig
 
     assert set(SPEC["parameters"]["config"]) <= set(PipelineConfig.model_fields)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.files import read_json
-from tasks.stages import STAGES
+from cifarflow.files import read_json
+from cifarflow.orchestration.stages import STAGES
 from tests.flow_helpers import run_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -95,12 +95,12 @@ def test_stage_without_upstream_output_fails_clearly(tiny_config):
 
 
 def test_failed_stage_fails_the_flow_and_next_run_resumes_there(tiny_config, monkeypatch):
-    import tasks.evaluate
+    import cifarflow.evaluation.evaluate
 
     def broken(*args, **kwargs):
         raise RuntimeError("plotting backend exploded")
 
-    monkeypatch.setattr(tasks.evaluate, "evaluate_model", broken)
+    monkeypatch.setattr(cifarflow.evaluation.evaluate, "evaluate_model", broken)
     state, states = run_flow(tiny_config)
     assert state.is_failed() and states["evaluate"] == "Failed" and states["train"] == "Completed"
     with pytest.raises(RuntimeError, match="plotting backend exploded"):

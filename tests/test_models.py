@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from tasks.models import make_model, make_optimizer, make_seed_model  # noqa: E402
+from cifarflow.models.seed import make_model, make_optimizer, make_seed_model  # noqa: E402
 
 
 def test_seed_model_matches_the_notebook():

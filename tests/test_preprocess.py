@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.errors import ShardError
-from tasks.ingest import ingest_archive
-from tasks.layout import DataLayout
-from tasks.preprocess import build_features, channel_stats, load_split, normalize, one_hot, verify_features
+from cifarflow.data.ingest import ingest_archive
+from cifarflow.data.transform import build_features, channel_stats, load_split, normalize, one_hot, verify_features
+from cifarflow.errors import ShardError
+from cifarflow.layout import DataLayout
 
 
 def test_normalize_maps_to_unit_interval():

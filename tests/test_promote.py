@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.evaluate import compute_metrics
+from cifarflow.evaluation.evaluate import compute_metrics
 from tasks.promote import (
     NO_CHAMPION,
     SECTION_BEGIN,

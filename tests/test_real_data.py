@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tasks.files import file_digest, read_json
+from cifarflow.files import file_digest, read_json
 from tests.conftest import REPO_ROOT, SHARED_DATASETS
 
 BUILT_SHA256 = "08bc026731e391f26bf96d1ec8d31e03bcb7da322f501f6fdb65eaa8503a5b32"
@@ -39,7 +39,7 @@ def real_archive(tmp_path_factory):
 
 
 def test_real_archive_one_epoch_of_the_seed(real_archive, tmp_path):
-    from tasks.config import PipelineConfig
+    from cifarflow.config import PipelineConfig
     from tests.flow_helpers import run_flow
 
     config = PipelineConfig(source=str(real_archive), sha256=BUILT_SHA256, data_dir=tmp_path / "data", epochs=1)

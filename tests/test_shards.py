@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.archive import read_archive
-from tasks.errors import ShardError, StorageError
-from tasks.ingest import ingest_archive
-from tasks.layout import DataLayout
-from tasks.shards import SCHEMA, read_split, verify_manifest
+from cifarflow.data.archive import read_archive
+from cifarflow.data.ingest import ingest_archive
+from cifarflow.data.shards import SCHEMA, read_split, verify_manifest
+from cifarflow.errors import ShardError, StorageError
+from cifarflow.layout import DataLayout
 
 
 def test_round_trip_keeps_pixels_labels_and_ids(synthetic_archive, tmp_path):

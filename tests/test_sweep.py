@@ -12,9 +12,9 @@ import json
 
 import pytest
 
-from tasks.config import PipelineConfig
-from tasks.errors import PipelineInputError
-from tasks.sweep import build_trials, check_space, expand_space, merge_space, sweep_name
+from cifarflow.config import PipelineConfig
+from cifarflow.errors import PipelineInputError
+from cifarflow.sweep.space import build_trials, check_space, expand_space, merge_space, sweep_name
 
 # ------------------------------------------ pure units -----------------------------------------
 

@@ -1,0 +1,127 @@
+"""The one typed configuration that flows from the command line (or a deployment) to every stage."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cifarflow.data.archive import OFFICIAL_URL, is_url, local_path
+from cifarflow.data.shards import ROWS_PER_SHARD
+from cifarflow.layout import DataLayout
+from cifarflow.models.registry import PRESETS, Preset, get_preset
+
+Normalization = Literal["unit", "standardize"]
+
+
+class PipelineConfig(BaseModel):
+    """Everything a run's outputs depend on. Frozen: stages read it, never change it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(OFFICIAL_URL, description="URL, file:// URL or local path of cifar-10-python.tar.gz")
+    sha256: str | None = Field(None, description="expected sha256 of the archive (optional)")
+    md5: str | None = Field(None, description="expected md5 of the archive (the official URL's is built in)")
+    data_dir: Path = Field(Path("data"), description="where shards, features, models and reports go")
+    model: str = Field("seed", description=f"model preset: {', '.join(sorted(PRESETS))}")
+    epochs: int | None = Field(None, gt=0, le=1000, description="training epochs (default: the preset's)")
+    batch_size: int | None = Field(None, gt=0, le=65536, description="batch size (default: the preset's)")
+    learning_rate: float | None = Field(None, gt=0, lt=10, description="learning rate (default: the preset's)")
+    seed: int = Field(42, ge=0, lt=2**31, description="random seed for weights and shuffling")
+    normalization: Normalization | None = Field(
+        None,
+        description="the transform preprocess fits and every model applies first: 'unit' = pixels/255; "
+        "'standardize' = per-channel z-score fitted on train (default: the preset's)",
+    )
+    rows_per_shard: int = Field(ROWS_PER_SHARD, gt=0, description="images per Parquet shard")
+    promotion_alpha: float = Field(
+        0.05, gt=0, lt=1, description="promote a new model over the champion only if McNemar's p is below this"
+    )
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha256_hex(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("sha256 must be 64 hex characters")
+        return value.lower() if value else value
+
+    @field_validator("md5")
+    @classmethod
+    def _md5_hex(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", value):
+            raise ValueError("md5 must be 32 hex characters")
+        return value.lower() if value else value
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        get_preset(value)
+        return value
+
+    @model_validator(mode="after")
+    def _source_exists(self) -> PipelineConfig:
+        parsed_is_url = is_url(self.source)
+        if not parsed_is_url or self.source.startswith("file:"):
+            path = local_path(self.source)
+            if not path.is_file():
+                raise ValueError(
+                    f"source {self.source!r} is not an existing file. Pass the path or URL of "
+                    "cifar-10-python.tar.gz; README 'Getting the data' shows how to build one offline."
+                )
+        return self
+
+    @property
+    def preset(self) -> Preset:
+        return get_preset(self.model)
+
+    @property
+    def layout(self) -> DataLayout:
+        return DataLayout(Path(self.data_dir).resolve())
+
+    @property
+    def resolved_normalization(self) -> str:
+        return self.normalization or self.preset.normalization
+
+    @property
+    def train_epochs(self) -> int:
+        return self.epochs or self.preset.epochs
+
+    @property
+    def train_batch_size(self) -> int:
+        return self.batch_size or self.preset.batch_size
+
+    @property
+    def train_learning_rate(self) -> float:
+        return self.learning_rate or self.preset.learning_rate
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that say where the data comes from and how it is stored, shared by every command
+    line that builds a `PipelineConfig` (the pipeline and the sweep)."""
+    fields = PipelineConfig.model_fields
+    parser.add_argument("--source", default=fields["source"].default, help=fields["source"].description)
+    parser.add_argument("--sha256", help=fields["sha256"].description)
+    parser.add_argument("--md5", help=fields["md5"].description)
+    parser.add_argument("--data-dir", default=str(fields["data_dir"].default), help=fields["data_dir"].description)
+    parser.add_argument("--normalization", help=fields["normalization"].description)
+    parser.add_argument(
+        "--rows-per-shard",
+        type=int,
+        default=fields["rows_per_shard"].default,
+        help=fields["rows_per_shard"].description,
+    )
+
+
+def data_settings(args: argparse.Namespace) -> dict:
+    """`PipelineConfig` fields from the options `add_data_arguments` defined."""
+    return {
+        "source": args.source,
+        "sha256": args.sha256,
+        "md5": args.md5,
+        "data_dir": Path(args.data_dir),
+        "normalization": args.normalization,
+        "rows_per_shard": args.rows_per_shard,
+    }

@@ -1,0 +1,203 @@
+"""Obtain and read the official CIFAR-10 *python* archive.
+
+The archive holds `cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}`, each a
+Python-2 pickle (protocol 2, byte-string keys). The batches are unpickled with an allow-list,
+so a tampered archive cannot run code on the reader's machine.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import socket
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import numpy as np
+
+from cifarflow.errors import ArchiveError
+from cifarflow.files import file_digest
+
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE_DIR = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCHES = ("test_batch",)
+META_FILE = "batches.meta"
+NUM_CLASSES = 10
+IMAGE_SHAPE = (32, 32, 3)
+DOWNLOAD_TIMEOUT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split held once in memory: uint8 images in HWC order, labels, archive file names."""
+
+    images: np.ndarray  # (N, 32, 32, 3) uint8
+    labels: np.ndarray  # (N,) uint8 in 0..9
+    filenames: list[str]
+
+
+def is_url(source: str) -> bool:
+    return urlparse(str(source)).scheme in {"http", "https", "file"}
+
+
+def local_path(source: str) -> Path:
+    """A plain path or a file:// URL as a local path."""
+    parsed = urlparse(str(source))
+    if parsed.scheme == "file":
+        return Path(url2pathname(parsed.path))
+    return Path(source)
+
+
+def verify_checksums(path: Path, sha256: str | None = None, md5: str | None = None) -> str:
+    """Check the archive against the expected digests; return its sha256."""
+    actual_sha256 = file_digest(path, "sha256")
+    if sha256 and actual_sha256 != sha256.lower():
+        raise ArchiveError(
+            f"{path}: sha256 is {actual_sha256}, expected {sha256}. The file is corrupt or not the "
+            "archive you meant; download or rebuild it, or pass the right --sha256."
+        )
+    if md5:
+        actual_md5 = file_digest(path, "md5")
+        if actual_md5 != md5.lower():
+            raise ArchiveError(
+                f"{path}: md5 is {actual_md5}, expected {md5}. The file is corrupt or not the "
+                "archive you meant; download or rebuild it, or pass the right --md5."
+            )
+    return actual_sha256
+
+
+def fetch_archive(source: str, raw_dir: Path, sha256: str | None = None, md5: str | None = None) -> tuple[Path, str]:
+    """Return a verified local copy of the archive and its sha256.
+
+    http(s) sources are downloaded into `raw_dir` by `keras.utils.get_file`, which shows progress,
+    checks the hash and re-downloads a partial or stale file. The official URL is always checked
+    against its published md5. Local paths and file:// URLs are read in place (raw data is
+    immutable; copying 170 MB buys nothing).
+    """
+    parsed = urlparse(str(source))
+    if parsed.scheme in {"http", "https"}:
+        if source == OFFICIAL_URL and not (sha256 or md5):
+            md5 = OFFICIAL_MD5
+        path = _download(source, raw_dir, sha256=sha256, md5=md5)
+    else:
+        path = local_path(source)
+        if not path.is_file():
+            raise ArchiveError(
+                f"CIFAR-10 archive not found at {path}. Pass --source with the path or URL of "
+                "cifar-10-python.tar.gz (see README: 'Getting the data')."
+            )
+    return path, verify_checksums(path, sha256=sha256, md5=md5)
+
+
+def _download(url: str, raw_dir: Path, sha256: str | None, md5: str | None) -> Path:
+    import keras  # heavy import kept local: only downloads need it
+
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    file_hash, algorithm = (sha256, "sha256") if sha256 else (md5, "md5") if md5 else (None, "auto")
+    name = Path(urlparse(url).path).name or "cifar-10-python.tar.gz"
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)  # urllib has no per-call timeout in get_file
+    try:
+        path = keras.utils.get_file(
+            fname=name,
+            origin=url,
+            file_hash=file_hash,
+            hash_algorithm=algorithm,
+            cache_dir=str(raw_dir),
+            cache_subdir=".",
+        )
+    except ValueError as error:  # get_file's word for a hash mismatch after download
+        raise ArchiveError(f"download of {url} failed verification: {error}") from error
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+    return Path(path)
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Allows only what the official batches contain: numpy arrays and dtypes."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise ArchiveError(f"archive batch references {module}.{name}; refusing to unpickle it")
+        if module == "numpy.core.multiarray":  # numpy 2 moved it; skip the deprecation shim
+            module = "numpy._core.multiarray"
+        return super().find_class(module, name)
+
+
+def _unpickle(data: bytes, member: str) -> dict[bytes, object]:
+    try:
+        obj = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except ArchiveError:
+        raise
+    except Exception as error:
+        raise ArchiveError(f"{member} is not a valid CIFAR-10 batch pickle: {error}") from error
+    if not isinstance(obj, dict):
+        raise ArchiveError(f"{member} holds {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def _batch_to_split(batch: dict[bytes, object], member: str) -> Split:
+    try:
+        data = np.asarray(batch[b"data"])
+        labels = np.asarray(batch[b"labels"])
+        filenames = [f.decode() if isinstance(f, bytes) else str(f) for f in batch[b"filenames"]]
+    except KeyError as error:
+        raise ArchiveError(f"{member} lacks the key {error.args[0]!r}") from error
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ArchiveError(f"{member}: data has shape {data.shape} {data.dtype}, expected (N, 3072) uint8")
+    if labels.shape != (data.shape[0],) or len(filenames) != data.shape[0]:
+        raise ArchiveError(
+            f"{member}: {data.shape[0]} images but {labels.shape[0]} labels and {len(filenames)} file names"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        raise ArchiveError(f"{member}: labels span {labels.min()}..{labels.max()}, expected 0..9")
+    # The archive stores each image as 1024 red, then green, then blue bytes (CHW); keep HWC.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return Split(np.ascontiguousarray(images), labels.astype(np.uint8), filenames)
+
+
+def read_archive(path: Path) -> tuple[dict[str, Split], list[str]]:
+    """Parse the archive into {"train": Split, "test": Split} and the ten label names."""
+    wanted = {f"{ARCHIVE_DIR}/{name}" for name in (*TRAIN_BATCHES, *TEST_BATCHES, META_FILE)}
+    blobs: dict[str, bytes] = {}
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            for member in tar:
+                if member.name in wanted and member.isfile():
+                    blobs[member.name.rsplit("/", 1)[1]] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
+        raise ArchiveError(
+            f"{path} is not a readable tar.gz archive ({error}). It may be truncated or not the "
+            "CIFAR-10 python archive; download or rebuild it."
+        ) from error
+    missing = sorted(name for name in wanted if name.rsplit("/", 1)[1] not in blobs)
+    if missing:
+        raise ArchiveError(f"{path} is missing {', '.join(missing)}; it is not a complete CIFAR-10 python archive")
+
+    meta = _unpickle(blobs[META_FILE], META_FILE)
+    label_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(b"label_names", [])]
+    if len(label_names) != NUM_CLASSES:
+        raise ArchiveError(f"{META_FILE} lists {len(label_names)} label names, expected {NUM_CLASSES}")
+
+    splits = {}
+    for split, names in (("train", TRAIN_BATCHES), ("test", TEST_BATCHES)):
+        parts = [_batch_to_split(_unpickle(blobs.pop(n), n), n) for n in names]
+        splits[split] = Split(
+            images=np.concatenate([p.images for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
+            filenames=[f for p in parts for f in p.filenames],
+        )
+    return splits, label_names

@@ -1,0 +1,132 @@
+"""Parquet shards of the raw images and the manifest that pins their content.
+
+One row per image: a stable `image_id` ("train-00042", the position in the archive), the
+archive `filename`, the `label` id and `label_name`, and the 3,072 uint8 `pixels` in HWC order
+as a fixed-size list. The manifest records each shard's row count and sha256, the schema and
+the source archive's checksum; `dataset_sha256` (a hash over the shard hashes) is what
+downstream cache keys use, so nothing downstream ever re-reads pixels to decide freshness.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cifarflow.data.archive import IMAGE_SHAPE, Split
+from cifarflow.errors import ShardError
+from cifarflow.files import atomic_path, file_digest, read_json, text_digest
+
+MANIFEST_VERSION = 1
+ROWS_PER_SHARD = 10_000
+PIXELS = int(np.prod(IMAGE_SHAPE))
+SPLITS = ("train", "test")
+
+SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("filename", pa.string(), nullable=False),
+        pa.field("label", pa.uint8(), nullable=False),
+        pa.field("label_name", pa.dictionary(pa.int8(), pa.string()), nullable=False),
+        pa.field("pixels", pa.list_(pa.uint8(), PIXELS), nullable=False),
+    ]
+)
+
+
+def split_table(
+    split_name: str, split: Split, label_names: list[str], start: int = 0, stop: int | None = None
+) -> pa.Table:
+    """Rows [start, stop) of a split as an Arrow table (pixels are a zero-copy view)."""
+    stop = len(split.labels) if stop is None else stop
+    labels = split.labels[start:stop]
+    pixels = pa.array(np.ascontiguousarray(split.images[start:stop]).reshape(-1))
+    label_dictionary = pa.array(label_names, pa.string())
+    return pa.table(
+        {
+            "image_id": pa.array([f"{split_name}-{i:05d}" for i in range(start, stop)], pa.string()),
+            "filename": pa.array(split.filenames[start:stop], pa.string()),
+            "label": pa.array(labels, pa.uint8()),
+            "label_name": pa.DictionaryArray.from_arrays(pa.array(labels.astype(np.int8)), label_dictionary),
+            "pixels": pa.FixedSizeListArray.from_arrays(pixels, PIXELS),
+        },
+        schema=SCHEMA,
+    )
+
+
+def write_split_shards(
+    split_name: str, split: Split, label_names: list[str], out_dir: Path, rows_per_shard: int = ROWS_PER_SHARD
+) -> list[dict[str, Any]]:
+    """Write `part-NNNNN.parquet` files (zstd) atomically; return their manifest entries."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for number, start in enumerate(range(0, len(split.labels), rows_per_shard)):
+        stop = min(start + rows_per_shard, len(split.labels))
+        path = out_dir / f"part-{number:05d}.parquet"
+        with atomic_path(path) as tmp:
+            pq.write_table(split_table(split_name, split, label_names, start, stop), tmp, compression="zstd")
+        entries.append(
+            {
+                "path": f"{split_name}/{path.name}",
+                "rows": stop - start,
+                "sha256": file_digest(path),
+                "bytes": path.stat().st_size,
+            }
+        )
+    return entries
+
+
+def build_manifest(
+    shards: dict[str, list[dict[str, Any]]], label_names: list[str], source: dict[str, Any]
+) -> dict[str, Any]:
+    dataset_sha256 = text_digest(label_names, {s: [e["sha256"] for e in shards[s]] for s in shards})
+    return {
+        "version": MANIFEST_VERSION,
+        "dataset_sha256": dataset_sha256,
+        "label_names": label_names,
+        "schema": SCHEMA.to_string(show_schema_metadata=False),
+        "source": source,
+        "splits": {s: {"rows": sum(e["rows"] for e in shards[s]), "shards": shards[s]} for s in shards},
+    }
+
+
+def verify_manifest(manifest_path: Path) -> dict[str, Any]:
+    """Load a manifest and check every shard's size and sha256; raise ShardError on any drift."""
+    if not manifest_path.is_file():
+        raise ShardError(f"no shard manifest at {manifest_path}; run the ingest stage first")
+    manifest = read_json(manifest_path)
+    root = manifest_path.parent
+    for split in manifest["splits"].values():
+        for entry in split["shards"]:
+            path = root / entry["path"]
+            if not path.is_file():
+                raise ShardError(f"shard {path} listed in {manifest_path} is missing; re-run ingest (--refresh ingest)")
+            if path.stat().st_size != entry["bytes"] or file_digest(path) != entry["sha256"]:
+                raise ShardError(
+                    f"shard {path} does not match its manifest (sha256 changed: truncated or edited "
+                    "after ingest); re-run ingest with --refresh ingest"
+                )
+    return manifest
+
+
+def read_split(manifest_path: Path, split_name: str, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Load one split's images (N, 32, 32, 3) uint8 and labels (N,) uint8 from its shards."""
+    manifest = verify_manifest(manifest_path) if verify else read_json(manifest_path)
+    entries = manifest["splits"][split_name]["shards"]
+    rows = sum(e["rows"] for e in entries)
+    images = np.empty((rows, *IMAGE_SHAPE), np.uint8)  # filled shard by shard: one copy in memory
+    labels = np.empty(rows, np.uint8)
+    offset = 0
+    for entry in entries:
+        try:
+            table = pq.read_table(manifest_path.parent / entry["path"], columns=["label", "pixels"])
+        except (OSError, pa.ArrowException) as error:
+            raise ShardError(f"cannot read shard {entry['path']}: {error}; re-run ingest (--refresh ingest)") from error
+        n = table.num_rows
+        pixels = table.column("pixels").combine_chunks().values.to_numpy(zero_copy_only=False)
+        images[offset : offset + n] = pixels.reshape(n, *IMAGE_SHAPE)
+        labels[offset : offset + n] = table.column("label").to_numpy()
+        offset += n
+    return images, labels

@@ -1,0 +1,170 @@
+"""Stage 2, preprocess: shards → the fitted transform and training-ready arrays (TFX Transform's idea).
+
+The stage *fits* the normalization on the training split and writes, per split, the uint8 pixels,
+the integer labels and their one-hot encoding, plus `meta.json` holding the fitted parameters.
+No float copy of the data set is written: every model applies the parameters in its own first layer
+(`cifarflow.models.inputs`), so a saved model takes raw uint8 pixels, and training, evaluation and
+serving run the same arithmetic: `pixels * scale + offset` in float32, per channel.
+
+Arrays are `.npy` rather than Parquet because the trainers memory-map them: loading is a page-cache
+read with no decoding, and a run that only evaluates touches just the test arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from cifarflow.data.archive import NUM_CLASSES
+from cifarflow.data.shards import SPLITS, read_split, verify_manifest
+from cifarflow.errors import FeatureError
+from cifarflow.files import atomic_directory, file_digest, read_json, text_digest, write_json
+
+NormalizationKind = Literal["unit", "standardize"]
+CHUNK_ROWS = 5_000  # statistics are summed in float64 chunks: no full float copy of the split
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """The fitted per-channel map from uint8 pixels to model inputs: (pixels / 255 − mean) / std.
+
+    `unit` fits nothing (mean 0, std 1: pixels / 255); `standardize` fits mean and std per channel
+    on the training split."""
+
+    kind: NormalizationKind
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def scale(self) -> np.ndarray:
+        return (1.0 / (255.0 * np.asarray(self.std, np.float64))).astype(np.float32)
+
+    @property
+    def offset(self) -> np.ndarray:
+        return (-np.asarray(self.mean, np.float64) / np.asarray(self.std, np.float64)).astype(np.float32)
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        """The model input layer's arithmetic in NumPy: float32 `pixels * scale + offset`."""
+        return np.asarray(pixels).astype(np.float32) * self.scale + self.offset
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Normalization:
+        return cls(data["kind"], tuple(data["mean"]), tuple(data["std"]))
+
+
+def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of images scaled to [0, 1], computed in float64 chunks."""
+    total = np.zeros(3)
+    squares = np.zeros(3)
+    for start in range(0, len(images), CHUNK_ROWS):
+        chunk = images[start : start + CHUNK_ROWS].astype(np.float64) / 255.0
+        total += chunk.sum(axis=(0, 1, 2))
+        squares += np.square(chunk).sum(axis=(0, 1, 2))
+    count = len(images) * images.shape[1] * images.shape[2]
+    mean = total / count
+    return mean, np.sqrt(squares / count - mean**2)
+
+
+def fit_normalization(train_pixels: np.ndarray, kind: NormalizationKind) -> Normalization:
+    if kind == "unit":
+        return Normalization("unit", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    if kind == "standardize":
+        mean, std = channel_stats(train_pixels)
+        return Normalization("standardize", tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    raise ValueError(f"unknown normalization {kind!r}; choose 'unit' or 'standardize'")
+
+
+def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """(N, num_classes) uint8 one-hot rows (a tenth of float32's size; cast when batched)."""
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+    encoded = np.zeros((labels.size, num_classes), np.uint8)
+    encoded[np.arange(labels.size), labels] = 1
+    return encoded
+
+
+@dataclass(frozen=True)
+class Features:
+    """Where one preprocessed feature set lives, the hash that pins it, and its fitted transform."""
+
+    directory: Path
+    features_sha256: str
+    label_names: list[str]
+    normalization: Normalization
+
+    @property
+    def location(self) -> Path:
+        return self.directory
+
+    @property
+    def fingerprint(self) -> str:
+        return self.features_sha256
+
+
+def build_features(manifest_path: Path, out_dir: Path, normalization: NormalizationKind, log=print) -> Features:
+    """Write pixels_/labels_/onehot_{train,test}.npy and meta.json into out_dir (atomically)."""
+    manifest = verify_manifest(manifest_path)
+    with atomic_directory(out_dir) as staging:
+        fitted = None
+        for split in SPLITS:  # train first: the transform is fitted on train only
+            images, labels = read_split(manifest_path, split, verify=False)
+            fitted = fitted or fit_normalization(images, normalization)
+            np.save(staging / f"pixels_{split}.npy", images)
+            np.save(staging / f"labels_{split}.npy", labels)
+            np.save(staging / f"onehot_{split}.npy", one_hot(labels, len(manifest["label_names"])))
+            log(f"{split}: {len(labels)} images, labels one-hot encoded")
+            del images, labels
+        log(f"normalization {fitted.kind}: mean {fitted.mean}, std {fitted.std}")
+        files = {p.name: file_digest(p) for p in sorted(staging.glob("*.npy"))}
+        meta = {
+            "dataset_sha256": manifest["dataset_sha256"],
+            "label_names": manifest["label_names"],
+            "normalization": fitted.to_json(),
+            "files": files,
+            "features_sha256": text_digest(files, fitted.to_json()),
+        }
+        write_json(staging / "meta.json", meta)
+    return features_from_meta(out_dir, meta)
+
+
+def features_from_meta(directory: Path, meta: dict) -> Features:
+    return Features(
+        directory, meta["features_sha256"], meta["label_names"], Normalization.from_json(meta["normalization"])
+    )
+
+
+def verify_features(directory: Path) -> Features:
+    """The features in `directory`, after checking every array's sha256; FeatureError on drift."""
+    meta_path = directory / "meta.json"
+    if not meta_path.is_file():
+        raise FeatureError(f"no features at {directory}; run the preprocess stage first")
+    meta = read_json(meta_path)
+    for name, digest in meta["files"].items():
+        path = directory / name
+        if not path.is_file() or file_digest(path) != digest:
+            raise FeatureError(f"feature file {path} is missing or changed; re-run preprocess (--refresh preprocess)")
+    return features_from_meta(directory, meta)
+
+
+def find_features(directory: Path) -> Features | None:
+    try:
+        return verify_features(directory)
+    except (FeatureError, OSError, ValueError, KeyError):
+        return None
+
+
+def read_features(directory: Path) -> Features:
+    """The features' metadata without re-hashing (the runner verified them before handing them on)."""
+    return features_from_meta(directory, read_json(directory / "meta.json"))
+
+
+def load_split(directory: Path, split: str, kind: str = "pixels") -> np.ndarray:
+    """Memory-map one array (pixels, labels or onehot) of a split: nothing is read until used."""
+    return np.load(directory / f"{kind}_{split}.npy", mmap_mode="r")

@@ -1,0 +1,1 @@
+"""Evaluation: predictions (with test-time augmentation), metrics and plots."""

@@ -1,0 +1,131 @@
+"""File helpers every stage shares: content hashes and atomic writes.
+
+Every output is written under a temporary name in the same directory and renamed into place,
+so a crash, a full disk or a kill never leaves a half-written file where a reader expects a
+whole one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+CHUNK_BYTES = 1 << 20
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks so large archives never sit in memory."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def text_digest(*parts: Any) -> str:
+    """Stable sha256 of JSON-serialisable parts (sorted keys), used for cache keys."""
+    payload = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(payload).hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto `target` only if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    return Path(path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@contextlib.contextmanager
+def storage_errors(where: Path) -> Iterator[None]:
+    """Turn 'disk full', 'read-only' and 'permission denied' into a StorageError that says what to do."""
+    from cifarflow.errors import StorageError
+
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in STORAGE_ERRNOS:
+            raise
+        reason = "the disk is full" if error.errno in {errno.ENOSPC, errno.EDQUOT} else "it is not writable"
+        raise StorageError(
+            f"cannot write under {where}: {reason} ({error.strerror}). Free space or fix permissions, or pass "
+            "another --data-dir; nothing half-written was left behind."
+        ) from error
+
+
+def ensure_writable(directory: Path) -> None:
+    """Fail fast, before any work, if `directory` cannot be created or written."""
+    with storage_errors(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-check-"):
+            pass
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces `target` whole when the block succeeds.
+
+    Readers see either the old directory or the complete new one, never a mix; a failure
+    (a full disk included, reported as StorageError) leaves the old one untouched.
+    """
+    target = Path(target)
+    with storage_errors(target.parent):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*.part"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
+    try:
+        with storage_errors(target.parent):
+            yield staging
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, retired / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def point_symlink(link: str | Path, target: str | Path) -> None:
+    """Atomically make `link` a relative symlink to `target` (replacing any old link)."""
+    link = Path(link)
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(target, link.parent), tmp)
+    os.replace(tmp, link)

@@ -1,0 +1,159 @@
+"""The airbench network (Keller Jordan, https://github.com/KellerJordan/cifar10-airbench) in Keras 3.
+Its training loop: `cifarflow/training/airbench_loop.py`; its TTA: `cifarflow/evaluation/predict.py`.
+
+airbench94's network: the input layer applying the fitted normalization (`cifarflow.models.inputs`), a
+frozen 2×2 *patch-whitening* conv (weights from the eigen-decomposition of the training-patch
+second-moment matrix, ±eigenvectors → 24 channels; its bias trains for the first epochs only), GELU,
+three conv blocks (conv → maxpool 2 → BN → GELU → conv → BN → GELU) of widths 64/256/256 (`fast`;
+`quick` is 32/64/128), a final maxpool over the 3×3 map, a bias-free linear head and a fixed logit
+scale. Convs are bias-free and identity ("dirac") initialized on their first `in_channels` filters;
+BatchNorm has no scale, momentum 0.6, eps 1e-12. The stem (normalize, whitening) always runs in float32.
+
+The model takes uint8 pixels and outputs *logits*; `cifarflow.evaluation.predict.predict_tta` turns
+them into TTA-averaged probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import layers
+
+from cifarflow.data.archive import NUM_CLASSES
+from cifarflow.data.transform import Normalization
+from cifarflow.models.inputs import normalize, pixel_input
+from cifarflow.models.recipes import AirbenchRecipe
+
+# --------------------------------------------------------------------------------------------------
+# Layers and initializers
+# --------------------------------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="cifar")
+class DiracInit(keras.initializers.Initializer):
+    """PyTorch's default conv init (uniform ±1/√fan_in) with the first `in_channels` filters set to
+    the identity (airbench's implicit residual): a conv kernel of shape (kh, kw, in, out)."""
+
+    def __init__(self, seed: int | None = None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        kh, kw, cin, cout = shape
+        bound = 1.0 / math.sqrt(kh * kw * cin)
+        kernel = keras.random.uniform(shape, -bound, bound, dtype="float32", seed=self.seed)
+        eye = np.zeros(shape, np.float32)
+        n = min(cin, cout)
+        eye[(kh - 1) // 2, (kw - 1) // 2, np.arange(n), np.arange(n)] = 1.0
+        keep = np.ones(shape, np.float32)
+        keep[:, :, :, :n] = 0.0
+        return keras.ops.cast(kernel * keep + eye, dtype or "float32")
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="cifar")
+class PatchWhitening(layers.Layer):
+    """A frozen k×k conv whose 2·k²·C filters are ± the whitened eigenvectors of the training
+    patches (set with `set_whitening`); only the bias is a trainable weight."""
+
+    def __init__(self, kernel_size: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = kernel_size
+
+    def build(self, input_shape):
+        channels = int(input_shape[-1])
+        self.filters = 2 * channels * self.kernel_size**2
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.kernel_size, self.kernel_size, channels, self.filters),
+            initializer="zeros",
+            trainable=False,
+        )
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros", trainable=True)
+
+    def call(self, inputs):
+        kernel = keras.ops.cast(self.kernel, inputs.dtype)
+        out = keras.ops.conv(inputs, kernel, strides=1, padding="valid")
+        return out + keras.ops.cast(self.bias, out.dtype)
+
+    def compute_output_shape(self, input_shape):
+        k = self.kernel_size - 1
+        n, h, w, c = input_shape
+        return (n, None if h is None else h - k, None if w is None else w - k, 2 * c * self.kernel_size**2)
+
+    def set_whitening(self, images: np.ndarray, eps: float = 5e-4) -> None:
+        """Whitening weights from normalized float images (N, H, W, C), as airbench's
+        `init_whitening_conv`: eigen-decomposition of the (uncentered) patch covariance."""
+        self.kernel.assign(whitening_kernel(images, self.kernel_size, eps))
+
+    def get_config(self):
+        return super().get_config() | {"kernel_size": self.kernel_size}
+
+
+def whitening_kernel(images: np.ndarray, kernel_size: int = 2, eps: float = 5e-4) -> np.ndarray:
+    """(k, k, C, 2·k²·C) kernel: eigenvectors of the patch covariance scaled by 1/√(λ+eps), largest
+    eigenvalue first, then their negatives."""
+    images = np.asarray(images, np.float64)
+    n, h, w, c = images.shape
+    k = kernel_size
+    patches = np.stack([images[:, i : h - k + 1 + i, j : w - k + 1 + j, :] for i in range(k) for j in range(k)], axis=3)
+    flat = patches.reshape(-1, k * k * c)  # each row: a patch in (row, col, channel) order
+    covariance = flat.T @ flat / len(flat)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    order = np.argsort(eigenvalues)[::-1]
+    scaled = eigenvectors[:, order] / np.sqrt(eigenvalues[order] + eps)  # columns: filters
+    kernel = scaled.reshape(k, k, c, k * k * c)
+    return np.concatenate([kernel, -kernel], axis=-1).astype(np.float32)
+
+
+def _batch_norm(name: str, momentum: float) -> layers.Layer:
+    return layers.BatchNormalization(momentum=momentum, epsilon=1e-12, scale=False, center=True, name=name)
+
+
+def _conv(width: int, name: str, seed: int | None) -> layers.Layer:
+    return layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=DiracInit(seed), name=name)
+
+
+def make_airbench_net(
+    normalization: Normalization,
+    recipe: AirbenchRecipe | None = None,
+    *,
+    num_classes: int = NUM_CLASSES,
+    seed: int | None = None,
+) -> keras.Model:
+    """The airbench94 network of `recipe.widths` (uncompiled; whitening weights are zero until
+    `set_whitening`). Takes uint8 pixels, applies `normalization` itself, outputs float32 logits."""
+    recipe = recipe or AirbenchRecipe()
+    widths = recipe.widths
+    inputs = pixel_input()
+    x = normalize(inputs, normalization)
+    # The stem stays float32 under mixed precision: the whitening filters reach ~1/√eps ≈ 45, and
+    # bfloat16 inputs (8-bit mantissa) would bury the high-frequency channels in rounding noise.
+    # It is ~1% of the FLOPs.
+    x = PatchWhitening(2, name="whiten", dtype="float32")(x)
+    x = layers.Activation("gelu", name="whiten_gelu", dtype="float32")(x)
+    for block, width in enumerate(widths, start=1):
+        x = _conv(width, f"block{block}_conv1", None if seed is None else seed + 2 * block)(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        x = _batch_norm(f"block{block}_norm1", recipe.bn_momentum)(x)
+        x = layers.Activation("gelu", name=f"block{block}_gelu1")(x)
+        x = _conv(width, f"block{block}_conv2", None if seed is None else seed + 2 * block + 1)(x)
+        x = _batch_norm(f"block{block}_norm2", recipe.bn_momentum)(x)
+        x = layers.Activation("gelu", name=f"block{block}_gelu2")(x)
+    x = layers.MaxPooling2D(3, name="pool")(x)  # 3×3 map → 1×1, as airbench
+    x = layers.Flatten(name="flatten")(x)
+    fan_in = int(widths[-1])
+    # PyTorch's Linear init (uniform ±1/√fan_in), or the same rescaled to unit std (airbench94_muon)
+    bound = math.sqrt(3.0) if recipe.head_unit_std else 1 / math.sqrt(fan_in)
+    x = layers.Dense(
+        num_classes,
+        use_bias=False,
+        name="head",
+        kernel_initializer=keras.initializers.RandomUniform(-bound, bound, seed=seed),
+    )(x)
+    x = layers.Rescaling(1 / fan_in if recipe.scaling_factor is None else recipe.scaling_factor, name="scale")(x)
+    outputs = layers.Activation("linear", dtype="float32", name="logits")(x)
+    return keras.Model(inputs, outputs, name="airbench")

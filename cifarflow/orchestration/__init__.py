@@ -1,0 +1,1 @@
+"""Orchestration: stage specs, exact cache keys, the runner that reuses persisted outputs, plans, artifacts."""

@@ -1,0 +1,61 @@
+"""Publish a finished run to the Prefect UI: the report, per-class metrics and links.
+
+Stable artifact keys make the UI's artifact history show the trend across nightly runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from cifarflow.files import read_json
+from cifarflow.reporting.report import Report, per_class_rows
+
+EMBED_MAX_BYTES = 400_000  # per image; larger plots are linked (file://) instead of embedded
+
+
+def embed_images(markdown: str, directory: Path, max_bytes: int = EMBED_MAX_BYTES) -> str:
+    """Inline the report's relative PNG links as data: URIs, which the Prefect UI renders (it
+    cannot load files from the worker's disk); an image too large to inline becomes a file:// link."""
+
+    def inline(match: re.Match) -> str:
+        path = directory / match.group(1)
+        if path.is_file() and path.stat().st_size <= max_bytes:
+            return f"](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+        return f"](file://{path})"
+
+    return re.sub(r"\]\(([\w.-]+\.png)\)", inline, markdown)
+
+
+def publish_report(report: Report, model: str) -> None:
+    metrics = read_json(report.metrics_path)
+    markdown = report.report_path.read_text()
+    markdown = embed_images(markdown, report.directory)  # report and promotion plots, visible in the UI
+    create_markdown_artifact(
+        markdown=markdown,
+        key=f"cifar10-report-{model}",
+        description=f"Run {report.run_name}: test accuracy {metrics['test_accuracy']:.4f}",
+    )
+    create_table_artifact(
+        table=per_class_rows(metrics),
+        key=f"cifar10-per-class-{model}",
+        description=f"Per-class precision / recall / F1 of {report.run_name}",
+    )
+    create_link_artifact(
+        link=f"file://{report.directory}",
+        link_text=str(report.directory),
+        key=f"cifar10-report-dir-{model}",
+        description="Report directory on disk",
+    )
+    promotion = report.directory / "promotion.json"
+    if promotion.is_file():  # written by the promote task (tasks/promote_task.py)
+        decision = read_json(promotion)["decision"]
+        create_markdown_artifact(
+            markdown=f"# Champion/challenger: {'promoted' if decision['promoted'] else 'kept champion'}\n\n"
+            f"{decision['summary']}\n\nChampion now: `{decision['resulting_champion'][:12]}`.\n",
+            key=f"cifar10-promotion-{model}",
+            description=decision["summary"][:500],
+        )

@@ -1,0 +1,1 @@
+"""Champion/challenger: McNemar's test, the decision, and the registry of champions."""

@@ -1,0 +1,155 @@
+"""The champion/challenger rule: two models' scores on one test set → promote or keep, with the reason.
+The rule itself is described in `cifarflow/promotion/champions.py`'s module docstring."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarflow.files import read_json, text_digest
+from cifarflow.promotion.mcnemar import McNemar, Method, format_p, mcnemar_test
+
+DEFAULT_ALPHA = 0.05
+NO_CHAMPION = "none"
+
+
+@dataclass(frozen=True)
+class Score:
+    """A model's identity and its per-image results on one test set."""
+
+    model_id: str  # sha256 of the model file
+    run_name: str
+    model: str  # preset name
+    dataset_sha256: str  # the ingested dataset (shown; depends on the shard layout too)
+    test_set_sha256: str  # the test images and labels, in order: what pairing needs (see `test_set_id`)
+    predictions: np.ndarray = field(repr=False)  # predicted label per test image
+    labels: np.ndarray = field(repr=False)  # true label per test image
+    metrics: dict[str, Any] = field(repr=False)  # evaluation metrics.json
+
+    @property
+    def accuracy(self) -> float:
+        return float(np.mean(self.predictions == self.labels)) if len(self.labels) else 0.0
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.predictions == self.labels
+
+
+def labels_digest(labels: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(labels, dtype=np.int64)).tobytes()).hexdigest()
+
+
+def test_set_id(features_dir: Path) -> str:
+    """Identity of a feature set's test split: the sha256 of its raw test pixels and labels (from
+    meta.json), the same whatever the normalization or shard size, different if any image differs."""
+    files = read_json(Path(features_dir) / "meta.json")["files"]
+    return text_digest(files["pixels_test.npy"], files["labels_test.npy"])
+
+
+def score_from_evaluation(
+    evaluation_dir: Path,
+    labels: np.ndarray,
+    *,
+    model_id: str,
+    run_name: str,
+    model: str,
+    dataset_sha256: str,
+    test_set_sha256: str,
+) -> Score:
+    """The challenger's score from an evaluation directory (probabilities.npy + metrics.json)."""
+    probabilities = np.load(Path(evaluation_dir) / "probabilities.npy", mmap_mode="r")
+    labels = np.asarray(labels).astype(np.int64)
+    if len(probabilities) != len(labels):
+        raise ValueError(f"{evaluation_dir}: {len(probabilities)} predictions for {len(labels)} test labels")
+    return Score(
+        model_id=model_id,
+        run_name=run_name,
+        model=model,
+        dataset_sha256=dataset_sha256,
+        test_set_sha256=test_set_sha256,
+        predictions=np.asarray(probabilities).argmax(axis=1).astype(np.int64),
+        labels=labels,
+        metrics=read_json(Path(evaluation_dir) / "metrics.json"),
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    promoted: bool
+    reason: str  # first | already-champion | better | not-better | test-set-changed
+    summary: str  # one line: "promoted: 0.612 → 0.701, p < 0.001"
+    challenger_id: str
+    champion_id: str | None  # the champion it was compared with (None on the first run)
+    challenger_accuracy: float
+    champion_accuracy: float | None
+    comparable: bool  # both scored on the same test images
+    alpha: float
+    test: McNemar | None = None
+
+    @property
+    def resulting_champion(self) -> str:
+        return self.challenger_id if self.promoted else (self.champion_id or NO_CHAMPION)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["resulting_champion"] = self.resulting_champion
+        return data
+
+
+def decide(
+    challenger: Score, champion: Score | None, alpha: float = DEFAULT_ALPHA, method: Method = "exact"
+) -> Decision:
+    """Promote the challenger or keep the champion, with the reason in words."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+    common = {"challenger_id": challenger.model_id, "challenger_accuracy": challenger.accuracy, "alpha": alpha}
+    if champion is None:
+        return Decision(
+            True,
+            "first",
+            f"promoted: first champion (test accuracy {challenger.accuracy:.3f})",
+            champion_id=None,
+            champion_accuracy=None,
+            comparable=False,
+            **common,
+        )
+    common |= {"champion_id": champion.model_id, "champion_accuracy": champion.accuracy}
+    if champion.model_id == challenger.model_id:
+        return Decision(
+            False,
+            "already-champion",
+            f"kept champion: the challenger is the champion already (accuracy {champion.accuracy:.3f})",
+            comparable=True,
+            **common,
+        )
+    if champion.test_set_sha256 != challenger.test_set_sha256 or len(champion.labels) != len(challenger.labels):
+        return Decision(
+            True,
+            "test-set-changed",
+            f"promoted: the test set changed (test images {champion.test_set_sha256[:12]}… → "
+            f"{challenger.test_set_sha256[:12]}…), so no paired comparison is possible; the challenger is the "
+            f"only model scored on the current data ({challenger.accuracy:.3f}; the champion had "
+            f"{champion.accuracy:.3f} on its own test set)",
+            comparable=False,
+            **common,
+        )
+    test = mcnemar_test(champion.correct, challenger.correct, method)
+    delta = challenger.accuracy - champion.accuracy
+    counts = (
+        f"McNemar {method}, {test.challenger_only} images only the challenger got right, "
+        f"{test.champion_only} only the champion"
+    )
+    if delta > 0 and test.p_value < alpha:
+        summary = f"promoted: {champion.accuracy:.3f} → {challenger.accuracy:.3f}, {format_p(test.p_value)} ({counts})"
+        return Decision(True, "better", summary, comparable=True, test=test, **common)
+    why = "not significant" if delta > 0 else "not better"
+    summary = (
+        f"kept champion: difference {delta:+.3f} ({champion.accuracy:.3f} → {challenger.accuracy:.3f}), "
+        f"{format_p(test.p_value)}, {why} at alpha {alpha:g} ({counts})"
+    )
+    return Decision(False, "not-better", summary, comparable=True, test=test, **common)

@@ -1,0 +1,48 @@
+"""The promote stage's output: the decision recorded as `promotion.json` in the run's report directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cifarflow.files import read_json, text_digest, write_json
+from cifarflow.promotion.champions import champion_id
+from cifarflow.promotion.decision import Decision
+from cifarflow.promotion.section import SECTION_BEGIN
+
+
+@dataclass(frozen=True)
+class Promotion:
+    registry: Path
+    decision_path: Path  # <report dir>/promotion.json
+    promoted: bool
+    summary: str
+    champion_id: str  # the champion after the decision
+
+    @property
+    def location(self) -> Path:
+        return self.decision_path
+
+    @property
+    def fingerprint(self) -> str:
+        return text_digest(self.champion_id, self.promoted, self.summary)
+
+
+def record_outcome(path: Path, key: str, baseline: str, decision: Decision, registry: Path) -> Promotion:
+    write_json(path, {"key": key, "baseline": baseline, "decision": decision.to_json()})
+    return Promotion(registry, path, decision.promoted, decision.summary, decision.resulting_champion)
+
+
+def find_promotion(report_dir: Path, key: str, registry: Path) -> Promotion | None:
+    """The decision already written for this key, if the registry and the report still agree with it."""
+    path = Path(report_dir) / "promotion.json"
+    try:
+        record = read_json(path)
+        decision = record["decision"]
+        if record.get("key") != key or decision["resulting_champion"] != champion_id(registry):
+            return None  # decided for other inputs, or the registry was changed or wiped since
+        if SECTION_BEGIN not in (Path(report_dir) / "report.md").read_text():
+            return None
+    except (OSError, ValueError, KeyError):
+        return None
+    return Promotion(registry, path, decision["promoted"], decision["summary"], decision["resulting_champion"])

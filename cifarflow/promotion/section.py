@@ -1,0 +1,107 @@
+"""The champion-vs-challenger section of a run's report.md (and promotion.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarflow.files import atomic_path
+from cifarflow.promotion.decision import Decision, Score
+from cifarflow.promotion.mcnemar import format_p
+
+SECTION_BEGIN = "<!-- champion-challenger:begin -->"
+SECTION_END = "<!-- champion-challenger:end -->"
+
+
+def confusion_difference(challenger: Score, champion: Score) -> np.ndarray:
+    """Challenger − champion confusion matrix: positive on the diagonal = more right answers."""
+    return np.array(challenger.metrics["confusion_matrix"], dtype=np.int64) - np.array(
+        champion.metrics["confusion_matrix"], dtype=np.int64
+    )
+
+
+def f1_rows(challenger: Score, champion: Score | None) -> list[dict[str, Any]]:
+    rows = []
+    report = challenger.metrics["classification_report"]
+    old = champion.metrics["classification_report"] if champion is not None else {}
+    for name in challenger.metrics["class_names"]:
+        new_f1 = report[name]["f1-score"]
+        old_f1 = old[name]["f1-score"] if name in old else None
+        rows.append(
+            {
+                "class": name,
+                "champion_f1": None if old_f1 is None else round(old_f1, 4),
+                "challenger_f1": round(new_f1, 4),
+                "delta": None if old_f1 is None else round(new_f1 - old_f1, 4),
+            }
+        )
+    return rows
+
+
+def comparison_markdown(
+    decision: Decision, challenger: Score, champion: Score | None, diff_plot: str | None = None
+) -> str:
+    """The report's champion-vs-challenger section (no surrounding markers)."""
+    lines = [
+        "## Champion vs challenger",
+        "",
+        f"**Decision:** {decision.summary}.",
+        "",
+    ]
+    if champion is None:
+        lines += [f"No champion yet: this model (`{challenger.model_id[:12]}`) becomes the first one.", ""]
+        return "\n".join(lines)
+    lines += [
+        "| | champion | challenger |",
+        "|---|---|---|",
+        f"| run | `{champion.run_name}` | `{challenger.run_name}` |",
+        f"| model | `{champion.model}` | `{challenger.model}` |",
+        f"| model sha256 | `{champion.model_id[:12]}` | `{challenger.model_id[:12]}` |",
+        f"| test accuracy | {champion.accuracy:.4f} | {challenger.accuracy:.4f} |",
+        f"| test images | {len(champion.labels)} | {len(challenger.labels)} |",
+    ]
+    if decision.test is not None:
+        t = decision.test
+        lines += [
+            "",
+            f"McNemar's test ({t.method}, two-sided) on the {len(challenger.labels)} paired test images: "
+            f"{t.challenger_only} right only for the challenger, {t.champion_only} right only for the champion, "
+            f"{format_p(t.p_value)} (promotion needs a higher accuracy and p < {decision.alpha:g}).",
+        ]
+    if not decision.comparable:
+        lines += ["", "The two models were scored on different test sets: the deltas below compare different data."]
+    rows = f1_rows(challenger, champion)
+    lines += ["", "### Per-class F1", "", "| class | champion | challenger | Δ |", "|---|---|---|---|"]
+    for r in rows:
+        old = "–" if r["champion_f1"] is None else f"{r['champion_f1']:.3f}"
+        delta = "–" if r["delta"] is None else f"{r['delta']:+.3f}"
+        lines.append(f"| {r['class']} | {old} | {r['challenger_f1']:.3f} | {delta} |")
+    if diff_plot:
+        lines += [
+            "",
+            "### Confusion-matrix change (challenger − champion)",
+            "",
+            "Each cell: how many more (blue) or fewer (red) test images the challenger puts there. "
+            "Blue on the diagonal and red off it are improvements.",
+            "",
+            f"![confusion matrix change]({diff_plot})",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def with_section(markdown: str, section: str) -> str:
+    """`markdown` with the champion/challenger section replaced (or appended): idempotent."""
+    block = f"{SECTION_BEGIN}\n{section.rstrip()}\n{SECTION_END}\n"
+    start, end = markdown.find(SECTION_BEGIN), markdown.find(SECTION_END)
+    if start != -1 and end != -1 and end > start:
+        return markdown[:start] + block + markdown[end + len(SECTION_END) :].lstrip("\n")
+    return markdown.rstrip("\n") + "\n\n" + block
+
+
+def write_section(report_md: Path, section: str) -> None:
+    """Add (or replace) the section in report.md atomically."""
+    text = Path(report_md).read_text()
+    with atomic_path(report_md) as tmp:
+        tmp.write_text(with_section(text, section))

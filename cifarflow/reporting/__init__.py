@@ -1,0 +1,1 @@
+"""The run report: report.md, metrics.json and the model card."""

@@ -1,0 +1,191 @@
+"""Stage 5, report: evaluation + training facts → `data/reports/<run-name>/` (report.md,
+metrics.json, plots, model card) and the `latest` link. Prefect artifacts are published from
+these files by the flow (see `cifarflow.orchestration.artifacts`)."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from cifarflow.files import atomic_directory, atomic_path, file_digest, point_symlink, read_json, write_json
+
+PLOTS = ("confusion_matrix.png", "training_curves.png", "sample_predictions.png")
+LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pyarrow", "scikit-learn", "prefect")
+SEED_PUBLISHED_ACCURACY = 0.615
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@dataclass(frozen=True)
+class Report:
+    directory: Path
+    report_path: Path
+    metrics_path: Path
+    run_name: str
+    metrics_sha256: str
+
+    @property
+    def location(self) -> Path:
+        return self.directory
+
+    @property
+    def fingerprint(self) -> str:
+        return self.metrics_sha256
+
+
+def run_name_for(model: str, epochs: int, key: str, now: datetime | None = None) -> str:
+    """Time first so names sort by age; the key's head keeps reports written in the same second
+    (parallel sweep trials) apart."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{model}-e{epochs}-{key[:8]}"
+
+
+def build_metrics(evaluation: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
+    """The stable metrics.json contract: evaluation results plus the run's identifying facts."""
+    return evaluation | {
+        "model": card["model"],
+        "epochs": card["epochs"],
+        "batch_size": card["batch_size"],
+        "train_seconds": card["train_seconds"],
+        "source_sha256": card["source_sha256"],
+        "params": card["params"],
+        "run_name": card["run_name"],
+    }
+
+
+def per_class_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    report = metrics["classification_report"]
+    return [
+        {
+            "class": name,
+            "precision": round(report[name]["precision"], 4),
+            "recall": round(report[name]["recall"], 4),
+            "f1": round(report[name]["f1-score"], 4),
+            "support": int(report[name]["support"]),
+        }
+        for name in metrics["class_names"]
+    ]
+
+
+def describe_normalization(fitted: dict[str, Any]) -> str:
+    """'standardize: mean (0.491, 0.482, 0.447), std (…)', fitted on the training split."""
+    if fitted["kind"] == "unit":
+        return "unit: pixels / 255, in the model's first layer"
+    mean, std = (", ".join(f"{v:.4f}" for v in fitted[k]) for k in ("mean", "std"))
+    return f"{fitted['kind']}: (pixels / 255 − ({mean})) / ({std}), fitted on train, in the model's first layer"
+
+
+def render_markdown(metrics: dict[str, Any], card: dict[str, Any], plot_prefix: str = "") -> str:
+    rows = "\n".join(
+        f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |"
+        for r in per_class_rows(metrics)
+    )
+    versions = ", ".join(f"{k} {v}" for k, v in card["libraries"].items())
+    delta = metrics["test_accuracy"] - SEED_PUBLISHED_ACCURACY
+    report = metrics["classification_report"]
+    return f"""# CIFAR-10 run `{card["run_name"]}`
+
+**Test accuracy {metrics["test_accuracy"]:.4f}** (loss {metrics["test_loss"]:.4f}) with model `{card["model"]}`;
+the classic notebook's published seed is {SEED_PUBLISHED_ACCURACY:.3f} ({delta:+.3f}).
+Test-time augmentation: {metrics.get("tta", "none")}.
+
+## Per-class metrics (test set)
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{rows}
+
+Macro F1 {report["macro avg"]["f1-score"]:.4f}; weighted F1 {report["weighted avg"]["f1-score"]:.4f}.
+
+## Plots
+
+![confusion matrix]({plot_prefix}confusion_matrix.png)
+![training curves]({plot_prefix}training_curves.png)
+![sample predictions]({plot_prefix}sample_predictions.png)
+
+## Model card
+
+| fact | value |
+|---|---|
+| model | `{card["model"]}` ({card["params"]:,} parameters) |
+| epochs / batch size / learning rate | {card["epochs"]} / {card["batch_size"]} / {card["learning_rate"]} |
+| seed | {card["seed"]} |
+| normalization | {describe_normalization(card["normalization"])} |
+| training time | {card["train_seconds"]:.1f} s |
+| data source | `{card["source"]}` |
+| source sha256 | `{card["source_sha256"]}` |
+| dataset sha256 (shards) | `{card["dataset_sha256"]}` |
+| model sha256 | `{card["model_sha256"]}` |
+| created | {card["created"]} |
+| libraries | {versions} |
+"""
+
+
+def write_report(evaluation_dir: Path, card: dict[str, Any], reports_dir: Path) -> Report:
+    """Assemble the run's report directory atomically and point `latest` at it."""
+    evaluation = read_json(evaluation_dir / "metrics.json")
+    metrics = build_metrics(evaluation, card)
+    target = reports_dir / card["run_name"]
+    with atomic_directory(target) as staging:
+        for plot in PLOTS:
+            shutil.copy2(evaluation_dir / plot, staging / plot)
+        write_json(staging / "metrics.json", metrics)
+        write_json(staging / "model_card.json", card)
+        with atomic_path(staging / "report.md") as tmp:
+            tmp.write_text(render_markdown(metrics, card))
+    point_symlink(reports_dir / "latest", target)
+    return report_in(target, card["run_name"])
+
+
+def report_in(directory: Path, run_name: str) -> Report:
+    metrics = directory / "metrics.json"
+    return Report(directory, directory / "report.md", metrics, run_name, file_digest(metrics))
+
+
+def find_report(reports_dir: Path, cache_key: str) -> Report | None:
+    """The report written for this cache key, if it is still whole."""
+    for card_path in sorted(reports_dir.glob(f"*-{cache_key[:8]}/model_card.json"), reverse=True):
+        try:
+            card = read_json(card_path)
+        except (OSError, ValueError):
+            continue
+        directory = card_path.parent
+        if card.get("cache_key") == cache_key and (directory / "report.md").is_file():
+            try:
+                return report_in(directory, card["run_name"])
+            except OSError:
+                continue
+    return None
+
+
+def model_card(*, run_name: str, config: Any, train: Any, ingest: Any, features: Any) -> dict[str, Any]:
+    return {
+        "run_name": run_name,
+        "model": config.model,
+        "params": train.params,
+        "epochs": train.epochs,
+        "batch_size": config.train_batch_size,
+        "learning_rate": config.train_learning_rate,
+        "seed": config.seed,
+        "normalization": features.normalization.to_json(),
+        "train_seconds": round(train.train_seconds, 2),
+        "source": config.source,
+        "source_sha256": ingest.source_sha256,
+        "dataset_sha256": ingest.dataset_sha256,
+        "model_sha256": train.model_sha256,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "libraries": library_versions(),
+    }

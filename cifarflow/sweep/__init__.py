@@ -1,0 +1,1 @@
+"""Hyper-parameter sweeps: the search space, trials and the leaderboard."""

@@ -1,0 +1,56 @@
+"""The classic `model.fit` loop (the seed preset): uint8 pixels and one-hot labels in, batch by batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+
+from cifarflow.data.transform import load_split, read_features
+from cifarflow.training.callbacks import DivergenceGuard
+from cifarflow.training.settings import TrainSettings
+
+
+def pixel_batches(features_dir: Path, split: str, batch_size: int, shuffle_seed: int | None = None):
+    """Batches of (uint8 pixels, float32 one-hot labels) from the split's arrays.
+
+    The pixels are held once in memory as uint8 (a quarter of a float32 copy); the model's first
+    layer normalizes them. Shuffling permutes indices, not images."""
+    import tensorflow as tf
+
+    pixels = tf.constant(load_split(features_dir, split, "pixels"))
+    targets = tf.constant(load_split(features_dir, split, "onehot"))
+
+    def gather(indices):
+        return tf.gather(pixels, indices), tf.cast(tf.gather(targets, indices), tf.float32)
+
+    indices = tf.data.Dataset.range(int(pixels.shape[0]))
+    if shuffle_seed is not None:
+        indices = indices.shuffle(int(pixels.shape[0]), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return indices.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def fit_keras(
+    settings: TrainSettings, features_dir: Path, callbacks: list[keras.callbacks.Callback], verbose: int | str = "auto"
+) -> keras.Model:
+    """The classic `model.fit` loop; the test split is passed as validation data for monitoring only
+    (curves in the report). No early stopping or model selection uses it."""
+    from cifarflow.models.seed import make_optimizer
+
+    preset = settings.preset
+    features = read_features(features_dir)
+    model = preset.build(features.normalization, num_classes=len(features.label_names), seed=settings.seed)
+    model.compile(
+        optimizer=make_optimizer(preset.recipe.optimizer, settings.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.fit(
+        pixel_batches(features_dir, "train", settings.batch_size, shuffle_seed=settings.seed),
+        epochs=settings.epochs,
+        validation_data=pixel_batches(features_dir, "test", 1024),
+        shuffle=False,  # the dataset reshuffles its indices every epoch itself
+        callbacks=[DivergenceGuard(settings.learning_rate), *callbacks],
+        verbose=verbose,
+    )
+    return model
