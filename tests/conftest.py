@@ -7,17 +7,28 @@ import tempfile
 
 # Before Prefect or TensorFlow are imported: no telemetry look-ups, a private PREFECT_HOME so no
 # old cache records leak in, and no TensorFlow start-up chatter.
+from cifarflow.environment import apply_defaults  # noqa: E402
+
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+apply_defaults()
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 from tests.synthetic import write_archive  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    """Tiers by what a test starts, so no marker can be forgotten: `server` (a real `prefect server
+    start` subprocess) and `slow` (the full data set) are marked by their modules; a test that uses
+    the session's temporary Prefect server is `flow`; every other test is `unit`."""
+    for item in items:
+        if item.get_closest_marker("server") or item.get_closest_marker("slow"):
+            continue
+        item.add_marker(pytest.mark.flow if "prefect_server" in item.fixturenames else pytest.mark.unit)
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"

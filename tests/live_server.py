@@ -75,9 +75,6 @@ def live_prefect_server(tmp_dir: Path, startup_timeout: float = 120) -> Iterator
         "PREFECT_API_URL": api_url,  # the server also gives it to the UI (`--port` alone does not)
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
     log = tmp_dir / "server.log"

@@ -97,3 +97,19 @@ def write_archive(path: Path, members: dict[str, bytes] | None = None, **kwargs)
             info.size = len(blob)
             tar.addfile(info, io.BytesIO(blob))
     return path
+
+
+def write_features(
+    directory: Path, pixels: np.ndarray, labels: np.ndarray, normalization, split: str = "train"
+) -> Path:
+    """A minimal features directory (what preprocess writes) for trainer tests: arrays and meta.json."""
+    from cifarflow.data.transform import one_hot
+    from cifarflow.files import write_json
+
+    directory.mkdir(parents=True, exist_ok=True)
+    np.save(directory / f"pixels_{split}.npy", pixels)
+    np.save(directory / f"labels_{split}.npy", np.asarray(labels, np.uint8))
+    np.save(directory / f"onehot_{split}.npy", one_hot(labels))
+    meta = {"features_sha256": "test", "label_names": CLASSES, "normalization": normalization.to_json(), "files": {}}
+    write_json(directory / "meta.json", meta)
+    return directory

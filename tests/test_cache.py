@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from types import SimpleNamespace
 
 import pytest
 
 import cifarflow.orchestration.cache as cache
-from cifarflow.orchestration.cache import StageSpec, explain_change, key_parts, module_digest
+from cifarflow.orchestration.cache import StageSpec, code_digest, explain_change, key_parts
 
 
 @pytest.fixture
@@ -17,9 +18,9 @@ def helper_module(tmp_path, monkeypatch):
     path = tmp_path / "helper_for_key_test.py"
     path.write_text("SCALE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    module_digest.cache_clear()
+    code_digest.cache_clear()
     yield path
-    module_digest.cache_clear()
+    code_digest.cache_clear()
     sys.modules.pop("helper_for_key_test", None)
 
 
@@ -31,6 +32,66 @@ def parts(config, fingerprint="features-1"):
     return key_parts(spec(), config, {"preprocess": SimpleNamespace(fingerprint=fingerprint)})
 
 
+def test_a_package_digest_covers_every_module_in_it(tmp_path, monkeypatch):
+    package = tmp_path / "helper_pkg_for_key_test"
+    (package / "inner").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "inner" / "deep.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code_digest.cache_clear()
+    before = code_digest("helper_pkg_for_key_test")
+    (package / "inner" / "deep.py").write_text("X = 2\n")
+    code_digest.cache_clear()
+    assert code_digest("helper_pkg_for_key_test") != before
+    code_digest.cache_clear()
+
+
+def test_each_stage_key_covers_all_library_code_its_task_runs():
+    """The library code each stage's task calls, its imports followed transitively (imports inside
+    functions included) plus the modules the preset registry names, lies within the stage's `code`."""
+    import ast
+
+    from cifarflow.models.registry import PRESETS
+    from cifarflow.orchestration.stages import SPECS
+
+    def imports(module: str) -> set[str]:
+        found = set()
+        for node in ast.walk(ast.parse(open(importlib.util.find_spec(module).origin).read())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cifarflow"):
+                found.add(node.module)
+                found |= {f"{node.module}.{a.name}" for a in node.names if _is_module(f"{node.module}.{a.name}")}
+        return found
+
+    entry = {  # the library module each task calls, and what the preset registry names for the stage
+        "ingest": {"cifarflow.data.ingest"},
+        "preprocess": {"cifarflow.data.transform"},
+        "train": {"cifarflow.training.run"},
+        "evaluate": {"cifarflow.evaluation.evaluate"},
+        "report": {"cifarflow.reporting.report"},
+        "promote": {"cifarflow.promotion.promote"},
+    }
+    for preset in PRESETS.values():
+        entry["train"] |= {preset.builder.split(":")[0], preset.trainer.split(":")[0]}
+        entry["evaluate"] |= {preset.builder.split(":")[0], preset.predictor.split(":")[0]}
+    shared = {"cifarflow", "cifarflow.errors", "cifarflow.layout"}  # no arithmetic: types and messages
+    for stage, spec in SPECS.items():
+        seen, todo = set(), set(entry[stage])
+        while todo:
+            module = todo.pop()
+            seen.add(module)
+            todo |= imports(module) - seen
+        modules = {m for m in seen - shared if importlib.util.find_spec(m).submodule_search_locations is None}
+        uncovered = {m for m in modules if not any(m == c or m.startswith(c + ".") for c in spec.code)}
+        assert not uncovered, f"{stage}'s cache key misses the source of {sorted(uncovered)}"
+
+
+def _is_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ModuleNotFoundError, AttributeError):  # `name` is a function or class, not a module
+        return False
+
+
 def test_key_changes_with_each_ingredient_and_nothing_else(helper_module, monkeypatch):
     config = SimpleNamespace(epochs=15, seed=42, batch_size=32)
     base = parts(config).key
@@ -39,10 +100,10 @@ def test_key_changes_with_each_ingredient_and_nothing_else(helper_module, monkey
     assert parts(config, fingerprint="features-2").key != base
 
     helper_module.write_text("SCALE = 2\n")  # a helper module's source, not the task's own
-    module_digest.cache_clear()
+    code_digest.cache_clear()
     assert parts(config).key != base
     helper_module.write_text("SCALE = 1\n")
-    module_digest.cache_clear()
+    code_digest.cache_clear()
     assert parts(config).key == base
 
     monkeypatch.setattr(cache, "library_version", lambda name: "99.0")

@@ -26,7 +26,7 @@ CONTRACT_KEYS = {
 def test_end_to_end_then_cached_then_downstream_only(tiny_config):
     state, first = run_flow(tiny_config)
     assert state.is_completed(), state.message
-    assert first == {stage: "Completed" for stage in (*STAGES, "promote")}
+    assert first == {stage: "Completed" for stage in STAGES}
 
     latest = tiny_config.layout.latest_report
     assert latest.is_symlink() and (latest / "report.md").is_file()
@@ -45,7 +45,7 @@ def test_end_to_end_then_cached_then_downstream_only(tiny_config):
 
     state, second = run_flow(tiny_config)
     assert state.is_completed()
-    assert second == {stage: "Cached" for stage in (*STAGES, "promote")}
+    assert second == {stage: "Cached" for stage in STAGES}
 
     state, third = run_flow(tiny_config.model_copy(update={"epochs": 2}))
     assert third == {
@@ -83,7 +83,7 @@ def test_refresh_and_single_stages(tiny_config):
         "report": "Cached",
         "promote": "Cached",
     }
-    _, alone = run_flow(tiny_config, stages=["evaluate", "report"], refresh=["evaluate", "report"])
+    _, alone = run_flow(tiny_config, stages=["evaluate", "report", "promote"], refresh=["evaluate", "report"])
     assert alone == {"evaluate": "Completed", "report": "Completed", "promote": "Completed"}
 
 
@@ -95,12 +95,12 @@ def test_stage_without_upstream_output_fails_clearly(tiny_config):
 
 
 def test_failed_stage_fails_the_flow_and_next_run_resumes_there(tiny_config, monkeypatch):
-    import cifarflow.evaluation.evaluate
+    import tasks.evaluate
 
     def broken(*args, **kwargs):
         raise RuntimeError("plotting backend exploded")
 
-    monkeypatch.setattr(cifarflow.evaluation.evaluate, "evaluate_model", broken)
+    monkeypatch.setattr(tasks.evaluate, "evaluate_model", broken)
     state, states = run_flow(tiny_config)
     assert state.is_failed() and states["evaluate"] == "Failed" and states["train"] == "Completed"
     with pytest.raises(RuntimeError, match="plotting backend exploded"):

@@ -1,4 +1,4 @@
-"""The seed model: exact architecture, and it learns."""
+"""The seed model: exact architecture behind the fitted input transform, and it learns."""
 
 from __future__ import annotations
 
@@ -7,31 +7,48 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from cifarflow.models.seed import make_model, make_optimizer, make_seed_model  # noqa: E402
+from cifarflow.data.transform import Normalization  # noqa: E402
+from cifarflow.models.registry import get_preset  # noqa: E402
+from cifarflow.models.seed import make_optimizer, make_seed_model  # noqa: E402
+
+UNIT = Normalization("unit", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+FITTED = Normalization("standardize", (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 
 
 def test_seed_model_matches_the_notebook():
-    model = make_seed_model()
+    model = make_seed_model(UNIT)
     assert model.count_params() == 394_970
     assert [type(layer).__name__ for layer in model.layers] == [
         "InputLayer",
+        "Rescaling",  # the fitted normalization, applied to uint8 pixels
         "Conv2D",
         "MaxPooling2D",
         "Flatten",
         "Dense",
         "Dense",
     ]
+    assert model.input.dtype == "uint8"
     conv = model.get_layer("conv")
     assert conv.filters == 12 and conv.kernel_size == (3, 3) and conv.padding == "same"
     assert model.get_layer("hidden").units == 128
     assert model.output_shape == (None, 10)
-    probabilities = model(np.zeros((2, 32, 32, 3), np.float32)).numpy()
+    probabilities = model(np.zeros((2, 32, 32, 3), np.uint8)).numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("preset", ["seed", "quick", "fast"])
+def test_every_model_applies_the_fitted_transform_first(preset):
+    """Its first layer computes exactly `Normalization.apply`: the arithmetic preprocess fitted."""
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    for fitted in (UNIT, FITTED):
+        model = get_preset(preset).build(fitted)
+        first = keras.Model(model.input, model.get_layer("normalize").output)
+        np.testing.assert_allclose(first(pixels).numpy(), fitted.apply(pixels), rtol=1e-6, atol=1e-6)
+
+
 def test_unknown_model_and_optimizer_are_named():
-    with pytest.raises(ValueError, match="no builder for model 'nope'"):
-        make_model("nope")
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        get_preset("nope")
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_optimizer("sgd-ish", 0.1)
 
@@ -39,9 +56,9 @@ def test_unknown_model_and_optimizer_are_named():
 def test_seed_training_steps_lower_the_loss():
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    x = rng.random((64, 32, 32, 3), dtype=np.float32)
+    x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     y = keras.utils.to_categorical(rng.integers(0, 10, 64), 10)
-    model = make_seed_model()
+    model = make_seed_model(UNIT)
     model.compile(optimizer=make_optimizer("rmsprop", 1e-3), loss="categorical_crossentropy")
     before = model.evaluate(x, y, verbose=0)
     model.fit(x, y, epochs=5, batch_size=32, verbose=0)

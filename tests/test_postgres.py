@@ -111,9 +111,7 @@ def prefect_on_postgres(postgres_url, tmp_path):
     env = os.environ | {
         "PREFECT_HOME": str(tmp_path / "server-home"),
         "PREFECT_API_DATABASE_CONNECTION_URL": url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
     }
     env.pop("PREFECT_API_URL", None)
     with open(log, "w") as out:
@@ -145,8 +143,6 @@ def test_pipeline_run_is_recorded_by_a_server_on_postgres(
     env = os.environ | {
         "PREFECT_API_URL": api,
         "PREFECT_HOME": str(tmp_path / "client-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
     }
     command = [
         sys.executable,

@@ -10,25 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifarflow.evaluation.evaluate import compute_metrics
-from tasks.promote import (
-    NO_CHAMPION,
-    SECTION_BEGIN,
-    SECTION_END,
-    Score,
+from cifarflow.evaluation.metrics import compute_metrics
+from cifarflow.promotion.champions import (
     baseline_id,
     champion_id,
-    comparison_markdown,
-    confusion_difference,
-    decide,
-    format_p,
     install_champion,
-    labels_digest,
-    mcnemar_test,
     read_champion,
     read_decisions,
     record_decision,
-    score_from_evaluation,
+)
+from cifarflow.promotion.decision import NO_CHAMPION, Score, decide, labels_digest, score_from_evaluation
+from cifarflow.promotion.mcnemar import format_p, mcnemar_test
+from cifarflow.promotion.section import (
+    SECTION_BEGIN,
+    SECTION_END,
+    comparison_markdown,
+    confusion_difference,
     with_section,
     write_section,
 )
@@ -198,7 +195,7 @@ def test_same_test_images_pair_even_if_the_dataset_digest_differs(labels):
 
 
 def test_test_set_id_follows_test_images_not_normalization(tmp_path):
-    from tasks.promote import test_set_id
+    from cifarflow.promotion.decision import test_set_id
 
     def meta(directory, pixels, labels, normalization):
         directory.mkdir()

@@ -12,6 +12,7 @@ from tests.conftest import REPO_ROOT, SHARED_DATASETS
 
 BUILT_SHA256 = "08bc026731e391f26bf96d1ec8d31e03bcb7da322f501f6fdb65eaa8503a5b32"
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.usefixtures("prefect_server"),
     pytest.mark.skipif(
         not (SHARED_DATASETS / "cifar10-jpeg.tar.gz").is_file(), reason=f"real data not present at {SHARED_DATASETS}"

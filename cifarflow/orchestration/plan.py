@@ -36,9 +36,15 @@ def plan_stages(config: PipelineConfig, refresh: set[str] = frozenset()) -> list
             plans.append(StagePlan(stage, "run", "--refresh asked for it"))
         elif found is not None:
             upstream[stage] = found
-            plans.append(StagePlan(stage, "cached", f"key {parts.key[:12]}…, output at {found.location}"))
+            plans.append(StagePlan(stage, "cached", _cached_reason(found, parts.key)))
         elif previous is not None and previous["key"] == parts.key:
             plans.append(StagePlan(stage, "run", "its output is missing or no longer matches its manifest"))
         else:
             plans.append(StagePlan(stage, "run", explain_change(previous, parts)))
     return plans
+
+
+def _cached_reason(found, key: str) -> str:
+    if hasattr(found, "source_sha256"):  # the shards: what a person recognizes is the archive
+        return f"source sha256 {found.source_sha256[:12]}…, {sum(found.rows.values())} images"
+    return f"key {key[:12]}…, output at {found.location}"

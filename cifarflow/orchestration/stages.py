@@ -79,7 +79,7 @@ SPECS: dict[str, StageSpec] = {
     "report": StageSpec(
         "report",
         params=("source", "model", "train_batch_size", "train_learning_rate", "seed"),
-        code=("cifarflow.reporting",),
+        code=("cifarflow.reporting", "cifarflow.files"),
         libraries=(),
         upstream=("ingest", "preprocess", "train", "evaluate"),
         find=lambda config, key, upstream: find_report(config.layout.reports, key),
@@ -88,7 +88,7 @@ SPECS: dict[str, StageSpec] = {
         "promote",
         params=("promotion_alpha",),
         inputs=promote_inputs,
-        code=("cifarflow.promotion", "cifarflow.evaluation"),
+        code=(*DATA_CODE, "cifarflow.promotion", "cifarflow.evaluation"),
         libraries=("scipy",),
         upstream=("ingest", "preprocess", "train", "evaluate", "report"),
         find=lambda config, key, upstream: find_promotion(upstream["report"].directory, key, config.layout.registry),
