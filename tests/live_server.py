@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cifarflow.environment import OFFLINE_DEFAULTS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
@@ -70,13 +72,17 @@ def live_prefect_server(tmp_dir: Path, startup_timeout: float = 120) -> Iterator
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}  # not the test's PREFECT_HOME
-    env = inherited | {
-        "PREFECT_HOME": str(tmp_dir / "prefect-home"),
-        "PREFECT_API_URL": api_url,  # the server also gives it to the UI (`--port` alone does not)
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_SERVER_API_PORT": str(port),
-        "PREFECT_LOGGING_LEVEL": "INFO",
-    }
+    env = (
+        inherited
+        | OFFLINE_DEFAULTS
+        | {
+            "PREFECT_HOME": str(tmp_dir / "prefect-home"),
+            "PREFECT_API_URL": api_url,  # the server also gives it to the UI (`--port` alone does not)
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_LOGGING_LEVEL": "INFO",
+        }
+    )
     log = tmp_dir / "server.log"
     with open(log, "w") as log_handle:
         process = subprocess.Popen(
