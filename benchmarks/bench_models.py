@@ -50,18 +50,19 @@ def pipeline_overhead(model: str, features: Path, steps: int, batch_size: int) -
     import numpy as np
     import tensorflow as tf
 
-    from cifarflow.data.transform import load_split
+    from cifarflow.data.transform import load_split, read_features
+    from cifarflow.models.precision import choose_policy, configure_threads, dtype_policy
     from cifarflow.models.registry import get_preset
-    from cifarflow.training.run import TrainSettings
-    from tasks import airbench, airbench_train
+    from cifarflow.training import airbench_loop
+    from cifarflow.training.settings import TrainSettings
 
-    preset = get_preset(model)
-    settings = TrainSettings(model, 1000, batch_size, preset.learning_rate, preset.optimizer, 0, preset.trainer)
+    settings = TrainSettings(model, 1000, batch_size, get_preset(model).learning_rate, 0)
     pixels = np.ascontiguousarray(load_split(features, "train", "pixels"))
     labels = np.ascontiguousarray(load_split(features, "train", "labels")).astype(np.int32)
-    airbench.configure_threads()
-    with airbench.dtype_policy(airbench.choose_policy()):
-        trainer, dataset = airbench_train.make_trainer(settings, pixels, labels)
+    configure_threads()
+    with dtype_policy(choose_policy()):
+        normalization = read_features(features).normalization
+        trainer, dataset = airbench_loop.make_trainer(settings, pixels, labels, normalization)
         pipeline = _fit_rate(trainer, dataset.repeat(), steps, batch_size)
         flips = np.zeros(batch_size, np.uint8)
         batch = ((tf.constant(pixels[:batch_size]), tf.constant(flips)), tf.constant(labels[:batch_size]))
@@ -74,22 +75,15 @@ def worker(model: str, features: Path, epochs: int | None, pipeline_steps: int) 
     import numpy as np
 
     from cifarflow.data.transform import load_split
-    from cifarflow.evaluation.evaluate import PREDICTORS
     from cifarflow.models.registry import get_preset
-    from cifarflow.training.run import TrainSettings, train_model
+    from cifarflow.training.run import train_model
+    from cifarflow.training.settings import TrainSettings
 
     preset = get_preset(model)
-    settings = TrainSettings(
-        model=model,
-        epochs=epochs or preset.epochs,
-        batch_size=preset.batch_size,
-        learning_rate=preset.learning_rate,
-        optimizer=preset.optimizer,
-        seed=0,
-        trainer=preset.trainer,
-    )
+    airbench = preset.trainer.endswith(":fit_airbench")  # drops the last partial batch; has a tf.data pipeline
+    settings = TrainSettings(model, epochs or preset.epochs, preset.batch_size, preset.learning_rate, seed=0)
     n_train = len(load_split(features, "train", "labels"))
-    images_per_epoch = n_train // settings.batch_size * settings.batch_size if preset.trainer == "airbench" else n_train
+    images_per_epoch = n_train // settings.batch_size * settings.batch_size if airbench else n_train
     row: dict = {"model": model, "epochs": settings.epochs, "batch_size": settings.batch_size}
     with tempfile.TemporaryDirectory() as tmp:
         started, cpu_started = time.perf_counter(), time.process_time()
@@ -101,18 +95,16 @@ def worker(model: str, features: Path, epochs: int | None, pipeline_steps: int) 
         row["train_img_s"] = images_per_epoch * result.epochs / result.train_seconds
         import keras
 
-        if preset.trainer == "airbench":
-            import cifarflow.models.airbench  # noqa: F401  registers the custom layers
+        import cifarflow.models.airbench  # noqa: F401  registers the custom layers
 
         loaded = keras.models.load_model(result.model_path)
-        predictor, tta = PREDICTORS[preset.trainer]
         started = time.perf_counter()
-        probabilities = predictor(loaded, features)
+        probabilities = preset.predict(loaded, load_split(features, "test", "pixels"))
         row["eval_s"] = time.perf_counter() - started
         labels = np.asarray(load_split(features, "test", "labels")).astype(int)
         row["test_accuracy"] = float((probabilities.argmax(1) == labels).mean())
-        row["tta"] = tta() if callable(tta) else tta
-    if preset.trainer == "airbench" and pipeline_steps > 0:
+        row["tta"] = preset.tta
+    if airbench and pipeline_steps > 0:
         row |= pipeline_overhead(model, features, pipeline_steps, settings.batch_size)
     row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     row["load_avg_1m_end"] = os.getloadavg()[0]

@@ -69,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     os.chdir(REPO_ROOT)  # the entrypoint and the parameters' relative paths (data/...) are relative to it
-    sys.path.insert(0, str(REPO_ROOT))
     from prefect import serve
 
     from flows.cifar_flow import cifar_pipeline  # also sets the offline defaults (no telemetry)

@@ -129,10 +129,14 @@ def test_local_source_is_keyed_by_content_not_path(synthetic_archive, tmp_path):
     from cifarflow.config import PipelineConfig
     from cifarflow.orchestration.cache import source_identity
 
+    def identity(source):
+        return source_identity(PipelineConfig(source=str(source), data_dir=tmp_path / "data"))
+
     copy = tmp_path / "copy.tar.gz"
     copy.write_bytes(synthetic_archive.read_bytes())
-    original = source_identity(PipelineConfig(source=str(synthetic_archive)))
-    assert source_identity(PipelineConfig(source=str(copy))) == original
-    assert source_identity(PipelineConfig(source=copy.as_uri())) == original
-    copy.write_bytes(copy.read_bytes() + b"\0")
-    assert source_identity(PipelineConfig(source=str(copy))) != original
+    original = identity(synthetic_archive)
+    assert identity(copy) == original
+    assert identity(copy.as_uri()) == original
+    copy.write_bytes(copy.read_bytes() + b"\0")  # a new mtime and size: hashed again, not remembered
+    assert identity(copy) != original
+    assert str(copy.resolve()) in (tmp_path / "data" / ".stage-state" / "sources.json").read_text()

@@ -93,14 +93,29 @@ def source_identity(config: Any, upstream: dict[str, Any] | None = None) -> dict
 
     if is_url(config.source) and not config.source.startswith("file:"):
         return {"source_identity": f"{config.source}#{config.sha256 or config.md5 or 'unverified'}"}
-    path = local_path(config.source)
-    digest = _cached_file_digest(str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
-    return {"source_identity": f"sha256:{digest}"}
+    path = local_path(config.source).resolve()
+    return {"source_identity": f"sha256:{remembered_digest(path, config.layout.stage_state / 'sources.json')}"}
 
 
-@cache
-def _cached_file_digest(path: str, mtime_ns: int, size: int) -> str:
-    return file_digest(path)  # mtime and size in the cache key: an edited file is hashed again
+def remembered_digest(path: Path, memo: Path) -> str:
+    """sha256 of an input file, hashed again only when its identity changes (inode, size, mtime in
+    ns: what `make` and git's index trust), so a cached re-run does not re-read a 170 MB archive.
+    Outputs are never trusted this way: they are verified by content every time."""
+    stat = path.stat()
+    identity = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+    try:
+        known = read_json(memo) if memo.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(str(path))
+    if entry and entry["identity"] == identity:
+        return entry["sha256"]
+    digest = file_digest(path)
+    try:
+        write_json(memo, known | {str(path): {"identity": identity, "sha256": digest}})
+    except OSError:
+        pass  # a read-only data dir: just hash again next time
+    return digest
 
 
 @dataclass
