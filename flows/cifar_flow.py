@@ -2,7 +2,7 @@
 
     python flows/cifar_flow.py --source data/cache/cifar-10-python.tar.gz
     python flows/cifar_flow.py --model seed --epochs 20 --plan     # what would run, and why
-    python flows/cifar_flow.py --stages evaluate,report            # only these, reusing the rest
+    python flows/cifar_flow.py --stages evaluate,report,promote    # only these, reusing the rest
 
 Runs on Prefect's temporary local server when no PREFECT_API_URL is set, or against a
 running `prefect server start` when it is.

@@ -219,7 +219,7 @@ def cifar_sweep(
     """Sweep `space` (see `cifarflow.sweep.space`) over `config`'s data. `dask_address`: an existing Dask
     scheduler (tcp://host:8786); none starts a LocalCluster of `n_workers` (default: one per core).
     `sequential`: no Dask; trials one after another in this process. `promote_best`: hand the best
-    trial to the champion/challenger step (tasks/promote_task.py), as a nightly run would be."""
+    trial to the champion/challenger step (tasks/promote.py), as a nightly run would be."""
     logger = get_run_logger()
     trials = build_trials(config, merge_space(space, {}))
     name = sweep_name(name or (space or {}).get("name"), trials)

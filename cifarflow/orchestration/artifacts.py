@@ -51,7 +51,7 @@ def publish_report(report: Report, model: str) -> None:
         description="Report directory on disk",
     )
     promotion = report.directory / "promotion.json"
-    if promotion.is_file():  # written by the promote task (tasks/promote_task.py)
+    if promotion.is_file():  # written by the promote task (tasks/promote.py)
         decision = read_json(promotion)["decision"]
         create_markdown_artifact(
             markdown=f"# Champion/challenger: {'promoted' if decision['promoted'] else 'kept champion'}\n\n"
