@@ -45,7 +45,7 @@ from cifarflow.errors import PipelineInputError  # noqa: E402
 from cifarflow.files import read_json  # noqa: E402
 from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock  # noqa: E402
 from cifarflow.orchestration.cache import key_parts  # noqa: E402
-from cifarflow.orchestration.runner import run_stage  # noqa: E402
+from cifarflow.orchestration.runner import prepare_stage, run_stage  # noqa: E402
 from cifarflow.orchestration.stages import SPECS  # noqa: E402
 from cifarflow.sweep.leaderboard import TrialOutcome, leaderboard_rows, write_leaderboard  # noqa: E402
 from cifarflow.sweep.space import Trial, build_trials, load_space, merge_space, sweep_name  # noqa: E402
@@ -171,12 +171,9 @@ def _describe_cluster(runner) -> dict[str, Any]:
 
 
 def _prepared(task, config: PipelineConfig, upstream: dict[str, Any], name: str):
-    """The stage's task for a trial, its key and whether its output on disk can be reused."""
-    spec = SPECS[task.name]
-    key = key_parts(spec, config, upstream).key
-    refresh = spec.find(config, key, upstream) is None
-    options = {"refresh_cache": refresh, "result_storage": config.layout.prefect_results}
-    return task.with_options(task_run_name=f"{task.name}-{name}", **options), key
+    """The stage's task for a trial, named after it, and its key (the runner's own preparation)."""
+    prepared, parts = prepare_stage(task, config, upstream, task_run_name=f"{task.name}-{name}")
+    return prepared, parts.key
 
 
 def _submit_trials(trials: list[PipelineConfig], trial_names: list[str], features) -> list[tuple]:

@@ -61,15 +61,24 @@ def reuse(stage: str, config: PipelineConfig, upstream: dict[str, Any], parts: K
     return found
 
 
-def run_stage(task: Task, config: PipelineConfig, upstream: dict[str, Any], force: bool = False, **options) -> Any:
-    """Run (or reuse) one stage's task inside a flow, and record its key for `--plan` and `--stages`."""
+def prepare_stage(
+    task: Task, config: PipelineConfig, upstream: dict[str, Any], force: bool = False, **options
+) -> tuple[Task, KeyParts]:
+    """The stage's task, set to reuse its cached result only if its output is still whole on disk, and
+    its key parts; call the task with `key=parts.key`."""
     spec = SPECS[task.name]
     parts = key_parts(spec, config, upstream)
     if force and spec.scratch is not None:  # a forced run starts over instead of resuming old partial work
         shutil.rmtree(spec.scratch(config, parts.key), ignore_errors=True)
     refresh = force or spec.find(config, parts.key, upstream) is None
-    prepared = task.with_options(refresh_cache=refresh, result_storage=config.layout.prefect_results, **options)
+    return task.with_options(refresh_cache=refresh, result_storage=config.layout.prefect_results, **options), parts
+
+
+def run_stage(task: Task, config: PipelineConfig, upstream: dict[str, Any], force: bool = False, **options) -> Any:
+    """Run (or reuse) one stage's task inside a flow, and record its key for `--plan` and `--stages`."""
+    prepared, parts = prepare_stage(task, config, upstream, force, **options)
     result = prepared(config=config, key=parts.key, **upstream)
+    spec = SPECS[task.name]
     record_stage(config.layout.stage_state, spec.name, parts, {"fingerprint": result.fingerprint})
     return result
 
