@@ -24,6 +24,30 @@ class DataLayout:
         return self.parquet / "manifest.json"
 
     @property
+    def batches(self) -> Path:
+        """Images added after ingest (`flows/add_images.py`): one immutable directory per batch."""
+        return self.root / "batches"
+
+    @property
+    def withdrawn_batches(self) -> Path:
+        """Batches taken out of the training data, kept (not deleted) so a withdrawal can be undone."""
+        return self.root / "batches-withdrawn"
+
+    @property
+    def validations(self) -> Path:
+        """The validate stage's output per dataset version: the shard list, statistics and warnings."""
+        return self.root / "validations"
+
+    @property
+    def additions_reports(self) -> Path:
+        return self.reports / "additions"
+
+    @property
+    def intake_lock(self) -> Path:
+        """One `add_images` at a time: each one deduplicates against the batches already there."""
+        return self.root / ".intake.lock"
+
+    @property
     def features(self) -> Path:
         return self.root / "features"
 
@@ -64,6 +88,12 @@ class DataLayout:
 
     def split_dir(self, split: str) -> Path:
         return self.parquet / split
+
+    def batch_dir(self, batch_id: str) -> Path:
+        return self.batches / batch_id
+
+    def validation_dir(self, key: str) -> Path:
+        return self.validations / key
 
     def feature_dir(self, key: str) -> Path:
         return self.features / key

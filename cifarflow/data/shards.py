@@ -36,23 +36,37 @@ SCHEMA = pa.schema(
 )
 
 
-def split_table(
-    split_name: str, split: Split, label_names: list[str], start: int = 0, stop: int | None = None
+def rows_table(
+    image_ids: list[str], filenames: list[str], labels: np.ndarray, label_names: list[str], images: np.ndarray
 ) -> pa.Table:
-    """Rows [start, stop) of a split as an Arrow table (pixels are a zero-copy view)."""
-    stop = len(split.labels) if stop is None else stop
-    labels = split.labels[start:stop]
-    pixels = pa.array(np.ascontiguousarray(split.images[start:stop]).reshape(-1))
-    label_dictionary = pa.array(label_names, pa.string())
+    """Images (N, 32, 32, 3) uint8 and their facts as an Arrow table in SCHEMA (pixels zero-copy)."""
+    labels = np.asarray(labels)
+    pixels = pa.array(np.ascontiguousarray(images).reshape(-1))
     return pa.table(
         {
-            "image_id": pa.array([f"{split_name}-{i:05d}" for i in range(start, stop)], pa.string()),
-            "filename": pa.array(split.filenames[start:stop], pa.string()),
+            "image_id": pa.array(image_ids, pa.string()),
+            "filename": pa.array(filenames, pa.string()),
             "label": pa.array(labels, pa.uint8()),
-            "label_name": pa.DictionaryArray.from_arrays(pa.array(labels.astype(np.int8)), label_dictionary),
+            "label_name": pa.DictionaryArray.from_arrays(
+                pa.array(labels.astype(np.int8)), pa.array(label_names, pa.string())
+            ),
             "pixels": pa.FixedSizeListArray.from_arrays(pixels, PIXELS),
         },
         schema=SCHEMA,
+    )
+
+
+def split_table(
+    split_name: str, split: Split, label_names: list[str], start: int = 0, stop: int | None = None
+) -> pa.Table:
+    """Rows [start, stop) of a split as an Arrow table."""
+    stop = len(split.labels) if stop is None else stop
+    return rows_table(
+        [f"{split_name}-{i:05d}" for i in range(start, stop)],
+        split.filenames[start:stop],
+        split.labels[start:stop],
+        label_names,
+        split.images[start:stop],
     )
 
 
@@ -115,16 +129,23 @@ def read_split(manifest_path: Path, split_name: str, verify: bool = True) -> tup
     """Load one split's images (N, 32, 32, 3) uint8 and labels (N,) uint8 from its shards."""
     manifest = verify_manifest(manifest_path) if verify else read_json(manifest_path)
     entries = manifest["splits"][split_name]["shards"]
-    rows = sum(e["rows"] for e in entries)
-    images = np.empty((rows, *IMAGE_SHAPE), np.uint8)  # filled shard by shard: one copy in memory
-    labels = np.empty(rows, np.uint8)
+    return read_shards([manifest_path.parent / e["path"] for e in entries], [e["rows"] for e in entries])
+
+
+def read_shards(paths: list[Path], rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 32, 32, 3) uint8 and labels (N,) uint8 of these shards, in order; `rows` (from a
+    manifest) sizes the arrays up front, so the pixels sit in memory once."""
+    images = np.empty((sum(rows), *IMAGE_SHAPE), np.uint8)  # filled shard by shard
+    labels = np.empty(sum(rows), np.uint8)
     offset = 0
-    for entry in entries:
+    for path, expected in zip(paths, rows):
         try:
-            table = pq.read_table(manifest_path.parent / entry["path"], columns=["label", "pixels"])
+            table = pq.read_table(path, columns=["label", "pixels"])
         except (OSError, pa.ArrowException) as error:
-            raise ShardError(f"cannot read shard {entry['path']}: {error}; re-run ingest (--refresh ingest)") from error
+            raise ShardError(f"cannot read shard {path}: {error}; re-run ingest (--refresh ingest)") from error
         n = table.num_rows
+        if n != expected:
+            raise ShardError(f"shard {path} has {n} rows, its manifest says {expected}")
         pixels = table.column("pixels").combine_chunks().values.to_numpy(zero_copy_only=False)
         images[offset : offset + n] = pixels.reshape(n, *IMAGE_SHAPE)
         labels[offset : offset + n] = table.column("label").to_numpy()

@@ -59,3 +59,18 @@ def publish_report(report: Report, model: str) -> None:
             key=f"cifar10-promotion-{model}",
             description=decision["summary"][:500],
         )
+
+
+def publish_addition(summary: dict, summary_path: Path) -> None:
+    """The addition's report, per-class counts and rejected files, as Prefect artifacts."""
+    markdown = embed_images((summary_path.parent / "report.md").read_text(), summary_path.parent)
+    create_markdown_artifact(
+        markdown=markdown,
+        key="cifar10-images-added",
+        description=f"{summary['added']} added, {summary['duplicates']} duplicates, "
+        f"{len(summary['rejected'])} rejected",
+    )
+    counts = [{"class": name, "added": count} for name, count in summary["class_counts"].items()]
+    create_table_artifact(table=counts or [{"class": "(none)", "added": 0}], key="cifar10-images-added-per-class")
+    if summary["rejected"]:
+        create_table_artifact(table=summary["rejected"], key="cifar10-images-rejected")

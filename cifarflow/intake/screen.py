@@ -1,0 +1,120 @@
+"""Screen an inbox's candidates: decode each, refuse test-set copies, and set aside what the
+training data already holds. The result says, for every file, added / duplicate / rejected and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cifarflow.data.shards import read_shards, rows_table
+from cifarflow.data.versions import active_batches, batch_shards
+from cifarflow.files import read_json
+from cifarflow.intake.images import ImageRejected, convert_image
+from cifarflow.intake.inbox import Candidate, Inbox, Rejection
+from cifarflow.intake.leaks import NEAR_RMS, LeakIndex
+from cifarflow.layout import DataLayout
+
+
+def pixel_digest(pixels: np.ndarray) -> str:
+    """Identity of an image after conversion: sha256 of its 32×32×3 uint8 pixels."""
+    return hashlib.sha256(np.ascontiguousarray(pixels, np.uint8).tobytes()).hexdigest()
+
+
+def image_id(digest: str) -> str:
+    """Stable id of an added image: from its content, so the same image always has the same id."""
+    return f"add-{digest[:20]}"
+
+
+@dataclass
+class Reference:
+    """What new images are checked against: the test set (leaks) and the training data (duplicates)."""
+
+    label_names: list[str]
+    leak_index: LeakIndex
+    known: dict[str, str]  # pixel digest → image id, for every training image (base + batches)
+
+
+def load_reference(layout: DataLayout) -> Reference:
+    manifest = read_json(layout.shard_manifest)
+    splits = manifest["splits"]
+    test_images, _ = read_shards(*_entries(layout.parquet, splits["test"]["shards"]))
+    leak_index = LeakIndex.build(test_images, [f"test-{i:05d}" for i in range(len(test_images))])
+    base, _ = read_shards(*_entries(layout.parquet, splits["train"]["shards"]))
+    known = {pixel_digest(image): f"train-{i:05d}" for i, image in enumerate(base)}  # ingest's ids
+    for batch in active_batches(layout):
+        images, _ = read_shards(*_entries(batch.directory, batch_shards(batch)))
+        known |= {(digest := pixel_digest(image)): image_id(digest) for image in images}
+    return Reference(manifest["label_names"], leak_index, known)
+
+
+def _entries(root: Path, shards: list[dict]) -> tuple[list[Path], list[int]]:
+    return [root / s["path"] for s in shards], [s["rows"] for s in shards]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    candidate: Candidate
+    pixels: np.ndarray
+    digest: str
+
+
+@dataclass
+class Screening:
+    accepted: list[Accepted] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)  # {path, of}
+    rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for item in self.accepted:
+            counts[item.candidate.label_name] = counts.get(item.candidate.label_name, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def screen_inbox(inbox: Inbox, reference: Reference, log: Callable[[str], None] = print) -> Screening:
+    """Decode every candidate, then sort each into accepted, duplicate or rejected (with reasons)."""
+    result = Screening(rejected=list(inbox.rejected))
+    decoded: list[tuple[Candidate, np.ndarray]] = []
+    step = max(1, len(inbox.candidates) // 10)
+    for number, candidate in enumerate(inbox.candidates, 1):
+        try:
+            decoded.append((candidate, convert_image(candidate.path).pixels))
+        except ImageRejected as reason:
+            result.rejected.append(Rejection(str(candidate.path), str(reason)))
+        if number % step == 0 or number == len(inbox.candidates):
+            log(f"decoded {number}/{len(inbox.candidates)} files")
+    if not decoded:
+        return result
+    nearest, distances = reference.leak_index.nearest(np.stack([pixels for _, pixels in decoded]))
+    seen = dict(reference.known)
+    for (candidate, pixels), test_index, distance in zip(decoded, nearest, distances):
+        if distance <= NEAR_RMS:
+            test_id = reference.leak_index.image_ids[test_index]
+            kind = "an exact copy" if distance < 0.01 else f"a near copy (distance {distance:.1f} ≤ {NEAR_RMS:g})"
+            result.rejected.append(Rejection(str(candidate.path), f"test-set leak: {kind} of test image {test_id}"))
+            continue
+        digest = pixel_digest(pixels)
+        if digest in seen:
+            result.duplicates.append({"path": str(candidate.path), "of": seen[digest]})
+            continue
+        seen[digest] = str(candidate.path)
+        result.accepted.append(Accepted(candidate, pixels, digest))
+    result.rejected.sort(key=lambda r: r.path)
+    return result
+
+
+def batch_table(accepted: list[Accepted], label_names: list[str]):
+    """The accepted images as a table in the ingest schema, with their original paths as filenames."""
+    return rows_table(
+        [image_id(a.digest) for a in accepted],
+        [str(a.candidate.path.resolve()) for a in accepted],
+        np.array([a.candidate.label for a in accepted], np.uint8),
+        label_names,
+        np.stack([a.pixels for a in accepted]),
+    )

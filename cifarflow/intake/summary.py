@@ -1,0 +1,99 @@
+"""What one `add_images` run did, for people: summary.json, report.md and a thumbnail grid of the
+images added, in `reports/additions/<addition id>/` (the batch id when a batch was written)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cifarflow.files import atomic_directory, atomic_path, write_json
+
+THUMBNAILS = 100  # at most this many added images in the grid (the first ones, by path)
+GRID_COLUMNS = 10
+THUMB_SCALE = 2  # 32 px images drawn at 64 px
+
+
+def build_summary(
+    *,
+    addition_id: str,
+    batch_id: str | None,
+    inbox: Path,
+    files: int,
+    screening,
+    previous_version: str,
+    dataset_version: str,
+    train_images: int,
+) -> dict[str, Any]:
+    return {
+        "addition_id": addition_id,
+        "batch_id": batch_id,
+        "inbox": str(inbox),
+        "files": files,
+        "added": len(screening.accepted),
+        "duplicates": len(screening.duplicates),
+        "duplicate_files": screening.duplicates,
+        "rejected": [r.to_json() for r in screening.rejected],
+        "class_counts": screening.class_counts,
+        "previous_dataset_version": previous_version,
+        "dataset_version": dataset_version,
+        "train_images": train_images,
+    }
+
+
+def thumbnail_grid(images: list[np.ndarray], path: Path) -> None:
+    images = images[:THUMBNAILS]
+    columns = min(GRID_COLUMNS, len(images))
+    rows = -(-len(images) // columns)
+    side = 32 * THUMB_SCALE
+    grid = Image.new("RGB", (columns * side, rows * side), (255, 255, 255))
+    for number, pixels in enumerate(images):
+        thumb = Image.fromarray(pixels).resize((side, side), Image.Resampling.NEAREST)
+        grid.paste(thumb, ((number % columns) * side, (number // columns) * side))
+    with atomic_path(path) as tmp:
+        grid.save(tmp, format="PNG")
+
+
+def render_markdown(summary: dict[str, Any], grid: str | None) -> str:
+    version = summary["dataset_version"]
+    moved = version != summary["previous_dataset_version"]
+    lines = [
+        f"# Images added: `{summary['addition_id']}`",
+        "",
+        f"From `{summary['inbox']}`: **{summary['added']} added**, {summary['duplicates']} already in the training "
+        f"data, {len(summary['rejected'])} rejected, of {summary['files']} files.",
+        "",
+        f"Dataset version {'`' + summary['previous_dataset_version'] + '` → ' if moved else ''}`{version}`"
+        f"{'' if moved else ' (unchanged: nothing new was added)'}; {summary['train_images']:,} training images.",
+        "",
+    ]
+    if summary["class_counts"]:
+        lines += ["## Added per class", "", "| class | added |", "|---|---|"]
+        lines += [f"| {name} | {count} |" for name, count in summary["class_counts"].items()]
+        lines.append("")
+    if summary["rejected"]:
+        lines += ["## Rejected", "", "| file | reason |", "|---|---|"]
+        lines += [f"| `{r['path']}` | {r['reason']} |" for r in summary["rejected"]]
+        lines.append("")
+    if summary["duplicate_files"]:
+        lines += ["## Already present (not added again)", "", "| file | same image as |", "|---|---|"]
+        lines += [f"| `{d['path']}` | {d['of']} |" for d in summary["duplicate_files"]]
+        lines.append("")
+    if grid:
+        lines += ["## What was added", "", f"![added images]({grid})", ""]
+    return "\n".join(lines)
+
+
+def write_summary(directory: Path, summary: dict[str, Any], added_images: list[np.ndarray]) -> Path:
+    """Write the addition's report directory whole; return the path of summary.json."""
+    with atomic_directory(directory) as staging:
+        grid = None
+        if added_images:
+            grid = "added.png"
+            thumbnail_grid(added_images, staging / grid)
+        write_json(staging / "summary.json", summary)
+        with atomic_path(staging / "report.md") as tmp:
+            tmp.write_text(render_markdown(summary, grid))
+    return directory / "summary.json"

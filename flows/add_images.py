@@ -1,0 +1,154 @@
+"""Add labeled images to the training data as a new, immutable batch (a new dataset version).
+
+    python flows/add_images.py incoming/                 # incoming/<class name>/<file>.png|jpg|jpeg|webp|bmp
+    python flows/add_images.py incoming/ --data-dir /srv/cifar
+    python flows/add_images.py --withdraw 20261126T120000Z-1a2b3c4d   # take a batch out again
+    python flows/add_images.py --list                    # the batches in the training data
+
+Every file is accounted for in `<data-dir>/reports/additions/<id>/summary.json`: added, already
+present (duplicates) or rejected with its reason (does not decode, not a CIFAR-10 class, absurd
+size, a copy of a test image). The inbox is only read. A new batch emits `cifar10.dataset.updated`,
+which starts the retraining deployment when a Prefect server runs (see the README).
+
+Exit status: 0 when the run completed (even if files were rejected or nothing was new), 2 for
+unusable arguments, 1 on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cifarflow.environment import apply_defaults
+
+apply_defaults()  # before Prefect reads the environment
+
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+from cifarflow.data.versions import (  # noqa: E402
+    active_batch_dir,
+    current_version,
+    new_batch_id,  # noqa: E402
+    remove_unfinished,
+    withdraw_batch,
+)
+from cifarflow.errors import PipelineInputError  # noqa: E402
+from cifarflow.files import ensure_writable, text_digest  # noqa: E402
+from cifarflow.intake.summary import build_summary  # noqa: E402
+from cifarflow.layout import DataLayout  # noqa: E402
+from cifarflow.lock import data_dir_lock  # noqa: E402
+from cifarflow.orchestration.events import emit_dataset_updated  # noqa: E402
+from tasks.additions import publish, read_version, scan, screen, write  # noqa: E402
+
+LOCK_TIMEOUT_S = 600.0
+
+
+@flow(name="add-images", flow_run_name="add-{inbox.name}", log_prints=True)
+def add_images(inbox: Path, data_dir: Path = Path("data")) -> str:
+    """Scan INBOX/<class>/…, screen every image, write the new ones as a batch, publish the summary.
+    Returns the path of summary.json."""
+    layout = DataLayout(Path(data_dir).resolve())
+    with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=get_run_logger().info):
+        remove_unfinished(layout)
+        before = read_version(layout)
+        found = scan(inbox, before.label_names)
+        screening = screen(found, layout)
+        batch = write(layout, screening, before.label_names, inbox)
+        after = current_version(layout)
+        summary = build_summary(
+            addition_id=batch.batch_id if batch else new_batch_id(text_digest(str(inbox.resolve()), found.files)),
+            batch_id=batch.batch_id if batch else None,
+            inbox=inbox.resolve(),
+            files=found.files,
+            screening=screening,
+            previous_version=before.version,
+            dataset_version=after.version,
+            train_images=after.train_images,
+        )
+        return str(publish(layout, summary, screening, before))
+
+
+@task(name="withdraw-batch", cache_policy=NO_CACHE)
+def withdraw_task(layout: DataLayout, batch_id: str) -> Path:
+    return withdraw_batch(layout, batch_id)
+
+
+@flow(name="withdraw-batch", log_prints=True)
+def withdraw(batch_id: str, data_dir: Path = Path("data")) -> str:
+    """Take a batch out of the training data (moved to batches-withdrawn/, not deleted)."""
+    layout = DataLayout(Path(data_dir).resolve())
+    with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=get_run_logger().info):
+        before = current_version(layout)
+        moved = withdraw_task(layout, batch_id)
+        after = current_version(layout)
+    emit_dataset_updated(
+        str(layout.root),
+        {
+            "dataset_version": after.version,
+            "previous_dataset_version": before.version,
+            "withdrawn": batch_id,
+            "train_images": after.train_images,
+        },
+    )
+    print(f"withdrew {batch_id} (kept in {moved}); dataset version {before.version} → {after.version}")
+    return after.version
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inbox", nargs="?", type=Path, help="folder of INBOX/<class name>/<image files>")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="the pipeline's data directory (default data)"
+    )
+    parser.add_argument("--withdraw", metavar="BATCH_ID", help="take this batch out of the training data")
+    parser.add_argument("--list", action="store_true", help="list the batches in the training data and exit")
+    return parser
+
+
+def check_arguments(args: argparse.Namespace) -> DataLayout:
+    """Unusable arguments raise PipelineInputError (exit 2) before any flow starts."""
+    if sum(bool(x) for x in (args.inbox, args.withdraw, args.list)) != 1:
+        raise PipelineInputError("give exactly one of INBOX, --withdraw BATCH_ID or --list")
+    if args.inbox is not None and not args.inbox.is_dir():
+        raise PipelineInputError(f"no such folder: {args.inbox} (expected INBOX/<class name>/<image files>)")
+    layout = DataLayout(args.data_dir.resolve())
+    current_version(layout)  # says which command to run first when nothing was ingested there
+    if not args.list:
+        ensure_writable(layout.root)
+    return layout
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        layout = check_arguments(args)
+        if args.withdraw:
+            active_batch_dir(layout, args.withdraw)
+    except PipelineInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.list:
+        version = current_version(layout)
+        for batch in version.batches:
+            print(f"{batch.batch_id}  {batch.rows:6d} images  {batch.class_counts}")
+        print(
+            f"dataset version {version.version}: {version.train_images:,} training images "
+            f"({version.base_train_images:,} ingested + {len(version.batches)} batches)"
+        )
+        return 0
+    try:
+        if args.withdraw:
+            withdraw(args.withdraw, layout.root)
+            return 0
+        summary = add_images(args.inbox, layout.root)
+    except Exception as error:  # the flow already logged the traceback; end with its real message
+        print(f"error: adding images failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    print(f"done: summary at {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
