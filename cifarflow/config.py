@@ -40,6 +40,18 @@ class PipelineConfig(BaseModel):
     promotion_alpha: float = Field(
         0.05, gt=0, lt=1, description="promote a new model over the champion only if McNemar's p is below this"
     )
+    min_accuracy: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="never promote a model below this test accuracy, however it compares with the champion "
+        "(default: the preset's floor; 0 turns it off)",
+    )
+    warm_start: Literal["none", "champion"] = Field(
+        "none",
+        description="'champion': start training from the champion's weights when its architecture matches "
+        "(a faster retrain on grown data); 'none': from scratch",
+    )
 
     @field_validator("sha256")
     @classmethod
@@ -84,6 +96,11 @@ class PipelineConfig(BaseModel):
     @property
     def resolved_normalization(self) -> str:
         return self.normalization or self.preset.normalization
+
+    @property
+    def resolved_min_accuracy(self) -> float | None:
+        floor = self.preset.min_accuracy if self.min_accuracy is None else self.min_accuracy
+        return floor or None  # 0 means no floor
 
     @property
     def train_epochs(self) -> int:

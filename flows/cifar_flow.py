@@ -1,4 +1,4 @@
-"""The CIFAR-10 pipeline: ingest → preprocess → train → evaluate → report → promote, as one Prefect flow.
+"""The CIFAR-10 pipeline: ingest → validate → preprocess → train → evaluate → report → promote, as one Prefect flow.
 
     python flows/cifar_flow.py --source data/cache/cifar-10-python.tar.gz
     python flows/cifar_flow.py --model seed --epochs 20 --plan     # what would run, and why
@@ -36,6 +36,7 @@ from tasks.preprocess import preprocess  # noqa: E402
 from tasks.promote import promote  # noqa: E402
 from tasks.report import report  # noqa: E402
 from tasks.train import train  # noqa: E402
+from tasks.validate import validate  # noqa: E402
 
 
 def _run_name() -> str:
@@ -53,7 +54,7 @@ def cifar_pipeline(
     refresh: list[str] | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> dict:
-    """ingest → preprocess → train → evaluate → report → promote for `config`. `stages` selects some
+    """ingest → validate → preprocess → train → evaluate → report → promote for `config`. `stages` selects some
     (default all; the others are reused from disk where a selected one needs them); `refresh` names
     stages to recompute even when their output is cached. Returns where each stage's output lives."""
     logger = get_run_logger()
@@ -61,17 +62,20 @@ def cifar_pipeline(
     stage = StageRunner(config, parse_stage_list(stages, "stages"), parse_stage_list(refresh, "refresh"))
     with data_dir_lock(config.layout.lock_file, lock_timeout_s, log=logger.info):
         shards = stage(ingest)
-        features = stage(preprocess, ingest=shards)
+        dataset = stage(validate, ingest=shards)
+        features = stage(preprocess, validate=dataset)
         model = stage(train, preprocess=features)
         evaluation = stage(evaluate, preprocess=features, train=model)
-        run_report = stage(report, ingest=shards, preprocess=features, train=model, evaluate=evaluation)
+        run_report = stage(
+            report, ingest=shards, validate=dataset, preprocess=features, train=model, evaluate=evaluation
+        )
         decision = stage(
-            promote, ingest=shards, preprocess=features, train=model, evaluate=evaluation, report=run_report
+            promote, validate=dataset, preprocess=features, train=model, evaluate=evaluation, report=run_report
         )
     if run_report is not None and "report" in stage.selected:
         publish_report(run_report, config.model)
         logger.info("report: %s", run_report.report_path)
-    outputs = zip(STAGES, (shards, features, model, evaluation, run_report, decision))
+    outputs = zip(STAGES, (shards, dataset, features, model, evaluation, run_report, decision))
     return {name: str(output.location) for name, output in outputs if output is not None}
 
 
@@ -89,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults["promotion_alpha"].default,
         help=defaults["promotion_alpha"].description,
+    )
+    parser.add_argument(
+        "--min-accuracy",
+        type=float,
+        help="promotion floor: never promote a model below this test accuracy (default: the preset's: "
+        + ", ".join(f"{p.name} {p.min_accuracy or 'none'}" for p in PRESETS.values())
+        + "; 0 turns it off)",
+    )
+    parser.add_argument(
+        "--warm-start",
+        choices=["none", "champion"],
+        default="none",
+        help=defaults["warm_start"].description,
     )
     parser.add_argument("--stages", help=f"comma-separated stages to run (default all): {','.join(STAGES)}")
     parser.add_argument(
@@ -117,6 +134,8 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         learning_rate=args.learning_rate,
         seed=args.seed,
         promotion_alpha=args.promotion_alpha,
+        min_accuracy=args.min_accuracy,
+        warm_start=args.warm_start,
     )
 
 

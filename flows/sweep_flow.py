@@ -55,6 +55,7 @@ from tasks.preprocess import preprocess  # noqa: E402
 from tasks.promote import promote  # noqa: E402
 from tasks.report import report  # noqa: E402
 from tasks.train import train  # noqa: E402
+from tasks.validate import validate  # noqa: E402
 
 # One thread per TensorFlow op pool in each worker: the cluster's parallelism is its worker processes.
 SINGLE_THREAD_ENV = {
@@ -223,38 +224,40 @@ def cifar_sweep(
     layout = config.layout
     with data_dir_lock(layout.lock_file, lock_timeout_s, log=logger.info):
         shards = run_stage(ingest, config, {})
-        features = run_stage(preprocess, config, {"ingest": shards})
+        dataset = run_stage(validate, config, {"ingest": shards})
+        features = run_stage(preprocess, config, {"validate": dataset})
+        data = {"ingest": shards, "validate": dataset, "preprocess": features}
         where = "this process, one at a time" if sequential else dask_address or "a local Dask cluster"
         logger.info("sweep %s: %d trials on %s", name, len(trials), where)
         run = run_trials.with_options(task_runner=trial_task_runner(dask_address, n_workers, sequential))
         ran = run(
             sweep=name, trials=[t.config for t in trials], trial_names=[t.name for t in trials], features=features
         )
-        outcomes = [_report_trial(trial, result, shards, features) for trial, result in zip(trials, ran["trials"])]
+        outcomes = [_report_trial(trial, result, data) for trial, result in zip(trials, ran["trials"])]
         summary = _publish(name, outcomes, layout.reports / "sweeps" / name, ran["cluster"], logger)
         summary |= {"cluster": ran["cluster"], "trials_flow_run_id": ran["flow_run_id"]}
         if promote_best and summary["best"]:
             index = [t.name for t in trials].index(summary["best"])
-            summary["promotion"] = _promote(trials[index].config, ran["trials"][index], shards, features, logger)
+            summary["promotion"] = _promote(trials[index].config, ran["trials"][index], data, logger)
         return summary
 
 
-def _promote(config: PipelineConfig, result: dict[str, Any], shards, features, logger) -> str:
+def _promote(config: PipelineConfig, result: dict[str, Any], data: dict[str, Any], logger) -> str:
     """The best trial goes through champion/challenger exactly like a nightly run's model."""
-    upstream = {"ingest": shards, "preprocess": features, "train": result["train"], "evaluate": result["evaluate"]}
+    upstream = data | {"train": result["train"], "evaluate": result["evaluate"]}
     upstream["report"] = SPECS["report"].find(config, key_parts(SPECS["report"], config, upstream).key, upstream)
-    promotion = run_stage(promote, config, upstream)
+    promotion = run_stage(promote, config, {k: v for k, v in upstream.items() if k in SPECS["promote"].upstream})
     logger.info("champion/challenger for the best trial: %s", promotion.summary)
     return promotion.summary
 
 
-def _report_trial(trial: Trial, result: dict[str, Any], shards, features) -> TrialOutcome:
+def _report_trial(trial: Trial, result: dict[str, Any], data: dict[str, Any]) -> TrialOutcome:
     """The trial's report, written by the pipeline's own report task (same layout as a normal run)."""
     states = dict(result["states"])
     if "error" in result:
         return TrialOutcome(trial, "failed", states | {"report": "NotRun"}, error=result["error"])
     config, model, evaluation = trial.config, result["train"], result["evaluate"]
-    upstream = {"ingest": shards, "preprocess": features, "train": model, "evaluate": evaluation}
+    upstream = data | {"train": model, "evaluate": evaluation}
     task, key = _prepared(report, config, upstream, trial.name)
     state = task(config=config, key=key, return_state=True, **upstream)
     states["report"] = state.name

@@ -3,16 +3,16 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from cifarflow.config import PipelineConfig
-from cifarflow.data.ingest import IngestResult
 from cifarflow.data.transform import Features, build_features
+from cifarflow.data.validate import ValidatedData
 from cifarflow.orchestration.runner import stage_options
 
 
 @task(**stage_options("preprocess", retries=2, delay=1), task_run_name="preprocess-{config.resolved_normalization}")
-def preprocess(config: PipelineConfig, key: str, ingest: IngestResult) -> Features:
+def preprocess(config: PipelineConfig, key: str, validate: ValidatedData) -> Features:
     """Fit the normalization on the training split, one-hot encode the labels, write training-ready arrays."""
     return build_features(
-        ingest.manifest_path,
+        validate.dataset_path,
         config.layout.feature_dir(key),
         config.resolved_normalization,
         log=get_run_logger().info,

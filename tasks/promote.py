@@ -3,8 +3,8 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from cifarflow.config import PipelineConfig
-from cifarflow.data.ingest import IngestResult
 from cifarflow.data.transform import Features
+from cifarflow.data.validate import ValidatedData
 from cifarflow.evaluation.evaluate import Evaluation
 from cifarflow.orchestration.runner import stage_options
 from cifarflow.promotion.outcome import Promotion
@@ -19,7 +19,7 @@ from cifarflow.training.run import TrainResult
 def promote(
     config: PipelineConfig,
     key: str,
-    ingest: IngestResult,
+    validate: ValidatedData,
     preprocess: Features,
     train: TrainResult,
     evaluate: Evaluation,
@@ -27,8 +27,15 @@ def promote(
 ) -> Promotion:
     """Champion/challenger: promote this run's model if it is significantly better (McNemar's test)."""
     challenger = challenger_score(
-        evaluate.directory, preprocess.directory, train, report, config.model, ingest.dataset_sha256
+        evaluate.directory, preprocess.directory, train, report, config.model, validate.dataset_version
     )
     return promote_challenger(
-        challenger, train.model_path, report, config.layout.registry, config.promotion_alpha, key, get_run_logger().info
+        challenger,
+        train.model_path,
+        report,
+        config.layout.registry,
+        config.promotion_alpha,
+        key,
+        get_run_logger().info,
+        min_accuracy=config.resolved_min_accuracy,
     )

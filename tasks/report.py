@@ -5,6 +5,7 @@ from prefect import get_run_logger, task
 from cifarflow.config import PipelineConfig
 from cifarflow.data.ingest import IngestResult
 from cifarflow.data.transform import Features
+from cifarflow.data.validate import ValidatedData
 from cifarflow.evaluation.evaluate import Evaluation
 from cifarflow.orchestration.runner import stage_options
 from cifarflow.reporting.report import Report, model_card, run_name_for, write_report
@@ -16,6 +17,7 @@ def report(
     config: PipelineConfig,
     key: str,
     ingest: IngestResult,
+    validate: ValidatedData,
     preprocess: Features,
     train: TrainResult,
     evaluate: Evaluation,
@@ -26,8 +28,10 @@ def report(
         config=config,
         train=train,
         ingest=ingest,
+        dataset=validate,
         features=preprocess,
     ) | {"cache_key": key}
-    result = write_report(evaluate.directory, card, config.layout.reports)
+    data_section = (validate.directory / "validation.md").read_text()
+    result = write_report(evaluate.directory, card, config.layout.reports, data_section)
     get_run_logger().info("report written to %s", result.directory)
     return result

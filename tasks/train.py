@@ -6,6 +6,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from cifarflow.config import PipelineConfig
 from cifarflow.data.transform import Features
 from cifarflow.orchestration.runner import stage_options
+from cifarflow.promotion.champions import warm_start_source
 from cifarflow.training.run import TrainResult, train_model
 from cifarflow.training.settings import TrainSettings
 
@@ -14,8 +15,11 @@ from cifarflow.training.settings import TrainSettings
 def train(config: PipelineConfig, key: str, preprocess: Features) -> TrainResult:
     """Train the chosen preset; logs every epoch and updates a progress artifact in the UI."""
     logger = get_run_logger()
+    source, note = (
+        warm_start_source(config.layout.registry, config.model) if config.warm_start == "champion" else (None, None)
+    )
     settings = TrainSettings(
-        config.model, config.train_epochs, config.train_batch_size, config.train_learning_rate, config.seed
+        config.model, config.train_epochs, config.train_batch_size, config.train_learning_rate, config.seed, source
     )
     progress = create_progress_artifact(
         progress=0.0, key=f"training-progress-{config.model}", description=f"Training {config.model}"
@@ -27,6 +31,10 @@ def train(config: PipelineConfig, key: str, preprocess: Features) -> TrainResult
         update_progress_artifact(progress, progress=100.0 * epoch / total)
 
     logger.info("training %s: %s", config.model, settings)
-    result = train_model(settings, preprocess.directory, config.layout.model_dir(key), on_epoch=on_epoch)
+    result = train_model(
+        settings, preprocess.directory, config.layout.model_dir(key), on_epoch=on_epoch, warm_start=note
+    )
+    if result.warm_start:
+        logger.info("warm start: %s", result.warm_start)
     logger.info("trained %s in %.1f s (%d parameters)", config.model, result.train_seconds, result.params)
     return result

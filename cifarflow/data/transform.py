@@ -19,7 +19,8 @@ from typing import Literal
 import numpy as np
 
 from cifarflow.data.archive import NUM_CLASSES
-from cifarflow.data.shards import SPLITS, read_split, verify_manifest
+from cifarflow.data.shards import SPLITS, read_shards
+from cifarflow.data.validate import dataset_shards
 from cifarflow.errors import FeatureError
 from cifarflow.files import atomic_directory, file_digest, read_json, text_digest, write_json
 
@@ -108,24 +109,25 @@ class Features:
         return self.features_sha256
 
 
-def build_features(manifest_path: Path, out_dir: Path, normalization: NormalizationKind, log=print) -> Features:
-    """Write pixels_/labels_/onehot_{train,test}.npy and meta.json into out_dir (atomically)."""
-    manifest = verify_manifest(manifest_path)
+def build_features(dataset_path: Path, out_dir: Path, normalization: NormalizationKind, log=print) -> Features:
+    """Write pixels_/labels_/onehot_{train,test}.npy and meta.json into out_dir (atomically), for the
+    dataset version that `dataset_path` (the validate stage's dataset.json) lists."""
+    dataset = read_json(dataset_path)
     with atomic_directory(out_dir) as staging:
         fitted = None
         for split in SPLITS:  # train first: the transform is fitted on train only
-            images, labels = read_split(manifest_path, split, verify=False)
+            images, labels = read_shards(*dataset_shards(dataset_path, split))
             fitted = fitted or fit_normalization(images, normalization)
             np.save(staging / f"pixels_{split}.npy", images)
             np.save(staging / f"labels_{split}.npy", labels)
-            np.save(staging / f"onehot_{split}.npy", one_hot(labels, len(manifest["label_names"])))
+            np.save(staging / f"onehot_{split}.npy", one_hot(labels, len(dataset["label_names"])))
             log(f"{split}: {len(labels)} images, labels one-hot encoded")
             del images, labels
         log(f"normalization {fitted.kind}: mean {fitted.mean}, std {fitted.std}")
         files = {p.name: file_digest(p) for p in sorted(staging.glob("*.npy"))}
         meta = {
-            "dataset_sha256": manifest["dataset_sha256"],
-            "label_names": manifest["label_names"],
+            "dataset_version": dataset["lineage"]["dataset_version"],
+            "label_names": dataset["label_names"],
             "normalization": fitted.to_json(),
             "files": files,
             "features_sha256": text_digest(files, fitted.to_json()),

@@ -13,9 +13,11 @@ from typing import Any, Protocol
 from cifarflow.config import PipelineConfig
 from cifarflow.data.ingest import find_shards
 from cifarflow.data.transform import find_features
+from cifarflow.data.validate import find_validation
+from cifarflow.data.versions import current_version
 from cifarflow.evaluation.evaluate import find_evaluation
 from cifarflow.orchestration.cache import StageSpec, source_identity
-from cifarflow.promotion.champions import baseline_id
+from cifarflow.promotion.champions import baseline_id, champion_id
 from cifarflow.promotion.outcome import find_promotion
 from cifarflow.reporting.report import find_report
 from cifarflow.training.run import checkpoint_dir, find_model
@@ -32,6 +34,16 @@ class StageOutput(Protocol):
 TF_LIBS = ("tensorflow-cpu", "tensorflow", "keras")
 DATA_CODE = ("cifarflow.data", "cifarflow.files")
 MODEL_CODE = (*DATA_CODE, "cifarflow.models", "cifarflow.training")
+
+
+def dataset_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
+    """The dataset version on disk now: the ingested shards plus every added batch."""
+    return {"dataset_version": current_version(config.layout).version}
+
+
+def train_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
+    """A warm start depends on which champion it starts from."""
+    return {"warm_start_from": champion_id(config.layout.registry)} if config.warm_start == "champion" else {}
 
 
 def promote_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
@@ -51,17 +63,29 @@ SPECS: dict[str, StageSpec] = {
         libraries=("pyarrow", "numpy"),
         find=lambda config, key, upstream: find_shards(config.layout, key),
     ),
+    "validate": StageSpec(
+        "validate",
+        params=(),
+        inputs=dataset_inputs,
+        code=DATA_CODE,
+        libraries=("pyarrow", "numpy"),
+        upstream=("ingest",),
+        find=lambda config, key, upstream: find_validation(
+            config.layout.validation_dir(key), current_version(config.layout).version
+        ),
+    ),
     "preprocess": StageSpec(
         "preprocess",
         params=("resolved_normalization",),
         code=DATA_CODE,
         libraries=("numpy",),
-        upstream=("ingest",),
+        upstream=("validate",),
         find=lambda config, key, upstream: find_features(config.layout.feature_dir(key)),
     ),
     "train": StageSpec(
         "train",
-        params=("model", "train_epochs", "train_batch_size", "train_learning_rate", "seed"),
+        params=("model", "train_epochs", "train_batch_size", "train_learning_rate", "seed", "warm_start"),
+        inputs=train_inputs,
         code=MODEL_CODE,
         libraries=(*TF_LIBS, "numpy"),
         upstream=("preprocess",),
@@ -81,16 +105,16 @@ SPECS: dict[str, StageSpec] = {
         params=("source", "model", "train_batch_size", "train_learning_rate", "seed"),
         code=("cifarflow.reporting", "cifarflow.files"),
         libraries=(),
-        upstream=("ingest", "preprocess", "train", "evaluate"),
+        upstream=("ingest", "validate", "preprocess", "train", "evaluate"),
         find=lambda config, key, upstream: find_report(config.layout.reports, key),
     ),
     "promote": StageSpec(
         "promote",
-        params=("promotion_alpha",),
+        params=("promotion_alpha", "resolved_min_accuracy"),
         inputs=promote_inputs,
         code=(*DATA_CODE, "cifarflow.promotion", "cifarflow.evaluation"),
         libraries=("scipy",),
-        upstream=("ingest", "preprocess", "train", "evaluate", "report"),
+        upstream=("validate", "preprocess", "train", "evaluate", "report"),
         find=lambda config, key, upstream: find_promotion(upstream["report"].directory, key, config.layout.registry),
     ),
 }

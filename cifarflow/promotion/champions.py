@@ -85,6 +85,18 @@ def champion_id(registry: Path) -> str:
     return record["id"] if record else NO_CHAMPION
 
 
+def warm_start_source(registry: Path, model: str) -> tuple[str | None, dict]:
+    """The champion's model file to start training `model` from, and what to record about it: only a
+    champion of the same preset can fit (the weights are then checked shape by shape as well)."""
+    record = read_champion_record(registry)
+    note = {"requested": "champion", "champion_id": record["id"] if record else None, "applied": False}
+    if record is None:
+        return None, note | {"reason": "no champion yet"}
+    if record["model"] != model:
+        return None, note | {"reason": f"the champion is a `{record['model']}` model, this run trains `{model}`"}
+    return str(champion_dir(registry) / record.get("model_file", "model.keras")), note
+
+
 def baseline_id(registry: Path, challenger_id: str) -> str:
     """The champion a challenger is (or was) judged against: the current champion, or, when the
     challenger is the champion already, the one it replaced. Identical reruns therefore see the

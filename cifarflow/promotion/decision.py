@@ -3,7 +3,7 @@ The rule itself is described in `cifarflow/promotion/champions.py`'s module docs
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +81,7 @@ def score_from_evaluation(
 @dataclass(frozen=True)
 class Decision:
     promoted: bool
-    reason: str  # first | already-champion | better | not-better | test-set-changed
+    reason: str  # first | already-champion | better | not-better | test-set-changed | below-floor
     summary: str  # one line: "promoted: 0.612 → 0.701, p < 0.001"
     challenger_id: str
     champion_id: str | None  # the champion it was compared with (None on the first run)
@@ -90,6 +90,7 @@ class Decision:
     comparable: bool  # both scored on the same test images
     alpha: float
     test: McNemar | None = None
+    min_accuracy: float | None = None  # the promotion floor in force
 
     @property
     def resulting_champion(self) -> str:
@@ -102,9 +103,27 @@ class Decision:
 
 
 def decide(
-    challenger: Score, champion: Score | None, alpha: float = DEFAULT_ALPHA, method: Method = "exact"
+    challenger: Score,
+    champion: Score | None,
+    alpha: float = DEFAULT_ALPHA,
+    method: Method = "exact",
+    min_accuracy: float | None = None,
 ) -> Decision:
-    """Promote the challenger or keep the champion, with the reason in words."""
+    """Promote the challenger or keep the champion, with the reason in words. A challenger below
+    `min_accuracy` is never promoted, even when it beats the champion or there is none."""
+    decision = compare(challenger, champion, alpha, method)
+    if decision.promoted and min_accuracy is not None and challenger.accuracy < min_accuracy:
+        summary = (
+            f"kept {'champion' if champion else 'no champion'}: test accuracy {challenger.accuracy:.3f} is below the "
+            f"promotion floor {min_accuracy:g} (--min-accuracy), although it would have been promoted "
+            f"({decision.summary.removeprefix('promoted: ')})"
+        )
+        return replace(decision, promoted=False, reason="below-floor", summary=summary, min_accuracy=min_accuracy)
+    return replace(decision, min_accuracy=min_accuracy)
+
+
+def compare(challenger: Score, champion: Score | None, alpha: float, method: Method) -> Decision:
+    """The champion/challenger comparison alone (McNemar's test on paired results)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
     common = {"challenger_id": challenger.model_id, "challenger_accuracy": challenger.accuracy, "alpha": alpha}

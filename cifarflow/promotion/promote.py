@@ -13,24 +13,35 @@ from cifarflow.promotion.outcome import Promotion, record_outcome
 from cifarflow.promotion.section import comparison_markdown, confusion_difference, write_section
 
 
-def challenger_score(evaluation_dir: Path, features_dir: Path, train, report, model: str, dataset_sha256: str) -> Score:
+def challenger_score(
+    evaluation_dir: Path, features_dir: Path, train, report, model: str, dataset_version: str
+) -> Score:
     return score_from_evaluation(
         evaluation_dir,
         load_split(features_dir, "test", "labels"),
         model_id=train.model_sha256,
         run_name=report.run_name,
         model=model,
-        dataset_sha256=dataset_sha256,
+        dataset_sha256=dataset_version,
         test_set_sha256=test_set_id(features_dir),
     )
 
 
-def promote_challenger(challenger: Score, model_path: Path, report, registry: Path, alpha: float, key: str, log=print):
+def promote_challenger(
+    challenger: Score,
+    model_path: Path,
+    report,
+    registry: Path,
+    alpha: float,
+    key: str,
+    log=print,
+    min_accuracy: float | None = None,
+):
     """Decide, write promotion.md/.json and the report section, and move the champion if promoted."""
     from cifarflow.evaluation import plots
 
     champion = read_champion(registry)
-    decision = decide(challenger, champion, alpha=alpha)
+    decision = decide(challenger, champion, alpha=alpha, min_accuracy=min_accuracy)
     log(decision.summary)
     out = Path(report.directory)
     diff_plot = None

@@ -49,9 +49,13 @@ def comparison_markdown(
         "",
         f"**Decision:** {decision.summary}.",
         "",
+        f"Promotion floor: {'none' if decision.min_accuracy is None else f'{decision.min_accuracy:g} test accuracy'}"
+        f"{' (not met)' if decision.reason == 'below-floor' else ''}.",
+        "",
     ]
     if champion is None:
-        lines += [f"No champion yet: this model (`{challenger.model_id[:12]}`) becomes the first one.", ""]
+        first = "becomes the first one" if decision.promoted else "does not become the first one"
+        lines += [f"No champion yet: this model (`{challenger.model_id[:12]}`) {first}.", ""]
         return "\n".join(lines)
     lines += [
         "| | champion | challenger |",

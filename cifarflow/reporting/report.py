@@ -61,6 +61,8 @@ def build_metrics(evaluation: dict[str, Any], card: dict[str, Any]) -> dict[str,
         "batch_size": card["batch_size"],
         "train_seconds": card["train_seconds"],
         "source_sha256": card["source_sha256"],
+        "dataset_version": card["dataset_version"],
+        "train_images": card["train_images"],
         "params": card["params"],
         "run_name": card["run_name"],
     }
@@ -88,7 +90,23 @@ def describe_normalization(fitted: dict[str, Any]) -> str:
     return f"{fitted['kind']}: (pixels / 255 − ({mean})) / ({std}), fitted on train, in the model's first layer"
 
 
-def render_markdown(metrics: dict[str, Any], card: dict[str, Any], plot_prefix: str = "") -> str:
+def describe_lineage(lineage: dict[str, Any]) -> str:
+    batches = lineage["batches"]
+    added = "".join(f" + `{b['batch_id']}` ({b['images']:,})" for b in batches)
+    return f"{lineage['train_images']:,}: ingested {lineage['base']['images']:,}{added}"
+
+
+def describe_warm_start(warm: dict[str, Any] | None) -> str:
+    if not warm or warm.get("requested") in (None, "none"):
+        return "no (trained from scratch)"
+    if warm.get("applied"):
+        return f"from the champion `{warm['champion_id'][:12]}`"
+    return f"requested, trained from scratch: {warm['reason']}"
+
+
+def render_markdown(
+    metrics: dict[str, Any], card: dict[str, Any], data_section: str = "", plot_prefix: str = ""
+) -> str:
     rows = "\n".join(
         f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |"
         for r in per_class_rows(metrics)
@@ -110,6 +128,7 @@ Test-time augmentation: {metrics.get("tta", "none")}.
 
 Macro F1 {report["macro avg"]["f1-score"]:.4f}; weighted F1 {report["weighted avg"]["f1-score"]:.4f}.
 
+{data_section}
 ## Plots
 
 ![confusion matrix]({plot_prefix}confusion_matrix.png)
@@ -125,6 +144,9 @@ Macro F1 {report["macro avg"]["f1-score"]:.4f}; weighted F1 {report["weighted av
 | seed | {card["seed"]} |
 | normalization | {describe_normalization(card["normalization"])} |
 | training time | {card["train_seconds"]:.1f} s |
+| dataset version | `{card["dataset_version"]}` |
+| training images | {describe_lineage(card["lineage"])} |
+| warm start | {describe_warm_start(card.get("warm_start"))} |
 | data source | `{card["source"]}` |
 | source sha256 | `{card["source_sha256"]}` |
 | dataset sha256 (shards) | `{card["dataset_sha256"]}` |
@@ -134,7 +156,7 @@ Macro F1 {report["macro avg"]["f1-score"]:.4f}; weighted F1 {report["weighted av
 """
 
 
-def write_report(evaluation_dir: Path, card: dict[str, Any], reports_dir: Path) -> Report:
+def write_report(evaluation_dir: Path, card: dict[str, Any], reports_dir: Path, data_section: str = "") -> Report:
     """Assemble the run's report directory atomically and point `latest` at it."""
     evaluation = read_json(evaluation_dir / "metrics.json")
     metrics = build_metrics(evaluation, card)
@@ -145,7 +167,7 @@ def write_report(evaluation_dir: Path, card: dict[str, Any], reports_dir: Path) 
         write_json(staging / "metrics.json", metrics)
         write_json(staging / "model_card.json", card)
         with atomic_path(staging / "report.md") as tmp:
-            tmp.write_text(render_markdown(metrics, card))
+            tmp.write_text(render_markdown(metrics, card, data_section))
     point_symlink(reports_dir / "latest", target)
     return report_in(target, card["run_name"])
 
@@ -171,7 +193,8 @@ def find_report(reports_dir: Path, cache_key: str) -> Report | None:
     return None
 
 
-def model_card(*, run_name: str, config: Any, train: Any, ingest: Any, features: Any) -> dict[str, Any]:
+def model_card(*, run_name: str, config: Any, train: Any, ingest: Any, dataset: Any, features: Any) -> dict[str, Any]:
+    lineage = read_json(dataset.dataset_path)["lineage"]
     return {
         "run_name": run_name,
         "model": config.model,
@@ -185,6 +208,11 @@ def model_card(*, run_name: str, config: Any, train: Any, ingest: Any, features:
         "source": config.source,
         "source_sha256": ingest.source_sha256,
         "dataset_sha256": ingest.dataset_sha256,
+        "dataset_version": dataset.dataset_version,
+        "train_images": lineage["train_images"],
+        "lineage": lineage,
+        "data_warnings": list(dataset.warnings),
+        "warm_start": train.warm_start,
         "model_sha256": train.model_sha256,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "libraries": library_versions(),

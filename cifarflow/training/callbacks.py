@@ -110,3 +110,27 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(str(Path(self.backup_dir) / checkpoint["weights"]))
         self.model._initial_epoch = checkpoint["epoch"]
+
+
+class WarmStart(keras.callbacks.Callback):
+    """Start from another model's weights (the champion's) when every weight has the same shape.
+
+    Runs at train begin, before `AtomicBackupAndRestore` (list it first), so a resumed run continues
+    from its own checkpoint rather than starting over from the champion. `applied` and `reason`
+    say what happened, for the report."""
+
+    def __init__(self, model_path: str):
+        super().__init__()
+        self.model_path = model_path
+        self.applied = False
+        self.reason = "not started"
+
+    def on_train_begin(self, logs=None):
+        net = getattr(self.model, "net", self.model)  # airbench trains a wrapper around its network
+        source = keras.models.load_model(self.model_path, compile=False)
+        ours, theirs = net.get_weights(), source.get_weights()
+        if len(ours) != len(theirs) or any(a.shape != b.shape for a, b in zip(ours, theirs)):
+            self.reason = "the champion's architecture differs (weight shapes do not match)"
+            return
+        net.set_weights(theirs)
+        self.applied, self.reason = True, "weights loaded"

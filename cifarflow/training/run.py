@@ -27,6 +27,7 @@ class TrainResult:
     train_seconds: float
     epochs: int
     params: int
+    warm_start: dict | None = None  # requested, champion_id, applied, reason (None: from scratch)
 
     @property
     def location(self) -> Path:
@@ -63,12 +64,14 @@ def train_model(
     model_dir: Path,
     on_epoch: EpochHook | None = None,
     verbose: int | None = None,
+    warm_start: dict | None = None,
 ) -> TrainResult:
     """Train with the preset's trainer, resuming from a checkpoint left by an interrupted run, and
-    write model_dir whole."""
+    write model_dir whole. `warm_start` describes the request (see `cifarflow.promotion.champions.
+    warm_start_source`); with `settings.warm_start_from` set, training starts from those weights."""
     import keras  # imported here so that planning and config checks never pay for TensorFlow
 
-    from cifarflow.training.callbacks import AtomicBackupAndRestore, EpochRecorder
+    from cifarflow.training.callbacks import AtomicBackupAndRestore, EpochRecorder, WarmStart
 
     work = checkpoint_dir(model_dir)
     work.mkdir(parents=True, exist_ok=True)
@@ -77,7 +80,9 @@ def train_model(
     # The journal is written before the checkpoint: a kill between the two re-runs that epoch
     # and overwrites its journal line, so history and weights never disagree. Both live outside
     # the final model directory, so a killed run resumes from its last finished epoch.
+    warm = WarmStart(settings.warm_start_from) if settings.warm_start_from else None
     callbacks = [
+        *([warm] if warm else []),  # before the restore: a resumed run continues from its own checkpoint
         EpochRecorder(journal, settings.epochs, on_epoch),
         AtomicBackupAndRestore(str(work / "backup")),
     ]
@@ -94,6 +99,8 @@ def train_model(
             "params": model.count_params(),
             "epochs_completed": len(history),
             "model_sha256": file_digest(staging / "model.keras"),
+            "warm_start": (warm_start or {}) | ({"applied": warm.applied, "reason": warm.reason} if warm else {})
+            or None,
         }
         write_json(staging / "train.json", summary)
     shutil.rmtree(work, ignore_errors=True)
@@ -110,6 +117,7 @@ def load_train_result(model_dir: Path) -> TrainResult:
         train_seconds=summary["train_seconds"],
         epochs=summary["epochs_completed"],
         params=summary["params"],
+        warm_start=summary.get("warm_start"),
     )
 
 

@@ -19,6 +19,7 @@ class TrainSettings:
     batch_size: int
     learning_rate: float
     seed: int
+    warm_start_from: str | None = None  # a model file whose weights training starts from, if they fit
 
     @property
     def preset(self) -> Preset:

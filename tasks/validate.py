@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from cifarflow.config import PipelineConfig
+from cifarflow.data.ingest import IngestResult
+from cifarflow.data.validate import ValidatedData, validate_dataset
+from cifarflow.data.versions import current_version
+from cifarflow.orchestration.runner import stage_options
+
+
+@task(**stage_options("validate", retries=1, delay=1), task_run_name="validate")
+def validate(config: PipelineConfig, key: str, ingest: IngestResult) -> ValidatedData:
+    """Check the current dataset version (ingested shards + added batches): hard problems fail the
+    run, warnings go to the log, the report and a UI artifact."""
+    logger = get_run_logger()
+    version = current_version(config.layout)
+    logger.info(
+        "dataset version %s: %d training images in %d added batches",
+        version.version,
+        version.train_images,
+        len(version.batches),
+    )
+    result = validate_dataset(config.layout, version, config.layout.validation_dir(key), log=logger.info)
+    for warning in result.warnings:
+        logger.warning(warning)
+    create_markdown_artifact(
+        markdown=(result.directory / "validation.md").read_text(),
+        key="cifar10-data-validation",
+        description=f"dataset {result.dataset_version}: {len(result.warnings)} warnings",
+    )
+    return result
