@@ -3,7 +3,7 @@ its flow runs from this process.
 
     PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/serve.py
 
-Schedule, parameters, tags and concurrency limit are read from the `nightly` entry of
+Schedule, event trigger (a retrain when images are added), parameters, tags and concurrency limit are read from the `nightly` entry of
 `deployments/prefect.yaml`, so both ways of running the pipeline stay the same. The served
 deployment is called `cifar10-pipeline/nightly-serve`: Prefect 3.8.8 cannot serve over a
 deployment that `prefect deploy` created (the served runs then fail looking for flow code at
@@ -39,7 +39,9 @@ def deployment_spec(name: str = "nightly", path: Path = PREFECT_YAML) -> dict[st
 def serve_options(spec: dict[str, Any]) -> dict[str, Any]:
     """`Flow.serve` keyword arguments equivalent to a prefect.yaml deployment entry."""
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.events import DeploymentTriggerTypes
     from prefect.schedules import Cron
+    from pydantic import TypeAdapter
 
     schedules = [
         Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True)) for s in spec.get("schedules", [])
@@ -53,6 +55,7 @@ def serve_options(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": spec["name"],
         "schedules": schedules,
+        "triggers": [TypeAdapter(DeploymentTriggerTypes).validate_python(t) for t in spec.get("triggers", [])],
         "parameters": spec.get("parameters", {}),
         "tags": spec.get("tags", []),
         "description": spec.get("description"),

@@ -50,6 +50,7 @@ def test_end_to_end_then_cached_then_downstream_only(tiny_config):
     state, third = run_flow(tiny_config.model_copy(update={"epochs": 2}))
     assert third == {
         "ingest": "Cached",
+        "validate": "Cached",
         "preprocess": "Cached",
         "train": "Completed",
         "evaluate": "Completed",
@@ -57,6 +58,7 @@ def test_end_to_end_then_cached_then_downstream_only(tiny_config):
         "promote": "Completed",
     }
     assert read_json(tiny_config.layout.latest_report / "metrics.json")["epochs"] == 2
+    assert metrics["train_images"] == 300 and metrics["dataset_version"] == card["dataset_version"]
 
 
 def test_damaged_outputs_are_recomputed_not_handed_on(tiny_config):
@@ -77,6 +79,7 @@ def test_refresh_and_single_stages(tiny_config):
     _, refreshed = run_flow(tiny_config, refresh=["evaluate"])
     assert refreshed == {
         "ingest": "Cached",
+        "validate": "Cached",
         "preprocess": "Cached",
         "train": "Cached",
         "evaluate": "Completed",
@@ -110,6 +113,7 @@ def test_failed_stage_fails_the_flow_and_next_run_resumes_there(tiny_config, mon
     assert state.is_completed()
     assert states == {
         "ingest": "Cached",
+        "validate": "Cached",
         "preprocess": "Cached",
         "train": "Cached",
         "evaluate": "Completed",

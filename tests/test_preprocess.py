@@ -16,6 +16,8 @@ from cifarflow.data.transform import (
     one_hot,
     verify_features,
 )
+from cifarflow.data.validate import validate_dataset
+from cifarflow.data.versions import current_version
 from cifarflow.errors import FeatureError
 from cifarflow.layout import DataLayout
 
@@ -52,8 +54,9 @@ def test_one_hot():
 @pytest.mark.parametrize("normalization", ["unit", "standardize"])
 def test_build_features_writes_compact_training_ready_arrays(synthetic_archive, tmp_path, normalization):
     layout = DataLayout(tmp_path / "data")
-    result = ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
-    features = build_features(result.manifest_path, tmp_path / "features", normalization)
+    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    validated = validate_dataset(layout, current_version(layout), tmp_path / "validated")
+    features = build_features(validated.dataset_path, tmp_path / "features", normalization)
     pixels = load_split(features.directory, "train", "pixels")
     onehot = load_split(features.directory, "train", "onehot")
     assert isinstance(pixels, np.memmap) and pixels.shape == (300, 32, 32, 3) and pixels.dtype == np.uint8

@@ -16,7 +16,7 @@ from cifarflow.data.transform import find_features
 from cifarflow.data.validate import find_validation
 from cifarflow.data.versions import current_version
 from cifarflow.evaluation.evaluate import find_evaluation
-from cifarflow.orchestration.cache import StageSpec, source_identity
+from cifarflow.orchestration.cache import StageSpec, code_digest, source_identity
 from cifarflow.promotion.champions import baseline_id, champion_id
 from cifarflow.promotion.outcome import find_promotion
 from cifarflow.reporting.report import find_report
@@ -42,8 +42,13 @@ def dataset_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str
 
 
 def train_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
-    """A warm start depends on which champion it starts from."""
-    return {"warm_start_from": champion_id(config.layout.registry)} if config.warm_start == "champion" else {}
+    """A warm start depends on which champion it starts from, and on the code that picks it."""
+    if config.warm_start != "champion":
+        return {}
+    return {
+        "warm_start_from": champion_id(config.layout.registry),
+        "warm_start_code": code_digest("cifarflow.promotion.champions"),
+    }
 
 
 def promote_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
