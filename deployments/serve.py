@@ -3,8 +3,9 @@ its flow runs from this process.
 
     PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/serve.py
 
-Schedule, event trigger (a retrain when images are added), parameters, tags and concurrency limit are read from the `nightly` entry of
-`deployments/prefect.yaml`, so both ways of running the pipeline stay the same. The served
+Schedule, event trigger (a retrain when images are added), parameters, tags and concurrency limit
+are read from the `nightly` entry of `deployments/prefect.yaml`, so both ways of running the
+pipeline stay the same. The served
 deployment is called `cifar10-pipeline/nightly-serve`: Prefect 3.8.8 cannot serve over a
 deployment that `prefect deploy` created (the served runs then fail looking for flow code at
 `<repo>/None`), so the two keep separate names. Use one or the other, not both.

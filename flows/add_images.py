@@ -76,7 +76,7 @@ def withdraw_task(layout: DataLayout, batch_id: str) -> Path:
 
 
 @flow(name="withdraw-batch", log_prints=True)
-def withdraw(batch_id: str, data_dir: Path = Path("data")) -> str:
+def withdraw(batch_id: str, data_dir: Path = Path("data")) -> dict[str, str]:
     """Take a batch out of the training data (moved to batches-withdrawn/, not deleted)."""
     layout = DataLayout(Path(data_dir).resolve())
     with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=get_run_logger().info):
@@ -92,8 +92,7 @@ def withdraw(batch_id: str, data_dir: Path = Path("data")) -> str:
             "train_images": after.train_images,
         },
     )
-    print(f"withdrew {batch_id} (kept in {moved}); dataset version {before.version} → {after.version}")
-    return after.version
+    return {"kept_in": str(moved), "previous_dataset_version": before.version, "dataset_version": after.version}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.withdraw:
-            withdraw(args.withdraw, layout.root)
+            done = withdraw(args.withdraw, layout.root)
+            print(
+                f"done: withdrew {args.withdraw} (kept in {done['kept_in']}); dataset version "
+                f"{done['previous_dataset_version']} → {done['dataset_version']}"
+            )
             return 0
         summary = add_images(args.inbox, layout.root)
     except Exception as error:  # the flow already logged the traceback; end with its real message

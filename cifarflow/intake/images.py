@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifarflow.data.archive import IMAGE_SHAPE
 
-FORMATS = {"PNG", "JPEG", "WEBP", "BMP"}
+FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP"}  # MPO: a phone's JPEG with a second picture inside
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 MAX_PIXELS = 50_000_000  # 50 megapixels: larger than any camera photo a person labels by hand
 MIN_SIDE = 8  # below this there is nothing left to classify
@@ -53,6 +53,8 @@ def open_checked(path: Path) -> Image.Image:
         raise ImageRejected(f"too large to decode safely ({error})") from None
     except UnidentifiedImageError:
         raise ImageRejected("not an image (no known image format inside, whatever the extension)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as error:  # a header cut short or corrupt
+        raise ImageRejected(f"does not decode: {error}") from None
     if image.format not in FORMATS:
         image.close()
         raise ImageRejected(f"unsupported image format {image.format}; use PNG, JPEG, WebP or BMP")
@@ -101,7 +103,7 @@ def convert_image(path: Path) -> Converted:
         return Converted(np.asarray(small, dtype=np.uint8).copy(), original_size, original_format)
     except ImageRejected:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as error:
         # truncated or corrupt data surfaces only when pixels are decoded
         raise ImageRejected(f"does not decode: {error}") from None
     finally:

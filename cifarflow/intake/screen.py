@@ -96,7 +96,7 @@ def screen_inbox(inbox: Inbox, reference: Reference, log: Callable[[str], None] 
     for (candidate, pixels), test_index, distance in zip(decoded, nearest, distances):
         if distance <= NEAR_RMS:
             test_id = reference.leak_index.image_ids[test_index]
-            kind = "an exact copy" if distance < 0.01 else f"a near copy (distance {distance:.1f} ≤ {NEAR_RMS:g})"
+            kind = "an exact copy" if distance == 0 else f"a near copy (distance {distance:.1f} ≤ {NEAR_RMS:g})"
             result.rejected.append(Rejection(str(candidate.path), f"test-set leak: {kind} of test image {test_id}"))
             continue
         digest = pixel_digest(pixels)

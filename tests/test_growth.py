@@ -1,0 +1,144 @@
+"""The product's main loop on synthetic data, through Prefect: add images → the next run trains on
+the ingested data plus every batch (and only then recomputes), re-adding changes nothing, withdrawing
+goes back to the previous version; validation stops a bad batch; the promotion floor; warm start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifarflow.data.shards import read_split, rows_table
+from cifarflow.data.versions import current_version, write_batch
+from cifarflow.files import read_json
+from cifarflow.orchestration.stages import STAGES
+from flows.add_images import main as add_images_main
+from tests.flow_helpers import run_flow
+from tests.synthetic import CLASSES
+
+
+def smooth_images(n: int, seed: int) -> np.ndarray:
+    """Photo-like images unlike the synthetic classes or one another: upscaled random 4×4 colour grids."""
+    rng = np.random.default_rng(seed)
+    grids = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+    return np.stack([np.asarray(Image.fromarray(g).resize((32, 32), Image.Resampling.BILINEAR)) for g in grids])
+
+
+def write_inbox(root: Path, config) -> Path:
+    """12 new images (cat and ship), a copy of a test image, a broken file, an unknown class."""
+    for i, pixels in enumerate(smooth_images(12, 5)):
+        folder = root / ("Cat", "ship")[i % 2]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).resize((64, 64)).save(folder / f"new-{i}.png")
+    test_images, _ = read_split(config.layout.shard_manifest, "test")
+    Image.fromarray(test_images[7]).save(root / "Cat" / "leak.png")
+    (root / "ship" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    (root / "unicorn").mkdir()
+    Image.fromarray(smooth_images(1, 9)[0]).save(root / "unicorn" / "u.png")
+    return root
+
+
+def add(capsys, *args) -> tuple[int, str, str]:
+    code = add_images_main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_add_images_then_retrain_on_the_grown_data(prefect_server, tiny_config, tmp_path, capsys):
+    data_dir = tiny_config.data_dir
+    code, _, err = add(capsys, tmp_path, "--data-dir", data_dir)
+    assert code == 2 and "--stages ingest" in err  # nothing ingested yet: says what to run first
+    assert add(capsys, tmp_path / "missing", "--data-dir", data_dir)[0] == 2
+
+    state, states = run_flow(tiny_config)
+    assert state.is_completed() and states == {stage: "Completed" for stage in STAGES}
+    before = current_version(tiny_config.layout)
+
+    inbox = write_inbox(tmp_path / "inbox", tiny_config)
+    snapshot = sorted((p, p.stat().st_mtime_ns) for p in inbox.rglob("*"))
+    code, out, _ = add(capsys, inbox, "--data-dir", data_dir)
+    assert code == 0
+    summary_path = Path(out.strip().splitlines()[-1].removeprefix("done: summary at "))
+    summary = read_json(summary_path)
+    assert summary["added"] == 12 and summary["duplicates"] == 0
+    assert summary["class_counts"] == {"cat": 6, "ship": 6}
+    reasons = {Path(r["path"]).name: r["reason"] for r in summary["rejected"]}
+    assert set(reasons) == {"leak.png", "broken.jpg", "u.png"}
+    assert "test-set leak" in reasons["leak.png"] and "test-00007" in reasons["leak.png"]
+    assert "is not a CIFAR-10 class" in reasons["u.png"] and "does not decode" in reasons["broken.jpg"]
+    assert summary["previous_dataset_version"] == before.version != summary["dataset_version"]
+    assert (summary_path.parent / "report.md").is_file() and (summary_path.parent / "added.png").is_file()
+    assert sorted((p, p.stat().st_mtime_ns) for p in inbox.rglob("*")) == snapshot  # the inbox is only read
+
+    code, out, _ = add(capsys, inbox, "--data-dir", data_dir)  # the same folder again: nothing new
+    again = read_json(out.strip().splitlines()[-1].removeprefix("done: summary at "))
+    assert code == 0 and again["added"] == 0 and again["duplicates"] == 12 and again["batch_id"] is None
+    assert again["dataset_version"] == summary["dataset_version"]
+    assert len(current_version(tiny_config.layout).batches) == 1
+
+    state, states = run_flow(tiny_config)
+    assert state.is_completed()
+    assert states == {"ingest": "Cached"} | {stage: "Completed" for stage in STAGES[1:]}
+    metrics = read_json(tiny_config.layout.latest_report / "metrics.json")
+    assert metrics["train_images"] == 312 and metrics["dataset_version"] == summary["dataset_version"]
+    card = read_json(tiny_config.layout.latest_report / "model_card.json")
+    assert card["lineage"]["batches"][0]["batch_id"] == summary["batch_id"]
+    assert card["lineage"]["batches"][0]["images"] == 12
+    assert "312 training images" in (tiny_config.layout.latest_report / "report.md").read_text().replace(",", "")
+
+    _, states = run_flow(tiny_config)  # no new batch: nothing is recomputed
+    assert states == {stage: "Cached" for stage in STAGES}
+
+    code, out, _ = add(capsys, "--withdraw", summary["batch_id"], "--data-dir", data_dir)
+    assert code == 0 and before.version in out
+    assert current_version(tiny_config.layout).version == before.version
+    _, states = run_flow(tiny_config)  # back on the first version: its outputs are still there
+    assert states == {stage: "Cached" for stage in STAGES}
+    assert add(capsys, "--withdraw", summary["batch_id"], "--data-dir", data_dir)[0] == 2  # not active any more
+
+
+def test_a_batch_that_fails_validation_stops_the_run_before_preprocess(prefect_server, tiny_config):
+    state, _ = run_flow(tiny_config, stages=["ingest"])
+    assert state.is_completed()
+    labels = np.array([12, 3], np.uint8)  # 12 is no class: only a hand-made batch could hold it
+    table = rows_table(["a", "b"], ["x", "y"], np.array([1, 3], np.uint8), CLASSES, smooth_images(2, 1))
+    table = table.set_column(2, table.schema.field("label"), __import__("pyarrow").array(labels, "uint8"))
+    write_batch(tiny_config.layout, "20260101T000000Z-bad", table, {"class_counts": {}})
+    state, states = run_flow(tiny_config)
+    assert state.is_failed() and states["validate"] == "Failed" and "preprocess" not in states
+    with pytest.raises(Exception, match=r"labels up to 12 \(must be 0..9\)"):
+        state.result()
+
+
+def test_a_challenger_below_the_floor_is_not_promoted(prefect_server, tiny_config):
+    state, _ = run_flow(tiny_config.model_copy(update={"min_accuracy": 0.999}))
+    assert state.is_completed()
+    promotion = read_json(next(tiny_config.layout.reports.glob("*/promotion.json")))["decision"]
+    assert not promotion["promoted"] and promotion["reason"] == "below-floor" and promotion["min_accuracy"] == 0.999
+    assert not (tiny_config.layout.registry / "champion").exists()
+    report = (tiny_config.layout.latest_report / "report.md").read_text()
+    assert "below the promotion floor 0.999" in report
+
+    state, _ = run_flow(tiny_config)  # seed has no floor by default: the same model is now promoted
+    assert read_json(tiny_config.layout.latest_report / "promotion.json")["decision"]["reason"] == "first"
+
+
+def test_warm_start_begins_from_the_champions_weights(prefect_server, tiny_config):
+    run_flow(tiny_config)  # the champion: one epoch from scratch
+    cold = read_json(next(tiny_config.layout.models.glob("*/history.json")))
+    warm_config = tiny_config.model_copy(update={"warm_start": "champion", "seed": 7})
+    state, states = run_flow(warm_config)
+    assert state.is_completed() and states["train"] == "Completed"
+    train = read_json(tiny_config.layout.latest_report / "model_card.json")["warm_start"]
+    assert train["applied"] and train["requested"] == "champion" and train["champion_id"]
+    warm = read_json(tiny_config.layout.model_dir(_train_key(warm_config)) / "history.json")
+    assert warm[0]["loss"] < 0.5 * cold[0]["loss"]  # it starts where the champion left off
+    assert "from the champion" in (tiny_config.layout.latest_report / "report.md").read_text()
+
+
+def _train_key(config) -> str:
+    from cifarflow.orchestration.cache import last_state
+
+    return last_state(config.layout.stage_state, "train")["key"]
