@@ -24,15 +24,13 @@ from cifarflow.environment import apply_defaults
 
 apply_defaults()  # before Prefect reads the environment
 
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect import flow, get_run_logger  # noqa: E402
 
 from cifarflow.data.versions import (  # noqa: E402
     active_batch_dir,
     current_version,
     new_batch_id,  # noqa: E402
     remove_unfinished,
-    withdraw_batch,
 )
 from cifarflow.errors import PipelineInputError  # noqa: E402
 from cifarflow.files import ensure_writable, text_digest  # noqa: E402
@@ -40,7 +38,7 @@ from cifarflow.intake.summary import build_summary  # noqa: E402
 from cifarflow.layout import DataLayout  # noqa: E402
 from cifarflow.lock import data_dir_lock  # noqa: E402
 from cifarflow.orchestration.events import emit_dataset_updated  # noqa: E402
-from tasks.additions import publish, read_version, scan, screen, write  # noqa: E402
+from tasks.additions import publish, read_version, scan, validate_images, withdraw, write  # noqa: E402
 
 LOCK_TIMEOUT_S = 600.0
 
@@ -54,7 +52,7 @@ def add_images(inbox: Path, data_dir: Path = Path("data")) -> str:
         remove_unfinished(layout)
         before = read_version(layout)
         found = scan(inbox, before.label_names)
-        screening = screen(found, layout)
+        screening = validate_images(found, layout)
         batch = write(layout, screening, before.label_names, inbox)
         after = current_version(layout)
         summary = build_summary(
@@ -70,18 +68,13 @@ def add_images(inbox: Path, data_dir: Path = Path("data")) -> str:
         return str(publish(layout, summary, screening, before))
 
 
-@task(name="withdraw-batch", cache_policy=NO_CACHE)
-def withdraw_task(layout: DataLayout, batch_id: str) -> Path:
-    return withdraw_batch(layout, batch_id)
-
-
 @flow(name="withdraw-batch", log_prints=True)
-def withdraw(batch_id: str, data_dir: Path = Path("data")) -> dict[str, str]:
+def withdraw_images(batch_id: str, data_dir: Path = Path("data")) -> dict[str, str]:
     """Take a batch out of the training data (moved to batches-withdrawn/, not deleted)."""
     layout = DataLayout(Path(data_dir).resolve())
     with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=get_run_logger().info):
         before = current_version(layout)
-        moved = withdraw_task(layout, batch_id)
+        moved = withdraw(layout, batch_id)
         after = current_version(layout)
     emit_dataset_updated(
         str(layout.root),
@@ -139,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.withdraw:
-            done = withdraw(args.withdraw, layout.root)
+            done = withdraw_images(args.withdraw, layout.root)
             print(
                 f"done: withdrew {args.withdraw} (kept in {done['kept_in']}); dataset version "
                 f"{done['previous_dataset_version']} → {done['dataset_version']}"

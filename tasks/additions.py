@@ -11,7 +11,14 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from cifarflow.data.versions import BatchInfo, DatasetVersion, current_version, new_batch_id, write_batch
+from cifarflow.data.versions import (
+    BatchInfo,
+    DatasetVersion,
+    current_version,
+    new_batch_id,
+    withdraw_batch,
+    write_batch,
+)
 from cifarflow.files import text_digest
 from cifarflow.intake.inbox import Inbox, scan_inbox
 from cifarflow.intake.screen import Screening, batch_table, load_reference, screen_inbox
@@ -29,8 +36,8 @@ def scan(inbox: Path, label_names: list[str]) -> Inbox:
     return found
 
 
-@task(name="screen-images", cache_policy=NO_CACHE)
-def screen(inbox: Inbox, layout: DataLayout) -> Screening:
+@task(name="validate-images", cache_policy=NO_CACHE)
+def validate_images(inbox: Inbox, layout: DataLayout) -> Screening:
     """Decode each candidate; refuse broken files and test-set copies; set aside duplicates."""
     logger = get_run_logger()
     reference = load_reference(layout)
@@ -61,16 +68,20 @@ def publish(layout: DataLayout, summary: dict, screening: Screening, before: Dat
     )
     publish_addition(summary, path)
     if summary["dataset_version"] != before.version:
-        emit_dataset_updated(str(layout.root), dataset_payload(summary))
+        emit_dataset_updated(str(layout.root), summary)
         get_run_logger().info("emitted cifar10.dataset.updated for version %s", summary["dataset_version"])
     return path
 
 
-def dataset_payload(summary: dict) -> dict:
-    keys = ("dataset_version", "previous_dataset_version", "batch_id", "added", "train_images", "class_counts")
-    return {k: summary.get(k) for k in keys}
-
-
 @task(name="read-dataset-version", cache_policy=NO_CACHE)
 def read_version(layout: DataLayout) -> DatasetVersion:
+    """The dataset version before this run changes anything."""
     return current_version(layout)
+
+
+@task(name="withdraw-batch", cache_policy=NO_CACHE)
+def withdraw(layout: DataLayout, batch_id: str) -> Path:
+    """Move a batch out of the training data (kept in batches-withdrawn/)."""
+    moved = withdraw_batch(layout, batch_id)
+    get_run_logger().info("withdrew %s (kept in %s)", batch_id, moved)
+    return moved

@@ -12,10 +12,23 @@ DATASET_UPDATED = "cifar10.dataset.updated"
 RESOURCE_PREFIX = "cifar10.dataset"
 
 
-def emit_dataset_updated(data_dir: str, payload: dict[str, Any]):
-    """Emit the event (to the server in PREFECT_API_URL; without one, Prefect drops it quietly)."""
+PAYLOAD_KEYS = (
+    "dataset_version",
+    "previous_dataset_version",
+    "batch_id",
+    "added",
+    "withdrawn",
+    "train_images",
+    "class_counts",
+)
+
+
+def emit_dataset_updated(data_dir: str, facts: dict[str, Any]):
+    """Emit the event (to the server in PREFECT_API_URL; without one, Prefect drops it quietly).
+    The payload is the data dir plus the facts of `PAYLOAD_KEYS` that `facts` (a summary) holds."""
+    payload = {"data_dir": data_dir} | {key: facts[key] for key in PAYLOAD_KEYS if key in facts}
     return emit_event(
         event=DATASET_UPDATED,
         resource={"prefect.resource.id": f"{RESOURCE_PREFIX}.{data_dir}", "prefect.resource.name": data_dir},
-        payload={"data_dir": data_dir, **payload},
+        payload=payload,
     )
