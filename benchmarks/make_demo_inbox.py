@@ -52,15 +52,16 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     out = args.out
 
-    def save(pixels: np.ndarray, label: int, name: str, size: int | None = None) -> None:
+    def save(pixels: np.ndarray, label: int, name: str, size: int | None = None) -> Path:
         folder = out / names[label]
         folder.mkdir(parents=True, exist_ok=True)
         image = Image.fromarray(pixels)
         (image.resize((size, size), Image.Resampling.BICUBIC) if size else image).save(folder / name)
+        return folder / name
 
     for n, i in enumerate(rng.choice(len(train), args.new, replace=False)):
         new = np.asarray(Image.fromarray(train[i][3:-3, 3:-3, :][:, ::-1]).resize((32, 32), Image.Resampling.BICUBIC))
-        save(new, train_labels[i], f"new-{n:04d}.{'png' if n % 2 else 'jpg'}", 96)
+        last_new = save(new, train_labels[i], f"new-{n:04d}.{'png' if n % 2 else 'jpg'}", 96)
     for n, i in enumerate(rng.choice(len(test), 30, replace=False)):
         kind = ("exact", "upscaled", "shifted")[n % 3]
         pixels = np.roll(test[i], 2, axis=1) if kind == "shifted" else test[i]
@@ -74,7 +75,7 @@ def main() -> None:
         save(train[i], train_labels[i], f"already-have-{n:02d}.png")
     cat = out / "cat"
     cat.mkdir(parents=True, exist_ok=True)
-    whole = (out / names[train_labels[0]] / "new-0001.png").read_bytes()
+    whole = last_new.read_bytes()
     (cat / "truncated.png").write_bytes(whole[: len(whole) // 2])
     (cat / "empty.jpg").write_bytes(b"")
     (cat / "notes.jpg").write_text("this is a text file with an image's name")

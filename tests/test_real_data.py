@@ -52,3 +52,29 @@ def test_real_archive_one_epoch_of_the_seed(real_archive, tmp_path):
     metrics = read_json(config.layout.latest_report / "metrics.json")
     assert metrics["test_accuracy"] > 0.40, metrics["test_accuracy"]
     assert metrics["classification_report"]["cat"]["support"] == 1000
+
+    # the grow → retrain loop on the real data: a demo inbox of 40 new images and every kind of bad file
+    inbox = tmp_path / "incoming"
+    made = subprocess.run(
+        [sys.executable, "benchmarks/make_demo_inbox.py", "--data-dir", str(config.data_dir), "--out", str(inbox)]
+        + ["--new", "40"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    from flows.add_images import main as add_images
+
+    assert add_images([str(inbox), "--data-dir", str(config.data_dir)]) == 0
+    (summary_path,) = config.layout.additions_reports.glob("*/summary.json")
+    summary = read_json(summary_path)
+    reasons = {r["path"].rsplit("/", 1)[-1]: r["reason"] for r in summary["rejected"]}
+    leaks = {name for name, reason in reasons.items() if "test-set leak" in reason}
+    assert leaks == {name for name in reasons if name.startswith("test-copy-")} and len(leaks) == 30
+    assert summary["duplicates"] == 20 and summary["added"] >= 38  # a mirrored crop may match a CIFAR near-duplicate
+    assert {"truncated.png", "empty.jpg", "notes.jpg", "labels.csv", "bomb.png", "u.png", "stray.png"} <= set(reasons)
+    assert "too large" in reasons["bomb.png"]
+    state, states = run_flow(config)
+    assert state.is_completed() and states["ingest"] == "Cached" and states["train"] == "Completed"
+    metrics = read_json(config.layout.latest_report / "metrics.json")
+    assert metrics["train_images"] == 50_000 + summary["added"]

@@ -69,8 +69,10 @@ def test_api_shows_states_artifacts_and_epoch_logs(finished_runs):
         artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=runs)}
         logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))]
     assert tasks == dict.fromkeys(
-        ["ingest", "preprocess-unit", "train-seed-e1", "evaluate-seed", "report-seed", "promote-seed"], "Completed"
+        ["ingest", "validate", "preprocess-unit", "train-seed-e1", "evaluate-seed", "report-seed", "promote-seed"],
+        "Completed",
     )
+    assert "Dataset version" in artifacts["cifar10-data-validation"].data  # the validate stage's table
     assert FLOW_ARTIFACTS <= set(artifacts)
     report = artifacts["cifar10-report-seed"].data
     assert "# CIFAR-10 run" in report and "## Champion vs challenger" in report and "promoted: first champion" in report
