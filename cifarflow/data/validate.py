@@ -77,9 +77,7 @@ class Part:
     shards: list[dict[str, Any]]  # {path (absolute), rows, sha256}
     labels: np.ndarray | None = None
     digests: list[str] | None = None
-    histogram: np.ndarray | None = None  # (3, HISTOGRAM_BINS) pixel counts per channel
-    mean: np.ndarray | None = None
-    std: np.ndarray | None = None
+    values: np.ndarray | None = None  # (3, 256): how many pixels of each channel have each value
 
 
 def version_parts(layout: DataLayout, version: DatasetVersion) -> tuple[Part, list[Part], Part]:
@@ -94,8 +92,7 @@ def version_parts(layout: DataLayout, version: DatasetVersion) -> tuple[Part, li
 
 def read_part(part: Part, label_names: list[str], problems: list[str]) -> None:
     """Check each shard's content hash, schema, labels and label names; gather the part's statistics."""
-    labels, digests, histogram = [], [], np.zeros((3, HISTOGRAM_BINS), np.int64)
-    total, squares, count = np.zeros(3), np.zeros(3), 0
+    labels, digests, values = [], [], np.zeros((3, 256), np.int64)
     for shard in part.shards:
         path = Path(shard["path"])
         if not path.is_file() or file_digest(path) != shard["sha256"]:
@@ -118,21 +115,24 @@ def read_part(part: Part, label_names: list[str], problems: list[str]) -> None:
         labels.append(shard_labels)
         digests += [hashlib.sha256(row.tobytes()).hexdigest() for row in images]
         for channel in range(3):
-            histogram[channel] += np.bincount(images[:, :, channel].ravel() >> 4, minlength=HISTOGRAM_BINS)
-        scaled = images.astype(np.float64) / 255.0
-        total, squares, count = (
-            total + scaled.sum(axis=(0, 1)),
-            squares + np.square(scaled).sum(axis=(0, 1)),
-            count + scaled.shape[0] * scaled.shape[1],
-        )
+            values[channel] += np.bincount(images[:, :, channel].ravel(), minlength=256)
     part.labels = np.concatenate(labels) if labels else np.empty(0, np.uint8)
-    part.digests, part.histogram = digests, histogram
-    part.mean = total / max(count, 1)
-    part.std = np.sqrt(np.maximum(squares / max(count, 1) - part.mean**2, 0))
+    part.digests, part.values = digests, values
 
 
-def psi(base: np.ndarray, other: np.ndarray) -> float:
-    """Largest per-channel population stability index between two (3, bins) histograms."""
+def channel_moments(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact per-channel mean and std of pixels / 255 from the (3, 256) value counts."""
+    levels = np.arange(256) / 255.0
+    count = np.maximum(values.sum(axis=1), 1)
+    mean = (values * levels).sum(axis=1) / count
+    return mean, np.sqrt(np.maximum((values * levels**2).sum(axis=1) / count - mean**2, 0))
+
+
+def psi(base_values: np.ndarray, other_values: np.ndarray) -> float:
+    """Largest per-channel population stability index between the 16-bin histograms of two (3, 256)
+    value counts."""
+    base = base_values.reshape(3, HISTOGRAM_BINS, -1).sum(axis=2)
+    other = other_values.reshape(3, HISTOGRAM_BINS, -1).sum(axis=2)
     p = np.maximum(base / base.sum(axis=1, keepdims=True), PSI_FLOOR)
     q = np.maximum(other / other.sum(axis=1, keepdims=True), PSI_FLOOR)
     return float(((q - p) * np.log(q / p)).sum(axis=1).max())
@@ -189,7 +189,7 @@ def dataset_statistics(base: Part, batches: list[Part], label_names: list[str]) 
     seen = set(base.digests)
     parts = [part_row(base, None)]
     for batch in batches:
-        drift = psi(base.histogram, batch.histogram) if len(batch.labels) >= MIN_DRIFT_IMAGES else None
+        drift = psi(base.values, batch.values) if len(batch.labels) >= MIN_DRIFT_IMAGES else None
         if drift is not None and drift > DRIFT_PSI:
             warnings.append(
                 f"drift: {batch.name} has pixel PSI {drift:.2f} against the ingested data (over {DRIFT_PSI}); "
@@ -215,12 +215,13 @@ def dataset_statistics(base: Part, batches: list[Part], label_names: list[str]) 
 
 
 def part_row(part: Part, drift: float | None, repeated: int = 0) -> dict[str, Any]:
+    mean, std = channel_moments(part.values)
     return {
         "name": part.name,
         "images": int(len(part.labels)),
         "class_counts": np.bincount(part.labels, minlength=NUM_CLASSES).tolist(),
-        "channel_mean": [round(float(v), 4) for v in part.mean],
-        "channel_std": [round(float(v), 4) for v in part.std],
+        "channel_mean": [round(float(v), 4) for v in mean],
+        "channel_std": [round(float(v), 4) for v in std],
         "drift_psi": None if drift is None else round(drift, 4),
         "duplicates": repeated,
     }
