@@ -56,5 +56,5 @@ server: install  ## start the Prefect server and UI on http://127.0.0.1:4200
 bench: install $(if $(wildcard $(SHARED_JPEG)),$(LOCAL_ARCHIVE))  ## measure speed and memory (writes benchmarks/results.md)
 	$(BIN)/python benchmarks/bench_pipeline.py --source $(SOURCE) --out benchmarks/results.md
 
-clean-data:  ## delete generated data (shards, features, models, reports, caches)
-	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep -exec rm -rf {} +
+clean-data:  ## delete generated data (shards, features, models, reports, caches); keeps added image batches
+	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep ! -name batches ! -name batches-withdrawn -exec rm -rf {} +

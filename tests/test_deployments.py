@@ -55,6 +55,8 @@ def test_serve_uses_the_same_schedule_parameters_and_limit():
     assert options["concurrency_limit"].limit == 1
     assert options["concurrency_limit"].collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
     assert options["tags"] == SPEC["tags"]
+    (trigger,) = options["triggers"]  # a retrain when images are added, as in prefect.yaml
+    assert trigger.expect == {"cifar10.dataset.updated"} and trigger.parameters == SPEC["triggers"][0]["parameters"]
 
 
 # ------------------------------------ against a server --------------------------------------
