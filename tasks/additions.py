@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from cifarflow.data.versions import (
@@ -43,7 +44,15 @@ def validate_images(inbox: Inbox, layout: DataLayout) -> Screening:
     reference = load_reference(layout)
     tests, known = len(reference.leak_index.image_ids), len(reference.known)
     logger.info("checking against %d test images and %d training images", tests, known)
-    result = screen_inbox(inbox, reference, log=logger.info)
+    progress = create_progress_artifact(
+        progress=0.0, key="cifar10-images-checked", description=f"Checking {len(inbox.candidates)} images"
+    )
+    result = screen_inbox(
+        inbox,
+        reference,
+        log=logger.info,
+        on_progress=lambda done, total: update_progress_artifact(progress, 100 * done / total),
+    )
     logger.info("%d new, %d duplicates, %d rejected", *map(len, (result.accepted, result.duplicates, result.rejected)))
     return result
 

@@ -557,7 +557,7 @@ def test_screen_inbox_sorts_every_file_into_accepted_duplicate_or_rejected(tmp_p
     screening = screen_inbox(scanned, reference, log=messages.append)
 
     assert snapshot(inbox) == before
-    assert messages and messages[-1] == f"decoded {len(scanned.candidates)}/{len(scanned.candidates)} files"
+    assert messages and messages[-1] == f"checked {len(scanned.candidates)}/{len(scanned.candidates)} files"
 
     accepted = {str(a.candidate.path) for a in screening.accepted}
     duplicates = {d["path"]: d["of"] for d in screening.duplicates}

@@ -77,22 +77,40 @@ class Screening:
         return dict(sorted(counts.items()))
 
 
-def screen_inbox(inbox: Inbox, reference: Reference, log: Callable[[str], None] = print) -> Screening:
-    """Decode every candidate, then sort each into accepted, duplicate or rejected (with reasons)."""
+BLOCK = 256  # files decoded and leak-checked together: progress is reported after each block
+
+
+def screen_inbox(
+    inbox: Inbox,
+    reference: Reference,
+    log: Callable[[str], None] = print,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Screening:
+    """Decode every candidate and sort it into accepted, duplicate or rejected (with the reason),
+    in blocks; `on_progress(done, total)` follows each block."""
     result = Screening(rejected=list(inbox.rejected))
-    decoded: list[tuple[Candidate, np.ndarray]] = []
-    step = max(1, len(inbox.candidates) // 10)
-    for number, candidate in enumerate(inbox.candidates, 1):
-        try:
-            decoded.append((candidate, convert_image(candidate.path).pixels))
-        except ImageRejected as reason:
-            result.rejected.append(Rejection(str(candidate.path), str(reason)))
-        if number % step == 0 or number == len(inbox.candidates):
-            log(f"decoded {number}/{len(inbox.candidates)} files")
-    if not decoded:
-        return result
-    nearest, distances = reference.leak_index.nearest(np.stack([pixels for _, pixels in decoded]))
     seen = dict(reference.known)
+    total = len(inbox.candidates)
+    for start in range(0, total, BLOCK):
+        decoded = []
+        for candidate in inbox.candidates[start : start + BLOCK]:
+            try:
+                decoded.append((candidate, convert_image(candidate.path).pixels))
+            except ImageRejected as reason:
+                result.rejected.append(Rejection(str(candidate.path), str(reason)))
+        if decoded:
+            sort_decoded(decoded, reference, seen, result)
+        done = min(start + BLOCK, total)
+        log(f"checked {done}/{total} files")
+        if on_progress is not None:
+            on_progress(done, total)
+    result.rejected.sort(key=lambda r: r.path)
+    return result
+
+
+def sort_decoded(decoded: list[tuple[Candidate, np.ndarray]], reference: Reference, seen: dict, result: Screening):
+    """Test-set copies are rejected first; then duplicates of `seen` (training data and earlier files)."""
+    nearest, distances = reference.leak_index.nearest(np.stack([pixels for _, pixels in decoded]))
     for (candidate, pixels), test_index, distance in zip(decoded, nearest, distances):
         if distance <= NEAR_RMS:
             test_id = reference.leak_index.image_ids[test_index]
@@ -105,8 +123,6 @@ def screen_inbox(inbox: Inbox, reference: Reference, log: Callable[[str], None] 
             continue
         seen[digest] = str(candidate.path)
         result.accepted.append(Accepted(candidate, pixels, digest))
-    result.rejected.sort(key=lambda r: r.path)
-    return result
 
 
 def batch_table(accepted: list[Accepted], label_names: list[str]):
