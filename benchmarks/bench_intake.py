@@ -26,13 +26,13 @@ from PIL import Image
 
 from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.shards import read_split
-from cifarflow.data.validate import validate_dataset
 from cifarflow.data.versions import current_version, new_batch_id, write_batch
 from cifarflow.files import read_json, text_digest
 from cifarflow.intake.inbox import scan_inbox
 from cifarflow.intake.leaks import NEAR_RMS, LeakIndex
 from cifarflow.intake.screen import batch_table, load_reference, screen_inbox
 from cifarflow.layout import DataLayout
+from cifarflow.validation.validate import validate_dataset
 
 
 def jpeg(a: np.ndarray, quality: int) -> np.ndarray:

@@ -18,7 +18,11 @@ class DataDirLocked(RuntimeError):
 
 @contextlib.contextmanager
 def data_dir_lock(
-    lock_file: Path, timeout_s: float = DEFAULT_LOCK_TIMEOUT_S, log=print, poll_s: float = 1.0
+    lock_file: Path,
+    timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+    log=print,
+    poll_s: float = 1.0,
+    holder_kind: str = "pipeline run",
 ) -> Iterator[None]:
     """Hold an exclusive lock on `lock_file`; wait up to `timeout_s` for another holder to finish.
 
@@ -37,11 +41,11 @@ def data_dir_lock(
                 holder = handle.read().strip() or "unknown"
                 if time.monotonic() >= deadline:
                     raise DataDirLocked(
-                        f"{lock_file.parent} is in use by another pipeline run ({holder}); waited {timeout_s:.0f} s. "
+                        f"{lock_file.parent} is in use by another {holder_kind} ({holder}); waited {timeout_s:.0f} s. "
                         "Wait for it to finish, or use another --data-dir."
                     ) from None
                 if not announced:
-                    log(f"waiting for the pipeline run holding {lock_file} ({holder})")
+                    log(f"waiting for the {holder_kind} holding {lock_file} ({holder})")
                     announced = True
                 time.sleep(poll_s)
         handle.seek(0)

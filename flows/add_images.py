@@ -36,11 +36,12 @@ from cifarflow.errors import PipelineInputError  # noqa: E402
 from cifarflow.files import ensure_writable, text_digest  # noqa: E402
 from cifarflow.intake.summary import build_summary  # noqa: E402
 from cifarflow.layout import DataLayout  # noqa: E402
-from cifarflow.lock import data_dir_lock  # noqa: E402
+from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock  # noqa: E402
 from cifarflow.orchestration.events import emit_dataset_updated  # noqa: E402
 from tasks.additions import publish, read_version, scan, validate_images, withdraw, write  # noqa: E402
 
-LOCK_TIMEOUT_S = 600.0
+LOCK_TIMEOUT_S = 600.0  # for another add_images or withdraw on the same data dir
+INTAKE = "add_images or withdraw run"
 
 
 @flow(name="add-images", flow_run_name="add-{inbox.name}", log_prints=True)
@@ -48,7 +49,7 @@ def add_images(inbox: Path, data_dir: Path = Path("data")) -> str:
     """Scan INBOX/<class>/…, screen every image, write the new ones as a batch, publish the summary.
     Returns the path of summary.json."""
     layout = DataLayout(Path(data_dir).resolve())
-    with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=get_run_logger().info):
+    with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=get_run_logger().info, holder_kind=INTAKE):
         remove_unfinished(layout)
         before = read_version(layout)
         found = scan(inbox, before.label_names)
@@ -69,13 +70,18 @@ def add_images(inbox: Path, data_dir: Path = Path("data")) -> str:
 
 
 @flow(name="withdraw-batch", log_prints=True)
-def withdraw_images(batch_id: str, data_dir: Path = Path("data")) -> dict[str, str]:
-    """Take a batch out of the training data (moved to batches-withdrawn/, not deleted)."""
+def withdraw_images(
+    batch_id: str, data_dir: Path = Path("data"), lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+) -> dict[str, str]:
+    """Take a batch out of the training data (moved to batches-withdrawn/, not deleted). Waits for a
+    pipeline run on the data dir to finish first: it may be reading the batch's shards."""
     layout = DataLayout(Path(data_dir).resolve())
-    with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=get_run_logger().info):
-        before = current_version(layout)
-        moved = withdraw(layout, batch_id)
-        after = current_version(layout)
+    log = get_run_logger().info
+    with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=log, holder_kind=INTAKE):
+        with data_dir_lock(layout.lock_file, lock_timeout_s, log=log):
+            before = current_version(layout)
+            moved = withdraw(layout, batch_id)
+            after = current_version(layout)
     emit_dataset_updated(
         str(layout.root),
         {
@@ -140,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         summary = add_images(args.inbox, layout.root)
     except Exception as error:  # the flow already logged the traceback; end with its real message
-        print(f"error: adding images failed: {type(error).__name__}: {error}", file=sys.stderr)
+        what = "withdrawing the batch" if args.withdraw else "adding images"
+        print(f"error: {what} failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     print(f"done: summary at {summary}")
     return 0

@@ -57,7 +57,7 @@ def validate_images(inbox: Inbox, layout: DataLayout) -> Screening:
     return result
 
 
-@task(name="write-batch", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+@task(name="write-batch", cache_policy=NO_CACHE)  # no retries: its id has the time in it, a retry would add twice
 def write(layout: DataLayout, screening: Screening, label_names: list[str], inbox: Path) -> BatchInfo | None:
     """Write the accepted images as one immutable batch (whole or not at all); None if nothing is new."""
     if not screening.accepted:

@@ -4,8 +4,8 @@ from prefect import get_run_logger, task
 
 from cifarflow.config import PipelineConfig
 from cifarflow.data.transform import Features, build_features
-from cifarflow.data.validate import ValidatedData
 from cifarflow.orchestration.runner import stage_options
+from cifarflow.validation.validate import ValidatedData
 
 
 @task(**stage_options("preprocess", retries=2, delay=1), task_run_name="preprocess-{config.resolved_normalization}")

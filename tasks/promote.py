@@ -4,13 +4,13 @@ from prefect import get_run_logger, task
 
 from cifarflow.config import PipelineConfig
 from cifarflow.data.transform import Features
-from cifarflow.data.validate import ValidatedData
 from cifarflow.evaluation.evaluate import Evaluation
 from cifarflow.orchestration.runner import stage_options
 from cifarflow.promotion.outcome import Promotion
 from cifarflow.promotion.promote import challenger_score, promote_challenger
 from cifarflow.reporting.report import Report
 from cifarflow.training.run import TrainResult
+from cifarflow.validation.validate import ValidatedData
 
 
 @task(
@@ -26,9 +26,7 @@ def promote(
     report: Report,
 ) -> Promotion:
     """Champion/challenger: promote this run's model if it is significantly better (McNemar's test)."""
-    challenger = challenger_score(
-        evaluate.directory, preprocess.directory, train, report, config.model, validate.dataset_version
-    )
+    challenger = challenger_score(evaluate.directory, preprocess, train, report, config.model, validate.dataset_version)
     return promote_challenger(
         challenger,
         train.model_path,

@@ -5,11 +5,11 @@ from prefect import get_run_logger, task
 from cifarflow.config import PipelineConfig
 from cifarflow.data.ingest import IngestResult
 from cifarflow.data.transform import Features
-from cifarflow.data.validate import ValidatedData
 from cifarflow.evaluation.evaluate import Evaluation
 from cifarflow.orchestration.runner import stage_options
 from cifarflow.reporting.report import Report, model_card, run_name_for, write_report
 from cifarflow.training.run import TrainResult
+from cifarflow.validation.validate import ValidatedData
 
 
 @task(**stage_options("report", retries=2, delay=1), task_run_name="report-{config.model}")

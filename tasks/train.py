@@ -16,7 +16,9 @@ def train(config: PipelineConfig, key: str, preprocess: Features) -> TrainResult
     """Train the chosen preset; logs every epoch and updates a progress artifact in the UI."""
     logger = get_run_logger()
     source, note = (
-        warm_start_source(config.layout.registry, config.model) if config.warm_start == "champion" else (None, None)
+        warm_start_source(config.layout.registry, config.model, preprocess.normalization.kind, preprocess.batch_ids)
+        if config.warm_start == "champion"
+        else (None, None)
     )
     settings = TrainSettings(
         config.model, config.train_epochs, config.train_batch_size, config.train_learning_rate, config.seed, source

@@ -5,9 +5,9 @@ from prefect.artifacts import create_markdown_artifact
 
 from cifarflow.config import PipelineConfig
 from cifarflow.data.ingest import IngestResult
-from cifarflow.data.validate import ValidatedData, validate_dataset
 from cifarflow.data.versions import current_version
 from cifarflow.orchestration.runner import stage_options
+from cifarflow.validation.validate import ValidatedData, validate_dataset
 
 
 @task(**stage_options("validate", retries=1, delay=1), task_run_name="validate")

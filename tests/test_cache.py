@@ -64,7 +64,7 @@ def test_each_stage_key_covers_all_library_code_its_task_runs():
 
     entry = {  # the library module each task calls, and what the preset registry names for the stage
         "ingest": {"cifarflow.data.ingest"},
-        "validate": {"cifarflow.data.validate", "cifarflow.data.versions"},
+        "validate": {"cifarflow.validation.validate", "cifarflow.data.versions"},
         "preprocess": {"cifarflow.data.transform"},
         "train": {"cifarflow.training.run"},
         "evaluate": {"cifarflow.evaluation.evaluate"},

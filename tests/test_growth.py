@@ -91,11 +91,18 @@ def test_add_images_then_retrain_on_the_grown_data(prefect_server, tiny_config, 
     _, states = run_flow(tiny_config)  # no new batch: nothing is recomputed
     assert states == {stage: "Cached" for stage in STAGES}
 
+    champion = read_json(tiny_config.layout.registry / "champion" / "champion.json")
     code, out, _ = add(capsys, "--withdraw", summary["batch_id"], "--data-dir", data_dir)
     assert code == 0 and before.version in out
     assert current_version(tiny_config.layout).version == before.version
-    _, states = run_flow(tiny_config)  # back on the first version: its outputs are still there
-    assert states == {stage: "Cached" for stage in STAGES}
+    _, states = run_flow(tiny_config)  # back on the first version: its outputs are still there...
+    trained_on_withdrawn = champion["batch_ids"] == [summary["batch_id"]]
+    assert states == {stage: "Cached" for stage in STAGES[:-1]} | {
+        "promote": "Completed" if trained_on_withdrawn else "Cached"
+    }
+    if trained_on_withdrawn:  # ...but a champion trained on the withdrawn batch no longer stands for the data
+        decision = read_json(tiny_config.layout.registry / "champion" / "champion.json")
+        assert decision["batch_ids"] == [] and "withdrawn since" in decision["decision"]
     assert add(capsys, "--withdraw", summary["batch_id"], "--data-dir", data_dir)[0] == 2  # not active any more
 
 

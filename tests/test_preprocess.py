@@ -16,10 +16,10 @@ from cifarflow.data.transform import (
     one_hot,
     verify_features,
 )
-from cifarflow.data.validate import validate_dataset
 from cifarflow.data.versions import current_version
 from cifarflow.errors import FeatureError
 from cifarflow.layout import DataLayout
+from cifarflow.validation.validate import validate_dataset
 
 
 def test_unit_normalization_maps_to_the_unit_interval():

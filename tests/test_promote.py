@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from cifarflow.promotion.champions import (
     read_champion,
     read_decisions,
     record_decision,
+    warm_start_source,
 )
 from cifarflow.promotion.decision import NO_CHAMPION, Score, decide, labels_digest, score_from_evaluation
 from cifarflow.promotion.mcnemar import format_p, mcnemar_test
@@ -254,6 +256,41 @@ def test_registry_keeps_champion_history_and_decisions(tmp_path, labels):
     assert record["replaced"] == id_a and record["decision"] == second.summary
     assert [d["summary"] for d in read_decisions(registry)] == [first.summary, second.summary]
     assert not list(registry.rglob("*.part"))
+
+
+def test_the_floor_stops_a_promotion_that_the_comparison_would_make(labels):
+    idx = np.arange(1000)
+    weak = make_score(labels, with_accuracy(labels, idx % 100 < 61), "weak")
+    first = decide(weak, None, min_accuracy=0.8)
+    assert not first.promoted and first.reason == "below-floor" and first.min_accuracy == 0.8
+    assert "below the promotion floor 0.8" in first.summary and "first champion" in first.summary
+    better = make_score(labels, with_accuracy(labels, idx % 100 < 75), "better")
+    assert decide(better, weak, min_accuracy=0.8).reason == "below-floor"  # better, significant, still too low
+    assert decide(better, weak, min_accuracy=0.7).reason == "better"
+    assert decide(weak, None, min_accuracy=None).reason == "first"
+
+
+def test_a_champion_trained_on_a_withdrawn_batch_is_replaced(labels):
+    idx = np.arange(1000)
+    champion = replace(make_score(labels, with_accuracy(labels, idx % 100 < 70), "old"), batch_ids=("b1", "b2"))
+    challenger = replace(make_score(labels, with_accuracy(labels, idx % 100 < 65), "new"), batch_ids=("b1",))
+    decision = decide(challenger, champion)
+    assert decision.promoted and decision.reason == "champion-data-withdrawn" and "b2" in decision.summary
+    grown = replace(challenger, batch_ids=("b1", "b2", "b3"))  # more data than the champion saw: a normal comparison
+    assert decide(grown, champion).reason == "not-better"
+
+
+def test_warm_start_serves_only_a_champion_that_fits(tmp_path, labels):
+    registry = tmp_path / "registry"
+    assert warm_start_source(registry, "seed", "unit", ())[1]["reason"] == "no champion yet"
+    model, model_id = write_model(tmp_path / "m" / "model.keras", b"weights")
+    score = replace(make_score(labels, labels, model_id), batch_ids=("b1",), normalization="unit")
+    install_champion(registry, model, score, decide(score, None))
+    source, note = warm_start_source(registry, "seed", "unit", ("b1", "b2"))
+    assert source == str(registry / "champion" / "model.keras") and note["champion_id"] == model_id
+    assert "`seed` model, this run trains `fast`" in warm_start_source(registry, "fast", "unit", ("b1",))[1]["reason"]
+    assert "normalized as `unit`" in warm_start_source(registry, "seed", "standardize", ("b1",))[1]["reason"]
+    assert "withdrawn batch b1" in warm_start_source(registry, "seed", "unit", ())[1]["reason"]
 
 
 def test_install_refuses_a_model_file_that_is_not_the_challenger(tmp_path, labels):

@@ -17,7 +17,6 @@ import pytest
 
 from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.shards import read_split, rows_table
-from cifarflow.data.validate import DataValidationError, find_validation, validate_dataset
 from cifarflow.data.versions import (
     active_batches,
     current_version,
@@ -29,6 +28,7 @@ from cifarflow.data.versions import (
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import file_digest
 from cifarflow.layout import DataLayout
+from cifarflow.validation.validate import DataValidationError, find_validation, validate_dataset
 from tests.synthetic import CLASSES, batch_bytes, class_images, meta_bytes, write_archive
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ import numpy as np
 
 from cifarflow.data.archive import NUM_CLASSES
 from cifarflow.data.shards import SPLITS, read_shards
-from cifarflow.data.validate import dataset_shards
+from cifarflow.data.versions import dataset_shards
 from cifarflow.errors import FeatureError
 from cifarflow.files import atomic_directory, file_digest, read_json, text_digest, write_json
 
@@ -99,6 +99,7 @@ class Features:
     features_sha256: str
     label_names: list[str]
     normalization: Normalization
+    batch_ids: tuple[str, ...] = ()  # the added batches in its training split (the lineage)
 
     @property
     def location(self) -> Path:
@@ -127,6 +128,7 @@ def build_features(dataset_path: Path, out_dir: Path, normalization: Normalizati
         files = {p.name: file_digest(p) for p in sorted(staging.glob("*.npy"))}
         meta = {
             "dataset_version": dataset["lineage"]["dataset_version"],
+            "lineage": dataset["lineage"],
             "label_names": dataset["label_names"],
             "normalization": fitted.to_json(),
             "files": files,
@@ -137,8 +139,13 @@ def build_features(dataset_path: Path, out_dir: Path, normalization: Normalizati
 
 
 def features_from_meta(directory: Path, meta: dict) -> Features:
+    batches = meta.get("lineage", {}).get("batches", [])
     return Features(
-        directory, meta["features_sha256"], meta["label_names"], Normalization.from_json(meta["normalization"])
+        directory,
+        meta["features_sha256"],
+        meta["label_names"],
+        Normalization.from_json(meta["normalization"]),
+        tuple(b["batch_id"] for b in batches),
     )
 
 

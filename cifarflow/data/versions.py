@@ -21,8 +21,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from cifarflow.data.shards import verify_manifest
-from cifarflow.errors import PipelineInputError, ShardError
+from cifarflow.errors import PipelineInputError
 from cifarflow.files import atomic_directory, atomic_path, file_digest, read_json, text_digest, write_json
 from cifarflow.layout import DataLayout
 
@@ -82,16 +81,6 @@ def batch_shards(batch: BatchInfo) -> list[dict[str, Any]]:
     return [s | {"path": str(batch.directory / s["path"])} for s in shards]
 
 
-def verify_batch(batch: BatchInfo) -> None:
-    for shard in batch_shards(batch):
-        path = Path(shard["path"])
-        if not path.is_file() or file_digest(path) != shard["sha256"]:
-            raise ShardError(
-                f"batch {batch.batch_id}: shard {path} is missing or changed since it was added; "
-                f"withdraw the batch (python flows/add_images.py --withdraw {batch.batch_id}) and add its images again"
-            )
-
-
 def active_batches(layout: DataLayout) -> list[BatchInfo]:
     """The batches in the training data, oldest first. Hidden entries are unfinished writes."""
     if not layout.batches.is_dir():
@@ -128,15 +117,15 @@ def version_id(base_sha256: str, batches: list[BatchInfo]) -> str:
     return text_digest(base_sha256, [b.batch_sha256 for b in batches])[:16]
 
 
-def current_version(layout: DataLayout, verify_base: bool = False) -> DatasetVersion:
+def current_version(layout: DataLayout) -> DatasetVersion:
     """The dataset version on disk now: the ingested manifest plus the active batches (cheap: reads
-    only small JSON files, unless `verify_base` re-hashes the ingested shards)."""
+    only small JSON files; the validate stage checks the shards' content)."""
     if not layout.shard_manifest.is_file():
         raise PipelineInputError(
             f"no ingested data in {layout.root}; run `python flows/cifar_flow.py --data-dir {layout.root} "
             "--stages ingest` (or `make run`) first"
         )
-    manifest = verify_manifest(layout.shard_manifest) if verify_base else read_json(layout.shard_manifest)
+    manifest = read_json(layout.shard_manifest)
     batches = active_batches(layout)
     return DatasetVersion(
         version=version_id(manifest["dataset_sha256"], batches),
@@ -146,6 +135,13 @@ def current_version(layout: DataLayout, verify_base: bool = False) -> DatasetVer
         batches=batches,
         label_names=manifest["label_names"],
     )
+
+
+def dataset_shards(dataset_path: Path, split: str) -> tuple[list[Path], list[int]]:
+    """The shard paths and row counts of one split of a validated dataset version (its dataset.json,
+    written by the validate stage)."""
+    shards = read_json(dataset_path)["splits"][split]
+    return [Path(s["path"]) for s in shards], [s["rows"] for s in shards]
 
 
 def remove_unfinished(layout: DataLayout) -> None:

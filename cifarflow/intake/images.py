@@ -43,7 +43,11 @@ class ImageRejected(ValueError):
 
 def open_checked(path: Path) -> Image.Image:
     """Open the file lazily (header only) and refuse it early: empty, not an image, wrong format, absurd size."""
-    if path.stat().st_size == 0:
+    try:
+        empty = path.stat().st_size == 0
+    except OSError as error:  # gone or unreadable since the scan (a sync tool renaming a temporary file)
+        raise ImageRejected(f"could not be read: {error.strerror}") from None
+    if empty:
         raise ImageRejected("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():

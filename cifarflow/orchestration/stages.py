@@ -13,14 +13,14 @@ from typing import Any, Protocol
 from cifarflow.config import PipelineConfig
 from cifarflow.data.ingest import find_shards
 from cifarflow.data.transform import find_features
-from cifarflow.data.validate import find_validation
 from cifarflow.data.versions import current_version
 from cifarflow.evaluation.evaluate import find_evaluation
 from cifarflow.orchestration.cache import StageSpec, code_digest, source_identity
-from cifarflow.promotion.champions import baseline_id, champion_id
+from cifarflow.promotion.champions import baseline_id, warm_start_source
 from cifarflow.promotion.outcome import find_promotion
 from cifarflow.reporting.report import find_report
 from cifarflow.training.run import checkpoint_dir, find_model
+from cifarflow.validation.validate import find_validation
 
 
 class StageOutput(Protocol):
@@ -42,11 +42,16 @@ def dataset_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str
 
 
 def train_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
-    """A warm start depends on which champion it starts from, and on the code that picks it."""
+    """A warm start depends on the champion it starts from (or why none can serve), and on the code
+    that decides it; a champion that cannot serve this run does not re-key it when it changes."""
     if config.warm_start != "champion":
         return {}
+    features = upstream["preprocess"]
+    source, note = warm_start_source(
+        config.layout.registry, config.model, features.normalization.kind, features.batch_ids
+    )
     return {
-        "warm_start_from": champion_id(config.layout.registry),
+        "warm_start_from": note["champion_id"] if source else f"none: {note['reason']}",
         "warm_start_code": code_digest("cifarflow.promotion.champions"),
     }
 
@@ -72,7 +77,7 @@ SPECS: dict[str, StageSpec] = {
         "validate",
         params=(),
         inputs=dataset_inputs,
-        code=DATA_CODE,
+        code=(*DATA_CODE, "cifarflow.validation"),
         libraries=("pyarrow", "numpy"),
         upstream=("ingest",),
         find=lambda config, key, upstream: find_validation(

@@ -77,6 +77,8 @@ def read_champion(registry: Path) -> Score | None:
         predictions=np.load(directory / "predictions.npy").astype(np.int64),
         labels=np.load(directory / "labels.npy").astype(np.int64),
         metrics=read_json(directory / "metrics.json"),
+        batch_ids=tuple(record.get("batch_ids", ())),
+        normalization=record.get("normalization"),
     )
 
 
@@ -85,15 +87,27 @@ def champion_id(registry: Path) -> str:
     return record["id"] if record else NO_CHAMPION
 
 
-def warm_start_source(registry: Path, model: str) -> tuple[str | None, dict]:
-    """The champion's model file to start training `model` from, and what to record about it: only a
-    champion of the same preset can fit (the weights are then checked shape by shape as well)."""
+def warm_start_source(
+    registry: Path, model: str, normalization: str, batch_ids: tuple[str, ...]
+) -> tuple[str | None, dict]:
+    """The champion's model file to start training `model` from, and what to record about it. Only a
+    champion of the same preset, trained under the same kind of fitted transform and on data that is
+    all still in the training set (no withdrawn batch), can serve; the trainer then also checks the
+    weights shape by shape."""
     record = read_champion_record(registry)
     note = {"requested": "champion", "champion_id": record["id"] if record else None, "applied": False}
     if record is None:
         return None, note | {"reason": "no champion yet"}
     if record["model"] != model:
         return None, note | {"reason": f"the champion is a `{record['model']}` model, this run trains `{model}`"}
+    if record.get("normalization") != normalization:
+        return None, note | {
+            "reason": f"the champion's inputs were normalized as `{record.get('normalization')}`, this run's as "
+            f"`{normalization}`"
+        }
+    withdrawn = sorted(set(record.get("batch_ids", ())) - set(batch_ids))
+    if withdrawn:
+        return None, note | {"reason": f"the champion was trained on withdrawn batch {', '.join(withdrawn)}"}
     return str(champion_dir(registry) / record.get("model_file", "model.keras")), note
 
 
@@ -148,6 +162,8 @@ def install_champion(
                 "model": challenger.model,
                 "accuracy": challenger.accuracy,
                 "dataset_sha256": challenger.dataset_sha256,
+                "batch_ids": list(challenger.batch_ids),
+                "normalization": challenger.normalization,
                 "test_set_sha256": challenger.test_set_sha256,
                 "test_images": int(len(challenger.labels)),
                 "promoted_at": now.isoformat(timespec="seconds"),

@@ -23,11 +23,13 @@ class Score:
     model_id: str  # sha256 of the model file
     run_name: str
     model: str  # preset name
-    dataset_sha256: str  # the ingested dataset (shown; depends on the shard layout too)
+    dataset_sha256: str  # the dataset version it was trained on (shown)
     test_set_sha256: str  # the test images and labels, in order: what pairing needs (see `test_set_id`)
     predictions: np.ndarray = field(repr=False)  # predicted label per test image
     labels: np.ndarray = field(repr=False)  # true label per test image
     metrics: dict[str, Any] = field(repr=False)  # evaluation metrics.json
+    batch_ids: tuple[str, ...] = ()  # the added batches it was trained on
+    normalization: str | None = None  # the fitted transform's kind (a warm start needs the same)
 
     @property
     def accuracy(self) -> float:
@@ -81,7 +83,9 @@ def score_from_evaluation(
 @dataclass(frozen=True)
 class Decision:
     promoted: bool
-    reason: str  # first | already-champion | better | not-better | test-set-changed | below-floor
+    reason: (
+        str  # first | already-champion | champion-data-withdrawn | better | not-better | test-set-changed | below-floor
+    )
     summary: str  # one line: "promoted: 0.612 → 0.701, p < 0.001"
     challenger_id: str
     champion_id: str | None  # the champion it was compared with (None on the first run)
@@ -144,6 +148,17 @@ def compare(challenger: Score, champion: Score | None, alpha: float, method: Met
             "already-champion",
             f"kept champion: the challenger is the champion already (accuracy {champion.accuracy:.3f})",
             comparable=True,
+            **common,
+        )
+    withdrawn = sorted(set(champion.batch_ids) - set(challenger.batch_ids))
+    if withdrawn:
+        return Decision(
+            True,
+            "champion-data-withdrawn",
+            f"promoted: the champion was trained on batch {', '.join(withdrawn)}, withdrawn since, so it no longer "
+            f"stands for the data; the challenger ({challenger.accuracy:.3f}, champion {champion.accuracy:.3f}) "
+            "replaces it without a significance test",
+            comparable=champion.test_set_sha256 == challenger.test_set_sha256,
             **common,
         )
     if champion.test_set_sha256 != challenger.test_set_sha256 or len(champion.labels) != len(challenger.labels):

@@ -3,6 +3,7 @@ into the run's report, and install the challenger in the registry when it wins."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from cifarflow.data.transform import load_split
@@ -13,18 +14,18 @@ from cifarflow.promotion.outcome import Promotion, record_outcome
 from cifarflow.promotion.section import comparison_markdown, confusion_difference, write_section
 
 
-def challenger_score(
-    evaluation_dir: Path, features_dir: Path, train, report, model: str, dataset_version: str
-) -> Score:
-    return score_from_evaluation(
+def challenger_score(evaluation_dir: Path, features, train, report, model: str, dataset_version: str) -> Score:
+    """The challenger's score; `features` (the preprocess output) says which batches and transform it saw."""
+    score = score_from_evaluation(
         evaluation_dir,
-        load_split(features_dir, "test", "labels"),
+        load_split(features.directory, "test", "labels"),
         model_id=train.model_sha256,
         run_name=report.run_name,
         model=model,
         dataset_sha256=dataset_version,
-        test_set_sha256=test_set_id(features_dir),
+        test_set_sha256=test_set_id(features.directory),
     )
+    return replace(score, batch_ids=features.batch_ids, normalization=features.normalization.kind)
 
 
 def promote_challenger(

@@ -34,13 +34,14 @@ from cifarflow.data.archive import NUM_CLASSES
 from cifarflow.data.shards import SCHEMA
 from cifarflow.data.versions import DatasetVersion, batch_shards
 from cifarflow.errors import PipelineInputError
-from cifarflow.files import atomic_directory, atomic_path, file_digest, read_json, write_json
+from cifarflow.files import atomic_directory, atomic_path, file_digest, read_json, text_digest, write_json
 from cifarflow.layout import DataLayout
 
 IMBALANCE_RATIO = 1.5
 DRIFT_PSI = 0.25
 MIN_DRIFT_IMAGES = 50
 HISTOGRAM_BINS = 16
+OUTPUT_FILES = ("dataset.json", "validation.json", "validation.md")
 PSI_FLOOR = 1e-4  # empty histogram bins count as this share, so the logarithm stays finite
 
 
@@ -55,6 +56,7 @@ class ValidatedData:
     train_images: int
     test_images: int
     warnings: tuple[str, ...]
+    content_sha256: str  # over dataset.json, validation.json and validation.md
 
     @property
     def location(self) -> Path:
@@ -62,7 +64,9 @@ class ValidatedData:
 
     @property
     def fingerprint(self) -> str:
-        return self.dataset_version
+        """The content, not just the version: a new threshold re-runs the report that shows the
+        warnings. Preprocess then re-runs too, but writes the same features, so training stays cached."""
+        return self.content_sha256
 
     @property
     def dataset_path(self) -> Path:
@@ -259,6 +263,7 @@ def read_validation(directory: Path) -> ValidatedData:
         lineage["train_images"],
         lineage["test_images"],
         tuple(stats["warnings"]),
+        text_digest({name: file_digest(directory / name) for name in OUTPUT_FILES}),
     )
 
 
@@ -276,9 +281,3 @@ def find_validation(directory: Path, dataset_version: str) -> ValidatedData | No
         return result
     except (OSError, ValueError, KeyError):
         return None
-
-
-def dataset_shards(dataset_path: Path, split: str) -> tuple[list[Path], list[int]]:
-    """The shard paths and row counts of one split of a validated dataset version."""
-    shards = read_json(dataset_path)["splits"][split]
-    return [Path(s["path"]) for s in shards], [s["rows"] for s in shards]

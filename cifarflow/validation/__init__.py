@@ -1,0 +1,1 @@
+"""Checking a dataset version before anything trains on it (the validate stage)."""
