@@ -50,7 +50,7 @@ class PipelineConfig(BaseModel):
     warm_start: Literal["none", "champion"] = Field(
         "none",
         description="'champion': start training from the champion's weights when its architecture matches "
-        "(a faster retrain on grown data); 'none': from scratch",
+        "(with fewer --epochs, a faster retrain on grown data); 'none': from scratch",
     )
 
     @field_validator("sha256")
