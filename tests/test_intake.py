@@ -27,11 +27,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarflow.data.shards import SCHEMA
+from cifarflow.data.shards import SCHEMA, pixel_digest
 from cifarflow.intake.images import BACKGROUND, MAX_PIXELS, MIN_SIDE, ImageRejected, convert_image, open_checked
 from cifarflow.intake.inbox import scan_inbox
 from cifarflow.intake.leaks import MAX_SHIFT, NEAR_RMS, LeakIndex
-from cifarflow.intake.screen import Reference, Screening, batch_table, pixel_digest, screen_inbox
+from cifarflow.intake.screen import Reference, Screening, batch_table, screen_inbox
 from cifarflow.intake.summary import build_summary, write_summary
 from tests.synthetic import CLASSES
 
@@ -532,9 +532,7 @@ def test_leak_index_keeps_the_image_ids(leak_index):
 def test_screen_inbox_sorts_every_file_into_accepted_duplicate_or_rejected(tmp_path, test_images, leak_index):
     training = smooth_images(3, seed=4)
     new = smooth_images(3, seed=5)
-    reference = Reference(
-        CLASSES, leak_index, {pixel_digest(image): f"train-{i:05d}" for i, image in enumerate(training)}
-    )
+    reference = Reference(leak_index, {pixel_digest(image): f"train-{i:05d}" for i, image in enumerate(training)})
     inbox = tmp_path / "inbox"
     paths = {
         "new": save(new[0], inbox / "cat" / "new.png"),
@@ -585,7 +583,7 @@ def test_exact_copies_in_a_large_batch_are_reported_as_exact(tmp_path, test_imag
     inbox = tmp_path / "inbox"
     for number in range(40):
         save(test_images[number], inbox / "cat" / f"copy{number:02d}.png")
-    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(CLASSES, leak_index, {}), log=lambda _: None)
+    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}), log=lambda _: None)
     assert len(screening.rejected) == 40
     near = [r.reason for r in screening.rejected if "an exact copy" not in r.reason]
     assert near == []
@@ -595,7 +593,7 @@ def test_screen_inbox_with_nothing_decodable_returns_only_rejections(tmp_path, l
     inbox = tmp_path / "inbox"
     (inbox / "cat").mkdir(parents=True)
     (inbox / "cat" / "empty.png").write_bytes(b"")
-    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(CLASSES, leak_index, {}), log=lambda _: None)
+    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}), log=lambda _: None)
     assert screening.accepted == [] and screening.duplicates == []
     assert [(Path(r.path).name, r.reason) for r in screening.rejected] == [("empty.png", "empty file (0 bytes)")]
 
@@ -606,7 +604,7 @@ def test_batch_table_is_in_the_ingest_schema_with_ids_paths_and_labels(tmp_path,
     save(new[0], inbox / "Horse" / "a.png")
     save(new[1], inbox / "airplane" / "b.png")
     save(new[2], inbox / "truck" / "sub" / "c.png")
-    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(CLASSES, leak_index, {}), log=lambda _: None)
+    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}), log=lambda _: None)
     assert len(screening.accepted) == 3
 
     table = batch_table(screening.accepted, CLASSES)
@@ -633,7 +631,7 @@ def screening_for_summary(tmp_path: Path, leak_index: LeakIndex, added: int) -> 
     (inbox / "dog").mkdir(parents=True, exist_ok=True)
     (inbox / "dog" / "empty.png").write_bytes(b"")
     (inbox / "dog" / "readme.txt").write_text("hello")
-    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(CLASSES, leak_index, {}), log=lambda _: None)
+    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}), log=lambda _: None)
     return inbox, screening
 
 
@@ -705,7 +703,7 @@ def test_summary_lists_duplicates_with_what_they_duplicate(tmp_path, leak_index)
     known = smooth_images(1, seed=8)[0]
     inbox = tmp_path / "inbox"
     save(known, inbox / "cat" / "again.png")
-    reference = Reference(CLASSES, leak_index, {pixel_digest(known): "train-00042"})
+    reference = Reference(leak_index, {pixel_digest(known): "train-00042"})
     screening = screen_inbox(scan_inbox(inbox, CLASSES), reference, log=lambda _: None)
     summary = summarize(inbox, screening, version="v1")
     write_summary(tmp_path / "out", summary, [])

@@ -9,6 +9,7 @@ downstream cache keys use, so nothing downstream ever re-reads pixels to decide 
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -125,11 +126,21 @@ def verify_manifest(manifest_path: Path) -> dict[str, Any]:
     return manifest
 
 
+def pixel_digest(pixels: np.ndarray) -> str:
+    """Identity of one image: sha256 of its 32×32×3 uint8 pixels (what duplicate checks compare)."""
+    return hashlib.sha256(np.ascontiguousarray(pixels, np.uint8).tobytes()).hexdigest()
+
+
+def shard_files(root: Path, entries: list[dict[str, Any]]) -> tuple[list[Path], list[int]]:
+    """The paths (relative ones resolved against `root`) and row counts of manifest shard entries:
+    the arguments of `read_shards`."""
+    return [Path(root) / e["path"] for e in entries], [e["rows"] for e in entries]
+
+
 def read_split(manifest_path: Path, split_name: str, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Load one split's images (N, 32, 32, 3) uint8 and labels (N,) uint8 from its shards."""
     manifest = verify_manifest(manifest_path) if verify else read_json(manifest_path)
-    entries = manifest["splits"][split_name]["shards"]
-    return read_shards([manifest_path.parent / e["path"] for e in entries], [e["rows"] for e in entries])
+    return read_shards(*shard_files(manifest_path.parent, manifest["splits"][split_name]["shards"]))
 
 
 def read_shards(paths: list[Path], rows: list[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from cifarflow.data.shards import shard_files
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import atomic_directory, atomic_path, file_digest, read_json, text_digest, write_json
 from cifarflow.layout import DataLayout
@@ -140,8 +141,7 @@ def current_version(layout: DataLayout) -> DatasetVersion:
 def dataset_shards(dataset_path: Path, split: str) -> tuple[list[Path], list[int]]:
     """The shard paths and row counts of one split of a validated dataset version (its dataset.json,
     written by the validate stage)."""
-    shards = read_json(dataset_path)["splits"][split]
-    return [Path(s["path"]) for s in shards], [s["rows"] for s in shards]
+    return shard_files(dataset_path.parent, read_json(dataset_path)["splits"][split])
 
 
 def remove_unfinished(layout: DataLayout) -> None:

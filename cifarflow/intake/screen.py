@@ -4,25 +4,18 @@ training data already holds. The result says, for every file, added / duplicate 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from cifarflow.data.shards import read_shards, rows_table
+from cifarflow.data.shards import pixel_digest, read_shards, rows_table, shard_files
 from cifarflow.data.versions import active_batches, batch_shards
 from cifarflow.files import read_json
 from cifarflow.intake.images import ImageRejected, convert_image
 from cifarflow.intake.inbox import Candidate, Inbox, Rejection
 from cifarflow.intake.leaks import NEAR_RMS, LeakIndex
 from cifarflow.layout import DataLayout
-
-
-def pixel_digest(pixels: np.ndarray) -> str:
-    """Identity of an image after conversion: sha256 of its 32×32×3 uint8 pixels."""
-    return hashlib.sha256(np.ascontiguousarray(pixels, np.uint8).tobytes()).hexdigest()
 
 
 def image_id(digest: str) -> str:
@@ -34,7 +27,6 @@ def image_id(digest: str) -> str:
 class Reference:
     """What new images are checked against: the test set (leaks) and the training data (duplicates)."""
 
-    label_names: list[str]
     leak_index: LeakIndex
     known: dict[str, str]  # pixel digest → image id, for every training image (base + batches)
 
@@ -42,18 +34,14 @@ class Reference:
 def load_reference(layout: DataLayout) -> Reference:
     manifest = read_json(layout.shard_manifest)
     splits = manifest["splits"]
-    test_images, _ = read_shards(*_entries(layout.parquet, splits["test"]["shards"]))
+    test_images, _ = read_shards(*shard_files(layout.parquet, splits["test"]["shards"]))
     leak_index = LeakIndex.build(test_images, [f"test-{i:05d}" for i in range(len(test_images))])
-    base, _ = read_shards(*_entries(layout.parquet, splits["train"]["shards"]))
+    base, _ = read_shards(*shard_files(layout.parquet, splits["train"]["shards"]))
     known = {pixel_digest(image): f"train-{i:05d}" for i, image in enumerate(base)}  # ingest's ids
     for batch in active_batches(layout):
-        images, _ = read_shards(*_entries(batch.directory, batch_shards(batch)))
+        images, _ = read_shards(*shard_files(batch.directory, batch_shards(batch)))
         known |= {(digest := pixel_digest(image)): image_id(digest) for image in images}
-    return Reference(manifest["label_names"], leak_index, known)
-
-
-def _entries(root: Path, shards: list[dict]) -> tuple[list[Path], list[int]]:
-    return [root / s["path"] for s in shards], [s["rows"] for s in shards]
+    return Reference(leak_index, known)
 
 
 @dataclass(frozen=True)

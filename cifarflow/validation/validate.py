@@ -21,7 +21,6 @@ The stage writes `dataset.json` (every shard of the version, with sha256: what p
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cifarflow.data.archive import NUM_CLASSES
-from cifarflow.data.shards import SCHEMA
+from cifarflow.data.shards import SCHEMA, pixel_digest
 from cifarflow.data.versions import DatasetVersion, batch_shards
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import atomic_directory, atomic_path, file_digest, read_json, text_digest, write_json
@@ -117,7 +116,7 @@ def read_part(part: Part, label_names: list[str], problems: list[str]) -> None:
         pixels = table.column("pixels").combine_chunks().values.to_numpy(zero_copy_only=False)
         images = pixels.reshape(-1, 32 * 32, 3)
         labels.append(shard_labels)
-        digests += [hashlib.sha256(row.tobytes()).hexdigest() for row in images]
+        digests += [pixel_digest(image) for image in images]
         for channel in range(3):
             values[channel] += np.bincount(images[:, :, channel].ravel(), minlength=256)
     part.labels = np.concatenate(labels) if labels else np.empty(0, np.uint8)
