@@ -65,8 +65,13 @@ class DataLayout:
 
     @property
     def registry(self) -> Path:
-        """Champion/challenger registry: the current champion model, its history and decisions."""
+        """The model registry: numbered versions, the `champion` alias, decisions (cifarflow/registry/store.py)."""
         return self.root / "registry"
+
+    @property
+    def predictions(self) -> Path:
+        """Batch prediction outputs (flows/predict_flow.py), one folder per run unless --out says otherwise."""
+        return self.root / "predictions"
 
     @property
     def latest_report(self) -> Path:

@@ -5,9 +5,10 @@ from prefect import get_run_logger, task
 from cifarflow.config import PipelineConfig
 from cifarflow.data.transform import Features
 from cifarflow.evaluation.evaluate import Evaluation
+from cifarflow.orchestration.artifacts import publish_registry
 from cifarflow.orchestration.runner import stage_options
 from cifarflow.promotion.outcome import Promotion
-from cifarflow.promotion.promote import challenger_score, promote_challenger
+from cifarflow.promotion.promote import canary_set, challenger_score, promote_challenger
 from cifarflow.reporting.report import Report
 from cifarflow.training.run import TrainResult
 from cifarflow.validation.validate import ValidatedData
@@ -25,9 +26,10 @@ def promote(
     evaluate: Evaluation,
     report: Report,
 ) -> Promotion:
-    """Champion/challenger: promote this run's model if it is significantly better (McNemar's test)."""
+    """Champion/challenger: promote this run's model if it is significantly better (McNemar's test) and
+    its exported artifact passes the smoke test; it then becomes the registry's next version."""
     challenger = challenger_score(evaluate.directory, preprocess, train, report, config.model, validate.dataset_version)
-    return promote_challenger(
+    outcome = promote_challenger(
         challenger,
         train.model_path,
         report,
@@ -36,4 +38,8 @@ def promote(
         key,
         get_run_logger().info,
         min_accuracy=config.resolved_min_accuracy,
+        canary=canary_set(evaluate.directory, preprocess.directory),
+        label_names=preprocess.label_names,
     )
+    publish_registry(config.layout.registry)
+    return outcome

@@ -1,6 +1,10 @@
 """Predictors: a trained model + uint8 pixels → class probabilities. The presets name theirs
 (`cifarflow.models.registry`); the fitted normalization is inside every model, so none of them
-preprocesses anything."""
+preprocesses anything.
+
+Each predictor has a serving twin (`serve_*`): the same arithmetic as one TensorFlow function of a
+uint8 batch, which the export traces into the SavedModel, so a client of the exported artifact gets
+the probabilities evaluation measured (the smoke test checks it before a promotion)."""
 
 from __future__ import annotations
 
@@ -43,3 +47,24 @@ def predict_tta(model: keras.Model, pixels: np.ndarray, level: int = TTA_LEVEL) 
     """(N, classes) probabilities: softmax of the TTA-averaged logits (airbench's level 2, 6 views)."""
     configure_threads()
     return softmax(tta_logits(model, pixels, level)).astype(np.float32)
+
+
+def serve_plain(model: keras.Model):
+    def probabilities(pixels: tf.Tensor) -> tf.Tensor:
+        return tf.cast(model(pixels, training=False), tf.float32)
+
+    return probabilities
+
+
+def serve_tta(model: keras.Model, level: int = TTA_LEVEL):
+    """`predict_tta` as a graph: the weighted sum of the views' logits, then softmax."""
+    views = augment.tta_views(level=level)
+
+    def probabilities(pixels: tf.Tensor) -> tf.Tensor:
+        logits = 0.0
+        for weight, dy, dx, flipped in views:
+            view = augment.make_view(pixels, dy, dx, flipped)
+            logits = logits + weight * tf.cast(model(view, training=False), tf.float32)
+        return tf.nn.softmax(logits, axis=-1)
+
+    return probabilities

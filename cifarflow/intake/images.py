@@ -13,6 +13,7 @@ The conversion, in order (the README states it too):
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,18 +42,22 @@ class ImageRejected(ValueError):
     """A file that cannot become a training image; the message is the reason shown to people."""
 
 
-def open_checked(path: Path) -> Image.Image:
-    """Open the file lazily (header only) and refuse it early: empty, not an image, wrong format, absurd size."""
-    try:
-        empty = path.stat().st_size == 0
-    except OSError as error:  # gone or unreadable since the scan (a sync tool renaming a temporary file)
-        raise ImageRejected(f"could not be read: {error.strerror}") from None
+def open_checked(source: Path | bytes) -> Image.Image:
+    """Open a file (or an upload's bytes) lazily, header only, and refuse it early: empty, not an image,
+    wrong format, absurd size."""
+    if isinstance(source, bytes | bytearray):
+        empty, source = len(source) == 0, io.BytesIO(source)
+    else:
+        try:
+            empty = source.stat().st_size == 0
+        except OSError as error:  # gone or unreadable since the scan (a sync tool renaming a temporary file)
+            raise ImageRejected(f"could not be read: {error.strerror}") from None
     if empty:
         raise ImageRejected("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageRejected(f"too large to decode safely ({error})") from None
     except UnidentifiedImageError:
@@ -93,9 +98,9 @@ def square_box(width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
-def convert_image(path: Path) -> Converted:
-    """Decode and convert one file (see the module docstring); ImageRejected says why not."""
-    image = open_checked(path)
+def convert_image(source: Path | bytes) -> Converted:
+    """Decode and convert one file, or an upload's bytes (see the module docstring); ImageRejected says why not."""
+    image = open_checked(source)
     try:
         original_size, original_format = image.size, image.format
         if image.format == "JPEG":

@@ -8,7 +8,9 @@ module imports no TensorFlow and a bad `--model` is rejected in milliseconds. Th
 * builder(normalization, recipe, *, num_classes, seed) → uncompiled `keras.Model` taking uint8
   pixels, applying the fitted normalization in its first layer;
 * trainer(settings, features_dir, callbacks, verbose) → the trained `keras.Model`;
-* predictor(model, pixels) → (N, classes) probabilities.
+* predictor(model, pixels) → (N, classes) probabilities;
+* serving(model) → a TensorFlow function of uint8 pixels giving the predictor's probabilities, traced
+  into the exported artifact (`cifarflow.registry.export`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Preset:
     builder: str
     trainer: str
     predictor: str
+    serving: str  # the predictor's arithmetic as a TensorFlow graph, for the exported artifact
     tta: str  # how the predictor augments at test time, for the report ("none" if it does not)
     recipe: KerasFitRecipe | AirbenchRecipe = field(repr=False)
     epochs: int
@@ -51,6 +54,9 @@ class Preset:
     def predict(self, model, pixels):
         return resolve(self.predictor)(model, pixels)
 
+    def serving_function(self, model):
+        return resolve(self.serving)(model)
+
 
 AIRBENCH_TTA = "mirror + ±1px translations, 6 views, logits averaged (airbench level 2)"
 
@@ -62,6 +68,7 @@ PRESETS: dict[str, Preset] = {
         builder="cifarflow.models.seed:make_seed_model",
         trainer="cifarflow.training.keras_fit:fit_keras",
         predictor="cifarflow.evaluation.predict:predict_plain",
+        serving="cifarflow.evaluation.predict:serve_plain",
         tta="none",
         recipe=KerasFitRecipe(optimizer="rmsprop"),
         epochs=15,
@@ -79,6 +86,7 @@ PRESETS: dict[str, Preset] = {
         builder="cifarflow.models.airbench:make_airbench_net",
         trainer="cifarflow.training.airbench_loop:fit_airbench",
         predictor="cifarflow.evaluation.predict:predict_tta",
+        serving="cifarflow.evaluation.predict:serve_tta",
         tta=AIRBENCH_TTA,
         recipe=AirbenchRecipe(),
         epochs=9,

@@ -74,3 +74,58 @@ def publish_addition(summary: dict, summary_path: Path) -> None:
     create_table_artifact(table=counts or [{"class": "(none)", "added": 0}], key="cifar10-images-added-per-class")
     if summary["rejected"]:
         create_table_artifact(table=summary["rejected"], key="cifar10-images-rejected")
+
+
+REGISTRY_ARTIFACT = "cifar10-model-registry"
+
+
+def publish_registry(registry: Path) -> None:
+    """The registry's versions as a table artifact under one stable key (its history is the UI's)."""
+    from cifarflow.registry.listing import alias_rows, version_rows
+
+    rows = version_rows(registry)
+    champion = next((row["version"] for row in rows if row["champion"]), "none")
+    moves = alias_rows(registry, last=1)
+    latest = (
+        f"; last move: {moves[0]['from']} → {moves[0]['to']} by {moves[0]['by']} ({moves[0]['reason']})"
+        if moves
+        else ""
+    )
+    create_table_artifact(
+        table=rows or [{"version": "(none yet)"}],
+        key=REGISTRY_ARTIFACT,
+        description=f"Model registry: {len(rows)} versions, champion {champion}{latest}"[:1000],
+    )
+
+
+TABLE_ROWS = 500  # rows of the predictions table artifact; the Parquet file has them all
+
+
+def publish_predictions(result) -> None:
+    """A batch prediction run (`cifarflow.inference.batch.BatchResult`) as artifacts."""
+    import pyarrow.parquet as pq
+
+    counts = "\n".join(f"| {label} | {count} |" for label, count in result.label_counts.items())
+    sheet = ""
+    if result.sheet is not None:
+        sheet = embed_images(f"\n![contact sheet]({result.sheet.name})\n", result.sheet.parent)
+    failures = "\n".join(f"- `{e['path']}`: {e['error']}" for e in result.errors[:20])
+    markdown = (
+        f"# Predictions by {result.model_version}\n\n{result.scored:,} of {result.files:,} files scored "
+        f"({result.failed:,} could not be) in {result.seconds:.1f} s → `{result.out}`\n\n"
+        f"| predicted class | files |\n|---|---|\n{counts}\n{sheet}\n"
+        + (f"\n## Could not be scored\n\n{failures}\n" if failures else "")
+    )
+    create_markdown_artifact(markdown=markdown, key="cifar10-predictions", description=f"{result.scored} scored")
+    rows = pq.read_table(result.out).slice(0, TABLE_ROWS).to_pylist()
+    table = [
+        {
+            "path": row["path"],
+            "label": row["label"],
+            "probability": None if row["probability"] is None else round(row["probability"], 4),
+            "top": ", ".join(f"{t['label']} {t['probability']:.2f}" for t in row["top"] or []),
+            "error": row["error"],
+        }
+        for row in rows
+    ]
+    create_table_artifact(table=table, key="cifar10-predictions-table", description=f"first {len(table)} rows")

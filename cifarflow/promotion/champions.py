@@ -1,20 +1,10 @@
-"""Champion/challenger: keep the best model so far in a registry, and replace it only when a new
-model (the challenger) is *significantly* better on the very same test images.
+"""Champion/challenger: keep the best model so far, and replace it only when a new model (the
+challenger) is *significantly* better on the very same test images.
 
 Plain functions, no Prefect: the `promote` task in `tasks/promote.py` is a thin wrapper. The statistics
-are in `mcnemar.py`, the rule in `decision.py`, the report section in `section.py`; this module keeps
-the registry.
-
-The registry lives in `<data dir>/registry/`:
-
-    champion/              the current champion, replaced whole and atomically
-        model.keras        a copy of the model file
-        champion.json      who it is: model sha256, run, accuracy, test-set identity, why it was promoted
-        metrics.json       its evaluation metrics (per-class report, confusion matrix)
-        predictions.npy    its predicted label for every test image (int16)
-        labels.npy         the true labels of that test set (int16)
-    history/<promoted_at>-<id>/   every earlier champion, as it was when it was replaced
-    decisions.jsonl        one JSON line per decision, promoted or not
+are in `mcnemar.py`, the rule in `decision.py`, the report section in `section.py`; the versions and
+the `champion` alias live in the model registry (`cifarflow/registry/store.py`); this module reads the
+champion from it as a `Score` and records decisions.
 
 The rule (`decide`):
 
@@ -27,11 +17,14 @@ The rule (`decide`):
 * the test sets differ (the data changed): a paired test is impossible and the accuracies
   are not comparable, so the challenger, the only model scored on the current data, is promoted,
   and the decision says so.
+
+A promoted model becomes a new registry version only after its exported artifact passed the smoke
+test (`cifarflow/registry/build.py`); a model a person rolled back from is not promoted again by a
+later run (`promote.py`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from datetime import UTC, datetime
@@ -40,34 +33,22 @@ from typing import Any
 
 import numpy as np
 
-from cifarflow.files import atomic_directory, file_digest, read_json, write_json
+from cifarflow.files import read_json, write_json
 from cifarflow.promotion.decision import NO_CHAMPION, Decision, Score
-
-
-def champion_dir(registry: Path) -> Path:
-    return Path(registry) / "champion"
+from cifarflow.registry import store
 
 
 def read_champion_record(registry: Path) -> dict[str, Any] | None:
-    """champion.json of the current champion, or None when there is none (or it is not whole)."""
-    directory = champion_dir(registry)
-    try:
-        record = read_json(directory / "champion.json")
-    except (OSError, ValueError):
-        return None
-    model = directory / record.get("model_file", "model.keras")
-    if not model.is_file() or not all(
-        (directory / f).is_file() for f in ("predictions.npy", "labels.npy", "metrics.json")
-    ):
-        return None
-    return record
+    """version.json of the current champion, or None when there is none."""
+    version = store.read_champion_version(registry)
+    return version.record if version else None
 
 
 def read_champion(registry: Path) -> Score | None:
-    record = read_champion_record(registry)
-    if record is None:
+    version = store.read_champion_version(registry)
+    if version is None:
         return None
-    directory = champion_dir(registry)
+    record, directory = version.record, version.directory
     return Score(
         model_id=record["id"],
         run_name=record["run_name"],
@@ -94,7 +75,8 @@ def warm_start_source(
     champion of the same preset, trained under the same kind of fitted transform and on data that is
     all still in the training set (no withdrawn batch), can serve; the trainer then also checks the
     weights shape by shape."""
-    record = read_champion_record(registry)
+    version = store.read_champion_version(registry)
+    record = version.record if version else None
     note = {"requested": "champion", "champion_id": record["id"] if record else None, "applied": False}
     if record is None:
         return None, note | {"reason": "no champion yet"}
@@ -108,7 +90,7 @@ def warm_start_source(
     withdrawn = sorted(set(record.get("batch_ids", ())) - set(batch_ids))
     if withdrawn:
         return None, note | {"reason": f"the champion was trained on withdrawn batch {', '.join(withdrawn)}"}
-    return str(champion_dir(registry) / record.get("model_file", "model.keras")), note
+    return str(version.model_path), note | {"champion_version": version.name}
 
 
 def baseline_id(registry: Path, challenger_id: str) -> str:
@@ -123,82 +105,63 @@ def baseline_id(registry: Path, challenger_id: str) -> str:
     return record["id"]
 
 
-def install_champion(
-    registry: Path, model_path: Path, challenger: Score, decision: Decision, now: datetime | None = None
-) -> Path:
-    """Make the challenger the champion: the old champion is copied to history first, then the new
-    champion directory replaces the old one in one rename (readers never see half of either)."""
-    if not decision.promoted:
-        raise ValueError("install_champion called for a decision that keeps the champion")
-    registry = Path(registry)
-    now = now or datetime.now(UTC)
-    previous = read_champion_record(registry)
-    if previous is not None:
-        try:
-            stamp = datetime.fromisoformat(previous["promoted_at"]).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-        except (KeyError, TypeError, ValueError):
-            stamp = "unknown"
-        retired = registry / "history" / f"{stamp}-{previous['id'][:12]}"
-        if not retired.exists():
-            with atomic_directory(retired) as staging:
-                shutil.copytree(champion_dir(registry), staging, dirs_exist_ok=True)
-                write_json(
-                    staging / "retired.json",
-                    {"retired_at": now.isoformat(timespec="seconds"), "replaced_by": challenger.model_id},
-                )
-    with atomic_directory(champion_dir(registry)) as staging:
-        shutil.copy2(model_path, staging / "model.keras")
-        if file_digest(staging / "model.keras") != challenger.model_id:
-            raise ValueError(f"{model_path} does not match the challenger's sha256 {challenger.model_id}")
-        np.save(staging / "predictions.npy", challenger.predictions.astype(np.int16))
-        np.save(staging / "labels.npy", challenger.labels.astype(np.int16))
-        write_json(staging / "metrics.json", challenger.metrics)
-        write_json(
-            staging / "champion.json",
-            {
-                "id": challenger.model_id,
-                "model_file": "model.keras",
-                "run_name": challenger.run_name,
-                "model": challenger.model,
-                "accuracy": challenger.accuracy,
-                "dataset_sha256": challenger.dataset_sha256,
-                "batch_ids": list(challenger.batch_ids),
-                "normalization": challenger.normalization,
-                "test_set_sha256": challenger.test_set_sha256,
-                "test_images": int(len(challenger.labels)),
-                "promoted_at": now.isoformat(timespec="seconds"),
-                "replaced": previous["id"] if previous else None,
-                "decision": decision.summary,
-                "source_model": str(model_path),
-            },
-        )
-    return champion_dir(registry)
+def version_record(
+    challenger: Score, decision: Decision, label_names: list[str], model_path: Path, now: datetime
+) -> dict[str, Any]:
+    """What version.json says about a promoted challenger (the registry adds its name and smoke test)."""
+    return {
+        "id": challenger.model_id,
+        "run_name": challenger.run_name,
+        "model": challenger.model,
+        "accuracy": challenger.accuracy,
+        "label_names": list(label_names),
+        "dataset_sha256": challenger.dataset_sha256,
+        "batch_ids": list(challenger.batch_ids),
+        "normalization": challenger.normalization,
+        "test_set_sha256": challenger.test_set_sha256,
+        "test_images": int(len(challenger.labels)),
+        "promoted_at": now.isoformat(timespec="seconds"),
+        "replaced": decision.champion_id,
+        "decision": decision.summary,
+        "source_model": str(model_path),
+    }
+
+
+def adopt_legacy_champion(registry: Path, log=print) -> store.Version | None:
+    """Registries written before versions existed kept the champion as a plain `champion/` directory
+    (and earlier ones in `history/`). Make that champion the next version and point the alias at it,
+    so an upgrade keeps the champion a challenger must beat. Its export is made now; it has no smoke
+    test (no probabilities were kept to compare with), which version.json says."""
+    from cifarflow.registry.export import export_model
+
+    legacy = store.alias_path(registry)
+    if legacy.is_symlink() or not legacy.is_dir():
+        return None
+    record = read_json(legacy / "champion.json")
+    name = store.next_name(registry)
+    staging = store.new_staging(registry)
+    shutil.copytree(legacy, staging, dirs_exist_ok=True)
+    (staging / "champion.json").unlink()
+    label_names = read_json(legacy / "metrics.json").get("class_names") or []
+    export_model(staging / "model.keras", record["model"], label_names, staging / "export")
+    note = "adopted from the champion/ directory of an older registry; registered without a smoke test"
+    write_json(
+        staging / "version.json", record | {"version": name, "label_names": label_names, "smoke": None, "note": note}
+    )
+    version = store.commit_version(registry, staging, name)
+    retired = Path(registry) / f"legacy-champion-{os.getpid()}"
+    os.replace(legacy, retired)  # the alias name must be free for the symlink; the copy is in the version
+    store.move_alias(registry, version.name, by="upgrade", reason=note)
+    shutil.rmtree(retired, ignore_errors=True)
+    log(f"registry upgraded: the champion is now version {version.name}")
+    return version
 
 
 def record_decision(registry: Path, decision: Decision, run_name: str, now: datetime | None = None) -> None:
     """Append the decision to decisions.jsonl (one line, one write: whole or absent)."""
-    registry = Path(registry)
-    registry.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(
-        {"at": (now or datetime.now(UTC)).isoformat(timespec="seconds"), "run_name": run_name} | decision.to_json(),
-        sort_keys=True,
-        default=str,
-    )
-    fd = os.open(registry / "decisions.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
+    at = (now or datetime.now(UTC)).isoformat(timespec="seconds")
+    store.append_line(Path(registry) / "decisions.jsonl", {"at": at, "run_name": run_name} | decision.to_json())
 
 
 def read_decisions(registry: Path) -> list[dict[str, Any]]:
-    path = Path(registry) / "decisions.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
+    return store.read_lines(Path(registry) / "decisions.jsonl")

@@ -83,9 +83,9 @@ def score_from_evaluation(
 @dataclass(frozen=True)
 class Decision:
     promoted: bool
-    reason: (
-        str  # first | already-champion | champion-data-withdrawn | better | not-better | test-set-changed | below-floor
-    )
+    # first | already-champion | champion-data-withdrawn | better | not-better | test-set-changed | below-floor,
+    # and from the registry step (promote.py): rolled-back | smoke-test-failed
+    reason: str
     summary: str  # one line: "promoted: 0.612 → 0.701, p < 0.001"
     challenger_id: str
     champion_id: str | None  # the champion it was compared with (None on the first run)

@@ -1,0 +1,140 @@
+"""Batch prediction: image files → one Parquet row each, streamed in batches with bounded memory.
+
+Files are decoded by the intake's rules (`cifarflow.intake.images`) on two threads, one batch ahead
+of the model, so decoding overlaps prediction; only two batches of pixels are in memory at a time,
+and every batch is written as a Parquet row group as soon as it is scored. A file that cannot be
+decoded gets a row with its `error` and no label: one bad file never stops the others.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cifarflow.files import atomic_path
+from cifarflow.inference.predictor import Predictor
+from cifarflow.inference.sheet import SHEET_IMAGES, contact_sheet
+from cifarflow.intake.images import ImageRejected, convert_image
+
+BATCH_SIZE = 256
+DECODE_THREADS = 2  # Pillow releases the GIL while decoding
+
+TOP = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float32())]))
+SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("label", pa.string()),  # the predicted class; null when the file could not be scored
+        ("probability", pa.float32()),
+        ("top", TOP),  # the 3 most probable classes, most probable first
+        ("model_version", pa.string()),
+        ("error", pa.string()),  # null, or why this file could not be scored
+    ]
+)
+
+
+@dataclass
+class BatchResult:
+    out: Path
+    sheet: Path | None
+    files: int
+    scored: int
+    failed: int
+    label_counts: dict[str, int]
+    seconds: float
+    model_version: str
+    errors: list[dict[str, str]] = field(default_factory=list)  # the first failures, for the summary
+
+
+def decode(path: Path) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return convert_image(path).pixels, None
+    except ImageRejected as rejected:
+        return None, str(rejected)
+
+
+def decoded_batches(files: list[Path], batch_size: int, pool: ThreadPoolExecutor) -> Iterator[tuple[list, list]]:
+    """(paths, decoded) per batch; the next batch is already decoding while the caller scores this one."""
+    chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
+    pending = pool.map(decode, chunks[0]) if chunks else None
+    for number, chunk in enumerate(chunks):
+        decoded = list(pending)
+        pending = pool.map(decode, chunks[number + 1]) if number + 1 < len(chunks) else None
+        yield chunk, decoded
+
+
+def score_batch(paths: list[Path], decoded: list, predictor: Predictor) -> tuple[list[dict], np.ndarray]:
+    """Rows for one batch, and the pixels of the files that decoded (for the contact sheet)."""
+    good = [i for i, (pixels, _) in enumerate(decoded) if pixels is not None]
+    pixels = np.stack([decoded[i][0] for i in good]) if good else np.zeros((0, 32, 32, 3), np.uint8)
+    tops = predictor.top(predictor.probabilities(pixels)) if good else []
+    top_of = dict(zip(good, tops))
+    rows = []
+    for i, path in enumerate(paths):
+        top = top_of.get(i)
+        rows.append(
+            {
+                "path": str(path),
+                "label": top[0]["label"] if top else None,
+                "probability": top[0]["probability"] if top else None,
+                "top": top,
+                "model_version": predictor.version,
+                "error": None if top else decoded[i][1],
+            }
+        )
+    return rows, pixels
+
+
+def predict_files(
+    files: list[Path],
+    predictor: Predictor,
+    out: Path,
+    sheet: Path | None = None,
+    batch_size: int = BATCH_SIZE,
+    on_progress: Callable[[int, int, int], None] | None = None,
+) -> BatchResult:
+    """Score `files` into the Parquet file `out` (written atomically) and an optional contact sheet.
+    `on_progress(done, total, failed)` is called after each batch."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    started = time.perf_counter()
+    counts: Counter[str] = Counter()
+    shown: list[tuple[np.ndarray, dict]] = []  # the first SHEET_IMAGES scored images, for the sheet
+    errors: list[dict[str, str]] = []
+    done = failed = 0
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp, ThreadPoolExecutor(DECODE_THREADS) as pool:
+        with pq.ParquetWriter(tmp, SCHEMA) as writer:
+            for paths, decoded in decoded_batches(files, batch_size, pool):
+                rows, pixels = score_batch(paths, decoded, predictor)
+                writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
+                scored_rows = [row for row in rows if row["error"] is None]
+                counts.update(row["label"] for row in scored_rows)
+                for image, row in zip(pixels, scored_rows):
+                    if len(shown) < SHEET_IMAGES:
+                        shown.append((image, row))
+                failures = [{"path": row["path"], "error": row["error"]} for row in rows if row["error"]]
+                errors.extend(failures[: max(0, 100 - len(errors))])
+                done, failed = done + len(rows), failed + len(failures)
+                if on_progress:
+                    on_progress(done, len(files), failed)
+    if sheet is not None and shown:
+        contact_sheet([image for image, _ in shown], [row for _, row in shown], sheet)
+    return BatchResult(
+        out=Path(out),
+        sheet=sheet if sheet is not None and shown else None,
+        files=len(files),
+        scored=done - failed,
+        failed=failed,
+        label_counts=dict(counts.most_common()),
+        seconds=time.perf_counter() - started,
+        model_version=predictor.version,
+        errors=errors,
+    )

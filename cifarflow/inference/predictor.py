@@ -1,0 +1,119 @@
+"""A model ready to score pixels: what batch prediction and the service hold.
+
+`--model` accepts `champion` (the registry's alias), a version (`v3`), or a path: a registry version
+directory, an exported SavedModel directory, or a `.keras` file (its preset is read from the
+`train.json` the trainer wrote beside it). Registry versions are scored through their exported
+artifact, so batch prediction, the service and any other client run the same graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarflow.errors import PipelineInputError
+from cifarflow.files import file_digest, read_json
+from cifarflow.registry import store
+from cifarflow.registry.export import is_export, load_export
+
+# the official archive's batches.meta order; used only for a bare .keras file with no record beside it
+CIFAR10_LABEL_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+TOP_K = 3
+
+
+class ModelNotFound(PipelineInputError):
+    """`--model` names nothing loadable; the message says what exists."""
+
+
+@dataclass
+class Predictor:
+    version: str  # "v3", or the path it was loaded from
+    label_names: list[str]
+    probabilities: Callable[[np.ndarray], np.ndarray] = field(repr=False)  # uint8 (N, 32, 32, 3) → (N, classes)
+    metadata: dict[str, Any] = field(default_factory=dict)  # version.json for registry versions
+
+    def top(self, probabilities: np.ndarray, k: int = TOP_K) -> list[list[dict[str, Any]]]:
+        """Per row, the k most probable classes, most probable first: [{"label", "probability"}, …]."""
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        return [
+            [{"label": self.label_names[i], "probability": float(row[i])} for i in ranks]
+            for row, ranks in zip(probabilities, order)
+        ]
+
+
+def load_predictor(spec: str, registry: Path) -> Predictor:
+    """The model `spec` names (see the module docstring); ModelNotFound says why not."""
+    spec = str(spec)
+    if spec == store.ALIAS:
+        version = store.read_champion_version(registry)
+        if version is None:
+            raise ModelNotFound(
+                f"no champion in {registry} yet: run the pipeline first (`make run` or python flows/cifar_flow.py)"
+            )
+        return from_version(version)
+    if store.VERSION_NAME.match(spec):
+        try:
+            return from_version(store.read_version(registry, spec))
+        except store.RegistryError as error:
+            raise ModelNotFound(str(error)) from None
+    return from_path(Path(spec).expanduser())
+
+
+def from_version(version: store.Version) -> Predictor:
+    exported = load_export(version.export_dir)
+    record = version.record | {"version": version.name}
+    return Predictor(version.name, exported.label_names, exported.probabilities, record)
+
+
+def from_path(path: Path) -> Predictor:
+    if path.is_dir() and store.is_whole(path):
+        return from_version(store.Version(path.name, path, read_json(path / "version.json")))
+    if path.is_dir() and is_export(path):
+        exported = load_export(path)
+        return Predictor(
+            str(path), exported.label_names, exported.probabilities, {"preset": exported.metadata["preset"]}
+        )
+    if path.is_file() and path.suffix == ".keras":
+        return from_keras_file(path)
+    raise ModelNotFound(
+        f"--model {path}: not `champion`, a version (v1, v2, …), a registry version folder, an exported "
+        "SavedModel folder or a .keras file"
+    )
+
+
+def from_keras_file(path: Path) -> Predictor:
+    """A `.keras` file scored with its preset's serving arithmetic (the same as its export would be)."""
+    import keras
+    import tensorflow as tf
+
+    from cifarflow.models.registry import get_preset
+
+    try:
+        preset = read_json(path.parent / "train.json")["settings"]["model"]
+    except (OSError, ValueError, KeyError):
+        raise ModelNotFound(
+            f"{path}: no train.json beside it says which preset made it; pass its registry version or export instead"
+        ) from None
+    model = keras.models.load_model(path, compile=False)
+    graph = tf.function(get_preset(preset).serving_function(model), reduce_retracing=True)
+
+    def probabilities(pixels: np.ndarray) -> np.ndarray:
+        return graph(tf.convert_to_tensor(np.asarray(pixels, np.uint8))).numpy()
+
+    metadata = {"preset": preset, "id": file_digest(path)}
+    return Predictor(str(path), list(CIFAR10_LABEL_NAMES), probabilities, metadata)

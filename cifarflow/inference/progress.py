@@ -1,0 +1,32 @@
+"""A progress line for long batch jobs, readable in a terminal and in the Prefect UI's logs alike."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+WIDTH = 24
+
+
+def progress_bar(done: int, total: int) -> str:
+    filled = round(WIDTH * done / total) if total else WIDTH
+    return "[" + "#" * filled + "-" * (WIDTH - filled) + "]"
+
+
+class ProgressLog:
+    """Calls `log` with a bar, the count and the rate; at most every `every_s` seconds, and at the end."""
+
+    def __init__(self, log: Callable[[str], None], every_s: float = 2.0):
+        self.log, self.every_s = log, every_s
+        self.started = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int, failed: int) -> None:
+        now = time.perf_counter()
+        if done < total and now - self.last < self.every_s:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        self.log(
+            f"scored {done:,}/{total:,} {progress_bar(done, total)} {done / max(total, 1):.0%} · "
+            f"{failed:,} could not be scored · {rate:,.0f} images/s"
+        )

@@ -1,0 +1,130 @@
+"""Batch prediction: score image files with the champion (or any registry version or model file).
+
+    python flows/predict_flow.py photos/ more/*.jpg one.png
+    python flows/predict_flow.py photos/ --model v2 --out scored.parquet --data-dir /srv/cifar
+
+PATH is any mix of image files, folders (searched recursively for .png .jpg .jpeg .webp .bmp) and
+glob patterns. Images are decoded as everywhere in the product: any size (centre square, resized to
+32×32), grayscale, palette and RGBA made RGB. The output is a Parquet file with one row per file
+(path, label, probability, top: the three most probable classes, model_version, error) and a contact
+sheet PNG beside it; a file that cannot be scored gets a row with its error, and the others go on.
+
+Exit status: 0 when at least one file was scored, 1 when none could be, 2 for unusable arguments.
+The last line is `done: predictions at <path>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cifarflow.environment import apply_defaults
+
+apply_defaults()  # before Prefect reads the environment
+
+from prefect import flow, get_run_logger  # noqa: E402
+
+from cifarflow.errors import PipelineInputError  # noqa: E402
+from cifarflow.inference.batch import BATCH_SIZE, BatchResult  # noqa: E402
+from cifarflow.inference.sources import expand_paths  # noqa: E402
+from cifarflow.layout import DataLayout  # noqa: E402
+from cifarflow.registry import store  # noqa: E402
+from tasks.predict import find_images, publish, score_images  # noqa: E402
+
+
+class NothingScored(RuntimeError):
+    """Not one file could be scored; args: (message, the Parquet file that says why, file by file)."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def default_out(layout: DataLayout, model: str) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = Path(model).stem if "/" in model or model.endswith(".keras") else model
+    return layout.predictions / f"{stamp}-{name}" / "predictions.parquet"
+
+
+@flow(name="predict", flow_run_name="predict-{model}", log_prints=True)
+def predict(
+    paths: list[str],
+    data_dir: Path = Path("data"),
+    model: str = "champion",
+    out: Path | None = None,
+    batch_size: int = BATCH_SIZE,
+) -> BatchResult:
+    """Score every image file under `paths` with `model` into a Parquet file and a contact sheet."""
+    layout = DataLayout(Path(data_dir).resolve())
+    out = Path(out).resolve() if out else default_out(layout, model)
+    files = find_images(paths)
+    result = score_images(files, model, layout.registry, out, batch_size)
+    publish(result)
+    get_run_logger().info(
+        "%d of %d files scored by %s, %d could not be: %s", result.scored, result.files, result.model_version,
+        result.failed, result.out,
+    )  # fmt: skip
+    if result.scored == 0:
+        raise NothingScored(f"none of the {result.files} files could be scored; {result.out} says why", result.out)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders and glob patterns")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="the pipeline's data directory")
+    parser.add_argument(
+        "--model", default="champion", help="champion (default), a version (v1, v2, …), or a model path"
+    )
+    parser.add_argument("--out", type=Path, help="the Parquet file to write (default data/predictions/<run>/)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"images per batch (default {BATCH_SIZE})")
+    return parser
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Unusable arguments raise PipelineInputError (exit 2) before any flow starts."""
+    if args.batch_size < 1:
+        raise PipelineInputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.out is not None and args.out.suffix != ".parquet":
+        raise PipelineInputError(f"--out must name a .parquet file, got {args.out}")
+    expand_paths(args.paths)
+    registry = DataLayout(args.data_dir.resolve()).registry
+    if args.model == store.ALIAS and store.champion_name(registry) is None:
+        raise PipelineInputError(f"no champion in {registry} yet: run the pipeline first (`make run`), or pass --model")
+    if store.VERSION_NAME.match(args.model):
+        store.read_version(registry, args.model)
+    elif args.model != store.ALIAS and not Path(args.model).expanduser().exists():
+        raise PipelineInputError(f"--model {args.model}: not `champion`, a version (v1, v2, …) or an existing path")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        check_arguments(args)
+    except PipelineInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = args.out.resolve() if args.out else None
+    state = predict(args.paths, args.data_dir, args.model, out, args.batch_size, return_state=True)
+    try:
+        result = state.result()
+    except NothingScored as error:
+        print(f"error: {error}", file=sys.stderr)
+        print(f"done: predictions at {error.args[1]}")
+        return 1
+    except PipelineInputError as error:  # e.g. the model could not be loaded
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # the flow already logged the traceback; end with its real message
+        print(f"error: batch prediction failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"{result.scored:,} of {result.files:,} files scored by {result.model_version}; {result.failed:,} could not be"
+    )
+    print(f"done: predictions at {result.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

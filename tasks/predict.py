@@ -1,0 +1,45 @@
+"""Tasks of the batch-prediction flow (flows/predict_flow.py): find the files, score them, publish."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from cifarflow.inference.batch import BatchResult, predict_files
+from cifarflow.inference.predictor import load_predictor
+from cifarflow.inference.progress import ProgressLog
+from cifarflow.inference.sources import expand_paths
+from cifarflow.orchestration.artifacts import publish_predictions
+
+
+@task(name="find-images", cache_policy=NO_CACHE)
+def find_images(paths: list[str]) -> list[Path]:
+    """PATH arguments → the files to score (folders recursively, glob patterns expanded)."""
+    files = expand_paths(paths)
+    get_run_logger().info("%d files to score", len(files))
+    return files
+
+
+@task(name="score-images", cache_policy=NO_CACHE)  # the folder's contents and the champion change between runs
+def score_images(files: list[Path], model: str, registry: Path, out: Path, batch_size: int) -> BatchResult:
+    """Load the model, score every file into `out` (Parquet) and a contact sheet beside it."""
+    logger = get_run_logger()
+    predictor = load_predictor(model, registry)
+    logger.info("model %s (%s)", predictor.version, predictor.metadata.get("model") or predictor.metadata.get("preset"))
+    artifact = create_progress_artifact(progress=0.0, key="cifar10-predictions-progress", description="Scoring images")
+    log_progress = ProgressLog(logger.info)
+
+    def on_progress(done: int, total: int, failed: int) -> None:
+        log_progress(done, total, failed)
+        update_progress_artifact(artifact, 100 * done / total)
+
+    return predict_files(files, predictor, out, out.with_suffix(".png"), batch_size, on_progress)
+
+
+@task(name="publish-predictions", cache_policy=NO_CACHE)
+def publish(result: BatchResult) -> None:
+    """The predictions as Prefect artifacts: a summary with the contact sheet, and a table."""
+    publish_predictions(result)

@@ -1,0 +1,24 @@
+"""Tasks of the registry flow (flows/registry.py): move the champion alias by hand, publish the registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from cifarflow.orchestration.artifacts import publish_registry
+from cifarflow.registry import store
+
+
+@task(name="move-champion", cache_policy=NO_CACHE)
+def move_champion(registry: Path, version: str, reason: str) -> dict:
+    """Point `champion` at `version` (a rollback or roll-forward) and record who moved it and why."""
+    move = store.move_alias(registry, version, by="hand", reason=reason)
+    get_run_logger().info("champion: %s → %s (%s)", move["from"], move["to"], move["reason"])
+    return move
+
+
+@task(name="publish-registry", cache_policy=NO_CACHE)
+def publish(registry: Path) -> None:
+    publish_registry(registry)
