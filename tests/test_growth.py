@@ -91,7 +91,7 @@ def test_add_images_then_retrain_on_the_grown_data(prefect_server, tiny_config, 
     _, states = run_flow(tiny_config)  # no new batch: nothing is recomputed
     assert states == {stage: "Cached" for stage in STAGES}
 
-    champion = read_json(tiny_config.layout.registry / "champion" / "champion.json")
+    champion = read_json(tiny_config.layout.registry / "champion" / "version.json")
     code, out, _ = add(capsys, "--withdraw", summary["batch_id"], "--data-dir", data_dir)
     assert code == 0 and before.version in out
     assert current_version(tiny_config.layout).version == before.version
@@ -101,7 +101,7 @@ def test_add_images_then_retrain_on_the_grown_data(prefect_server, tiny_config, 
         "promote": "Completed" if trained_on_withdrawn else "Cached"
     }
     if trained_on_withdrawn:  # ...but a champion trained on the withdrawn batch no longer stands for the data
-        decision = read_json(tiny_config.layout.registry / "champion" / "champion.json")
+        decision = read_json(tiny_config.layout.registry / "champion" / "version.json")
         assert decision["batch_ids"] == [] and "withdrawn since" in decision["decision"]
     assert add(capsys, "--withdraw", summary["batch_id"], "--data-dir", data_dir)[0] == 2  # not active any more
 

@@ -21,6 +21,7 @@ test leaves nothing behind, and a version that exists is always complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -161,6 +162,8 @@ def commit_version(registry: Path, staging: Path, name: str) -> Version:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(staging, 0o755)
         os.replace(staging, target)
+    with contextlib.suppress(OSError):
+        staging.parent.rmdir()  # .staging/ when nothing else is being built
     return read_version(registry, name)
 
 

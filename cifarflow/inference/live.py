@@ -1,0 +1,74 @@
+"""The model a long-running service holds, switched live when the champion alias moves.
+
+A watcher thread reads the alias every `poll_s` seconds. When it points at a new version, the new
+model is loaded *beside* the old one and then swapped in with one reference assignment: a request
+already running finishes on the model it started with, the next one gets the new model, and no
+request waits for a load. A version that fails to load is logged and the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from cifarflow.inference.predictor import ModelNotFound, Predictor, load_predictor
+from cifarflow.registry import store
+
+POLL_S = 1.0
+
+
+class LiveModel:
+    def __init__(self, registry: Path, spec: str = store.ALIAS, poll_s: float = POLL_S, log: Callable = print):
+        self.registry, self.spec, self.poll_s, self.log = Path(registry), spec, poll_s, log
+        self.predictor: Predictor | None = None  # read by request threads; replaced whole, never mutated
+        self.problem: str | None = None  # why there is no model, for /health
+        self._target: str | None = None  # the alias target last tried
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def follows_alias(self) -> bool:
+        return self.spec == store.ALIAS
+
+    def refresh(self) -> bool:
+        """Load the model if the alias moved (or on the first call); True when a new model was swapped in."""
+        target = store.champion_name(self.registry) if self.follows_alias else self.spec
+        if target == self._target:
+            return False
+        self._target = target
+        if target is None:
+            self.problem = f"no champion in {self.registry} yet: run the pipeline first"
+            return False
+        try:
+            predictor = load_predictor(target, self.registry)
+        except (ModelNotFound, OSError, ValueError) as error:
+            self.problem = f"{target} could not be loaded: {error}"
+            self.log(f"model {target} could not be loaded ({error}); still serving {self.version or 'nothing'}")
+            return False
+        previous, self.predictor, self.problem = self.version, predictor, None
+        self.log(f"serving model {predictor.version}" + (f" (was {previous})" if previous else ""))
+        return True
+
+    @property
+    def version(self) -> str | None:
+        predictor = self.predictor
+        return predictor.version if predictor else None
+
+    def start(self) -> None:
+        self.refresh()
+        if self.follows_alias:
+            self._thread = threading.Thread(target=self._watch, name="champion-watcher", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.refresh()
+            except Exception as error:  # a watcher that dies would freeze the model: log and go on
+                self.log(f"champion watcher: {type(error).__name__}: {error}")

@@ -1,0 +1,72 @@
+// The page's whole logic: show the serving model, send the chosen image to /predict, draw the top-3 bars.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+
+async function showModel() {
+  try {
+    const response = await fetch("/model");
+    const model = await response.json();
+    if (!response.ok) throw new Error(model.error || response.statusText);
+    const accuracy = model.accuracy === undefined ? "" : ` · test accuracy ${(100 * model.accuracy).toFixed(1)}%`;
+    $("model").textContent = `Model ${model.version} (${model.model || "exported"})${accuracy}`;
+    $("model").dataset.version = model.version;
+    $("classes").textContent = model.label_names.join(", ");
+  } catch (error) {
+    $("model").textContent = `No model: ${error.message}`;
+  }
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = false;
+  $("result").hidden = true;
+}
+
+function showResult(result) {
+  $("error").hidden = true;
+  $("label").textContent = `${result.label} (${(100 * result.probability).toFixed(1)}%)`;
+  $("bars").replaceChildren(
+    ...result.top.map(({ label, probability }) => {
+      const item = document.createElement("li");
+      item.className = "bar";
+      item.dataset.label = label;
+      item.innerHTML = `<span class="name"></span><span class="track"><span class="fill"></span></span><span class="value"></span>`;
+      item.querySelector(".name").textContent = label;
+      item.querySelector(".fill").style.width = `${(100 * probability).toFixed(1)}%`;
+      item.querySelector(".value").textContent = `${(100 * probability).toFixed(1)}%`;
+      return item;
+    })
+  );
+  $("result").hidden = false;
+  if (result.model_version !== $("model").dataset.version) showModel(); // the champion moved meanwhile
+}
+
+async function classify(file) {
+  if (!file) return;
+  $("preview").src = URL.createObjectURL(file);
+  $("preview").hidden = false;
+  $("hint").hidden = true;
+  $("label").textContent = "…";
+  const form = new FormData();
+  form.append("file", file);
+  try {
+    const response = await fetch("/predict", { method: "POST", body: form });
+    const body = await response.json();
+    if (!response.ok) return showError(body.error || `error ${response.status}`);
+    showResult(body);
+  } catch (error) {
+    showError(`The service did not answer: ${error.message}`);
+  }
+}
+
+$("file").addEventListener("change", (event) => classify(event.target.files[0]));
+const drop = $("drop");
+["dragenter", "dragover"].forEach((type) =>
+  drop.addEventListener(type, (event) => { event.preventDefault(); drop.classList.add("over"); })
+);
+["dragleave", "drop"].forEach((type) =>
+  drop.addEventListener(type, (event) => { event.preventDefault(); drop.classList.remove("over"); })
+);
+drop.addEventListener("drop", (event) => classify(event.dataTransfer.files[0]));
+showModel();

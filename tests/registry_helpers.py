@@ -1,0 +1,84 @@
+"""A model registry built the way a promotion builds it (stage → export → smoke test in a fresh
+process → commit → move the alias), from tiny random-weight `seed` networks: seconds, not a training run.
+
+Each version's network has its own seed, so two versions predict differently; `canary_pixels` are
+the images whose probabilities the smoke test compares."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from tests.synthetic import CLASSES
+
+CANARY = 20  # images in the smoke test's canary set here (the product uses 1,000)
+
+
+def canary_pixels(seed: int = 0, count: int = CANARY) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+
+
+def tiny_model_file(path: Path, seed: int) -> Path:
+    """A `seed`-preset network with random weights (uint8 pixels in, the unit normalization inside)."""
+    import keras
+
+    from cifarflow.data.transform import Normalization
+    from cifarflow.models.registry import get_preset
+
+    keras.utils.set_random_seed(seed)
+    model = get_preset("seed").build(Normalization("unit", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)), seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path
+
+
+def version_inputs(model_path: Path, seed: int, test_images: int = 100):
+    """(record, metrics, predictions, labels, canary) for `stage_version`, as a promotion would pass them."""
+    import keras
+
+    from cifarflow.evaluation.predict import predict_plain
+    from cifarflow.files import file_digest
+    from cifarflow.registry.build import Canary
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, test_images)
+    predictions = np.where(rng.random(test_images) < 0.5, labels, rng.integers(0, 10, test_images))
+    accuracy = float(np.mean(predictions == labels))
+    pixels = canary_pixels(seed)
+    probabilities = predict_plain(keras.models.load_model(model_path), pixels)
+    record = {
+        "id": file_digest(model_path),
+        "run_name": f"test-run-{seed}",
+        "model": "seed",
+        "accuracy": accuracy,
+        "label_names": list(CLASSES),
+        "dataset_sha256": f"dataset-{seed}",
+        "batch_ids": [],
+        "normalization": "unit",
+        "test_set_sha256": "t" * 64,
+        "test_images": test_images,
+        "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "replaced": None,
+        "decision": "promoted: test fixture",
+        "source_model": str(model_path),
+    }
+    metrics = {"test_accuracy": accuracy, "class_names": list(CLASSES)}
+    return record, metrics, predictions, labels, Canary(pixels, probabilities)
+
+
+def add_version(registry: Path, seed: int, scratch: Path, reason: str = "promoted: test fixture"):
+    """Register a new version built from a fresh random network and make it the champion."""
+    from cifarflow.registry import store
+    from cifarflow.registry.build import stage_version
+
+    model_path = tiny_model_file(scratch / f"model-{seed}" / "model.keras", seed)
+    record, metrics, predictions, labels, canary = version_inputs(model_path, seed)
+    name = store.next_name(registry)
+    staged = stage_version(
+        store.new_staging(registry), name, model_path, record, metrics, predictions, labels, canary, log=lambda _: None
+    )
+    version = store.commit_version(registry, staged.directory, staged.name)
+    store.move_alias(registry, version.name, by="promotion", reason=reason)
+    return version
