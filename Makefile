@@ -15,7 +15,7 @@ ARGS ?=
 # tests apply them, and the Prefect CLI runs through it.
 WITH_DEFAULTS := $(BIN)/python -m cifarflow.environment
 
-.PHONY: help install run test test-fast lint format system-deps server bench clean-data
+.PHONY: help install run test test-fast lint format system-deps server serve predict bench clean-data
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,8 +53,15 @@ system-deps:  ## Debian packages the browser and PostgreSQL tests use (run as ro
 server: install  ## start the Prefect server and UI on http://127.0.0.1:4200
 	$(WITH_DEFAULTS) $(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
+serve: install  ## serve the champion over HTTP with its page on http://127.0.0.1:8000 (ARGS="--port 8080")
+	$(BIN)/python serving/app.py $(ARGS)
+
+predict: install  ## score image files with the champion (ARGS="photos/ more/*.jpg")
+	$(BIN)/python flows/predict_flow.py $(ARGS)
+
 bench: install $(if $(wildcard $(SHARED_JPEG)),$(LOCAL_ARCHIVE))  ## measure speed and memory (writes benchmarks/results.md)
 	$(BIN)/python benchmarks/bench_pipeline.py --source $(SOURCE) --out benchmarks/results.md
+	$(BIN)/python benchmarks/bench_serving.py --source $(SOURCE) --out benchmarks/serving.md
 
-clean-data:  ## delete generated data (shards, features, models, reports, caches); keeps added image batches
-	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep ! -name batches ! -name batches-withdrawn -exec rm -rf {} +
+clean-data:  ## delete generated data (shards, features, models, reports, caches); keeps added image batches and the model registry
+	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep ! -name batches ! -name batches-withdrawn ! -name registry -exec rm -rf {} +

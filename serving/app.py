@@ -27,7 +27,7 @@ import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, File, Request, UploadFile
+from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -85,7 +85,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise BodyTooLarge
+                raise BodyTooLarge()
             return message
 
         try:
@@ -94,8 +94,11 @@ class BodyLimit:
             await too_large(self.limit)(scope, receive, send)
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """An HTTPException so that FastAPI re-raises it from form parsing instead of answering 400."""
+
+    def __init__(self):
+        super().__init__(413)
 
 
 def too_large(limit: int) -> JSONResponse:
@@ -151,6 +154,10 @@ def create_app(
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, error: BadInput):
         return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, error: BodyTooLarge):
+        return too_large(max_upload_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):

@@ -16,7 +16,9 @@ import yaml
 from tests.live_server import PREFECT, REPO_ROOT, live_prefect_server, stop
 
 PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
-SPEC = next(d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"] if d["name"] == "nightly")
+DEPLOYMENTS = {d["name"]: d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}
+SPEC = DEPLOYMENTS["nightly"]
+SCORE = DEPLOYMENTS["score-folder"]
 POOL = SPEC["work_pool"]["name"]
 
 pytestmark = pytest.mark.server
@@ -37,6 +39,17 @@ def test_prefect_yaml_declares_a_nightly_offline_deployment():
     from cifarflow.config import PipelineConfig
 
     assert set(SPEC["parameters"]["config"]) <= set(PipelineConfig.model_fields)
+
+
+def test_prefect_yaml_scores_a_folder_on_a_schedule():
+    import inspect
+
+    from flows.predict_flow import predict
+
+    assert SCORE["entrypoint"] == "flows/predict_flow.py:predict"
+    assert SCORE["schedules"] == [{"cron": "0 3 * * *", "timezone": "UTC", "active": True}]
+    assert set(SCORE["parameters"]) <= set(inspect.signature(predict.fn).parameters)
+    assert SCORE["work_pool"]["name"] == POOL
 
 
 def test_serve_uses_the_same_schedule_parameters_and_limit():
@@ -126,6 +139,25 @@ def test_deploy_then_worker_runs_the_nightly_deployment(server, synthetic_archiv
     run = wait_final(server, flow_run.id, timeout=30)
     assert run.state.is_completed(), f"{run.state!r}\n{worker.stdout[-4000:]}\n{worker.stderr[-4000:]}"
     assert_report(data_dir)
+
+    # the batch-prediction deployment scores a folder with the champion that run registered
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    folder = tmp_path / "to-score"
+    folder.mkdir()
+    for number in range(3):
+        Image.fromarray(np.full((40, 40, 3), 60 * number, np.uint8)).save(folder / f"image-{number}.png")
+    scoring = read_deployment(server, "predict/score-folder")
+    flow_run = trigger(server, scoring.id, {"paths": [str(folder)], "data_dir": str(data_dir)})
+    worker = server.run(PREFECT, "worker", "start", "--pool", POOL, "--run-once", timeout=240)
+    run = wait_final(server, flow_run.id, timeout=30)
+    assert run.state.is_completed(), f"{run.state!r}\n{worker.stdout[-4000:]}\n{worker.stderr[-4000:]}"
+    (predictions,) = (data_dir / "predictions").glob("*/predictions.parquet")
+    table = pq.read_table(predictions).to_pylist()
+    assert sorted(Path(row["path"]).name for row in table) == [f"image-{n}.png" for n in range(3)]
+    assert {row["model_version"] for row in table} == {"v1"} and all(row["error"] is None for row in table)
 
 
 def test_serve_runs_the_same_flow(server, synthetic_archive, tmp_path):

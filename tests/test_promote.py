@@ -15,7 +15,6 @@ from cifarflow.evaluation.metrics import compute_metrics
 from cifarflow.promotion.champions import (
     baseline_id,
     champion_id,
-    install_champion,
     read_champion,
     read_decisions,
     record_decision,
@@ -220,7 +219,31 @@ def write_model(path: Path, content: bytes) -> tuple[Path, str]:
     return path, hashlib.sha256(content).hexdigest()
 
 
-def test_registry_keeps_champion_history_and_decisions(tmp_path, labels):
+def register_fake(registry: Path, model_path: Path, score: Score, decision) -> str:
+    """A version written by hand (no real network to export: an empty export/), committed and made the
+    champion as a promotion does; what champions.py reads from the registry does not need TensorFlow."""
+    from datetime import UTC, datetime
+
+    from cifarflow.promotion.champions import version_record
+    from cifarflow.registry import store
+
+    name = store.next_name(registry)
+    staging = store.new_staging(registry)
+    (staging / "export").mkdir()
+    (staging / "model.keras").write_bytes(model_path.read_bytes())
+    np.save(staging / "predictions.npy", score.predictions.astype(np.int16))
+    np.save(staging / "labels.npy", score.labels.astype(np.int16))
+    (staging / "metrics.json").write_text(json.dumps(score.metrics))
+    record = version_record(score, decision, CLASSES, model_path, datetime.now(UTC))
+    (staging / "version.json").write_text(json.dumps(record | {"version": name}))
+    store.commit_version(registry, staging, name)
+    store.move_alias(registry, name, by="promotion", reason=decision.summary)
+    return name
+
+
+def test_the_champion_is_the_version_the_alias_points_at(tmp_path, labels):
+    from cifarflow.registry import store
+
     registry = tmp_path / "registry"
     assert read_champion(registry) is None and champion_id(registry) == NO_CHAMPION
     model_a, id_a = write_model(tmp_path / "a" / "model.keras", b"model a")
@@ -230,7 +253,7 @@ def test_registry_keeps_champion_history_and_decisions(tmp_path, labels):
     score_b = make_score(labels, with_accuracy(labels, idx % 100 < 70), id_b, run="run-b")
 
     first = decide(score_a, read_champion(registry))
-    install_champion(registry, model_a, score_a, first)
+    assert register_fake(registry, model_a, score_a, first) == "v1"
     record_decision(registry, first, "run-a")
     assert champion_id(registry) == id_a
     assert baseline_id(registry, id_a) == NO_CHAMPION  # A replaced nobody: an identical rerun keys like run 1
@@ -242,20 +265,20 @@ def test_registry_keeps_champion_history_and_decisions(tmp_path, labels):
 
     second = decide(score_b, champion)
     assert second.promoted
-    install_champion(registry, model_b, score_b, second)
+    assert register_fake(registry, model_b, score_b, second) == "v2"
     record_decision(registry, second, "run-b")
-    assert champion_id(registry) == id_b
+    assert champion_id(registry) == id_b and store.champion_name(registry) == "v2"
     assert baseline_id(registry, id_b) == id_a
     assert (registry / "champion" / "model.keras").read_bytes() == b"model b"
-    (retired,) = (registry / "history").iterdir()
-    assert retired.name.endswith(id_a[:12])
-    assert (retired / "model.keras").read_bytes() == b"model a"
-    assert json.loads((retired / "retired.json").read_text())["replaced_by"] == id_b
-
-    record = json.loads((registry / "champion" / "champion.json").read_text())
-    assert record["replaced"] == id_a and record["decision"] == second.summary
+    assert (registry / "versions" / "v1" / "model.keras").read_bytes() == b"model a"  # the old one stays
+    record = json.loads((registry / "champion" / "version.json").read_text())
+    assert record["replaced"] == id_a and record["decision"] == second.summary and record["version"] == "v2"
     assert [d["summary"] for d in read_decisions(registry)] == [first.summary, second.summary]
-    assert not list(registry.rglob("*.part"))
+    assert [(m["from"], m["to"], m["by"]) for m in store.alias_moves(registry)] == [
+        (None, "v1", "promotion"),
+        ("v1", "v2", "promotion"),
+    ]
+    assert not (registry / ".staging").exists()
 
 
 def test_the_floor_stops_a_promotion_that_the_comparison_would_make(labels):
@@ -285,26 +308,25 @@ def test_warm_start_serves_only_a_champion_that_fits(tmp_path, labels):
     assert warm_start_source(registry, "seed", "unit", ())[1]["reason"] == "no champion yet"
     model, model_id = write_model(tmp_path / "m" / "model.keras", b"weights")
     score = replace(make_score(labels, labels, model_id), batch_ids=("b1",), normalization="unit")
-    install_champion(registry, model, score, decide(score, None))
+    register_fake(registry, model, score, decide(score, None))
     source, note = warm_start_source(registry, "seed", "unit", ("b1", "b2"))
-    assert source == str(registry / "champion" / "model.keras") and note["champion_id"] == model_id
+    assert source == str(registry / "versions" / "v1" / "model.keras") and note["champion_id"] == model_id
     assert "`seed` model, this run trains `fast`" in warm_start_source(registry, "fast", "unit", ("b1",))[1]["reason"]
     assert "normalized as `unit`" in warm_start_source(registry, "seed", "standardize", ("b1",))[1]["reason"]
     assert "withdrawn batch b1" in warm_start_source(registry, "seed", "unit", ())[1]["reason"]
 
 
-def test_install_refuses_a_model_file_that_is_not_the_challenger(tmp_path, labels):
+def test_a_version_is_not_staged_from_a_model_file_that_is_not_the_challenger(tmp_path, labels):
+    from cifarflow.registry import store
+    from cifarflow.registry.build import Canary, stage_version
+
     model, _ = write_model(tmp_path / "m" / "model.keras", b"something else")
-    score = make_score(labels, labels, "f" * 64)
-    with pytest.raises(ValueError, match="does not match"):
-        install_champion(tmp_path / "registry", model, score, decide(score, None))
-    assert read_champion(tmp_path / "registry") is None  # nothing half-installed
-
-
-def test_install_refuses_a_decision_that_keeps_the_champion(tmp_path, labels):
-    score = make_score(labels, labels, "f" * 64)
-    with pytest.raises(ValueError):
-        install_champion(tmp_path / "registry", tmp_path / "x", score, decide(score, score))
+    registry = tmp_path / "registry"
+    staging = store.new_staging(registry)
+    canary = Canary(np.zeros((1, 32, 32, 3), np.uint8), np.full((1, 10), 0.1))
+    with pytest.raises(ValueError, match="no longer has the sha256"):
+        stage_version(staging, "v1", model, {"id": "f" * 64}, {}, labels, labels, canary)
+    assert not staging.exists() and read_champion(registry) is None  # nothing half-registered
 
 
 def test_score_from_evaluation_uses_argmax_of_saved_probabilities(tmp_path, labels):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +53,7 @@ def test_real_archive_one_epoch_of_the_seed(real_archive, tmp_path):
     metrics = read_json(config.layout.latest_report / "metrics.json")
     assert metrics["test_accuracy"] > 0.40, metrics["test_accuracy"]
     assert metrics["classification_report"]["cat"]["support"] == 1000
+    check_the_champion_in_use(config, tmp_path)
 
     # the grow → retrain loop on the real data: a demo inbox of 40 new images and every kind of bad file
     inbox = tmp_path / "incoming"
@@ -78,3 +80,43 @@ def test_real_archive_one_epoch_of_the_seed(real_archive, tmp_path):
     assert state.is_completed() and states["ingest"] == "Cached" and states["train"] == "Completed"
     metrics = read_json(config.layout.latest_report / "metrics.json")
     assert metrics["train_images"] == 50_000 + summary["added"]
+
+
+def check_the_champion_in_use(config, tmp_path):
+    """The registry lists the run's model as v1; batch prediction on 300 test images cut into PNG and
+    JPEG files (plus bad files) scores them as evaluation did; the service answers the same."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from cifarflow.data.transform import load_split
+    from cifarflow.registry import store
+    from flows.predict_flow import main as predict
+
+    assert [v.name for v in store.list_versions(config.layout.registry)] == ["v1"]
+    assert store.champion_name(config.layout.registry) == "v1"
+    features = next(config.layout.features.iterdir())
+    pixels, labels = load_split(features, "test", "pixels")[:300], load_split(features, "test", "labels")[:300]
+    (evaluation,) = config.layout.evaluations.iterdir()
+    evaluated = np.load(evaluation / "probabilities.npy")[:300].argmax(axis=1)
+    folder = tmp_path / "to-score"
+    (folder / "png").mkdir(parents=True)
+    (folder / "jpeg").mkdir()
+    for number, image in enumerate(pixels):
+        if number % 2:
+            Image.fromarray(image).save(folder / "jpeg" / f"{number:03d}.jpg", quality=95)
+        else:
+            Image.fromarray(image).save(folder / "png" / f"{number:03d}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (folder / "empty.jpg").write_bytes(b"")
+    out = tmp_path / "predictions.parquet"
+    assert predict([str(folder), "--data-dir", str(config.data_dir), "--out", str(out)]) == 0
+    rows = {Path(row["path"]).name: row for row in pq.read_table(out).to_pylist()}
+    assert len(rows) == 302 and rows["broken.png"]["error"] and rows["empty.jpg"]["error"]
+    names = config.layout.registry / "champion" / "version.json"
+    label_names = read_json(names)["label_names"]
+    predicted = np.array([label_names.index(rows[f"{n:03d}.{'jpg' if n % 2 else 'png'}"]["label"]) for n in range(300)])
+    png = np.arange(300) % 2 == 0
+    assert np.mean(predicted[png] == evaluated[png]) >= 0.99  # lossless files: evaluation's own answers
+    flow_accuracy, evaluated_accuracy = np.mean(predicted == labels), np.mean(evaluated == labels)
+    assert abs(flow_accuracy - evaluated_accuracy) <= 0.02, (flow_accuracy, evaluated_accuracy)

@@ -16,6 +16,7 @@ from cifarflow.inference.predictor import ModelNotFound, Predictor, load_predict
 from cifarflow.registry import store
 
 POLL_S = 1.0
+UNTRIED = object()  # no target tried yet (None is a target: "no champion")
 
 
 class LiveModel:
@@ -23,7 +24,7 @@ class LiveModel:
         self.registry, self.spec, self.poll_s, self.log = Path(registry), spec, poll_s, log
         self.predictor: Predictor | None = None  # read by request threads; replaced whole, never mutated
         self.problem: str | None = None  # why there is no model, for /health
-        self._target: str | None = None  # the alias target last tried
+        self._target: object = UNTRIED  # the alias target last tried
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

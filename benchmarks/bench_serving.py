@@ -1,0 +1,276 @@
+"""Using the model, measured: batch prediction from image files against scoring the same arrays in
+memory, and the HTTP service under 8 concurrent clients, for the `seed` and `fast` networks.
+
+    python benchmarks/bench_serving.py --source data/cache/cifar-10-python.tar.gz --out benchmarks/serving.md
+
+The networks have random weights: speed depends on the architecture, not on what it learned. Each is
+registered as a real registry version (export + smoke test), as a promotion would.
+
+1. Throughput, images/s, on the first test images of the archive written as PNG files (median of
+   `--rounds`, the measurements alternated within each round):
+   a. `model.predict` on the uint8 arrays already in memory, through the preset's predictor (what
+      evaluation runs; for `fast`, its 6-view TTA): the baseline;
+   b. the exported artifact's endpoint on the same arrays in batches of 256;
+   c. `predict_files`: the files decoded, scored and written to Parquet (the flow's work);
+   d. the whole `predict` flow (Prefect flow + tasks + artifacts) on the folder.
+   The flow's overhead is d's time ÷ a's time (target ≤ 1.3).
+2. The service (`serving/app.py`, a real uvicorn process on loopback): requests/s and p50/p99
+   latency of single-image POST /predict requests from 8 concurrent clients, and the error count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cifarflow.environment import apply_defaults
+
+apply_defaults()
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-serving-prefect-"))
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from cifarflow.data.archive import local_path, read_archive  # noqa: E402
+from cifarflow.files import file_digest  # noqa: E402
+from cifarflow.registry import store  # noqa: E402
+from cifarflow.registry.build import Canary, stage_version  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CLIENTS = 8
+NORMALIZATION = {
+    "unit": ((0.0, 0.0, 0.0), (255.0, 255.0, 255.0)),
+    "standardize": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
+}
+
+
+def register(registry: Path, preset_name: str, label_names: list[str], canary: np.ndarray, scratch: Path) -> str:
+    """A random-weight network of the preset, registered as the next version (export + smoke test)."""
+    import keras
+
+    from cifarflow.data.transform import Normalization
+    from cifarflow.models.precision import choose_policy
+    from cifarflow.models.registry import get_preset
+
+    preset = get_preset(preset_name)
+    mean, std = NORMALIZATION[preset.normalization]
+    keras.mixed_precision.set_global_policy(choose_policy() if preset_name != "seed" else "float32")
+    model = preset.build(Normalization(preset.normalization, mean, std), seed=0)
+    keras.mixed_precision.set_global_policy("float32")
+    path = scratch / preset_name / "model.keras"
+    path.parent.mkdir(parents=True)
+    model.save(path)
+    probabilities = preset.predict(keras.models.load_model(path), canary)
+    record = {
+        "id": file_digest(path),
+        "run_name": f"bench-{preset_name}",
+        "model": preset_name,
+        "accuracy": 0.0,
+        "label_names": label_names,
+        "dataset_sha256": "bench",
+        "test_images": 0,
+        "decision": "benchmark",
+    }
+    name = store.next_name(registry)
+    labels = np.zeros(1, np.int64)
+    staged = stage_version(
+        store.new_staging(registry), name, path, record, {}, labels, labels, Canary(canary, probabilities)
+    )
+    store.commit_version(registry, staged.directory, name)
+    store.move_alias(registry, name, by="promotion", reason=f"benchmark: {preset_name}")
+    return name
+
+
+def write_pngs(pixels: np.ndarray, folder: Path) -> list[Path]:
+    folder.mkdir(parents=True)
+    paths = []
+    for number, image in enumerate(pixels):
+        path = folder / f"{number:05d}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+def timed(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def throughput(preset_name: str, version: str, registry: Path, pixels: np.ndarray, folder: Path, rounds: int) -> dict:
+    import keras
+
+    from cifarflow.inference.batch import BATCH_SIZE, predict_files
+    from cifarflow.inference.predictor import load_predictor
+    from cifarflow.models.registry import get_preset
+    from flows.predict_flow import predict
+
+    files = sorted(folder.glob("*.png"))
+    preset = get_preset(preset_name)
+    model = keras.models.load_model(store.read_version(registry, version).model_path)
+    predictor = load_predictor(version, registry)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-predict-"))
+
+    def in_memory_export():
+        for start in range(0, len(pixels), BATCH_SIZE):
+            predictor.probabilities(pixels[start : start + BATCH_SIZE])
+
+    steps = {
+        "a": lambda: preset.predict(model, pixels),
+        "b": in_memory_export,
+        "c": lambda: predict_files(files, predictor, scratch / "c.parquet"),
+        "d": lambda: predict([str(folder)], registry.parent, version, scratch / "d.parquet"),
+    }
+    steps["a"](), steps["b"](), steps["d"]()  # warm-up: graphs traced, the Prefect server started
+    times: dict[str, list[float]] = {key: [] for key in steps}
+    for _ in range(rounds):
+        for key, step in steps.items():
+            times[key].append(timed(step))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def load_test(url: str, images: list[bytes], requests_per_client: int) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def client(number: int) -> None:
+        nonlocal errors
+        with httpx.Client(base_url=url, timeout=60) as http:
+            for i in range(requests_per_client):
+                body = images[(number * requests_per_client + i) % len(images)]
+                started = time.perf_counter()
+                response = http.post("/predict", files={"file": ("image.png", body, "image/png")})
+                elapsed = time.perf_counter() - started
+                with lock:
+                    latencies.append(elapsed)
+                    errors += response.status_code != 200
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / wall,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "errors": errors,
+    }
+
+
+def service(registry: Path, versions: dict[str, str], images: list[bytes], requests_per_client: int) -> dict:
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "serving/app.py", "--data-dir", str(registry.parent), "--port", str(port)]
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = {}
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service did not start")
+            time.sleep(0.5)
+        for preset_name, version in versions.items():
+            store.move_alias(registry, version, by="hand", reason=f"benchmark: serve {preset_name}")
+            while httpx.get(f"{url}/health").json()["model_version"] != version:  # switched live
+                time.sleep(0.2)
+            load_test(url, images, 3)  # warm-up
+            results[preset_name] = load_test(url, images, requests_per_client)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default="data/cache/cifar-10-python.tar.gz", help="a CIFAR-10 archive")
+    parser.add_argument("--images", type=int, default=2000, help="test images written as PNG files")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=50, help="requests per client (8 clients)")
+    parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    args = parser.parse_args()
+
+    splits, label_names = read_archive(local_path(args.source))
+    pixels = np.ascontiguousarray(splits["test"].images[: args.images])
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    registry = work / "data" / "registry"
+    folder = work / "images"
+    write_pngs(pixels, folder)
+    versions = {name: register(registry, name, label_names, pixels[:200], work / "models") for name in ("seed", "fast")}
+
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, {os.cpu_count()} cores "
+        f"(`python benchmarks/bench_serving.py --images {args.images} --rounds {args.rounds} "
+        f"--requests {args.requests}`): {len(pixels):,} CIFAR-10 test images as 32×32 PNG files; random-weight "
+        "networks registered as real versions. Median of the rounds.",
+        "",
+        "| network | a: `model.predict`, arrays in memory | b: exported endpoint, in memory | c: files → Parquet "
+        "(`predict_files`) | d: the `predict` flow | d ÷ a (target ≤ 1.3) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for preset_name, version in versions.items():
+        store.move_alias(registry, version, by="hand", reason=f"benchmark: {preset_name}")
+        t = throughput(preset_name, version, registry, pixels, folder, args.rounds)
+        rate = {key: len(pixels) / seconds for key, seconds in t.items()}
+        lines.append(
+            f"| `{preset_name}` | {rate['a']:,.0f} img/s | {rate['b']:,.0f} img/s | {rate['c']:,.0f} img/s | "
+            f"{rate['d']:,.0f} img/s | **{t['d'] / t['a']:.2f}** |"
+        )
+        print(lines[-1], flush=True)
+    encoded = [(folder / f"{n:05d}.png").read_bytes() for n in range(min(200, len(pixels)))]
+    served = service(registry, versions, encoded, args.requests)
+    lines += [
+        "",
+        f"The service on loopback, {CLIENTS} concurrent clients, one image per request:",
+        "",
+        "| network | requests | requests/s | p50 latency | p99 latency | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for preset_name, r in served.items():
+        lines.append(
+            f"| `{preset_name}` | {r['requests']} | {r['rps']:,.1f} | {r['p50_ms']:.1f} ms | {r['p99_ms']:.1f} ms | "
+            f"{r['errors']} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

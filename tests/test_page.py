@@ -1,0 +1,214 @@
+"""The service's page (serving/static/) in a headless Chromium, as a person uses it: it names the
+serving model, an image chosen with the file input or dropped on the page is classified and drawn as
+three bars that agree with the API, and a file that is not an image shows the service's message.
+
+Playwright drives the system browser (`playwright install` is never run); the server is a real
+`python serving/app.py` process on a one-version registry. A screenshot of a classified image goes
+to the test's tmp dir and is copied to /tmp/page-screenshots/page.png for a human to look at.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import tarfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import SHARED_DATASETS
+from tests.serving_helpers import encode, scene, serving_process
+from tests.synthetic import CLASSES
+from tests.test_ui import CHROMIUM, CHROMIUM_ARGS
+
+SCREENSHOTS = Path("/tmp/page-screenshots")
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """The service on a registry with one version (v1, champion)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install the Debian package `chromium` to run the browser test")
+    pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+    from cifarflow.layout import DataLayout
+    from cifarflow.registry import store
+    from tests.registry_helpers import add_version
+
+    tmp = tmp_path_factory.mktemp("page")
+    registry = DataLayout(tmp / "data").registry
+    add_version(registry, 1, tmp / "scratch")
+    with serving_process(tmp / "data", tmp / "serving.log") as server:
+        yield server, store.read_version(registry, "v1"), tmp
+
+
+@pytest.fixture(scope="module")
+def browser(service):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(service, browser):
+    """A fresh page on the service; fails the test if the page has a script error, loads anything from
+    elsewhere, or gets an error status other than the 415 the not-an-image test asks for."""
+    server, _, _ = service
+    context = browser.new_context(viewport={"width": 900, "height": 900})
+    page = context.new_page()
+    problems: list[str] = []
+
+    def console(message):
+        if message.type == "error" and not message.text.startswith("Failed to load resource: the server responded"):
+            problems.append(f"console {message.type}: {message.text}")  # HTTP statuses are checked below
+
+    def response(r):
+        if r.status >= 400 and (r.request.method, r.url, r.status) != ("POST", f"{server.url}/predict", 415):
+            problems.append(f"{r.request.method} {r.url}: {r.status}")
+
+    page.on("console", console)
+    page.on("response", response)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    page.on("request", lambda r: None if r.url.startswith((server.url, "data:", "blob:")) else problems.append(r.url))
+    page.goto(server.url, wait_until="networkidle")
+    yield page
+    context.close()
+    assert not problems, problems
+
+
+def photo(tmp: Path) -> Path:
+    """A 256×256 PNG: a real CIFAR-10 test image (a ship) when ../shared/datasets has the data set,
+    else a synthetic scene. Enlarged so the page's preview shows what was sent."""
+    from PIL import Image
+
+    path = tmp / "photo.png"
+    archive = SHARED_DATASETS / "cifar10-jpeg.tar.gz"
+    if archive.is_file():
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                if member.isfile() and member.name.startswith("test/ship/"):
+                    image = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
+                    image.resize((256, 256), Image.Resampling.BICUBIC).save(path)
+                    return path
+    path.write_bytes(encode(scene(256, 256, seed=7)))
+    return path
+
+
+def api_result(server, path: Path) -> dict:
+    response = httpx.post(f"{server.url}/predict", files={"file": (path.name, path.read_bytes())}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def shown_result(page) -> tuple[str, list[dict]]:
+    """The headline label and, per bar: its label, name, fill width (% of the track) and value text."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#result")).to_be_visible(timeout=30_000)
+    expect(page.locator("#label")).not_to_have_text("…", timeout=30_000)
+    bars = page.eval_on_selector_all(
+        "#bars .bar",
+        """bars => bars.map(bar => ({
+            label: bar.dataset.label,
+            name: bar.querySelector('.name').textContent,
+            width: parseFloat(bar.querySelector('.fill').style.width),
+            pixels: bar.querySelector('.fill').getBoundingClientRect().width,
+            value: bar.querySelector('.value').textContent,
+        }))""",
+    )
+    return page.locator("#label").text_content(), bars
+
+
+def assert_matches_api(headline: str, bars: list[dict], expected: dict) -> None:
+    match = re.fullmatch(r"(\w+) \((\d+\.\d)%\)", headline)
+    assert match, headline
+    assert match.group(1) in CLASSES and match.group(1) == expected["label"]
+    assert float(match.group(2)) == pytest.approx(100 * expected["probability"], abs=0.051)
+    assert len(bars) == 3
+    assert [b["label"] for b in bars] == [b["name"] for b in bars] == [t["label"] for t in expected["top"]]
+    widths = [b["width"] for b in bars]
+    assert all(w > 0 for w in widths) and widths == sorted(widths, reverse=True), widths
+    assert all(b["pixels"] > 0 for b in bars)  # drawn, not only styled
+    for bar, top in zip(bars, expected["top"], strict=True):
+        assert bar["width"] == pytest.approx(100 * top["probability"], abs=0.051)
+        assert bar["value"] == f"{bar['width']:.1f}%"
+
+
+def test_page_names_the_model_and_classifies_a_chosen_image(service, page):
+    from playwright.sync_api import expect
+
+    server, version, tmp = service
+    accuracy = f"{100 * version.accuracy:.1f}%"
+    expect(page.locator("#model")).to_have_text(f"Model v1 (seed) · test accuracy {accuracy}")
+    expect(page.locator("#classes")).to_have_text(", ".join(CLASSES))
+    expect(page.locator("#result")).to_be_hidden()
+
+    image = photo(tmp)
+    page.set_input_files("#file", str(image))
+    headline, bars = shown_result(page)
+    assert_matches_api(headline, bars, api_result(server, image))
+    expect(page.locator("#error")).to_be_hidden()
+    expect(page.locator("#preview")).to_be_visible()
+    assert page.eval_on_selector("#preview", "img => img.naturalWidth") == 256  # the chosen file, previewed
+
+    shots = tmp / "screenshots"
+    shots.mkdir(exist_ok=True)
+    page.screenshot(path=shots / "page.png", full_page=True)
+    assert (shots / "page.png").stat().st_size > 10_000  # a rendered page, not a blank one
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(shots / "page.png", SCREENSHOTS / "page.png")
+
+
+def test_a_file_that_is_not_an_image_shows_the_service_message(service, page):
+    from playwright.sync_api import expect
+
+    _, _, tmp = service
+    notes = tmp / "notes.txt"
+    notes.write_text("not a picture\n" * 10)
+    page.set_input_files("#file", str(notes))
+    error = page.locator("#error")
+    expect(error).to_be_visible(timeout=30_000)
+    expect(error).to_contain_text("notes.txt: not a usable image")
+    expect(page.locator("#result")).to_be_hidden()
+
+    page.set_input_files("#file", str(photo(tmp)))  # and the next good image clears the error
+    expect(page.locator("#result")).to_be_visible(timeout=30_000)
+    expect(error).to_be_hidden()
+
+
+def test_a_dropped_image_is_classified(service, page):
+    from playwright.sync_api import expect
+
+    server, _, tmp = service
+    image = tmp / "dropped.png"
+    image.write_bytes(encode(scene(120, 90, seed=8)))
+    highlighted = page.evaluate(
+        """async ([data, name]) => {
+            const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: "image/png" }));
+            const drop = document.getElementById("drop");
+            const fire = (type) => drop.dispatchEvent(
+                new DragEvent(type, { bubbles: true, cancelable: true, dataTransfer: transfer }));
+            fire("dragenter");
+            fire("dragover");
+            const over = drop.classList.contains("over");
+            fire("drop");
+            return over;
+        }""",
+        [base64.b64encode(image.read_bytes()).decode(), image.name],
+    )
+    assert highlighted  # the drop zone shows it is a target while the file is over it
+    headline, bars = shown_result(page)
+    assert_matches_api(headline, bars, api_result(server, image))
+    expect(page.locator("#drop")).not_to_have_class(re.compile(r"\bover\b"))

@@ -1,0 +1,467 @@
+"""The model registry (cifarflow/registry, cifarflow/promotion, flows/registry.py): numbered versions
+and the `champion` alias with every move recorded; the exported SavedModel scoring like the `.keras`
+model in a process that never imports this package; a failed export or smoke test leaving the
+registry byte for byte as it was; rollbacks the nightly run respects; the upgrade of a pre-version
+`champion/` directory; the `registry.py` command line.
+
+The registry is built once per module the way a promotion builds it (tests/registry_helpers.py:
+stage → export → smoke test in a fresh process → commit → move the alias), then copied per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from cifarflow.registry import store
+from cifarflow.registry.build import Canary, VersionRejected, stage_version
+from tests.conftest import REPO_ROOT
+from tests.registry_helpers import add_version, canary_pixels, tiny_model_file, version_inputs
+from tests.synthetic import CLASSES
+
+REGISTRY_CLI = str(REPO_ROOT / "flows" / "registry.py")
+
+
+@dataclass(frozen=True)
+class Built:
+    data_dir: Path  # <data_dir>/registry holds v1 (seed 1) and v2 (seed 2, the champion)
+    fresh_model: Path  # a seed-3 network that is in no version
+    fresh_inputs: tuple  # version_inputs(fresh_model, 3): record, metrics, predictions, labels, canary
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Built:
+    base = tmp_path_factory.mktemp("registry-module")
+    registry = base / "data" / "registry"
+    for seed in (1, 2):
+        version = add_version(registry, seed, base / "scratch")
+        # the helper writes minimal metrics; the report section a promotion writes reads evaluation's full set
+        predictions, labels = (np.load(version.directory / f"{name}.npy") for name in ("predictions", "labels"))
+        (version.directory / "metrics.json").write_text(json.dumps(full_metrics(predictions, labels)))
+    fresh = tiny_model_file(base / "scratch" / "model-3" / "model.keras", 3)
+    record, _, predictions, labels, canary = version_inputs(fresh, 3)
+    return Built(base / "data", fresh, (record, full_metrics(predictions, labels), predictions, labels, canary))
+
+
+def full_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict:
+    """metrics.json as evaluation writes it, for these predicted labels."""
+    from cifarflow.evaluation.metrics import compute_metrics
+
+    probabilities = np.full((len(predictions), 10), 0.01, np.float32)
+    probabilities[np.arange(len(predictions)), predictions] = 0.91
+    return compute_metrics(labels, probabilities, CLASSES)
+
+
+@pytest.fixture
+def registry(built, tmp_path) -> Path:
+    """A private copy of the module's registry (the alias stays a relative symlink)."""
+    target = tmp_path / "data" / "registry"
+    shutil.copytree(built.data_dir / "registry", target, symlinks=True)
+    return target
+
+
+def snapshot(root: Path) -> dict[str, tuple]:
+    """Every path under `root`: file bytes, symlink targets, directories."""
+    tree = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                tree[key] = ("link", os.readlink(path))
+            elif path.is_file():
+                tree[key] = ("file", path.read_bytes())
+            else:
+                tree[key] = ("dir",)
+    return tree
+
+
+def assert_unchanged(registry: Path, before: dict[str, tuple]) -> None:
+    """The registry is as `before`; `.staging/` may remain only as an empty folder (never read)."""
+    after = snapshot(registry)
+    leftovers = [key for key in after if key.startswith(".staging" + os.sep)]
+    assert leftovers == [], f"staging leftovers: {leftovers}"
+    if ".staging" not in before:
+        after.pop(".staging", None)
+    assert after.keys() == before.keys()
+    changed = [key for key in before if after[key] != before[key]]
+    assert changed == []
+
+
+def keras_probabilities(model_path: Path, pixels: np.ndarray) -> np.ndarray:
+    import keras
+
+    from cifarflow.evaluation.predict import predict_plain
+
+    return predict_plain(keras.models.load_model(model_path), pixels)
+
+
+# ------------------------------------ versions and the alias --------------------------------
+
+
+def test_versions_are_numbered_and_the_alias_moves_with_its_reason(registry):
+    from cifarflow.registry.export import load_export
+
+    assert [v.name for v in store.list_versions(registry)] == ["v1", "v2"]
+    assert store.champion_name(registry) == "v2" and store.next_name(registry) == "v3"
+    assert os.readlink(registry / "champion") == os.path.join("versions", "v2")  # relative: the tree can move
+    v1, v2 = store.list_versions(registry)
+    assert v1.model_id != v2.model_id and v2.record["version"] == "v2"
+
+    move = store.move_alias(registry, "v1", by="hand", reason="  v2 misreads night photos ")
+    assert store.champion_name(registry) == "v1"
+    assert store.read_champion_version(registry).model_id == v1.model_id
+    assert (registry / "champion" / "model.keras").read_bytes() == v1.model_path.read_bytes()
+    assert load_export(store.read_version(registry, "v2").export_dir).label_names == CLASSES  # v2 stays usable
+
+    lines = [json.loads(line) for line in (registry / "aliases.jsonl").read_text().splitlines()]
+    assert [(m["from"], m["to"], m["by"]) for m in lines] == [
+        (None, "v1", "promotion"),
+        ("v1", "v2", "promotion"),
+        ("v2", "v1", "hand"),
+    ]
+    assert lines[-1] == move
+    assert move["reason"] == "v2 misreads night photos" and move["model_id"] == v1.model_id and move["at"]
+    assert store.demoted_by_hand(registry, v2.model_id)["to"] == "v1"
+    assert store.demoted_by_hand(registry, v1.model_id) is None  # v1 was replaced by a promotion, not by hand
+
+
+def test_the_alias_does_not_move_without_a_reason_or_to_an_unknown_version(registry):
+    before = snapshot(registry)
+    for reason in ("", "   "):
+        with pytest.raises(store.RegistryError, match="needs a reason"):
+            store.move_alias(registry, "v1", by="hand", reason=reason)
+    with pytest.raises(store.RegistryError, match=r"no version v9 in .* \(versions: v1, v2\)"):
+        store.move_alias(registry, "v9", by="hand", reason="roll forward")
+    with pytest.raises(store.RegistryError, match="not a version name"):
+        store.move_alias(registry, "latest", by="hand", reason="roll forward")
+    assert snapshot(registry) == before
+
+
+def test_a_version_is_never_overwritten(registry):
+    before = snapshot(registry)
+    staging = store.new_staging(registry)
+    shutil.copytree(registry / "versions" / "v1", staging, dirs_exist_ok=True)  # a complete version
+    with pytest.raises(store.RegistryError, match="version v2 exists already"):
+        store.commit_version(registry, staging, "v2")
+    shutil.rmtree(staging / "export")
+    with pytest.raises(store.RegistryError, match="is not a complete version"):
+        store.commit_version(registry, staging, "v3")
+    shutil.rmtree(registry / ".staging")
+    assert snapshot(registry) == before
+
+
+# ------------------------------------ the exported artifact ---------------------------------
+
+CLIENT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+
+    export, pixels, out = sys.argv[1:]
+    loaded = tf.saved_model.load(export)
+    np.save(out, loaded.serve(tf.constant(np.load(pixels)))["probabilities"].numpy())
+    signature = loaded.signatures["serving_default"]
+    inputs = signature.structured_input_signature[1]
+    print(json.dumps({
+        "inputs": {name: [spec.dtype.name, spec.shape.as_list()] for name, spec in inputs.items()},
+        "outputs": {name: spec.dtype.name for name, spec in signature.structured_outputs.items()},
+        "imported": sorted(m for m in sys.modules if m.split(".")[0] in ("cifarflow", "keras")),
+    }))
+    """
+)
+
+
+def test_the_export_scores_like_the_keras_model_in_another_process(registry, tmp_path):
+    version = store.read_version(registry, "v2")
+    pixels = np.concatenate(
+        [canary_pixels(7, 14), np.zeros((1, 32, 32, 3), np.uint8), np.full((1, 32, 32, 3), 255, np.uint8)]
+    )
+    np.save(tmp_path / "pixels.npy", pixels)
+    (tmp_path / "client.py").write_text(CLIENT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [sys.executable, "client.py", str(version.export_dir), "pixels.npy", "out.npy"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # not the repository: the client cannot import it from the working directory
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["inputs"] == {"pixels": ["uint8", [None, 32, 32, 3]]}
+    assert report["outputs"] == {"probabilities": "float32"}
+    assert not [m for m in report["imported"] if m.startswith("cifarflow")]  # the artifact needs no package
+
+    served = np.load(tmp_path / "out.npy")
+    expected = keras_probabilities(version.model_path, pixels)
+    assert served.shape == (len(pixels), 10) and served.dtype == np.float32
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    np.testing.assert_array_equal(served.argmax(axis=1), expected.argmax(axis=1))
+    np.testing.assert_allclose(served.sum(axis=1), 1.0, atol=1e-5)
+    # the tiny random networks put every class near 0.1; the tolerance still tells two networks apart
+    other = keras_probabilities(store.read_version(registry, "v1").model_path, pixels)
+    assert np.abs(served - other).max() > 1e-4
+
+    metadata = json.loads((version.export_dir / "cifarflow.json").read_text())
+    assert metadata["endpoint"] == "serve" and metadata["label_names"] == CLASSES and metadata["preset"] == "seed"
+    assert metadata["input"] == {"name": "pixels", "dtype": "uint8", "shape": [None, 32, 32, 3]}
+    smoke = json.loads((version.directory / "smoke.json").read_text())
+    assert smoke["passed"] and smoke["images"] == 20 and smoke["max_difference"] <= smoke["tolerance"]
+
+
+# ------------------------------------ a version that fails ----------------------------------
+
+
+def test_a_failed_smoke_test_leaves_the_registry_as_it_was(registry, built):
+    record, metrics, predictions, labels, canary = built.fresh_inputs
+    wrong = Canary(canary.pixels, np.roll(canary.probabilities, 1, axis=1))  # every top-1 class off by one
+    before = snapshot(registry)
+    with pytest.raises(VersionRejected, match="smoke test FAILED: top-1 agreement 0.00%") as rejected:
+        stage_version(
+            store.new_staging(registry), "v3", built.fresh_model, record, metrics, predictions, labels, wrong, log=print
+        )
+    assert rejected.value.smoke is not None and not rejected.value.smoke.passed
+    assert rejected.value.smoke.images == len(canary.pixels)
+    assert_unchanged(registry, before)
+    assert [v.name for v in store.list_versions(registry)] == ["v1", "v2"] and store.champion_name(registry) == "v2"
+
+
+def _export_then_fail(model_path, preset, label_names, out_dir):
+    from cifarflow.registry.export import export_model
+
+    export_model(model_path, preset, label_names, out_dir)  # a whole SavedModel is written first…
+    raise OSError(28, "No space left on device")  # …then the metadata write fails
+
+
+@pytest.mark.parametrize("fault", ["unknown preset", "write fails after the SavedModel"])
+def test_a_failed_export_leaves_the_registry_as_it_was(registry, built, monkeypatch, fault):
+    record, metrics, predictions, labels, canary = built.fresh_inputs
+    if fault == "unknown preset":
+        record = record | {"model": "no-such-preset"}
+    else:
+        monkeypatch.setattr("cifarflow.registry.build.export_model", _export_then_fail)
+    before = snapshot(registry)
+    staging = store.new_staging(registry)
+    with pytest.raises(VersionRejected, match="the export failed") as rejected:
+        stage_version(staging, "v3", built.fresh_model, record, metrics, predictions, labels, canary, log=print)
+    assert rejected.value.smoke is None
+    assert not staging.exists()
+    assert_unchanged(registry, before)
+
+
+# ------------------------------------ promotion and the registry ----------------------------
+
+
+def challenger_score(inputs, model_id: str, test_set: str = "a-new-test-set"):
+    """The Score a nightly run would have for this model; a new test set, so the decision promotes it."""
+    from cifarflow.promotion.decision import Score
+
+    _, metrics, predictions, labels, _ = inputs
+    return Score(
+        model_id=model_id,
+        run_name="nightly",
+        model="seed",
+        dataset_sha256="d" * 64,
+        test_set_sha256=test_set,
+        predictions=np.asarray(predictions, np.int64),
+        labels=np.asarray(labels, np.int64),
+        metrics=metrics,
+    )
+
+
+def run_report(tmp_path: Path) -> SimpleNamespace:
+    directory = tmp_path / "report"
+    directory.mkdir()
+    (directory / "report.md").write_text("# Run\n")
+    return SimpleNamespace(directory=directory, report_path=directory / "report.md", run_name="nightly")
+
+
+def test_a_model_rolled_back_by_hand_is_not_promoted_again(registry, built, tmp_path):
+    from cifarflow.promotion.champions import read_decisions
+    from cifarflow.promotion.decision import decide
+    from cifarflow.promotion.promote import promote_challenger, respect_rollback
+
+    v2 = store.read_version(registry, "v2")
+    challenger = challenger_score(built.fresh_inputs, v2.model_id)  # v2's model comes back in a nightly run
+    decision = decide(challenger, None)
+    assert respect_rollback(decision, registry) == decision  # nobody rolled back from v2 yet
+    kept = replace(decision, promoted=False, reason="not-better")
+    store.move_alias(registry, "v1", by="hand", reason="v2 misreads night photos")
+    assert respect_rollback(kept, registry) == kept  # only a promotion is overruled
+
+    moves = store.alias_moves(registry)
+    outcome = promote_challenger(
+        challenger, v2.model_path, run_report(tmp_path), registry, alpha=0.05, key="k", log=lambda _: None
+    )
+    assert not outcome.promoted
+    recorded = json.loads((tmp_path / "report" / "promotion.json").read_text())["decision"]
+    assert recorded["reason"] == "rolled-back" and not recorded["promoted"]
+    summary = recorded["summary"]
+    assert "this model is v2, which was rolled back by hand" in summary and "v2 misreads night photos" in summary
+    assert "`python flows/registry.py promote v2`" in summary
+    assert store.champion_name(registry) == "v1" and store.alias_moves(registry) == moves
+    assert [v.name for v in store.list_versions(registry)] == ["v1", "v2"]
+    assert read_decisions(registry)[-1]["reason"] == "rolled-back"
+    assert "the champion stays v1" in (tmp_path / "report" / "promotion.md").read_text()
+
+
+def test_a_smoke_test_failure_turns_a_promotion_into_kept(registry, built, tmp_path):
+    from cifarflow.promotion.champions import read_decisions
+    from cifarflow.promotion.promote import promote_challenger
+
+    record, *_, canary = built.fresh_inputs
+    challenger = challenger_score(built.fresh_inputs, record["id"])
+    wrong = Canary(canary.pixels, np.roll(canary.probabilities, 1, axis=1))
+    moves = store.alias_moves(registry)
+    outcome = promote_challenger(
+        challenger,
+        built.fresh_model,
+        run_report(tmp_path),
+        registry,
+        alpha=0.05,
+        key="k",
+        log=lambda _: None,
+        canary=wrong,
+        label_names=CLASSES,
+    )
+    assert not outcome.promoted and outcome.champion_id == store.read_version(registry, "v2").model_id
+    recorded = json.loads((tmp_path / "report" / "promotion.json").read_text())["decision"]
+    assert recorded["reason"] == "smoke-test-failed" and not recorded["promoted"]
+    assert recorded["summary"].startswith("kept champion: the challenger won (promoted: the test set changed")
+    assert "smoke test FAILED: top-1 agreement" in recorded["summary"]
+    assert [v.name for v in store.list_versions(registry)] == ["v1", "v2"] and store.find_model(
+        registry, record["id"]
+    ) is None
+    assert not (registry / "versions" / "v3").exists()
+    assert not list(registry.glob(".staging/*"))  # the staged export and model were deleted
+    assert store.champion_name(registry) == "v2" and store.alias_moves(registry) == moves
+    assert read_decisions(registry)[-1]["reason"] == "smoke-test-failed"
+
+
+# ------------------------------------ the upgrade of an old registry ------------------------
+
+
+def test_a_legacy_champion_directory_becomes_version_1(built, tmp_path):
+    from cifarflow.promotion.champions import adopt_legacy_champion, baseline_id, read_champion
+    from cifarflow.registry.export import load_export
+
+    record, metrics, predictions, labels, canary = built.fresh_inputs
+    registry = tmp_path / "registry"
+    legacy = registry / "champion"
+    legacy.mkdir(parents=True)
+    shutil.copy2(built.fresh_model, legacy / "model.keras")
+    champion_json = {k: v for k, v in record.items() if k != "label_names"}
+    (legacy / "champion.json").write_text(json.dumps(champion_json))
+    (legacy / "metrics.json").write_text(json.dumps(metrics))
+    np.save(legacy / "predictions.npy", predictions.astype(np.int16))
+    np.save(legacy / "labels.npy", labels.astype(np.int16))
+
+    logged = []
+    version = adopt_legacy_champion(registry, logged.append)
+    assert version.name == "v1" and store.champion_name(registry) == "v1"
+    assert (registry / "champion").is_symlink() and not list(registry.glob("legacy-champion-*"))
+    assert not (registry / ".staging").exists()
+    directory = registry / "versions" / "v1"
+    assert (directory / "export" / "saved_model.pb").is_file() and not (directory / "champion.json").exists()
+    assert (directory / "model.keras").read_bytes() == built.fresh_model.read_bytes()
+    written = json.loads((directory / "version.json").read_text())
+    assert written["smoke"] is None and written["version"] == "v1" and written["label_names"] == CLASSES
+    assert "without a smoke test" in written["note"]
+    assert {k: written[k] for k in champion_json} == champion_json
+    assert [(m["from"], m["to"], m["by"]) for m in store.alias_moves(registry)] == [(None, "v1", "upgrade")]
+    assert logged == ["registry upgraded: the champion is now version v1"]
+
+    champion = read_champion(registry)  # the champion a challenger must beat is still there
+    assert champion.model_id == record["id"] and champion.accuracy == pytest.approx(record["accuracy"])
+    assert baseline_id(registry, "another model") == record["id"]
+    served = load_export(directory / "export").probabilities(canary.pixels)
+    np.testing.assert_allclose(served, canary.probabilities, atol=1e-5)
+    assert adopt_legacy_champion(registry, logged.append) is None and len(logged) == 1  # once only
+
+
+# ------------------------------------ the command line --------------------------------------
+
+
+def registry_cli(data_dir: Path, *args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, REGISTRY_CLI, "--data-dir", str(data_dir), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env or os.environ,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def cli_env(prefect_server, tmp_path):
+    """Environment for CLI subprocesses: the session's Prefect server, a private PREFECT_HOME."""
+    from prefect.settings import PREFECT_API_URL
+
+    return os.environ | {
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def test_cli_lists_the_versions_and_marks_the_champion(registry):
+    result = registry_cli(registry.parent, "list")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "version",
+        "champion",
+        "model",
+        "accuracy",
+        "dataset",
+        "trained_by_run",
+        "promoted_at",
+        "model_sha256",
+    ]
+    rows = {line.split()[0]: line.split() for line in lines[1:3]}
+    v1, v2 = store.list_versions(registry)
+    assert rows["v1"][1:4] == ["seed", f"{round(v1.accuracy, 4)}", "dataset-1"] and "champion" not in rows["v1"]
+    assert rows["v2"][1:5] == ["champion", "seed", f"{round(v2.accuracy, 4)}", "dataset-2"]
+    assert rows["v2"][-1] == v2.model_id[:12] and rows["v1"][-1] == v1.model_id[:12]
+    assert "latest moves of the champion alias:" in result.stdout
+    assert "v1 → v2  by promotion: promoted: test fixture" in result.stdout
+
+
+def test_cli_promote_moves_the_champion_in_a_prefect_flow(registry, cli_env):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    result = registry_cli(registry.parent, "promote", "v1", "--reason", "v2 misreads night photos", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "done: champion v2 → v1 (v2 misreads night photos)"
+    assert store.champion_name(registry) == "v1"
+    last = store.alias_moves(registry)[-1]
+    assert (last["from"], last["to"], last["by"], last["reason"]) == ("v2", "v1", "hand", "v2 misreads night photos")
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["champion-to-v1"])))
+    assert [run.state.name for run in runs] == ["Completed"]
+
+
+def test_cli_promote_refuses_an_unknown_version_or_an_empty_reason(registry):
+    before = snapshot(registry)
+    unknown = registry_cli(registry.parent, "promote", "v9", "--reason", "roll forward")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().splitlines()[-1].startswith("error: no version v9 in ")
+    assert "(versions: v1, v2)" in unknown.stderr
+    empty = registry_cli(registry.parent, "promote", "v1", "--reason", "")
+    assert empty.returncode == 2
+    assert "error: --reason is empty; say why the champion moves" in empty.stderr
+    assert snapshot(registry) == before

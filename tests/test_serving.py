@@ -1,0 +1,409 @@
+"""The prediction service (serving/app.py) as a client sees it: a real `python serving/app.py` process
+on a real registry (two versions built as a promotion builds them, champion v2), spoken to over HTTP
+with httpx. Nothing is mocked: predictions are checked against the registry version loaded in this
+process, bad input against the documented 4xx JSON answers, and the champion is moved on disk while
+clients are sending images, to check the live switch drops or mislabels no request."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cifarflow.layout import DataLayout
+from tests.registry_helpers import add_version
+from tests.serving_helpers import ServingProcess, encode, scene, serving_process, wait_until
+from tests.synthetic import CLASSES
+
+pytestmark = pytest.mark.server  # starts a real uvicorn process (tens of seconds with the registry it builds)
+
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class Service:
+    server: ServingProcess
+    registry: Path
+    scratch: Path
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """The service on a registry with v1 and v2 (champion v2)."""
+    tmp = tmp_path_factory.mktemp("serving")
+    registry = DataLayout(tmp / "data").registry
+    for seed in (1, 2):
+        add_version(registry, seed, tmp / "scratch")
+    with serving_process(tmp / "data", tmp / "serving.log") as server:
+        yield Service(server, registry, tmp / "scratch")
+
+
+@pytest.fixture(scope="module")
+def reference(service):
+    """The registry's versions loaded here, the way batch prediction loads them."""
+    from cifarflow.inference.predictor import load_predictor
+
+    return {name: load_predictor(name, service.registry) for name in ("v1", "v2")}
+
+
+def expected(predictor, data: bytes) -> dict:
+    """What the service should answer for this file: the product's decoding, then the version's model."""
+    from cifarflow.intake.images import convert_image
+
+    pixels = convert_image(data).pixels[None]
+    top = predictor.top(predictor.probabilities(pixels))[0]
+    return {**top[0], "top": top, "model_version": predictor.version}
+
+
+def assert_same_result(got: dict, want: dict) -> None:
+    assert got["model_version"] == want["model_version"]
+    assert [t["label"] for t in got["top"]] == [t["label"] for t in want["top"]]
+    assert [t["probability"] for t in got["top"]] == pytest.approx([t["probability"] for t in want["top"]], abs=1e-6)
+    assert got["label"] == got["top"][0]["label"] and got["probability"] == got["top"][0]["probability"]
+
+
+def post_image(client: httpx.Client, data: bytes, name: str = "image.png", kind: str = "image/png") -> httpx.Response:
+    return client.post("/predict", files={"file": (name, data, kind)})
+
+
+def assert_error(response: httpx.Response, status: int) -> str:
+    """A 4xx JSON answer with an `error` message; the message."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert isinstance(body.get("error"), str) and body["error"], body
+    return body["error"]
+
+
+PNG = encode(scene(64, 48, seed=0))
+
+
+# --- what the service tells about itself -----------------------------------------------------------
+
+
+def test_health_and_model_name_the_champion(service):
+    from cifarflow.registry import store
+
+    with service.client() as client:
+        health = client.get("/health")
+        model = client.get("/model")
+    assert health.status_code == 200 and health.json() == {"status": "ok", "model_version": "v2"}
+    assert model.status_code == 200
+    record = store.read_version(service.registry, "v2").record
+    info = model.json()
+    assert info["version"] == "v2" and info["model"] == "seed" and info["run_name"] == "test-run-2"
+    assert info["accuracy"] == pytest.approx(record["accuracy"]) and 0 <= info["accuracy"] <= 1
+    assert info["label_names"] == CLASSES
+    assert info["id"] == record["id"]  # the model file's sha256: this is the registered model
+
+
+class References(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.found: list[tuple[str, str]] = []  # (tag, url)
+
+    def handle_starttag(self, tag, attrs):
+        self.found += [(tag, value) for name, value in attrs if name in ("src", "href") and value]
+
+
+def test_page_and_every_asset_it_references_are_served_by_the_app(service):
+    with service.client() as client:
+        page = client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        parser = References()
+        parser.feed(page.text)
+        urls = {url for _, url in parser.found}
+        assert {"/static/app.js", "/static/style.css"} <= urls, urls
+        for tag, url in parser.found:
+            assert not url.startswith(("http:", "https:", "//")), f"<{tag}> loads {url} from elsewhere (a CDN?)"
+            if url.startswith("data:"):
+                continue
+            asset = client.get(url)
+            assert asset.status_code == 200, (url, asset.status_code)
+            assert asset.content, url
+        assert "javascript" in client.get("/static/app.js").headers["content-type"]
+        assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
+
+
+def test_binds_loopback_only(service):
+    """The listening socket is 127.0.0.1 (the CLI default), and the machine's other address is refused."""
+    psutil = pytest.importorskip("psutil")
+    listening = [
+        c
+        for c in psutil.Process(service.server.process.pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN
+    ]
+    assert [(c.laddr.ip, c.laddr.port) for c in listening] == [("127.0.0.1", service.server.port)]
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # UDP connect sends nothing
+        try:
+            probe.connect(("10.255.255.255", 1))
+            address = probe.getsockname()[0]
+        except OSError:
+            address = None
+    if address is None or address.startswith("127."):
+        return  # no non-loopback address on this machine: the socket check above is the whole test
+    with pytest.raises(OSError):
+        socket.create_connection((address, service.server.port), timeout=2).close()
+
+
+# --- predictions -----------------------------------------------------------------------------------
+
+
+def test_predict_png_matches_the_registry_version(service, reference):
+    with service.client() as client:
+        response = post_image(client, PNG)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert set(result) == {"label", "probability", "top", "model_version"}
+    assert result["model_version"] == "v2"
+    assert result["label"] in CLASSES
+    top = result["top"]
+    assert len(top) == 3 and len({t["label"] for t in top}) == 3
+    probabilities = [t["probability"] for t in top]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert all(0 < p <= 1 for p in probabilities) and sum(probabilities) <= 1 + 1e-6
+    assert_same_result(result, expected(reference["v2"], PNG))
+    assert expected(reference["v1"], PNG)["top"] != top  # the versions differ: this says which one served
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "fmt", "mode", "options"),
+    [
+        ("photo.jpg", "image/jpeg", "JPEG", None, {"quality": 85}),
+        ("photo.webp", "image/webp", "WEBP", None, {"quality": 80}),
+        ("photo.bmp", "image/bmp", "BMP", None, {}),
+        ("gray.png", "image/png", "PNG", "L", {}),
+        ("alpha.png", "image/png", "PNG", "RGBA", {}),
+        ("palette.png", "image/png", "PNG", "P", {}),
+        ("mislabelled.png", "image/png", "JPEG", None, {}),  # the content decides, not the name
+    ],
+)
+def test_every_accepted_format_and_mode(service, reference, name, kind, fmt, mode, options):
+    data = encode(scene(80, 120, seed=3), fmt, mode, **options)
+    with service.client() as client:
+        response = post_image(client, data, name, kind)
+    assert response.status_code == 200, response.text
+    assert_same_result(response.json(), expected(reference["v2"], data))
+
+
+def test_batch_answers_in_order_as_single_requests_do(service):
+    files = [encode(scene(64, 64, seed=s), fmt) for s, fmt in ((10, "PNG"), (11, "JPEG"), (12, "WEBP"))]
+    with service.client() as client:
+        batch = client.post("/predict/batch", files=[("file", (f"{i}.img", data)) for i, data in enumerate(files)])
+        singles = [post_image(client, data).json() for data in files]
+    assert batch.status_code == 200, batch.text
+    results = batch.json()
+    assert isinstance(results, list) and len(results) == 3
+    for got, single in zip(results, singles, strict=True):
+        assert_same_result(got, single)
+    assert len({r["probability"] for r in results}) == 3  # three different images, not one answer thrice
+
+
+# --- bad input: a 4xx JSON error, never a 500 -------------------------------------------------------
+
+
+def test_not_an_image_is_415_naming_the_file(service):
+    with service.client() as client:
+        error = assert_error(post_image(client, b"just some text\n" * 20, "notes.txt", "text/plain"), 415)
+        assert "notes.txt" in error and "not" in error
+        # a real image's name and type do not help a file whose content is not one
+        assert_error(post_image(client, b"GIF89a not really", "fake.png"), 415)
+        assert_error(post_image(client, PNG[: len(PNG) // 3], "cut.png"), 415)  # truncated
+
+
+def test_empty_upload_is_400(service):
+    with service.client() as client:
+        error = assert_error(post_image(client, b"", "empty.png"), 400)
+    assert "empty" in error
+
+
+def test_missing_file_field_is_422(service):
+    with service.client() as client:
+        error = assert_error(client.post("/predict", files={"image": ("a.png", PNG, "image/png")}), 422)
+        assert "file" in error
+        assert_error(client.post("/predict"), 422)  # no body at all
+
+
+def test_upload_over_the_limit_is_413(service):
+    big = PNG + b"\0" * (10 * MiB)  # over MAX_UPLOAD_BYTES once the multipart framing is added
+    with service.client() as client:
+        error = assert_error(post_image(client, big, "huge.png"), 413)
+        assert "10 MiB" in error
+        assert client.get("/health").status_code == 200  # and the service goes on
+
+
+def test_chunked_upload_over_the_limit_is_413(service):
+    """No Content-Length (Transfer-Encoding: chunked): refused once the body passes the limit."""
+    boundary = "cifarflow-test-boundary"
+
+    def body():
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="huge.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        for _ in range(11):
+            yield b"\0" * MiB
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    with service.client() as client:
+        response = client.post("/predict", content=body(), headers=headers)
+    assert "content-length" not in response.request.headers
+    assert_error(response, 413)
+
+
+def test_too_many_files_in_a_batch_is_400(service):
+    small = encode(scene(16, 16, seed=4))
+    with service.client() as client:
+        error = assert_error(
+            client.post("/predict/batch", files=[("file", (f"{i}.png", small)) for i in range(65)]), 400
+        )
+        assert "65" in error and "64" in error
+        at_limit = client.post("/predict/batch", files=[("file", (f"{i}.png", small)) for i in range(64)])
+    assert at_limit.status_code == 200 and len(at_limit.json()) == 64
+
+
+def test_batch_with_one_bad_file_is_refused_whole_naming_it(service):
+    files = [("file", ("good-1.png", PNG)), ("file", ("broken.png", b"%PDF-1.4 nope")), ("file", ("good-2.png", PNG))]
+    with service.client() as client:
+        error = assert_error(client.post("/predict/batch", files=files), 415)
+        assert "broken.png" in error and "good-" not in error
+        empty = [("file", ("good.png", PNG)), ("file", ("nothing.png", b""))]
+        assert "nothing.png" in assert_error(client.post("/predict/batch", files=empty), 400)
+
+
+def test_get_on_predict_is_405(service):
+    with service.client() as client:
+        assert client.get("/predict").status_code == 405
+        assert client.get("/predict/batch").status_code == 405
+
+
+# --- load, a service with no model, and the live champion switch -------------------------------------
+
+
+def test_concurrent_clients_get_consistent_answers(service, reference):
+    images = [encode(scene(48, 48, seed=20 + i)) for i in range(4)]
+
+    def client_session(index: int) -> list[tuple[int, int, dict | str]]:
+        image = index % len(images)
+        with service.client() as client:
+            out = []
+            for _ in range(25):
+                response = post_image(client, images[image])
+                out.append(
+                    (image, response.status_code, response.json() if response.status_code == 200 else response.text)
+                )
+            return out
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        answers = [a for session in pool.map(client_session, range(8)) for a in session]
+    elapsed = time.monotonic() - started
+    assert len(answers) == 200
+    failures = [(status, body) for _, status, body in answers if status != 200]
+    assert not failures, failures[:3]
+    for image, data in enumerate(images):
+        want = expected(reference["v2"], data)
+        for _, _, got in (a for a in answers if a[0] == image):
+            assert_same_result(got, want)
+    assert elapsed < 120, f"200 small requests took {elapsed:.0f} s"
+
+
+def test_no_champion_is_503_until_a_version_appears(tmp_path):
+    data_dir = tmp_path / "data"
+    registry = DataLayout(data_dir).registry
+    with serving_process(data_dir, tmp_path / "serving.log") as server, httpx.Client(base_url=server.url) as client:
+        health = client.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "no model" and "error" in health.json()
+        assert isinstance(assert_error(post_image(client, PNG), 503), str)  # why: see the test below
+        assert_error(client.get("/model"), 503)
+        assert client.get("/").status_code == 200  # the page itself is there, and says so (test_page.py)
+
+        add_version(registry, 5, tmp_path / "scratch")
+        wait_until(lambda: client.get("/health").status_code == 200, timeout=15, what="the first version served")
+        assert client.get("/health").json() == {"status": "ok", "model_version": "v1"}
+        response = post_image(client, PNG)
+        assert response.status_code == 200 and response.json()["model_version"] == "v1"
+
+
+def test_no_champion_says_why(tmp_path):
+    from cifarflow.inference.live import LiveModel
+
+    live = LiveModel(DataLayout(tmp_path / "data").registry)
+    live.refresh()  # what the service's start does
+    assert live.predictor is None
+    assert live.problem and "no champion" in live.problem
+
+
+def test_champion_switch_while_requests_run(service, reference):
+    """Four clients send images without pause while the alias moves v2 → v1 by hand: no request fails,
+    each answer is the model its model_version names, and a client that has seen v1 never sees v2 again."""
+    from cifarflow.registry import store
+
+    want = {name: expected(predictor, PNG) for name, predictor in reference.items()}
+    stop = threading.Event()
+    seen_v1 = threading.Event()
+    answers: list[list[tuple[int, dict | str]]] = [[] for _ in range(4)]
+
+    def hammer(index: int) -> None:
+        with service.client() as client:
+            while not stop.is_set():
+                try:
+                    response = post_image(client, PNG)
+                except httpx.HTTPError as error:  # a dropped connection counts as a failure, not a quiet stop
+                    answers[index].append((0, repr(error)))
+                    return
+                body = response.json() if response.status_code == 200 else response.text
+                answers[index].append((response.status_code, body))
+                if response.status_code == 200 and body["model_version"] == "v1":
+                    seen_v1.set()
+
+    threads = [threading.Thread(target=hammer, args=(i,), daemon=True) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: all(answers), timeout=30, what="every client answered once")
+        store.move_alias(service.registry, "v1", by="hand", reason="test: switch under load")
+        switched = seen_v1.wait(15)
+        time.sleep(0.5)  # some more requests on the new model
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    try:
+        assert switched, f"no answer from v1 within 15 s of the move:\n{service.server.log_tail()}"
+        every = [answer for client in answers for answer in client]
+        failures = [answer for answer in every if answer[0] != 200]
+        assert not failures, failures[:3]
+        assert {body["model_version"] for _, body in every} == {"v1", "v2"}
+        for _, body in every:
+            assert_same_result(body, want[body["model_version"]])  # the version named is the model that ran
+        for client in answers:
+            versions = [body["model_version"] for _, body in client]
+            if "v1" in versions:
+                assert "v2" not in versions[versions.index("v1") :], versions  # no going back
+
+        with service.client() as client:
+            assert client.get("/health").json() == {"status": "ok", "model_version": "v1"}
+            assert client.get("/model").json()["version"] == "v1"
+            for _ in range(5):
+                assert post_image(client, PNG).json()["model_version"] == "v1"
+    finally:  # leave the champion as the module's other tests expect it
+        store.move_alias(service.registry, "v2", by="hand", reason="test: back to v2")
+        with service.client() as client:
+            wait_until(lambda: client.get("/health").json().get("model_version") == "v2", 15, what="back to v2")
