@@ -33,8 +33,8 @@ def score_images(files: list[Path], model: str, registry: Path, out: Path, batch
     log_progress = ProgressLog(logger.info)
 
     def on_progress(done: int, total: int, failed: int) -> None:
-        log_progress(done, total, failed)
-        update_progress_artifact(artifact, 100 * done / total)
+        if log_progress(done, total, failed):  # an API call per batch would cost more than small batches take
+            update_progress_artifact(artifact, 100 * done / total)
 
     return predict_files(files, predictor, out, out.with_suffix(".png"), batch_size, on_progress)
 

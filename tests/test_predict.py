@@ -287,11 +287,6 @@ def test_expand_paths_refuses_what_names_nothing(tmp_path):
         expand_paths([str(tmp_path / "only-text")])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a glob pattern contributes every file it matches, not only image files "
-    "(expand_paths' docstring: 'folders and patterns contribute image files')",
-)
 def test_a_pattern_contributes_only_image_files(inbox):
     root, _, _ = inbox
     assert expand_paths([str(root / "extra" / "*")]) == [

@@ -39,7 +39,8 @@ def expand_paths(arguments: list[str]) -> list[Path]:
             matches = [Path(m) for m in sorted(glob.glob(str(path), recursive=True))]
             if not matches:
                 raise UnusableArguments(f"{argument}: the pattern matches nothing")
-            found = [m for m in matches if m.is_file()] + [f for m in matches if m.is_dir() for f in images_in(m)]
+            found = [m for m in matches if m.is_file() and m.suffix.lower() in EXTENSIONS]
+            found += [f for m in matches if m.is_dir() for f in images_in(m)]
         else:
             raise UnusableArguments(f"{argument}: no such file or folder")
         files.update(dict.fromkeys(f.absolute() for f in found))

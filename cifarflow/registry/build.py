@@ -4,6 +4,7 @@ anything else is deleted, so a failed export or smoke test leaves the registry e
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,4 +72,6 @@ def stage_version(
         return StagedVersion(name, staging, smoke)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            staging.parent.rmdir()  # .staging/ itself, when nothing else is being built
         raise
