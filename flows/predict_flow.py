@@ -54,11 +54,15 @@ def predict(
     model: str = "champion",
     out: Path | None = None,
     batch_size: int = BATCH_SIZE,
-) -> BatchResult:
-    """Score every image file under `paths` with `model` into a Parquet file and a contact sheet."""
+) -> BatchResult | None:
+    """Score every image file under `paths` with `model` into a Parquet file and a contact sheet
+    (None when the folders hold no images: a scheduled run on an empty folder completes)."""
     layout = DataLayout(Path(data_dir).resolve())
     out = Path(out).resolve() if out else default_out(layout, model)
     files = find_images(paths)
+    if not files:
+        get_run_logger().info("no image files in %s: nothing to score", ", ".join(paths))
+        return None
     result = score_images(files, model, layout.registry, out, batch_size)
     publish(result)
     get_run_logger().info(
@@ -119,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # the flow already logged the traceback; end with its real message
         print(f"error: batch prediction failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
+    if result is None:  # the files were removed between the argument check and the run
+        print("error: no image files left to score", file=sys.stderr)
+        return 2
     print(
         f"{result.scored:,} of {result.files:,} files scored by {result.model_version}; {result.failed:,} could not be"
     )

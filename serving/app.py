@@ -15,7 +15,8 @@ Images are decoded by the product's rules (PNG, JPEG, WebP, BMP; any size, centr
 or a missing field (400/422), a file that is not a usable image (415), a body over the size limit
 (413), too many files (400); a batch with one bad file is refused whole, naming the file. When the
 champion alias moves, the service switches models without a restart (`cifarflow.inference.live`);
-requests in flight finish on the model they started with.
+requests in flight finish on the model they started with. Concurrent requests are scored together in
+one model call (`cifarflow.inference.batcher`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from cifarflow.inference.batcher import MAX_IMAGES, MicroBatcher
 from cifarflow.inference.live import POLL_S, LiveModel
 from cifarflow.inference.predictor import Predictor
 from cifarflow.intake.images import ImageRejected, convert_image
@@ -115,12 +117,14 @@ def decode_upload(upload: UploadFile, name: str):
         raise BadInput(415, f"{name}: not a usable image: {rejected}") from None
 
 
-def predict_uploads(predictor: Predictor, uploads: list[UploadFile]) -> list[dict]:
-    """Decode every upload (any bad one fails the request, naming it), then score them in one call."""
+def predict_uploads(predictor: Predictor, uploads: list[UploadFile], batcher: MicroBatcher | None) -> list[dict]:
+    """Decode every upload (any bad one fails the request, naming it), then score them together with
+    the other requests waiting (micro-batching), or alone when micro-batching is off."""
     import numpy as np
 
     pixels = np.stack([decode_upload(u, u.filename or f"file {i + 1}") for i, u in enumerate(uploads)])
-    tops = predictor.top(predictor.probabilities(pixels))
+    probabilities = batcher.probabilities(predictor, pixels) if batcher else predictor.probabilities(pixels)
+    tops = predictor.top(probabilities)
     return [{**top[0], "top": top, "model_version": predictor.version} for top in tops]
 
 
@@ -130,14 +134,20 @@ def create_app(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     max_batch_files: int = MAX_BATCH_FILES,
     poll_s: float = POLL_S,
+    max_batch_images: int = MAX_IMAGES,
 ) -> FastAPI:
     data_dir = Path(data_dir or os.environ.get("CIFARFLOW_DATA_DIR", "data")).resolve()
     live = LiveModel(DataLayout(data_dir).registry, model, poll_s, log=log.warning)
+    batcher: MicroBatcher | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        nonlocal batcher
         live.start()
+        batcher = MicroBatcher(max_batch_images) if max_batch_images > 1 else None
         yield
+        if batcher:
+            batcher.close()
         live.stop()
 
     app = FastAPI(title="CIFAR-10 classifier", lifespan=lifespan)
@@ -184,13 +194,13 @@ def create_app(
 
     @app.post("/predict")
     def predict(file: UploadFile = File(...)):
-        return predict_uploads(serving(), [file])[0]
+        return predict_uploads(serving(), [file], batcher)[0]
 
     @app.post("/predict/batch")
     def predict_batch(file: list[UploadFile] = File(...)):
         if len(file) > max_batch_files:
             raise BadInput(400, f"{len(file)} files in one request; at most {max_batch_files}")
-        return predict_uploads(serving(), file)
+        return predict_uploads(serving(), file, batcher)
 
     return app
 
@@ -203,9 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--model", default=store.ALIAS, help="champion (default, followed live), vN, or a path")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=MAX_IMAGES,
+        help=f"most images of concurrent requests scored in one model call (default {MAX_IMAGES}; 1: each alone)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    uvicorn.run(create_app(args.data_dir, args.model), host=args.host, port=args.port)
+    if args.max_batch < 1:
+        parser.error(f"--max-batch must be at least 1, got {args.max_batch}")
+    app = create_app(args.data_dir, args.model, max_batch_images=args.max_batch)
+    uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
 

@@ -17,9 +17,10 @@ from cifarflow.orchestration.artifacts import publish_predictions
 
 @task(name="find-images", cache_policy=NO_CACHE)
 def find_images(paths: list[str]) -> list[Path]:
-    """PATH arguments → the files to score (folders recursively, glob patterns expanded)."""
-    files = expand_paths(paths)
-    get_run_logger().info("%d files to score", len(files))
+    """PATH arguments → the files to score (folders recursively, glob patterns expanded). A path that
+    does not exist fails the run; folders with no images in them leave nothing to score."""
+    files = expand_paths(paths, allow_empty=True)
+    get_run_logger().info("%d files to score in %s", len(files), ", ".join(paths))
     return files
 
 

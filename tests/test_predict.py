@@ -293,3 +293,17 @@ def test_a_pattern_contributes_only_image_files(inbox):
         (root / "extra" / name).absolute() for name in ("one.jpg", "three.png", "two.jpg")
     ]
     assert (root / "photos" / "readme.txt").absolute() not in expand_paths([str(root / "photos" / "*")])
+
+
+def test_a_scheduled_run_on_a_folder_without_images_completes_with_nothing_to_score(prefect_server, data_dir, tmp_path):
+    """The deployment scores a folder on a schedule: an empty folder is a quiet night, not a failure;
+    a folder that does not exist still fails the run."""
+    from flows.predict_flow import predict as predict_flow
+
+    empty = tmp_path / "to-score"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    state = predict_flow([str(empty)], data_dir, return_state=True)
+    assert state.is_completed() and state.result() is None
+    missing = predict_flow([str(tmp_path / "nowhere")], data_dir, return_state=True)
+    assert missing.is_failed() and "no such file or folder" in str(missing.message) + repr(missing.data)

@@ -25,7 +25,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-FLOW_ARTIFACTS = {"cifar10-report-seed", "cifar10-per-class-seed", "cifar10-report-dir-seed", "cifar10-promotion-seed"}
+FLOW_ARTIFACTS = {
+    "cifar10-report-seed",
+    "cifar10-per-class-seed",
+    "cifar10-report-dir-seed",
+    "cifar10-promotion-seed",
+    "cifar10-model-registry",
+}
 
 pytestmark = pytest.mark.server
 

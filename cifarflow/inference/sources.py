@@ -25,9 +25,10 @@ def images_in(folder: Path) -> list[Path]:
     )
 
 
-def expand_paths(arguments: list[str]) -> list[Path]:
+def expand_paths(arguments: list[str], allow_empty: bool = False) -> list[Path]:
     """The files to score, each once, in the order given. A file named directly is scored whatever
-    its extension (a bad one gets an error row); folders and patterns contribute image files."""
+    its extension (a bad one gets an error row); folders and patterns contribute image files.
+    `allow_empty`: folders with no images are fine (a scheduled run on a folder emptied since)."""
     files: dict[Path, None] = {}
     for argument in arguments:
         path = Path(argument).expanduser()
@@ -44,7 +45,7 @@ def expand_paths(arguments: list[str]) -> list[Path]:
         else:
             raise UnusableArguments(f"{argument}: no such file or folder")
         files.update(dict.fromkeys(f.absolute() for f in found))
-    if not files:
+    if not files and not allow_empty:
         raise UnusableArguments(
             f"no image files in {' '.join(arguments) or '(no PATH given)'} (looked for {', '.join(sorted(EXTENSIONS))})"
         )
