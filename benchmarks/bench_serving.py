@@ -173,11 +173,14 @@ def load_test(url: str, images: list[bytes], requests_per_client: int) -> dict:
             for i in range(requests_per_client):
                 body = images[(number * requests_per_client + i) % len(images)]
                 started = time.perf_counter()
-                response = http.post("/predict", files={"file": ("image.png", body, "image/png")})
+                try:
+                    ok = http.post("/predict", files={"file": ("image.png", body, "image/png")}).status_code == 200
+                except httpx.HTTPError:  # a dropped connection or a timeout is an error too
+                    ok = False
                 elapsed = time.perf_counter() - started
                 with lock:
                     latencies.append(elapsed)
-                    errors += response.status_code != 200
+                    errors += not ok
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
     started = time.perf_counter()

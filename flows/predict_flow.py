@@ -16,6 +16,7 @@ The last line is `done: predictions at <path>`.
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,9 +43,10 @@ class NothingScored(RuntimeError):
 
 
 def default_out(layout: DataLayout, model: str) -> Path:
+    """data/predictions/<UTC time>-<model>-<random>/: two runs in the same second never share a folder."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     name = Path(model).stem if "/" in model or model.endswith(".keras") else model
-    return layout.predictions / f"{stamp}-{name}" / "predictions.parquet"
+    return layout.predictions / f"{stamp}-{name}-{secrets.token_hex(3)}" / "predictions.parquet"
 
 
 @flow(name="predict", flow_run_name="predict-{model}", log_prints=True)

@@ -36,10 +36,10 @@ def promote(
         config.layout.registry,
         config.promotion_alpha,
         key,
+        canary_set(evaluate.directory, preprocess.directory),
+        preprocess.label_names,
         get_run_logger().info,
         min_accuracy=config.resolved_min_accuracy,
-        canary=canary_set(evaluate.directory, preprocess.directory),
-        label_names=preprocess.label_names,
     )
     publish_registry(config.layout.registry)
     return outcome

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -14,7 +16,14 @@ def run_flow(config, **kwargs):
     return state, task_states(state.state_details.flow_run_id)
 
 
-def task_states(flow_run_id) -> dict[str, str]:
+def task_states(flow_run_id, timeout_s: float = 20.0) -> dict[str, str]:
+    """Task-run states reach the server as events, recorded asynchronously: on a loaded machine a
+    task run can briefly be there without its state, so wait for every state to be recorded."""
+    deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {run.name.split("-")[0]: run.state.name for run in runs}
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            if all(run.state is not None for run in runs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    return {run.name.split("-")[0]: run.state.name if run.state else "(no state recorded)" for run in runs}

@@ -14,14 +14,15 @@ from cifarflow.inference.batcher import MicroBatcher
 from cifarflow.inference.predictor import Predictor
 
 
-def recording_predictor(name: str, calls: list, delay_s: float = 0.05) -> Predictor:
-    """Row i's probabilities encode the image's first pixel, so a row given to the wrong request shows."""
+def recording_predictor(name: str, calls: list, delay_s: float = 0.05, shift: int = 0) -> Predictor:
+    """Row i's probabilities encode the image's first pixel (+ `shift`, which tells two models apart),
+    so a row given to the wrong request, or scored by the wrong model, shows."""
 
     def probabilities(pixels: np.ndarray) -> np.ndarray:
         calls.append((name, len(pixels)))
         time.sleep(delay_s)  # a model call long enough for other requests to queue behind it
         out = np.zeros((len(pixels), 10), np.float32)
-        out[np.arange(len(pixels)), pixels[:, 0, 0, 0] % 10] = 1.0
+        out[np.arange(len(pixels)), (pixels[:, 0, 0, 0].astype(int) + shift) % 10] = 1.0
         out[:, 0] += pixels[:, 0, 0, 1] / 1000.0
         return out
 
@@ -55,7 +56,7 @@ def test_concurrent_requests_share_calls_and_get_their_own_rows():
 
 def test_a_batch_never_mixes_two_models_and_errors_reach_their_requests():
     calls: list = []
-    old, new = recording_predictor("v1", calls), recording_predictor("v2", calls)
+    old, new = recording_predictor("v1", calls), recording_predictor("v2", calls, shift=1)
 
     def broken(pixels):
         raise RuntimeError("model failed")
@@ -77,7 +78,8 @@ def test_a_batch_never_mixes_two_models_and_errors_reach_their_requests():
         assert batcher.probabilities(old, images(3, 1)).shape == (1, 10)  # the worker survived the error
     finally:
         batcher.close()
-    assert all(r.shape == (2, 10) for r in results)
+    for n, result in enumerate(results):  # requests alternate v1, v2: each got its own model's answer
+        assert result.shape == (2, 10) and (result.argmax(axis=1) == (n + n % 2) % 10).all(), (n, result)
     assert {name for name, _ in calls} == {"v1", "v2"}  # each call ran one model only (v3 raised before recording)
 
 

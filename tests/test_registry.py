@@ -133,6 +133,17 @@ def test_versions_are_numbered_and_the_alias_moves_with_its_reason(registry):
     assert move["reason"] == "v2 misreads night photos" and move["model_id"] == v1.model_id and move["at"]
     assert store.demoted_by_hand(registry, v2.model_id)["to"] == "v1"
     assert store.demoted_by_hand(registry, v1.model_id) is None  # v1 was replaced by a promotion, not by hand
+    store.move_alias(registry, "v2", by="hand", reason="the night photos were mislabeled, v2 is fine")
+    assert store.demoted_by_hand(registry, v2.model_id) is None  # a person took it back: the last word counts
+
+
+def test_a_promotion_does_not_move_the_alias_if_someone_moved_it_meanwhile(registry):
+    before = snapshot(registry)
+    with pytest.raises(store.AliasMoved, match="the champion is v2 now, not v1"):
+        store.move_alias(registry, "v2", by="promotion", reason="promoted", expected_from="v1")
+    assert snapshot(registry) == before  # nothing moved, nothing recorded
+    store.move_alias(registry, "v1", by="promotion", reason="promoted", expected_from="v2")
+    assert store.champion_name(registry) == "v1"
 
 
 def test_the_alias_does_not_move_without_a_reason_or_to_an_unknown_version(registry):
@@ -303,7 +314,15 @@ def test_a_model_rolled_back_by_hand_is_not_promoted_again(registry, built, tmp_
 
     moves = store.alias_moves(registry)
     outcome = promote_challenger(
-        challenger, v2.model_path, run_report(tmp_path), registry, alpha=0.05, key="k", log=lambda _: None
+        challenger,
+        v2.model_path,
+        run_report(tmp_path),
+        registry,
+        alpha=0.05,
+        key="k",
+        canary=built.fresh_inputs[-1],
+        label_names=CLASSES,
+        log=lambda _: None,
     )
     assert not outcome.promoted
     recorded = json.loads((tmp_path / "report" / "promotion.json").read_text())["decision"]
@@ -353,13 +372,9 @@ def test_a_smoke_test_failure_turns_a_promotion_into_kept(registry, built, tmp_p
 # ------------------------------------ the upgrade of an old registry ------------------------
 
 
-def test_a_legacy_champion_directory_becomes_version_1(built, tmp_path):
-    from cifarflow.promotion.champions import adopt_legacy_champion, baseline_id, read_champion
-    from cifarflow.registry.export import load_export
-
-    record, metrics, predictions, labels, canary = built.fresh_inputs
-    registry = tmp_path / "registry"
-    legacy = registry / "champion"
+def write_legacy(legacy: Path, built) -> dict:
+    """A champion/ directory as registries before versions wrote it; returns its champion.json."""
+    record, metrics, predictions, labels, _ = built.fresh_inputs
     legacy.mkdir(parents=True)
     shutil.copy2(built.fresh_model, legacy / "model.keras")
     champion_json = {k: v for k, v in record.items() if k != "label_names"}
@@ -367,11 +382,60 @@ def test_a_legacy_champion_directory_becomes_version_1(built, tmp_path):
     (legacy / "metrics.json").write_text(json.dumps(metrics))
     np.save(legacy / "predictions.npy", predictions.astype(np.int16))
     np.save(legacy / "labels.npy", labels.astype(np.int16))
+    return champion_json
+
+
+def test_an_upgrade_killed_half_way_is_finished_by_the_next_run(built, tmp_path):
+    """Killed after the version was registered and champion/ renamed, before the alias moved: the
+    next call points the alias at that version, registers nothing twice, and tidies up."""
+    from cifarflow.registry.upgrade import adopt_legacy_champion, legacy_dir
+
+    registry = tmp_path / "registry"
+    write_legacy(registry / "champion", built)
+    real_move = store.move_alias
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # what a kill at this point leaves behind
+
+    store.move_alias = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            adopt_legacy_champion(registry, lambda _: None)
+    finally:
+        store.move_alias = real_move
+    assert legacy_dir(registry).is_dir() and store.champion_name(registry) is None
+    assert [v.name for v in store.list_versions(registry)] == ["v1"]
+
+    version = adopt_legacy_champion(registry, lambda _: None)
+    assert version.name == "v1" and store.champion_name(registry) == "v1"
+    assert [v.name for v in store.list_versions(registry)] == ["v1"] and not legacy_dir(registry).exists()
+
+
+def test_an_incomplete_legacy_champion_is_left_alone_and_said(built, tmp_path):
+    from cifarflow.registry.upgrade import adopt_legacy_champion
+
+    registry = tmp_path / "registry"
+    write_legacy(registry / "champion", built)
+    (registry / "champion" / "champion.json").unlink()
+    logged = []
+    assert adopt_legacy_champion(registry, logged.append) is None
+    assert "could not be adopted" in logged[0] and (registry / "champion" / "model.keras").is_file()
+    assert store.list_versions(registry) == []
+
+
+def test_a_legacy_champion_directory_becomes_version_1(built, tmp_path):
+    from cifarflow.promotion.champions import baseline_id, read_champion
+    from cifarflow.registry.export import load_export
+    from cifarflow.registry.upgrade import adopt_legacy_champion
+
+    record, metrics, predictions, labels, canary = built.fresh_inputs
+    registry = tmp_path / "registry"
+    champion_json = write_legacy(registry / "champion", built)
 
     logged = []
     version = adopt_legacy_champion(registry, logged.append)
     assert version.name == "v1" and store.champion_name(registry) == "v1"
-    assert (registry / "champion").is_symlink() and not list(registry.glob("legacy-champion-*"))
+    assert (registry / "champion").is_symlink() and not (registry / "legacy-champion").exists()
     assert not (registry / ".staging").exists()
     directory = registry / "versions" / "v1"
     assert (directory / "export" / "saved_model.pb").is_file() and not (directory / "champion.json").exists()

@@ -287,10 +287,13 @@ def test_batch_with_one_bad_file_is_refused_whole_naming_it(service):
         assert "nothing.png" in assert_error(client.post("/predict/batch", files=empty), 400)
 
 
-def test_get_on_predict_is_405(service):
+def test_wrong_method_unknown_path_and_malformed_body_are_json_errors(service):
     with service.client() as client:
-        assert client.get("/predict").status_code == 405
-        assert client.get("/predict/batch").status_code == 405
+        assert "Method Not Allowed" in assert_error(client.get("/predict"), 405)
+        assert_error(client.get("/predict/batch"), 405)
+        assert "Not Found" in assert_error(client.get("/no-such-page"), 404)
+        malformed = client.post("/predict", content=b"--x\r\n", headers={"content-type": "multipart/form-data"})
+        assert 400 <= malformed.status_code < 500 and "error" in malformed.json()
 
 
 # --- load, a service with no model, and the live champion switch -------------------------------------
@@ -339,6 +342,18 @@ def test_no_champion_is_503_until_a_version_appears(tmp_path):
         assert client.get("/health").json() == {"status": "ok", "model_version": "v1"}
         response = post_image(client, PNG)
         assert response.status_code == 200 and response.json()["model_version"] == "v1"
+
+
+def test_top_names_the_classes_in_the_models_order():
+    """The class names follow the model's output order (a swapped list would mislabel everything)."""
+    import numpy as np
+
+    from cifarflow.inference.predictor import Predictor
+
+    predictor = Predictor("v9", CLASSES, lambda pixels: pixels)
+    top = predictor.top(np.array([[0.05, 0.1, 0.5, 0.05, 0.05, 0.05, 0.05, 0.05, 0.1, 0.0]]))[0]
+    assert [t["label"] for t in top] == ["bird", "automobile", "ship"]
+    assert [t["probability"] for t in top] == pytest.approx([0.5, 0.1, 0.1])
 
 
 def test_no_champion_says_why(tmp_path):

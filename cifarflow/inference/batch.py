@@ -26,6 +26,7 @@ from cifarflow.intake.images import ImageRejected, convert_image
 
 BATCH_SIZE = 256
 DECODE_THREADS = 2  # Pillow releases the GIL while decoding
+ERRORS_KEPT = 100  # failures listed in the summary and the UI; the Parquet file has every one
 
 TOP = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float32())]))
 SCHEMA = pa.schema(
@@ -121,7 +122,7 @@ def predict_files(
                     if len(shown) < SHEET_IMAGES:
                         shown.append((image, row))
                 failures = [{"path": row["path"], "error": row["error"]} for row in rows if row["error"]]
-                errors.extend(failures[: max(0, 100 - len(errors))])
+                errors.extend(failures[: max(0, ERRORS_KEPT - len(errors))])
                 done, failed = done + len(rows), failed + len(failures)
                 if on_progress:
                     on_progress(done, len(files), failed)

@@ -16,6 +16,7 @@ from concurrent.futures import Future
 import numpy as np
 
 MAX_IMAGES = 256
+TIMEOUT_S = 120.0  # a request never waits forever, even if the worker thread were gone
 
 
 class MicroBatcher:
@@ -29,7 +30,7 @@ class MicroBatcher:
         """`predictor.probabilities(pixels)`, scored together with whatever else is waiting."""
         future: Future = Future()
         self._queue.put((predictor, pixels, future))
-        return future.result()
+        return future.result(timeout=TIMEOUT_S)
 
     def close(self) -> None:
         self._queue.put(None)

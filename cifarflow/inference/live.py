@@ -3,19 +3,22 @@
 A watcher thread reads the alias every `poll_s` seconds. When it points at a new version, the new
 model is loaded *beside* the old one and then swapped in with one reference assignment: a request
 already running finishes on the model it started with, the next one gets the new model, and no
-request waits for a load. A version that fails to load is logged and the old model keeps serving.
+request waits for a load. A version that fails to load is logged, the old model keeps serving, and
+the load is tried again every `RETRY_S` seconds.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cifarflow.inference.predictor import ModelNotFound, Predictor, load_predictor
+from cifarflow.inference.predictor import Predictor, load_predictor
 from cifarflow.registry import store
 
 POLL_S = 1.0
+RETRY_S = 30.0  # a version that failed to load is tried again after this long (a disk hiccup, say)
 UNTRIED = object()  # no target tried yet (None is a target: "no champion")
 
 
@@ -25,6 +28,7 @@ class LiveModel:
         self.predictor: Predictor | None = None  # read by request threads; replaced whole, never mutated
         self.problem: str | None = None  # why there is no model, for /health
         self._target: object = UNTRIED  # the alias target last tried
+        self._failed_at: float | None = None  # when loading `_target` last failed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -35,16 +39,18 @@ class LiveModel:
     def refresh(self) -> bool:
         """Load the model if the alias moved (or on the first call); True when a new model was swapped in."""
         target = store.champion_name(self.registry) if self.follows_alias else self.spec
-        if target == self._target:
+        retry = self._failed_at is not None and time.monotonic() - self._failed_at > RETRY_S
+        if target == self._target and not retry:
             return False
-        self._target = target
+        self._target, self._failed_at = target, None
         if target is None:
             self.problem = f"no champion in {self.registry} yet: run the pipeline first"
             return False
         try:
             predictor = load_predictor(target, self.registry)
-        except (ModelNotFound, OSError, ValueError) as error:
-            self.problem = f"{target} could not be loaded: {error}"
+        except Exception as error:  # ModelNotFound, a damaged export (TensorFlow's errors), a disk error
+            self._failed_at = time.monotonic()
+            self.problem = f"{target} could not be loaded: {type(error).__name__}: {error}"
             self.log(f"model {target} could not be loaded ({error}); still serving {self.version or 'nothing'}")
             return False
         previous, self.predictor, self.problem = self.version, predictor, None

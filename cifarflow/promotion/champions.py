@@ -25,15 +25,13 @@ later run (`promote.py`).
 
 from __future__ import annotations
 
-import os
-import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cifarflow.files import read_json, write_json
+from cifarflow.files import read_json
 from cifarflow.promotion.decision import NO_CHAMPION, Decision, Score
 from cifarflow.registry import store
 
@@ -125,36 +123,6 @@ def version_record(
         "decision": decision.summary,
         "source_model": str(model_path),
     }
-
-
-def adopt_legacy_champion(registry: Path, log=print) -> store.Version | None:
-    """Registries written before versions existed kept the champion as a plain `champion/` directory
-    (and earlier ones in `history/`). Make that champion the next version and point the alias at it,
-    so an upgrade keeps the champion a challenger must beat. Its export is made now; it has no smoke
-    test (no probabilities were kept to compare with), which version.json says."""
-    from cifarflow.registry.export import export_model
-
-    legacy = store.alias_path(registry)
-    if legacy.is_symlink() or not legacy.is_dir():
-        return None
-    record = read_json(legacy / "champion.json")
-    name = store.next_name(registry)
-    staging = store.new_staging(registry)
-    shutil.copytree(legacy, staging, dirs_exist_ok=True)
-    (staging / "champion.json").unlink()
-    label_names = read_json(legacy / "metrics.json").get("class_names") or []
-    export_model(staging / "model.keras", record["model"], label_names, staging / "export")
-    note = "adopted from the champion/ directory of an older registry; registered without a smoke test"
-    write_json(
-        staging / "version.json", record | {"version": name, "label_names": label_names, "smoke": None, "note": note}
-    )
-    version = store.commit_version(registry, staging, name)
-    retired = Path(registry) / f"legacy-champion-{os.getpid()}"
-    os.replace(legacy, retired)  # the alias name must be free for the symlink; the copy is in the version
-    store.move_alias(registry, version.name, by="upgrade", reason=note)
-    shutil.rmtree(retired, ignore_errors=True)
-    log(f"registry upgraded: the champion is now version {version.name}")
-    return version
 
 
 def record_decision(registry: Path, decision: Decision, run_name: str, now: datetime | None = None) -> None:

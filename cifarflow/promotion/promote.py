@@ -13,7 +13,6 @@ import numpy as np
 from cifarflow.data.transform import load_split
 from cifarflow.files import atomic_path
 from cifarflow.promotion.champions import (
-    adopt_legacy_champion,
     baseline_id,
     read_champion,
     record_decision,
@@ -109,16 +108,16 @@ def promote_challenger(
     registry: Path,
     alpha: float,
     key: str,
+    canary: Canary,
+    label_names: list[str],
     log=print,
     min_accuracy: float | None = None,
-    canary: Canary | None = None,
-    label_names: list[str] | None = None,
 ):
     """Decide, register the winner (export + smoke test), write promotion.md/.json and the report
-    section, then move the champion alias."""
+    section, then move the champion alias (only if nobody moved it meanwhile: see store.AliasMoved)."""
     from cifarflow.evaluation import plots
 
-    adopt_legacy_champion(registry, log)
+    judged_against = store.champion_name(registry)
     champion = read_champion(registry)
     decision = respect_rollback(decide(challenger, champion, alpha=alpha, min_accuracy=min_accuracy), registry)
     decision, staged = register(challenger, decision, model_path, registry, canary, label_names, log)
@@ -149,7 +148,7 @@ def promote_challenger(
         version = store.find_model(registry, challenger.model_id)
         if staged is not None:
             version = store.commit_version(registry, staged.directory, staged.name)
-        store.move_alias(registry, version.name, by="promotion", reason=decision.summary)
+        store.move_alias(registry, version.name, by="promotion", reason=decision.summary, expected_from=judged_against)
         log(f"champion is now {version.name} ({challenger.model_id[:12]}, {report.run_name})")
     record_decision(registry, decision, report.run_name)
     return outcome

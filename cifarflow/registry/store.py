@@ -22,6 +22,7 @@ test leaves nothing behind, and a version that exists is always complete.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -42,6 +43,11 @@ VERSION_FILES = ("model.keras", "version.json", "metrics.json", "predictions.npy
 
 class RegistryError(PipelineInputError):
     """A registry request that cannot be met (an unknown version, a missing reason)."""
+
+
+class AliasMoved(RuntimeError):
+    """The champion moved since a promotion judged against it (a rollback by hand meanwhile): the
+    promotion must be decided again against the new champion (the promote task's retry does)."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,8 @@ def find_model(registry: Path, model_id: str) -> Version | None:
 
 def next_name(registry: Path) -> str:
     root = versions_dir(registry)
-    numbers = [int(m.group(1)) for p in (root.iterdir() if root.is_dir() else ()) if (m := VERSION_NAME.match(p.name))]
+    names = [path.name for path in root.iterdir()] if root.is_dir() else []
+    numbers = [int(name[1:]) for name in names if VERSION_NAME.match(name)]
     return f"v{max(numbers, default=0) + 1}"
 
 
@@ -167,24 +174,49 @@ def commit_version(registry: Path, staging: Path, name: str) -> Version:
     return read_version(registry, name)
 
 
-def move_alias(registry: Path, name: str, by: str, reason: str, now: datetime | None = None) -> dict[str, Any]:
-    """Point `champion` at version `name` and record the move (from, to, by, reason) in aliases.jsonl."""
+UNCHECKED = object()
+
+
+def move_alias(
+    registry: Path, name: str, by: str, reason: str, expected_from: object = UNCHECKED, now: datetime | None = None
+) -> dict[str, Any]:
+    """Point `champion` at version `name` and record the move (from, to, by, reason) in aliases.jsonl.
+    With `expected_from`, move only if the champion is still that version (AliasMoved otherwise).
+
+    Moves are serialized by an exclusive lock on `.alias.lock`; the record is written before the
+    symlink moves, so a kill in between leaves a record of a move that a rerun completes, never a
+    move without a record (the rolled-back rule reads the records)."""
     if not reason.strip():
         raise RegistryError("moving the champion needs a reason; it is recorded with the move")
     version = read_version(registry, name)
-    entry = {
-        "at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
-        "alias": ALIAS,
-        "from": champion_name(registry),
-        "to": version.name,
-        "model_id": version.model_id,
-        "by": by,
-        "reason": reason.strip(),
-    }
-    with storage_errors(Path(registry)):
-        point_symlink(alias_path(registry), version.directory)
+    with storage_errors(Path(registry)), alias_lock(registry):
+        current = champion_name(registry)
+        if expected_from is not UNCHECKED and current != expected_from:
+            raise AliasMoved(f"the champion is {current} now, not {expected_from} as when this promotion was decided")
+        entry = {
+            "at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+            "alias": ALIAS,
+            "from": current,
+            "to": version.name,
+            "model_id": version.model_id,
+            "by": by,
+            "reason": reason.strip(),
+        }
         append_line(Path(registry) / "aliases.jsonl", entry)
+        point_symlink(alias_path(registry), version.directory)
     return entry
+
+
+@contextlib.contextmanager
+def alias_lock(registry: Path):
+    """An exclusive flock held for the few milliseconds of a move (released by the kernel if we die)."""
+    Path(registry).mkdir(parents=True, exist_ok=True)
+    with open(Path(registry) / ".alias.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def alias_moves(registry: Path) -> list[dict[str, Any]]:
@@ -192,14 +224,15 @@ def alias_moves(registry: Path) -> list[dict[str, Any]]:
 
 
 def demoted_by_hand(registry: Path, model_id: str) -> dict[str, Any] | None:
-    """The latest move *by hand* away from the version holding this model, if there was one: a model
-    a person rolled back from is not promoted again by the nightly run."""
-    moves = [m for m in alias_moves(registry) if m["by"] == "hand"]
+    """The move *by hand* away from the version holding this model, if that is the last word a
+    person said about it: a model someone rolled back from is not promoted again by the nightly
+    run, until someone moves the alias back to it by hand."""
     version = find_model(registry, model_id)
     if version is None:
         return None
-    away = [m for m in moves if m["from"] == version.name and m["to"] != version.name]
-    return away[-1] if away else None
+    said = [m for m in alias_moves(registry) if m["by"] == "hand" and version.name in (m["from"], m["to"])]
+    last = said[-1] if said else None
+    return last if last and last["from"] == version.name and last["to"] != version.name else None
 
 
 def append_line(path: Path, entry: dict[str, Any]) -> None:
