@@ -43,6 +43,16 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def two_versions(tmp_path_factory) -> Path:
+    """A data dir whose model registry holds v1 and v2 (the champion), each built as a promotion
+    builds it (export + smoke test); once per session. Copy it before changing it
+    (`tests.registry_helpers.copy_data_dir`)."""
+    from tests.registry_helpers import build_two_versions
+
+    return build_two_versions(tmp_path_factory.mktemp("two-versions") / "data")
+
+
 @pytest.fixture
 def synthetic_archive(tmp_path: Path) -> Path:
     """A 400-image archive (5 × 60 train, 100 test) in the official python layout."""

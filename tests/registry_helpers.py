@@ -64,8 +64,32 @@ def version_inputs(model_path: Path, seed: int, test_images: int = 100):
         "decision": "promoted: test fixture",
         "source_model": str(model_path),
     }
-    metrics = {"test_accuracy": accuracy, "class_names": list(CLASSES)}
-    return record, metrics, predictions, labels, Canary(pixels, probabilities)
+    return record, evaluation_metrics(predictions, labels), predictions, labels, Canary(pixels, probabilities)
+
+
+def evaluation_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict:
+    """metrics.json as evaluation writes it, for these predicted labels (a promotion's report reads it)."""
+    from cifarflow.evaluation.metrics import compute_metrics
+
+    probabilities = np.full((len(predictions), 10), 0.01, np.float32)
+    probabilities[np.arange(len(predictions)), predictions] = 0.91
+    return compute_metrics(labels, probabilities, CLASSES)
+
+
+def build_two_versions(data_dir: Path) -> Path:
+    """<data_dir>/registry with v1 (seed 1) and v2 (seed 2, the champion); what the session's
+    `two_versions` fixture builds once."""
+    for seed in (1, 2):
+        add_version(data_dir / "registry", seed, data_dir.parent / "scratch")
+    return data_dir
+
+
+def copy_data_dir(template: Path, target: Path) -> Path:
+    """A private copy of a fixture data dir (the alias stays a relative symlink), safe to change."""
+    import shutil
+
+    shutil.copytree(template, target, symlinks=True)
+    return target
 
 
 def add_version(registry: Path, seed: int, scratch: Path, reason: str = "promoted: test fixture"):

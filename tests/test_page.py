@@ -3,7 +3,7 @@ serving model, an image chosen with the file input or dropped on the page is cla
 three bars that agree with the API, and a file that is not an image shows the service's message.
 
 Playwright drives the system browser (`playwright install` is never run); the server is a real
-`python serving/app.py` process on a one-version registry. A screenshot of a classified image goes
+`python serving/app.py` process on a two-version registry (champion v2). A screenshot of a classified image goes
 to the test's tmp dir and is copied to /tmp/page-screenshots/page.png for a human to look at.
 """
 
@@ -30,20 +30,19 @@ pytestmark = pytest.mark.server
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    """The service on a registry with one version (v1, champion)."""
+def service(two_versions, tmp_path_factory):
+    """The service on the session's registry (champion v2)."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not found: install the Debian package `chromium` to run the browser test")
     pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
     from cifarflow.layout import DataLayout
     from cifarflow.registry import store
-    from tests.registry_helpers import add_version
+    from tests.registry_helpers import copy_data_dir
 
     tmp = tmp_path_factory.mktemp("page")
-    registry = DataLayout(tmp / "data").registry
-    add_version(registry, 1, tmp / "scratch")
+    registry = DataLayout(copy_data_dir(two_versions, tmp / "data")).registry
     with serving_process(tmp / "data", tmp / "serving.log") as server:
-        yield server, store.read_version(registry, "v1"), tmp
+        yield server, store.read_version(registry, "v2"), tmp
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +148,7 @@ def test_page_names_the_model_and_classifies_a_chosen_image(service, page):
 
     server, version, tmp = service
     accuracy = f"{100 * version.accuracy:.1f}%"
-    expect(page.locator("#model")).to_have_text(f"Model v1 (seed) · test accuracy {accuracy}")
+    expect(page.locator("#model")).to_have_text(f"Model v2 (seed) · test accuracy {accuracy}")
     expect(page.locator("#classes")).to_have_text(", ".join(CLASSES))
     expect(page.locator("#result")).to_be_hidden()
 

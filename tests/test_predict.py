@@ -21,7 +21,7 @@ from cifarflow.inference.batch import SCHEMA, predict_files
 from cifarflow.inference.sources import UnusableArguments, expand_paths
 from cifarflow.intake.images import convert_image
 from flows.predict_flow import main as predict_main
-from tests.registry_helpers import add_version
+from tests.registry_helpers import copy_data_dir
 from tests.synthetic import CLASSES
 
 
@@ -76,12 +76,9 @@ def write_inbox(root: Path) -> tuple[list[Path], list[Path]]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
+def data_dir(two_versions, tmp_path_factory) -> Path:
     """A data dir whose registry holds v1 and v2 (the champion)."""
-    base = tmp_path_factory.mktemp("predict-module")
-    for seed in (1, 2):
-        add_version(base / "data" / "registry", seed, base / "scratch")
-    return base / "data"
+    return copy_data_dir(two_versions, tmp_path_factory.mktemp("predict-module") / "data")
 
 
 @pytest.fixture(scope="module")

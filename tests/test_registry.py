@@ -25,7 +25,7 @@ import pytest
 from cifarflow.registry import store
 from cifarflow.registry.build import Canary, VersionRejected, stage_version
 from tests.conftest import REPO_ROOT
-from tests.registry_helpers import add_version, canary_pixels, tiny_model_file, version_inputs
+from tests.registry_helpers import canary_pixels, tiny_model_file, version_inputs
 from tests.synthetic import CLASSES
 
 REGISTRY_CLI = str(REPO_ROOT / "flows" / "registry.py")
@@ -39,26 +39,10 @@ class Built:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Built:
+def built(two_versions, tmp_path_factory) -> Built:
     base = tmp_path_factory.mktemp("registry-module")
-    registry = base / "data" / "registry"
-    for seed in (1, 2):
-        version = add_version(registry, seed, base / "scratch")
-        # the helper writes minimal metrics; the report section a promotion writes reads evaluation's full set
-        predictions, labels = (np.load(version.directory / f"{name}.npy") for name in ("predictions", "labels"))
-        (version.directory / "metrics.json").write_text(json.dumps(full_metrics(predictions, labels)))
     fresh = tiny_model_file(base / "scratch" / "model-3" / "model.keras", 3)
-    record, _, predictions, labels, canary = version_inputs(fresh, 3)
-    return Built(base / "data", fresh, (record, full_metrics(predictions, labels), predictions, labels, canary))
-
-
-def full_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict:
-    """metrics.json as evaluation writes it, for these predicted labels."""
-    from cifarflow.evaluation.metrics import compute_metrics
-
-    probabilities = np.full((len(predictions), 10), 0.01, np.float32)
-    probabilities[np.arange(len(predictions)), predictions] = 0.91
-    return compute_metrics(labels, probabilities, CLASSES)
+    return Built(two_versions, fresh, version_inputs(fresh, 3))
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from cifarflow.layout import DataLayout
-from tests.registry_helpers import add_version
+from tests.registry_helpers import add_version, copy_data_dir
 from tests.serving_helpers import ServingProcess, encode, scene, serving_process, wait_until
 from tests.synthetic import CLASSES
 
@@ -42,12 +42,10 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
+def service(two_versions, tmp_path_factory):
     """The service on a registry with v1 and v2 (champion v2)."""
     tmp = tmp_path_factory.mktemp("serving")
-    registry = DataLayout(tmp / "data").registry
-    for seed in (1, 2):
-        add_version(registry, seed, tmp / "scratch")
+    registry = DataLayout(copy_data_dir(two_versions, tmp / "data")).registry
     with serving_process(tmp / "data", tmp / "serving.log") as server:
         yield Service(server, registry, tmp / "scratch")
 
