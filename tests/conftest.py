@@ -43,6 +43,19 @@ def prefect_server():
         yield
 
 
+@pytest.fixture
+def cli_env(prefect_server, tmp_path):
+    """Environment for CLI subprocesses: the session's Prefect server, a private PREFECT_HOME."""
+    from prefect.settings import PREFECT_API_URL
+
+    return os.environ | {
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PYTHONUNBUFFERED": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+
+
 @pytest.fixture(scope="session")
 def two_versions(tmp_path_factory) -> Path:
     """A data dir whose model registry holds v1 and v2 (the champion), each built as a promotion

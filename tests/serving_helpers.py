@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.live_server import free_port
+from tests.live_server import free_port, stop
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,18 +72,6 @@ def serving_process(data_dir: Path, log: Path, startup_timeout: float = 120) -> 
         yield served
     finally:
         stop(process)
-
-
-def stop(process: subprocess.Popen, timeout: float = 20) -> int:
-    """SIGTERM (uvicorn shuts down cleanly on it), then SIGKILL; the exit status."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-    return process.returncode
 
 
 def scene(width: int = 64, height: int = 48, seed: int = 0) -> np.ndarray:

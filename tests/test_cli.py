@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import os
 import signal
 import subprocess
 import sys
@@ -20,19 +19,6 @@ from tests.conftest import REPO_ROOT
 from tests.synthetic import archive_members, batch_bytes, write_archive
 
 FLOW = str(REPO_ROOT / "flows" / "cifar_flow.py")
-
-
-@pytest.fixture
-def cli_env(prefect_server, tmp_path):
-    """Environment for CLI subprocesses: the session's Prefect server, a private PREFECT_HOME."""
-    from prefect.settings import PREFECT_API_URL
-
-    return os.environ | {
-        "PREFECT_API_URL": PREFECT_API_URL.value(),
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PYTHONUNBUFFERED": "1",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-    }
 
 
 def cli(*args, env=None, timeout=300):

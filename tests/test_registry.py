@@ -453,18 +453,6 @@ def registry_cli(data_dir: Path, *args: str, env=None) -> subprocess.CompletedPr
     )
 
 
-@pytest.fixture
-def cli_env(prefect_server, tmp_path):
-    """Environment for CLI subprocesses: the session's Prefect server, a private PREFECT_HOME."""
-    from prefect.settings import PREFECT_API_URL
-
-    return os.environ | {
-        "PREFECT_API_URL": PREFECT_API_URL.value(),
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
 def test_cli_lists_the_versions_and_marks_the_champion(registry):
     result = registry_cli(registry.parent, "list")
     assert result.returncode == 0, result.stderr
