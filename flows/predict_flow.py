@@ -29,9 +29,9 @@ from prefect import flow, get_run_logger  # noqa: E402
 
 from cifarflow.errors import PipelineInputError  # noqa: E402
 from cifarflow.inference.batch import BATCH_SIZE, BatchResult  # noqa: E402
+from cifarflow.inference.predictor import locate  # noqa: E402
 from cifarflow.inference.sources import expand_paths  # noqa: E402
 from cifarflow.layout import DataLayout  # noqa: E402
-from cifarflow.registry import store  # noqa: E402
 from tasks.predict import find_images, publish, score_images  # noqa: E402
 
 
@@ -95,13 +95,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.out is not None and args.out.suffix != ".parquet":
         raise PipelineInputError(f"--out must name a .parquet file, got {args.out}")
     expand_paths(args.paths)
-    registry = DataLayout(args.data_dir.resolve()).registry
-    if args.model == store.ALIAS and store.champion_name(registry) is None:
-        raise PipelineInputError(f"no champion in {registry} yet: run the pipeline first (`make run`), or pass --model")
-    if store.VERSION_NAME.match(args.model):
-        store.read_version(registry, args.model)
-    elif args.model != store.ALIAS and not Path(args.model).expanduser().exists():
-        raise PipelineInputError(f"--model {args.model}: not `champion`, a version (v1, v2, …) or an existing path")
+    locate(args.model, DataLayout(args.data_dir.resolve()).registry)  # ModelNotFound, before TensorFlow loads
 
 
 def main(argv: list[str] | None = None) -> int:

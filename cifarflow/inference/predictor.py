@@ -56,22 +56,33 @@ class Predictor:
         ]
 
 
-def load_predictor(spec: str, registry: Path) -> Predictor:
-    """The model `spec` names (see the module docstring); ModelNotFound says why not."""
+def locate(spec: str, registry: Path) -> store.Version | Path:
+    """What `spec` names, checked without loading anything (the command line calls it before a flow
+    starts); ModelNotFound says why it names nothing."""
     spec = str(spec)
     if spec == store.ALIAS:
         version = store.read_champion_version(registry)
         if version is None:
             raise ModelNotFound(
-                f"no champion in {registry} yet: run the pipeline first (`make run` or python flows/cifar_flow.py)"
+                f"no champion in {registry} yet: run the pipeline first (`make run` or python flows/cifar_flow.py), "
+                "or pass --model"
             )
-        return from_version(version)
+        return version
     if store.VERSION_NAME.match(spec):
         try:
-            return from_version(store.read_version(registry, spec))
+            return store.read_version(registry, spec)
         except store.RegistryError as error:
             raise ModelNotFound(str(error)) from None
-    return from_path(Path(spec).expanduser())
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ModelNotFound(f"--model {spec}: not `champion`, a version (v1, v2, …) or an existing path")
+    return path
+
+
+def load_predictor(spec: str, registry: Path) -> Predictor:
+    """The model `spec` names (see the module docstring); ModelNotFound says why not."""
+    found = locate(spec, registry)
+    return from_version(found) if isinstance(found, store.Version) else from_path(found)
 
 
 def from_version(version: store.Version) -> Predictor:

@@ -117,7 +117,9 @@ def publish_predictions(result) -> None:
         + (f"\n## Could not be scored\n\n{failures}\n" if failures else "")
     )
     create_markdown_artifact(markdown=markdown, key="cifar10-predictions", description=f"{result.scored} scored")
-    rows = pq.read_table(result.out).slice(0, TABLE_ROWS).to_pylist()
+    # only the first rows are read: the file may hold millions (batch prediction's memory stays bounded)
+    first = next(pq.ParquetFile(result.out).iter_batches(batch_size=TABLE_ROWS), None)
+    rows = first.to_pylist() if first is not None else []
     table = [
         {
             "path": row["path"],
