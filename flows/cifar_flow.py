@@ -26,7 +26,7 @@ from cifarflow.errors import PipelineInputError  # noqa: E402
 from cifarflow.files import ensure_writable  # noqa: E402
 from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock  # noqa: E402
 from cifarflow.models.registry import PRESETS  # noqa: E402
-from cifarflow.orchestration.artifacts import publish_report  # noqa: E402
+from cifarflow.orchestration.artifacts import publish_registry, publish_report  # noqa: E402
 from cifarflow.orchestration.plan import plan_stages  # noqa: E402
 from cifarflow.orchestration.runner import StageRunner, parse_stage_list  # noqa: E402
 from cifarflow.orchestration.stages import STAGES  # noqa: E402
@@ -77,6 +77,8 @@ def cifar_pipeline(
     if run_report is not None and "report" in stage.selected:
         publish_report(run_report, config.model)
         logger.info("report: %s", run_report.report_path)
+    if decision is not None:  # beside the promotion decision, among the run's artifacts
+        publish_registry(config.layout.registry)
     outputs = zip(STAGES, (shards, dataset, features, model, evaluation, run_report, decision))
     return {name: str(output.location) for name, output in outputs if output is not None}
 

@@ -5,7 +5,6 @@ from prefect import get_run_logger, task
 from cifarflow.config import PipelineConfig
 from cifarflow.data.transform import Features
 from cifarflow.evaluation.evaluate import Evaluation
-from cifarflow.orchestration.artifacts import publish_registry
 from cifarflow.orchestration.runner import stage_options
 from cifarflow.promotion.outcome import Promotion
 from cifarflow.promotion.promote import canary_set, challenger_score, promote_challenger
@@ -29,7 +28,7 @@ def promote(
     """Champion/challenger: promote this run's model if it is significantly better (McNemar's test) and
     its exported artifact passes the smoke test; it then becomes the registry's next version."""
     challenger = challenger_score(evaluate.directory, preprocess, train, report, config.model, validate.dataset_version)
-    outcome = promote_challenger(
+    return promote_challenger(
         challenger,
         train.model_path,
         report,
@@ -41,5 +40,3 @@ def promote(
         get_run_logger().info,
         min_accuracy=config.resolved_min_accuracy,
     )
-    publish_registry(config.layout.registry)
-    return outcome
