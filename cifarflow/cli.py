@@ -1,0 +1,118 @@
+"""What every command of the product shares: how it ends, and how it reaches a Prefect API.
+
+The last line a command prints on stdout is `done: …` or `error: …` (what went wrong and what to do),
+so a cron job, a shell loop or a person can read the outcome from one line; no condition a user can
+cause ends in a raw traceback (`run_command`). Exit codes, declared once:
+
+    0  done            1  failed (the flow ran and failed, or nothing could be done)
+    2  unusable arguments or input, refused before any work (a bad option, a damaged file named)
+
+Commands that run flows call `ensure_prefect_api()` first: with no `PREFECT_API_URL`, Prefect starts
+a temporary server per process, and several commands starting one at once on the same
+`PREFECT_HOME` (two cron jobs, a shell loop) race on its database and time out. Here the start-up is
+serialised by a lock in `PREFECT_HOME`, waited for with a generous timeout, and retried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+EXIT_DONE, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+SERVER_START_TIMEOUT_S = 180  # per attempt: a fresh home migrates its database first (≈ 10 s idle, far more when busy)
+SERVER_START_ATTEMPTS = 3
+START_LOCK_NAME = ".cifarflow-server-start.lock"
+
+
+def done(message: str) -> int:
+    """Print the command's last line for success; returns EXIT_DONE."""
+    print(f"done: {message}", flush=True)
+    return EXIT_DONE
+
+
+def fail(message: str, code: int = EXIT_FAILED) -> int:
+    """Print the command's last line for a failure (on stdout, where `done:` would be); returns `code`."""
+    sys.stderr.flush()
+    print(f"error: {message}", flush=True)
+    return code
+
+
+def run_command(main: Callable[[], int]) -> int:
+    """Run a command's `main`; anything it did not handle becomes an `error:` line (the traceback goes
+    to stderr for a bug report), Ctrl-C becomes `error: interrupted`. Use: `sys.exit(run_command(main))`."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        return fail("interrupted; nothing half-written was left behind (outputs are written atomically)", 130)
+    except SystemExit:
+        raise
+    except Exception as error:  # a bug or an environment problem: keep the details, end with one line
+        traceback.print_exc(file=sys.stderr)
+        return fail(f"{type(error).__name__}: {error} (the traceback above is for a bug report)")
+
+
+def prefect_home() -> Path:
+    from prefect.settings import PREFECT_HOME
+
+    return Path(PREFECT_HOME.value()).expanduser()
+
+
+def uses_temporary_server() -> bool:
+    """True when this process would start Prefect's temporary server (no PREFECT_API_URL set)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return not PREFECT_API_URL.value()
+
+
+@contextlib.contextmanager
+def start_lock(lock_file: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """An exclusive flock on `lock_file`; says once that it waits when another command holds it."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another command to start Prefect's temporary server ({lock_file})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure_prefect_api(log: Callable[[str], None] | None = None) -> None:
+    """Start Prefect's temporary server now, one command at a time per PREFECT_HOME, when no
+    PREFECT_API_URL is set; nothing when one is. The flow then reuses this process's server.
+
+    Raises RuntimeError naming what to do when it cannot start after SERVER_START_ATTEMPTS tries.
+    """
+    if not uses_temporary_server():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    last: Exception | None = None
+    with start_lock(prefect_home() / START_LOCK_NAME, log):
+        for attempt in range(1, SERVER_START_ATTEMPTS + 1):
+            server = SubprocessASGIServer()
+            try:
+                server.start(timeout=SERVER_START_TIMEOUT_S)
+                return
+            except Exception as error:  # a timeout, a port taken meanwhile, a database busy
+                last = error
+                server.stop()
+                log(f"Prefect's temporary server did not start (try {attempt} of {SERVER_START_ATTEMPTS}): {error}")
+                time.sleep(2 * attempt)
+    raise RuntimeError(
+        f"Prefect's temporary server did not start after {SERVER_START_ATTEMPTS} tries ({last}). For many commands "
+        "at once, start one server (`make server`) and export PREFECT_API_URL=http://127.0.0.1:4200/api"
+    )
+
+
+__all__ = ["EXIT_DONE", "EXIT_FAILED", "EXIT_USAGE", "done", "ensure_prefect_api", "fail", "run_command"]
