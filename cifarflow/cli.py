@@ -15,6 +15,7 @@ serialised by a lock in `PREFECT_HOME`, waited for with a generous timeout, and 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import sys
@@ -41,6 +42,15 @@ def fail(message: str, code: int = EXIT_FAILED) -> int:
     sys.stderr.flush()
     print(f"error: {message}", flush=True)
     return code
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, ending an unusable command line like every other refusal: the usage on
+    stderr, then `error: …` as the last stdout line, exit 2."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        raise SystemExit(fail(f"{message} (see {self.prog} --help)", EXIT_USAGE))
 
 
 def run_command(main: Callable[[], int]) -> int:
@@ -115,4 +125,4 @@ def ensure_prefect_api(log: Callable[[str], None] | None = None) -> None:
     )
 
 
-__all__ = ["EXIT_DONE", "EXIT_FAILED", "EXIT_USAGE", "done", "ensure_prefect_api", "fail", "run_command"]
+__all__ = ["ArgumentParser", "EXIT_DONE", "EXIT_FAILED", "EXIT_USAGE", "done", "ensure_prefect_api", "fail", "run_command"]

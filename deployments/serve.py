@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_command
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
 
@@ -65,7 +67,7 @@ def serve_options(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--name",
         default="nightly-serve",
@@ -83,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     # that our postponed (string) annotations need (`PipelineConfig is not fully defined`).
     # A served deployment instead starts `python -m prefect.engine`, which imports the entrypoint
     # like a worker does.
+    ensure_prefect_api()
     serve(cifar_pipeline.to_deployment(**options))
-    return 0
+    return done(f"stopped serving {options['name']}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

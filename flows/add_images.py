@@ -26,6 +26,7 @@ apply_defaults()  # before Prefect reads the environment
 
 from prefect import flow, get_run_logger  # noqa: E402
 
+from cifarflow.cli import EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, ensure_prefect_api, fail, run_command  # noqa: E402
 from cifarflow.data.versions import (  # noqa: E402
     active_batch_dir,
     current_version,
@@ -95,7 +96,7 @@ def withdraw_images(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inbox", nargs="?", type=Path, help="folder of INBOX/<class name>/<image files>")
     parser.add_argument(
         "--data-dir", type=Path, default=Path("data"), help="the pipeline's data directory (default data)"
@@ -125,33 +126,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.withdraw:
             active_batch_dir(layout, args.withdraw)
     except PipelineInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error), EXIT_USAGE)
     if args.list:
         version = current_version(layout)
         for batch in version.batches:
             print(f"{batch.batch_id}  {batch.rows:6d} images  {batch.class_counts}")
-        print(
+        return done(
             f"dataset version {version.version}: {version.train_images:,} training images "
             f"({version.base_train_images:,} ingested + {len(version.batches)} batches)"
         )
-        return 0
     try:
+        ensure_prefect_api()
         if args.withdraw:
-            done = withdraw_images(args.withdraw, layout.root)
-            print(
-                f"done: withdrew {args.withdraw} (kept in {done['kept_in']}); dataset version "
-                f"{done['previous_dataset_version']} → {done['dataset_version']}"
+            withdrawn = withdraw_images(args.withdraw, layout.root)
+            return done(
+                f"withdrew {args.withdraw} (kept in {withdrawn['kept_in']}); dataset version "
+                f"{withdrawn['previous_dataset_version']} → {withdrawn['dataset_version']}"
             )
-            return 0
         summary = add_images(args.inbox, layout.root)
     except Exception as error:  # the flow already logged the traceback; end with its real message
         what = "withdrawing the batch" if args.withdraw else "adding images"
-        print(f"error: {what} failed: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    print(f"done: summary at {summary}")
-    return 0
+        return fail(f"{what} failed: {type(error).__name__}: {error}", EXIT_FAILED)
+    return done(f"summary at {summary}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

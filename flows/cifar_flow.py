@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
+from cifarflow.cli import EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, ensure_prefect_api, fail, run_command  # noqa: E402
 from cifarflow.config import PipelineConfig, add_data_arguments, data_settings  # noqa: E402
 from cifarflow.errors import PipelineInputError  # noqa: E402
 from cifarflow.files import ensure_writable  # noqa: E402
@@ -85,7 +86,7 @@ def cifar_pipeline(
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = PipelineConfig.model_fields
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser)
     parser.add_argument("--model", default="seed", help=f"model preset ({', '.join(PRESETS)}); default seed")
     parser.add_argument("--epochs", type=int, help=defaults["epochs"].description)
@@ -154,28 +155,24 @@ def main(argv: list[str] | None = None) -> int:
         problems = "; ".join(
             f"--{'-'.join(map(str, e['loc'])).replace('_', '-') or 'options'}: {e['msg']}" for e in error.errors()
         )
-        print(f"error: invalid options: {problems}", file=sys.stderr)
-        return 2
+        return fail(f"invalid options: {problems}", EXIT_USAGE)
     except PipelineInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error), EXIT_USAGE)
     if args.plan:
         for line in plan_stages(config, set(refresh)):
             print(line)
-        return 0
+        return done("plan printed; nothing was run")
     try:
+        ensure_prefect_api()
         summary = cifar_pipeline(
             config=config, stages=stages or None, refresh=refresh or None, lock_timeout_s=args.lock_timeout
         )
     except PipelineInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return fail(str(error), EXIT_FAILED)
     except Exception as error:  # the flow already logged the traceback; end with its real message
-        print(f"error: pipeline failed: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    print(f"done: report at {summary.get('report', '(report stage not run)')}")
-    return 0
+        return fail(f"pipeline failed: {type(error).__name__}: {error}", EXIT_FAILED)
+    return done(f"report at {summary.get('report', '(report stage not run)')}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

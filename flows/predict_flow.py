@@ -27,6 +27,7 @@ apply_defaults()  # before Prefect reads the environment
 
 from prefect import flow, get_run_logger  # noqa: E402
 
+from cifarflow.cli import EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, ensure_prefect_api, fail, run_command  # noqa: E402
 from cifarflow.errors import PipelineInputError  # noqa: E402
 from cifarflow.inference.batch import BATCH_SIZE, BatchResult  # noqa: E402
 from cifarflow.inference.predictor import locate  # noqa: E402
@@ -77,7 +78,7 @@ def predict(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders and glob patterns")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="the pipeline's data directory")
     parser.add_argument(
@@ -103,31 +104,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_arguments(args)
     except PipelineInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error), EXIT_USAGE)
     out = args.out.resolve() if args.out else None
+    ensure_prefect_api()
     state = predict(args.paths, args.data_dir, args.model, out, args.batch_size, return_state=True)
     try:
         result = state.result()
     except NothingScored as error:
-        print(f"error: {error}", file=sys.stderr)
-        print(f"done: predictions at {error.args[1]}")
-        return 1
+        print(f"{error}; predictions at {error.args[1]}")
+        return fail(f"{error}", EXIT_FAILED)
     except PipelineInputError as error:  # e.g. the model could not be loaded
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error), EXIT_USAGE)
     except Exception as error:  # the flow already logged the traceback; end with its real message
-        print(f"error: batch prediction failed: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+        return fail(f"batch prediction failed: {type(error).__name__}: {error}", EXIT_FAILED)
     if result is None:  # the files were removed between the argument check and the run
-        print("error: no image files left to score", file=sys.stderr)
-        return 2
+        return fail("no image files left to score", EXIT_USAGE)
     print(
         f"{result.scored:,} of {result.files:,} files scored by {result.model_version}; {result.failed:,} could not be"
     )
-    print(f"done: predictions at {result.out}")
-    return 0
+    return done(f"predictions at {result.out}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

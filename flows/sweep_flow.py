@@ -40,6 +40,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from prefect_dask import DaskTaskRunner  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
+from cifarflow.cli import EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, ensure_prefect_api, fail, run_command  # noqa: E402
 from cifarflow.config import PipelineConfig, add_data_arguments, data_settings  # noqa: E402
 from cifarflow.errors import PipelineInputError  # noqa: E402
 from cifarflow.files import read_json  # noqa: E402
@@ -331,7 +332,7 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", type=Path, help="search space file (YAML or JSON; see cifarflow/sweep/space.py)")
     parser.add_argument("--name", help="sweep name (default: the space's name, or one derived from its trials)")
     parser.add_argument("--models", type=_names, help="comma-separated model presets")
@@ -366,17 +367,16 @@ def main(argv: list[str] | None = None) -> int:
         space = space_from_args(args)
         trials = build_trials(config, space)
     except ValidationError as error:
-        print(f"error: invalid options: {'; '.join(e['msg'] for e in error.errors())}", file=sys.stderr)
-        return 2
+        return fail(f"invalid options: {'; '.join(e['msg'] for e in error.errors())}", EXIT_USAGE)
     except PipelineInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error), EXIT_USAGE)
     if args.dry_run:
         print(f"sweep {sweep_name(space['name'], trials)}: {len(trials)} trials")
         for trial in trials:
             print(f"  {trial.name}")
-        return 0
+        return done("dry run: the trials above were planned, none was run")
     try:
+        ensure_prefect_api()
         summary = cifar_sweep(
             config=config,
             space=space,
@@ -387,12 +387,11 @@ def main(argv: list[str] | None = None) -> int:
             promote_best=args.promote,
         )
     except Exception as error:  # the flow already logged the traceback
-        print(f"error: sweep failed: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+        return fail(f"sweep failed: {type(error).__name__}: {error}", EXIT_FAILED)
     failed = [t for t in summary["trials"] if t["status"] == "failed"]
-    print(f"done: leaderboard at {summary['leaderboard']} ({len(failed)} of {len(summary['trials'])} trials failed)")
-    return 0 if len(failed) < len(summary["trials"]) else 1
+    where = f"leaderboard at {summary['leaderboard']} ({len(failed)} of {len(summary['trials'])} trials failed)"
+    return done(where) if len(failed) < len(summary["trials"]) else fail(f"every trial failed; {where}", EXIT_FAILED)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -27,6 +27,7 @@ from cifarflow.intake.summary import write_summary
 from cifarflow.layout import DataLayout
 from cifarflow.orchestration.artifacts import publish_addition
 from cifarflow.orchestration.events import emit_dataset_updated
+from cifarflow.paths import printable
 
 
 @task(name="scan-inbox", cache_policy=NO_CACHE)
@@ -63,7 +64,7 @@ def write(layout: DataLayout, screening: Screening, label_names: list[str], inbo
     if not screening.accepted:
         return None
     batch_id = new_batch_id(text_digest([a.digest for a in screening.accepted]))
-    record = {"inbox": str(inbox.resolve()), "class_counts": screening.class_counts}
+    record = {"inbox": printable(inbox.resolve()), "class_counts": screening.class_counts}
     batch = write_batch(layout, batch_id, batch_table(screening.accepted, label_names), record)
     get_run_logger().info("wrote batch %s: %d images", batch.batch_id, batch.rows)
     return batch

@@ -11,17 +11,26 @@ from prefect.cache_policies import NO_CACHE
 from cifarflow.inference.batch import BatchResult, predict_files
 from cifarflow.inference.predictor import load_predictor
 from cifarflow.inference.progress import ProgressLog
-from cifarflow.inference.sources import expand_paths
+from cifarflow.inference.sources import select_files
 from cifarflow.orchestration.artifacts import publish_predictions
+from cifarflow.paths import printable
+
+SKIPPED_LOGGED = 100  # files in the folders that are not scored, each logged with its reason
 
 
 @task(name="find-images", cache_policy=NO_CACHE)
 def find_images(paths: list[str]) -> list[Path]:
     """PATH arguments → the files to score (folders recursively, glob patterns expanded). A path that
-    does not exist fails the run; folders with no images in them leave nothing to score."""
-    files = expand_paths(paths, allow_empty=True)
-    get_run_logger().info("%d files to score in %s", len(files), ", ".join(paths))
-    return files
+    does not exist fails the run; folders with no images in them leave nothing to score. Files in the
+    folders that are not scored (hidden, not an image, a broken link) are logged with the reason."""
+    logger = get_run_logger()
+    selection = select_files(paths, allow_empty=True)
+    logger.info("%d files to score in %s", len(selection.files), printable(", ".join(paths)))
+    for path, reason in selection.skipped[:SKIPPED_LOGGED]:
+        logger.info("not scored: %s: %s", path, reason)
+    if len(selection.skipped) > SKIPPED_LOGGED:
+        logger.info("… and %d more files not scored", len(selection.skipped) - SKIPPED_LOGGED)
+    return selection.files
 
 
 @task(name="score-images", cache_policy=NO_CACHE)  # the folder's contents and the champion change between runs

@@ -21,6 +21,12 @@ from tests.synthetic import archive_members, batch_bytes, write_archive
 FLOW = str(REPO_ROOT / "flows" / "cifar_flow.py")
 
 
+def last_line(output: str) -> str:
+    """What a command's outcome is read from: its last line on stdout (`done: …` or `error: …`)."""
+    lines = output.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
 def cli(*args, env=None, timeout=300):
     return subprocess.run(
         [sys.executable, FLOW, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT
@@ -41,20 +47,22 @@ def test_invalid_options_exit_2_before_any_work(synthetic_archive, tmp_path, arg
     data_dir = tmp_path / "data"
     result = cli("--source", synthetic_archive, "--data-dir", data_dir, *args)
     assert result.returncode == 2, result.stderr
-    assert message in result.stderr
+    assert last_line(result.stdout).startswith("error: ") and message in last_line(result.stdout)
     assert not data_dir.exists()  # nothing was started
 
 
 def test_missing_source_says_how_to_get_one(tmp_path):
     result = cli("--source", tmp_path / "absent.tar.gz", "--data-dir", tmp_path / "data")
-    assert result.returncode == 2 and "is not an existing file" in result.stderr and "Getting the data" in result.stderr
+    error = last_line(result.stdout)
+    assert result.returncode == 2 and "is not an existing file" in error and "Getting the data" in error
 
 
 def test_unwritable_data_dir_is_rejected(synthetic_archive, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     result = cli("--source", synthetic_archive, "--data-dir", blocker / "data")
-    assert result.returncode == 2 and "cannot write under" in result.stderr and "another --data-dir" in result.stderr
+    error = last_line(result.stdout)
+    assert result.returncode == 2 and "cannot write under" in error and "another --data-dir" in error
 
 
 def _bad_source(fault: str, good: Path, tmp_path: Path) -> tuple[Path, list[str]]:
@@ -98,7 +106,7 @@ def test_bad_archive_fails_clearly_and_loses_nothing(synthetic_archive, tmp_path
     source, extra = _bad_source(fault, synthetic_archive, tmp_path)
     result = cli("--source", source, "--data-dir", data_dir, "--rows-per-shard", "100", *extra, env=cli_env)
     assert result.returncode == 1
-    assert message in result.stderr
+    assert last_line(result.stdout).startswith("error: ") and message in last_line(result.stdout)
     assert {p: p.read_bytes() for p in (data_dir / "parquet").rglob("*") if p.is_file()} == before
     assert not [p for p in data_dir.rglob("*.part")]
     assert "Retry 1/3" not in result.stdout + result.stderr  # bad input is not retried
@@ -230,7 +238,7 @@ def test_second_run_on_same_data_dir_waits_or_fails_clearly(synthetic_archive, t
     with data_dir_lock(data_dir / ".pipeline.lock", timeout_s=0):
         refused = cli(*args, "--lock-timeout", "1", env=cli_env)
         assert refused.returncode == 1
-        assert "is in use by another pipeline run" in refused.stderr
+        assert "is in use by another pipeline run" in last_line(refused.stdout)
         assert not (data_dir / "parquet").exists()  # it did no work
         log = tmp_path / "waiting.log"
         with open(log, "w") as out:

@@ -23,6 +23,7 @@ from cifarflow.files import atomic_path
 from cifarflow.inference.predictor import Predictor
 from cifarflow.inference.sheet import SHEET_IMAGES, contact_sheet
 from cifarflow.intake.images import ImageRejected, convert_image
+from cifarflow.paths import printable
 
 BATCH_SIZE = 256
 DECODE_THREADS = 2  # Pillow releases the GIL while decoding
@@ -82,7 +83,7 @@ def score_batch(paths: list[Path], decoded: list, predictor: Predictor) -> tuple
         top = top_of.get(i)
         rows.append(
             {
-                "path": str(path),
+                "path": printable(path),
                 "label": top[0]["label"] if top else None,
                 "probability": top[0]["probability"] if top else None,
                 "top": top,

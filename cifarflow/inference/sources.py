@@ -1,52 +1,108 @@
-"""PATH arguments → the image files to score: files as given, folders recursively, glob patterns."""
+"""PATH arguments → the image files to score: files as given, folders recursively, glob patterns.
+
+A path that exists as written is taken as written, even when it holds glob characters
+(`photos [2024]/a.jpg`); a pattern whose folder part exists as written is matched inside that folder
+(`photos [2024]/*.jpg`). Every file a folder or pattern holds is either selected or listed in
+`Selection.skipped` with the reason (hidden, not an image extension, a broken link, a folder that
+cannot be read): nothing is dropped without a word.
+"""
 
 from __future__ import annotations
 
 import glob
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cifarflow.errors import PipelineInputError
 from cifarflow.intake.images import EXTENSIONS
+from cifarflow.paths import printable, walk
 
 
 class UnusableArguments(PipelineInputError):
     """A PATH that names nothing, or a selection with no image files in it."""
 
 
-def images_in(folder: Path) -> list[Path]:
-    """Image files under `folder` at any depth, by extension, in path order; hidden files are skipped
-    (`.DS_Store`, a sync tool's `.partial` files)."""
-    return sorted(
-        path
-        for path in folder.rglob("*")
-        if path.is_file()
-        and path.suffix.lower() in EXTENSIONS
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+@dataclass
+class Selection:
+    files: list[Path] = field(default_factory=list)  # absolute, each once, in the order given
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (printable path, why it is not scored)
 
 
-def expand_paths(arguments: list[str], allow_empty: bool = False) -> list[Path]:
+def skip_reason(path: Path, root: Path) -> str | None:
+    """Why a file found inside a folder is not scored (None: it is)."""
+    if any(part.startswith(".") for part in path.relative_to(root).parts):
+        return "hidden (a name starting with '.'): name it directly to score it"
+    if path.suffix.lower() not in EXTENSIONS:
+        return f"extension {printable(path.suffix) or '(none)'!r} is not one of {', '.join(sorted(EXTENSIONS))}"
+    return None
+
+
+def images_in(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+    """Image files under `folder` at any depth (links to folders followed once), by extension, in path
+    order; hidden files (`.DS_Store`, a sync tool's `.partial` files) and other files go to `skipped`."""
+    selected = []
+    for found in walk(folder):
+        reason = found.problem or skip_reason(found.path, folder)
+        if reason is None:
+            selected.append(found.path)
+        elif skipped is not None:
+            skipped.append((printable(found.path), reason))
+    return sorted(selected)
+
+
+def literal_prefix_pattern(argument: str) -> str | None:
+    """The pattern with its longest existing folder prefix escaped (`photos [2024]/*.jpg` →
+    `photos [[]2024]/*.jpg`), or None when no prefix with glob characters exists as written."""
+    parts = Path(argument).parts
+    for cut in range(len(parts) - 1, 0, -1):
+        prefix = Path(*parts[:cut])
+        if glob.has_magic(str(prefix)) and prefix.is_dir():
+            return str(Path(glob.escape(str(prefix)), *parts[cut:]))
+    return None
+
+
+def pattern_matches(argument: str) -> list[Path]:
+    """Matches of a glob pattern; a folder part that exists as written is read as written."""
+    pattern = literal_prefix_pattern(argument) or argument
+    return sorted(Path(match) for match in glob.glob(pattern, recursive=True))
+
+
+def select_files(arguments: list[str], allow_empty: bool = False) -> Selection:
     """The files to score, each once, in the order given. A file named directly is scored whatever
-    its extension (a bad one gets an error row); folders and patterns contribute image files.
-    `allow_empty`: folders with no images are fine (a scheduled run on a folder emptied since)."""
+    its extension (a bad one gets an error row); folders and patterns contribute image files and
+    list the others in `skipped`. `allow_empty`: folders with no images are fine (a scheduled run on
+    a folder emptied since). UnusableArguments for a PATH that names nothing."""
+    selection = Selection()
     files: dict[Path, None] = {}
     for argument in arguments:
         path = Path(argument).expanduser()
         if path.is_file():
             found = [path]
         elif path.is_dir():
-            found = images_in(path)
+            found = images_in(path, selection.skipped)
         elif glob.has_magic(argument):
-            matches = [Path(m) for m in sorted(glob.glob(str(path), recursive=True))]
+            matches = pattern_matches(str(path))
             if not matches:
-                raise UnusableArguments(f"{argument}: the pattern matches nothing")
+                raise UnusableArguments(f"{printable(argument)}: the pattern matches nothing")
             found = [m for m in matches if m.is_file() and m.suffix.lower() in EXTENSIONS]
-            found += [f for m in matches if m.is_dir() for f in images_in(m)]
+            selection.skipped += [
+                (printable(m), skip_reason(m, m.parent)) for m in matches if m.is_file() and m not in found
+            ]
+            found += [f for m in matches if m.is_dir() for f in images_in(m, selection.skipped)]
+        elif path.is_symlink():
+            raise UnusableArguments(f"{printable(argument)}: a broken symbolic link")
         else:
-            raise UnusableArguments(f"{argument}: no such file or folder")
+            raise UnusableArguments(f"{printable(argument)}: no such file or folder")
         files.update(dict.fromkeys(f.absolute() for f in found))
+    selection.files = list(files)
     if not files and not allow_empty:
         raise UnusableArguments(
-            f"no image files in {' '.join(arguments) or '(no PATH given)'} (looked for {', '.join(sorted(EXTENSIONS))})"
+            f"no image files in {printable(' '.join(arguments)) or '(no PATH given)'} "
+            f"(looked for {', '.join(sorted(EXTENSIONS))}; {len(selection.skipped)} other files skipped)"
         )
-    return list(files)
+    return selection
+
+
+def expand_paths(arguments: list[str], allow_empty: bool = False) -> list[Path]:
+    """`select_files(…).files`: the files to score."""
+    return select_files(arguments, allow_empty).files

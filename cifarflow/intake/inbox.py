@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cifarflow.intake.images import EXTENSIONS
+from cifarflow.paths import printable, walk
 
 
 @dataclass(frozen=True)
@@ -40,28 +41,29 @@ class Inbox:
 
 
 def scan_inbox(root: Path, label_names: list[str]) -> Inbox:
-    """Candidates in `root/<class>/…` (class names case-insensitive, sub-folders included), sorted
-    by path so runs are reproducible; files at the top level or under unknown classes are rejected."""
+    """Candidates in `root/<class>/…` (class names case-insensitive, sub-folders and links to folders
+    included), sorted by path so runs are reproducible; files at the top level or under unknown
+    classes, broken links, pipes and folders that cannot be read are rejected, each with its reason.
+    Paths in rejections are `cifarflow.paths.printable` text (any file name, UTF-8 or not)."""
     classes = {name.lower(): label for label, name in enumerate(label_names)}
     candidates, rejected = [], []
-    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
-        relative = path.relative_to(root)
-        if len(relative.parts) == 1:
-            rejected.append(Rejection(str(path), "not in a class folder: put it in INBOX/<class name>/"))
+    for found in sorted(walk(root), key=lambda found: str(found.path)):
+        path, relative = found.path, found.path.relative_to(root)
+        if len(relative.parts) == 1 and found.problem is None:
+            rejected.append(Rejection(printable(path), "not in a class folder: put it in INBOX/<class name>/"))
             continue
         folder = relative.parts[0]
         label = classes.get(folder.lower())
-        if label is None:
+        if found.problem is not None:
+            rejected.append(Rejection(printable(path), found.problem))
+        elif label is None:
             rejected.append(
-                Rejection(str(path), f"folder {folder!r} is not a CIFAR-10 class ({', '.join(label_names)})")
+                Rejection(printable(path), f"folder {folder!r} is not a CIFAR-10 class ({', '.join(label_names)})")
             )
-        elif not path.is_file():
-            rejected.append(Rejection(str(path), "broken symbolic link"))
         elif path.suffix.lower() not in EXTENSIONS:
+            extension = printable(path.suffix) or "(none)"
             rejected.append(
-                Rejection(
-                    str(path), f"extension {path.suffix or '(none)'!r} is not one of {', '.join(sorted(EXTENSIONS))}"
-                )
+                Rejection(printable(path), f"extension {extension!r} is not one of {', '.join(sorted(EXTENSIONS))}")
             )
         else:
             candidates.append(Candidate(path, label, label_names[label]))

@@ -16,6 +16,7 @@ from cifarflow.intake.images import ImageRejected, convert_image
 from cifarflow.intake.inbox import Candidate, Inbox, Rejection
 from cifarflow.intake.leaks import NEAR_RMS, LeakIndex
 from cifarflow.layout import DataLayout
+from cifarflow.paths import printable
 
 
 def image_id(digest: str) -> str:
@@ -85,7 +86,7 @@ def screen_inbox(
             try:
                 decoded.append((candidate, convert_image(candidate.path).pixels))
             except ImageRejected as reason:
-                result.rejected.append(Rejection(str(candidate.path), str(reason)))
+                result.rejected.append(Rejection(printable(candidate.path), str(reason)))
         if decoded:
             sort_decoded(decoded, reference, seen, result)
         done = min(start + BLOCK, total)
@@ -103,13 +104,14 @@ def sort_decoded(decoded: list[tuple[Candidate, np.ndarray]], reference: Referen
         if distance <= NEAR_RMS:
             test_id = reference.leak_index.image_ids[test_index]
             kind = "an exact copy" if distance == 0 else f"a near copy (distance {distance:.1f} ≤ {NEAR_RMS:g})"
-            result.rejected.append(Rejection(str(candidate.path), f"test-set leak: {kind} of test image {test_id}"))
+            reason = f"test-set leak: {kind} of test image {test_id}"
+            result.rejected.append(Rejection(printable(candidate.path), reason))
             continue
         digest = pixel_digest(pixels)
         if digest in seen:
-            result.duplicates.append({"path": str(candidate.path), "of": seen[digest]})
+            result.duplicates.append({"path": printable(candidate.path), "of": seen[digest]})
             continue
-        seen[digest] = str(candidate.path)
+        seen[digest] = printable(candidate.path)
         result.accepted.append(Accepted(candidate, pixels, digest))
 
 
@@ -117,7 +119,7 @@ def batch_table(accepted: list[Accepted], label_names: list[str]):
     """The accepted images as a table in the ingest schema, with their original paths as filenames."""
     return rows_table(
         [image_id(a.digest) for a in accepted],
-        [str(a.candidate.path.resolve()) for a in accepted],
+        [printable(a.candidate.path.resolve()) for a in accepted],
         np.array([a.candidate.label for a in accepted], np.uint8),
         label_names,
         np.stack([a.pixels for a in accepted]),

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from cifarflow.files import atomic_directory, atomic_path, write_json
+from cifarflow.paths import printable
 
 THUMBNAILS = 100  # at most this many added images in the grid (the first ones, by path)
 GRID_COLUMNS = 10
@@ -30,7 +31,7 @@ def build_summary(
     return {
         "addition_id": addition_id,
         "batch_id": batch_id,
-        "inbox": str(inbox),
+        "inbox": printable(inbox),
         "files": files,
         "added": len(screening.accepted),
         "duplicates": len(screening.duplicates),
@@ -56,6 +57,11 @@ def thumbnail_grid(images: list[np.ndarray], path: Path) -> None:
         grid.save(tmp, format="PNG")
 
 
+def cell(text: str) -> str:
+    """Text safe inside a Markdown table cell: a `|` in a file name would end the cell."""
+    return str(text).replace("|", "\\|")
+
+
 def render_markdown(summary: dict[str, Any], grid: str | None) -> str:
     version = summary["dataset_version"]
     moved = version != summary["previous_dataset_version"]
@@ -75,11 +81,11 @@ def render_markdown(summary: dict[str, Any], grid: str | None) -> str:
         lines.append("")
     if summary["rejected"]:
         lines += ["## Rejected", "", "| file | reason |", "|---|---|"]
-        lines += [f"| `{r['path']}` | {r['reason']} |" for r in summary["rejected"]]
+        lines += [f"| `{cell(r['path'])}` | {cell(r['reason'])} |" for r in summary["rejected"]]
         lines.append("")
     if summary["duplicate_files"]:
         lines += ["## Already present (not added again)", "", "| file | same image as |", "|---|---|"]
-        lines += [f"| `{d['path']}` | {d['of']} |" for d in summary["duplicate_files"]]
+        lines += [f"| `{cell(d['path'])}` | {cell(d['of'])} |" for d in summary["duplicate_files"]]
         lines.append("")
     if grid:
         lines += ["## What was added", "", f"![added images]({grid})", ""]
