@@ -123,6 +123,3 @@ def ensure_prefect_api(log: Callable[[str], None] | None = None) -> None:
         f"Prefect's temporary server did not start after {SERVER_START_ATTEMPTS} tries ({last}). For many commands "
         "at once, start one server (`make server`) and export PREFECT_API_URL=http://127.0.0.1:4200/api"
     )
-
-
-__all__ = ["ArgumentParser", "EXIT_DONE", "EXIT_FAILED", "EXIT_USAGE", "done", "ensure_prefect_api", "fail", "run_command"]

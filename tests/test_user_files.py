@@ -16,6 +16,10 @@ from cifarflow.files import read_json
 from cifarflow.inference.sources import select_files
 from cifarflow.intake.inbox import scan_inbox
 from cifarflow.paths import printable, walk
+from flows.add_images import main as add_images_main  # imported before a test captures output: Prefect's
+from flows.predict_flow import main as predict_main  # log handlers bind to the stderr of the moment they load
+from tests.flow_helpers import run_flow
+from tests.image_bytes import ORIENTATION, RATIONAL, RESOLUTION_UNIT, SHORT, exif_block
 from tests.synthetic import CLASSES
 
 LATIN1_NAME = b"caf\xe9.png"  # "café.png" as an old camera or zip tool writes it: not UTF-8
@@ -143,9 +147,6 @@ def test_files_in_a_folder_that_are_not_scored_are_listed_with_the_reason(tmp_pa
 
 
 def test_add_images_adds_a_file_whose_name_is_not_utf8_beside_a_good_one(prefect_server, tiny_config, tmp_path, capsys):
-    from flows.add_images import main as add_images_main
-    from tests.flow_helpers import run_flow
-
     state, _ = run_flow(tiny_config, stages=["ingest"])
     assert state.is_completed()
     inbox = tmp_path / "inbox"
@@ -161,8 +162,6 @@ def test_add_images_adds_a_file_whose_name_is_not_utf8_beside_a_good_one(prefect
 
 
 def test_predict_scores_a_file_whose_name_is_not_utf8_beside_a_good_one(prefect_server, two_versions, tmp_path, capsys):
-    from flows.predict_flow import main as predict_main
-
     folder = tmp_path / "photos"
     picture(folder / "good.png", 21)
     latin1_file(folder, 22)
@@ -173,3 +172,41 @@ def test_predict_scores_a_file_whose_name_is_not_utf8_beside_a_good_one(prefect_
     rows = pq.read_table(out_file).to_pylist()
     assert sorted(Path(row["path"]).name for row in rows) == ["caf\\xe9.png", "good.png"]
     assert all(row["error"] is None and row["label"] in CLASSES for row in rows)
+
+
+# ------------------------------------------------------------------------------------------- EXIF, end to end
+
+
+def exif_folder(folder: Path) -> dict[str, Path]:
+    """A JPEG whose EXIF holds orientation 6 and a ResolutionUnit stored as RATIONAL (Pillow's
+    exif_transpose raises struct.error on it), a PNG whose EXIF is not TIFF at all, and a good PNG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    scene = Image.fromarray(np.random.default_rng(31).integers(0, 256, (48, 64, 3), np.uint8))
+    malformed = exif_block([(ORIENTATION, SHORT, (6,)), (RESOLUTION_UNIT, RATIONAL, (2, 1))])
+    scene.save(folder / "rotated.jpg", quality=95, exif=malformed)
+    scene.save(folder / "unreadable-exif.png", exif=b"XX*\x00\x08\x00\x00\x00")
+    return {"rotated.jpg": folder / "rotated.jpg", "unreadable-exif.png": folder / "unreadable-exif.png",
+            "good.png": picture(folder / "good.png", 32, size=64)}  # fmt: skip
+
+
+def test_predict_scores_files_with_malformed_exif_beside_the_others(prefect_server, two_versions, tmp_path, capsys):
+    exif_folder(tmp_path / "photos")
+    out_file = tmp_path / "scored.parquet"
+    assert predict_main([str(tmp_path / "photos"), "--data-dir", str(two_versions), "--out", str(out_file)]) == 0
+    rows = {Path(row["path"]).name: row for row in pq.read_table(out_file).to_pylist()}
+    assert set(rows) == {"rotated.jpg", "unreadable-exif.png", "good.png"}
+    assert all(row["error"] is None and row["label"] in CLASSES for row in rows.values())
+    assert rows["rotated.jpg"]["note"] is None and rows["good.png"]["note"] is None
+    assert rows["unreadable-exif.png"]["note"].endswith("pixels as stored")
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"done: predictions at {out_file}"
+
+
+def test_add_images_adds_files_with_malformed_exif_and_notes_the_unreadable_one(
+    prefect_server, tiny_config, tmp_path, capsys
+):
+    assert run_flow(tiny_config, stages=["ingest"])[0].is_completed()
+    exif_folder(tmp_path / "inbox" / "cat")
+    assert add_images_main([str(tmp_path / "inbox"), "--data-dir", str(tiny_config.data_dir)]) == 0
+    summary = read_json(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("done: summary at "))
+    assert summary["added"] == 3 and summary["rejected"] == []
+    assert [Path(n["path"]).name for n in summary["notes"]] == ["unreadable-exif.png"]

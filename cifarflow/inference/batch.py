@@ -38,6 +38,7 @@ SCHEMA = pa.schema(
         ("top", TOP),  # the 3 most probable classes, most probable first
         ("model_version", pa.string()),
         ("error", pa.string()),  # null, or why this file could not be scored
+        ("note", pa.string()),  # null, or how it was decoded differently from the file's wish (unreadable EXIF)
     ]
 )
 
@@ -55,11 +56,13 @@ class BatchResult:
     errors: list[dict[str, str]] = field(default_factory=list)  # the first failures, for the summary
 
 
-def decode(path: Path) -> tuple[np.ndarray | None, str | None]:
+def decode(path: Path) -> tuple[np.ndarray | None, str | None, str | None]:
+    """(pixels, None, note) for a file that decodes, (None, reason, None) for one that does not."""
     try:
-        return convert_image(path).pixels, None
+        converted = convert_image(path)
     except ImageRejected as rejected:
-        return None, str(rejected)
+        return None, str(rejected), None
+    return converted.pixels, None, "; ".join(converted.notes) or None
 
 
 def decoded_batches(files: list[Path], batch_size: int, pool: ThreadPoolExecutor) -> Iterator[tuple[list, list]]:
@@ -74,7 +77,7 @@ def decoded_batches(files: list[Path], batch_size: int, pool: ThreadPoolExecutor
 
 def score_batch(paths: list[Path], decoded: list, predictor: Predictor) -> tuple[list[dict], np.ndarray]:
     """Rows for one batch, and the pixels of the files that decoded (for the contact sheet)."""
-    good = [i for i, (pixels, _) in enumerate(decoded) if pixels is not None]
+    good = [i for i, (pixels, _, _) in enumerate(decoded) if pixels is not None]
     pixels = np.stack([decoded[i][0] for i in good]) if good else np.zeros((0, 32, 32, 3), np.uint8)
     tops = predictor.top(predictor.probabilities(pixels)) if good else []
     top_of = dict(zip(good, tops))
@@ -89,6 +92,7 @@ def score_batch(paths: list[Path], decoded: list, predictor: Predictor) -> tuple
                 "top": top,
                 "model_version": predictor.version,
                 "error": None if top else decoded[i][1],
+                "note": decoded[i][2],
             }
         )
     return rows, pixels

@@ -57,6 +57,7 @@ class Screening:
     accepted: list[Accepted] = field(default_factory=list)
     duplicates: list[dict[str, str]] = field(default_factory=list)  # {path, of}
     rejected: list[Rejection] = field(default_factory=list)
+    notes: list[dict[str, str]] = field(default_factory=list)  # {path, note}: decoded, but not as the file asked
 
     @property
     def class_counts(self) -> dict[str, int]:
@@ -84,9 +85,12 @@ def screen_inbox(
         decoded = []
         for candidate in inbox.candidates[start : start + BLOCK]:
             try:
-                decoded.append((candidate, convert_image(candidate.path).pixels))
+                converted = convert_image(candidate.path)
             except ImageRejected as reason:
                 result.rejected.append(Rejection(printable(candidate.path), str(reason)))
+                continue
+            decoded.append((candidate, converted.pixels))
+            result.notes += [{"path": printable(candidate.path), "note": note} for note in converted.notes]
         if decoded:
             sort_decoded(decoded, reference, seen, result)
         done = min(start + BLOCK, total)

@@ -37,6 +37,7 @@ def build_summary(
         "duplicates": len(screening.duplicates),
         "duplicate_files": screening.duplicates,
         "rejected": [r.to_json() for r in screening.rejected],
+        "notes": screening.notes,
         "class_counts": screening.class_counts,
         "previous_dataset_version": previous_version,
         "dataset_version": dataset_version,
@@ -82,6 +83,10 @@ def render_markdown(summary: dict[str, Any], grid: str | None) -> str:
     if summary["rejected"]:
         lines += ["## Rejected", "", "| file | reason |", "|---|---|"]
         lines += [f"| `{cell(r['path'])}` | {cell(r['reason'])} |" for r in summary["rejected"]]
+        lines.append("")
+    if summary.get("notes"):
+        lines += ["## Decoded with a note", "", "| file | note |", "|---|---|"]
+        lines += [f"| `{cell(n['path'])}` | {cell(n['note'])} |" for n in summary["notes"]]
         lines.append("")
     if summary["duplicate_files"]:
         lines += ["## Already present (not added again)", "", "| file | same image as |", "|---|---|"]
