@@ -24,6 +24,8 @@ import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from cifarflow.paths import printable
+
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 SERVER_START_TIMEOUT_S = 180  # per attempt: a fresh home migrates its database first (≈ 10 s idle, far more when busy)
@@ -32,15 +34,16 @@ START_LOCK_NAME = ".cifarflow-server-start.lock"
 
 
 def done(message: str) -> int:
-    """Print the command's last line for success; returns EXIT_DONE."""
-    print(f"done: {message}", flush=True)
+    """Print the command's last line for success (as `printable` text: a path's name may not be UTF-8);
+    returns EXIT_DONE."""
+    print(f"done: {printable(message)}", flush=True)
     return EXIT_DONE
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> int:
     """Print the command's last line for a failure (on stdout, where `done:` would be); returns `code`."""
     sys.stderr.flush()
-    print(f"error: {message}", flush=True)
+    print(f"error: {printable(message)}", flush=True)
     return code
 
 

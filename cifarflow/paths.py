@@ -7,6 +7,8 @@ Two things every command that reads a user's files shares:
   camera or a zip tool: the bytes `caf\\xe9.png`), each byte that is not part of valid UTF-8 becomes
   the four characters `\\xNN` (Python's `backslashreplace`), and so does every control character
   (a newline in a name would split a log line). Lossless: `printf 'caf\\xe9.png'` recreates the name.
+  `from_printable(text)` turns it back into the name (flows get their file names as printable text:
+  Prefect's parameters must be valid UTF-8).
 - `walk(root)`: every file under a folder, each with the reason it cannot be read, if any: links
   to folders are followed once (a link loop is reported, not followed forever), a folder that cannot
   be read, a broken link, a named pipe or device are each reported with that reason, never dropped
@@ -16,6 +18,7 @@ Two things every command that reads a user's files shares:
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,8 +35,29 @@ def printable(path: str | os.PathLike) -> str:
 
 
 def _escape(character: str) -> str:
+    """`\\xNN` always means one byte (a control character below 0x80 is one byte); other characters
+    are written as `\\uNNNN`, so that `from_printable` can tell them apart."""
     code = ord(character)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+ESCAPE = re.compile(r"\\x([0-9a-f]{2})|\\u([0-9a-f]{4})|\\U([0-9a-f]{8})")
+
+
+def from_printable(text: str) -> str:
+    """The path `printable` wrote `text` for: `text` itself when it names an existing path (or has no
+    escapes), otherwise with its escapes turned back into the name's bytes. Flows take file names as
+    printable text, because Prefect's parameters and API must be valid UTF-8."""
+    if os.path.lexists(text) or not ESCAPE.search(text):
+        return text
+    raw, last = bytearray(), 0
+    for match in ESCAPE.finditer(text):
+        raw += text[last : match.start()].encode("utf-8", "surrogateescape")
+        byte, char4, char8 = match.groups()
+        raw += bytes([int(byte, 16)]) if byte else chr(int(char4 or char8, 16)).encode("utf-8", "surrogatepass")
+        last = match.end()
+    raw += text[last:].encode("utf-8", "surrogateescape")
+    return os.fsdecode(bytes(raw))
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from cifarflow.intake.summary import build_summary  # noqa: E402
 from cifarflow.layout import DataLayout  # noqa: E402
 from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock  # noqa: E402
 from cifarflow.orchestration.events import emit_dataset_updated  # noqa: E402
+from cifarflow.paths import from_printable, printable  # noqa: E402
 from tasks.additions import publish, read_version, scan, validate_images, withdraw, write  # noqa: E402
 
 LOCK_TIMEOUT_S = 600.0  # for another add_images or withdraw on the same data dir
@@ -49,7 +50,8 @@ INTAKE = "add_images or withdraw run"
 def add_images(inbox: Path, data_dir: Path = Path("data")) -> str:
     """Scan INBOX/<class>/…, screen every image, write the new ones as a batch, publish the summary.
     Returns the path of summary.json."""
-    layout = DataLayout(Path(data_dir).resolve())
+    inbox = Path(from_printable(str(inbox)))  # names arrive as printable text (Prefect's parameters are UTF-8)
+    layout = DataLayout(Path(from_printable(str(data_dir))).resolve())
     with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=get_run_logger().info, holder_kind=INTAKE):
         remove_unfinished(layout)
         before = read_version(layout)
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"withdrew {args.withdraw} (kept in {withdrawn['kept_in']}); dataset version "
                 f"{withdrawn['previous_dataset_version']} → {withdrawn['dataset_version']}"
             )
-        summary = add_images(args.inbox, layout.root)
+        summary = add_images(Path(printable(args.inbox)), Path(printable(layout.root)))
     except Exception as error:  # the flow already logged the traceback; end with its real message
         what = "withdrawing the batch" if args.withdraw else "adding images"
         return fail(f"{what} failed: {type(error).__name__}: {error}", EXIT_FAILED)

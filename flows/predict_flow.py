@@ -33,6 +33,7 @@ from cifarflow.inference.batch import BATCH_SIZE, BatchResult  # noqa: E402
 from cifarflow.inference.predictor import locate  # noqa: E402
 from cifarflow.inference.sources import expand_paths  # noqa: E402
 from cifarflow.layout import DataLayout  # noqa: E402
+from cifarflow.paths import from_printable, printable  # noqa: E402
 from tasks.predict import find_images, publish, score_images  # noqa: E402
 
 
@@ -60,8 +61,8 @@ def predict(
 ) -> BatchResult | None:
     """Score every image file under `paths` with `model` into a Parquet file and a contact sheet
     (None when the folders hold no images: a scheduled run on an empty folder completes)."""
-    layout = DataLayout(Path(data_dir).resolve())
-    out = Path(out).resolve() if out else default_out(layout, model)
+    layout = DataLayout(Path(from_printable(str(data_dir))).resolve())  # names arrive as printable text
+    out = Path(from_printable(str(out))).resolve() if out else default_out(layout, model)
     files = find_images(paths)
     if not files:
         get_run_logger().info("no image files in %s: nothing to score", ", ".join(paths))
@@ -70,7 +71,7 @@ def predict(
     publish(result)
     get_run_logger().info(
         "%d of %d files scored by %s, %d could not be: %s", result.scored, result.files, result.model_version,
-        result.failed, result.out,
+        result.failed, printable(result.out),
     )  # fmt: skip
     if result.scored == 0:
         raise NothingScored(f"none of the {result.files} files could be scored; {result.out} says why", result.out)
@@ -107,11 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(error), EXIT_USAGE)
     out = args.out.resolve() if args.out else None
     ensure_prefect_api()
-    state = predict(args.paths, args.data_dir, args.model, out, args.batch_size, return_state=True)
+    paths, data_dir, out = [printable(p) for p in args.paths], printable(args.data_dir), out and printable(out)
+    state = predict(paths, data_dir, args.model, out, args.batch_size, return_state=True)
     try:
         result = state.result()
     except NothingScored as error:
-        print(f"{error}; predictions at {error.args[1]}")
+        print(f"predictions at {printable(error.args[1])}")
         return fail(f"{error}", EXIT_FAILED)
     except PipelineInputError as error:  # e.g. the model could not be loaded
         return fail(str(error), EXIT_USAGE)

@@ -15,7 +15,7 @@ from PIL import Image
 from cifarflow.files import read_json
 from cifarflow.inference.sources import select_files
 from cifarflow.intake.inbox import scan_inbox
-from cifarflow.paths import printable, walk
+from cifarflow.paths import from_printable, printable, walk
 from flows.add_images import main as add_images_main  # imported before a test captures output: Prefect's
 from flows.predict_flow import main as predict_main  # log handlers bind to the stderr of the moment they load
 from tests.flow_helpers import run_flow
@@ -39,6 +39,12 @@ def latin1_file(folder: Path, seed: int) -> Path:
     return Path(os.fsdecode(raw))
 
 
+def latin1_folder(parent: Path, name: bytes) -> Path:
+    folder = Path(os.fsdecode(os.path.join(os.fsencode(parent), name)))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 # ------------------------------------------------------------------------------------- printable names
 
 
@@ -46,7 +52,15 @@ def test_a_name_that_is_not_utf8_is_recorded_as_lossless_printable_text():
     text = printable(os.fsdecode(b"photos/" + LATIN1_NAME))
     assert text == "photos/caf\\xe9.png"
     text.encode("utf-8")  # any UTF-8 writer (Parquet, JSON, the Prefect API) accepts it
-    assert text.encode().decode("unicode_escape").encode("latin-1") == b"photos/" + LATIN1_NAME  # lossless
+    assert os.fsencode(from_printable(text)) == b"photos/" + LATIN1_NAME  # lossless
+
+
+@pytest.mark.parametrize(
+    "raw", [LATIN1_NAME, b"a\nb", "x\u0085y\u2028z".encode(), b"[2024]/\xff\xfe.jpg", "é".encode(), b"\x1b[31m"]
+)
+def test_printable_names_turn_back_into_the_same_bytes(raw):
+    text = printable(os.fsdecode(raw))
+    assert text.isprintable() and os.fsencode(from_printable(text)) == raw
 
 
 @pytest.mark.parametrize(
@@ -149,7 +163,7 @@ def test_files_in_a_folder_that_are_not_scored_are_listed_with_the_reason(tmp_pa
 def test_add_images_adds_a_file_whose_name_is_not_utf8_beside_a_good_one(prefect_server, tiny_config, tmp_path, capsys):
     state, _ = run_flow(tiny_config, stages=["ingest"])
     assert state.is_completed()
-    inbox = tmp_path / "inbox"
+    inbox = latin1_folder(tmp_path, b"inbox-\xe9t\xe9")  # the inbox's own name is not UTF-8 either
     picture(inbox / "cat" / "good.png", 11, size=64)
     latin1_file(inbox / "cat", 12)
     code = add_images_main([str(inbox), "--data-dir", str(tiny_config.data_dir)])
@@ -157,19 +171,21 @@ def test_add_images_adds_a_file_whose_name_is_not_utf8_beside_a_good_one(prefect
     assert code == 0, out
     summary = read_json(out.strip().splitlines()[-1].removeprefix("done: summary at "))
     assert summary["added"] == 2 and summary["rejected"] == [], summary
+    assert summary["inbox"].endswith("inbox-\\xe9t\\xe9")
     batch = pq.read_table(next((tiny_config.data_dir / "batches").rglob("*.parquet")), columns=["filename"])
     assert sorted(Path(name).name for name in batch.column("filename").to_pylist()) == ["caf\\xe9.png", "good.png"]
 
 
 def test_predict_scores_a_file_whose_name_is_not_utf8_beside_a_good_one(prefect_server, two_versions, tmp_path, capsys):
-    folder = tmp_path / "photos"
+    folder = latin1_folder(tmp_path, b"ph\xe9tos")
     picture(folder / "good.png", 21)
     latin1_file(folder, 22)
-    out_file = tmp_path / "scored.parquet"
+    out_file = latin1_folder(tmp_path, b"out") / os.fsdecode(b"\xe9.parquet")
     code = predict_main([str(folder), "--data-dir", str(two_versions), "--out", str(out_file)])
     out = capsys.readouterr().out
-    assert code == 0 and out.strip().splitlines()[-1] == f"done: predictions at {out_file}", out
-    rows = pq.read_table(out_file).to_pylist()
+    assert code == 0 and out.strip().splitlines()[-1] == f"done: predictions at {printable(out_file)}", out
+    with open(out_file, "rb") as handle:
+        rows = pq.read_table(handle).to_pylist()
     assert sorted(Path(row["path"]).name for row in rows) == ["caf\\xe9.png", "good.png"]
     assert all(row["error"] is None and row["label"] in CLASSES for row in rows)
 

@@ -117,7 +117,7 @@ def predict_files(
     done = failed = 0
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, ThreadPoolExecutor(DECODE_THREADS) as pool:
-        with pq.ParquetWriter(tmp, SCHEMA) as writer:
+        with open(tmp, "wb") as sink, pq.ParquetWriter(sink, SCHEMA) as writer:  # a handle: pyarrow wants UTF-8 paths
             for paths, decoded in decoded_batches(files, batch_size, pool):
                 rows, pixels = score_batch(paths, decoded, predictor)
                 writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))

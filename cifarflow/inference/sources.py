@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cifarflow.errors import PipelineInputError
 from cifarflow.intake.images import EXTENSIONS
-from cifarflow.paths import printable, walk
+from cifarflow.paths import from_printable, printable, walk
 
 
 class UnusableArguments(PipelineInputError):
@@ -70,12 +70,13 @@ def pattern_matches(argument: str) -> list[Path]:
 def select_files(arguments: list[str], allow_empty: bool = False) -> Selection:
     """The files to score, each once, in the order given. A file named directly is scored whatever
     its extension (a bad one gets an error row); folders and patterns contribute image files and
-    list the others in `skipped`. `allow_empty`: folders with no images are fine (a scheduled run on
-    a folder emptied since). UnusableArguments for a PATH that names nothing."""
+    list the others in `skipped`. Arguments may be `printable` text (see cifarflow.paths).
+    `allow_empty`: folders with no images are fine (a scheduled run on a folder emptied since).
+    UnusableArguments for a PATH that names nothing."""
     selection = Selection()
     files: dict[Path, None] = {}
     for argument in arguments:
-        path = Path(argument).expanduser()
+        path = Path(from_printable(argument)).expanduser()
         if path.is_file():
             found = [path]
         elif path.is_dir():

@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from cifarflow.files import read_json
+from cifarflow.paths import printable
 from cifarflow.reporting.report import Report, per_class_rows
 
 EMBED_MAX_BYTES = 400_000  # per image; larger plots are linked (file://) instead of embedded
@@ -25,7 +26,7 @@ def embed_images(markdown: str, directory: Path, max_bytes: int = EMBED_MAX_BYTE
         path = directory / match.group(1)
         if path.is_file() and path.stat().st_size <= max_bytes:
             return f"](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
-        return f"](file://{path})"
+        return f"](file://{printable(path)})"
 
     return re.sub(r"\]\(([\w.-]+\.png)\)", inline, markdown)
 
@@ -109,16 +110,18 @@ def publish_predictions(result) -> None:
     sheet = ""
     if result.sheet is not None:
         sheet = embed_images(f"\n![contact sheet]({result.sheet.name})\n", result.sheet.parent)
+        sheet = printable(sheet)  # a name embed_images did not inline (not a plain name) as UTF-8 text
     failures = "\n".join(f"- `{e['path']}`: {e['error']}" for e in result.errors[:20])
     markdown = (
         f"# Predictions by {result.model_version}\n\n{result.scored:,} of {result.files:,} files scored "
-        f"({result.failed:,} could not be) in {result.seconds:.1f} s → `{result.out}`\n\n"
+        f"({result.failed:,} could not be) in {result.seconds:.1f} s → `{printable(result.out)}`\n\n"
         f"| predicted class | files |\n|---|---|\n{counts}\n{sheet}\n"
         + (f"\n## Could not be scored\n\n{failures}\n" if failures else "")
     )
     create_markdown_artifact(markdown=markdown, key="cifar10-predictions", description=f"{result.scored} scored")
     # only the first rows are read: the file may hold millions (batch prediction's memory stays bounded)
-    first = next(pq.ParquetFile(result.out).iter_batches(batch_size=TABLE_ROWS), None)
+    with open(result.out, "rb") as handle:  # a handle: pyarrow takes only UTF-8 paths
+        first = next(pq.ParquetFile(handle).iter_batches(batch_size=TABLE_ROWS), None)
     rows = first.to_pylist() if first is not None else []
     table = [
         {
