@@ -13,6 +13,7 @@ from cifarflow.data.archive import OFFICIAL_URL, is_url, local_path
 from cifarflow.data.shards import ROWS_PER_SHARD
 from cifarflow.layout import DataLayout
 from cifarflow.models.registry import PRESETS, Preset, get_preset
+from cifarflow.paths import printable
 
 Normalization = Literal["unit", "standardize"]
 
@@ -59,6 +60,17 @@ class PipelineConfig(BaseModel):
         if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
             raise ValueError("sha256 must be 64 hex characters")
         return value.lower() if value else value
+
+    @field_validator("source", "data_dir")
+    @classmethod
+    def _utf8_path(cls, value):
+        """Prefect stores a flow's parameters as UTF-8 JSON: a name with other bytes cannot travel."""
+        if printable(value) != str(value):
+            raise ValueError(
+                f"{printable(value)} holds characters that are not UTF-8 text (or control characters); "
+                "rename it or use another path: this path is a parameter of the run, stored as UTF-8"
+            )
+        return value
 
     @field_validator("md5")
     @classmethod

@@ -226,3 +226,14 @@ def test_add_images_adds_files_with_malformed_exif_and_notes_the_unreadable_one(
     summary = read_json(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("done: summary at "))
     assert summary["added"] == 3 and summary["rejected"] == []
     assert [Path(n["path"]).name for n in summary["notes"]] == ["unreadable-exif.png"]
+
+
+def test_a_data_dir_whose_name_is_not_utf8_is_refused_with_its_printable_name(synthetic_archive, tmp_path):
+    from pydantic import ValidationError
+
+    from cifarflow.config import PipelineConfig
+
+    odd = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"d\xe9ta")))
+    with pytest.raises(ValidationError, match=r"d\\\\xe9ta holds characters that are not UTF-8"):
+        PipelineConfig(source=str(synthetic_archive), data_dir=odd)
+    assert not odd.exists()
