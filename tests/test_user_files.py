@@ -234,6 +234,6 @@ def test_a_data_dir_whose_name_is_not_utf8_is_refused_with_its_printable_name(sy
     from cifarflow.config import PipelineConfig
 
     odd = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"d\xe9ta")))
-    with pytest.raises(ValidationError, match=r"d\\\\xe9ta holds characters that are not UTF-8"):
+    with pytest.raises(ValidationError, match=r"d\\xe9ta holds characters that are not UTF-8"):
         PipelineConfig(source=str(synthetic_archive), data_dir=odd)
     assert not odd.exists()
