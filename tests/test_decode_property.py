@@ -333,7 +333,7 @@ def test_whatever_a_decoder_raises_becomes_image_rejected(monkeypatch, stage, er
     def fail(*args, **kwargs):
         raise error
 
-    target = {"open": (Image, "open"), "load": (ImageFile.ImageFile, "load"), "convert": (images, "to_rgb")}[stage]
+    target = {"open": (Image, "open"), "load": (ImageFile.ImageFile, "load"), "convert": (images, "resizable")}[stage]
     monkeypatch.setattr(*target, fail)
     with pytest.raises(ImageRejected) as rejected:
         convert_image(encode(halves(), "PNG"))
@@ -366,6 +366,6 @@ def test_interruptions_are_not_turned_into_rejections(monkeypatch, interruption)
     def interrupt(*args, **kwargs):
         raise interruption
 
-    monkeypatch.setattr(images, "to_rgb", interrupt)
+    monkeypatch.setattr(images, "resizable", interrupt)
     with pytest.raises(interruption):
         convert_image(encode(halves(), "PNG"))

@@ -49,7 +49,8 @@ def add(capsys, *args) -> tuple[int, str, str]:
 def test_add_images_then_retrain_on_the_grown_data(prefect_server, tiny_config, tmp_path, capsys):
     data_dir = tiny_config.data_dir
     code, out, _ = add(capsys, tmp_path, "--data-dir", data_dir)
-    assert code == 2 and out.strip().splitlines()[-1].startswith("error: ") and "--stages ingest" in out  # nothing ingested yet: says what to run first
+    last = out.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: ") and "--stages ingest" in last  # nothing ingested: says what to run
     assert add(capsys, tmp_path / "missing", "--data-dir", data_dir)[0] == 2
 
     state, states = run_flow(tiny_config)

@@ -47,7 +47,6 @@ TURN_UPRIGHT = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 STRAIGHT_ALPHA = {"La": "LA", "RGBa": "RGBA"}  # Pillow converts premultiplied alpha only to its straight twin
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 # Pillow reports a PNG colour key in the file's own bit depth but decodes those pixels to 0..255:
@@ -165,23 +164,38 @@ def to_8_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
 
 
-def to_rgb(image: Image.Image, key: int | tuple[int, ...] | None = None) -> Image.Image:
-    """Any mode → RGB, every kind of transparency composited on white: an alpha band (RGBA, LA, PA, La,
-    RGBa), a palette's transparent entries (a tRNS index or alpha bytes, or an RGBA palette) and a colour
-    key (`key`, from `colour_key`: a tRNS colour on a 1-bit, grayscale, 16-bit or RGB image)."""
+def resizable(image: Image.Image, key: int | tuple[int, ...] | None = None) -> Image.Image:
+    """The stored pixels as L, LA, RGB or RGBA (straight alpha): every kind of transparency as an alpha band
+    (RGBA, LA, PA, La, RGBa; a palette's transparent entries, as a tRNS index or alpha bytes or an RGBA
+    palette; a colour key, `key` from `colour_key`: a tRNS colour on a 1-bit, grayscale, 16-bit or RGB image).
+    Pillow resizes LA and RGBA with premultiplied alpha, so transparent pixels never bleed their colour;
+    a mode already resizable is returned as it is, not copied (a 49-megapixel RGBA image is 196 MB)."""
     alpha = key_alpha(image, key) if key is not None else None
     if image.mode in SIXTEEN_BIT_MODES:
         image = to_8_bit(image)
     if image.mode == "P":
         image = image.convert("RGBA" if image.has_transparency_data else "RGB")
+    elif image.mode == "PA":
+        image = image.convert("RGBA")
     if alpha is not None:
-        image = image.convert("RGB")
+        image = image.convert("L" if image.mode in ("1", "L") else "RGB")
         image.putalpha(alpha)
-    if image.mode in ALPHA_MODES:
-        rgba = image.convert(STRAIGHT_ALPHA.get(image.mode, image.mode)).convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in STRAIGHT_ALPHA:
+        image = image.convert(STRAIGHT_ALPHA[image.mode])
+    return image if image.mode in ("L", "LA", "RGB", "RGBA") else image.convert("RGB")
+
+
+def on_white(image: Image.Image) -> Image.Image:
+    """L, LA, RGB or RGBA → RGB, an alpha band composited on white."""
+    if image.mode in ("LA", "RGBA"):
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def to_rgb(image: Image.Image, key: int | tuple[int, ...] | None = None) -> Image.Image:
+    """Any mode → RGB, every kind of transparency (see `resizable`) composited on white, at full size."""
+    return on_white(resizable(image, key))
 
 
 def square_box(width: int, height: int) -> tuple[int, int, int, int]:
@@ -201,10 +215,13 @@ def decode(source: Path | bytes) -> Converted:
         key = colour_key(image)
         image.load()
         turn, note = read_orientation(image)
-        rgb = to_rgb(image, key)
-        upright = rgb.transpose(turn) if turn is not None else rgb
-        small = upright.resize(SIZE, Image.Resampling.LANCZOS, box=square_box(*upright.size), reducing_gap=3.0)
-        pixels = np.asarray(small, dtype=np.uint8).copy()
+        # shrink first, then composite and turn the 32×32 result: composite-then-resize is the same
+        # arithmetic (Lanczos is linear; Pillow resizes alpha premultiplied), without full-size copies
+        stored = resizable(image, key)
+        small = stored.resize(SIZE, Image.Resampling.LANCZOS, box=square_box(*stored.size), reducing_gap=3.0)
+        del stored
+        upright = small.transpose(turn) if turn is not None else small
+        pixels = np.asarray(on_white(upright), dtype=np.uint8).copy()
     finally:
         image.close()  # the decoded pixels are released now, not when the garbage collector gets to them
     return Converted(pixels, original_size, original_format, (note,) if note else ())
