@@ -8,15 +8,19 @@
     POST /predict/batch    several `file` fields (at most 64)   → [ … one result per file, in order … ]
     GET  /health           200 {"status": "ok", "model_version"}; 503 while there is no model
     GET  /model            the serving version's record (preset, accuracy, dataset version, run, …)
+    GET  /limits           the upload limits (bytes per request, files per batch, pixels per image)
     GET  /                 the page: choose or drop an image, see the top-3 classes
 
 Images are decoded by the product's rules (PNG, JPEG, WebP, BMP; any size, centre square resized to
-32×32; grayscale, palette and RGBA made RGB). Bad input gets a 4xx JSON {"error": …}: an empty upload
-or a missing field (400/422), a file that is not a usable image (415), a body over the size limit
-(413), too many files (400); a batch with one bad file is refused whole, naming the file. When the
-champion alias moves, the service switches models without a restart (`cifarflow.inference.live`);
-requests in flight finish on the model they started with. Concurrent requests are scored together in
-one model call (`cifarflow.inference.batcher`).
+32×32; grayscale, palette and RGBA made RGB). Bad input gets a 4xx JSON {"error": …}, never a 500:
+an empty upload (400), a missing field or a text field where the file belongs (422), a file that is
+not a usable image, whatever the decoder raised (415), a body over the size limit (413), too many
+files (400); a batch with one bad file is refused whole, naming the file. Every status and body is
+in the OpenAPI schema (/openapi.json). Decoding has a memory bound: the pixels decoded at once are
+capped by a budget (`cifarflow.inference.decode_budget`); a request that cannot get its share in time
+gets 503 with Retry-After. When the champion alias moves, the service switches models without a
+restart (`cifarflow.inference.live`); requests in flight finish on the model they started with.
+Concurrent requests are scored together in one model call (`cifarflow.inference.batcher`).
 """
 
 from __future__ import annotations
@@ -25,62 +29,158 @@ import argparse
 import logging
 import os
 import sys
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cifarflow.inference.batcher import MAX_IMAGES, MicroBatcher
+from cifarflow.inference.decode_budget import (
+    DEFAULT_PIXELS,
+    WAIT_S,
+    DecodeBudget,
+    DecodeBusy,
+    header_pixels,
+    return_freed_memory,
+)
 from cifarflow.inference.live import POLL_S, LiveModel
 from cifarflow.inference.predictor import Predictor
-from cifarflow.intake.images import ImageRejected, convert_image
+from cifarflow.intake.images import MAX_PIXELS, ImageRejected, convert_image, describe
 from cifarflow.layout import DataLayout
 from cifarflow.registry import store
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # per request; a phone photo is 2–6 MB
 MAX_BATCH_FILES = 64
+DRAIN_FACTOR = 4  # an over-limit body up to 4× the limit is read and discarded before the 413 (see BodyLimit)
 STATIC = Path(__file__).parent / "static"
-MODEL_FIELDS = (
-    "version",
-    "model",
-    "accuracy",
-    "test_images",
-    "label_names",
-    "dataset_sha256",
-    "batch_ids",
-    "run_name",
-    "promoted_at",
-    "decision",
-    "id",
-    "smoke",
-)
+CURL_HINT = "attach the image as a file: curl -F file=@photo.jpg …"
 
 log = logging.getLogger("cifarflow.serving")
 
 
+# --- what the service answers (the OpenAPI schema is built from these) --------------------------------
+
+
+class FieldProblem(BaseModel):
+    loc: list[str] = Field(description="where: ['body', 'file'] for the form field `file`")
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: what was wrong and what to do."""
+
+    error: str = Field(description="a sentence for people, naming the file when one file was the problem")
+    detail: list[FieldProblem] | None = Field(None, description="422 only: each problem with the request")
+
+
+class ClassProbability(BaseModel):
+    label: str
+    probability: float = Field(ge=0, le=1)
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="the most probable class")
+    probability: float = Field(ge=0, le=1)
+    top: list[ClassProbability] = Field(description="the 3 most probable classes, most probable first")
+    model_version: str = Field(description="the registry version that scored the image")
+
+
+class Health(BaseModel):
+    status: str = Field(description="`ok`, or `no model` (503)")
+    model_version: str | None = None
+    error: str | None = Field(None, description="503 only: why there is no model")
+
+
+class ModelRecord(BaseModel):
+    """The serving version's record in the registry (fields it lacks are left out)."""
+
+    version: str
+    model: str | None = Field(None, description="the preset that built it")
+    accuracy: float | None = Field(None, description="test accuracy, 0–1")
+    test_images: int | None = None
+    label_names: list[str]
+    dataset_sha256: str | None = None
+    batch_ids: list[str] | None = None
+    run_name: str | None = None
+    promoted_at: str | None = None
+    decision: str | None = None
+    id: str | None = Field(None, description="sha256 of the model file")
+    smoke: dict[str, Any] | None = Field(None, description="the smoke test run before it was registered")
+
+
+class Limits(BaseModel):
+    max_upload_bytes: int = Field(description="most bytes in one request body, multipart framing included")
+    max_batch_files: int = Field(description="most `file` fields in one /predict/batch request")
+    max_pixels: int = Field(description="most pixels (width × height) in one image")
+
+
+MODEL_FIELDS = tuple(ModelRecord.model_fields)
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
+ERRORS: dict[int, str] = {
+    400: "an empty upload, or more `file` fields than the batch limit",
+    404: "no such path",
+    405: "the path exists, with another method",
+    413: "the request body is over the size limit (see GET /limits)",
+    415: "a file that is not a usable image (PNG, JPEG, WebP or BMP within the size limits), with the reason",
+    422: "the form lacks the field `file`, or `file` is text, not a file upload",
+    503: "no model loaded yet, or (for an upload) the decode budget stayed spent, with Retry-After: try again later",
+}
+API_DESCRIPTION = (
+    "The registry's champion classifies CIFAR-10 images; the model is switched live when the champion moves. "
+    'Every error is JSON `{"error": "…"}` (ErrorBody), on any path: '
+    + "; ".join(f"{status}: {why}" for status, why in ERRORS.items())
+    + "."
+)
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses: each an ErrorBody, with the reason from ERRORS."""
+    return {
+        status: {"model": ErrorBody, "description": ERRORS[status]}
+        | ({"headers": RETRY_AFTER} if status == 503 else {})
+        for status in statuses
+    }
+
+
 class BadInput(Exception):
-    def __init__(self, status: int, message: str):
+    """A request the service answers with an ErrorBody: `status`, the message, optional headers."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.headers = status, headers
+
+
+# --- the body limit ------------------------------------------------------------------------------------
 
 
 class BodyLimit:
     """Refuse a request body over `limit` bytes with 413 before it is parsed: at once from its
-    Content-Length, or as soon as a chunked body passes the limit."""
+    Content-Length, or as soon as a chunked body passes the limit.
+
+    The rest of the body is read and discarded first, up to `DRAIN_FACTOR` × `limit` bytes in all,
+    so that a client that writes its whole body before reading the answer (Python's urllib) reads
+    the 413 rather than a reset connection. A longer body, or a client that waits for `100 Continue`
+    before sending it (curl), gets the 413 at once, and the connection is closed."""
 
     def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+        self.app, self.limit, self.drain_limit = app, limit, DRAIN_FACTOR * limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await too_large(self.limit)(scope, receive, send)
+            drained = self.worth_draining(headers, int(length)) and await drain(receive, self.drain_limit)
+            return await too_large(self.limit, drained)(scope, receive, send)
         seen = 0
 
         async def counted():
@@ -88,45 +188,104 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise BodyTooLarge()
+                rest_read = not message.get("more_body") or await drain(receive, self.drain_limit - seen)
+                raise BodyTooLarge(rest_read)
             return message
 
         try:
             await self.app(scope, counted, send)
-        except BodyTooLarge:
-            await too_large(self.limit)(scope, receive, send)
+        except BodyTooLarge as error:  # raised outside FastAPI's exception handlers
+            await too_large(self.limit, error.drained)(scope, receive, send)
+
+    def worth_draining(self, headers: dict[bytes, bytes], length: int) -> bool:
+        """Read an over-limit body of `length` bytes before answering? Not past the drain limit, and not
+        when the client waits for `100 Continue` (it has sent nothing and sends nothing on a 413)."""
+        return length <= self.drain_limit and headers.get(b"expect", b"").lower() != b"100-continue"
+
+
+async def drain(receive, most: int) -> bool:
+    """Read and discard the rest of a request body; False (stop reading) once it passes `most` bytes."""
+    read = 0
+    while read <= most:
+        message = await receive()
+        read += len(message.get("body", b""))
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return read <= most
+    return False
 
 
 class BodyTooLarge(HTTPException):
-    """An HTTPException so that FastAPI re-raises it from form parsing instead of answering 400."""
+    """An HTTPException so that FastAPI re-raises it from form parsing instead of answering 400;
+    `drained`: the rest of the body was read, so the connection can stay open."""
 
-    def __init__(self):
+    def __init__(self, drained: bool):
         super().__init__(413)
+        self.drained = drained
 
 
-def too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"error": f"the upload is over the {limit / 2**20:g} MiB limit"}, status_code=413)
+def too_large(limit: int, drained: bool = True) -> JSONResponse:
+    headers = None if drained else {"Connection": "close"}
+    return JSONResponse({"error": f"the upload is over the {limit / 2**20:g} MiB limit"}, 413, headers)
 
 
-def decode_upload(upload: UploadFile, name: str):
+# --- decoding and scoring ------------------------------------------------------------------------------
+
+
+def decode_upload(upload: UploadFile, name: str, budget: DecodeBudget | None):
+    """One upload → (32, 32, 3) uint8 pixels, holding its pixels of `budget` while it decodes.
+    BadInput: 400 empty, 415 for anything decoding raises (the file's fault: this request alone),
+    503 with Retry-After when the budget stays spent for the whole wait."""
     data = upload.file.read()
     if not data:
         raise BadInput(400, f"{name}: the upload is empty (0 bytes)")
     try:
-        return convert_image(data).pixels
+        with budget.hold(header_pixels(data)) if budget else nullcontext():
+            return convert_image(data).pixels
     except ImageRejected as rejected:
         raise BadInput(415, f"{name}: not a usable image: {rejected}") from None
+    except DecodeBusy as busy:
+        raise BadInput(503, f"{name}: {busy}", {"Retry-After": str(busy.retry_after_s)}) from None
+    except Exception as error:  # what escapes the decoder's own boundary (reading the header): this file's all the same
+        log.warning("decoding %s raised %s", name, describe(error), exc_info=True)
+        raise BadInput(415, f"{name}: not a usable image: does not decode: {describe(error)}") from None
 
 
-def predict_uploads(predictor: Predictor, uploads: list[UploadFile], batcher: MicroBatcher | None) -> list[dict]:
+def predict_uploads(
+    predictor: Predictor, uploads: list[UploadFile], batcher: MicroBatcher | None, budget: DecodeBudget | None
+) -> list[dict]:
     """Decode every upload (any bad one fails the request, naming it), then score them together with
     the other requests waiting (micro-batching), or alone when micro-batching is off."""
     import numpy as np
 
-    pixels = np.stack([decode_upload(u, u.filename or f"file {i + 1}") for i, u in enumerate(uploads)])
+    pixels = np.stack([decode_upload(u, u.filename or f"file {i + 1}", budget) for i, u in enumerate(uploads)])
     probabilities = batcher.probabilities(predictor, pixels) if batcher else predictor.probabilities(pixels)
     tops = predictor.top(probabilities)
     return [{**top[0], "top": top, "model_version": predictor.version} for top in tops]
+
+
+# --- validation errors ---------------------------------------------------------------------------------
+
+
+def field_problems(errors: Sequence[dict]) -> list[dict]:
+    """FastAPI's validation errors as plain JSON: where, what, which kind; never the input or its
+    context (an exception object, or the user's whole text field)."""
+    return [
+        {"loc": [str(part) for part in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        for e in errors
+    ]
+
+
+def describe_problem(problem: dict) -> str:
+    """One problem for people; for the field `file`, what to do (curl's @ is the usual slip)."""
+    field = ".".join(problem["loc"][1:]) or "body"
+    if problem["type"] == "missing":
+        return f"missing form field: {field} (send the image as multipart field `file`; {CURL_HINT})"
+    if problem["loc"][1:2] == ["file"]:
+        return f"the field `file` must be a file upload, not text ({CURL_HINT})"
+    return f"{field}: {problem['msg']}"
+
+
+# --- the app -------------------------------------------------------------------------------------------
 
 
 def create_app(
@@ -136,14 +295,26 @@ def create_app(
     max_batch_files: int = MAX_BATCH_FILES,
     poll_s: float = POLL_S,
     max_batch_images: int = MAX_IMAGES,
+    decode_budget_pixels: int | None = DEFAULT_PIXELS,
+    decode_wait_s: float = WAIT_S,
 ) -> FastAPI:
+    """The service on `data_dir`'s registry (default $CIFARFLOW_DATA_DIR, else ./data), serving `model`.
+
+    `max_upload_bytes`: the largest request body; `max_batch_files`: the most files in one batch;
+    `max_batch_images`: the most images scored in one model call (1: each request alone);
+    `decode_budget_pixels`: the most pixels decoded at once over all requests (None: no bound), a
+    request waiting up to `decode_wait_s` seconds for its share before a 503."""
     data_dir = Path(data_dir or os.environ.get("CIFARFLOW_DATA_DIR", "data")).resolve()
     live = LiveModel(DataLayout(data_dir).registry, model, poll_s, log=log.warning)
+    budget = DecodeBudget(decode_budget_pixels, decode_wait_s) if decode_budget_pixels else None
+    limits = Limits(max_upload_bytes=max_upload_bytes, max_batch_files=max_batch_files, max_pixels=MAX_PIXELS)
     batcher: MicroBatcher | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         nonlocal batcher
+        if not return_freed_memory():
+            log.warning("no mallopt in this C library: freed image memory may stay with the process")
         live.start()
         batcher = MicroBatcher(max_batch_images) if max_batch_images > 1 else None
         yield
@@ -151,10 +322,13 @@ def create_app(
             batcher.close()
         live.stop()
 
-    app = FastAPI(title="CIFAR-10 classifier", lifespan=lifespan)
-    app.state.live = live
+    app = FastAPI(
+        title="CIFAR-10 classifier", description=API_DESCRIPTION, lifespan=lifespan, responses=documented(413)
+    )
+    app.state.live, app.state.decode_budget = live, budget
     app.add_middleware(BodyLimit, limit=max_upload_bytes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    add_error_handlers(app, max_upload_bytes)
 
     def serving() -> Predictor:
         predictor = live.predictor  # one read: the whole request uses this model, even if it is swapped
@@ -162,13 +336,55 @@ def create_app(
             raise BadInput(503, live.problem or "no model loaded")
         return predictor
 
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html")
+
+    @app.get(
+        "/health",
+        response_model=Health,
+        response_model_exclude_none=True,
+        responses={503: {"model": Health, "description": "no model loaded yet: the error says why"}},
+    )
+    def health():
+        predictor = live.predictor
+        if predictor is None:
+            return JSONResponse({"status": "no model", "error": live.problem}, status_code=503)
+        return {"status": "ok", "model_version": predictor.version}
+
+    @app.get("/model", response_model=ModelRecord, response_model_exclude_none=True, responses=documented(503))
+    def model_info():
+        predictor = serving()
+        record = {key: predictor.metadata[key] for key in MODEL_FIELDS if key in predictor.metadata}
+        return record | {"version": predictor.version, "label_names": predictor.label_names}
+
+    @app.get("/limits", response_model=Limits)
+    def upload_limits():
+        return limits
+
+    @app.post("/predict", response_model=Prediction, responses=documented(400, 415, 422, 503))
+    def predict(file: UploadFile = File(..., description="the image: PNG, JPEG, WebP or BMP")):
+        return predict_uploads(serving(), [file], batcher, budget)[0]
+
+    @app.post("/predict/batch", response_model=list[Prediction], responses=documented(400, 415, 422, 503))
+    def predict_batch(file: list[UploadFile] = File(..., description=f"the images, at most {max_batch_files}")):
+        if len(file) > max_batch_files:
+            raise BadInput(400, f"{len(file)} files in one request; at most {max_batch_files}")
+        return predict_uploads(serving(), file, batcher, budget)
+
+    return app
+
+
+def add_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
+    """Every error as an ErrorBody JSON answer, whatever raised it."""
+
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, error: BadInput):
-        return JSONResponse({"error": str(error)}, status_code=error.status)
+        return JSONResponse({"error": str(error)}, status_code=error.status, headers=error.headers)
 
     @app.exception_handler(BodyTooLarge)
     async def body_too_large(request: Request, error: BodyTooLarge):
-        return too_large(max_upload_bytes)
+        return too_large(max_upload_bytes, error.drained)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):  # 404, 405, a malformed body
@@ -176,38 +392,9 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):
-        missing = [".".join(map(str, e["loc"][1:])) for e in error.errors() if e["type"] == "missing"]
-        message = f"missing form field: {', '.join(missing)} (send the image as multipart field `file`)"
-        return JSONResponse({"error": message if missing else "invalid request", "detail": error.errors()}, 422)
-
-    @app.get("/", include_in_schema=False)
-    def page():
-        return FileResponse(STATIC / "index.html")
-
-    @app.get("/health")
-    def health():
-        predictor = live.predictor
-        if predictor is None:
-            return JSONResponse({"status": "no model", "error": live.problem}, status_code=503)
-        return {"status": "ok", "model_version": predictor.version}
-
-    @app.get("/model")
-    def model_info():
-        predictor = serving()
-        record = {key: predictor.metadata[key] for key in MODEL_FIELDS if key in predictor.metadata}
-        return record | {"version": predictor.version, "label_names": predictor.label_names}
-
-    @app.post("/predict")
-    def predict(file: UploadFile = File(...)):
-        return predict_uploads(serving(), [file], batcher)[0]
-
-    @app.post("/predict/batch")
-    def predict_batch(file: list[UploadFile] = File(...)):
-        if len(file) > max_batch_files:
-            raise BadInput(400, f"{len(file)} files in one request; at most {max_batch_files}")
-        return predict_uploads(serving(), file, batcher)
-
-    return app
+        problems = field_problems(error.errors())
+        message = "; ".join(dict.fromkeys(map(describe_problem, problems))) or "invalid request"
+        return JSONResponse({"error": message, "detail": problems}, status_code=422)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,11 +411,22 @@ def main(argv: list[str] | None = None) -> int:
         default=MAX_IMAGES,
         help=f"most images of concurrent requests scored in one model call (default {MAX_IMAGES}; 1: each alone)",
     )
+    parser.add_argument(
+        "--decode-budget",
+        type=float,
+        default=DEFAULT_PIXELS / 1e6,
+        metavar="MP",
+        help=f"most megapixels decoded at once over all requests, bounding memory (default {DEFAULT_PIXELS / 1e6:g}; "
+        "0: no bound); a request waits for its share, then gets 503 with Retry-After",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.max_batch < 1:
         parser.error(f"--max-batch must be at least 1, got {args.max_batch}")
-    app = create_app(args.data_dir, args.model, max_batch_images=args.max_batch)
+    if args.decode_budget < 0:
+        parser.error(f"--decode-budget must be 0 (no bound) or more megapixels, got {args.decode_budget:g}")
+    budget = round(args.decode_budget * 1e6) or None
+    app = create_app(args.data_dir, args.model, max_batch_images=args.max_batch, decode_budget_pixels=budget)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 

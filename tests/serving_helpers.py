@@ -1,6 +1,7 @@
 """The prediction service as a user runs it, for tests: `python serving/app.py --data-dir D --port P`
 in a subprocess (its own process group, output to a log file), waited on until /health answers,
-stopped with SIGTERM (SIGKILL if it does not exit); and test images in every accepted format."""
+stopped with SIGTERM (SIGKILL if it does not exit); the same app served by uvicorn in a thread of
+the test process, for tests that replace a function it calls; and test images in every accepted format."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import io
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,11 +48,14 @@ def wait_until(check, timeout: float, interval: float = 0.2, what: str = "condit
 
 
 @contextlib.contextmanager
-def serving_process(data_dir: Path, log: Path, startup_timeout: float = 120) -> Iterator[ServingProcess]:
-    """The service on a free port of 127.0.0.1, answering /health (200, or 503 while it has no model)."""
+def serving_process(
+    data_dir: Path, log: Path, startup_timeout: float = 120, options: Sequence[str] = ()
+) -> Iterator[ServingProcess]:
+    """The service on a free port of 127.0.0.1, answering /health (200, or 503 while it has no model);
+    `options`: more command-line options (`--decode-budget 50`)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "serving/app.py", "--data-dir", str(data_dir), "--port", str(port)]
+    command = [sys.executable, "serving/app.py", "--data-dir", str(data_dir), "--port", str(port), *options]
     with open(log, "w") as log_handle:
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=os.environ, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True
@@ -72,6 +77,43 @@ def serving_process(data_dir: Path, log: Path, startup_timeout: float = 120) -> 
         yield served
     finally:
         stop(process)
+
+
+@contextlib.contextmanager
+def serving_in_thread(app, startup_timeout: float = 120) -> Iterator[str]:
+    """`app` (an ASGI app: its lifespan runs) served by uvicorn on a free port of 127.0.0.1 in a daemon
+    thread of this process, so a test can monkeypatch what it calls; yields the base URL once /health
+    answers 200 (the model is loaded)."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn-under-test", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        try:
+            return server.started and httpx.get(f"{url}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(healthy, startup_timeout, what="the in-process service serving a model")
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """A white RGBA PNG of width × height: a few hundred KB however many pixels (7,000 × 7,000 is
+    208 KB), the costliest kind to decode (RGBA, composited on white): a decompression-heavy upload."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGBA", (width, height), (255, 255, 255, 255)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def scene(width: int = 64, height: int = 48, seed: int = 0) -> np.ndarray:

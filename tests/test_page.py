@@ -1,6 +1,7 @@
 """The service's page (serving/static/) in a headless Chromium, as a person uses it: it names the
 serving model, an image chosen with the file input or dropped on the page is classified and drawn as
-three bars that agree with the API, and a file that is not an image shows the service's message.
+three bars that agree with the API, a file that is not an image shows the service's message, and a
+file over the upload limit is refused by the page itself, naming the limit, without being sent.
 
 Playwright drives the system browser (`playwright install` is never run); the server is a real
 `python serving/app.py` process on a two-version registry (champion v2). A screenshot of a classified image goes
@@ -183,6 +184,21 @@ def test_a_file_that_is_not_an_image_shows_the_service_message(service, page):
     page.set_input_files("#file", str(photo(tmp)))  # and the next good image clears the error
     expect(page.locator("#result")).to_be_visible(timeout=30_000)
     expect(error).to_be_hidden()
+
+
+def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(service, page):
+    from playwright.sync_api import expect
+
+    _, _, tmp = service
+    expect(page.locator("#hint")).to_contain_text("at most 10 MiB")  # from GET /limits
+    huge = tmp / "huge.png"
+    huge.write_bytes(encode(scene(64, 64, seed=9)) + b"\0" * (11 * 2**20))
+    posted: list[str] = []
+    page.on("request", lambda r: posted.append(r.url) if r.method == "POST" else None)
+    page.set_input_files("#file", str(huge))
+    expect(page.locator("#error")).to_contain_text("huge.png is 11 MiB: over the service's 10 MiB limit")
+    expect(page.locator("#result")).to_be_hidden()
+    assert posted == []  # refused by the page: no 10 MiB upload for a 413
 
 
 def test_a_dropped_image_is_classified(service, page):

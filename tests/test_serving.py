@@ -6,9 +6,15 @@ clients are sending images, to check the live switch drops or mislabels no reque
 
 from __future__ import annotations
 
+import json
 import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -19,7 +25,15 @@ import pytest
 
 from cifarflow.layout import DataLayout
 from tests.registry_helpers import add_version, copy_data_dir
-from tests.serving_helpers import ServingProcess, encode, scene, serving_process, wait_until
+from tests.serving_helpers import (
+    ServingProcess,
+    encode,
+    flat_png,
+    scene,
+    serving_in_thread,
+    serving_process,
+    wait_until,
+)
 from tests.synthetic import CLASSES
 
 pytestmark = pytest.mark.server  # starts a real uvicorn process (tens of seconds with the registry it builds)
@@ -237,6 +251,40 @@ def test_missing_file_field_is_422(service):
         assert_error(client.post("/predict"), 422)  # no body at all
 
 
+def test_a_text_field_where_the_file_belongs_is_422_saying_attach_a_file(service):
+    """`curl -F file=cat.jpg` (the @ forgotten) or `-F "file=<x.png"` send a part without a filename:
+    text, not a file. Both endpoints say what to do instead of failing to serialise the error (500)."""
+    with service.client() as client:
+        for path in ("/predict", "/predict/batch"):
+            forgot_the_at = client.post(path, data={"file": "cat.jpg"}, files={"other": ("x", b"")})
+            content_as_text = client.post(path, files={"file": (None, PNG[:40])})  # no filename: a text part
+            for response in (forgot_the_at, content_as_text):
+                error = assert_error(response, 422)
+                assert "`file` must be a file upload" in error and "file=@" in error, error
+                assert response.json()["detail"][0]["loc"][:2] == ["body", "file"]
+        # form-urlencoded and JSON bodies are told the same, not a 500
+        assert "file upload" in assert_error(client.post("/predict", data={"file": "cat.jpg"}), 422)
+        assert "missing form field: file" in assert_error(client.post("/predict", json={"file": "x"}), 422)
+
+
+def test_validation_errors_with_objects_inside_still_serialise_to_json():
+    """FastAPI's errors may carry exception objects (ctx) and the user's input (bytes, uploads):
+    the answer keeps only where, what and which kind, so it always serialises."""
+    from serving.app import describe_problem, field_problems
+
+    errors = [
+        {"type": "value_error", "loc": ("body", "file", 0), "msg": "Expected UploadFile", "input": b"\xff" * 10},
+        {"type": "missing", "loc": ("body", "file"), "msg": "Field required", "ctx": {"error": ValueError("x")}},
+        {"type": "int_parsing", "loc": ("query", "n"), "msg": "not an int", "input": object()},
+    ]
+    problems = field_problems(errors)
+    assert json.loads(json.dumps(problems)) == problems
+    assert problems[0] == {"loc": ["body", "file", "0"], "msg": "Expected UploadFile", "type": "value_error"}
+    messages = [describe_problem(p) for p in problems]
+    assert "must be a file upload" in messages[0] and "missing form field: file" in messages[1]
+    assert messages[2] == "n: not an int"
+
+
 def test_upload_over_the_limit_is_413(service):
     big = PNG + b"\0" * (10 * MiB)  # over MAX_UPLOAD_BYTES once the multipart framing is added
     with service.client() as client:
@@ -263,6 +311,48 @@ def test_chunked_upload_over_the_limit_is_413(service):
         response = client.post("/predict", content=body(), headers=headers)
     assert "content-length" not in response.request.headers
     assert_error(response, 413)
+
+
+def test_a_client_that_writes_the_whole_body_first_reads_the_413(service):
+    """Python's urllib writes all of a 30 MiB body before it reads the answer: the service reads and
+    discards the rest (up to 4× the limit) so that this client too gets the 413 JSON, not a reset
+    connection; with a Content-Length and chunked alike."""
+    boundary = "cifarflow-test-boundary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="huge.png"\r\n\r\n'.encode()
+    body = head + b"\0" * (30 * MiB) + f"\r\n--{boundary}--\r\n".encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    chunks = (body[start : start + MiB] for start in range(0, len(body), MiB))  # no length: sent chunked
+    for data in (body, chunks):
+        request = urllib.request.Request(f"{service.url}/predict", data=data, headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 413
+        assert "10 MiB" in json.loads(refused.value.read())["error"]
+
+
+def test_a_client_that_waits_for_100_continue_gets_the_413_without_sending_the_body(service):
+    """curl asks `Expect: 100-continue` before a large upload: the 413 comes at once, nothing sent."""
+    request = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {30 * MiB}\r\nExpect: 100-continue\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", service.server.port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):  # the service closes the connection: the body was never sent
+            answer += chunk
+    answer = answer.decode()
+    assert answer.startswith("HTTP/1.1 413"), answer
+    assert "10 MiB limit" in answer
+
+
+def test_limits_say_what_the_service_accepts(service):
+    from cifarflow.intake.images import MAX_PIXELS
+
+    with service.client() as client:
+        limits = client.get("/limits")
+    assert limits.status_code == 200
+    assert limits.json() == {"max_upload_bytes": 10 * MiB, "max_batch_files": 64, "max_pixels": MAX_PIXELS}
 
 
 def test_too_many_files_in_a_batch_is_400(service):
@@ -292,6 +382,201 @@ def test_wrong_method_unknown_path_and_malformed_body_are_json_errors(service):
         assert "Not Found" in assert_error(client.get("/no-such-page"), 404)
         malformed = client.post("/predict", content=b"--x\r\n", headers={"content-type": "multipart/form-data"})
         assert 400 <= malformed.status_code < 500 and "error" in malformed.json()
+
+
+# --- one file's fault stays that request's: any decoder exception, the decode budget -----------------
+
+
+@pytest.fixture(scope="module")
+def data_dir(two_versions, tmp_path_factory) -> Path:
+    """A private copy of the two-version registry for services run inside this process."""
+    return copy_data_dir(two_versions, tmp_path_factory.mktemp("in-process") / "data")
+
+
+POISON = encode(scene(64, 48, seed=99))  # a valid PNG whose decoding the tests below make fail
+
+
+def test_any_exception_decoding_one_upload_is_415_for_that_request_alone(data_dir, monkeypatch):
+    """A decoder bug on an odd file (struct.error from Pillow's EXIF code, say) is that file's 415,
+    naming it and the reason; the requests decoded and scored beside it get their answers."""
+    import serving.app
+
+    real = serving.app.convert_image
+
+    def convert_or_fail(data: bytes):
+        if data == POISON:
+            raise struct.error("unpack requires a buffer of 4 bytes")
+        return real(data)
+
+    monkeypatch.setattr(serving.app, "convert_image", convert_or_fail)
+    images = [encode(scene(48, 48, seed=30 + i)) for i in range(6)]
+    with serving_in_thread(serving.app.create_app(data_dir)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        singles = [post_image(client, data).json() for data in images]
+
+        def send(index: int) -> httpx.Response:
+            return post_image(client, POISON, "odd.png") if index == 3 else post_image(client, images[index % 6])
+
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(send, range(16)))
+        batch = client.post("/predict/batch", files=[("file", ("fine.png", images[0])), ("file", ("odd.png", POISON))])
+    error = assert_error(responses[3], 415)
+    assert "odd.png" in error and "struct.error" in error and "unpack requires" in error
+    for index, response in enumerate(responses):
+        if index != 3:
+            assert response.status_code == 200, response.text
+            assert_same_result(response.json(), singles[index % 6])
+    assert "odd.png" in assert_error(batch, 415) and "fine.png" not in batch.json()["error"]
+
+
+def test_concurrent_big_images_under_a_small_decode_budget_get_200_or_503_with_retry_after(data_dir):
+    """Six 3,000 × 3,000 PNGs at once against a 4 MP budget (each larger than it: each decodes alone)
+    and a short wait: every answer is a prediction or a 503 with Retry-After, never a 500, and the
+    budget is whole again after."""
+    from serving.app import create_app
+
+    big = flat_png(3000, 3000)
+    app = create_app(data_dir, decode_budget_pixels=4_000_000, decode_wait_s=0.5)
+    with serving_in_thread(app) as url, httpx.Client(base_url=url, timeout=120) as client:
+        with ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda i: post_image(client, big, f"big-{i}.png"), range(6)))
+        assert post_image(client, PNG).status_code == 200  # the budget was given back
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503} and 200 in statuses, statuses
+    for response in (r for r in responses if r.status_code == 503):
+        assert "big-" in assert_error(response, 503) and int(response.headers["retry-after"]) >= 1
+    assert app.state.decode_budget.in_use == 0
+
+
+def test_a_request_that_cannot_get_its_decode_budget_in_time_is_503_with_retry_after(data_dir, monkeypatch):
+    """While one 1 MP image decodes slowly (held for a second) and the budget is 1 MP, the others give
+    up after their 0.05 s wait: 503, Retry-After, the file named; the first is answered."""
+    import serving.app
+
+    real = serving.app.convert_image
+
+    def slow_convert(data: bytes):
+        time.sleep(1.0)
+        return real(data)
+
+    monkeypatch.setattr(serving.app, "convert_image", slow_convert)
+    image = encode(scene(1000, 1000, seed=5))
+    app = serving.app.create_app(data_dir, decode_budget_pixels=1_000_000, decode_wait_s=0.05)
+    start = threading.Barrier(4)
+    with serving_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+
+        def send(index: int) -> httpx.Response:
+            start.wait()
+            return post_image(client, image, f"photo-{index}.png")
+
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(send, range(4)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses[0] == 200 and statuses[-1] == 503, statuses
+    for response in (r for r in responses if r.status_code == 503):
+        error = assert_error(response, 503)
+        assert "photo-" in error and "try again" in error and response.headers["retry-after"].isdigit()
+
+
+# --- the decode budget on its own --------------------------------------------------------------------
+
+
+def test_decode_budget_holds_pixels_and_gives_them_back():
+    from cifarflow.inference.decode_budget import DecodeBudget
+
+    budget = DecodeBudget(100, wait_s=0)
+    with budget.hold(60) as first, budget.hold(40) as second:
+        assert (first, second, budget.in_use) == (60, 40, 100)
+    assert budget.in_use == 0
+    with pytest.raises(RuntimeError), budget.hold(70):
+        raise RuntimeError("decoding failed")  # the pixels come back on an error too
+    assert budget.in_use == 0
+
+
+def test_decode_budget_spent_for_the_whole_wait_raises_decode_busy():
+    from cifarflow.inference.decode_budget import DecodeBudget, DecodeBusy
+
+    budget = DecodeBudget(100, wait_s=0.1)
+    with budget.hold(80):
+        started = time.monotonic()
+        with pytest.raises(DecodeBusy, match="try again in 2 s") as busy:
+            budget.acquire(30)
+        assert 0.1 <= time.monotonic() - started < 2
+    assert busy.value.retry_after_s == 2 and budget.in_use == 0
+
+
+def test_an_image_larger_than_the_whole_budget_decodes_alone_not_never():
+    """More pixels than the budget: it waits until nothing else decodes, then holds all of it."""
+    from cifarflow.inference.decode_budget import DecodeBudget
+
+    budget = DecodeBudget(100, wait_s=5)
+    assert budget.acquire(500) == 100 and budget.in_use == 100  # alone: the whole budget, no deadlock
+    budget.release(100)
+    small = budget.acquire(10)
+    got: list[int] = []
+    waiter = threading.Thread(target=lambda: got.append(budget.acquire(500)))
+    waiter.start()
+    time.sleep(0.2)
+    assert not got  # still decoding the small one
+    budget.release(small)
+    waiter.join(5)
+    assert got == [100] and budget.in_use == 100
+
+
+def test_small_images_decode_beside_a_big_one_waiting_for_room():
+    """A request goes ahead as soon as its share fits: a big image waiting does not hold up small ones."""
+    from cifarflow.inference.decode_budget import DecodeBudget
+
+    budget = DecodeBudget(100, wait_s=5)
+    held = budget.acquire(50)
+    got: list[int] = []
+    big = threading.Thread(target=lambda: got.append(budget.acquire(100)))
+    big.start()
+    time.sleep(0.1)
+    assert budget.acquire(10) == 10 and not got  # fits beside the 50 held; the big one still waits
+    budget.release(10)
+    budget.release(held)
+    big.join(5)
+    assert got == [100] and budget.in_use == 100
+
+
+FREED_MEMORY_PROBE = """
+import io, sys, threading
+import psutil
+from PIL import Image
+from cifarflow.inference.decode_budget import return_freed_memory
+from cifarflow.intake.images import convert_image
+
+if not return_freed_memory():
+    sys.exit(3)
+buffer = io.BytesIO()
+Image.new("RGBA", (3000, 3000), (255, 255, 255, 255)).save(buffer, format="PNG")
+base = psutil.Process().memory_info().rss
+for _ in range(4):  # one after another, each in a thread of its own, as the service's requests are
+    thread = threading.Thread(target=convert_image, args=(buffer.getvalue(),))
+    thread.start()
+    thread.join()
+print((psutil.Process().memory_info().rss - base) // 2**20)
+"""
+
+
+def test_decoded_image_memory_goes_back_to_the_system():
+    """The decode budget bounds memory only if what a decode frees leaves the process: without
+    `return_freed_memory`, glibc keeps each thread's freed blocks (150 MB here), with it none stay."""
+    probe = subprocess.run([sys.executable, "-c", FREED_MEMORY_PROBE], capture_output=True, text=True, timeout=120)
+    if probe.returncode == 3:
+        pytest.skip("this C library has no mallopt (not glibc)")
+    assert probe.returncode == 0, probe.stderr
+    assert int(probe.stdout) < 40, f"{probe.stdout.strip()} MiB kept after four 9 MP decodes"
+
+
+def test_decode_budget_refuses_a_budget_of_nothing():
+    from cifarflow.inference.decode_budget import DecodeBudget
+    from serving.app import main
+
+    with pytest.raises(ValueError, match="at least 1 pixel"):
+        DecodeBudget(0)
+    with pytest.raises(SystemExit):
+        main(["--decode-budget", "-1"])
 
 
 # --- load, a service with no model, and the live champion switch -------------------------------------

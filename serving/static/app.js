@@ -2,6 +2,19 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const mib = (bytes) => `${+(bytes / 2 ** 20).toFixed(1)} MiB`;
+let maxUploadBytes = null; // from GET /limits; the service's 413 still guards when it is unknown
+
+async function showLimits() {
+  try {
+    const response = await fetch("/limits");
+    if (!response.ok) return;
+    maxUploadBytes = (await response.json()).max_upload_bytes;
+    $("limit").textContent = ` · at most ${mib(maxUploadBytes)}`;
+  } catch (error) {
+    // the page still works: an upload over the limit gets the service's own message
+  }
+}
 
 async function showModel() {
   try {
@@ -44,6 +57,10 @@ function showResult(result) {
 
 async function classify(file) {
   if (!file) return;
+  if (maxUploadBytes !== null && file.size > maxUploadBytes) {
+    // not sent: the service would refuse it (413) after a long upload
+    return showError(`${file.name} is ${mib(file.size)}: over the service's ${mib(maxUploadBytes)} limit; choose a smaller file`);
+  }
   $("preview").src = URL.createObjectURL(file);
   $("preview").hidden = false;
   $("hint").hidden = true;
@@ -70,3 +87,4 @@ const drop = $("drop");
 );
 drop.addEventListener("drop", (event) => classify(event.dataTransfer.files[0]));
 showModel();
+showLimits();
