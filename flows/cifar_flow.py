@@ -31,7 +31,7 @@ from cifarflow.orchestration.artifacts import publish_registry, publish_report  
 from cifarflow.orchestration.plan import plan_stages  # noqa: E402
 from cifarflow.orchestration.runner import StageRunner, parse_stage_list  # noqa: E402
 from cifarflow.orchestration.stages import STAGES  # noqa: E402
-from cifarflow.registry.upgrade import adopt_legacy_champion  # noqa: E402
+from cifarflow.registry.upgrade import upgrade_registry  # noqa: E402
 from tasks.evaluate import evaluate  # noqa: E402
 from tasks.ingest import ingest  # noqa: E402
 from tasks.preprocess import preprocess  # noqa: E402
@@ -63,7 +63,7 @@ def cifar_pipeline(
     ensure_writable(config.layout.root)
     stage = StageRunner(config, parse_stage_list(stages, "stages"), parse_stage_list(refresh, "refresh"))
     with data_dir_lock(config.layout.lock_file, lock_timeout_s, log=logger.info):
-        adopt_legacy_champion(config.layout.registry, logger.info)  # a registry from before versions, once
+        upgrade_registry(config.layout.registry, logger.info)  # an older, restored or damaged registry
         shards = stage(ingest)
         dataset = stage(validate, ingest=shards)
         features = stage(preprocess, validate=dataset)

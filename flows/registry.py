@@ -7,8 +7,11 @@ Every promoted model is a version (v1, v2, …) that keeps its number; `champion
 pipeline, batch prediction and the service use. A move by hand is a Prefect flow run (visible in the
 UI) and is recorded in registry/aliases.jsonl with its reason; the nightly run does not promote a
 model a person rolled back from again. The service switches to the new champion without a restart.
+`list` also names every damaged registry file and what to do about it; `promote` is how a damaged
+or lost champion alias is chosen again.
 
-Exit status: 0 on success, 2 for unusable arguments (an unknown version, no reason), 1 on failure.
+Exit status: 0 on success, 2 for unusable arguments (an unknown or damaged version, no reason), 1 on
+failure. The last line on stdout is `done: …` or `error: …`.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ apply_defaults()  # before Prefect reads the environment
 
 from prefect import flow  # noqa: E402
 
+from cifarflow.cli import EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, ensure_prefect_api, fail, run_command  # noqa: E402
 from cifarflow.errors import PipelineInputError  # noqa: E402
 from cifarflow.layout import DataLayout  # noqa: E402
 from cifarflow.registry import store  # noqa: E402
-from cifarflow.registry.listing import alias_rows, format_table, version_rows  # noqa: E402
+from cifarflow.registry.listing import DAMAGED, alias_rows, format_table, version_rows  # noqa: E402
 from tasks.registry import move_champion, publish  # noqa: E402
 
 
@@ -40,9 +44,9 @@ def promote_version(version: str, reason: str, data_dir: Path = Path("data")) ->
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="the pipeline's data directory")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     listing = commands.add_parser("list", help="the versions as a table, and the latest moves of the alias")
     listing.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="the pipeline's data directory")
     promote = commands.add_parser("promote", help="make a version the champion (a rollback or roll-forward)")
@@ -52,35 +56,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def list_registry(registry: Path) -> int:
+    """Print the table, what is damaged (file and fix), and the latest moves; exit 0 even when damaged."""
+    rows = version_rows(registry)
+    print(format_table(rows))
+    problems = store.problems(registry)
+    if problems:
+        print("\ndamaged (not used until repaired):")
+        for damage in problems:
+            print(f"  {damage}")
+    try:
+        moves = alias_rows(registry, last=5)
+    except store.RegistryDamaged:
+        moves = []  # named among the problems above
+    if moves:
+        print("\nlatest moves of the champion alias:")
+        for move in moves:
+            print(f"  {move['at']}  {move['from'] or '(none)'} → {move['to']}  by {move['by']}: {move['reason']}")
+    champion = next((row["version"] for row in rows if row["champion"]), None)
+    healthy = sum(row["model"] != DAMAGED for row in rows)
+    damaged = f"; {len(problems)} damaged (see above)" if problems else ""
+    return done(f"{healthy} version{'s' * (healthy != 1)}, champion {champion or '(none)'}{damaged}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     registry = DataLayout(args.data_dir.resolve()).registry
     if args.command == "list":
-        print(format_table(version_rows(registry)))
-        moves = alias_rows(registry, last=5)
-        if moves:
-            print("\nlatest moves of the champion alias:")
-            for move in moves:
-                print(f"  {move['at']}  {move['from'] or '(none)'} → {move['to']}  by {move['by']}: {move['reason']}")
-        return 0
+        return list_registry(registry)
     try:
         if not args.reason.strip():
             raise PipelineInputError("--reason is empty; say why the champion moves (it is recorded)")
         store.read_version(registry, args.version)
+        store.check_link_place(registry)
     except PipelineInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if store.champion_name(registry) == args.version:
-        print(f"{args.version} is the champion already; nothing to do")
-        return 0
+        return fail(str(error), EXIT_USAGE)
     try:
+        current = store.champion_name(registry)
+    except store.RegistryDamaged:
+        current = None  # a damaged alias is what a move by hand repairs
+    if current == args.version:
+        return done(f"{args.version} is the champion already; nothing to do")
+    try:
+        ensure_prefect_api()
         move = promote_version(args.version, args.reason, args.data_dir)
     except Exception as error:  # the flow already logged the traceback
-        print(f"error: moving the champion failed: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    print(f"done: champion {move['from'] or '(none)'} → {move['to']} ({move['reason']})")
-    return 0
+        return fail(f"moving the champion failed: {type(error).__name__}: {error}", EXIT_FAILED)
+    return done(f"champion {move['from'] or '(none)'} → {move['to']} ({move['reason']})")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

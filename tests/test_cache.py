@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -142,3 +144,52 @@ def test_local_source_is_keyed_by_content_not_path(synthetic_archive, tmp_path):
     copy.write_bytes(copy.read_bytes() + b"\0")  # a new mtime and size: hashed again, not remembered
     assert identity(copy) != original
     assert str(copy.resolve()) in (tmp_path / "data" / ".stage-state" / "sources.json").read_text()
+
+
+def test_a_source_inside_the_data_dir_is_remembered_after_the_data_dir_moves(tmp_path, monkeypatch):
+    from cifarflow.files import file_digest
+
+    root = tmp_path / "data"
+    archive = root / "cache" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"an archive")
+    memo = root / ".stage-state" / "sources.json"
+    digest = cache.remembered_digest(archive, memo, root)
+    assert digest == file_digest(archive) and '"cache/cifar-10-python.tar.gz"' in memo.read_text()
+
+    moved = tmp_path / "moved"
+    root.rename(moved)  # `mv`: same inode, size and time stamp
+
+    def rehashed(path):
+        raise AssertionError(f"{path} was hashed again")
+
+    monkeypatch.setattr(cache, "file_digest", rehashed)
+    moved_memo = moved / ".stage-state" / "sources.json"
+    assert cache.remembered_digest(moved / "cache" / archive.name, moved_memo, moved) == digest
+
+
+@pytest.mark.parametrize("text", ["", '{"key": "abc", "par', '["a list"]', '{"key": "abc", "params": 3}'])
+def test_a_damaged_stage_record_reads_as_none_and_a_damaged_memo_as_empty(tmp_path, text):
+    state_dir = tmp_path / ".stage-state"
+    state_dir.mkdir()
+    (state_dir / "train.json").write_text(text)
+    assert cache.last_state(state_dir, "train") is None  # --plan then says "never ran", no traceback
+    (state_dir / "sources.json").write_text(text)
+    source = tmp_path / "archive.tar.gz"
+    source.write_bytes(b"bytes")
+    assert len(cache.remembered_digest(source, state_dir / "sources.json")) == 64
+
+
+def test_an_archive_inside_the_data_dir_keys_the_report_by_its_place_there(synthetic_archive, tmp_path):
+    from cifarflow.config import PipelineConfig
+    from cifarflow.orchestration.stages import report_inputs
+
+    def inputs(data_dir: Path, source: Path) -> dict[str, str]:
+        return report_inputs(PipelineConfig(source=str(source), data_dir=data_dir), {})
+
+    for name in ("D1", "D2"):  # the same data dir before and after a move, its archive inside it
+        (tmp_path / name / "cache").mkdir(parents=True)
+        shutil.copy2(synthetic_archive, tmp_path / name / "cache" / "cifar-10-python.tar.gz")
+    moved = [inputs(tmp_path / name, tmp_path / name / "cache" / "cifar-10-python.tar.gz") for name in ("D1", "D2")]
+    assert moved == [{"source": "<data dir>/cache/cifar-10-python.tar.gz"}] * 2
+    assert inputs(tmp_path / "D1", synthetic_archive) == {"source": str(synthetic_archive.resolve())}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from cifarflow.files import read_json
@@ -30,6 +32,7 @@ def test_end_to_end_then_cached_then_downstream_only(tiny_config):
 
     latest = tiny_config.layout.latest_report
     assert latest.is_symlink() and (latest / "report.md").is_file()
+    assert not os.path.isabs(os.readlink(latest))  # relative: the data dir can move (tests/test_portable_data_dir.py)
     metrics = read_json(latest / "metrics.json")
     assert CONTRACT_KEYS <= metrics.keys()
     assert metrics["model"] == "seed" and metrics["epochs"] == 1

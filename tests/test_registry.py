@@ -2,7 +2,9 @@
 and the `champion` alias with every move recorded; the exported SavedModel scoring like the `.keras`
 model in a process that never imports this package; a failed export or smoke test leaving the
 registry byte for byte as it was; rollbacks the nightly run respects; the upgrade of a pre-version
-`champion/` directory; the `registry.py` command line.
+`champion/` directory; the `registry.py` command line; backups that turn the `champion` link into a
+folder or drop it; moves that fail or are cut short (never a record without its move, nor a move
+without its record); every kind of damage named, with its fix, by every command.
 
 The registry is built once per module the way a promotion builds it (tests/registry_helpers.py:
 stage → export → smoke test in a fresh process → commit → move the alias), then copied per test."""
@@ -22,8 +24,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cifarflow.registry import store
+from cifarflow.registry import alias, store
 from cifarflow.registry.build import Canary, VersionRejected, stage_version
+from flows.predict_flow import main as predict_command
+from flows.registry import main as registry_command
 from tests.conftest import REPO_ROOT
 from tests.registry_helpers import canary_pixels, tiny_model_file, version_inputs
 from tests.synthetic import CLASSES
@@ -495,9 +499,326 @@ def test_cli_promote_refuses_an_unknown_version_or_an_empty_reason(registry):
     before = snapshot(registry)
     unknown = registry_cli(registry.parent, "promote", "v9", "--reason", "roll forward")
     assert unknown.returncode == 2
-    assert unknown.stderr.strip().splitlines()[-1].startswith("error: no version v9 in ")
-    assert "(versions: v1, v2)" in unknown.stderr
+    assert unknown.stdout.strip().splitlines()[-1].startswith("error: no version v9 in ")
+    assert "(versions: v1, v2)" in unknown.stdout
     empty = registry_cli(registry.parent, "promote", "v1", "--reason", "")
     assert empty.returncode == 2
-    assert "error: --reason is empty; say why the champion moves" in empty.stderr
+    assert "error: --reason is empty; say why the champion moves" in empty.stdout
     assert snapshot(registry) == before
+
+
+# ------------------------------------ backups that turn links into copies -------------------
+
+
+def backup_copy(registry: Path, target: Path) -> Path:
+    """What `cp -rL`, `rsync -L`, zip or an object-store sync make of the registry: links become copies."""
+    shutil.copytree(registry, target, symlinks=False)
+    return target
+
+
+def aliases_lines(registry: Path) -> list[dict]:
+    return [json.loads(line) for line in (registry / "aliases.jsonl").read_text().splitlines()]
+
+
+def test_a_backup_that_turned_the_alias_link_into_a_folder_still_finds_the_champion(registry, tmp_path):
+    from cifarflow.inference.predictor import locate
+
+    restored = backup_copy(registry, tmp_path / "restored" / "registry")
+    assert (restored / "champion").is_dir() and not (restored / "champion").is_symlink()
+    assert store.champion_name(restored) == "v2"
+    assert locate("champion", restored).directory == restored / "versions" / "v2"
+    (restored / ".champion.4242.tmp").symlink_to("versions/v1")  # left by a move killed before this fix
+    lines = aliases_lines(restored)
+
+    move = store.move_alias(restored, "v1", by="promotion", reason="promoted", expected_from="v2")
+    assert os.readlink(restored / "champion") == os.path.join("versions", "v1")  # the link is back
+    assert json.loads((restored / "champion.json").read_text())["version"] == "v1"
+    assert not list(restored.glob(".champion.*"))
+    assert aliases_lines(restored) == [*lines, move]  # one record, for the one move that happened
+
+
+def test_an_older_registry_whose_link_became_a_folder_is_read_then_repaired(registry):
+    """The issue's case: a registry from before champion.json, `champion` replaced by a copy of v1."""
+    from cifarflow.inference.predictor import locate
+    from cifarflow.registry.upgrade import upgrade_registry
+
+    (registry / "champion.json").unlink()
+    (registry / "champion").unlink()
+    shutil.copytree(registry / "versions" / "v1", registry / "champion")
+    assert store.champion_name(registry) == "v1" and locate("champion", registry).name == "v1"
+    moves = store.alias_moves(registry)
+
+    logged = []
+    upgrade_registry(registry, logged.append)  # what the pipeline does first, under the data dir's lock
+    assert logged == [
+        "registry: the champion alias (v1) is now recorded in champion.json",
+        "registry: the `champion` link to versions/v1 was put back (it was a folder copy)",
+    ]
+    assert os.readlink(registry / "champion") == os.path.join("versions", "v1")
+    assert store.alias_moves(registry) == moves  # a repair is not a move
+    upgrade_registry(registry, logged.append)
+    assert len(logged) == 2  # once only
+
+
+def test_a_copy_that_dropped_the_link_finds_the_champion_and_gets_the_link_back(registry):
+    from cifarflow.registry.upgrade import upgrade_registry
+
+    (registry / "champion").unlink()  # a zip or sync that skips symbolic links
+    assert store.champion_name(registry) == "v2"
+    logged = []
+    upgrade_registry(registry, logged.append)
+    assert logged == ["registry: the `champion` link to versions/v2 was put back (it was missing)"]
+    assert os.readlink(registry / "champion") == os.path.join("versions", "v2")
+
+
+def test_a_move_that_fails_records_nothing_and_leaves_nothing(registry, monkeypatch):
+    import errno
+
+    from cifarflow.errors import StorageError
+
+    before = snapshot(registry)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(alias, "write_json", disk_full)
+    for _ in range(3):  # the promote task's retries
+        with pytest.raises(StorageError, match="the disk is full"):
+            store.move_alias(registry, "v1", by="promotion", reason="promoted", expected_from="v2")
+    assert snapshot(registry) == before  # no record of a move that did not happen, no temporary file
+
+
+def test_a_move_cut_short_before_its_log_line_is_still_recorded_once(registry, monkeypatch):
+    v2 = store.read_version(registry, "v2")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # a kill after champion.json moved, before aliases.jsonl was appended
+
+    monkeypatch.setattr(alias, "append_line", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.move_alias(registry, "v1", by="hand", reason="v2 misreads night photos")
+    monkeypatch.undo()
+    assert store.champion_name(registry) == "v1"
+    assert store.alias_moves(registry)[-1]["to"] == "v1"  # champion.json carries the move's record
+    assert store.demoted_by_hand(registry, v2.model_id)["reason"] == "v2 misreads night photos"
+
+    store.move_alias(registry, "v2", by="hand", reason="the photos were mislabeled")
+    lines = aliases_lines(registry)
+    assert [(m["to"], m["by"]) for m in lines[-2:]] == [("v1", "hand"), ("v2", "hand")]
+    assert store.alias_moves(registry) == lines  # each move exactly once
+
+
+def test_a_folder_at_the_alias_that_is_no_copy_stops_a_move_and_says_what_to_do(registry):
+    (registry / "champion").unlink()
+    (registry / "champion").mkdir()
+    (registry / "champion" / "notes.txt").write_text("someone's own files")
+    before = snapshot(registry)
+    with pytest.raises(store.RegistryDamaged, match=r"registry/champion is damaged \(a folder that is not a copy"):
+        store.move_alias(registry, "v1", by="hand", reason="roll back")
+    assert snapshot(registry) == before
+    assert store.champion_name(registry) == "v2"  # champion.json still says which version it is
+
+
+# ------------------------------------ a registry damaged by hand ----------------------------
+
+
+def edit_record(path: Path, **changes) -> None:
+    record = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            record.pop(key)
+        else:
+            record[key] = value
+    path.write_text(json.dumps(record))
+
+
+VERSION_DAMAGE = {  # how a version is damaged → (the file named, what the message says is wrong)
+    "empty version.json": (lambda v: (v / "version.json").write_text(""), "version.json", "empty file"),
+    "truncated version.json": (
+        lambda v: (v / "version.json").write_text((v / "version.json").read_text()[:40]),
+        "version.json",
+        "not valid JSON",
+    ),
+    "a key removed by hand": (
+        lambda v: edit_record(v / "version.json", accuracy=None),
+        "version.json",
+        "no `accuracy` field",
+    ),
+    "a value of the wrong type": (
+        lambda v: edit_record(v / "version.json", accuracy="high"),
+        "version.json",
+        "`accuracy` is text, not a number",
+    ),
+    "a missing file": (lambda v: (v / "model.keras").unlink(), "", "model.keras missing"),
+}
+
+
+def registry_main(capsys, data_dir: Path, *args: str) -> tuple[int, str, str]:
+    code = registry_command(["--data-dir", str(data_dir), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def predict_main(capsys, data_dir: Path, image: Path, *args: str) -> tuple[int, str, str]:
+    code = predict_command([str(image), "--data-dir", str(data_dir), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(canary_pixels(3, 1)[0]).save(path)
+    return path
+
+
+def assert_refused_naming(result: tuple[int, str, str], named: str, problem: str) -> None:
+    code, out, err = result
+    last = out.strip().splitlines()[-1]
+    assert code == 2 and last.startswith(f"error: {named} is damaged ("), out
+    assert problem in last and "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage", VERSION_DAMAGE)
+def test_a_damaged_version_is_named_by_every_command(registry, capsys, image, damage):
+    from cifarflow.inference.predictor import locate
+
+    harm, file, problem = VERSION_DAMAGE[damage]
+    harm(registry / "versions" / "v2")  # the champion
+    named = str(registry / "versions" / "v2" / file).rstrip("/")
+
+    code, out, err = registry_main(capsys, registry.parent, "list")
+    assert code == 0 and "Traceback" not in err
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:3]}
+    assert rows["v1"][1] == "seed" and rows["v2"][1:] == ["champion", "DAMAGED"]  # the healthy one is shown
+    assert f"{named} is damaged ({problem}" in out and "restore it from a backup" in out
+    assert out.strip().splitlines()[-1] == "done: 1 version, champion v2; 1 damaged (see above)"
+
+    assert_refused_naming(predict_main(capsys, registry.parent, image, "--model", "v2"), named, problem)
+    assert_refused_naming(predict_main(capsys, registry.parent, image), named, problem)  # the champion
+    assert locate("v1", registry).name == "v1"  # the others still serve
+
+
+ALIAS_DAMAGE = {  # how champion.json is damaged → what the message says is wrong
+    "empty": ("", "empty file"),
+    "truncated": ('{"version": "v2", "mod', "not valid JSON"),
+    "edited into the wrong type": ('{"version": 2, "model_id": "x"}', "`version` is a number, not text"),
+    "naming a version that is not there": (
+        '{"version": "v7", "model_id": "x"}',
+        "it names v7, which is not in the registry (versions: v1, v2)",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", ALIAS_DAMAGE)
+def test_a_damaged_champion_alias_is_named_and_a_move_by_hand_repairs_it(registry, capsys, image, damage):
+    from cifarflow.inference.predictor import locate
+
+    text, problem = ALIAS_DAMAGE[damage]
+    (registry / "champion.json").write_text(text)
+    named = str(registry / "champion.json")
+
+    code, out, err = registry_main(capsys, registry.parent, "list")
+    assert code == 0 and "Traceback" not in err
+    assert [line.split()[:2] for line in out.splitlines()[1:3]] == [["v1", "seed"], ["v2", "seed"]]  # no champion
+    assert f"{named} is damaged ({problem}" in out
+    assert "): choose the champion again with `python flows/registry.py promote vN --reason …`" in out
+    assert out.strip().splitlines()[-1] == "done: 2 versions, champion (none); 1 damaged (see above)"
+
+    assert_refused_naming(predict_main(capsys, registry.parent, image), named, problem)
+    assert locate("v1", registry).name == "v1"
+    store.move_alias(registry, "v1", by="hand", reason="champion.json was damaged")  # what `registry.py promote` does
+    assert store.champion_name(registry) == "v1" and store.problems(registry) == []
+    last = store.alias_moves(registry)[-1]
+    assert (last["to"], last["by"]) == ("v1", "hand") and last["from"] == ("v7" if "v7" in text else None)
+
+
+def test_an_unreadable_line_of_the_alias_log_is_named_and_the_others_stand(registry, capsys):
+    path = registry / "aliases.jsonl"
+    path.write_bytes(path.read_bytes() + b'{"at": "2026-\n' + b"\xff\xfe not text\n")
+    store.move_alias(registry, "v1", by="hand", reason="v2 misreads night photos")
+    code, out, err = registry_main(capsys, registry.parent, "list")
+    assert code == 0 and "Traceback" not in err
+    assert f"{path} is damaged (lines 3, 4 are not whole records, skipped): every other line stands" in out
+    assert "v2 → v1  by hand: v2 misreads night photos" in out
+    assert store.demoted_by_hand(registry, store.read_version(registry, "v2").model_id)["to"] == "v1"
+
+
+def test_damage_is_refused_from_the_command_line_without_a_traceback(registry, image):
+    """The same refusals as above, through the real commands in their own processes."""
+    predict_cli = str(REPO_ROOT / "flows" / "predict_flow.py")
+    (registry / "versions" / "v2" / "version.json").write_text('{"id": "')
+    named = f"{registry / 'versions' / 'v2' / 'version.json'} is damaged (not valid JSON"
+    listed = registry_cli(registry.parent, "list")
+    assert listed.returncode == 0 and named in listed.stdout and "Traceback" not in listed.stderr
+    for args in ([], ["--model", "v2"]):
+        refused = subprocess.run(
+            [sys.executable, predict_cli, str(image), "--data-dir", str(registry.parent), *args],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=300,
+        )
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stdout.strip().splitlines()[-1].startswith(f"error: {named}")
+        assert "Traceback" not in refused.stderr
+
+
+def test_the_promote_stage_stops_before_writing_anything_when_the_champion_is_damaged(registry, built, tmp_path):
+    from cifarflow.promotion.champions import baseline_id
+    from cifarflow.promotion.promote import promote_challenger
+
+    (registry / "versions" / "v2" / "version.json").write_text("")
+    record, *_, canary = built.fresh_inputs
+    before = snapshot(registry)
+    with pytest.raises(store.RegistryDamaged, match=r"versions/v2/version.json is damaged \(empty file\)"):
+        baseline_id(registry, record["id"])  # the promote stage's cache key: the run stops here
+    with pytest.raises(store.RegistryDamaged, match=r"versions/v2/version.json is damaged \(empty file\)"):
+        promote_challenger(
+            challenger_score(built.fresh_inputs, record["id"]),
+            built.fresh_model,
+            run_report(tmp_path),
+            registry,
+            alpha=0.05,
+            key="k",
+            canary=canary,
+            label_names=CLASSES,
+            log=lambda _: None,
+        )
+    assert snapshot(registry) == before
+    assert not (tmp_path / "report" / "promotion.json").exists()
+
+
+def test_the_pipeline_stops_at_promote_naming_a_damaged_champion(prefect_server, tiny_config):
+    from tests.flow_helpers import run_flow
+
+    state, states = run_flow(tiny_config)
+    assert state.is_completed() and states["promote"] == "Completed"
+    registry = tiny_config.layout.registry
+    record = registry / "versions" / "v1" / "version.json"
+    record.write_text(record.read_text()[:30])  # the champion's record cut short
+    before = snapshot(registry)
+
+    state, states = run_flow(tiny_config)
+    assert state.is_failed()
+    with pytest.raises(store.RegistryDamaged, match=rf"{record} is damaged \(not valid JSON") as damaged:
+        state.result()
+    assert "restore it from a backup" in str(damaged.value)
+    assert states == {stage: "Cached" for stage in ("ingest", "validate", "preprocess", "train", "evaluate", "report")}
+    assert snapshot(registry) == before  # nothing registered, no alias moved, no record written
+
+
+def test_the_service_keeps_serving_through_a_damaged_alias_and_follows_the_repair(registry):
+    from cifarflow.inference.live import LiveModel
+
+    logged = []
+    live = LiveModel(registry, log=logged.append)
+    assert live.refresh() and live.version == "v2"
+    (registry / "champion.json").write_text('{"version": "v')  # cut short by hand
+    assert not live.refresh() and not live.refresh()
+    assert live.version == "v2" and f"{registry / 'champion.json'} is damaged (not valid JSON" in live.problem
+    assert sum("cannot be read" in line for line in logged) == 1  # said once, not every second
+    store.move_alias(registry, "v1", by="hand", reason="champion.json was cut short")
+    assert live.refresh() and live.version == "v1" and live.problem is None

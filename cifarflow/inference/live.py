@@ -1,10 +1,11 @@
 """The model a long-running service holds, switched live when the champion alias moves.
 
-A watcher thread reads the alias every `poll_s` seconds. When it points at a new version, the new
-model is loaded *beside* the old one and then swapped in with one reference assignment: a request
-already running finishes on the model it started with, the next one gets the new model, and no
-request waits for a load. A version that fails to load is logged, the old model keeps serving, and
-the load is tried again every `RETRY_S` seconds.
+A watcher thread reads the alias (registry/champion.json) every `poll_s` seconds. When it points at a
+new version, the new model is loaded *beside* the old one and then swapped in with one reference
+assignment: a request already running finishes on the model it started with, the next one gets the
+new model, and no request waits for a load. A version that fails to load is logged, the old model
+keeps serving, and the load is tried again every `RETRY_S` seconds. A damaged alias is logged once
+(and is the `problem` /health reports while no model is loaded); the old model keeps serving.
 """
 
 from __future__ import annotations
@@ -38,9 +39,17 @@ class LiveModel:
 
     def refresh(self) -> bool:
         """Load the model if the alias moved (or on the first call); True when a new model was swapped in."""
-        target = store.champion_name(self.registry) if self.follows_alias else self.spec
+        try:
+            target = store.champion_name(self.registry) if self.follows_alias else self.spec
+        except store.RegistryDamaged as damage:  # champion.json cut or edited: keep serving, say why
+            if self.problem != str(damage):
+                self.problem = str(damage)
+                self.log(f"the champion alias cannot be read ({damage}); still serving {self.version or 'nothing'}")
+            return False
         retry = self._failed_at is not None and time.monotonic() - self._failed_at > RETRY_S
         if target == self._target and not retry:
+            if self._failed_at is None and self.predictor is not None:
+                self.problem = None  # a damaged alias was repaired, pointing where it did
             return False
         self._target, self._failed_at = target, None
         if target is None:

@@ -58,7 +58,8 @@ class Predictor:
 
 def locate(spec: str, registry: Path) -> store.Version | Path:
     """What `spec` names, checked without loading anything (the command line calls it before a flow
-    starts); ModelNotFound says why it names nothing."""
+    starts). ModelNotFound says why it names nothing ("no champion yet", an unknown version, a path
+    that is not there); store.RegistryDamaged names a registry file that is damaged and what to do."""
     spec = str(spec)
     if spec == store.ALIAS:
         version = store.read_champion_version(registry)
@@ -71,6 +72,8 @@ def locate(spec: str, registry: Path) -> store.Version | Path:
     if store.VERSION_NAME.match(spec):
         try:
             return store.read_version(registry, spec)
+        except store.RegistryDamaged:
+            raise
         except store.RegistryError as error:
             raise ModelNotFound(str(error)) from None
     path = Path(spec).expanduser()
@@ -80,7 +83,7 @@ def locate(spec: str, registry: Path) -> store.Version | Path:
 
 
 def load_predictor(spec: str, registry: Path) -> Predictor:
-    """The model `spec` names (see the module docstring); ModelNotFound says why not."""
+    """The model `spec` names (see the module docstring); ModelNotFound or store.RegistryDamaged says why not."""
     found = locate(spec, registry)
     return from_version(found) if isinstance(found, store.Version) else from_path(found)
 
@@ -93,7 +96,7 @@ def from_version(version: store.Version) -> Predictor:
 
 def from_path(path: Path) -> Predictor:
     if path.is_dir() and store.is_whole(path):
-        return from_version(store.Version(path.name, path, read_json(path / "version.json")))
+        return from_version(store.load_version(path))
     if path.is_dir() and is_export(path):
         exported = load_export(path)
         return Predictor(

@@ -94,25 +94,29 @@ def source_identity(config: Any, upstream: dict[str, Any] | None = None) -> dict
     if is_url(config.source) and not config.source.startswith("file:"):
         return {"source_identity": f"{config.source}#{config.sha256 or config.md5 or 'unverified'}"}
     path = local_path(config.source).resolve()
-    return {"source_identity": f"sha256:{remembered_digest(path, config.layout.stage_state / 'sources.json')}"}
+    memo = config.layout.stage_state / "sources.json"
+    return {"source_identity": f"sha256:{remembered_digest(path, memo, config.layout.root)}"}
 
 
-def remembered_digest(path: Path, memo: Path) -> str:
+def remembered_digest(path: Path, memo: Path, root: Path | None = None) -> str:
     """sha256 of an input file, hashed again only when its identity changes (inode, size, mtime in
     ns: what `make` and git's index trust), so a cached re-run does not re-read a 170 MB archive.
-    Outputs are never trusted this way: they are verified by content every time."""
+    A file under `root` (the data dir) is remembered by its path relative to it, so the memo stays
+    right when the data dir moves. Outputs are never trusted this way: they are verified by content
+    every time."""
     stat = path.stat()
     identity = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+    name = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
     try:
         known = read_json(memo) if memo.is_file() else {}
-    except (OSError, ValueError):
+        entry = known.get(name) if isinstance(known, dict) else None
+        if entry and entry["identity"] == identity:
+            return entry["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):  # a memo cut short or edited: hash again
         known = {}
-    entry = known.get(str(path))
-    if entry and entry["identity"] == identity:
-        return entry["sha256"]
     digest = file_digest(path)
     try:
-        write_json(memo, known | {str(path): {"identity": identity, "sha256": digest}})
+        write_json(memo, (known if isinstance(known, dict) else {}) | {name: {"identity": identity, "sha256": digest}})
     except OSError:
         pass  # a read-only data dir: just hash again next time
     return digest
@@ -151,8 +155,16 @@ def record_stage(state_dir: Path, stage: str, parts: KeyParts, result_ref: dict[
 
 
 def last_state(state_dir: Path, stage: str) -> dict[str, Any] | None:
+    """What `record_stage` wrote last for `stage`; None when nothing was, or the file is unreadable
+    (it only explains plans, so a damaged one is as good as none)."""
     path = state_path(state_dir, stage)
-    return read_json(path) if path.is_file() else None
+    try:
+        state = read_json(path) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    parts = ("params", "upstream", "code", "libraries")
+    whole = isinstance(state, dict) and isinstance(state.get("key"), str)
+    return state if whole and all(isinstance(state.get(part), dict) for part in parts) else None
 
 
 def explain_change(previous: dict[str, Any] | None, parts: KeyParts) -> str:

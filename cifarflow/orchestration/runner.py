@@ -2,9 +2,11 @@
 
 For a stage that is selected, the runner computes its key once, looks for its output on disk
 (`StageSpec.find`, which verifies it), and calls the stage's task with that key. Prefect's cache
-record then makes a reused stage show as `Cached`; an output that is missing or no longer whole
-refreshes the cache and the stage runs again. A stage that is not selected (`--stages`) but feeds
-one that is, is taken from disk or the run stops with a clear error.
+record then makes a reused stage show as `Cached`, and the runner hands on the output it found on
+disk, at the data dir's current location, not the one Prefect pickled (see `settle`): a data dir
+works as before after it is moved, copied or restored elsewhere. An output that is missing or no
+longer whole refreshes the cache and the stage runs again. A stage that is not selected
+(`--stages`) but feeds one that is, is taken from disk or the run stops with a clear error.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-from prefect import Task
+from prefect import State, Task
 from prefect.tasks import exponential_backoff
 
 from cifarflow.config import PipelineConfig
@@ -65,21 +67,39 @@ def prepare_stage(
     task: Task, config: PipelineConfig, upstream: dict[str, Any], force: bool = False, **options
 ) -> tuple[Task, KeyParts]:
     """The stage's task, set to reuse its cached result only if its output is still whole on disk, and
-    its key parts; call the task with `key=parts.key`."""
+    its key parts; call the task with `key=parts.key`. A `Cached` result may name the paths of another
+    location of the data dir: `settle` replaces it with the output found here."""
+    prepared, parts, _ = _prepare(task, config, upstream, force, **options)
+    return prepared, parts
+
+
+def _prepare(
+    task: Task, config: PipelineConfig, upstream: dict[str, Any], force: bool = False, **options
+) -> tuple[Task, KeyParts, Any]:
     spec = SPECS[task.name]
     parts = key_parts(spec, config, upstream)
     if force and spec.scratch is not None:  # a forced run starts over instead of resuming old partial work
         shutil.rmtree(spec.scratch(config, parts.key), ignore_errors=True)
-    refresh = force or spec.find(config, parts.key, upstream) is None
-    return task.with_options(refresh_cache=refresh, result_storage=config.layout.prefect_results, **options), parts
+    found = None if force else spec.find(config, parts.key, upstream)
+    prepared = task.with_options(refresh_cache=found is None, result_storage=config.layout.prefect_results, **options)
+    return prepared, parts, found
+
+
+def settle(state: State, found: Any) -> Any:
+    """The stage's output from its task's final state. Prefect's result of a `Cached` run is the object
+    pickled when it was computed, holding the absolute paths of the data dir *then*; when the data
+    dir has moved, been copied or restored elsewhere since, those paths are wrong (or another copy's).
+    So a `Cached` stage returns `found`, the output verified at the data dir's current location."""
+    result = state.result()  # raises what the task raised
+    return found if found is not None and state.name == "Cached" else result
 
 
 def run_stage(task: Task, config: PipelineConfig, upstream: dict[str, Any], force: bool = False, **options) -> Any:
     """Run (or reuse) one stage's task inside a flow, and record its key for `--plan` and `--stages`."""
-    prepared, parts = prepare_stage(task, config, upstream, force, **options)
-    result = prepared(config=config, key=parts.key, **upstream)
-    spec = SPECS[task.name]
-    record_stage(config.layout.stage_state, spec.name, parts, {"fingerprint": result.fingerprint})
+    prepared, parts, found = _prepare(task, config, upstream, force, **options)
+    state = prepared(config=config, key=parts.key, return_state=True, **upstream)
+    result = settle(state, found)
+    record_stage(config.layout.stage_state, task.name, parts, {"fingerprint": result.fingerprint})
     return result
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cifarflow.config import PipelineConfig
+from cifarflow.data.archive import is_url, local_path
 from cifarflow.data.ingest import find_shards
 from cifarflow.data.transform import find_features
 from cifarflow.data.versions import current_version
@@ -56,12 +57,19 @@ def train_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, 
     }
 
 
+def report_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
+    """The data source the report names: a URL as given; a local archive by its absolute path, or by
+    its path in the data dir when it lies there (a moved data dir keeps its report)."""
+    if is_url(config.source) and not config.source.startswith("file:"):
+        return {"source": config.source}
+    path, root = local_path(config.source).resolve(), config.layout.root
+    return {"source": f"<data dir>/{path.relative_to(root)}" if path.is_relative_to(root) else str(path)}
+
+
 def promote_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
-    """The champion the challenger is judged against, and the report the decision is written into."""
-    return {
-        "baseline": baseline_id(config.layout.registry, upstream["train"].model_sha256),
-        "report_dir": str(upstream["report"].directory),
-    }
+    """The champion the challenger is judged against. (The report the decision is written into is
+    upstream: its fingerprint covers its run name; no path enters a key, so a data dir can move.)"""
+    return {"baseline": baseline_id(config.layout.registry, upstream["train"].model_sha256)}
 
 
 SPECS: dict[str, StageSpec] = {
@@ -112,7 +120,8 @@ SPECS: dict[str, StageSpec] = {
     ),
     "report": StageSpec(
         "report",
-        params=("source", "model", "train_batch_size", "train_learning_rate", "seed"),
+        params=("model", "train_batch_size", "train_learning_rate", "seed"),
+        inputs=report_inputs,
         code=("cifarflow.reporting", "cifarflow.files"),
         libraries=(),
         upstream=("ingest", "validate", "preprocess", "train", "evaluate"),

@@ -34,36 +34,40 @@ import numpy as np
 from cifarflow.files import read_json
 from cifarflow.promotion.decision import NO_CHAMPION, Decision, Score
 from cifarflow.registry import store
-
-
-def read_champion_record(registry: Path) -> dict[str, Any] | None:
-    """version.json of the current champion, or None when there is none."""
-    version = store.read_champion_version(registry)
-    return version.record if version else None
+from cifarflow.registry.records import RegistryDamaged, append_line, read_lines, version_fix
 
 
 def read_champion(registry: Path) -> Score | None:
+    """The champion as a Score, or None when there is none yet; RegistryDamaged (which names the file
+    and what to do) when the champion or the alias is damaged."""
     version = store.read_champion_version(registry)
     if version is None:
         return None
-    record, directory = version.record, version.directory
+    try:
+        predictions = np.load(version.directory / "predictions.npy").astype(np.int64)
+        labels = np.load(version.directory / "labels.npy").astype(np.int64)
+        metrics = read_json(version.directory / "metrics.json")
+    except (OSError, ValueError) as error:  # a truncated .npy or metrics.json
+        damage = f"{type(error).__name__}: {error}"
+        raise RegistryDamaged(version.directory, damage, version_fix(version.directory), version.name) from None
     return Score(
-        model_id=record["id"],
-        run_name=record["run_name"],
-        model=record["model"],
-        dataset_sha256=record["dataset_sha256"],
-        test_set_sha256=record["test_set_sha256"],
-        predictions=np.load(directory / "predictions.npy").astype(np.int64),
-        labels=np.load(directory / "labels.npy").astype(np.int64),
-        metrics=read_json(directory / "metrics.json"),
-        batch_ids=tuple(record.get("batch_ids", ())),
-        normalization=record.get("normalization"),
+        model_id=version.model_id,
+        run_name=version.run_name,
+        model=version.preset,
+        dataset_sha256=version.dataset_sha256,
+        test_set_sha256=version.test_set_sha256,
+        predictions=predictions,
+        labels=labels,
+        metrics=metrics,
+        batch_ids=version.batch_ids,
+        normalization=version.normalization,
     )
 
 
 def champion_id(registry: Path) -> str:
-    record = read_champion_record(registry)
-    return record["id"] if record else NO_CHAMPION
+    """The champion's model id, or NO_CHAMPION; RegistryDamaged when it is damaged."""
+    version = store.read_champion_version(registry)
+    return version.model_id if version else NO_CHAMPION
 
 
 def warm_start_source(
@@ -72,20 +76,19 @@ def warm_start_source(
     """The champion's model file to start training `model` from, and what to record about it. Only a
     champion of the same preset, trained under the same kind of fitted transform and on data that is
     all still in the training set (no withdrawn batch), can serve; the trainer then also checks the
-    weights shape by shape."""
+    weights shape by shape. RegistryDamaged when the champion is damaged."""
     version = store.read_champion_version(registry)
-    record = version.record if version else None
-    note = {"requested": "champion", "champion_id": record["id"] if record else None, "applied": False}
-    if record is None:
+    note = {"requested": "champion", "champion_id": version.model_id if version else None, "applied": False}
+    if version is None:
         return None, note | {"reason": "no champion yet"}
-    if record["model"] != model:
-        return None, note | {"reason": f"the champion is a `{record['model']}` model, this run trains `{model}`"}
-    if record.get("normalization") != normalization:
+    if version.preset != model:
+        return None, note | {"reason": f"the champion is a `{version.preset}` model, this run trains `{model}`"}
+    if version.normalization != normalization:
         return None, note | {
-            "reason": f"the champion's inputs were normalized as `{record.get('normalization')}`, this run's as "
+            "reason": f"the champion's inputs were normalized as `{version.normalization}`, this run's as "
             f"`{normalization}`"
         }
-    withdrawn = sorted(set(record.get("batch_ids", ())) - set(batch_ids))
+    withdrawn = sorted(set(version.batch_ids) - set(batch_ids))
     if withdrawn:
         return None, note | {"reason": f"the champion was trained on withdrawn batch {', '.join(withdrawn)}"}
     return str(version.model_path), note | {"champion_version": version.name}
@@ -94,19 +97,27 @@ def warm_start_source(
 def baseline_id(registry: Path, challenger_id: str) -> str:
     """The champion a challenger is (or was) judged against: the current champion, or, when the
     challenger is the champion already, the one it replaced. Identical reruns therefore see the
-    same baseline as the run that promoted the model, which keeps their cache key stable."""
-    record = read_champion_record(registry)
-    if record is None:
+    same baseline as the run that promoted the model, which keeps their cache key stable.
+    RegistryDamaged when the champion is damaged."""
+    version = store.read_champion_version(registry)
+    if version is None:
         return NO_CHAMPION
-    if record["id"] == challenger_id:
-        return record.get("replaced") or NO_CHAMPION
-    return record["id"]
+    if version.model_id == challenger_id:
+        return version.replaced or NO_CHAMPION
+    return version.model_id
 
 
 def version_record(
-    challenger: Score, decision: Decision, label_names: list[str], model_path: Path, now: datetime
+    challenger: Score,
+    decision: Decision,
+    label_names: list[str],
+    model_path: Path,
+    now: datetime,
+    data_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """What version.json says about a promoted challenger (the registry adds its name and smoke test)."""
+    """What version.json says about a promoted challenger (the registry adds its name and smoke test).
+    `source_model` is recorded relative to `data_dir` when it lies in it: nothing in the registry
+    names an absolute path, so a data dir can move."""
     return {
         "id": challenger.model_id,
         "run_name": challenger.run_name,
@@ -121,15 +132,23 @@ def version_record(
         "promoted_at": now.isoformat(timespec="seconds"),
         "replaced": decision.champion_id,
         "decision": decision.summary,
-        "source_model": str(model_path),
+        "source_model": _relative(model_path, data_dir),
     }
 
 
 def record_decision(registry: Path, decision: Decision, run_name: str, now: datetime | None = None) -> None:
     """Append the decision to decisions.jsonl (one line, one write: whole or absent)."""
     at = (now or datetime.now(UTC)).isoformat(timespec="seconds")
-    store.append_line(Path(registry) / "decisions.jsonl", {"at": at, "run_name": run_name} | decision.to_json())
+    append_line(Path(registry) / "decisions.jsonl", {"at": at, "run_name": run_name} | decision.to_json())
 
 
 def read_decisions(registry: Path) -> list[dict[str, Any]]:
-    return store.read_lines(Path(registry) / "decisions.jsonl")
+    """Every decision, oldest first (a line that is not a whole record is skipped: see store.problems)."""
+    return read_lines(Path(registry) / "decisions.jsonl")[0]
+
+
+def _relative(path: Path, root: Path | None) -> str:
+    path = Path(path)
+    if root is not None and path.is_absolute() and path.is_relative_to(Path(root).resolve()):
+        return str(path.relative_to(Path(root).resolve()))
+    return str(path)

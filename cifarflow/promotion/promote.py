@@ -71,7 +71,8 @@ def register(
     if not decision.promoted or store.find_model(registry, challenger.model_id):
         return decision, None  # kept, or registered already (a run killed before the alias moved)
     name = store.next_name(registry)
-    record = version_record(challenger, decision, label_names, model_path, datetime.now(UTC))
+    data_dir = Path(registry).parent  # the layout's: <data dir>/registry
+    record = version_record(challenger, decision, label_names, model_path, datetime.now(UTC), data_dir)
     try:
         staged = stage_version(
             store.new_staging(registry),
@@ -114,12 +115,16 @@ def promote_challenger(
     min_accuracy: float | None = None,
 ):
     """Decide, register the winner (export + smoke test), write promotion.md/.json and the report
-    section, then move the champion alias (only if nobody moved it meanwhile: see store.AliasMoved)."""
+    section, then move the champion alias (only if nobody moved it meanwhile: see store.AliasMoved).
+    RegistryDamaged, before anything is written, when the champion, the alias, or (for a promotion)
+    what stands at `registry/champion` is damaged: the message names the file and what to do."""
     from cifarflow.evaluation import plots
 
     judged_against = store.champion_name(registry)
     champion = read_champion(registry)
     decision = respect_rollback(decide(challenger, champion, alpha=alpha, min_accuracy=min_accuracy), registry)
+    if decision.promoted:
+        store.check_link_place(registry)  # the alias could not be moved: stop before registering anything
     decision, staged = register(challenger, decision, model_path, registry, canary, label_names, log)
     log(decision.summary)
     out = Path(report.directory)

@@ -1,4 +1,5 @@
-"""The registry as a table: one row per version, for `registry.py list` and the Prefect artifact."""
+"""The registry as a table: one row per version, for `registry.py list` and the Prefect artifact.
+A damaged version keeps its row, marked `DAMAGED`; `store.problems` says what is wrong and what to do."""
 
 from __future__ import annotations
 
@@ -8,23 +9,35 @@ from typing import Any
 from cifarflow.registry import store
 
 COLUMNS = ("version", "champion", "model", "accuracy", "dataset", "trained_by_run", "promoted_at", "model_sha256")
+DAMAGED = "DAMAGED"
 
 
 def version_rows(registry: Path) -> list[dict[str, Any]]:
-    champion = store.champion_name(registry)
-    return [
+    """Every version, oldest first; a damaged one with `model` DAMAGED and nothing else but its name."""
+    try:
+        champion = store.champion_name(registry)
+    except store.RegistryDamaged:
+        champion = None  # listed among the problems
+    found = store.scan(registry)
+    rows = [
         {
             "version": version.name,
             "champion": "champion" if version.name == champion else "",
-            "model": version.record["model"],
+            "model": version.preset,
             "accuracy": round(version.accuracy, 4),
-            "dataset": version.record.get("dataset_sha256", ""),
-            "trained_by_run": version.record.get("run_name", ""),
-            "promoted_at": version.record.get("promoted_at", ""),
+            "dataset": version.dataset_sha256,
+            "trained_by_run": version.run_name,
+            "promoted_at": version.promoted_at,
             "model_sha256": version.model_id[:12],
         }
-        for version in store.list_versions(registry)
+        for version in found.versions
     ]
+    rows += [
+        dict.fromkeys(COLUMNS, "")
+        | {"version": damage.version, "champion": "champion" if damage.version == champion else "", "model": DAMAGED}
+        for damage in found.damaged
+    ]
+    return sorted(rows, key=lambda row: int(row["version"][1:]))
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -1,9 +1,15 @@
-"""Registries written before versions existed kept the champion as a plain `champion/` directory
-(and earlier champions in `history/`). `adopt_legacy_champion` makes that champion the next version
-and points the alias at it, so an upgrade keeps the champion a challenger must beat. The pipeline
-calls it at the start of every run, under the data directory's lock.
+"""Older or restored registries brought to the current form. The pipeline calls `upgrade_registry`
+at the start of every run, under the data directory's lock:
 
-Each step can be killed and the next call finishes the job:
+- `adopt_legacy_champion`: registries written before versions existed kept the champion as a plain
+  `champion/` directory (and earlier champions in `history/`); that champion becomes the next version
+  and the alias points at it, so an upgrade keeps the champion a challenger must beat;
+- `store.repair_alias`: the alias recorded in champion.json (registries from before it kept only the
+  `champion` link), and the link put back where a backup turned it into a folder or dropped it;
+- whatever is damaged is logged, naming the file and what to do; the run goes on, and the promote
+  stage stops with the same message if it needs the damaged champion.
+
+Adopting a legacy champion takes four steps; each can be killed and the next call finishes the job:
 
 1. the legacy champion is registered as a version (or found, if an earlier call got that far);
 2. `champion/` is renamed to `legacy-champion/`, freeing the alias's name;
@@ -30,14 +36,25 @@ def legacy_dir(registry: Path) -> Path:
     return Path(registry) / "legacy-champion"
 
 
+def upgrade_registry(registry: Path, log: Callable[[str], None] = print) -> None:
+    """Adopt a legacy champion, repair the alias, and log what is damaged (see the module docstring)."""
+    adopt_legacy_champion(registry, log)
+    try:
+        store.repair_alias(registry, log)
+    except store.RegistryDamaged:
+        pass  # logged with the rest just below
+    for damage in store.problems(registry):
+        log(f"registry damaged: {damage}")
+
+
 def adopt_legacy_champion(registry: Path, log: Callable[[str], None] = print) -> store.Version | None:
     """The adopted version, or None when there is nothing to adopt (or it cannot be: then the old
     directory is left untouched and the reason logged; the registry behaves as if it had no champion)."""
     registry = Path(registry)
     alias = store.alias_path(registry)
-    if alias.is_dir() and not alias.is_symlink():
-        source = alias
-    elif legacy_dir(registry).is_dir() and store.champion_name(registry) is None:
+    if alias.is_dir() and not alias.is_symlink() and not (alias / "version.json").exists():
+        source = alias  # (a folder copy of a version, which a backup leaves, is store.repair_alias's to mend)
+    elif legacy_dir(registry).is_dir() and not store.pointer_path(registry).exists() and _no_link(alias):
         source = legacy_dir(registry)  # a call killed between steps 2 and 3
     else:
         return None
@@ -53,6 +70,10 @@ def adopt_legacy_champion(registry: Path, log: Callable[[str], None] = print) ->
     shutil.rmtree(legacy_dir(registry), ignore_errors=True)
     log(f"registry upgraded: the champion is now version {version.name}")
     return version
+
+
+def _no_link(alias: Path) -> bool:
+    return not alias.exists() and not alias.is_symlink()
 
 
 def register_legacy(registry: Path, source: Path, record: dict) -> store.Version:

@@ -4,6 +4,7 @@ these files by the flow (see `cifarflow.orchestration.artifacts`)."""
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 from dataclasses import dataclass
@@ -168,8 +169,20 @@ def write_report(evaluation_dir: Path, card: dict[str, Any], reports_dir: Path, 
         write_json(staging / "model_card.json", card)
         with atomic_path(staging / "report.md") as tmp:
             tmp.write_text(render_markdown(metrics, card, data_section))
-    point_symlink(reports_dir / "latest", target)
+    point_latest(reports_dir / "latest", target)
     return report_in(target, card["run_name"])
+
+
+def point_latest(latest: Path, target: Path) -> None:
+    """Make `latest` a relative link to `target`. A backup that does not keep links (`cp -rL`, zip,
+    an object-store sync) leaves a copy of a report folder (or a small file) in its place: that copy
+    is removed first, and nothing else in the folder names an absolute path."""
+    if latest.is_dir() and not latest.is_symlink():
+        aside = latest.with_name(f".{latest.name}.{os.getpid()}.discard")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.replace(latest, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    point_symlink(latest, target)
 
 
 def report_in(directory: Path, run_name: str) -> Report:

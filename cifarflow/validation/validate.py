@@ -21,6 +21,7 @@ The stage writes `dataset.json` (every shard of the version, with sha256: what p
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,9 +168,9 @@ def validate_dataset(layout: DataLayout, version: DatasetVersion, out_dir: Path,
             {
                 "lineage": version.lineage(),
                 "label_names": version.label_names,
-                "splits": {
-                    "train": [s for part in (base, *batches) for s in part.shards],
-                    "test": test.shards,
+                "splits": {  # paths relative to this folder: the data dir can move
+                    "train": [relative_entry(s, out_dir) for part in (base, *batches) for s in part.shards],
+                    "test": [relative_entry(s, out_dir) for s in test.shards],
                 },
             },
         )
@@ -177,6 +178,10 @@ def validate_dataset(layout: DataLayout, version: DatasetVersion, out_dir: Path,
         with atomic_path(staging / "validation.md") as tmp:
             tmp.write_text(render_markdown(version, stats))
     return read_validation(out_dir)
+
+
+def relative_entry(shard: dict[str, Any], directory: Path) -> dict[str, Any]:
+    return shard | {"path": os.path.relpath(shard["path"], directory)}
 
 
 def dataset_statistics(base: Part, batches: list[Part], label_names: list[str]) -> dict[str, Any]:
@@ -275,7 +280,7 @@ def find_validation(directory: Path, dataset_version: str) -> ValidatedData | No
             return None
         for shards in read_json(result.dataset_path)["splits"].values():
             for shard in shards:
-                if file_digest(shard["path"]) != shard["sha256"]:
+                if file_digest(directory / shard["path"]) != shard["sha256"]:  # relative to it (or absolute: older)
                     return None
         return result
     except (OSError, ValueError, KeyError):

@@ -1,0 +1,173 @@
+"""The registry's files as typed records, read in one place: a file that is empty, cut short, not
+JSON, or edited by hand into something else raises `RegistryDamaged`, which names the file, what is
+wrong with it and what to do, instead of a JSONDecodeError or KeyError somewhere downstream.
+
+`version.json` is declared once here (`RECORD_FIELDS`: each field a reader relies on, with its type);
+`store.Version` exposes the fields as typed properties. The append-only logs (`aliases.jsonl`,
+`decisions.jsonl`) are read line by line: a line that is not a whole record is skipped and reported
+with its number, and every other line stands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cifarflow.errors import PipelineInputError
+
+CHOOSE_CHAMPION = (
+    "choose the champion again with `python flows/registry.py promote vN --reason …` "
+    "(`python flows/registry.py list` shows the versions)"
+)
+
+# version.json: field → accepted types (None: may be null). The first six are required.
+RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (str,),  # sha256 of model.keras
+    "model": (str,),  # the preset
+    "accuracy": (int, float),  # test accuracy, 0..1
+    "run_name": (str,),
+    "dataset_sha256": (str,),  # the dataset version it trained on
+    "test_set_sha256": (str,),  # the test images it was scored on (pairing for McNemar's test)
+    "version": (str,),  # its own name, v1, v2, …
+    "label_names": (list,),
+    "batch_ids": (list,),
+    "normalization": (str, type(None)),
+    "replaced": (str, type(None)),  # the model id of the champion it replaced
+    "promoted_at": (str,),
+}
+REQUIRED_FIELDS = ("id", "model", "accuracy", "run_name", "dataset_sha256", "test_set_sha256")
+MOVE_FIELDS: dict[str, tuple[type, ...]] = {
+    "at": (str,),
+    "from": (str, type(None)),
+    "to": (str,),
+    "by": (str,),
+    "reason": (str,),
+}
+
+
+class RegistryError(PipelineInputError):
+    """A registry request that cannot be met (an unknown version, a missing reason)."""
+
+
+class RegistryDamaged(RegistryError):
+    """A registry file or folder is damaged, missing or was edited into something unreadable. The
+    message names it (`path`), says what is wrong (`problem`) and what to do (`fix`)."""
+
+    def __init__(self, path: Path, problem: str, fix: str, version: str | None = None):
+        self.path, self.problem, self.fix, self.version = Path(path), problem, fix, version
+        super().__init__(f"{path} is damaged ({problem}): {fix}")
+
+
+def version_fix(directory: Path) -> str:
+    return (
+        f"restore it from a backup; or move the folder {directory} out of the registry and, if it was "
+        f"the champion, {CHOOSE_CHAMPION}"
+    )
+
+
+def read_json_file(path: Path, fix: str, version: str | None = None) -> Any:
+    """The JSON in `path`; RegistryDamaged when it cannot be read, is empty or is not JSON."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise RegistryDamaged(path, "missing", fix, version) from None
+    except OSError as error:
+        raise RegistryDamaged(path, f"cannot be read: {error.strerror or error}", fix, version) from None
+    if not data.strip():
+        raise RegistryDamaged(path, "empty file", fix, version)
+    try:
+        return json.loads(data)
+    except json.JSONDecodeError as error:
+        raise RegistryDamaged(
+            path, f"not valid JSON: {error.msg} at line {error.lineno}, column {error.colno}", fix, version
+        ) from None
+    except ValueError:  # not UTF-8
+        raise RegistryDamaged(path, "not JSON text (binary data)", fix, version) from None
+
+
+def field_problem(data: Any, fields: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> str | None:
+    """Why `data` is not a record of `fields` (a missing required field, a wrong type), or None."""
+    if not isinstance(data, dict):
+        return f"not a JSON object but {_kind(data)}"
+    for name in required:
+        if name not in data:
+            return f"no `{name}` field"
+    for name, types in fields.items():
+        if name in data and (not isinstance(data[name], types) or isinstance(data[name], bool)):
+            words = ("null" if t is type(None) else _TYPE_WORDS.get(t, t.__name__) for t in types)
+            wanted = " or ".join(dict.fromkeys(words))
+            return f"`{name}` is {_kind(data[name])}, not {wanted}"
+    return None
+
+
+def read_version_record(path: Path, name: str | None) -> dict[str, Any]:
+    """A version's version.json, checked against RECORD_FIELDS (and, given its `name`, that it says it
+    is that version); RegistryDamaged says what is wrong."""
+    fix = version_fix(Path(path).parent)
+    data = read_json_file(path, fix, name)
+    problem = field_problem(data, RECORD_FIELDS, REQUIRED_FIELDS)
+    if problem is None and name is not None and data.get("version", name) != name:
+        problem = f"it says it is {data['version']}, but lies in {name}/"
+    if problem is None:
+        lists = [k for k in ("label_names", "batch_ids") if not all(isinstance(x, str) for x in data.get(k, ()))]
+        problem = f"`{lists[0]}` holds something other than text" if lists else None
+    if problem is not None:
+        raise RegistryDamaged(path, problem, fix, name)
+    return data
+
+
+def read_lines(path: Path, fields: dict[str, tuple[type, ...]] | None = None) -> tuple[list[dict[str, Any]], list[int]]:
+    """The records of a JSON-lines file (JSON objects; with `fields`, only those that have every one
+    of them with its type), and the numbers of the lines that are not one (skipped)."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return [], []
+    except OSError as error:
+        raise RegistryDamaged(path, f"cannot be read: {error.strerror or error}", "fix its permissions") from None
+    entries, bad = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        if isinstance(entry, dict) and (fields is None or field_problem(entry, fields, tuple(fields)) is None):
+            entries.append(entry)
+        else:
+            bad.append(number)
+    return entries, bad
+
+
+def bad_lines_damage(path: Path, numbers: list[int]) -> RegistryDamaged:
+    shown = ", ".join(map(str, numbers[:10])) + (", …" if len(numbers) > 10 else "")
+    problem = f"line {shown} is not a whole record" if len(numbers) == 1 else f"lines {shown} are not whole records"
+    return RegistryDamaged(
+        path,
+        f"{problem}, skipped",
+        "every other line stands; delete or repair what is named (each line is one JSON object)",
+    )
+
+
+def append_line(path: Path, entry: dict[str, Any]) -> None:
+    """One JSON line, one write(2) in append mode: whole or absent, even with two writers."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(entry, sort_keys=True, default=str) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+_TYPE_WORDS = {str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return _TYPE_WORDS.get(type(value), type(value).__name__)
