@@ -46,7 +46,7 @@ from cifarflow.errors import PipelineInputError  # noqa: E402
 from cifarflow.files import read_json  # noqa: E402
 from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock  # noqa: E402
 from cifarflow.orchestration.cache import key_parts  # noqa: E402
-from cifarflow.orchestration.runner import prepare_stage, run_stage  # noqa: E402
+from cifarflow.orchestration.runner import prepare_stage, run_stage, settle  # noqa: E402
 from cifarflow.orchestration.stages import SPECS  # noqa: E402
 from cifarflow.sweep.leaderboard import TrialOutcome, leaderboard_rows, write_leaderboard  # noqa: E402
 from cifarflow.sweep.space import Trial, build_trials, load_space, merge_space, sweep_name  # noqa: E402
@@ -140,7 +140,7 @@ def run_trials(
     cluster = _describe_cluster(runner)
     logger.info("submitted %d trials to %s", len(submitted), cluster)
     outcomes = []
-    for name, train_future, evaluate_future in submitted:
+    for name, (train_future, train_found), (evaluate_future, evaluate_found) in submitted:
         if evaluate_future is not None:
             evaluate_future.wait()
         train_state = train_future.state
@@ -150,7 +150,8 @@ def run_trials(
             "states": {"train": _state_name(train_state), "evaluate": _state_name(evaluate_state)},
         }
         if train_state.is_completed() and evaluate_state is not None and evaluate_state.is_completed():
-            outcome |= {"train": train_state.result(), "evaluate": evaluate_state.result()}
+            # a Cached stage's output as found at the data dir's current place (it may have moved)
+            outcome |= {"train": settle(train_state, train_found), "evaluate": settle(evaluate_state, evaluate_found)}
         else:
             failed = train_state if not train_state.is_completed() else evaluate_state
             outcome["error"] = _message(failed)
@@ -173,27 +174,29 @@ def _describe_cluster(runner) -> dict[str, Any]:
 
 
 def _prepared(task, config: PipelineConfig, upstream: dict[str, Any], name: str):
-    """The stage's task for a trial, named after it, and its key (the runner's own preparation)."""
-    prepared, parts = prepare_stage(task, config, upstream, task_run_name=f"{task.name}-{name}")
-    return prepared, parts.key
+    """The stage's task for a trial, named after it, its key, and its output if already on disk (the
+    runner's own preparation)."""
+    prepared, parts, found = prepare_stage(task, config, upstream, task_run_name=f"{task.name}-{name}")
+    return prepared, parts.key, found
 
 
 def _submit_trials(trials: list[PipelineConfig], trial_names: list[str], features) -> list[tuple]:
     """Submit every trial's train at once, then each trial's evaluate as soon as its model exists
-    (an evaluate's cache key includes its model's fingerprint, so it is known only then)."""
+    (an evaluate's cache key includes its model's fingerprint, so it is known only then). Returns,
+    per trial, its name and (future, output found on disk) for train and for evaluate."""
     trains = []
     for config, name in zip(trials, trial_names):
-        task, key = _prepared(train, config, {"preprocess": features}, name)
-        trains.append((config, name, task.submit(config=config, key=key, preprocess=features)))
+        task, key, found = _prepared(train, config, {"preprocess": features}, name)
+        trains.append((config, name, task.submit(config=config, key=key, preprocess=features), found))
     submitted = []
-    for config, name, train_future in trains:
+    for config, name, train_future, train_found in trains:
         train_future.wait()
-        evaluate_future = None
+        evaluate_future = evaluate_found = None
         if train_future.state.is_completed():
-            upstream = {"preprocess": features, "train": train_future.result()}
-            task, key = _prepared(evaluate, config, upstream, name)
+            upstream = {"preprocess": features, "train": settle(train_future.state, train_found)}
+            task, key, evaluate_found = _prepared(evaluate, config, upstream, name)
             evaluate_future = task.submit(config=config, key=key, **upstream)
-        submitted.append((name, train_future, evaluate_future))
+        submitted.append((name, (train_future, train_found), (evaluate_future, evaluate_found)))
     return submitted
 
 

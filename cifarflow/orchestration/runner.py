@@ -65,17 +65,11 @@ def reuse(stage: str, config: PipelineConfig, upstream: dict[str, Any], parts: K
 
 def prepare_stage(
     task: Task, config: PipelineConfig, upstream: dict[str, Any], force: bool = False, **options
-) -> tuple[Task, KeyParts]:
-    """The stage's task, set to reuse its cached result only if its output is still whole on disk, and
-    its key parts; call the task with `key=parts.key`. A `Cached` result may name the paths of another
-    location of the data dir: `settle` replaces it with the output found here."""
-    prepared, parts, _ = _prepare(task, config, upstream, force, **options)
-    return prepared, parts
-
-
-def _prepare(
-    task: Task, config: PipelineConfig, upstream: dict[str, Any], force: bool = False, **options
 ) -> tuple[Task, KeyParts, Any]:
+    """The stage's task, set to reuse its cached result only if its output is still whole on disk; its
+    key parts (call the task with `key=parts.key`); and that output as found on disk (None: it runs).
+    A `Cached` result may name the paths of another location of the data dir: `settle(state, found)`
+    gives the output found here."""
     spec = SPECS[task.name]
     parts = key_parts(spec, config, upstream)
     if force and spec.scratch is not None:  # a forced run starts over instead of resuming old partial work
@@ -96,7 +90,7 @@ def settle(state: State, found: Any) -> Any:
 
 def run_stage(task: Task, config: PipelineConfig, upstream: dict[str, Any], force: bool = False, **options) -> Any:
     """Run (or reuse) one stage's task inside a flow, and record its key for `--plan` and `--stages`."""
-    prepared, parts, found = _prepare(task, config, upstream, force, **options)
+    prepared, parts, found = prepare_stage(task, config, upstream, force, **options)
     state = prepared(config=config, key=parts.key, return_state=True, **upstream)
     result = settle(state, found)
     record_stage(config.layout.stage_state, task.name, parts, {"fingerprint": result.fingerprint})
