@@ -3,10 +3,11 @@
 Two things every command that reads a user's files shares:
 
 - `printable(path)`: the text a name is recorded as (Parquet, JSON, the UI, logs). A name that is
-  valid UTF-8 is kept as it is; in a name that is not (a Latin-1 `café.png` written by an old
-  camera or a zip tool: the bytes `caf\\xe9.png`), each byte that is not part of valid UTF-8 becomes
-  the four characters `\\xNN` (Python's `backslashreplace`), and so does every control character
-  (a newline in a name would split a log line). Lossless: `printf 'caf\\xe9.png'` recreates the name.
+  printable UTF-8 without a backslash is kept as it is; in any other name (a Latin-1 `café.png`
+  written by an old camera or a zip tool: the bytes `caf\\xe9.png`), each byte that is not part of
+  valid UTF-8 becomes the four characters `\\xNN` (as Python's `backslashreplace` writes it), and so
+  do every control character (a newline in a name would split a log line) and the backslash itself
+  (`\\x5c`), so two names never print alike. Lossless: `printf 'caf\\xe9.png'` recreates the name.
   `from_printable(text)` turns it back into the name (flows get their file names as printable text:
   Prefect's parameters must be valid UTF-8).
 - `walk(root)`: every file under a folder, each with the reason it cannot be read, if any: links
@@ -26,18 +27,28 @@ from pathlib import Path
 
 
 def printable(path: str | os.PathLike) -> str:
-    """The name as lossless printable UTF-8 text (see the module docstring); never raises."""
+    """The name as lossless printable UTF-8 text (see the module docstring); never raises. A printable
+    UTF-8 name without a backslash is returned as it is; otherwise each byte that is not UTF-8, each
+    control character and each backslash is escaped, so that `from_printable` is its exact inverse."""
     raw = os.fsencode(path)
-    text = raw.decode("utf-8", "backslashreplace")
-    if text.isprintable():
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and text.isprintable() and "\\" not in text:
         return text
-    return "".join(c if c.isprintable() else _escape(c) for c in text)
+    return "".join(_escape(c) for c in raw.decode("utf-8", "surrogateescape"))
 
 
 def _escape(character: str) -> str:
-    """`\\xNN` always means one byte (a control character below 0x80 is one byte); other characters
-    are written as `\\uNNNN`, so that `from_printable` can tell them apart."""
+    """`\\xNN` always means one byte: a byte that is not UTF-8 (decoded as a lone surrogate), a control
+    character below 0x80, or the backslash itself (`\\x5c`); other unprintable characters are
+    `\\uNNNN` or `\\UNNNNNNNN`, so that `from_printable` can tell them apart."""
     code = ord(character)
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    if character.isprintable() and character != "\\":
+        return character
     return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
@@ -45,11 +56,9 @@ ESCAPE = re.compile(r"\\x([0-9a-f]{2})|\\u([0-9a-f]{4})|\\U([0-9a-f]{8})")
 
 
 def from_printable(text: str) -> str:
-    """The path `printable` wrote `text` for: `text` itself when it names an existing path (or has no
-    escapes), otherwise with its escapes turned back into the name's bytes. Flows take file names as
-    printable text, because Prefect's parameters and API must be valid UTF-8."""
-    if os.path.lexists(text) or not ESCAPE.search(text):
-        return text
+    """The name `printable` wrote `text` for: every escape turned back into the name's bytes (a backslash
+    that starts no escape is kept as it is). Flows take file names as printable text, because Prefect's
+    parameters and API must be valid UTF-8."""
     raw, last = bytearray(), 0
     for match in ESCAPE.finditer(text):
         raw += text[last : match.start()].encode("utf-8", "surrogateescape")

@@ -112,12 +112,17 @@ def check_arguments(args: argparse.Namespace) -> DataLayout:
     """Unusable arguments raise PipelineInputError (exit 2) before any flow starts."""
     if sum(bool(x) for x in (args.inbox, args.withdraw, args.list)) != 1:
         raise PipelineInputError("give exactly one of INBOX, --withdraw BATCH_ID or --list")
-    if args.inbox is not None and not args.inbox.is_dir():
-        raise PipelineInputError(f"no such folder: {args.inbox} (expected INBOX/<class name>/<image files>)")
-    layout = DataLayout(args.data_dir.resolve())
-    current_version(layout)  # says which command to run first when nothing was ingested there
-    if not args.list:
-        ensure_writable(layout.root)
+    try:
+        if args.inbox is not None and not args.inbox.is_dir():
+            raise PipelineInputError(
+                f"no such folder: {printable(args.inbox)} (expected INBOX/<class name>/<image files>)"
+            )
+        layout = DataLayout(args.data_dir.resolve())
+        current_version(layout)  # says which command to run first when nothing was ingested there
+        if not args.list:
+            ensure_writable(layout.root)
+    except OSError as error:  # not one the checks name: a name too long for the file system, say
+        raise PipelineInputError(f"{printable(error.filename or '')}: {error.strerror}") from None
     return layout
 
 

@@ -29,6 +29,7 @@ from prefect import flow, get_run_logger  # noqa: E402
 
 from cifarflow.cli import EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, ensure_prefect_api, fail, run_command  # noqa: E402
 from cifarflow.errors import PipelineInputError  # noqa: E402
+from cifarflow.files import ensure_writable  # noqa: E402
 from cifarflow.inference.batch import BATCH_SIZE, BatchResult  # noqa: E402
 from cifarflow.inference.predictor import locate  # noqa: E402
 from cifarflow.inference.sources import expand_paths  # noqa: E402
@@ -96,8 +97,13 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise PipelineInputError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.out is not None and args.out.suffix != ".parquet":
         raise PipelineInputError(f"--out must name a .parquet file, got {args.out}")
-    expand_paths(args.paths)
-    locate(args.model, DataLayout(args.data_dir.resolve()).registry)  # ModelNotFound, before TensorFlow loads
+    try:
+        expand_paths(args.paths)
+        layout = DataLayout(args.data_dir.resolve())
+        locate(args.model, layout.registry)  # ModelNotFound, before TensorFlow loads
+        ensure_writable(args.out.resolve().parent if args.out else layout.predictions)  # StorageError
+    except OSError as error:  # not one the checks name: a name too long for the file system, say
+        raise PipelineInputError(f"{printable(error.filename or '')}: {error.strerror}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -262,12 +262,12 @@ def _report_trial(trial: Trial, result: dict[str, Any], data: dict[str, Any]) ->
         return TrialOutcome(trial, "failed", states | {"report": "NotRun"}, error=result["error"])
     config, model, evaluation = trial.config, result["train"], result["evaluate"]
     upstream = data | {"train": model, "evaluate": evaluation}
-    task, key = _prepared(report, config, upstream, trial.name)
+    task, key, found = _prepared(report, config, upstream, trial.name)
     state = task(config=config, key=key, return_state=True, **upstream)
     states["report"] = state.name
     if not state.is_completed():
         return TrialOutcome(trial, "failed", states, error=_message(state))
-    written = state.result()
+    written = settle(state, found)
     all_cached = all(s == "Cached" for s in (states["train"], states["evaluate"]))
     return TrialOutcome(
         trial,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cifarflow.cli import ArgumentParser, done, run_command
 from cifarflow.inference.batcher import MAX_IMAGES, MicroBatcher
 from cifarflow.inference.decode_budget import (
     DEFAULT_PIXELS,
@@ -58,6 +60,7 @@ from cifarflow.registry import store
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # per request; a phone photo is 2–6 MB
 MAX_BATCH_FILES = 64
+MAX_BUDGET_MP = 1_000_000  # --decode-budget's ceiling: far above any machine's memory, and finite
 DRAIN_FACTOR = 4  # an over-limit body up to 4× the limit is read and discarded before the 413 (see BodyLimit)
 STATIC = Path(__file__).parent / "static"
 CURL_HINT = "attach the image as a file: curl -F file=@photo.jpg …"
@@ -336,11 +339,20 @@ def create_app(
             raise BadInput(503, live.problem or "no model loaded")
         return predictor
 
-    @app.get("/", include_in_schema=False)
+    def read(path: str, **options):
+        """GET `path`, and HEAD wherever GET answers (RFC 9110, 9.3.2): the same answer without its body."""
+
+        def register(endpoint):
+            app.head(path, include_in_schema=False)(endpoint)
+            return app.get(path, **options)(endpoint)
+
+        return register
+
+    @read("/", include_in_schema=False)
     def page():
         return FileResponse(STATIC / "index.html")
 
-    @app.get(
+    @read(
         "/health",
         response_model=Health,
         response_model_exclude_none=True,
@@ -352,13 +364,13 @@ def create_app(
             return JSONResponse({"status": "no model", "error": live.problem}, status_code=503)
         return {"status": "ok", "model_version": predictor.version}
 
-    @app.get("/model", response_model=ModelRecord, response_model_exclude_none=True, responses=documented(503))
+    @read("/model", response_model=ModelRecord, response_model_exclude_none=True, responses=documented(503))
     def model_info():
         predictor = serving()
         record = {key: predictor.metadata[key] for key in MODEL_FIELDS if key in predictor.metadata}
         return record | {"version": predictor.version, "label_names": predictor.label_names}
 
-    @app.get("/limits", response_model=Limits)
+    @read("/limits", response_model=Limits)
     def upload_limits():
         return limits
 
@@ -400,7 +412,7 @@ def add_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="the pipeline's data directory")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
@@ -423,13 +435,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.max_batch < 1:
         parser.error(f"--max-batch must be at least 1, got {args.max_batch}")
-    if args.decode_budget < 0:
-        parser.error(f"--decode-budget must be 0 (no bound) or more megapixels, got {args.decode_budget:g}")
+    if not (math.isfinite(args.decode_budget) and 0 <= args.decode_budget <= MAX_BUDGET_MP):
+        parser.error(
+            f"--decode-budget must be 0 (no bound) to {MAX_BUDGET_MP:,} megapixels, got {args.decode_budget:g}"
+        )
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be 0 to 65535, got {args.port}")
     budget = round(args.decode_budget * 1e6) or None
     app = create_app(args.data_dir, args.model, max_batch_images=args.max_batch, decode_budget_pixels=budget)
     uvicorn.run(app, host=args.host, port=args.port)
-    return 0
+    return done("the service stopped")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -13,7 +13,7 @@ from cifarflow.inference.predictor import load_predictor
 from cifarflow.inference.progress import ProgressLog
 from cifarflow.inference.sources import select_files
 from cifarflow.orchestration.artifacts import publish_predictions
-from cifarflow.paths import printable
+from cifarflow.paths import from_printable, printable
 
 SKIPPED_LOGGED = 100  # files in the folders that are not scored, each logged with its reason
 
@@ -24,7 +24,7 @@ def find_images(paths: list[str]) -> list[Path]:
     does not exist fails the run; folders with no images in them leave nothing to score. Files in the
     folders that are not scored (hidden, not an image, a broken link) are logged with the reason."""
     logger = get_run_logger()
-    selection = select_files(paths, allow_empty=True)
+    selection = select_files([from_printable(path) for path in paths], allow_empty=True)  # printable: see paths
     logger.info("%d files to score in %s", len(selection.files), printable(", ".join(paths)))
     for path, reason in selection.skipped[:SKIPPED_LOGGED]:
         logger.info("not scored: %s: %s", path, reason)

@@ -206,6 +206,9 @@ def test_unusable_arguments_exit_2_before_any_work(data_dir, inbox, tmp_path, ca
         ([good[0], "--out", tmp_path / "x.csv"], "--out must name a .parquet file"),
         ([good[0], "--model", "v7"], "no version v7 in"),
         ([good[0], "--model", tmp_path / "nowhere.keras"], "not `champion`, a version"),
+        ([good[0], "--model", good[0]], "not `champion`, a version"),  # exists, but is no model
+        ([good[0], "--out", tmp_path / ("L" * 300) / "x.parquet"], "File name too long"),
+        ([""], "an empty PATH argument"),
     ]
     for arguments, message in cases:
         code, out, err = predict(capsys, *arguments, "--data-dir", data_dir)

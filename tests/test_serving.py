@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from cifarflow.layout import DataLayout
+from tests.conftest import REPO_ROOT
 from tests.registry_helpers import add_version, copy_data_dir
 from tests.serving_helpers import (
     ServingProcess,
@@ -344,6 +345,32 @@ def test_a_client_that_waits_for_100_continue_gets_the_413_without_sending_the_b
     answer = answer.decode()
     assert answer.startswith("HTTP/1.1 413"), answer
     assert "10 MiB limit" in answer
+
+
+def test_head_answers_wherever_get_does_without_a_body(service):
+    with service.client() as client:
+        for path in ("/", "/health", "/model", "/limits"):
+            head, get = client.head(path), client.get(path)
+            assert (head.status_code, head.content) == (get.status_code, b""), path
+        assert client.head("/predict").status_code == 405
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--decode-budget", "nan"], "--decode-budget must be 0 (no bound) to"),
+        (["--decode-budget", "inf"], "--decode-budget must be 0 (no bound) to"),
+        (["--port", "99999"], "--port must be 0 to 65535, got 99999"),
+        (["--max-batch", "many"], "argument --max-batch: invalid int value"),
+    ],
+)
+def test_the_service_command_refuses_bad_options_with_an_error_line(option, message):
+    result = subprocess.run(
+        [sys.executable, "serving/app.py", *option], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    last = result.stdout.strip().splitlines()[-1]
+    assert result.returncode == 2 and last.startswith("error: ") and message in last
+    assert "Traceback" not in result.stderr
 
 
 def test_limits_say_what_the_service_accepts(service):

@@ -237,3 +237,47 @@ def test_a_data_dir_whose_name_is_not_utf8_is_refused_with_its_printable_name(sy
     with pytest.raises(ValidationError, match=r"d\\xe9ta holds characters that are not UTF-8"):
         PipelineConfig(source=str(synthetic_archive), data_dir=odd)
     assert not odd.exists()
+
+
+# ------------------------------------------------------------------------------------------- more kinds
+
+
+def test_an_inbox_removed_before_its_scan_is_a_rejection_not_a_crash(tmp_path):
+    result = scan_inbox(tmp_path / "gone", CLASSES)
+    assert result.candidates == []
+    assert [(r.path, r.reason) for r in result.rejected] == [
+        (str(tmp_path / "gone"), "the inbox folder could not be read: No such file or directory")
+    ]
+
+
+def test_a_printed_name_tells_a_real_backslash_from_a_byte():
+    literal, latin1 = "caf\\xe9.png", os.fsdecode(LATIN1_NAME)  # four ASCII characters, against one byte
+    assert printable(literal) == "caf\\x5cxe9.png" and printable(latin1) == "caf\\xe9.png"
+    assert from_printable(printable(literal)) == literal and from_printable(printable(latin1)) == latin1
+
+
+def test_path_arguments_that_name_no_readable_file_are_refused_or_listed_with_a_true_reason(tmp_path):
+    from cifarflow.inference.sources import UnusableArguments
+
+    with pytest.raises(UnusableArguments, match="an empty PATH argument"):
+        select_files([""])  # "$UNSET" in a shell: not the current folder
+    with pytest.raises(UnusableArguments, match="File name too long"):
+        select_files([str(tmp_path / ("L" * 300 + ".png"))])
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "self.png").symlink_to(tmp_path / "self.png")
+    good = picture(tmp_path / "good.png", 1)
+    selection = select_files([str(tmp_path / "pipe.png"), str(tmp_path / "self.png"), str(good)])
+    assert selection.files == [good]
+    assert selection.skipped == [
+        (str(tmp_path / "pipe.png"), "not a regular file (a named pipe)"),
+        (str(tmp_path / "self.png"), "could not be read: Too many levels of symbolic links"),
+    ]
+
+
+def test_a_recursive_pattern_through_a_link_loop_selects_each_file_once(tmp_path):
+    images = [picture(tmp_path / "odd" / f"{n}.png", n) for n in range(3)]
+    (tmp_path / "odd" / "sub").mkdir()
+    (tmp_path / "odd" / "sub" / "up").symlink_to(tmp_path / "odd")  # a loop: odd/sub/up/sub/up/…
+    for pattern in (tmp_path / "odd" / "**" / "*.png", tmp_path / "odd" / "sub" / "**"):
+        files = select_files([str(pattern)]).files
+        assert sorted(os.path.realpath(f) for f in files) == [str(p) for p in images]  # once each, however reached

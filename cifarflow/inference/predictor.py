@@ -77,8 +77,17 @@ def locate(spec: str, registry: Path) -> store.Version | Path:
         except store.RegistryError as error:
             raise ModelNotFound(str(error)) from None
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise ModelNotFound(f"--model {spec}: not `champion`, a version (v1, v2, …) or an existing path")
+    try:
+        loadable = (path.is_dir() and (store.is_whole(path) or is_export(path))) or (
+            path.is_file() and path.suffix == ".keras"
+        )
+    except OSError as error:  # a name too long, a folder on the way not readable
+        raise ModelNotFound(f"--model {spec}: {error.strerror}") from None
+    if not loadable:
+        raise ModelNotFound(
+            f"--model {spec}: not `champion`, a version (v1, v2, …), a registry version folder, an exported "
+            "SavedModel folder or a .keras file"
+        )
     return path
 
 

@@ -10,12 +10,13 @@ cannot be read): nothing is dropped without a word.
 from __future__ import annotations
 
 import glob
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cifarflow.errors import PipelineInputError
 from cifarflow.intake.images import EXTENSIONS
-from cifarflow.paths import from_printable, printable, walk
+from cifarflow.paths import file_problem, printable, walk
 
 
 class UnusableArguments(PipelineInputError):
@@ -68,40 +69,51 @@ def pattern_matches(argument: str) -> list[Path]:
 
 
 def select_files(arguments: list[str], allow_empty: bool = False) -> Selection:
-    """The files to score, each once, in the order given. A file named directly is scored whatever
-    its extension (a bad one gets an error row); folders and patterns contribute image files and
-    list the others in `skipped`. Arguments may be `printable` text (see cifarflow.paths).
+    """The files to score, each once (by what it is, not how it is reached: a file seen through two
+    links is scored once), in the order given. A file named directly is scored whatever its
+    extension (a bad one gets an error row); folders and patterns contribute image files and list the
+    others in `skipped`, as does a named path that is not a regular file (a pipe, a broken link).
     `allow_empty`: folders with no images are fine (a scheduled run on a folder emptied since).
-    UnusableArguments for a PATH that names nothing."""
+    UnusableArguments for a PATH that names nothing, or that cannot be looked at (a name too long)."""
     selection = Selection()
-    files: dict[Path, None] = {}
+    files: dict[str, Path] = {}  # real path → the path as reached first
     for argument in arguments:
-        path = Path(from_printable(argument)).expanduser()
-        if path.is_file():
-            found = [path]
-        elif path.is_dir():
-            found = images_in(path, selection.skipped)
-        elif glob.has_magic(argument):
-            matches = pattern_matches(str(path))
-            if not matches:
-                raise UnusableArguments(f"{printable(argument)}: the pattern matches nothing")
-            found = [m for m in matches if m.is_file() and m.suffix.lower() in EXTENSIONS]
-            selection.skipped += [
-                (printable(m), skip_reason(m, m.parent)) for m in matches if m.is_file() and m not in found
-            ]
-            found += [f for m in matches if m.is_dir() for f in images_in(m, selection.skipped)]
-        elif path.is_symlink():
-            raise UnusableArguments(f"{printable(argument)}: a broken symbolic link")
-        else:
-            raise UnusableArguments(f"{printable(argument)}: no such file or folder")
-        files.update(dict.fromkeys(f.absolute() for f in found))
-    selection.files = list(files)
+        for path in argument_files(argument, selection.skipped):
+            files.setdefault(os.path.realpath(path), path.absolute())
+    selection.files = list(files.values())
     if not files and not allow_empty:
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in selection.skipped[:3])
         raise UnusableArguments(
             f"no image files in {printable(' '.join(arguments)) or '(no PATH given)'} "
-            f"(looked for {', '.join(sorted(EXTENSIONS))}; {len(selection.skipped)} other files skipped)"
+            f"(looked for {', '.join(sorted(EXTENSIONS))})" + (f"; not scored: {reasons}" if reasons else "")
         )
     return selection
+
+
+def argument_files(argument: str, skipped: list[tuple[str, str]]) -> list[Path]:
+    """The files one PATH argument contributes; what it holds but does not contribute goes to `skipped`."""
+    if not argument.strip():
+        raise UnusableArguments("an empty PATH argument (an unset shell variable?): name a file, folder or pattern")
+    path = Path(argument).expanduser()
+    try:
+        if path.is_file():
+            return [path]
+        if path.is_dir():
+            return images_in(path, skipped)
+        exists = os.path.lexists(path)
+    except OSError as error:  # a name too long for the file system, a folder on the way not readable
+        raise UnusableArguments(f"{printable(argument)}: {error.strerror}") from None
+    if exists:  # a pipe, a device, a broken link or a link loop: listed, never opened
+        skipped.append((printable(path), file_problem(path) or "not a regular file"))
+        return []
+    if not glob.has_magic(argument):
+        raise UnusableArguments(f"{printable(argument)}: no such file or folder")
+    matches = pattern_matches(str(path))
+    if not matches:
+        raise UnusableArguments(f"{printable(argument)}: the pattern matches nothing")
+    found = [m for m in matches if m.is_file() and m.suffix.lower() in EXTENSIONS]
+    skipped += [(printable(m), skip_reason(m, m.parent)) for m in matches if m.is_file() and m not in found]
+    return found + [f for m in matches if m.is_dir() for f in images_in(m, skipped)]
 
 
 def expand_paths(arguments: list[str], allow_empty: bool = False) -> list[Path]:

@@ -49,6 +49,9 @@ def scan_inbox(root: Path, label_names: list[str]) -> Inbox:
     candidates, rejected = [], []
     for found in sorted(walk(root), key=lambda found: str(found.path)):
         path, relative = found.path, found.path.relative_to(root)
+        if not relative.parts:  # the inbox itself could not be read (removed since the command started)
+            rejected.append(Rejection(printable(path), f"the inbox {found.problem}"))
+            continue
         if len(relative.parts) == 1 and found.problem is None:
             rejected.append(Rejection(printable(path), "not in a class folder: put it in INBOX/<class name>/"))
             continue
