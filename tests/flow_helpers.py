@@ -16,14 +16,15 @@ def run_flow(config, **kwargs):
     return state, task_states(state.state_details.flow_run_id)
 
 
-def task_states(flow_run_id, timeout_s: float = 20.0) -> dict[str, str]:
+def task_states(flow_run_id, timeout_s: float = 60.0) -> dict[str, str]:
     """Task-run states reach the server as events, recorded asynchronously: on a loaded machine a
-    task run can briefly be there without its state, so wait for every state to be recorded."""
+    task run can briefly be there without its state, or with an earlier one (`Pending` while the
+    server's SQLite database is busy), so wait for every run's final state to be recorded."""
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while True:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-            if all(run.state is not None for run in runs) or time.monotonic() > deadline:
+            if all(run.state is not None and run.state.is_final() for run in runs) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
     return {run.name.split("-")[0]: run.state.name if run.state else "(no state recorded)" for run in runs}

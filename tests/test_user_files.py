@@ -160,72 +160,52 @@ def test_files_in_a_folder_that_are_not_scored_are_listed_with_the_reason(tmp_pa
 # ------------------------------------------------------------------------------------------- the commands
 
 
-def test_add_images_adds_a_file_whose_name_is_not_utf8_beside_a_good_one(prefect_server, tiny_config, tmp_path, capsys):
-    state, _ = run_flow(tiny_config, stages=["ingest"])
-    assert state.is_completed()
-    inbox = latin1_folder(tmp_path, b"inbox-\xe9t\xe9")  # the inbox's own name is not UTF-8 either
-    picture(inbox / "cat" / "good.png", 11, size=64)
-    latin1_file(inbox / "cat", 12)
-    code = add_images_main([str(inbox), "--data-dir", str(tiny_config.data_dir)])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    summary = read_json(out.strip().splitlines()[-1].removeprefix("done: summary at "))
-    assert summary["added"] == 2 and summary["rejected"] == [], summary
-    assert summary["inbox"].endswith("inbox-\\xe9t\\xe9")
-    batch = pq.read_table(next((tiny_config.data_dir / "batches").rglob("*.parquet")), columns=["filename"])
-    assert sorted(Path(name).name for name in batch.column("filename").to_pylist()) == ["caf\\xe9.png", "good.png"]
-
-
-def test_predict_scores_a_file_whose_name_is_not_utf8_beside_a_good_one(prefect_server, two_versions, tmp_path, capsys):
-    folder = latin1_folder(tmp_path, b"ph\xe9tos")
-    picture(folder / "good.png", 21)
-    latin1_file(folder, 22)
-    out_file = latin1_folder(tmp_path, b"out") / os.fsdecode(b"\xe9.parquet")
-    code = predict_main([str(folder), "--data-dir", str(two_versions), "--out", str(out_file)])
-    out = capsys.readouterr().out
-    assert code == 0 and out.strip().splitlines()[-1] == f"done: predictions at {printable(out_file)}", out
-    with open(out_file, "rb") as handle:
-        rows = pq.read_table(handle).to_pylist()
-    assert sorted(Path(row["path"]).name for row in rows) == ["caf\\xe9.png", "good.png"]
-    assert all(row["error"] is None and row["label"] in CLASSES for row in rows)
-
-
-# ------------------------------------------------------------------------------------------- EXIF, end to end
-
-
-def exif_folder(folder: Path) -> dict[str, Path]:
+def exif_files(folder: Path) -> None:
     """A JPEG whose EXIF holds orientation 6 and a ResolutionUnit stored as RATIONAL (Pillow's
-    exif_transpose raises struct.error on it), a PNG whose EXIF is not TIFF at all, and a good PNG."""
+    exif_transpose raises struct.error on it), and a PNG whose EXIF is not TIFF at all."""
     folder.mkdir(parents=True, exist_ok=True)
     scene = Image.fromarray(np.random.default_rng(31).integers(0, 256, (48, 64, 3), np.uint8))
     malformed = exif_block([(ORIENTATION, SHORT, (6,)), (RESOLUTION_UNIT, RATIONAL, (2, 1))])
     scene.save(folder / "rotated.jpg", quality=95, exif=malformed)
     scene.save(folder / "unreadable-exif.png", exif=b"XX*\x00\x08\x00\x00\x00")
-    return {"rotated.jpg": folder / "rotated.jpg", "unreadable-exif.png": folder / "unreadable-exif.png",
-            "good.png": picture(folder / "good.png", 32, size=64)}  # fmt: skip
 
 
-def test_predict_scores_files_with_malformed_exif_beside_the_others(prefect_server, two_versions, tmp_path, capsys):
-    exif_folder(tmp_path / "photos")
-    out_file = tmp_path / "scored.parquet"
-    assert predict_main([str(tmp_path / "photos"), "--data-dir", str(two_versions), "--out", str(out_file)]) == 0
-    rows = {Path(row["path"]).name: row for row in pq.read_table(out_file).to_pylist()}
-    assert set(rows) == {"rotated.jpg", "unreadable-exif.png", "good.png"}
-    assert all(row["error"] is None and row["label"] in CLASSES for row in rows.values())
-    assert rows["rotated.jpg"]["note"] is None and rows["good.png"]["note"] is None
-    assert rows["unreadable-exif.png"]["note"].endswith("pixels as stored")
-    assert capsys.readouterr().out.strip().splitlines()[-1] == f"done: predictions at {out_file}"
+ODD_FILES = ["caf\\xe9.png", "good.png", "rotated.jpg", "unreadable-exif.png"]  # as recorded
 
 
-def test_add_images_adds_files_with_malformed_exif_and_notes_the_unreadable_one(
-    prefect_server, tiny_config, tmp_path, capsys
-):
-    assert run_flow(tiny_config, stages=["ingest"])[0].is_completed()
-    exif_folder(tmp_path / "inbox" / "cat")
-    assert add_images_main([str(tmp_path / "inbox"), "--data-dir", str(tiny_config.data_dir)]) == 0
-    summary = read_json(capsys.readouterr().out.strip().splitlines()[-1].removeprefix("done: summary at "))
-    assert summary["added"] == 3 and summary["rejected"] == []
+def test_add_images_adds_odd_names_and_malformed_exif_beside_good_files(prefect_server, tiny_config, tmp_path, capsys):
+    state, _ = run_flow(tiny_config, stages=["ingest"])
+    assert state.is_completed()
+    inbox = latin1_folder(tmp_path, b"inbox-\xe9t\xe9")  # the inbox's own name is not UTF-8 either
+    picture(inbox / "cat" / "good.png", 11, size=64)
+    latin1_file(inbox / "cat", 12)
+    exif_files(inbox / "cat")
+    code = add_images_main([str(inbox), "--data-dir", str(tiny_config.data_dir)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    summary = read_json(out.strip().splitlines()[-1].removeprefix("done: summary at "))
+    assert summary["added"] == 4 and summary["rejected"] == [], summary
+    assert summary["inbox"].endswith("inbox-\\xe9t\\xe9")
     assert [Path(n["path"]).name for n in summary["notes"]] == ["unreadable-exif.png"]
+    batch = pq.read_table(next((tiny_config.data_dir / "batches").rglob("*.parquet")), columns=["filename"])
+    assert sorted(Path(name).name for name in batch.column("filename").to_pylist()) == ODD_FILES
+
+
+def test_predict_scores_odd_names_and_malformed_exif_beside_good_files(prefect_server, two_versions, tmp_path, capsys):
+    folder = latin1_folder(tmp_path, b"ph\xe9tos")
+    picture(folder / "good.png", 21)
+    latin1_file(folder, 22)
+    exif_files(folder)
+    out_file = latin1_folder(tmp_path, b"out") / os.fsdecode(b"\xe9.parquet")
+    code = predict_main([str(folder), "--data-dir", str(two_versions), "--out", str(out_file)])
+    out = capsys.readouterr().out
+    assert code == 0 and out.strip().splitlines()[-1] == f"done: predictions at {printable(out_file)}", out
+    with open(out_file, "rb") as handle:
+        rows = {Path(row["path"]).name: row for row in pq.read_table(handle).to_pylist()}
+    assert sorted(rows) == ODD_FILES
+    assert all(row["error"] is None and row["label"] in CLASSES for row in rows.values())
+    assert [name for name, row in rows.items() if row["note"]] == ["unreadable-exif.png"]
+    assert rows["unreadable-exif.png"]["note"].endswith("pixels as stored")
 
 
 def test_a_data_dir_whose_name_is_not_utf8_is_refused_with_its_printable_name(synthetic_archive, tmp_path):
