@@ -19,15 +19,28 @@ import pytest  # noqa: E402
 
 from tests.synthetic import write_archive  # noqa: E402
 
+TIERS = ("slow", "server", "flow", "unit")  # slowest first
+
 
 def pytest_collection_modifyitems(items):
     """Tiers by what a test starts, so no marker can be forgotten: `server` (a real `prefect server
     start` subprocess) and `slow` (the full data set) are marked by their modules; a test that uses
-    the session's temporary Prefect server is `flow`; every other test is `unit`."""
+    the session's temporary Prefect server, or is marked so because it runs the command line or a
+    fresh process of the product, is `flow`; every other test is `unit`.
+
+    Then the files are ordered by their slowest tier, each file's tests kept in order: `make test`
+    hands whole files to two workers in this order, and starting the long files first (longest
+    processing time first) keeps one worker from running the slowest file alone at the end."""
     for item in items:
-        if item.get_closest_marker("server") or item.get_closest_marker("slow"):
+        if any(item.get_closest_marker(name) for name in ("server", "slow", "flow")):
             continue
         item.add_marker(pytest.mark.flow if "prefect_server" in item.fixturenames else pytest.mark.unit)
+    rank: dict[str, int] = {}
+    for item in items:
+        tier = next(TIERS.index(name) for name in TIERS if item.get_closest_marker(name))
+        rank[item.nodeid.split("::")[0]] = min(tier, rank.get(item.nodeid.split("::")[0], len(TIERS)))
+    order = {id(item): number for number, item in enumerate(items)}
+    items.sort(key=lambda item: (rank[item.nodeid.split("::")[0]], order[id(item)]))
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

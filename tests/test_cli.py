@@ -19,6 +19,7 @@ from tests.conftest import REPO_ROOT
 from tests.synthetic import archive_members, batch_bytes, write_archive
 
 FLOW = str(REPO_ROOT / "flows" / "cifar_flow.py")
+pytestmark = pytest.mark.flow  # every test runs the command line
 
 
 def last_line(output: str) -> str:

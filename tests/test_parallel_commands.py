@@ -18,6 +18,8 @@ from PIL import Image
 from cifarflow.cli import ArgumentParser, start_lock
 from tests.conftest import REPO_ROOT
 
+pytestmark = pytest.mark.server  # the commands start Prefect's temporary servers of their own: not the unit tier
+
 
 def fresh_home_env(home: Path) -> dict[str, str]:
     """No PREFECT_API_URL: each command starts its own temporary server, on an empty PREFECT_HOME."""

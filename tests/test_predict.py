@@ -193,6 +193,7 @@ def test_exit_1_when_no_file_could_be_scored(prefect_server, data_dir, inbox, tm
     assert not target.with_suffix(".png").exists()  # no image to show
 
 
+@pytest.mark.flow  # the command line, in-process
 def test_unusable_arguments_exit_2_before_any_work(data_dir, inbox, tmp_path, capsys):
     root, good, _ = inbox
     (tmp_path / "no-images").mkdir()

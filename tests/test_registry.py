@@ -181,6 +181,7 @@ CLIENT = textwrap.dedent(
 )
 
 
+@pytest.mark.flow  # a fresh process of the product: not the unit tier
 def test_the_export_scores_like_the_keras_model_in_another_process(registry, tmp_path):
     version = store.read_version(registry, "v2")
     pixels = np.concatenate(
@@ -223,6 +224,7 @@ def test_the_export_scores_like_the_keras_model_in_another_process(registry, tmp
 # ------------------------------------ a version that fails ----------------------------------
 
 
+@pytest.mark.flow  # a fresh process of the product: not the unit tier
 def test_a_failed_smoke_test_leaves_the_registry_as_it_was(registry, built):
     record, metrics, predictions, labels, canary = built.fresh_inputs
     wrong = Canary(canary.pixels, np.roll(canary.probabilities, 1, axis=1))  # every top-1 class off by one
@@ -324,6 +326,7 @@ def test_a_model_rolled_back_by_hand_is_not_promoted_again(registry, built, tmp_
     assert "the champion stays v1" in (tmp_path / "report" / "promotion.md").read_text()
 
 
+@pytest.mark.flow  # a fresh process of the product: not the unit tier
 def test_a_smoke_test_failure_turns_a_promotion_into_kept(registry, built, tmp_path):
     from cifarflow.promotion.champions import read_decisions
     from cifarflow.promotion.promote import promote_challenger
@@ -457,6 +460,7 @@ def registry_cli(data_dir: Path, *args: str, env=None) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.flow  # a fresh process of the product: not the unit tier
 def test_cli_lists_the_versions_and_marks_the_champion(registry):
     result = registry_cli(registry.parent, "list")
     assert result.returncode == 0, result.stderr
@@ -495,6 +499,7 @@ def test_cli_promote_moves_the_champion_in_a_prefect_flow(registry, cli_env):
     assert [run.state.name for run in runs] == ["Completed"]
 
 
+@pytest.mark.flow  # a fresh process of the product: not the unit tier
 def test_cli_promote_refuses_an_unknown_version_or_an_empty_reason(registry):
     before = snapshot(registry)
     unknown = registry_cli(registry.parent, "promote", "v9", "--reason", "roll forward")
@@ -746,6 +751,7 @@ def test_an_unreadable_line_of_the_alias_log_is_named_and_the_others_stand(regis
     assert store.demoted_by_hand(registry, store.read_version(registry, "v2").model_id)["to"] == "v1"
 
 
+@pytest.mark.flow  # a fresh process of the product: not the unit tier
 def test_damage_is_refused_from_the_command_line_without_a_traceback(registry, image):
     """The same refusals as above, through the real commands in their own processes."""
     predict_cli = str(REPO_ROOT / "flows" / "predict_flow.py")
