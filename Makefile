@@ -34,8 +34,8 @@ run: install $(if $(findstring $(LOCAL_ARCHIVE),$(SOURCE)),$(LOCAL_ARCHIVE))  ##
 $(LOCAL_ARCHIVE): | install
 	$(BIN)/python ../shared/datasets/make_cifar10_archive.py $(SHARED_JPEG) $@
 
-test: install  ## run the whole test suite (unit, flow, server and real-data tiers) on two workers
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+test: install  ## run the whole test suite (unit, flow, server and real-data tiers) on three workers
+	$(BIN)/python -m pytest -n 3 --dist loadfile
 
 test-fast: install  ## run the unit tier only (under a minute)
 	$(BIN)/python -m pytest -m unit -q

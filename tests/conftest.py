@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(items):
     fresh process of the product, is `flow`; every other test is `unit`.
 
     Then the files are ordered by their slowest tier, each file's tests kept in order: `make test`
-    hands whole files to two workers in this order, and starting the long files first (longest
+    hands whole files to its workers in this order, and starting the long files first (longest
     processing time first) keeps one worker from running the slowest file alone at the end."""
     for item in items:
         if any(item.get_closest_marker(name) for name in ("server", "slow", "flow")):
