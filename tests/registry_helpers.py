@@ -6,6 +6,7 @@ the images whose probabilities the smoke test compares."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -106,3 +107,20 @@ def add_version(registry: Path, seed: int, scratch: Path, reason: str = "promote
     version = store.commit_version(registry, staged.directory, staged.name)
     store.move_alias(registry, version.name, by="promotion", reason=reason)
     return version
+
+
+def snapshot(root: Path, mtimes: bool = False) -> dict[str, tuple]:
+    """Every path under `root`: file bytes (and modification times, with `mtimes`), symlink targets,
+    directories; two snapshots are equal when nothing under `root` was written."""
+    tree = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(folder) / name
+            key = str(path.relative_to(root))
+            if path.is_symlink():
+                tree[key] = ("link", os.readlink(path))
+            elif path.is_file():
+                tree[key] = ("file", path.read_bytes()) + ((path.stat().st_mtime_ns,) if mtimes else ())
+            else:
+                tree[key] = ("dir",)
+    return tree

@@ -25,6 +25,7 @@ from cifarflow.orchestration.stages import STAGES
 from cifarflow.registry import store
 from flows.cifar_flow import main as pipeline_command
 from tests.flow_helpers import run_flow, task_states
+from tests.registry_helpers import snapshot
 from tests.synthetic import write_archive
 
 ALL_CACHED = dict.fromkeys(STAGES, "Cached")
@@ -62,22 +63,6 @@ def rerun(first: FirstRun, data_dir: Path, capsys) -> tuple[int, str, dict[str, 
     return code, out.strip().splitlines()[-1], task_states(flow_run.id)
 
 
-def tree(root: Path) -> dict[str, tuple]:
-    """Every path under `root`: file bytes and modification time, link targets, folders."""
-    found = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            key = str(path.relative_to(root))
-            if path.is_symlink():
-                found[key] = ("link", os.readlink(path))
-            elif path.is_file():
-                found[key] = ("file", path.read_bytes(), path.stat().st_mtime_ns)
-            else:
-                found[key] = ("dir",)
-    return found
-
-
 def naming(root: Path, old: Path) -> list[str]:
     """The files under `root` that contain the path `old` (Prefect's cache records excepted)."""
     needle = str(old).encode()
@@ -113,10 +98,10 @@ def test_a_moved_data_dir_reruns_cached_with_every_path_under_its_new_place(firs
 def test_a_copied_data_dir_reports_under_the_copy_and_leaves_the_original_alone(first_run, tmp_path, capsys):
     copy = tmp_path / "D2"
     subprocess.run(["cp", "-a", str(first_run.data_dir), str(copy)], check=True)
-    original = tree(first_run.data_dir)
+    original = snapshot(first_run.data_dir, mtimes=True)
     code, last, states = rerun(first_run, copy, capsys)
     assert_works_in_place(copy, first_run.data_dir, code, last, states)
-    assert tree(first_run.data_dir) == original  # not a byte, link or time stamp changed
+    assert snapshot(first_run.data_dir, mtimes=True) == original  # not a byte, link or time stamp changed
 
 
 def test_a_backup_that_copied_the_links_reruns_cached_and_gets_the_champion_link_back(first_run, tmp_path, capsys):

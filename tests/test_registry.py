@@ -29,7 +29,7 @@ from cifarflow.registry.build import Canary, VersionRejected, stage_version
 from flows.predict_flow import main as predict_command
 from flows.registry import main as registry_command
 from tests.conftest import REPO_ROOT
-from tests.registry_helpers import canary_pixels, tiny_model_file, version_inputs
+from tests.registry_helpers import canary_pixels, snapshot, tiny_model_file, version_inputs
 from tests.synthetic import CLASSES
 
 REGISTRY_CLI = str(REPO_ROOT / "flows" / "registry.py")
@@ -55,22 +55,6 @@ def registry(built, tmp_path) -> Path:
     target = tmp_path / "data" / "registry"
     shutil.copytree(built.data_dir / "registry", target, symlinks=True)
     return target
-
-
-def snapshot(root: Path) -> dict[str, tuple]:
-    """Every path under `root`: file bytes, symlink targets, directories."""
-    tree = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(folder) / name
-            key = str(path.relative_to(root))
-            if path.is_symlink():
-                tree[key] = ("link", os.readlink(path))
-            elif path.is_file():
-                tree[key] = ("file", path.read_bytes())
-            else:
-                tree[key] = ("dir",)
-    return tree
 
 
 def assert_unchanged(registry: Path, before: dict[str, tuple]) -> None:
