@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarflow.intake.images import BACKGROUND, convert_image, to_rgb
+from cifarflow.intake.images import BACKGROUND, convert_image, on_white, resizable
 from tests.image_bytes import bmp_with_alpha, sixteen_bit_rgb_png, two_bit_grey_png
 
 SIDE = 40
@@ -162,6 +162,11 @@ def in_memory(mode: str, rgba: Image.Image) -> Image.Image:
     return rgba.convert({"La": "LA", "RGBa": "RGBA"}[mode]).convert(mode)
 
 
+def full_size(image: Image.Image) -> Image.Image:
+    """The decoder's composition on white, at full size (as it is applied to the 32×32 result)."""
+    return on_white(resizable(image))
+
+
 @pytest.mark.parametrize("mode", ["PA", "La", "RGBa"])
 def test_in_memory_alpha_modes_are_composited_on_white(mode):
     """Modes Pillow can hand over though no supported file opens in them: the same rule applies."""
@@ -169,12 +174,12 @@ def test_in_memory_alpha_modes_are_composited_on_white(mode):
     image = in_memory(mode, rgba)
     assert image.mode == mode
     assert np.asarray(image.getchannel(image.mode[-1]))[0, 0] == 0  # the background really is transparent
-    assert_same_as(np.asarray(to_rgb(image)), np.asarray(to_rgb(rgba)))
-    assert np.asarray(to_rgb(image))[0, 0].tolist() == list(WHITE)
+    assert_same_as(np.asarray(full_size(image)), np.asarray(full_size(rgba)))
+    assert np.asarray(full_size(image))[0, 0].tolist() == list(WHITE)
 
 
 def test_palette_with_alpha_entries_is_composited_on_white():
     image = picture("P", 0, 1)
     image.putpalette([0, 0, 0, 0, *COLOUR, 255], "RGBA")  # the alpha lives in the palette itself
     rgba = picture("RGBA", (0, 0, 0, 0), (*COLOUR, 255))
-    assert_same_as(np.asarray(to_rgb(image)), np.asarray(to_rgb(rgba)))
+    assert_same_as(np.asarray(full_size(image)), np.asarray(full_size(rgba)))

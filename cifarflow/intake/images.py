@@ -193,11 +193,6 @@ def on_white(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def to_rgb(image: Image.Image, key: int | tuple[int, ...] | None = None) -> Image.Image:
-    """Any mode → RGB, every kind of transparency (see `resizable`) composited on white, at full size."""
-    return on_white(resizable(image, key))
-
-
 def square_box(width: int, height: int) -> tuple[int, int, int, int]:
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
