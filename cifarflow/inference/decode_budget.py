@@ -2,8 +2,8 @@
 requests in flight.
 
 Decoding costs memory in proportion to the pixels decoded, and a small file can hold many: a 208 KB
-PNG of 7,000 × 7,000 RGBA pixels (49 MP, under `MAX_PIXELS`) needs about 1 GB while it decodes
-(4 bytes a pixel, several copies on the way to 32×32 RGB), so eight at once took the service to 8 GB.
+PNG of 7,000 × 7,000 RGBA pixels (49 MP, under `MAX_PIXELS`) needs 376 MB while it decodes (4 bytes
+a pixel, and Pillow's premultiplied copy for resizing), so eight at once took the service to 3 GB.
 
 A request reads the image's size from its header (no pixel decoded), holds that many pixels of the
 budget while it decodes, and gives them back. A request goes ahead as soon as its share fits, so the
