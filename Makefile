@@ -11,8 +11,8 @@ LOCAL_ARCHIVE := data/cache/cifar-10-python.tar.gz
 SOURCE ?= $(if $(wildcard $(SHARED_JPEG)),$(LOCAL_ARCHIVE),$(OFFICIAL_URL))
 ARGS ?=
 
-# The offline defaults (no telemetry, quiet TensorFlow) live in cifarflow/environment.py: the flows and
-# tests apply them, and the Prefect CLI runs through it.
+# The offline defaults (no telemetry, quiet TensorFlow) live in cifarflow/environment.py: importing it sets
+# them (the flows, benchmarks and tests import it first), and the Prefect CLI runs through it.
 WITH_DEFAULTS := $(BIN)/python -m cifarflow.environment
 
 .PHONY: help install run test test-fast lint format system-deps server serve predict bench clean-data

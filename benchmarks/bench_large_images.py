@@ -16,6 +16,8 @@ Prints a Markdown table, then the median peak of each setting.
 
 from __future__ import annotations
 
+import cifarflow.environment  # the defaults, before Prefect and TensorFlow are imported
+
 import argparse
 import os
 import platform
@@ -30,17 +32,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
+import psutil
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # the tests' registry and service helpers
-
-from cifarflow.environment import apply_defaults  # noqa: E402
-
-apply_defaults()
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-large-prefect-"))
-
-import httpx  # noqa: E402
-import psutil  # noqa: E402
-
+# The tests' registry and service helpers: a script's path holds benchmarks/, not the repo root. The one
+# import that must follow code (this path), not the environment defaults.
+sys.path.insert(0, str(REPO_ROOT))
 from tests.serving_helpers import ServingProcess, flat_png, serving_process  # noqa: E402
 
 CLIENTS = 8

@@ -93,11 +93,7 @@ def worker(model: str, features: Path, epochs: int | None, pipeline_steps: int) 
         row["train_s"] = result.train_seconds  # sum of the epochs' own times (what the pipeline reports)
         row["params"] = result.params
         row["train_img_s"] = images_per_epoch * result.epochs / result.train_seconds
-        import keras
-
-        import cifarflow.models.airbench  # noqa: F401  registers the custom layers
-
-        loaded = keras.models.load_model(result.model_path)
+        loaded = preset.load(result.model_path)
         started = time.perf_counter()
         probabilities = preset.predict(loaded, load_split(features, "test", "pixels"))
         row["eval_s"] = time.perf_counter() - started

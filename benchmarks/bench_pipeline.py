@@ -33,9 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_hashing beside this file
-
-import bench_hashing  # noqa: E402
+import bench_hashing  # beside this file: a script's own folder is the first entry of its sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_ENV = {k: v for k, v in os.environ.items() if k not in {"PREFECT_API_URL", "PREFECT_HOME"}} | {

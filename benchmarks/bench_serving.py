@@ -24,6 +24,8 @@ registered as a real registry version (export + smoke test), as a promotion woul
 
 from __future__ import annotations
 
+import cifarflow.environment  # the defaults, before Prefect and TensorFlow are imported
+
 import argparse
 import os
 import platform
@@ -39,19 +41,17 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cifarflow.environment import apply_defaults
+import numpy as np
+from PIL import Image
 
-apply_defaults()
+from cifarflow.data.archive import local_path, read_archive
+from cifarflow.files import file_digest
+from cifarflow.registry import store
+from cifarflow.registry.build import Canary, stage_version
+
+# For this process and the services it starts (none of the imports above imports Prefect).
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-serving-prefect-"))
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from cifarflow.data.archive import local_path, read_archive  # noqa: E402
-from cifarflow.files import file_digest  # noqa: E402
-from cifarflow.registry import store  # noqa: E402
-from cifarflow.registry.build import Canary, stage_version  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = 8
@@ -77,17 +77,18 @@ def register(registry: Path, preset_name: str, label_names: list[str], canary: n
     path = scratch / preset_name / "model.keras"
     path.parent.mkdir(parents=True)
     model.save(path)
-    probabilities = preset.predict(keras.models.load_model(path), canary)
-    record = {
-        "id": file_digest(path),
-        "run_name": f"bench-{preset_name}",
-        "model": preset_name,
-        "accuracy": 0.0,
-        "label_names": label_names,
-        "dataset_sha256": "bench",
-        "test_images": 0,
-        "decision": "benchmark",
-    }
+    probabilities = preset.predict(preset.load(path), canary)
+    record = store.VersionRecord(
+        model_id=file_digest(path),
+        run_name=f"bench-{preset_name}",
+        preset=preset_name,
+        accuracy=0.0,
+        label_names=tuple(label_names),
+        dataset_version="bench",
+        test_set_sha256="bench",
+        test_images=0,
+        decision="benchmark",
+    )
     name = store.next_name(registry)
     labels = np.zeros(1, np.int64)
     staged = stage_version(
@@ -116,8 +117,6 @@ def timed(function) -> float:
 
 def throughput(preset_name: str, version: str, registry: Path, pixels: np.ndarray, folder: Path, rounds: int) -> dict:
     pixels = pixels[: len(list(folder.glob("*.png")))]
-    import keras
-
     from cifarflow.inference.batch import BATCH_SIZE, DECODE_THREADS, predict_files
     from cifarflow.inference.predictor import load_predictor
     from cifarflow.intake.images import convert_image
@@ -126,7 +125,7 @@ def throughput(preset_name: str, version: str, registry: Path, pixels: np.ndarra
 
     files = sorted(folder.glob("*.png"))
     preset = get_preset(preset_name)
-    model = keras.models.load_model(store.read_version(registry, version).model_path)
+    model = preset.load(store.read_version(registry, version).model_path)
     predictor = load_predictor(version, registry)
     scratch = Path(tempfile.mkdtemp(prefix="bench-predict-"))
 

@@ -11,6 +11,8 @@ cluster start-up (parallel only), the trials, and the four reports and leaderboa
 
 from __future__ import annotations
 
+import cifarflow.environment  # the defaults, before Prefect and TensorFlow are imported
+
 import argparse
 import contextlib
 import os
@@ -20,9 +22,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

@@ -7,6 +7,11 @@ cause ends in a raw traceback (`run_command`). Exit codes, declared once:
     0  done            1  failed (the flow ran and failed, or nothing could be done)
     2  unusable arguments or input, refused before any work (a bad option, a damaged file named)
 
+The rule between 1 and 2 is *when* a problem is found, not what it is: what the command's checks
+refuse before any work starts is 2; anything found once the work has started (a damaged archive met
+while ingesting, a model that will not load, files removed meanwhile) is 1. Every command's `main`
+is `run_cli(parser, check, run, argv, what=...)`, which applies the rule in one place.
+
 Commands that run flows call `ensure_prefect_api()` first: with no `PREFECT_API_URL`, Prefect starts
 a temporary server per process, and several commands starting one at once on the same
 `PREFECT_HOME` (two cron jobs, a shell loop) race on its database and time out. Here the start-up is
@@ -21,10 +26,16 @@ import fcntl
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
+from pydantic import ValidationError
+
+from cifarflow.errors import PipelineInputError
 from cifarflow.paths import printable
+
+Checked = TypeVar("Checked")
 
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -54,6 +65,58 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.print_usage(sys.stderr)
         raise SystemExit(fail(f"{message} (see {self.prog} --help)", EXIT_USAGE))
+
+
+def option_problems(error: ValidationError) -> str:
+    """A config's ValidationError in the command line's words: `--epochs: Input should be greater than 0; …`
+    (the field `batch_size` is the option `--batch-size`; a check across fields is `--options`)."""
+    return "; ".join(
+        f"--{'-'.join(map(str, e['loc'])).replace('_', '-') or 'options'}: {e['msg']}" for e in error.errors()
+    )
+
+
+def run_cli(
+    parser: argparse.ArgumentParser,
+    check: Callable[[argparse.Namespace], Checked],
+    run: Callable[[argparse.Namespace, Checked], int],
+    argv: Sequence[str] | None = None,
+    *,
+    what: str | Callable[[argparse.Namespace], str],
+) -> int:
+    """A command: parse `argv`, `check` the arguments, `run` what they ask for; returns the exit code.
+
+    - `check(args)` builds what the run needs (a typed config, a layout) and does no work; a
+      pydantic ValidationError (named by option, `option_problems`) or a PipelineInputError it raises
+      ends the command with exit 2, as argparse's own refusals do.
+    - `run(args, checked)` does the work and returns its exit code (`done(…)`, or `fail(…)` for an
+      outcome it reports itself). A PipelineInputError it raises ends with its message and exit 1: found
+      during the run, it is a failure of the run, not of the arguments. Any other exception ends with
+      `<what> failed: Type: message` and exit 1 (`what`: e.g. "pipeline", or a function of the
+      arguments); its traceback goes to stderr unless Prefect logged it already (a flow run's error).
+    """
+    args = parser.parse_args(argv)
+    try:
+        checked = check(args)
+    except ValidationError as error:
+        return fail(f"invalid options: {option_problems(error)}", EXIT_USAGE)
+    except PipelineInputError as error:
+        return fail(str(error), EXIT_USAGE)
+    try:
+        return run(args, checked)
+    except PipelineInputError as error:
+        return fail(str(error), EXIT_FAILED)
+    except Exception as error:
+        if not logged_by_prefect(error):
+            traceback.print_exc(file=sys.stderr)
+        return fail(f"{what if isinstance(what, str) else what(args)} failed: {type(error).__name__}: {error}")
+
+
+def logged_by_prefect(error: BaseException) -> bool:
+    """True when `error` came out of a Prefect flow or task run, whose engine logged its traceback."""
+    return any(
+        frame.f_globals.get("__name__", "").startswith("prefect.")
+        for frame, _ in traceback.walk_tb(error.__traceback__)
+    )
 
 
 def run_command(main: Callable[[], int]) -> int:
@@ -126,3 +189,14 @@ def ensure_prefect_api(log: Callable[[str], None] | None = None) -> None:
         f"Prefect's temporary server did not start after {SERVER_START_ATTEMPTS} tries ({last}). For many commands "
         "at once, start one server (`make server`) and export PREFECT_API_URL=http://127.0.0.1:4200/api"
     )
+
+
+def comma_list(kind: Callable[[str], Any]) -> Callable[[str], list]:
+    """An argparse `type` for comma-separated values of `kind` ("0.1, 0.01" → [0.1, 0.01]); a value
+    `kind` refuses makes argparse name the option (exit 2)."""
+
+    def parse(text: str) -> list:
+        return [kind(value.strip()) for value in text.split(",") if value.strip()]
+
+    parse.__name__ = f"comma-separated {kind.__name__}"
+    return parse

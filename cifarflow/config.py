@@ -11,11 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cifarflow.data.archive import OFFICIAL_URL, is_url, local_path
 from cifarflow.data.shards import ROWS_PER_SHARD
+from cifarflow.data.transform import NormalizationKind
 from cifarflow.layout import DataLayout
 from cifarflow.models.registry import PRESETS, Preset, get_preset
 from cifarflow.paths import printable
-
-Normalization = Literal["unit", "standardize"]
 
 
 class PipelineConfig(BaseModel):
@@ -32,7 +31,7 @@ class PipelineConfig(BaseModel):
     batch_size: int | None = Field(None, gt=0, le=65536, description="batch size (default: the preset's)")
     learning_rate: float | None = Field(None, gt=0, lt=10, description="learning rate (default: the preset's)")
     seed: int = Field(42, ge=0, lt=2**31, description="random seed for weights and shuffling")
-    normalization: Normalization | None = Field(
+    normalization: NormalizationKind | None = Field(
         None,
         description="the transform preprocess fits and every model applies first: 'unit' = pixels/255; "
         "'standardize' = per-channel z-score fitted on train (default: the preset's)",

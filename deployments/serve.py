@@ -22,21 +22,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_command
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli, run_command
+from cifarflow.errors import PipelineInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
 
 
 def deployment_spec(name: str = "nightly", path: Path = PREFECT_YAML) -> dict[str, Any]:
-    """The named deployment's entry of prefect.yaml."""
+    """The named deployment's entry of prefect.yaml (PipelineInputError when there is none)."""
     import yaml
 
     spec = yaml.safe_load(path.read_text())
     for deployment in spec.get("deployments", []):
         if deployment.get("name") == name:
             return deployment
-    raise SystemExit(f"error: no deployment named {name!r} in {path}")
+    raise PipelineInputError(f"no deployment named {name!r} in {path}")
 
 
 def serve_options(spec: dict[str, Any]) -> dict[str, Any]:
@@ -66,14 +67,18 @@ def serve_options(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--name",
         default="nightly-serve",
         help="deployment name to serve as (default: nightly-serve; not `nightly`, which `prefect deploy` owns)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def serve_deployment(args: argparse.Namespace, _: None) -> int:
+    """Create the deployment and run its flow runs until stopped."""
     os.chdir(REPO_ROOT)  # the entrypoint and the parameters' relative paths (data/...) are relative to it
     from prefect import serve
 
@@ -88,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     ensure_prefect_api()
     serve(cifar_pipeline.to_deployment(**options))
     return done(f"stopped serving {options['name']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), lambda args: None, serve_deployment, argv, what="serving the deployment")
 
 
 if __name__ == "__main__":

@@ -16,31 +16,29 @@ unusable arguments, 1 on failure.
 
 from __future__ import annotations
 
+import cifarflow.environment  # the defaults, before Prefect is imported
+
 import argparse
 import sys
 from pathlib import Path
 
-from cifarflow.environment import apply_defaults
+from prefect import flow, get_run_logger
 
-apply_defaults()  # before Prefect reads the environment
-
-from prefect import flow, get_run_logger  # noqa: E402
-
-from cifarflow.cli import EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, ensure_prefect_api, fail, run_command  # noqa: E402
-from cifarflow.data.versions import (  # noqa: E402
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli, run_command
+from cifarflow.data.versions import (
     active_batch_dir,
     current_version,
-    new_batch_id,  # noqa: E402
+    new_batch_id,
     remove_unfinished,
 )
-from cifarflow.errors import PipelineInputError  # noqa: E402
-from cifarflow.files import ensure_writable, text_digest  # noqa: E402
-from cifarflow.intake.summary import build_summary  # noqa: E402
-from cifarflow.layout import DataLayout  # noqa: E402
-from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock  # noqa: E402
-from cifarflow.orchestration.events import emit_dataset_updated  # noqa: E402
-from cifarflow.paths import from_printable, printable  # noqa: E402
-from tasks.additions import publish, read_version, scan, validate_images, withdraw, write  # noqa: E402
+from cifarflow.errors import PipelineInputError
+from cifarflow.files import ensure_writable, text_digest
+from cifarflow.intake.summary import build_summary
+from cifarflow.layout import DataLayout
+from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock
+from cifarflow.orchestration.events import emit_dataset_updated
+from cifarflow.paths import from_printable, printable
+from tasks.additions import publish_addition_report, read_version, scan, screen_images, withdraw, write
 
 LOCK_TIMEOUT_S = 600.0  # for another add_images or withdraw on the same data dir
 INTAKE = "add_images or withdraw run"
@@ -56,7 +54,7 @@ def add_images(inbox: Path, data_dir: Path = Path("data")) -> str:
         remove_unfinished(layout)
         before = read_version(layout)
         found = scan(inbox, before.label_names)
-        screening = validate_images(found, layout)
+        screening = screen_images(found, layout)
         batch = write(layout, screening, before.label_names, inbox)
         after = current_version(layout)
         summary = build_summary(
@@ -69,7 +67,7 @@ def add_images(inbox: Path, data_dir: Path = Path("data")) -> str:
             dataset_version=after.version,
             train_images=after.train_images,
         )
-        return str(publish(layout, summary, screening, before))
+        return str(publish_addition_report(layout, summary, screening, before))
 
 
 @flow(name="withdraw-batch", log_prints=True)
@@ -123,17 +121,13 @@ def check_arguments(args: argparse.Namespace) -> DataLayout:
             ensure_writable(layout.root)
     except OSError as error:  # not one the checks name: a name too long for the file system, say
         raise PipelineInputError(f"{printable(error.filename or '')}: {error.strerror}") from None
+    if args.withdraw:
+        active_batch_dir(layout, args.withdraw)  # an unknown or already withdrawn batch
     return layout
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        layout = check_arguments(args)
-        if args.withdraw:
-            active_batch_dir(layout, args.withdraw)
-    except PipelineInputError as error:
-        return fail(str(error), EXIT_USAGE)
+def run_additions(args: argparse.Namespace, layout: DataLayout) -> int:
+    """List the batches, or withdraw one, or add the inbox (the last two as Prefect flows)."""
     if args.list:
         version = current_version(layout)
         for batch in version.batches:
@@ -142,19 +136,24 @@ def main(argv: list[str] | None = None) -> int:
             f"dataset version {version.version}: {version.train_images:,} training images "
             f"({version.base_train_images:,} ingested + {len(version.batches)} batches)"
         )
-    try:
-        ensure_prefect_api()
-        if args.withdraw:
-            withdrawn = withdraw_images(args.withdraw, layout.root)
-            return done(
-                f"withdrew {args.withdraw} (kept in {withdrawn['kept_in']}); dataset version "
-                f"{withdrawn['previous_dataset_version']} → {withdrawn['dataset_version']}"
-            )
-        summary = add_images(Path(printable(args.inbox)), Path(printable(layout.root)))
-    except Exception as error:  # the flow already logged the traceback; end with its real message
-        what = "withdrawing the batch" if args.withdraw else "adding images"
-        return fail(f"{what} failed: {type(error).__name__}: {error}", EXIT_FAILED)
+    ensure_prefect_api()
+    if args.withdraw:
+        withdrawn = withdraw_images(args.withdraw, layout.root)
+        return done(
+            f"withdrew {args.withdraw} (kept in {withdrawn['kept_in']}); dataset version "
+            f"{withdrawn['previous_dataset_version']} → {withdrawn['dataset_version']}"
+        )
+    summary = add_images(Path(printable(args.inbox)), Path(printable(layout.root)))
     return done(f"summary at {summary}")
+
+
+def action(args: argparse.Namespace) -> str:
+    """What the command was doing, for `error: <action> failed: …`."""
+    return "listing the batches" if args.list else "withdrawing the batch" if args.withdraw else "adding images"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), check_arguments, run_additions, argv, what=action)
 
 
 if __name__ == "__main__":

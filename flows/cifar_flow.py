@@ -10,35 +10,31 @@ running `prefect server start` when it is.
 
 from __future__ import annotations
 
+import cifarflow.environment  # the defaults, before Prefect and TensorFlow are imported
+
 import argparse
 import sys
 
-from cifarflow.environment import apply_defaults
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
-apply_defaults()  # before Prefect and TensorFlow read the environment
-
-from prefect import flow, get_run_logger  # noqa: E402
-from prefect.runtime import flow_run  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
-
-from cifarflow.cli import EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, ensure_prefect_api, fail, run_command  # noqa: E402
-from cifarflow.config import PipelineConfig, add_data_arguments, data_settings  # noqa: E402
-from cifarflow.errors import PipelineInputError  # noqa: E402
-from cifarflow.files import ensure_writable  # noqa: E402
-from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock  # noqa: E402
-from cifarflow.models.registry import PRESETS  # noqa: E402
-from cifarflow.orchestration.artifacts import publish_registry, publish_report  # noqa: E402
-from cifarflow.orchestration.plan import plan_stages  # noqa: E402
-from cifarflow.orchestration.runner import StageRunner, parse_stage_list  # noqa: E402
-from cifarflow.orchestration.stages import STAGES  # noqa: E402
-from cifarflow.registry.upgrade import upgrade_registry  # noqa: E402
-from tasks.evaluate import evaluate  # noqa: E402
-from tasks.ingest import ingest  # noqa: E402
-from tasks.preprocess import preprocess  # noqa: E402
-from tasks.promote import promote  # noqa: E402
-from tasks.report import report  # noqa: E402
-from tasks.train import train  # noqa: E402
-from tasks.validate import validate  # noqa: E402
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli, run_command
+from cifarflow.config import PipelineConfig, add_data_arguments, data_settings
+from cifarflow.files import ensure_writable
+from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock
+from cifarflow.models.registry import PRESETS
+from cifarflow.orchestration.artifacts import publish_registry, publish_report
+from cifarflow.orchestration.plan import plan_stages
+from cifarflow.orchestration.runner import StageRunner, parse_stage_list
+from cifarflow.orchestration.stages import STAGES
+from cifarflow.registry.upgrade import upgrade_registry
+from tasks.evaluate import evaluate
+from tasks.ingest import ingest
+from tasks.preprocess import preprocess
+from tasks.promote import promote
+from tasks.report import report
+from tasks.train import train
+from tasks.validate import validate
 
 
 def _run_name() -> str:
@@ -61,27 +57,22 @@ def cifar_pipeline(
     stages to recompute even when their output is cached. Returns where each stage's output lives."""
     logger = get_run_logger()
     ensure_writable(config.layout.root)
-    stage = StageRunner(config, parse_stage_list(stages, "stages"), parse_stage_list(refresh, "refresh"))
+    run = StageRunner(config, parse_stage_list(stages, "stages"), parse_stage_list(refresh, "refresh"))
     with data_dir_lock(config.layout.lock_file, lock_timeout_s, log=logger.info):
         upgrade_registry(config.layout.registry, logger.info)  # an older, restored or damaged registry
-        shards = stage(ingest)
-        dataset = stage(validate, ingest=shards)
-        features = stage(preprocess, validate=dataset)
-        model = stage(train, preprocess=features)
-        evaluation = stage(evaluate, preprocess=features, train=model)
-        run_report = stage(
-            report, ingest=shards, validate=dataset, preprocess=features, train=model, evaluate=evaluation
-        )
-        decision = stage(
-            promote, validate=dataset, preprocess=features, train=model, evaluate=evaluation, report=run_report
-        )
-    if run_report is not None and "report" in stage.selected:
+        run(ingest)  # the archive → Parquet shards
+        run(validate)  # the dataset version (shards + added batches), checked
+        run(preprocess)  # the fitted transform and training-ready arrays
+        run(train)  # the preset's network, trained
+        run(evaluate)  # test-set predictions, metrics and plots
+        run_report = run(report)  # report.md, metrics.json, the model card
+        decision = run(promote)  # champion/challenger; the winner becomes the next registry version
+    if run_report is not None and "report" in run.selected:
         publish_report(run_report, config.model)
         logger.info("report: %s", run_report.report_path)
     if decision is not None:  # beside the promotion decision, among the run's artifacts
         publish_registry(config.layout.registry)
-    outputs = zip(STAGES, (shards, dataset, features, model, evaluation, run_report, decision))
-    return {name: str(output.location) for name, output in outputs if output is not None}
+    return run.locations()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,34 +135,32 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        config = config_from_args(args)
-        stages = parse_stage_list(args.stages, "--stages")
-        refresh = parse_stage_list(args.refresh, "--refresh")
-        ensure_writable(config.layout.root)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"--{'-'.join(map(str, e['loc'])).replace('_', '-') or 'options'}: {e['msg']}" for e in error.errors()
-        )
-        return fail(f"invalid options: {problems}", EXIT_USAGE)
-    except PipelineInputError as error:
-        return fail(str(error), EXIT_USAGE)
+def check_arguments(args: argparse.Namespace) -> tuple[PipelineConfig, list[str], list[str]]:
+    """The config and the stages to run and to refresh; a bad value raises ValidationError or
+    PipelineInputError (exit 2) before any work."""
+    config = config_from_args(args)
+    stages = parse_stage_list(args.stages, "--stages")
+    refresh = parse_stage_list(args.refresh, "--refresh")
+    ensure_writable(config.layout.root)
+    return config, stages, refresh
+
+
+def run_pipeline(args: argparse.Namespace, checked: tuple[PipelineConfig, list[str], list[str]]) -> int:
+    """Print the plan, or run the pipeline as a Prefect flow run."""
+    config, stages, refresh = checked
     if args.plan:
         for line in plan_stages(config, set(refresh)):
             print(line)
         return done("plan printed; nothing was run")
-    try:
-        ensure_prefect_api()
-        summary = cifar_pipeline(
-            config=config, stages=stages or None, refresh=refresh or None, lock_timeout_s=args.lock_timeout
-        )
-    except PipelineInputError as error:
-        return fail(str(error), EXIT_FAILED)
-    except Exception as error:  # the flow already logged the traceback; end with its real message
-        return fail(f"pipeline failed: {type(error).__name__}: {error}", EXIT_FAILED)
+    ensure_prefect_api()
+    summary = cifar_pipeline(
+        config=config, stages=stages or None, refresh=refresh or None, lock_timeout_s=args.lock_timeout
+    )
     return done(f"report at {summary.get('report', '(report stage not run)')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), check_arguments, run_pipeline, argv, what="pipeline")
 
 
 if __name__ == "__main__":

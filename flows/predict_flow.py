@@ -15,27 +15,25 @@ The last line is `done: predictions at <path>`.
 
 from __future__ import annotations
 
+import cifarflow.environment  # the defaults, before Prefect is imported
+
 import argparse
 import secrets
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cifarflow.environment import apply_defaults
+from prefect import flow, get_run_logger
 
-apply_defaults()  # before Prefect reads the environment
-
-from prefect import flow, get_run_logger  # noqa: E402
-
-from cifarflow.cli import EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, ensure_prefect_api, fail, run_command  # noqa: E402
-from cifarflow.errors import PipelineInputError  # noqa: E402
-from cifarflow.files import ensure_writable  # noqa: E402
-from cifarflow.inference.batch import BATCH_SIZE, BatchResult  # noqa: E402
-from cifarflow.inference.predictor import locate  # noqa: E402
-from cifarflow.inference.sources import expand_paths  # noqa: E402
-from cifarflow.layout import DataLayout  # noqa: E402
-from cifarflow.paths import from_printable, printable  # noqa: E402
-from tasks.predict import find_images, publish, score_images  # noqa: E402
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, fail, run_cli, run_command
+from cifarflow.errors import PipelineInputError
+from cifarflow.files import ensure_writable
+from cifarflow.inference.batch import BATCH_SIZE, BatchResult
+from cifarflow.inference.predictor import locate
+from cifarflow.inference.sources import expand_paths
+from cifarflow.layout import DataLayout
+from cifarflow.paths import from_printable, printable
+from tasks.predict import find_images, publish_prediction_artifacts, score_images
 
 
 class NothingScored(RuntimeError):
@@ -69,7 +67,7 @@ def predict(
         get_run_logger().info("no image files in %s: nothing to score", ", ".join(paths))
         return None
     result = score_images(files, model, layout.registry, out, batch_size)
-    publish(result)
+    publish_prediction_artifacts(result)
     get_run_logger().info(
         "%d of %d files scored by %s, %d could not be: %s", result.scored, result.files, result.model_version,
         result.failed, printable(result.out),
@@ -106,12 +104,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise PipelineInputError(f"{printable(error.filename or '')}: {error.strerror}") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        check_arguments(args)
-    except PipelineInputError as error:
-        return fail(str(error), EXIT_USAGE)
+def run_prediction(args: argparse.Namespace, _: None) -> int:
+    """Score the files in a Prefect flow run; exit 1 when not one could be scored (the Parquet file says why)."""
     out = args.out.resolve() if args.out else None
     ensure_prefect_api()
     paths, data_dir, out = [printable(p) for p in args.paths], printable(args.data_dir), out and printable(out)
@@ -120,17 +114,17 @@ def main(argv: list[str] | None = None) -> int:
         result = state.result()
     except NothingScored as error:
         print(f"predictions at {printable(error.args[1])}")
-        return fail(f"{error}", EXIT_FAILED)
-    except PipelineInputError as error:  # e.g. the model could not be loaded
-        return fail(str(error), EXIT_USAGE)
-    except Exception as error:  # the flow already logged the traceback; end with its real message
-        return fail(f"batch prediction failed: {type(error).__name__}: {error}", EXIT_FAILED)
+        return fail(f"{error}")
     if result is None:  # the files were removed between the argument check and the run
-        return fail("no image files left to score", EXIT_USAGE)
+        raise PipelineInputError("no image files left to score")
     print(
         f"{result.scored:,} of {result.files:,} files scored by {result.model_version}; {result.failed:,} could not be"
     )
     return done(f"predictions at {result.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), check_arguments, run_prediction, argv, what="batch prediction")
 
 
 if __name__ == "__main__":

@@ -16,22 +16,20 @@ failure. The last line on stdout is `done: …` or `error: …`.
 
 from __future__ import annotations
 
+import cifarflow.environment  # the defaults, before Prefect is imported
+
 import argparse
 import sys
 from pathlib import Path
 
-from cifarflow.environment import apply_defaults
+from prefect import flow
 
-apply_defaults()  # before Prefect reads the environment
-
-from prefect import flow  # noqa: E402
-
-from cifarflow.cli import EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, ensure_prefect_api, fail, run_command  # noqa: E402
-from cifarflow.errors import PipelineInputError  # noqa: E402
-from cifarflow.layout import DataLayout  # noqa: E402
-from cifarflow.registry import store  # noqa: E402
-from cifarflow.registry.listing import DAMAGED, alias_rows, format_table, version_rows  # noqa: E402
-from tasks.registry import move_champion, publish  # noqa: E402
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli, run_command
+from cifarflow.errors import PipelineInputError
+from cifarflow.layout import DataLayout
+from cifarflow.registry import store
+from cifarflow.registry.listing import DAMAGED, alias_rows, format_table, version_rows
+from tasks.registry import move_champion, publish_registry_artifact
 
 
 @flow(name="registry-promote", flow_run_name="champion-to-{version}", log_prints=True)
@@ -39,7 +37,7 @@ def promote_version(version: str, reason: str, data_dir: Path = Path("data")) ->
     """Make registry version `version` the champion, with the reason recorded."""
     registry = DataLayout(Path(data_dir).resolve()).registry
     move = move_champion(registry, version, reason)
-    publish(registry)
+    publish_registry_artifact(registry)
     return move
 
 
@@ -79,30 +77,40 @@ def list_registry(registry: Path) -> int:
     return done(f"{healthy} version{'s' * (healthy != 1)}, champion {champion or '(none)'}{damaged}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def check_arguments(args: argparse.Namespace) -> Path:
+    """The registry folder. For `promote`, unusable arguments (no reason, an unknown or damaged version,
+    a place where the champion link cannot go) raise PipelineInputError (exit 2) before any flow starts."""
     registry = DataLayout(args.data_dir.resolve()).registry
-    if args.command == "list":
-        return list_registry(registry)
-    try:
+    if args.command == "promote":
         if not args.reason.strip():
             raise PipelineInputError("--reason is empty; say why the champion moves (it is recorded)")
         store.read_version(registry, args.version)
         store.check_link_place(registry)
-    except PipelineInputError as error:
-        return fail(str(error), EXIT_USAGE)
+    return registry
+
+
+def run_registry(args: argparse.Namespace, registry: Path) -> int:
+    """`list`, or `promote` in a Prefect flow run (nothing to do when the version is the champion already)."""
+    if args.command == "list":
+        return list_registry(registry)
     try:
         current = store.champion_name(registry)
     except store.RegistryDamaged:
         current = None  # a damaged alias is what a move by hand repairs
     if current == args.version:
         return done(f"{args.version} is the champion already; nothing to do")
-    try:
-        ensure_prefect_api()
-        move = promote_version(args.version, args.reason, args.data_dir)
-    except Exception as error:  # the flow already logged the traceback
-        return fail(f"moving the champion failed: {type(error).__name__}: {error}", EXIT_FAILED)
+    ensure_prefect_api()
+    move = promote_version(args.version, args.reason, args.data_dir)
     return done(f"champion {move['from'] or '(none)'} → {move['to']} ({move['reason']})")
+
+
+def action(args: argparse.Namespace) -> str:
+    """What the command was doing, for `error: <action> failed: …`."""
+    return "listing the registry" if args.command == "list" else "moving the champion"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), check_arguments, run_registry, argv, what=action)
 
 
 if __name__ == "__main__":

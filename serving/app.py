@@ -42,7 +42,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cifarflow.cli import ArgumentParser, done, run_command
+from cifarflow.cli import ArgumentParser, done, run_cli, run_command
 from cifarflow.inference.batcher import MAX_IMAGES, MicroBatcher
 from cifarflow.inference.decode_budget import (
     DEFAULT_PIXELS,
@@ -367,7 +367,9 @@ def create_app(
     @read("/model", response_model=ModelRecord, response_model_exclude_none=True, responses=documented(503))
     def model_info():
         predictor = serving()
-        record = {key: predictor.metadata[key] for key in MODEL_FIELDS if key in predictor.metadata}
+        # ModelRecord keeps version.json's names (`model`: the preset, `dataset_sha256`: the dataset version)
+        facts = predictor.record.to_json() if predictor.record else {"id": predictor.model_id}
+        record = {key: value for key, value in facts.items() if key in MODEL_FIELDS}
         return record | {"version": predictor.version, "label_names": predictor.label_names}
 
     @read("/limits", response_model=Limits)
@@ -409,9 +411,7 @@ def add_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
         return JSONResponse({"error": message, "detail": problems}, status_code=422)
 
 
-def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="the pipeline's data directory")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
@@ -431,8 +431,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"most megapixels decoded at once over all requests, bounding memory (default {DEFAULT_PIXELS / 1e6:g}; "
         "0: no bound); a request waits for its share, then gets 503 with Retry-After",
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return parser
+
+
+def check_arguments(parser: ArgumentParser, args: argparse.Namespace) -> int | None:
+    """The decode budget in pixels (None: no bound); a value out of range ends the command as argparse's
+    own refusals do (usage, `error: …`, exit 2)."""
     if args.max_batch < 1:
         parser.error(f"--max-batch must be at least 1, got {args.max_batch}")
     if not (math.isfinite(args.decode_budget) and 0 <= args.decode_budget <= MAX_BUDGET_MP):
@@ -441,10 +445,22 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0 to 65535, got {args.port}")
-    budget = round(args.decode_budget * 1e6) or None
+    return round(args.decode_budget * 1e6) or None
+
+
+def run_service(args: argparse.Namespace, budget: int | None) -> int:
+    """Serve until stopped (Ctrl-C, SIGTERM)."""
+    import uvicorn
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app(args.data_dir, args.model, max_batch_images=args.max_batch, decode_budget_pixels=budget)
     uvicorn.run(app, host=args.host, port=args.port)
     return done("the service stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    return run_cli(parser, lambda args: check_arguments(parser, args), run_service, argv, what="the service")
 
 
 if __name__ == "__main__":

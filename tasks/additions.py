@@ -38,8 +38,8 @@ def scan(inbox: Path, label_names: list[str]) -> Inbox:
     return found
 
 
-@task(name="validate-images", cache_policy=NO_CACHE)
-def validate_images(inbox: Inbox, layout: DataLayout) -> Screening:
+@task(name="screen-images", cache_policy=NO_CACHE)  # not the pipeline's validate stage: this screens one inbox
+def screen_images(inbox: Inbox, layout: DataLayout) -> Screening:
     """Decode each candidate; refuse broken files and test-set copies; set aside duplicates."""
     logger = get_run_logger()
     reference = load_reference(layout)
@@ -71,7 +71,7 @@ def write(layout: DataLayout, screening: Screening, label_names: list[str], inbo
 
 
 @task(name="publish-addition", cache_policy=NO_CACHE)
-def publish(layout: DataLayout, summary: dict, screening: Screening, before: DatasetVersion) -> Path:
+def publish_addition_report(layout: DataLayout, summary: dict, screening: Screening, before: DatasetVersion) -> Path:
     """Write summary.json + report.md, publish them to the UI, and announce a new dataset version."""
     path = write_summary(
         layout.additions_reports / summary["addition_id"], summary, [a.pixels for a in screening.accepted]

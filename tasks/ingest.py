@@ -1,13 +1,13 @@
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from cifarflow.config import PipelineConfig
 from cifarflow.data.ingest import IngestResult, ingest_archive
-from cifarflow.orchestration.runner import stage_options
+from cifarflow.orchestration.runner import stage_task
 
 
-@task(**stage_options("ingest", retries=3, delay=2), task_run_name="ingest")
+@stage_task("ingest", retries=3, delay=2, task_run_name="ingest")
 def ingest(config: PipelineConfig, key: str) -> IngestResult:
     """Fetch (download or read) and verify the archive; write Parquet shards + manifest."""
     logger = get_run_logger()

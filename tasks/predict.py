@@ -38,7 +38,7 @@ def score_images(files: list[Path], model: str, registry: Path, out: Path, batch
     """Load the model, score every file into `out` (Parquet) and a contact sheet beside it."""
     logger = get_run_logger()
     predictor = load_predictor(model, registry)
-    logger.info("model %s (%s)", predictor.version, predictor.metadata.get("model") or predictor.metadata.get("preset"))
+    logger.info("model %s (%s)", predictor.version, predictor.preset)
     artifact = create_progress_artifact(progress=0.0, key="cifar10-predictions-progress", description="Scoring images")
     log_progress = ProgressLog(logger.info)
 
@@ -50,6 +50,6 @@ def score_images(files: list[Path], model: str, registry: Path, out: Path, batch
 
 
 @task(name="publish-predictions", cache_policy=NO_CACHE)
-def publish(result: BatchResult) -> None:
+def publish_prediction_artifacts(result: BatchResult) -> None:
     """The predictions as Prefect artifacts: a summary with the contact sheet, and a table."""
     publish_predictions(result)

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from cifarflow.config import PipelineConfig
 from cifarflow.data.transform import Features
 from cifarflow.evaluation.evaluate import Evaluation
-from cifarflow.orchestration.runner import stage_options
+from cifarflow.orchestration.runner import stage_task
 from cifarflow.promotion.outcome import Promotion
 from cifarflow.promotion.promote import canary_set, challenger_score, promote_challenger
 from cifarflow.reporting.report import Report
@@ -13,9 +13,7 @@ from cifarflow.training.run import TrainResult
 from cifarflow.validation.validate import ValidatedData
 
 
-@task(
-    **stage_options("promote", retries=1, delay=2), task_run_name="promote-{config.model}", tags=["champion-challenger"]
-)
+@stage_task("promote", retries=1, delay=2, task_run_name="promote-{config.model}", tags=["champion-challenger"])
 def promote(
     config: PipelineConfig,
     key: str,

@@ -20,5 +20,6 @@ def move_champion(registry: Path, version: str, reason: str) -> dict:
 
 
 @task(name="publish-registry", cache_policy=NO_CACHE)
-def publish(registry: Path) -> None:
+def publish_registry_artifact(registry: Path) -> None:
+    """The registry's versions and latest move as a table artifact in the UI."""
     publish_registry(registry)

@@ -1,18 +1,18 @@
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 
 from cifarflow.config import PipelineConfig
 from cifarflow.data.ingest import IngestResult
 from cifarflow.data.transform import Features
 from cifarflow.evaluation.evaluate import Evaluation
-from cifarflow.orchestration.runner import stage_options
+from cifarflow.orchestration.runner import stage_task
 from cifarflow.reporting.report import Report, model_card, run_name_for, write_report
 from cifarflow.training.run import TrainResult
 from cifarflow.validation.validate import ValidatedData
 
 
-@task(**stage_options("report", retries=2, delay=1), task_run_name="report-{config.model}")
+@stage_task("report", retries=2, delay=1, task_run_name="report-{config.model}")
 def report(
     config: PipelineConfig,
     key: str,

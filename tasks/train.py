@@ -1,27 +1,28 @@
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from cifarflow.config import PipelineConfig
 from cifarflow.data.transform import Features
-from cifarflow.orchestration.runner import stage_options
-from cifarflow.promotion.champions import warm_start_source
+from cifarflow.orchestration.runner import stage_task
 from cifarflow.training.run import TrainResult, train_model
 from cifarflow.training.settings import TrainSettings
+from cifarflow.training.warm_start import WarmStartPlan
 
 
-@task(**stage_options("train", retries=1, delay=5), task_run_name="train-{config.model}-e{config.train_epochs}")
-def train(config: PipelineConfig, key: str, preprocess: Features) -> TrainResult:
-    """Train the chosen preset; logs every epoch and updates a progress artifact in the UI."""
+@stage_task("train", retries=1, delay=5, task_run_name="train-{config.model}-e{config.train_epochs}")
+def train(config: PipelineConfig, key: str, preprocess: Features, warm_start_from: WarmStartPlan) -> TrainResult:
+    """Train the chosen preset (from the weights `warm_start_from` names, if any); logs every epoch
+    and updates a progress artifact in the UI."""
     logger = get_run_logger()
-    source, note = (
-        warm_start_source(config.layout.registry, config.model, preprocess.normalization.kind, preprocess.batch_ids)
-        if config.warm_start == "champion"
-        else (None, None)
-    )
     settings = TrainSettings(
-        config.model, config.train_epochs, config.train_batch_size, config.train_learning_rate, config.seed, source
+        config.model,
+        config.train_epochs,
+        config.train_batch_size,
+        config.train_learning_rate,
+        config.seed,
+        warm_start_from.model_path,
     )
     progress = create_progress_artifact(
         progress=0.0, key=f"training-progress-{config.model}", description=f"Training {config.model}"
@@ -34,7 +35,7 @@ def train(config: PipelineConfig, key: str, preprocess: Features) -> TrainResult
 
     logger.info("training %s: %s", config.model, settings)
     result = train_model(
-        settings, preprocess.directory, config.layout.model_dir(key), on_epoch=on_epoch, warm_start=note
+        settings, preprocess.directory, config.layout.model_dir(key), on_epoch=on_epoch, warm_start=warm_start_from.note
     )
     if result.warm_start:
         logger.info("warm start: %s", result.warm_start)

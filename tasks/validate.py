@@ -1,21 +1,21 @@
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from cifarflow.config import PipelineConfig
 from cifarflow.data.ingest import IngestResult
-from cifarflow.data.versions import current_version
-from cifarflow.orchestration.runner import stage_options
+from cifarflow.data.versions import DatasetVersion
+from cifarflow.orchestration.runner import stage_task
 from cifarflow.validation.validate import ValidatedData, validate_dataset
 
 
-@task(**stage_options("validate", retries=1, delay=1), task_run_name="validate")
-def validate(config: PipelineConfig, key: str, ingest: IngestResult) -> ValidatedData:
+@stage_task("validate", retries=1, delay=1, task_run_name="validate")
+def validate(config: PipelineConfig, key: str, ingest: IngestResult, dataset_version: DatasetVersion) -> ValidatedData:
     """Check the current dataset version (ingested shards + added batches): hard problems fail the
     run, warnings go to the log, the report and a UI artifact."""
     logger = get_run_logger()
-    version = current_version(config.layout)
+    version = dataset_version
     logger.info(
         "dataset version %s: %d training images in %d added batches",
         version.version,

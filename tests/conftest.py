@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import cifarflow.environment  # the defaults (no telemetry look-ups, quiet TensorFlow), before any test imports them
+
 import os
 import tempfile
+from pathlib import Path
 
-# Before Prefect or TensorFlow are imported: no telemetry look-ups, a private PREFECT_HOME so no
-# old cache records leak in, and no TensorFlow start-up chatter.
-from cifarflow.environment import apply_defaults  # noqa: E402
+import pytest
 
+from tests.synthetic import write_archive
+
+# A private PREFECT_HOME, so no old cache records leak in. Set here, at the conftest's import: pytest
+# imports it before any test module, and nothing imported above imports Prefect.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-apply_defaults()
-
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-from tests.synthetic import write_archive  # noqa: E402
 
 TIERS = ("slow", "server", "flow", "unit")  # slowest first
 

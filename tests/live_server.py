@@ -7,6 +7,8 @@ has its own PREFECT_HOME (SQLite database) under the test's tmp dir and is stopp
 
 from __future__ import annotations
 
+from cifarflow.environment import OFFLINE_DEFAULTS
+
 import contextlib
 import os
 import signal
@@ -18,8 +20,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-from cifarflow.environment import OFFLINE_DEFAULTS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))

@@ -36,35 +36,36 @@ def tiny_model_file(path: Path, seed: int) -> Path:
 
 
 def version_inputs(model_path: Path, seed: int, test_images: int = 100):
-    """(record, metrics, predictions, labels, canary) for `stage_version`, as a promotion would pass them."""
-    import keras
-
-    from cifarflow.evaluation.predict import predict_plain
+    """(record, metrics, predictions, labels, canary) for `stage_version`, as a promotion would pass them
+    (`record` a `VersionRecord`)."""
     from cifarflow.files import file_digest
+    from cifarflow.models.registry import get_preset
     from cifarflow.registry.build import Canary
+    from cifarflow.registry.records import VersionRecord
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, test_images)
     predictions = np.where(rng.random(test_images) < 0.5, labels, rng.integers(0, 10, test_images))
     accuracy = float(np.mean(predictions == labels))
     pixels = canary_pixels(seed)
-    probabilities = predict_plain(keras.models.load_model(model_path), pixels)
-    record = {
-        "id": file_digest(model_path),
-        "run_name": f"test-run-{seed}",
-        "model": "seed",
-        "accuracy": accuracy,
-        "label_names": list(CLASSES),
-        "dataset_sha256": f"dataset-{seed}",
-        "batch_ids": [],
-        "normalization": "unit",
-        "test_set_sha256": "t" * 64,
-        "test_images": test_images,
-        "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "replaced": None,
-        "decision": "promoted: test fixture",
-        "source_model": str(model_path),
-    }
+    preset = get_preset("seed")
+    probabilities = preset.predict(preset.load(model_path), pixels)
+    record = VersionRecord(
+        model_id=file_digest(model_path),
+        run_name=f"test-run-{seed}",
+        preset="seed",
+        accuracy=accuracy,
+        label_names=tuple(CLASSES),
+        dataset_version=f"dataset-{seed}",
+        batch_ids=(),
+        normalization="unit",
+        test_set_sha256="t" * 64,
+        test_images=test_images,
+        promoted_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        replaced=None,
+        decision="promoted: test fixture",
+        source_model=str(model_path),
+    )
     return record, evaluation_metrics(predictions, labels), predictions, labels, Canary(pixels, probabilities)
 
 

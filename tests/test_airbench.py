@@ -5,25 +5,27 @@ Nothing here trains to the target accuracy; see benchmarks/bench_models.py for t
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import keras  # required dependencies (pyproject.toml): a missing one is a broken install, not a skip
 import numpy as np
 import pytest
+import tensorflow as tf
 
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
-
-from dataclasses import replace  # noqa: E402
-
-from cifarflow.data.transform import Normalization  # noqa: E402
-from cifarflow.evaluation import predict  # noqa: E402
-from cifarflow.models import airbench, precision  # noqa: E402
-from cifarflow.models.recipes import AirbenchRecipe  # noqa: E402
-from cifarflow.models.registry import get_preset  # noqa: E402
-from cifarflow.training import airbench_loop, augment, muon  # noqa: E402
-from cifarflow.training.callbacks import AtomicBackupAndRestore  # noqa: E402
-from cifarflow.training.settings import TrainSettings  # noqa: E402
-from tests.synthetic import write_features  # noqa: E402
+from cifarflow.data.transform import Normalization
+from cifarflow.evaluation import predict
+from cifarflow.models import airbench, precision
+from cifarflow.models.recipes import AirbenchRecipe
+from cifarflow.models.registry import PRESETS, get_preset
+from cifarflow.training import airbench_loop, augment, muon
+from cifarflow.training.callbacks import AtomicBackupAndRestore, WarmStart
+from cifarflow.training.settings import TrainSettings
+from tests.synthetic import write_features
 
 CIFAR = Normalization("standardize", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+AIRBENCH_PRESETS = [
+    name for name, preset in PRESETS.items() if preset.builder == "cifarflow.models.airbench:make_airbench_net"
+]
 
 
 def expected_params(widths, channels=3, classes=10) -> int:
@@ -36,11 +38,11 @@ def expected_params(widths, channels=3, classes=10) -> int:
     return total + cin * classes
 
 
-@pytest.mark.parametrize(
-    ("preset", "widths", "params"), [("fast", (64, 256, 256), 1_973_944), ("quick", (32, 64, 128), 295_544)]
-)
-def test_model_shapes_and_parameter_counts(preset, widths, params):
-    model = get_preset(preset).build(CIFAR)
+@pytest.mark.parametrize("name", AIRBENCH_PRESETS)
+def test_model_shapes_and_parameter_counts(name):
+    preset = get_preset(name)
+    widths, params = preset.recipe.widths, preset.params  # the declared size, checked against the formula
+    model = preset.build(CIFAR)
     assert model.input_shape == (None, 32, 32, 3)
     assert model.output_shape == (None, 10)
     assert model.count_params() == params == expected_params(widths)
@@ -164,12 +166,14 @@ def test_tta_averages_the_flipped_and_translated_views(tmp_path):
     mirrored = [(f(v) + f(v[:, :, ::-1])) / 2 for v in views]
     expected = 0.5 * mirrored[0] + 0.25 * mirrored[1] + 0.25 * mirrored[2]
     # float32 sums in another order: relative tolerance, plus an absolute one for logits near zero
-    np.testing.assert_allclose(predict.tta_logits(model, pixels, level=2, batch_size=2), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(predict.tta_logits(model, pixels, level=1), mirrored[0], rtol=1e-5)
-    np.testing.assert_allclose(predict.tta_logits(model, pixels, level=0), f(pixels), rtol=1e-5)
+    np.testing.assert_allclose(
+        predict.tta_average(model, pixels, level=2, batch_size=2), expected, rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(predict.tta_average(model, pixels, level=1), mirrored[0], rtol=1e-5)
+    np.testing.assert_allclose(predict.tta_average(model, pixels, level=0), f(pixels), rtol=1e-5)
     assert sum(w for w, *_ in augment.tta_views(level=2)) == pytest.approx(1.0)
 
-    probabilities = predict.predict_tta(model, pixels)
+    probabilities = predict.predict_tta(model, pixels, outputs="logits")
     assert probabilities.shape == (5, 10)
     np.testing.assert_allclose(probabilities, predict.softmax(expected), rtol=1e-5)
 
@@ -183,7 +187,7 @@ def _batch_loss(net, pixels, labels) -> float:
     return float(keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True).numpy().mean())
 
 
-@pytest.mark.parametrize("model", ["quick", "fast"])
+@pytest.mark.parametrize("model", AIRBENCH_PRESETS)
 def test_training_steps_lower_the_loss_on_a_tiny_batch(model):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
@@ -229,11 +233,24 @@ def test_fit_restores_policy_runs_callbacks_and_saved_model_loads(tmp_path):
     assert net.get_layer("whiten").dtype_policy.name == "float32"  # the stem stays float32
     assert epochs_seen == [0, 1]
     net.save(tmp_path / "model.keras")
-    loaded = keras.models.load_model(tmp_path / "model.keras")
-    np.testing.assert_allclose(
-        predict.predict_tta(loaded, test_pixels), predict.predict_tta(net, test_pixels), atol=1e-6
-    )
+    quick = get_preset("quick")
+    loaded = quick.load(tmp_path / "model.keras")
+    np.testing.assert_allclose(quick.predict(loaded, test_pixels), quick.predict(net, test_pixels), atol=1e-6)
     assert loaded.get_layer("normalize").dtype_policy.name == "float32"  # the fitted transform travels with it
+
+
+def test_warm_start_loads_the_champion_with_its_presets_loader(tmp_path):
+    quick = get_preset("quick")
+    small = replace(quick.recipe, widths=(8, 8, 8))
+    champion = quick.build(CIFAR, small, seed=1)
+    champion.save(tmp_path / "model.keras")
+    net = quick.build(CIFAR, small, seed=2)
+    warm = WarmStart(str(tmp_path / "model.keras"), quick)
+    warm.set_model(net)
+    warm.on_train_begin()
+    assert warm.applied, warm.reason
+    for ours, theirs in zip(net.get_weights(), champion.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_precision_choice(tmp_path, monkeypatch):
@@ -285,10 +302,9 @@ def test_resumed_training_matches_an_unbroken_run(tmp_path):
 
 
 def test_every_preset_is_one_complete_registry_entry():
-    from cifarflow.models.registry import PRESETS, resolve
+    from cifarflow.models.registry import resolve
 
     for name, preset in PRESETS.items():
-        for reference in (preset.builder, preset.trainer, preset.predictor):
+        for reference in (preset.builder, preset.loader, preset.trainer, preset.predictor, preset.serving):
             assert callable(resolve(reference)), f"{name}: {reference}"
-    for name, params in (("fast", 1_973_944), ("quick", 295_544), ("seed", 394_970)):
-        assert get_preset(name).build(CIFAR).count_params() == params
+        assert preset.build(CIFAR).count_params() == preset.params, name

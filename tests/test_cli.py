@@ -1,5 +1,11 @@
 """The command line as a user runs it: bad input exits non-zero before any work; faults lose
-nothing; a killed training resumes; a flaky download is retried; runs on one data dir queue."""
+nothing; a killed training resumes; a flaky download is retried; runs on one data dir queue.
+
+The argument checks call `main([...])` in this process (the unit tier: no Prefect server, no start-up
+of a fresh interpreter); the rest run `flows/cifar_flow.py` as a subprocess, as a user does (the flow
+tier: each uses the session's Prefect server through `cli_env`), and so does one argument check, to
+prove the real command ends the same way.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import BaseModel, Field
 
+from cifarflow.cli import EXIT_DONE, EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, run_cli
+from cifarflow.errors import PipelineInputError
+from flows.cifar_flow import main as pipeline_command  # imported before a test captures output: Prefect's
+from flows.sweep_flow import main as sweep_command  # log handlers bind to the stderr of the moment they load
 from tests.conftest import REPO_ROOT
 from tests.synthetic import archive_members, batch_bytes, write_archive
 
 FLOW = str(REPO_ROOT / "flows" / "cifar_flow.py")
-pytestmark = pytest.mark.flow  # every test runs the command line
 
 
 def last_line(output: str) -> str:
@@ -34,6 +44,13 @@ def cli(*args, env=None, timeout=300):
     )
 
 
+def pipeline(capsys, *args) -> tuple[int, str, str]:
+    """`flows/cifar_flow.py ARGS` in this process: exit code, stdout, stderr."""
+    code = pipeline_command([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -44,26 +61,91 @@ def cli(*args, env=None, timeout=300):
         (["--sha256", "nothex"], "64 hex characters"),
     ],
 )
-def test_invalid_options_exit_2_before_any_work(synthetic_archive, tmp_path, args, message):
+def test_invalid_options_exit_2_before_any_work(synthetic_archive, tmp_path, capsys, args, message):
     data_dir = tmp_path / "data"
-    result = cli("--source", synthetic_archive, "--data-dir", data_dir, *args)
-    assert result.returncode == 2, result.stderr
-    assert last_line(result.stdout).startswith("error: ") and message in last_line(result.stdout)
+    code, out, err = pipeline(capsys, "--source", synthetic_archive, "--data-dir", data_dir, *args)
+    assert code == 2, err
+    assert last_line(out).startswith("error: ") and message in last_line(out)
     assert not data_dir.exists()  # nothing was started
 
 
-def test_missing_source_says_how_to_get_one(tmp_path):
-    result = cli("--source", tmp_path / "absent.tar.gz", "--data-dir", tmp_path / "data")
-    error = last_line(result.stdout)
-    assert result.returncode == 2 and "is not an existing file" in error and "Getting the data" in error
+def test_missing_source_says_how_to_get_one(tmp_path, capsys):
+    code, out, _ = pipeline(capsys, "--source", tmp_path / "absent.tar.gz", "--data-dir", tmp_path / "data")
+    error = last_line(out)
+    assert code == 2 and "is not an existing file" in error and "Getting the data" in error
 
 
-def test_unwritable_data_dir_is_rejected(synthetic_archive, tmp_path):
+def test_unwritable_data_dir_is_rejected(synthetic_archive, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    result = cli("--source", synthetic_archive, "--data-dir", blocker / "data")
-    error = last_line(result.stdout)
-    assert result.returncode == 2 and "cannot write under" in error and "another --data-dir" in error
+    code, out, _ = pipeline(capsys, "--source", synthetic_archive, "--data-dir", blocker / "data")
+    error = last_line(out)
+    assert code == 2 and "cannot write under" in error and "another --data-dir" in error
+
+
+@pytest.mark.flow  # a fresh process of the product: not the unit tier
+def test_the_real_command_refuses_an_invalid_option_the_same_way(synthetic_archive, tmp_path):
+    data_dir = tmp_path / "data"
+    result = cli("--source", synthetic_archive, "--data-dir", data_dir, "--epochs", "0")
+    assert result.returncode == 2, result.stderr
+    assert last_line(result.stdout) == "error: invalid options: --epochs: Input should be greater than 0"
+    assert "Traceback" not in result.stderr and not data_dir.exists()
+
+
+def test_the_sweep_names_an_invalid_option_as_the_pipeline_does(synthetic_archive, tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    code = sweep_command(["--source", str(synthetic_archive), "--data-dir", str(data_dir), "--rows-per-shard", "0"])
+    out = capsys.readouterr().out
+    assert code == 2 and last_line(out) == "error: invalid options: --rows-per-shard: Input should be greater than 0"
+    assert not data_dir.exists()
+
+
+# ------------------------------------ the scaffold every command uses -------------------------
+
+
+class Options(BaseModel):
+    batch_size: int = Field(gt=0)
+
+
+def scaffold(capsys, argv: list[str], run) -> tuple[int, str, str]:
+    """run_cli on a parser of one option, `--batch-size`, checked into `Options`: code, stdout, stderr."""
+    parser = ArgumentParser(prog="demo")
+    parser.add_argument("--batch-size", type=int, default=1)
+    code = run_cli(parser, lambda args: Options(batch_size=args.batch_size), run, argv, what="the demo")
+    out, err = capsys.readouterr()
+    return code, last_line(out), err
+
+
+def raising(error: Exception):
+    def run(args, options):
+        raise error
+
+    return run
+
+
+def test_the_scaffold_ends_every_command_by_one_exit_code_table(capsys):
+    """0 done; 2 for arguments refused before any work (argparse, the typed config, a check); 1 for
+    anything found once the work started, a bad input included."""
+    ran = lambda args, options: done(f"ran with {options.batch_size}")  # noqa: E731
+    assert scaffold(capsys, ["--batch-size", "3"], ran)[:2] == (EXIT_DONE, "done: ran with 3")
+    code, last, _ = scaffold(capsys, ["--batch-size", "0"], ran)
+    assert (code, last) == (EXIT_USAGE, "error: invalid options: --batch-size: Input should be greater than 0")
+    with pytest.raises(SystemExit) as refused:  # argparse's own refusal: the same code and last line
+        scaffold(capsys, ["--batch-size", "many"], ran)
+    assert refused.value.code == EXIT_USAGE
+
+    def refuse(args):
+        raise PipelineInputError("no such folder: x")
+
+    parser = ArgumentParser(prog="demo")
+    assert run_cli(parser, refuse, ran, [], what="the demo") == EXIT_USAGE
+    assert last_line(capsys.readouterr().out) == "error: no such folder: x"
+
+    code, last, err = scaffold(capsys, [], raising(PipelineInputError("the archive is truncated")))
+    assert (code, last) == (EXIT_FAILED, "error: the archive is truncated") and "Traceback" not in err
+    code, last, err = scaffold(capsys, [], raising(RuntimeError("disk on fire")))
+    assert (code, last) == (EXIT_FAILED, "error: the demo failed: RuntimeError: disk on fire")
+    assert "Traceback" in err  # not from a flow run, whose engine logs it: kept for a bug report
 
 
 def _bad_source(fault: str, good: Path, tmp_path: Path) -> tuple[Path, list[str]]:

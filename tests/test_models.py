@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import keras  # a required dependency (pyproject.toml): a missing one is a broken install, not a skip
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
-
-from cifarflow.data.transform import Normalization  # noqa: E402
-from cifarflow.models.registry import get_preset  # noqa: E402
-from cifarflow.models.seed import make_optimizer, make_seed_model  # noqa: E402
+from cifarflow.data.transform import Normalization
+from cifarflow.models.registry import PRESETS, get_preset
+from cifarflow.models.seed import make_seed_model
+from cifarflow.training.keras_fit import make_optimizer
 
 UNIT = Normalization("unit", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 FITTED = Normalization("standardize", (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
@@ -36,7 +36,7 @@ def test_seed_model_matches_the_notebook():
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 
 
-@pytest.mark.parametrize("preset", ["seed", "quick", "fast"])
+@pytest.mark.parametrize("preset", PRESETS)
 def test_every_model_applies_the_fitted_transform_first(preset):
     """Its first layer computes exactly `Normalization.apply`: the arithmetic preprocess fitted."""
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)

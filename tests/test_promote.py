@@ -12,16 +12,11 @@ import numpy as np
 import pytest
 
 from cifarflow.evaluation.metrics import compute_metrics
-from cifarflow.promotion.champions import (
-    baseline_id,
-    champion_id,
-    read_champion,
-    read_decisions,
-    record_decision,
-    warm_start_source,
-)
+from cifarflow.promotion.champions import baseline_id
 from cifarflow.promotion.decision import NO_CHAMPION, Score, decide, labels_digest, score_from_evaluation
 from cifarflow.promotion.mcnemar import format_p, mcnemar_test
+from cifarflow.promotion.outcome import champion_id
+from cifarflow.promotion.promote import champion_score
 from cifarflow.promotion.section import (
     SECTION_BEGIN,
     SECTION_END,
@@ -30,6 +25,8 @@ from cifarflow.promotion.section import (
     with_section,
     write_section,
 )
+from cifarflow.registry.api import read_decisions, record_decision
+from cifarflow.training.warm_start import WarmStartPlan, plan_warm_start
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 DATASET = "d" * 64
@@ -55,8 +52,8 @@ def make_score(
     return Score(
         model_id=model_id,
         run_name=run,
-        model="seed",
-        dataset_sha256=dataset,
+        preset="seed",
+        dataset_version=dataset,
         test_set_sha256=labels_digest(labels),
         predictions=np.asarray(predicted),
         labels=np.asarray(labels),
@@ -187,7 +184,7 @@ def test_changed_test_set_promotes_the_challenger_and_says_why(labels):
 
 
 def test_same_test_images_pair_even_if_the_dataset_digest_differs(labels):
-    # dataset_sha256 also covers the train split and the shard layout; pairing needs only the test set
+    # the dataset version also covers the train split and the shard layout; pairing needs only the test set
     champion = make_score(labels, with_accuracy(labels, np.arange(1000) % 2 == 0), "a" * 64, dataset="1" * 64)
     challenger = make_score(labels, labels, "b" * 64, dataset="2" * 64)
     assert decide(challenger, champion).reason == "better"
@@ -221,10 +218,10 @@ def write_model(path: Path, content: bytes) -> tuple[Path, str]:
 
 def register_fake(registry: Path, model_path: Path, score: Score, decision) -> str:
     """A version written by hand (no real network to export: an empty export/), committed and made the
-    champion as a promotion does; what champions.py reads from the registry does not need TensorFlow."""
+    champion as a promotion does; what promotion reads from the registry does not need TensorFlow."""
     from datetime import UTC, datetime
 
-    from cifarflow.promotion.champions import version_record
+    from cifarflow.promotion.promote import version_record
     from cifarflow.registry import store
 
     name = store.next_name(registry)
@@ -235,7 +232,7 @@ def register_fake(registry: Path, model_path: Path, score: Score, decision) -> s
     np.save(staging / "labels.npy", score.labels.astype(np.int16))
     (staging / "metrics.json").write_text(json.dumps(score.metrics))
     record = version_record(score, decision, CLASSES, model_path, datetime.now(UTC))
-    (staging / "version.json").write_text(json.dumps(record | {"version": name}))
+    (staging / "version.json").write_text(json.dumps(record.to_json() | {"version": name}))
     store.commit_version(registry, staging, name)
     store.move_alias(registry, name, by="promotion", reason=decision.summary)
     return name
@@ -245,21 +242,21 @@ def test_the_champion_is_the_version_the_alias_points_at(tmp_path, labels):
     from cifarflow.registry import store
 
     registry = tmp_path / "registry"
-    assert read_champion(registry) is None and champion_id(registry) == NO_CHAMPION
+    assert champion_score(registry) is None and champion_id(registry) == NO_CHAMPION
     model_a, id_a = write_model(tmp_path / "a" / "model.keras", b"model a")
     model_b, id_b = write_model(tmp_path / "b" / "model.keras", b"model b")
     idx = np.arange(1000)
     score_a = make_score(labels, with_accuracy(labels, idx % 100 < 61), id_a, run="run-a")
     score_b = make_score(labels, with_accuracy(labels, idx % 100 < 70), id_b, run="run-b")
 
-    first = decide(score_a, read_champion(registry))
+    first = decide(score_a, champion_score(registry))
     assert register_fake(registry, model_a, score_a, first) == "v1"
     record_decision(registry, first, "run-a")
     assert champion_id(registry) == id_a
     assert baseline_id(registry, id_a) == NO_CHAMPION  # A replaced nobody: an identical rerun keys like run 1
     assert baseline_id(registry, id_b) == id_a
 
-    champion = read_champion(registry)
+    champion = champion_score(registry)
     assert champion.accuracy == pytest.approx(0.61) and champion.run_name == "run-a"
     np.testing.assert_array_equal(champion.predictions, score_a.predictions)
 
@@ -303,6 +300,11 @@ def test_a_champion_trained_on_a_withdrawn_batch_is_replaced(labels):
     assert decide(grown, champion).reason == "not-better"
 
 
+def warm_start_source(registry, preset, normalization, batch_ids):
+    plan = plan_warm_start(True, registry, preset, normalization, batch_ids)
+    return plan.model_path, plan.note
+
+
 def test_warm_start_serves_only_a_champion_that_fits(tmp_path, labels):
     registry = tmp_path / "registry"
     assert warm_start_source(registry, "seed", "unit", ())[1]["reason"] == "no champion yet"
@@ -314,26 +316,32 @@ def test_warm_start_serves_only_a_champion_that_fits(tmp_path, labels):
     assert "`seed` model, this run trains `fast`" in warm_start_source(registry, "fast", "unit", ("b1",))[1]["reason"]
     assert "normalized as `unit`" in warm_start_source(registry, "seed", "standardize", ("b1",))[1]["reason"]
     assert "withdrawn batch b1" in warm_start_source(registry, "seed", "unit", ())[1]["reason"]
+    plan = plan_warm_start(True, registry, "seed", "unit", ("b1",))  # what enters the train key: the champion
+    assert plan.fingerprint == model_id
+    assert plan_warm_start(True, registry, "fast", "unit", ("b1",)).fingerprint.startswith("none: the champion is")
+    assert plan_warm_start(False, registry, "seed", "unit", ("b1",)) == WarmStartPlan()  # not asked: not read
 
 
 def test_a_version_is_not_staged_from_a_model_file_that_is_not_the_challenger(tmp_path, labels):
     from cifarflow.registry import store
     from cifarflow.registry.build import Canary, stage_version
+    from cifarflow.registry.records import VersionRecord
 
     model, _ = write_model(tmp_path / "m" / "model.keras", b"something else")
     registry = tmp_path / "registry"
     staging = store.new_staging(registry)
     canary = Canary(np.zeros((1, 32, 32, 3), np.uint8), np.full((1, 10), 0.1))
+    record = VersionRecord("f" * 64, "seed", 0.5, "run", DATASET, "t")
     with pytest.raises(ValueError, match="no longer has the sha256"):
-        stage_version(staging, "v1", model, {"id": "f" * 64}, {}, labels, labels, canary)
-    assert not staging.exists() and read_champion(registry) is None  # nothing half-registered
+        stage_version(staging, "v1", model, record, {}, labels, labels, canary)
+    assert not staging.exists() and champion_score(registry) is None  # nothing half-registered
 
 
 def test_score_from_evaluation_uses_argmax_of_saved_probabilities(tmp_path, labels):
     predicted = with_accuracy(labels, np.arange(1000) % 4 != 0)
     np.save(tmp_path / "probabilities.npy", one_hot(predicted))
     (tmp_path / "metrics.json").write_text(json.dumps(compute_metrics(labels, one_hot(predicted), CLASSES)))
-    facts = {"model_id": "a", "run_name": "r", "model": "seed", "dataset_sha256": DATASET, "test_set_sha256": "t"}
+    facts = {"model_id": "a", "run_name": "r", "preset": "seed", "dataset_version": DATASET, "test_set_sha256": "t"}
     score = score_from_evaluation(tmp_path, labels, **facts)
     assert score.accuracy == pytest.approx(0.75)
     with pytest.raises(ValueError, match="predictions for"):

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from cifarflow.promotion.rollback import demoted_by_hand
 from cifarflow.registry import alias, store
 from cifarflow.registry.build import Canary, VersionRejected, stage_version
 from flows.predict_flow import main as predict_command
@@ -70,11 +71,10 @@ def assert_unchanged(registry: Path, before: dict[str, tuple]) -> None:
 
 
 def keras_probabilities(model_path: Path, pixels: np.ndarray) -> np.ndarray:
-    import keras
+    from cifarflow.models.registry import get_preset
 
-    from cifarflow.evaluation.predict import predict_plain
-
-    return predict_plain(keras.models.load_model(model_path), pixels)
+    preset = get_preset("seed")
+    return preset.predict(preset.load(model_path), pixels)
 
 
 # ------------------------------------ versions and the alias --------------------------------
@@ -87,7 +87,7 @@ def test_versions_are_numbered_and_the_alias_moves_with_its_reason(registry):
     assert store.champion_name(registry) == "v2" and store.next_name(registry) == "v3"
     assert os.readlink(registry / "champion") == os.path.join("versions", "v2")  # relative: the tree can move
     v1, v2 = store.list_versions(registry)
-    assert v1.model_id != v2.model_id and v2.record["version"] == "v2"
+    assert v1.model_id != v2.model_id and v2.record.version == "v2"
 
     move = store.move_alias(registry, "v1", by="hand", reason="  v2 misreads night photos ")
     assert store.champion_name(registry) == "v1"
@@ -103,10 +103,10 @@ def test_versions_are_numbered_and_the_alias_moves_with_its_reason(registry):
     ]
     assert lines[-1] == move
     assert move["reason"] == "v2 misreads night photos" and move["model_id"] == v1.model_id and move["at"]
-    assert store.demoted_by_hand(registry, v2.model_id)["to"] == "v1"
-    assert store.demoted_by_hand(registry, v1.model_id) is None  # v1 was replaced by a promotion, not by hand
+    assert demoted_by_hand(registry, v2.model_id)["to"] == "v1"
+    assert demoted_by_hand(registry, v1.model_id) is None  # v1 was replaced by a promotion, not by hand
     store.move_alias(registry, "v2", by="hand", reason="the night photos were mislabeled, v2 is fine")
-    assert store.demoted_by_hand(registry, v2.model_id) is None  # a person took it back: the last word counts
+    assert demoted_by_hand(registry, v2.model_id) is None  # a person took it back: the last word counts
 
 
 def test_a_promotion_does_not_move_the_alias_if_someone_moved_it_meanwhile(registry):
@@ -234,7 +234,7 @@ def _export_then_fail(model_path, preset, label_names, out_dir):
 def test_a_failed_export_leaves_the_registry_as_it_was(registry, built, monkeypatch, fault):
     record, metrics, predictions, labels, canary = built.fresh_inputs
     if fault == "unknown preset":
-        record = record | {"model": "no-such-preset"}
+        record = replace(record, preset="no-such-preset")
     else:
         monkeypatch.setattr("cifarflow.registry.build.export_model", _export_then_fail)
     before = snapshot(registry)
@@ -257,8 +257,8 @@ def challenger_score(inputs, model_id: str, test_set: str = "a-new-test-set"):
     return Score(
         model_id=model_id,
         run_name="nightly",
-        model="seed",
-        dataset_sha256="d" * 64,
+        preset="seed",
+        dataset_version="d" * 64,
         test_set_sha256=test_set,
         predictions=np.asarray(predictions, np.int64),
         labels=np.asarray(labels, np.int64),
@@ -274,9 +274,9 @@ def run_report(tmp_path: Path) -> SimpleNamespace:
 
 
 def test_a_model_rolled_back_by_hand_is_not_promoted_again(registry, built, tmp_path):
-    from cifarflow.promotion.champions import read_decisions
     from cifarflow.promotion.decision import decide
     from cifarflow.promotion.promote import promote_challenger, respect_rollback
+    from cifarflow.registry.api import read_decisions
 
     v2 = store.read_version(registry, "v2")
     challenger = challenger_score(built.fresh_inputs, v2.model_id)  # v2's model comes back in a nightly run
@@ -312,11 +312,11 @@ def test_a_model_rolled_back_by_hand_is_not_promoted_again(registry, built, tmp_
 
 @pytest.mark.flow  # a fresh process of the product: not the unit tier
 def test_a_smoke_test_failure_turns_a_promotion_into_kept(registry, built, tmp_path):
-    from cifarflow.promotion.champions import read_decisions
     from cifarflow.promotion.promote import promote_challenger
+    from cifarflow.registry.api import read_decisions
 
     record, *_, canary = built.fresh_inputs
-    challenger = challenger_score(built.fresh_inputs, record["id"])
+    challenger = challenger_score(built.fresh_inputs, record.model_id)
     wrong = Canary(canary.pixels, np.roll(canary.probabilities, 1, axis=1))
     moves = store.alias_moves(registry)
     outcome = promote_challenger(
@@ -335,8 +335,8 @@ def test_a_smoke_test_failure_turns_a_promotion_into_kept(registry, built, tmp_p
     assert recorded["reason"] == "smoke-test-failed" and not recorded["promoted"]
     assert recorded["summary"].startswith("kept champion: the challenger won (promoted: the test set changed")
     assert "smoke test FAILED: top-1 agreement" in recorded["summary"]
-    assert [v.name for v in store.list_versions(registry)] == ["v1", "v2"] and store.find_model(
-        registry, record["id"]
+    assert [v.name for v in store.list_versions(registry)] == ["v1", "v2"] and store.version_of_model(
+        registry, record.model_id
     ) is None
     assert not (registry / "versions" / "v3").exists()
     assert not list(registry.glob(".staging/*"))  # the staged export and model were deleted
@@ -352,7 +352,7 @@ def write_legacy(legacy: Path, built) -> dict:
     record, metrics, predictions, labels, _ = built.fresh_inputs
     legacy.mkdir(parents=True)
     shutil.copy2(built.fresh_model, legacy / "model.keras")
-    champion_json = {k: v for k, v in record.items() if k != "label_names"}
+    champion_json = {k: v for k, v in record.to_json().items() if k != "label_names"}
     (legacy / "champion.json").write_text(json.dumps(champion_json))
     (legacy / "metrics.json").write_text(json.dumps(metrics))
     np.save(legacy / "predictions.npy", predictions.astype(np.int16))
@@ -399,7 +399,8 @@ def test_an_incomplete_legacy_champion_is_left_alone_and_said(built, tmp_path):
 
 
 def test_a_legacy_champion_directory_becomes_version_1(built, tmp_path):
-    from cifarflow.promotion.champions import baseline_id, read_champion
+    from cifarflow.promotion.champions import baseline_id
+    from cifarflow.promotion.promote import champion_score
     from cifarflow.registry.export import load_export
     from cifarflow.registry.upgrade import adopt_legacy_champion
 
@@ -422,9 +423,9 @@ def test_a_legacy_champion_directory_becomes_version_1(built, tmp_path):
     assert [(m["from"], m["to"], m["by"]) for m in store.alias_moves(registry)] == [(None, "v1", "upgrade")]
     assert logged == ["registry upgraded: the champion is now version v1"]
 
-    champion = read_champion(registry)  # the champion a challenger must beat is still there
-    assert champion.model_id == record["id"] and champion.accuracy == pytest.approx(record["accuracy"])
-    assert baseline_id(registry, "another model") == record["id"]
+    champion = champion_score(registry)  # the champion a challenger must beat is still there
+    assert champion.model_id == record.model_id and champion.accuracy == pytest.approx(record.accuracy)
+    assert baseline_id(registry, "another model") == record.model_id
     served = load_export(directory / "export").probabilities(canary.pixels)
     np.testing.assert_allclose(served, canary.probabilities, atol=1e-5)
     assert adopt_legacy_champion(registry, logged.append) is None and len(logged) == 1  # once only
@@ -589,7 +590,7 @@ def test_a_move_cut_short_before_its_log_line_is_still_recorded_once(registry, m
     monkeypatch.undo()
     assert store.champion_name(registry) == "v1"
     assert store.alias_moves(registry)[-1]["to"] == "v1"  # champion.json carries the move's record
-    assert store.demoted_by_hand(registry, v2.model_id)["reason"] == "v2 misreads night photos"
+    assert demoted_by_hand(registry, v2.model_id)["reason"] == "v2 misreads night photos"
 
     store.move_alias(registry, "v2", by="hand", reason="the photos were mislabeled")
     lines = aliases_lines(registry)
@@ -732,7 +733,7 @@ def test_an_unreadable_line_of_the_alias_log_is_named_and_the_others_stand(regis
     assert code == 0 and "Traceback" not in err
     assert f"{path} is damaged (lines 3, 4 are not whole records, skipped): every other line stands" in out
     assert "v2 → v1  by hand: v2 misreads night photos" in out
-    assert store.demoted_by_hand(registry, store.read_version(registry, "v2").model_id)["to"] == "v1"
+    assert demoted_by_hand(registry, store.read_version(registry, "v2").model_id)["to"] == "v1"
 
 
 @pytest.mark.flow  # a fresh process of the product: not the unit tier
@@ -764,10 +765,10 @@ def test_the_promote_stage_stops_before_writing_anything_when_the_champion_is_da
     record, *_, canary = built.fresh_inputs
     before = snapshot(registry)
     with pytest.raises(store.RegistryDamaged, match=r"versions/v2/version.json is damaged \(empty file\)"):
-        baseline_id(registry, record["id"])  # the promote stage's cache key: the run stops here
+        baseline_id(registry, record.model_id)  # the promote stage's cache key: the run stops here
     with pytest.raises(store.RegistryDamaged, match=r"versions/v2/version.json is damaged \(empty file\)"):
         promote_challenger(
-            challenger_score(built.fresh_inputs, record["id"]),
+            challenger_score(built.fresh_inputs, record.model_id),
             built.fresh_model,
             run_report(tmp_path),
             registry,
@@ -812,3 +813,45 @@ def test_the_service_keeps_serving_through_a_damaged_alias_and_follows_the_repai
     assert sum("cannot be read" in line for line in logged) == 1  # said once, not every second
     store.move_alias(registry, "v1", by="hand", reason="champion.json was cut short")
     assert live.refresh() and live.version == "v1" and live.problem is None
+
+
+# ------------------------------------ the typed version record ------------------------------
+
+
+def test_version_json_is_read_as_a_typed_record_and_written_back_the_same(tmp_path):
+    """The record's attributes say what they hold (`preset`, `dataset_version`); the JSON keeps the
+    names older registries and readers use, so what a promotion writes reads back to the same JSON,
+    and a minimal record of an older registry still reads."""
+    from dataclasses import fields
+
+    from cifarflow.registry.records import VERSION_FIELDS, VersionRecord, read_version_record
+
+    assert {f.name for f in fields(VersionRecord)} == {attribute for attribute, _ in VERSION_FIELDS.values()}
+    written = {
+        "id": "a" * 64,
+        "model": "seed",
+        "accuracy": 0.5,
+        "run_name": "nightly",
+        "dataset_sha256": "dataset-version-id",
+        "test_set_sha256": "t" * 64,
+        "version": "v1",
+        "label_names": list(CLASSES),
+        "batch_ids": ["b1"],
+        "normalization": "unit",
+        "replaced": None,
+        "promoted_at": "2026-01-01T00:00:00+00:00",
+        "test_images": 100,
+        "decision": "promoted: first champion",
+        "source_model": "models/k/model.keras",
+        "smoke": {"passed": True},
+    }
+    (tmp_path / "version.json").write_text(json.dumps(written))
+    record = read_version_record(tmp_path / "version.json", "v1")
+    assert (record.preset, record.dataset_version, record.model_id) == ("seed", "dataset-version-id", "a" * 64)
+    assert record.batch_ids == ("b1",) and record.label_names == tuple(CLASSES)
+    assert record.to_json() == written
+
+    old = {k: written[k] for k in ("id", "model", "accuracy", "run_name", "dataset_sha256", "test_set_sha256")}
+    (tmp_path / "version.json").write_text(json.dumps(old | {"accuracy": 1, "model_file": "model.keras"}))
+    record = read_version_record(tmp_path / "version.json", None)
+    assert record.accuracy == 1.0 and record.batch_ids is None and record.smoke is None and record.version is None

@@ -10,10 +10,11 @@ from cifarflow.data.shards import ROWS_PER_SHARD, SPLITS, build_manifest, verify
 from cifarflow.errors import ShardError
 from cifarflow.files import atomic_directory, read_json, write_json
 from cifarflow.layout import DataLayout
+from cifarflow.outputs import StageOutput, read_whole
 
 
 @dataclass(frozen=True)
-class IngestResult:
+class IngestResult(StageOutput):
     manifest_path: Path
     dataset_sha256: str
     source_sha256: str
@@ -74,9 +75,10 @@ def ingest_archive(
 
 def find_shards(layout: DataLayout, cache_key: str) -> IngestResult | None:
     """The shards on disk, if they were made for this cache key and every shard still verifies."""
-    try:
+
+    def read() -> IngestResult | None:
         if read_json(layout.shard_manifest).get("cache_key") != cache_key:
             return None  # made from another source, parameters or code
         return result_from_manifest(layout.shard_manifest, verify_manifest(layout.shard_manifest))
-    except (ShardError, OSError, ValueError, KeyError):
-        return None
+
+    return read_whole(read, ShardError)

@@ -20,12 +20,13 @@ import numpy as np
 
 from cifarflow.data.archive import NUM_CLASSES
 from cifarflow.data.shards import SPLITS, read_shards
+from cifarflow.data.statistics import channel_stats
 from cifarflow.data.versions import dataset_shards
 from cifarflow.errors import FeatureError
 from cifarflow.files import atomic_directory, file_digest, read_json, text_digest, write_json
+from cifarflow.outputs import StageOutput, read_whole
 
 NormalizationKind = Literal["unit", "standardize"]
-CHUNK_ROWS = 5_000  # statistics are summed in float64 chunks: no full float copy of the split
 
 
 @dataclass(frozen=True)
@@ -59,19 +60,6 @@ class Normalization:
         return cls(data["kind"], tuple(data["mean"]), tuple(data["std"]))
 
 
-def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of images scaled to [0, 1], computed in float64 chunks."""
-    total = np.zeros(3)
-    squares = np.zeros(3)
-    for start in range(0, len(images), CHUNK_ROWS):
-        chunk = images[start : start + CHUNK_ROWS].astype(np.float64) / 255.0
-        total += chunk.sum(axis=(0, 1, 2))
-        squares += np.square(chunk).sum(axis=(0, 1, 2))
-    count = len(images) * images.shape[1] * images.shape[2]
-    mean = total / count
-    return mean, np.sqrt(squares / count - mean**2)
-
-
 def fit_normalization(train_pixels: np.ndarray, kind: NormalizationKind) -> Normalization:
     if kind == "unit":
         return Normalization("unit", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -92,7 +80,7 @@ def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class Features:
+class Features(StageOutput):
     """Where one preprocessed feature set lives, the hash that pins it, and its fitted transform."""
 
     directory: Path
@@ -163,10 +151,7 @@ def verify_features(directory: Path) -> Features:
 
 
 def find_features(directory: Path) -> Features | None:
-    try:
-        return verify_features(directory)
-    except (FeatureError, OSError, ValueError, KeyError):
-        return None
+    return read_whole(lambda: verify_features(directory), FeatureError)
 
 
 def read_features(directory: Path) -> Features:

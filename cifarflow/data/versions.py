@@ -103,6 +103,11 @@ class DatasetVersion:
     def train_images(self) -> int:
         return self.base_train_images + sum(b.rows for b in self.batches)
 
+    @property
+    def fingerprint(self) -> str:
+        """The version id: what a stage that reads this version depends on."""
+        return self.version
+
     def lineage(self) -> dict[str, Any]:
         """What a model trained on: the base data and each batch, with image counts."""
         return {

@@ -11,10 +11,11 @@ from cifarflow.data.transform import load_split, read_features
 from cifarflow.evaluation.metrics import compute_metrics
 from cifarflow.files import atomic_directory, file_digest, read_json, write_json
 from cifarflow.models.registry import get_preset
+from cifarflow.outputs import StageOutput, read_whole
 
 
 @dataclass(frozen=True)
-class Evaluation:
+class Evaluation(StageOutput):
     directory: Path
     metrics_path: Path
     metrics_sha256: str
@@ -32,15 +33,12 @@ class Evaluation:
 def evaluate_model(model_path: Path, history_path: Path, features_dir: Path, model: str, out_dir: Path, log=print):
     """Predict the test split with the preset's predictor, compute metrics, draw the plots; write
     out_dir whole. The model applies its own normalization: it is fed the raw uint8 pixels."""
-    import keras
-
-    import cifarflow.models.airbench  # noqa: F401  registers the custom layers before loading
     from cifarflow.evaluation import plots
 
     preset = get_preset(model)
     class_names = read_features(features_dir).label_names
     pixels = load_split(features_dir, "test", "pixels")
-    probabilities = preset.predict(keras.models.load_model(model_path), pixels)
+    probabilities = preset.predict(preset.load(model_path), pixels)
     labels = np.asarray(load_split(features_dir, "test", "labels"))
     metrics = compute_metrics(labels, probabilities, class_names) | {"tta": preset.tta}
     log(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} (TTA: {preset.tta})")
@@ -59,7 +57,4 @@ def evaluate_model(model_path: Path, history_path: Path, features_dir: Path, mod
 
 def find_evaluation(directory: Path) -> Evaluation | None:
     metrics = directory / "metrics.json"
-    try:
-        return Evaluation(directory, metrics, file_digest(metrics), read_json(metrics)["test_accuracy"])
-    except (OSError, ValueError, KeyError):
-        return None
+    return read_whole(lambda: Evaluation(directory, metrics, file_digest(metrics), read_json(metrics)["test_accuracy"]))

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from cifarflow.files import atomic_path
 
-from cifarflow.files import atomic_path  # noqa: E402
+# No display on servers and CI. pyplot resolves its backend at the first figure, not at its import,
+# and a switch to a non-interactive backend is always allowed, so this may follow the imports.
+matplotlib.use("Agg")
 
 
 def save_figure(fig, path: Path) -> Path:

@@ -45,7 +45,18 @@ class Predictor:
     version: str  # "v3", or the path it was loaded from
     label_names: list[str]
     probabilities: Callable[[np.ndarray], np.ndarray] = field(repr=False)  # uint8 (N, 32, 32, 3) → (N, classes)
-    metadata: dict[str, Any] = field(default_factory=dict)  # version.json for registry versions
+    metadata: dict[str, Any] = field(default_factory=dict)  # a model outside the registry: its `preset`, `id`
+    record: store.VersionRecord | None = None  # a registry version's version.json
+
+    @property
+    def preset(self) -> str | None:
+        """The preset that built the model, when known."""
+        return self.record.preset if self.record else self.metadata.get("preset")
+
+    @property
+    def model_id(self) -> str | None:
+        """sha256 of the model file, when known."""
+        return self.record.model_id if self.record else self.metadata.get("id")
 
     def top(self, probabilities: np.ndarray, k: int = TOP_K) -> list[list[dict[str, Any]]]:
         """Per row, the k most probable classes, most probable first: [{"label", "probability"}, …]."""
@@ -99,8 +110,7 @@ def load_predictor(spec: str, registry: Path) -> Predictor:
 
 def from_version(version: store.Version) -> Predictor:
     exported = load_export(version.export_dir)
-    record = version.record | {"version": version.name}
-    return Predictor(version.name, exported.label_names, exported.probabilities, record)
+    return Predictor(version.name, exported.label_names, exported.probabilities, record=version.record)
 
 
 def from_path(path: Path) -> Predictor:
@@ -108,9 +118,7 @@ def from_path(path: Path) -> Predictor:
         return from_version(store.load_version(path))
     if path.is_dir() and is_export(path):
         exported = load_export(path)
-        return Predictor(
-            str(path), exported.label_names, exported.probabilities, {"preset": exported.metadata["preset"]}
-        )
+        return Predictor(str(path), exported.label_names, exported.probabilities, {"preset": exported.preset})
     if path.is_file() and path.suffix == ".keras":
         return from_keras_file(path)
     raise ModelNotFound(
@@ -121,7 +129,6 @@ def from_path(path: Path) -> Predictor:
 
 def from_keras_file(path: Path) -> Predictor:
     """A `.keras` file scored with its preset's serving arithmetic (the same as its export would be)."""
-    import keras
     import tensorflow as tf
 
     from cifarflow.models.registry import get_preset
@@ -132,7 +139,7 @@ def from_keras_file(path: Path) -> Predictor:
         raise ModelNotFound(
             f"{path}: no train.json beside it says which preset made it; pass its registry version or export instead"
         ) from None
-    model = keras.models.load_model(path, compile=False)
+    model = get_preset(preset).load(path)
     graph = tf.function(get_preset(preset).serving_function(model), reduce_retracing=True)
 
     def probabilities(pixels: np.ndarray) -> np.ndarray:

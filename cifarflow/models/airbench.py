@@ -9,13 +9,15 @@ three conv blocks (conv → maxpool 2 → BN → GELU → conv → BN → GELU) 
 scale. Convs are bias-free and identity ("dirac") initialized on their first `in_channels` filters;
 BatchNorm has no scale, momentum 0.6, eps 1e-12. The stem (normalize, whitening) always runs in float32.
 
-The model takes uint8 pixels and outputs *logits*; `cifarflow.evaluation.predict.predict_tta` turns
-them into TTA-averaged probabilities.
+The model takes uint8 pixels and outputs *logits* (the presets declare `outputs="logits"`), which
+`cifarflow.evaluation.predict.predict_tta` turns into TTA-averaged probabilities. `load_airbench_net`
+loads a saved one in any process.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -157,3 +159,9 @@ def make_airbench_net(
     x = layers.Rescaling(1 / fan_in if recipe.scaling_factor is None else recipe.scaling_factor, name="scale")(x)
     outputs = layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name="airbench")
+
+
+def load_airbench_net(path: str | Path) -> keras.Model:
+    """A saved airbench network, in any process: importing this module registered its custom layers
+    (`PatchWhitening`, `DiracInit`), which Keras needs to deserialize it."""
+    return keras.models.load_model(path, compile=False)

@@ -13,7 +13,7 @@ QUICK_WIDTHS = (32, 64, 128)
 class KerasFitRecipe:
     """`model.fit` with a stock Keras optimizer and categorical cross-entropy (the classic notebook)."""
 
-    optimizer: str = "rmsprop"  # a name `cifarflow.models.seed.make_optimizer` knows
+    optimizer: str = "rmsprop"  # a name `cifarflow.training.keras_fit.make_optimizer` knows
 
 
 @dataclass(frozen=True)

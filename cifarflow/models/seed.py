@@ -1,6 +1,9 @@
-"""The classic notebook's CNN: an *uncompiled* `keras.Model`; no training or I/O here."""
+"""The classic notebook's CNN: an *uncompiled* `keras.Model` and its loader; its training lives in
+`cifarflow/training/keras_fit.py`."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import keras
 from keras import layers
@@ -31,8 +34,6 @@ def make_seed_model(
     return keras.Model(inputs, outputs, name="seed")
 
 
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
-    if name not in optimizers:
-        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(optimizers)}")
-    return optimizers[name](learning_rate=learning_rate)
+def load_seed_model(path: str | Path) -> keras.Model:
+    """A saved seed network without its optimizer state: stock Keras layers, nothing to register."""
+    return keras.models.load_model(path, compile=False)

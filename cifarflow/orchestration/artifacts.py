@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
+from typing import Any
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
@@ -134,3 +135,15 @@ def publish_predictions(result) -> None:
         for row in rows
     ]
     create_table_artifact(table=table, key="cifar10-predictions-table", description=f"first {len(table)} rows")
+
+
+def publish_leaderboard(name: str, rows: list[dict[str, Any]], files: dict[str, Path]) -> None:
+    """A sweep's leaderboard as a table artifact (best first) and its Markdown with the plot linked."""
+    table = [{k: ("" if v is None else v) for k, v in row.items()} for row in rows]
+    create_table_artifact(
+        table=table, key=f"sweep-{name}-leaderboard"[:100], description=f"Sweep {name}: {len(rows)} trials, best first"
+    )
+    markdown = files["markdown"].read_text()
+    if "plot" in files:
+        markdown = markdown.replace(f"]({files['plot'].name})", f"](file://{files['plot']})")
+    create_markdown_artifact(markdown=markdown, key=f"sweep-{name}-report"[:100], description=f"Sweep {name}")

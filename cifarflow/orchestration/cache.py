@@ -27,14 +27,35 @@ from cifarflow.files import file_digest, read_json, text_digest, write_json
 
 @dataclass(frozen=True)
 class StageSpec:
+    """One stage: the only declaration of what it reads. Its task takes exactly `config`, `key`, one
+    parameter per `upstream` stage (that stage's output) and one per `given` value; the runner feeds
+    it those and nothing else, and every one of them enters the key."""
+
     name: str
     params: tuple[str, ...]  # attributes of PipelineConfig (resolved values) the output depends on
     code: tuple[str, ...]  # cifarflow packages or modules whose source the output depends on
     libraries: tuple[str, ...]  # distributions whose version the output depends on
     upstream: tuple[str, ...] = ()  # names of the stages whose outputs feed this one
-    inputs: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None  # derived key inputs
-    find: Callable[[Any, str, dict], Any] | None = None  # (config, key, upstream) → output on disk if whole
+    inputs: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None  # derived key inputs (key only)
+    # values read outside the pipeline that the task receives, each resolved once per run by
+    # (config, upstream outputs) → an object with a `fingerprint` (str), which enters the key's params
+    given: tuple[tuple[str, Callable[[Any, dict[str, Any]], Any]], ...] = ()
+    find: Callable[[Any, str, dict], Any] | None = None  # (config, key, task inputs) → output on disk if whole
     scratch: Callable[[Any, str], Path] | None = None  # partial work a forced run discards first
+
+    @property
+    def task_parameters(self) -> tuple[str, ...]:
+        """The parameters its task must take, in order."""
+        return ("config", "key", *self.upstream, *(name for name, _ in self.given))
+
+    def resolve_inputs(self, config: Any, outputs: dict[str, Any]) -> dict[str, Any]:
+        """What its task receives beside `config` and `key`: its upstream stages' outputs, taken from
+        `outputs` (every stage's output so far, by name), and its `given` values, resolved now."""
+        missing = [name for name in self.upstream if name not in outputs]
+        if missing:
+            raise KeyError(f"stage {self.name!r} runs before {', '.join(missing)}: the flow calls stages out of order")
+        upstream = {name: outputs[name] for name in self.upstream}
+        return upstream | {name: resolve(config, upstream) for name, resolve in self.given}
 
 
 @cache
@@ -72,9 +93,12 @@ class KeyParts:
 
 
 def key_parts(spec: StageSpec, config: Any, upstream: dict[str, Any]) -> KeyParts:
+    """The key of `spec`'s output for `config` and its task inputs (`upstream`: its upstream stages'
+    outputs and its `given` values, as `StageSpec.resolve_inputs` returns them)."""
     params = {name: _plain(getattr(config, name)) for name in spec.params}
     if spec.inputs is not None:
         params |= spec.inputs(config, upstream)
+    params |= {name: upstream[name].fingerprint for name, _ in spec.given}
     return KeyParts(
         params=params,
         upstream={name: upstream[name].fingerprint for name in spec.upstream},

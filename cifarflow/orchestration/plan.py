@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cifarflow.config import PipelineConfig
+from cifarflow.data.ingest import IngestResult
 from cifarflow.orchestration.cache import explain_change, key_parts, last_state
 from cifarflow.orchestration.stages import SPECS, STAGES
+from cifarflow.outputs import StageOutput
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,9 @@ def plan_stages(config: PipelineConfig, refresh: set[str] = frozenset()) -> list
         if missing:
             plans.append(StagePlan(stage, "run", f"after {', '.join(missing)} run{'s' if len(missing) == 1 else ''}"))
             continue
-        parts = key_parts(spec, config, upstream)
-        found = spec.find(config, parts.key, upstream)
+        inputs = spec.resolve_inputs(config, upstream)
+        parts = key_parts(spec, config, inputs)
+        found = spec.find(config, parts.key, inputs)
         previous = last_state(config.layout.stage_state, stage)
         if stage in refresh:
             plans.append(StagePlan(stage, "run", "--refresh asked for it"))
@@ -44,7 +47,7 @@ def plan_stages(config: PipelineConfig, refresh: set[str] = frozenset()) -> list
     return plans
 
 
-def _cached_reason(found, key: str) -> str:
-    if hasattr(found, "source_sha256"):  # the shards: what a person recognizes is the archive
+def _cached_reason(found: StageOutput, key: str) -> str:
+    if isinstance(found, IngestResult):  # the shards: what a person recognizes is the archive
         return f"source sha256 {found.source_sha256[:12]}…, {sum(found.rows.values())} images"
     return f"key {key[:12]}…, output at {found.location}"

@@ -1,6 +1,8 @@
 """Run or reuse the stages of one flow run: the one place that decides whether a stage computes.
 
-For a stage that is selected, the runner computes its key once, looks for its output on disk
+The runner keeps every stage's output by name and feeds each task exactly the inputs its spec
+declares (`cifarflow.orchestration.stages`); `stage_task` refuses a task that takes others. For a
+stage that is selected, the runner computes its key once, looks for its output on disk
 (`StageSpec.find`, which verifies it), and calls the stage's task with that key. Prefect's cache
 record then makes a reused stage show as `Cached`, and the runner hands on the output it found on
 disk, at the data dir's current location, not the one Prefect pickled (see `settle`): a data dir
@@ -11,16 +13,28 @@ longer whole refreshes the cache and the stage runs again. A stage that is not s
 
 from __future__ import annotations
 
+import inspect
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from prefect import State, Task
+from prefect import State, Task, task
 from prefect.tasks import exponential_backoff
 
 from cifarflow.config import PipelineConfig
 from cifarflow.errors import PipelineInputError, StageInputMissing
-from cifarflow.orchestration.cache import KeyParts, StageKey, explain_change, key_parts, last_state, record_stage
+from cifarflow.orchestration.cache import (
+    KeyParts,
+    StageKey,
+    StageSpec,
+    explain_change,
+    key_parts,
+    last_state,
+    record_stage,
+)
 from cifarflow.orchestration.stages import SPECS, STAGES
+from cifarflow.outputs import StageOutput
 
 
 def _is_transient(task, task_run, state) -> bool:
@@ -50,10 +64,48 @@ def parse_stage_list(value: list[str] | str | None, what: str) -> list[str]:
     return list(STAGES) if "all" in names else names
 
 
-def reuse(stage: str, config: PipelineConfig, upstream: dict[str, Any], parts: KeyParts | None = None) -> Any:
+def stage_task(stage: str, *, retries: int, delay: float, **options: Any) -> Callable[[Callable], Task]:
+    """Make `function` the Prefect task of `stage`, with the options every stage shares. Refuses (at
+    import) a function whose parameters are not `config`, `key` and the stage's declared inputs, in
+    the spec's order: an input passed but not declared would be used without entering the key."""
+
+    def decorate(function: Callable) -> Task:
+        check_task_parameters(SPECS[stage], function)
+        return task(function, **stage_options(stage, retries, delay), **options)
+
+    return decorate
+
+
+def check_task_parameters(spec: StageSpec, function: Callable) -> None:
+    found = tuple(inspect.signature(function).parameters)
+    if found != spec.task_parameters:
+        raise TypeError(
+            f"the task of stage {spec.name!r} ({function.__module__}.{function.__qualname__}) takes "
+            f"({', '.join(found)}), but its spec declares ({', '.join(spec.task_parameters)}): declare the "
+            "input in cifarflow/orchestration/stages.py (upstream or given), or drop it from the task"
+        )
+
+
+@dataclass(frozen=True)
+class PreparedStage:
+    """One stage of one run, ready to call or submit: its task (set to reuse its cached result only
+    if its output is still whole on disk), exactly its declared inputs, its key parts, and its output
+    as found on disk (None: it runs)."""
+
+    task: Task
+    inputs: dict[str, Any]
+    parts: KeyParts
+    found: StageOutput | None
+
+    @property
+    def stage(self) -> str:
+        return self.task.name
+
+
+def reuse(stage: str, config: PipelineConfig, inputs: dict[str, Any]) -> Any:
     """The output of `stage` for this configuration, already on disk, for a run that skips it."""
-    parts = parts or key_parts(SPECS[stage], config, upstream)
-    found = SPECS[stage].find(config, parts.key, upstream)
+    parts = key_parts(SPECS[stage], config, inputs)
+    found = SPECS[stage].find(config, parts.key, inputs)
     if found is None:
         raise StageInputMissing(
             f"stage {stage!r} has no output for this configuration yet "
@@ -61,22 +113,6 @@ def reuse(stage: str, config: PipelineConfig, upstream: dict[str, Any], parts: K
             f"run it first, e.g. add it to --stages or run without --stages"
         )
     return found
-
-
-def prepare_stage(
-    task: Task, config: PipelineConfig, upstream: dict[str, Any], force: bool = False, **options
-) -> tuple[Task, KeyParts, Any]:
-    """The stage's task, set to reuse its cached result only if its output is still whole on disk; its
-    key parts (call the task with `key=parts.key`); and that output as found on disk (None: it runs).
-    A `Cached` result may name the paths of another location of the data dir: `settle(state, found)`
-    gives the output found here."""
-    spec = SPECS[task.name]
-    parts = key_parts(spec, config, upstream)
-    if force and spec.scratch is not None:  # a forced run starts over instead of resuming old partial work
-        shutil.rmtree(spec.scratch(config, parts.key), ignore_errors=True)
-    found = None if force else spec.find(config, parts.key, upstream)
-    prepared = task.with_options(refresh_cache=found is None, result_storage=config.layout.prefect_results, **options)
-    return prepared, parts, found
 
 
 def settle(state: State, found: Any) -> Any:
@@ -88,32 +124,74 @@ def settle(state: State, found: Any) -> Any:
     return found if found is not None and state.name == "Cached" else result
 
 
-def run_stage(task: Task, config: PipelineConfig, upstream: dict[str, Any], force: bool = False, **options) -> Any:
-    """Run (or reuse) one stage's task inside a flow, and record its key for `--plan` and `--stages`."""
-    prepared, parts, found = prepare_stage(task, config, upstream, force, **options)
-    state = prepared(config=config, key=parts.key, return_state=True, **upstream)
-    result = settle(state, found)
-    record_stage(config.layout.stage_state, task.name, parts, {"fingerprint": result.fingerprint})
-    return result
-
-
 class StageRunner:
-    """Runs the flow's stages in order for `selected` (default all); forced stages ignore their cache.
+    """Runs one configuration's stages in order, keeping each output by stage name and feeding every
+    task exactly the inputs its spec declares (`StageSpec.resolve_inputs`).
 
-    Calling it with a stage's task and its upstream outputs returns the stage's output: computed or
-    `Cached` when selected, read from disk when an unselected stage feeds a selected one, and None
-    for stages after the last selected one (the run stops there)."""
+    Calling it with a stage's task returns the stage's output: computed or `Cached` when selected
+    (`selected`, default all; `forced` stages ignore their cache), read from disk when an unselected
+    stage feeds a selected one, and None for stages after the last selected one (the run stops there).
+    `outputs` starts it with outputs computed elsewhere (a sweep's trials share the data stages);
+    `record` writes each stage's key for `--plan` (a sweep's trials do not: they are not the pipeline's
+    last run). `prepare`, then `task.submit`, then `accept` run a stage on another task runner."""
 
-    def __init__(self, config: PipelineConfig, selected: list[str] | None = None, forced: list[str] | None = None):
+    def __init__(
+        self,
+        config: PipelineConfig,
+        selected: list[str] | None = None,
+        forced: list[str] | None = None,
+        outputs: dict[str, StageOutput] | None = None,
+        record: bool = True,
+    ):
         self.config = config
         self.selected = set(selected or STAGES)
         self.forced = set(forced or ())
         self.last = max(STAGES.index(stage) for stage in self.selected)
+        self.outputs: dict[str, StageOutput] = dict(outputs or {})
+        self.record = record
 
-    def __call__(self, task: Task, **upstream: Any) -> Any:
+    def __call__(self, task: Task, **options: Any) -> Any:
         stage = task.name
         if stage in self.selected:
-            return run_stage(task, self.config, upstream, force=stage in self.forced)
+            prepared = self.prepare(task, **options)
+            return self.accept(prepared, prepared.task(**self.arguments(prepared), return_state=True))
         if STAGES.index(stage) < self.last:
-            return reuse(stage, self.config, upstream)
+            self.outputs[stage] = reuse(stage, self.config, SPECS[stage].resolve_inputs(self.config, self.outputs))
+            return self.outputs[stage]
         return None
+
+    def prepare(self, task: Task, **options: Any) -> PreparedStage:
+        """The stage's task and inputs for this run; call or submit it with `arguments(prepared)`."""
+        spec = SPECS[task.name]
+        inputs = spec.resolve_inputs(self.config, self.outputs)
+        parts = key_parts(spec, self.config, inputs)
+        force = spec.name in self.forced
+        if force and spec.scratch is not None:  # a forced run starts over instead of resuming old partial work
+            shutil.rmtree(spec.scratch(self.config, parts.key), ignore_errors=True)
+        found = None if force else spec.find(self.config, parts.key, inputs)
+        prepared = task.with_options(
+            refresh_cache=found is None, result_storage=self.config.layout.prefect_results, **options
+        )
+        return PreparedStage(prepared, inputs, parts, found)
+
+    def arguments(self, prepared: PreparedStage) -> dict[str, Any]:
+        return {"config": self.config, "key": prepared.parts.key, **prepared.inputs}
+
+    def accept(self, prepared: PreparedStage, state: State) -> Any:
+        """The stage's output from its task's final state (raises what the task raised), kept for the
+        stages that read it, and its key recorded for `--plan`."""
+        result = settle(state, prepared.found)
+        self.outputs[prepared.stage] = result
+        if self.record:
+            record_stage(
+                self.config.layout.stage_state, prepared.stage, prepared.parts, {"fingerprint": result.fingerprint}
+            )
+        return result
+
+    def locations(self) -> dict[str, str]:
+        """Where each stage's output of this run lives, in pipeline order. RuntimeError when the flow
+        never called a stage it had to (one declared in the specs but missing from the flow)."""
+        skipped = [stage for stage in STAGES[: self.last + 1] if stage not in self.outputs]
+        if skipped:
+            raise RuntimeError(f"the flow never ran stage(s) {', '.join(skipped)}: add a line per stage to the flow")
+        return {stage: str(self.outputs[stage].location) for stage in STAGES if stage in self.outputs}

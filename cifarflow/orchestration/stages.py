@@ -1,60 +1,52 @@
-"""The pipeline's stages as data: for each, what its cache key is made of and where its output lives.
+"""The pipeline's stages as data, the one declaration of the stage graph: for each, which stages it
+reads (`upstream`), what else its task receives (`given`), what its cache key is made of and where
+its output lives. The runner feeds each task exactly these inputs, and `tasks.stage_task` refuses a
+task whose parameters differ.
 
-Every stage output shares one small protocol (`StageOutput`): where it lives and its content
-fingerprint. Downstream keys are built from fingerprints, and `find` says whether the output for a
+Every stage output derives from one base (`cifarflow.outputs.StageOutput`): where it lives and its
+content fingerprint. Downstream keys are built from fingerprints, and `find` says whether the output for a
 key is on disk and still whole (sha256-verified), which is how a run reuses it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cifarflow.config import PipelineConfig
 from cifarflow.data.archive import is_url, local_path
 from cifarflow.data.ingest import find_shards
 from cifarflow.data.transform import find_features
-from cifarflow.data.versions import current_version
+from cifarflow.data.versions import DatasetVersion, current_version
 from cifarflow.evaluation.evaluate import find_evaluation
-from cifarflow.orchestration.cache import StageSpec, code_digest, source_identity
-from cifarflow.promotion.champions import baseline_id, warm_start_source
+from cifarflow.orchestration.cache import StageSpec, source_identity
+from cifarflow.promotion.champions import baseline_id
 from cifarflow.promotion.outcome import find_promotion
 from cifarflow.reporting.report import find_report
 from cifarflow.training.run import checkpoint_dir, find_model
+from cifarflow.training.warm_start import WarmStartPlan, plan_warm_start
 from cifarflow.validation.validate import find_validation
-
-
-class StageOutput(Protocol):
-    @property
-    def location(self) -> Path: ...
-
-    @property
-    def fingerprint(self) -> str: ...
-
 
 TF_LIBS = ("tensorflow-cpu", "tensorflow", "keras")
 DATA_CODE = ("cifarflow.data", "cifarflow.files")
 MODEL_CODE = (*DATA_CODE, "cifarflow.models", "cifarflow.training")
 
 
-def dataset_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
+def dataset_version(config: PipelineConfig, upstream: dict[str, Any]) -> DatasetVersion:
     """The dataset version on disk now: the ingested shards plus every added batch."""
-    return {"dataset_version": current_version(config.layout).version}
+    return current_version(config.layout)
 
 
-def train_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
-    """A warm start depends on the champion it starts from (or why none can serve), and on the code
-    that decides it; a champion that cannot serve this run does not re-key it when it changes."""
-    if config.warm_start != "champion":
-        return {}
+def warm_start_plan(config: PipelineConfig, upstream: dict[str, Any]) -> WarmStartPlan:
+    """A warm start depends on the champion it starts from (or why none can serve); a champion that
+    cannot serve this run does not re-key it when it changes. Its code is training's, in the key."""
     features = upstream["preprocess"]
-    source, note = warm_start_source(
-        config.layout.registry, config.model, features.normalization.kind, features.batch_ids
+    return plan_warm_start(
+        config.warm_start == "champion",
+        config.layout.registry,
+        config.model,
+        features.normalization.kind,
+        features.batch_ids,
     )
-    return {
-        "warm_start_from": note["champion_id"] if source else f"none: {note['reason']}",
-        "warm_start_code": code_digest("cifarflow.promotion.champions"),
-    }
 
 
 def report_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
@@ -84,12 +76,12 @@ SPECS: dict[str, StageSpec] = {
     "validate": StageSpec(
         "validate",
         params=(),
-        inputs=dataset_inputs,
         code=(*DATA_CODE, "cifarflow.validation"),
         libraries=("pyarrow", "numpy"),
         upstream=("ingest",),
-        find=lambda config, key, upstream: find_validation(
-            config.layout.validation_dir(key), current_version(config.layout).version
+        given=(("dataset_version", dataset_version),),
+        find=lambda config, key, inputs: find_validation(
+            config.layout.validation_dir(key), inputs["dataset_version"].version
         ),
     ),
     "preprocess": StageSpec(
@@ -103,10 +95,10 @@ SPECS: dict[str, StageSpec] = {
     "train": StageSpec(
         "train",
         params=("model", "train_epochs", "train_batch_size", "train_learning_rate", "seed", "warm_start"),
-        inputs=train_inputs,
         code=MODEL_CODE,
         libraries=(*TF_LIBS, "numpy"),
         upstream=("preprocess",),
+        given=(("warm_start_from", warm_start_plan),),
         find=lambda config, key, upstream: find_model(config.layout.model_dir(key)),
         scratch=lambda config, key: checkpoint_dir(config.layout.model_dir(key)),
     ),
@@ -138,3 +130,13 @@ SPECS: dict[str, StageSpec] = {
     ),
 }
 STAGES = tuple(SPECS)
+
+
+def downstream(stage: str) -> tuple[str, ...]:
+    """`stage` and every stage that reads its output, directly or not, in pipeline order: what a
+    change to its output reruns."""
+    reached = {stage}
+    for name in STAGES:
+        if reached & set(SPECS[name].upstream):
+            reached.add(name)
+    return tuple(name for name in STAGES if name in reached)

@@ -1,5 +1,5 @@
 """The champion/challenger rule: two models' scores on one test set → promote or keep, with the reason.
-The rule itself is described in `cifarflow/promotion/champions.py`'s module docstring."""
+The rule itself is described in `cifarflow/promotion/promote.py`'s module docstring."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ class Score:
 
     model_id: str  # sha256 of the model file
     run_name: str
-    model: str  # preset name
-    dataset_sha256: str  # the dataset version it was trained on (shown)
+    preset: str  # the preset that built it
+    dataset_version: str  # the dataset version it was trained on
     test_set_sha256: str  # the test images and labels, in order: what pairing needs (see `test_set_id`)
     predictions: np.ndarray = field(repr=False)  # predicted label per test image
     labels: np.ndarray = field(repr=False)  # true label per test image
@@ -59,8 +59,8 @@ def score_from_evaluation(
     *,
     model_id: str,
     run_name: str,
-    model: str,
-    dataset_sha256: str,
+    preset: str,
+    dataset_version: str,
     test_set_sha256: str,
 ) -> Score:
     """The challenger's score from an evaluation directory (probabilities.npy + metrics.json)."""
@@ -71,8 +71,8 @@ def score_from_evaluation(
     return Score(
         model_id=model_id,
         run_name=run_name,
-        model=model,
-        dataset_sha256=dataset_sha256,
+        preset=preset,
+        dataset_version=dataset_version,
         test_set_sha256=test_set_sha256,
         predictions=np.asarray(probabilities).argmax(axis=1).astype(np.int64),
         labels=labels,
@@ -115,7 +115,7 @@ def decide(
 ) -> Decision:
     """Promote the challenger or keep the champion, with the reason in words. A challenger below
     `min_accuracy` is never promoted, even when it beats the champion or there is none."""
-    decision = compare(challenger, champion, alpha, method)
+    decision = compare_with_champion(challenger, champion, alpha, method)
     if decision.promoted and min_accuracy is not None and challenger.accuracy < min_accuracy:
         summary = (
             f"kept {'champion' if champion else 'no champion'}: test accuracy {challenger.accuracy:.3f} is below the "
@@ -126,8 +126,9 @@ def decide(
     return replace(decision, min_accuracy=min_accuracy)
 
 
-def compare(challenger: Score, champion: Score | None, alpha: float, method: Method) -> Decision:
-    """The champion/challenger comparison alone (McNemar's test on paired results)."""
+def compare_with_champion(challenger: Score, champion: Score | None, alpha: float, method: Method) -> Decision:
+    """The challenger against the champion alone, before the promotion floor (McNemar's test on
+    paired results)."""
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
     common = {"challenger_id": challenger.model_id, "challenger_accuracy": challenger.accuracy, "alpha": alpha}

@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cifarflow.files import read_json, text_digest, write_json
-from cifarflow.promotion.champions import champion_id
-from cifarflow.promotion.decision import Decision
+from cifarflow.outputs import StageOutput, read_whole
+from cifarflow.promotion.decision import NO_CHAMPION, Decision
 from cifarflow.promotion.section import SECTION_BEGIN
+from cifarflow.registry.api import read_champion_version
 
 
 @dataclass(frozen=True)
-class Promotion:
+class Promotion(StageOutput):
     registry: Path
     decision_path: Path  # <report dir>/promotion.json
     promoted: bool
@@ -33,16 +34,23 @@ def record_outcome(path: Path, key: str, baseline: str, decision: Decision, regi
     return Promotion(registry, path, decision.promoted, decision.summary, decision.resulting_champion)
 
 
+def champion_id(registry: Path) -> str:
+    """The champion's model id, or NO_CHAMPION; RegistryDamaged when it is damaged."""
+    version = read_champion_version(registry)
+    return version.model_id if version else NO_CHAMPION
+
+
 def find_promotion(report_dir: Path, key: str, registry: Path) -> Promotion | None:
     """The decision already written for this key, if the registry and the report still agree with it."""
     path = Path(report_dir) / "promotion.json"
-    try:
+
+    def read() -> Promotion | None:
         record = read_json(path)
         decision = record["decision"]
         if record.get("key") != key or decision["resulting_champion"] != champion_id(registry):
             return None  # decided for other inputs, or the registry was changed or wiped since
         if SECTION_BEGIN not in (Path(report_dir) / "report.md").read_text():
             return None
-    except (OSError, ValueError, KeyError):
-        return None
-    return Promotion(registry, path, decision["promoted"], decision["summary"], decision["resulting_champion"])
+        return Promotion(registry, path, decision["promoted"], decision["summary"], decision["resulting_champion"])
+
+    return read_whole(read)

@@ -1,43 +1,104 @@
-"""The promote stage's logic: score the challenger, decide against the champion, write the decision
-into the run's report, and, when it wins and its export passes the smoke test, register it as the
-next version and move the `champion` alias to it."""
+"""Champion/challenger, the promote stage's logic: keep the best model so far, and replace it only
+when a new model (the challenger) is *significantly* better on the very same test images.
+
+Plain functions, no Prefect: the `promote` task in `tasks/promote.py` is a thin wrapper. The statistics
+are in `mcnemar.py`, the rule in `decision.py`, the rollback rule in `rollback.py`, the report section
+in `section.py`. The versions, the `champion` alias and the decision log live in the model registry,
+which promotion uses only through its API (`cifarflow/registry/api.py`).
+
+The rule (`decision.decide`):
+
+* no champion yet: the challenger is promoted (first run);
+* the challenger *is* the champion (same model sha256): nothing changes;
+* champion and challenger were scored on the same test set (the same test images and labels in
+  the same order, `test_set_id`): McNemar's test on the paired per-image correctness; promote only if the
+  challenger is more accurate and p < alpha (default 0.05; exact binomial test by default,
+  mid-p optionally);
+* the test sets differ (the data changed): a paired test is impossible and the accuracies
+  are not comparable, so the challenger, the only model scored on the current data, is promoted,
+  and the decision says so.
+
+A promoted model becomes a new registry version only after its exported artifact passed the smoke
+test (`cifarflow/registry/build.py`); a model a person rolled back from is not promoted again by a
+later run (`rollback.py`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cifarflow.data.transform import load_split
 from cifarflow.files import atomic_path
-from cifarflow.promotion.champions import (
-    baseline_id,
-    read_champion,
-    record_decision,
-    version_record,
-)
+from cifarflow.promotion.champions import baseline_of
 from cifarflow.promotion.decision import Decision, Score, decide, score_from_evaluation, test_set_id
 from cifarflow.promotion.outcome import Promotion, record_outcome
+from cifarflow.promotion.rollback import respect_rollback
 from cifarflow.promotion.section import comparison_markdown, confusion_difference, write_section
-from cifarflow.registry import store
-from cifarflow.registry.build import Canary, StagedVersion, VersionRejected, stage_version
-from cifarflow.registry.smoke import canary_indices
+from cifarflow.registry.api import (
+    Canary,
+    StagedVersion,
+    Version,
+    VersionRecord,
+    VersionRejected,
+    canary_indices,
+    check_link_place,
+    make_champion,
+    read_champion_version,
+    read_results,
+    record_decision,
+    stage_next_version,
+    version_of_model,
+)
+
+if TYPE_CHECKING:  # the upstream stages' output types, for annotations only
+    from cifarflow.data.transform import Features
+    from cifarflow.reporting.report import Report
+    from cifarflow.training.run import TrainResult
 
 
-def challenger_score(evaluation_dir: Path, features, train, report, model: str, dataset_version: str) -> Score:
+def challenger_score(
+    evaluation_dir: Path, features: Features, train: TrainResult, report: Report, preset: str, dataset_version: str
+) -> Score:
     """The challenger's score; `features` (the preprocess output) says which batches and transform it saw."""
     score = score_from_evaluation(
         evaluation_dir,
         load_split(features.directory, "test", "labels"),
         model_id=train.model_sha256,
         run_name=report.run_name,
-        model=model,
-        dataset_sha256=dataset_version,
+        preset=preset,
+        dataset_version=dataset_version,
         test_set_sha256=test_set_id(features.directory),
     )
     return replace(score, batch_ids=features.batch_ids, normalization=features.normalization.kind)
+
+
+def version_score(version: Version) -> Score:
+    """A registry version's score on its own test set; RegistryDamaged when its files are damaged."""
+    results = read_results(version)
+    return Score(
+        model_id=version.model_id,
+        run_name=version.run_name,
+        preset=version.preset,
+        dataset_version=version.dataset_version,
+        test_set_sha256=version.test_set_sha256,
+        predictions=results.predictions,
+        labels=results.labels,
+        metrics=results.metrics,
+        batch_ids=version.batch_ids,
+        normalization=version.normalization,
+    )
+
+
+def champion_score(registry: Path) -> Score | None:
+    """The champion as a Score, or None when there is none yet; RegistryDamaged (which names the file
+    and what to do) when the champion or the alias is damaged."""
+    version = read_champion_version(registry)
+    return version_score(version) if version else None
 
 
 def canary_set(evaluation_dir: Path, features_dir: Path) -> Canary:
@@ -48,42 +109,51 @@ def canary_set(evaluation_dir: Path, features_dir: Path) -> Canary:
     return Canary(pixels, np.asarray(probabilities[indices]))
 
 
-def respect_rollback(decision: Decision, registry: Path) -> Decision:
-    """A model a person rolled back from stays out: the nightly run must not undo a rollback."""
-    demotion = store.demoted_by_hand(registry, decision.challenger_id) if decision.promoted else None
-    if demotion is None:
-        return decision
-    name = demotion["from"]
-    return replace(
-        decision,
-        promoted=False,
-        reason="rolled-back",
-        summary=f"kept champion: this model is {name}, which was rolled back by hand on {demotion['at']} "
-        f"({demotion['reason']}); `python flows/registry.py promote {name}` makes it the champion again",
+def version_record(
+    challenger: Score,
+    decision: Decision,
+    label_names: list[str],
+    model_path: Path,
+    now: datetime,
+    data_dir: Path | None = None,
+) -> VersionRecord:
+    """What version.json says about a promoted challenger (the registry adds its name and smoke test).
+    `source_model` is recorded relative to `data_dir` when it lies in it: nothing in the registry
+    names an absolute path, so a data dir can move."""
+    return VersionRecord(
+        model_id=challenger.model_id,
+        run_name=challenger.run_name,
+        preset=challenger.preset,
+        accuracy=challenger.accuracy,
+        label_names=tuple(label_names),
+        dataset_version=challenger.dataset_version,
+        batch_ids=tuple(challenger.batch_ids),
+        normalization=challenger.normalization,
+        test_set_sha256=challenger.test_set_sha256,
+        test_images=int(len(challenger.labels)),
+        promoted_at=now.isoformat(timespec="seconds"),
+        replaced=decision.champion_id,
+        decision=decision.summary,
+        source_model=_relative(model_path, data_dir),
     )
 
 
-def register(
+def stage_challenger(
     challenger: Score, decision: Decision, model_path: Path, registry: Path, canary: Canary, label_names, log
-) -> tuple[Decision, StagedVersion | None]:
-    """Export and smoke-test a promoted challenger into a staged version; a failure turns the decision
-    into "kept" with the reason, and leaves no trace in the registry."""
-    if not decision.promoted or store.find_model(registry, challenger.model_id):
-        return decision, None  # kept, or registered already (a run killed before the alias moved)
-    name = store.next_name(registry)
+) -> tuple[Decision, StagedVersion | Version | None]:
+    """Export and smoke-test a promoted challenger into a staged version (not yet in the registry), or
+    find the version it was registered as already (a run killed before the alias moved); None when it
+    is kept. A failure turns the decision into "kept" with the reason, and leaves no trace in the registry."""
+    if not decision.promoted:
+        return decision, None
+    registered = version_of_model(registry, challenger.model_id)
+    if registered is not None:
+        return decision, registered
     data_dir = Path(registry).parent  # the layout's: <data dir>/registry
     record = version_record(challenger, decision, label_names, model_path, datetime.now(UTC), data_dir)
     try:
-        staged = stage_version(
-            store.new_staging(registry),
-            name,
-            model_path,
-            record,
-            challenger.metrics,
-            challenger.predictions,
-            challenger.labels,
-            canary,
-            log,
+        staged = stage_next_version(
+            registry, model_path, record, challenger.metrics, challenger.predictions, challenger.labels, canary, log
         )
     except VersionRejected as rejected:
         kept = "kept champion" if decision.champion_id else "kept no champion"
@@ -93,12 +163,11 @@ def register(
     return decision, staged
 
 
-def registry_paragraph(decision: Decision, staged: StagedVersion | None, registry: Path) -> str:
-    if staged is not None:
-        return f"\n**Registry:** registered as **{staged.name}** and made the champion; {staged.smoke.summary}.\n"
-    if decision.promoted:
-        return f"\n**Registry:** already registered as {store.find_model(registry, decision.challenger_id).name}.\n"
-    champion = store.champion_name(registry)
+def registry_paragraph(candidate: StagedVersion | Version | None, champion: str | None) -> str:
+    if isinstance(candidate, StagedVersion):
+        return f"\n**Registry:** registered as **{candidate.name}** and made the champion; {candidate.smoke.summary}.\n"
+    if candidate is not None:
+        return f"\n**Registry:** already registered as {candidate.name}.\n"
     return f"\n**Registry:** the champion stays {champion or '(none)'}.\n"
 
 
@@ -114,18 +183,20 @@ def promote_challenger(
     log=print,
     min_accuracy: float | None = None,
 ):
-    """Decide, register the winner (export + smoke test), write promotion.md/.json and the report
-    section, then move the champion alias (only if nobody moved it meanwhile: see store.AliasMoved).
-    RegistryDamaged, before anything is written, when the champion, the alias, or (for a promotion)
-    what stands at `registry/champion` is damaged: the message names the file and what to do."""
+    """Decide, stage the winner (export + smoke test), write promotion.md/.json and the report
+    section, then register it and move the champion alias (only if nobody moved it meanwhile: see
+    registry.api.AliasMoved). RegistryDamaged, before anything is written, when the champion, the
+    alias, or (for a promotion) what stands at `registry/champion` is damaged: the message names the
+    file and what to do."""
     from cifarflow.evaluation import plots
 
-    judged_against = store.champion_name(registry)
-    champion = read_champion(registry)
+    current = read_champion_version(registry)
+    judged_against = current.name if current else None
+    champion = version_score(current) if current else None
     decision = respect_rollback(decide(challenger, champion, alpha=alpha, min_accuracy=min_accuracy), registry)
     if decision.promoted:
-        store.check_link_place(registry)  # the alias could not be moved: stop before registering anything
-    decision, staged = register(challenger, decision, model_path, registry, canary, label_names, log)
+        check_link_place(registry)  # the alias could not be moved: stop before registering anything
+    decision, candidate = stage_challenger(challenger, decision, model_path, registry, canary, label_names, log)
     log(decision.summary)
     out = Path(report.directory)
     diff_plot = None
@@ -140,23 +211,27 @@ def promote_challenger(
         )
         diff_plot = "confusion_diff.png"
     section = comparison_markdown(decision, challenger, champion, diff_plot) + registry_paragraph(
-        decision, staged, registry
+        candidate, judged_against
     )
     with atomic_path(out / "promotion.md") as tmp:
         tmp.write_text(section)
     write_section(report.report_path, section)
     # the decision is written before the alias moves: a crash in between makes the next run see a
     # registry that disagrees with promotion.json, and decide again (reusing the registered version)
-    baseline = baseline_id(registry, challenger.model_id)
+    baseline = baseline_of(current, challenger.model_id)  # what the stage's key read (`baseline_id`)
     outcome = record_outcome(out / "promotion.json", key, baseline, decision, registry)
     if decision.promoted:
-        version = store.find_model(registry, challenger.model_id)
-        if staged is not None:
-            version = store.commit_version(registry, staged.directory, staged.name)
-        store.move_alias(registry, version.name, by="promotion", reason=decision.summary, expected_from=judged_against)
+        version = make_champion(registry, candidate, reason=decision.summary, expected_from=judged_against)
         log(f"champion is now {version.name} ({challenger.model_id[:12]}, {report.run_name})")
     record_decision(registry, decision, report.run_name)
     return outcome
 
 
-__all__ = ["Promotion", "canary_set", "challenger_score", "promote_challenger"]
+def _relative(path: Path, root: Path | None) -> str:
+    path = Path(path)
+    if root is not None and path.is_absolute() and path.is_relative_to(Path(root).resolve()):
+        return str(path.relative_to(Path(root).resolve()))
+    return str(path)
+
+
+__all__ = ["Promotion", "canary_set", "challenger_score", "champion_score", "promote_challenger", "respect_rollback"]

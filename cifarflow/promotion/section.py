@@ -61,7 +61,7 @@ def comparison_markdown(
         "| | champion | challenger |",
         "|---|---|---|",
         f"| run | `{champion.run_name}` | `{challenger.run_name}` |",
-        f"| model | `{champion.model}` | `{challenger.model}` |",
+        f"| model | `{champion.preset}` | `{challenger.preset}` |",
         f"| model sha256 | `{champion.model_id[:12]}` | `{challenger.model_id[:12]}` |",
         f"| test accuracy | {champion.accuracy:.4f} | {challenger.accuracy:.4f} |",
         f"| test images | {len(champion.labels)} | {len(challenger.labels)} |",

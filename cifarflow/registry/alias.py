@@ -31,7 +31,6 @@ from cifarflow.registry.records import (
 from cifarflow.registry.versions import (
     VERSION_NAME,
     Version,
-    find_model,
     list_versions,
     read_version,
     scan,
@@ -133,7 +132,7 @@ def copy_of(registry: Path, folder: Path) -> Version | None:
     """The version `folder` is a copy of (its version.json is that version's), or None."""
     try:
         record = read_version_record(folder / "version.json", None)
-        version = read_version(registry, record.get("version", ""))
+        version = read_version(registry, record.version or "")
     except RegistryError:
         return None
     return version if version.record == record else None
@@ -169,7 +168,7 @@ def move_alias(
     Moves are serialized by an exclusive lock on `.alias.lock`. The move is one atomic rename of
     champion.json, which carries the move's record; the record is then appended to aliases.jsonl (a
     kill in between is completed by `alias_moves`, which reads both). So there is never a record of a
-    move that did not happen, nor a move without a record (the rolled-back rule reads the records).
+    move that did not happen, nor a move without a record (promotion's rolled-back rule reads them).
     RegistryError, RegistryDamaged: `name` is not a whole version, or `champion` holds something that
     is neither a link nor a copy of a version; nothing is changed then."""
     if not reason.strip():
@@ -319,18 +318,6 @@ def alias_moves(registry: Path) -> list[dict[str, Any]]:
     moves = read_lines(Path(registry) / "aliases.jsonl", MOVE_FIELDS)[0]
     pending = _pointer_move(Path(registry))
     return moves + [pending] if pending is not None and pending not in moves else moves
-
-
-def demoted_by_hand(registry: Path, model_id: str) -> dict[str, Any] | None:
-    """The move *by hand* away from the version holding this model, if that is the last word a
-    person said about it: a model someone rolled back from is not promoted again by the nightly
-    run, until someone moves the alias back to it by hand."""
-    version = find_model(registry, model_id)
-    if version is None:
-        return None
-    said = [m for m in alias_moves(registry) if m["by"] == "hand" and version.name in (m["from"], m["to"])]
-    last = said[-1] if said else None
-    return last if last and last["from"] == version.name and last["to"] != version.name else None
 
 
 def problems(registry: Path) -> list[RegistryDamaged]:

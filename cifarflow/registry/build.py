@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import numpy as np
 
 from cifarflow.files import file_digest, write_json
 from cifarflow.registry.export import export_model
+from cifarflow.registry.records import VersionRecord
 from cifarflow.registry.smoke import SmokeResult, smoke_test
 
 
@@ -44,23 +45,24 @@ def stage_version(
     staging: Path,
     name: str,
     model_path: Path,
-    record: dict[str, Any],
+    record: VersionRecord,
     metrics: dict[str, Any],
     predictions: np.ndarray,
     labels: np.ndarray,
     canary: Canary,
     log=print,
 ) -> StagedVersion:
-    """Fill the empty `staging` directory with version `name`; VersionRejected (after deleting it) says why not."""
+    """Fill the empty `staging` directory with version `name` (`record` is its version.json, less its
+    name and smoke test); VersionRejected (after deleting it) says why not."""
     try:
         shutil.copy2(model_path, staging / "model.keras")
-        if file_digest(staging / "model.keras") != record["id"]:
-            raise ValueError(f"{model_path} changed: it no longer has the sha256 {record['id']} it was scored with")
+        if file_digest(staging / "model.keras") != record.model_id:
+            raise ValueError(f"{model_path} changed: it no longer has the sha256 {record.model_id} it was scored with")
         np.save(staging / "predictions.npy", np.asarray(predictions).astype(np.int16))
         np.save(staging / "labels.npy", np.asarray(labels).astype(np.int16))
         write_json(staging / "metrics.json", metrics)
         try:
-            export_model(staging / "model.keras", record["model"], record["label_names"], staging / "export")
+            export_model(staging / "model.keras", record.preset, list(record.label_names), staging / "export")
         except Exception as error:  # any failure to trace or write the SavedModel: not registrable
             raise VersionRejected(f"the export failed: {type(error).__name__}: {error}") from error
         log(f"exported {name} as a SavedModel; smoke-testing it in a fresh process on {len(canary.pixels)} images")
@@ -68,7 +70,7 @@ def stage_version(
         write_json(staging / "smoke.json", smoke.to_json())
         if not smoke.passed:
             raise VersionRejected(smoke.summary, smoke)
-        write_json(staging / "version.json", record | {"version": name, "smoke": smoke.to_json()})
+        write_json(staging / "version.json", replace(record, version=name, smoke=smoke.to_json()).to_json())
         return StagedVersion(name, staging, smoke)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -32,7 +32,7 @@ def export_model(model_path: Path, preset: str, label_names: list[str], out_dir:
 
     from cifarflow.models.registry import get_preset
 
-    model = keras.models.load_model(model_path, compile=False)
+    model = get_preset(preset).load(model_path)
     probabilities = get_preset(preset).serving_function(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -71,6 +71,10 @@ class ExportedModel:
     @property
     def label_names(self) -> list[str]:
         return self.metadata["label_names"]
+
+    @property
+    def preset(self) -> str:
+        return self.metadata["preset"]
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         import tensorflow as tf

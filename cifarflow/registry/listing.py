@@ -25,7 +25,7 @@ def version_rows(registry: Path) -> list[dict[str, Any]]:
             "champion": "champion" if version.name == champion else "",
             "model": version.preset,
             "accuracy": round(version.accuracy, 4),
-            "dataset": version.dataset_sha256,
+            "dataset": version.dataset_version,
             "trained_by_run": version.run_name,
             "promoted_at": version.promoted_at,
             "model_sha256": version.model_id[:12],

@@ -2,16 +2,24 @@
 JSON, or edited by hand into something else raises `RegistryDamaged`, which names the file, what is
 wrong with it and what to do, instead of a JSONDecodeError or KeyError somewhere downstream.
 
-`version.json` is declared once here (`RECORD_FIELDS`: each field a reader relies on, with its type);
-`store.Version` exposes the fields as typed properties. The append-only logs (`aliases.jsonl`,
-`decisions.jsonl`) are read line by line: a line that is not a whole record is skipped and reported
-with its number, and every other line stands.
+`version.json` is declared once here: `VersionRecord` is its typed form, and `VERSION_FIELDS` maps
+each JSON field to the record's attribute and the types it accepts. Every reader uses the record's
+attributes; only `VersionRecord.from_json` and `to_json` know the JSON names. Two of them are
+historical and stay as they are, so registries written before and after read the same and the
+service's `/model` answer keeps its shape: `model` holds the preset (`VersionRecord.preset`) and
+`dataset_sha256` the dataset *version* id (`VersionRecord.dataset_version`: a digest over the
+ingested shards and the added batches, `cifarflow.data.versions`). New files write the old names, and
+only them: one name per field on disk, readable by older code too; nothing needs upgrading.
+
+The append-only logs (`aliases.jsonl`, `decisions.jsonl`) are read line by line: a line that is not a
+whole record is skipped and reported with its number, and every other line stands.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +30,31 @@ CHOOSE_CHAMPION = (
     "(`python flows/registry.py list` shows the versions)"
 )
 
-# version.json: field → accepted types (None: may be null). The first six are required.
-RECORD_FIELDS: dict[str, tuple[type, ...]] = {
-    "id": (str,),  # sha256 of model.keras
-    "model": (str,),  # the preset
-    "accuracy": (int, float),  # test accuracy, 0..1
-    "run_name": (str,),
-    "dataset_sha256": (str,),  # the dataset version it trained on
-    "test_set_sha256": (str,),  # the test images it was scored on (pairing for McNemar's test)
-    "version": (str,),  # its own name, v1, v2, …
-    "label_names": (list,),
-    "batch_ids": (list,),
-    "normalization": (str, type(None)),
-    "replaced": (str, type(None)),  # the model id of the champion it replaced
-    "promoted_at": (str,),
+# version.json: JSON field → (VersionRecord attribute, accepted types; None: may be null). The first six
+# are required; the fields from `test_images` on were not checked before, so they may also be null.
+_NULL = type(None)
+VERSION_FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
+    "id": ("model_id", (str,)),  # sha256 of model.keras
+    "model": ("preset", (str,)),
+    "accuracy": ("accuracy", (int, float)),  # test accuracy, 0..1
+    "run_name": ("run_name", (str,)),
+    "dataset_sha256": ("dataset_version", (str,)),  # the dataset version it trained on
+    "test_set_sha256": ("test_set_sha256", (str,)),  # the test images it was scored on (McNemar's pairing)
+    "version": ("version", (str,)),  # its own name, v1, v2, …
+    "label_names": ("label_names", (list,)),
+    "batch_ids": ("batch_ids", (list,)),
+    "normalization": ("normalization", (str, _NULL)),
+    "replaced": ("replaced", (str, _NULL)),  # the model id of the champion it replaced
+    "promoted_at": ("promoted_at", (str,)),
+    "test_images": ("test_images", (int, _NULL)),
+    "decision": ("decision", (str, _NULL)),  # the decision's summary
+    "source_model": ("source_model", (str, _NULL)),  # the model file it was copied from
+    "smoke": ("smoke", (dict, _NULL)),  # the smoke test it passed (null: adopted from an older registry)
+    "note": ("note", (str, _NULL)),
 }
+RECORD_FIELDS: dict[str, tuple[type, ...]] = {name: types for name, (_, types) in VERSION_FIELDS.items()}
 REQUIRED_FIELDS = ("id", "model", "accuracy", "run_name", "dataset_sha256", "test_set_sha256")
+ALWAYS_WRITTEN = ("normalization", "replaced")  # written even when null: null says something there
 MOVE_FIELDS: dict[str, tuple[type, ...]] = {
     "at": (str,),
     "from": (str, type(None)),
@@ -45,6 +62,53 @@ MOVE_FIELDS: dict[str, tuple[type, ...]] = {
     "by": (str,),
     "reason": (str,),
 }
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """What a registry version's version.json says about it, typed (see the module docstring for the
+    two JSON names that differ). Optional fields an older registry did not write are None."""
+
+    model_id: str  # sha256 of model.keras
+    preset: str  # the preset that built it
+    accuracy: float  # test accuracy, 0..1
+    run_name: str  # the pipeline run that trained it
+    dataset_version: str  # the dataset version it trained on
+    test_set_sha256: str  # the test images and labels it was scored on: what McNemar's pairing needs
+    version: str | None = None  # its own name (v3); None until it is staged
+    label_names: tuple[str, ...] = ()
+    batch_ids: tuple[str, ...] | None = None  # the added batches it trained on (None: not recorded)
+    normalization: str | None = None  # the fitted transform's kind
+    replaced: str | None = None  # the model id of the champion it replaced (None: the first champion)
+    promoted_at: str | None = None
+    test_images: int | None = None
+    decision: str | None = None  # the summary of the decision that promoted it
+    source_model: str | None = None  # the model file it was copied from, relative to the data dir when in it
+    smoke: dict[str, Any] | None = None  # the smoke test it passed (None: adopted without one)
+    note: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> VersionRecord:
+        """The record of version.json's `data`, already checked by `version_problem`; unknown fields
+        (an older registry's) are left out."""
+        values = {attribute: data[name] for name, (attribute, _) in VERSION_FIELDS.items() if name in data}
+        for attribute in ("label_names", "batch_ids"):
+            if values.get(attribute) is not None:
+                values[attribute] = tuple(values[attribute])
+        values["accuracy"] = float(values["accuracy"])
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        """version.json's content: every field under its JSON name; a None field is left out, except
+        those in ALWAYS_WRITTEN."""
+        data = {}
+        for name, (attribute, _) in VERSION_FIELDS.items():
+            value = getattr(self, attribute)
+            if isinstance(value, tuple):
+                value = list(value)
+            if value is not None or name in ALWAYS_WRITTEN:
+                data[name] = value
+        return data
 
 
 class RegistryError(PipelineInputError):
@@ -102,20 +166,26 @@ def field_problem(data: Any, fields: dict[str, tuple[type, ...]], required: tupl
     return None
 
 
-def read_version_record(path: Path, name: str | None) -> dict[str, Any]:
-    """A version's version.json, checked against RECORD_FIELDS (and, given its `name`, that it says it
-    is that version); RegistryDamaged says what is wrong."""
+def read_version_record(path: Path, name: str | None) -> VersionRecord:
+    """A version's version.json as a typed record, checked against VERSION_FIELDS (and, given its
+    `name`, that it says it is that version); RegistryDamaged says what is wrong."""
     fix = version_fix(Path(path).parent)
     data = read_json_file(path, fix, name)
-    problem = field_problem(data, RECORD_FIELDS, REQUIRED_FIELDS)
+    problem = version_problem(data)
     if problem is None and name is not None and data.get("version", name) != name:
         problem = f"it says it is {data['version']}, but lies in {name}/"
-    if problem is None:
-        lists = [k for k in ("label_names", "batch_ids") if not all(isinstance(x, str) for x in data.get(k, ()))]
-        problem = f"`{lists[0]}` holds something other than text" if lists else None
     if problem is not None:
         raise RegistryDamaged(path, problem, fix, name)
-    return data
+    return VersionRecord.from_json(data)
+
+
+def version_problem(data: Any) -> str | None:
+    """Why `data` is not the content of a version.json, or None."""
+    problem = field_problem(data, RECORD_FIELDS, REQUIRED_FIELDS)
+    if problem is None:
+        lists = [k for k in ("label_names", "batch_ids") if not all(isinstance(x, str) for x in data.get(k) or ())]
+        problem = f"`{lists[0]}` holds something other than text" if lists else None
+    return problem
 
 
 def read_lines(path: Path, fields: dict[str, tuple[type, ...]] | None = None) -> tuple[list[dict[str, Any]], list[int]]:

@@ -58,8 +58,9 @@ def canary_indices(labels: np.ndarray, per_class: int = CANARY_PER_CLASS) -> np.
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
-def compare(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float, str]:
-    """(top-1 agreement, max |Δp|, reason it fails or "")."""
+def compare_probabilities(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float, str]:
+    """The export's probabilities (`actual`) against evaluation's (`expected`) on the canary images:
+    (top-1 agreement, max |Δp|, reason it fails or "")."""
     if actual.shape != expected.shape:
         return 0.0, float("inf"), f"the export returned shape {actual.shape}, expected {expected.shape}"
     if not np.isfinite(actual).all():
@@ -92,7 +93,7 @@ def smoke_test(export_dir: Path, pixels: np.ndarray, expected: np.ndarray, timeo
                 False, len(pixels), 0.0, float("inf"), seconds, f"the export did not load or run: {last}"
             )
         actual = np.load(out)
-    agreement, difference, reason = compare(np.asarray(expected, np.float64), actual)
+    agreement, difference, reason = compare_probabilities(np.asarray(expected, np.float64), actual)
     return SmokeResult(not reason, len(pixels), agreement, difference, seconds, reason)
 
 

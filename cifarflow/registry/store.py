@@ -6,6 +6,7 @@ an alias that moves between versions, by a promotion or by hand, and every move 
             model.keras          the trained Keras model (uint8 pixels in, the fitted transform inside)
             export/              the exported inference artifact (a TensorFlow SavedModel, see export.py)
             version.json         who it is: model sha256, preset, run, accuracy, dataset version, decision
+                                 (read as a typed `VersionRecord`, see records.py)
             metrics.json         its evaluation metrics
             predictions.npy      its predicted label for every test image (int16), for McNemar's test
             labels.npy           the true labels of that test set (int16)
@@ -16,7 +17,7 @@ an alias that moves between versions, by a promotion or by hand, and every move 
                                  (`tf.saved_model.load("data/registry/champion/export")`); never read
                                  while champion.json is there
         aliases.jsonl            every move of the alias: when, from, to, by whom (promotion | hand), why
-        decisions.jsonl          every champion/challenger decision, promoted or not
+        decisions.jsonl          every champion/challenger decision, promoted or not (api.record_decision)
         .staging/                versions being built; never read, cleared when the next one starts
 
 A version directory appears whole (built in `.staging/`, then renamed), so a failed export or smoke
@@ -25,7 +26,8 @@ be moved, copied or restored elsewhere.
 
 **Moves.** A move is one atomic rename of champion.json, which carries the move's record; the record
 is then appended to aliases.jsonl (a kill in between is completed by `alias_moves`). So a move that
-fails writes no record, and no move goes unrecorded: the rolled-back rule (`demoted_by_hand`) reads them.
+fails writes no record, and no move goes unrecorded: promotion's rolled-back rule
+(`cifarflow.promotion.rollback`) reads them.
 
 **Backups and copies.** Tools that do not keep symbolic links (`cp -rL`, `rsync -L`, zip, object-store
 syncs) turn `champion` into a copy of the version's folder, or drop it; champion.json still says
@@ -39,8 +41,12 @@ version aside, or choose the champion again with `registry.py promote`). `scan` 
 versions beside the damaged ones; "no champion yet" (None) and "champion damaged" (RegistryDamaged)
 are told apart.
 
-This module is the registry's one entry point: the versions live in `versions.py`, the alias and its
-moves in `alias.py`, the parsing of every file in `records.py`; their names are all here.
+This module names the registry's parts: the versions live in `versions.py`, the alias and its moves
+in `alias.py`, the parsing of every file in `records.py`, the building of a version in `build.py`.
+The registry's own tools (the upgrade, the listing, `flows/registry.py`, batch prediction and the
+service) use these names. Promotion uses only the few verbs of `api.py`: read the champion and a
+version's results, find a model's version, read the alias moves, stage the next version, commit it
+and make it the champion, and the decision log.
 """
 
 from cifarflow.registry.alias import (
@@ -55,7 +61,6 @@ from cifarflow.registry.alias import (
     champion_name,
     check_link_place,
     copy_of,
-    demoted_by_hand,
     link_text,
     move_alias,
     pointer_path,
@@ -64,22 +69,24 @@ from cifarflow.registry.alias import (
     read_pointer,
     repair_alias,
 )
-from cifarflow.registry.records import RegistryDamaged, RegistryError, append_line
+from cifarflow.registry.records import RegistryDamaged, RegistryError, VersionRecord, append_line
 from cifarflow.registry.versions import (
     VERSION_FILES,
     VERSION_NAME,
+    Results,
     Scan,
     Version,
     commit_version,
-    find_model,
     is_whole,
     list_versions,
     load_version,
     new_staging,
     next_name,
+    read_results,
     read_version,
     scan,
     staging_dir,
+    version_of_model,
     versions_dir,
 )
 
@@ -93,8 +100,10 @@ __all__ = [
     "Pointer",
     "RegistryDamaged",
     "RegistryError",
+    "Results",
     "Scan",
     "Version",
+    "VersionRecord",
     "alias_lock",
     "alias_moves",
     "alias_path",
@@ -103,8 +112,6 @@ __all__ = [
     "check_link_place",
     "commit_version",
     "copy_of",
-    "demoted_by_hand",
-    "find_model",
     "is_whole",
     "link_text",
     "list_versions",
@@ -116,9 +123,11 @@ __all__ = [
     "problems",
     "read_champion_version",
     "read_pointer",
+    "read_results",
     "read_version",
     "repair_alias",
     "scan",
     "staging_dir",
+    "version_of_model",
     "versions_dir",
 ]

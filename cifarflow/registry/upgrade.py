@@ -59,8 +59,8 @@ def adopt_legacy_champion(registry: Path, log: Callable[[str], None] = print) ->
     else:
         return None
     try:
-        record = read_json(source / "champion.json")
-        version = store.find_model(registry, record["id"]) or register_legacy(registry, source, record)
+        record = read_json(source / "champion.json")  # version.json's JSON names (records.VERSION_FIELDS)
+        version = store.version_of_model(registry, record["id"]) or register_legacy(registry, source, record)
     except Exception as error:  # an incomplete or unreadable old champion must not stop the pipeline
         log(f"the old registry's {source.name}/ could not be adopted ({type(error).__name__}: {error}); left as is")
         return None

@@ -1,7 +1,7 @@
 """Registry versions on disk: each promoted model is an immutable, numbered folder
 `versions/vN/`, built whole in `.staging/` and renamed into place (see store.py for the layout).
-Each is read through `records.read_version_record`, so a damaged one raises RegistryDamaged naming
-the file, and `scan` lists the healthy versions beside the damaged ones."""
+Each is read through `records.read_version_record` into a typed `VersionRecord`, so a damaged one
+raises RegistryDamaged naming the file, and `scan` lists the healthy versions beside the damaged ones."""
 
 from __future__ import annotations
 
@@ -14,8 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cifarflow.files import storage_errors
-from cifarflow.registry.records import RegistryDamaged, RegistryError, read_version_record, version_fix
+import numpy as np
+
+from cifarflow.files import read_json, storage_errors
+from cifarflow.registry.records import (
+    RegistryDamaged,
+    RegistryError,
+    VersionRecord,
+    read_version_record,
+    version_fix,
+)
 
 VERSION_NAME = re.compile(r"^v([1-9][0-9]*)$")
 VERSION_FILES = ("model.keras", "version.json", "metrics.json", "predictions.npy", "labels.npy")
@@ -25,54 +33,57 @@ VERSION_FILES = ("model.keras", "version.json", "metrics.json", "predictions.npy
 class Version:
     name: str  # "v3"
     directory: Path
-    record: dict[str, Any]  # version.json, checked against records.RECORD_FIELDS when read
+    record: VersionRecord  # its version.json, typed (records.py)
 
     @property
     def number(self) -> int:
         return int(self.name[1:])
 
+    # the fields every client reads, as shortcuts to the record's
+
     @property
     def model_id(self) -> str:
         """sha256 of model.keras."""
-        return self.record["id"]
+        return self.record.model_id
 
     @property
     def preset(self) -> str:
-        return self.record["model"]
+        return self.record.preset
 
     @property
     def accuracy(self) -> float:
         """Test accuracy, 0..1."""
-        return float(self.record["accuracy"])
+        return self.record.accuracy
 
     @property
     def run_name(self) -> str:
-        return self.record["run_name"]
+        return self.record.run_name
 
     @property
-    def dataset_sha256(self) -> str:
-        return self.record["dataset_sha256"]
+    def dataset_version(self) -> str:
+        return self.record.dataset_version
 
     @property
     def test_set_sha256(self) -> str:
-        return self.record["test_set_sha256"]
+        return self.record.test_set_sha256
 
     @property
     def batch_ids(self) -> tuple[str, ...]:
-        return tuple(self.record.get("batch_ids", ()))
+        """The added batches it trained on (none when the record predates them)."""
+        return self.record.batch_ids or ()
 
     @property
     def normalization(self) -> str | None:
-        return self.record.get("normalization")
+        return self.record.normalization
 
     @property
     def replaced(self) -> str | None:
         """The model id of the champion it replaced (None for a first champion)."""
-        return self.record.get("replaced")
+        return self.record.replaced
 
     @property
     def promoted_at(self) -> str:
-        return self.record.get("promoted_at", "")
+        return self.record.promoted_at or ""
 
     @property
     def model_path(self) -> Path:
@@ -81,6 +92,27 @@ class Version:
     @property
     def export_dir(self) -> Path:
         return self.directory / "export"
+
+
+@dataclass(frozen=True)
+class Results:
+    """A version's scores on its test set: what McNemar's test pairs a challenger's with."""
+
+    predictions: np.ndarray  # predicted label per test image (int64)
+    labels: np.ndarray  # true label per test image (int64)
+    metrics: dict[str, Any]  # its evaluation metrics.json
+
+
+def read_results(version: Version) -> Results:
+    """The version's predictions, labels and metrics; RegistryDamaged when one is cut short or unreadable."""
+    try:
+        predictions = np.load(version.directory / "predictions.npy").astype(np.int64)
+        labels = np.load(version.directory / "labels.npy").astype(np.int64)
+        metrics = read_json(version.directory / "metrics.json")
+    except (OSError, ValueError) as error:  # a truncated .npy or metrics.json
+        damage = f"{type(error).__name__}: {error}"
+        raise RegistryDamaged(version.directory, damage, version_fix(version.directory), version.name) from None
+    return Results(predictions, labels, metrics)
 
 
 def versions_dir(registry: Path) -> Path:
@@ -107,7 +139,7 @@ def load_version(directory: Path, name: str | None = None) -> Version:
     record = None if "version.json" in missing else read_version_record(directory / "version.json", name)
     if missing:  # after the record: a damaged version.json is named before a missing file
         raise RegistryDamaged(directory, f"{', '.join(missing)} missing", version_fix(directory), name)
-    return Version(name or record.get("version", directory.name), directory, record)
+    return Version(name or record.version or directory.name, directory, record)
 
 
 def read_version(registry: Path, name: str) -> Version:
@@ -146,7 +178,7 @@ def list_versions(registry: Path) -> list[Version]:
     return scan(registry).versions
 
 
-def find_model(registry: Path, model_id: str) -> Version | None:
+def version_of_model(registry: Path, model_id: str) -> Version | None:
     """The version holding this model (by the model file's sha256), if it was ever registered."""
     return next((v for v in list_versions(registry) if v.model_id == model_id), None)
 

@@ -11,9 +11,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cifarflow.files import atomic_directory, atomic_path, file_digest, point_symlink, read_json, write_json
+from cifarflow.outputs import StageOutput
+
+if TYPE_CHECKING:  # the upstream stages' output types, for annotations only: their code is not the report's
+    from cifarflow.config import PipelineConfig
+    from cifarflow.data.ingest import IngestResult
+    from cifarflow.data.transform import Features
+    from cifarflow.training.run import TrainResult
+    from cifarflow.validation.validate import ValidatedData
 
 PLOTS = ("confusion_matrix.png", "training_curves.png", "sample_predictions.png")
 LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pyarrow", "scikit-learn", "prefect")
@@ -31,7 +39,7 @@ def library_versions() -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class Report:
+class Report(StageOutput):
     directory: Path
     report_path: Path
     metrics_path: Path
@@ -206,7 +214,15 @@ def find_report(reports_dir: Path, cache_key: str) -> Report | None:
     return None
 
 
-def model_card(*, run_name: str, config: Any, train: Any, ingest: Any, dataset: Any, features: Any) -> dict[str, Any]:
+def model_card(
+    *,
+    run_name: str,
+    config: PipelineConfig,
+    train: TrainResult,
+    ingest: IngestResult,
+    dataset: ValidatedData,
+    features: Features,
+) -> dict[str, Any]:
     lineage = read_json(dataset.dataset_path)["lineage"]
     return {
         "run_name": run_name,

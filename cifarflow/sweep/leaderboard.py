@@ -128,3 +128,32 @@ def write_leaderboard(directory: Path, name: str, rows: list[dict[str, Any]], ex
         tmp.write_text(render_leaderboard(name, rows, plot.name if plot else None))
     data = write_json(directory / "leaderboard.json", {"name": name, "trials": rows} | extra)
     return {"markdown": markdown, "json": data} | ({"plot": plot} if plot else {})
+
+
+def best_outcome(outcomes: list[TrialOutcome]) -> TrialOutcome | None:
+    """The finished trial of highest test accuracy (the first of equals), None when all failed."""
+    return next((o for o in sorted(outcomes, key=lambda o: -(o.test_accuracy or 0)) if o.succeeded), None)
+
+
+def sweep_summary(name: str, directory: Path, files: dict[str, Path], outcomes: list[TrialOutcome]) -> dict[str, Any]:
+    """What the sweep flow returns: where the leaderboard is, the best trial, and every trial's outcome."""
+    best = best_outcome(outcomes)
+    return {
+        "name": name,
+        "directory": str(directory),
+        "leaderboard": str(files["markdown"]),
+        "plot": str(files.get("plot", "")),
+        "best": best.trial.name if best else None,
+        "trials": [
+            {
+                "trial": o.trial.name,
+                "status": o.status,
+                "states": o.states,
+                "test_accuracy": o.test_accuracy,
+                "train_seconds": o.train_seconds,
+                "report": o.report_dir,
+                "error": o.error,
+            }
+            for o in outcomes
+        ],
+    }

@@ -12,6 +12,7 @@ import numpy as np
 
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import atomic_path
+from cifarflow.models.registry import Preset
 from cifarflow.training.settings import EpochHook
 
 
@@ -117,17 +118,19 @@ class WarmStart(keras.callbacks.Callback):
 
     Runs at train begin, before `AtomicBackupAndRestore` (list it first), so a resumed run continues
     from its own checkpoint rather than starting over from the champion. `applied` and `reason`
-    say what happened, for the report."""
+    say what happened, for the report. `preset` is the run's, which is the champion's (only a
+    champion of the same preset can serve: `cifarflow.training.warm_start`); its loader reads the file."""
 
-    def __init__(self, model_path: str):
+    def __init__(self, model_path: str, preset: Preset):
         super().__init__()
         self.model_path = model_path
+        self.preset = preset
         self.applied = False
         self.reason = "not started"
 
     def on_train_begin(self, logs=None):
         net = getattr(self.model, "net", self.model)  # airbench trains a wrapper around its network
-        source = keras.models.load_model(self.model_path, compile=False)
+        source = self.preset.load(self.model_path)
         ours, theirs = net.get_weights(), source.get_weights()
         if len(ours) != len(theirs) or any(a.shape != b.shape for a, b in zip(ours, theirs)):
             self.reason = "the champion's architecture differs (weight shapes do not match)"

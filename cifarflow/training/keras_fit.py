@@ -1,4 +1,5 @@
-"""The classic `model.fit` loop (the seed preset): uint8 pixels and one-hot labels in, batch by batch."""
+"""The classic `model.fit` loop (the seed preset): uint8 pixels and one-hot labels in, batch by batch,
+with a stock Keras optimizer named by the recipe (`KerasFitRecipe.optimizer`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import keras
 from cifarflow.data.transform import load_split, read_features
 from cifarflow.training.callbacks import DivergenceGuard
 from cifarflow.training.settings import TrainSettings
+
+
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    optimizers = {"rmsprop": keras.optimizers.RMSprop, "adam": keras.optimizers.Adam}
+    if name not in optimizers:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(optimizers)}")
+    return optimizers[name](learning_rate=learning_rate)
 
 
 def pixel_batches(features_dir: Path, split: str, batch_size: int, shuffle_seed: int | None = None):
@@ -35,8 +43,6 @@ def fit_keras(
 ) -> keras.Model:
     """The classic `model.fit` loop; the test split is passed as validation data for monitoring only
     (curves in the report). No early stopping or model selection uses it."""
-    from cifarflow.models.seed import make_optimizer
-
     preset = settings.preset
     features = read_features(features_dir)
     model = preset.build(features.normalization, num_classes=len(features.label_names), seed=settings.seed)

@@ -15,11 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cifarflow.files import atomic_directory, file_digest, read_json, write_json
+from cifarflow.outputs import StageOutput, read_whole
 from cifarflow.training.settings import EpochHook, TrainSettings
 
 
 @dataclass(frozen=True)
-class TrainResult:
+class TrainResult(StageOutput):
     model_dir: Path
     model_path: Path
     model_sha256: str
@@ -67,8 +68,8 @@ def train_model(
     warm_start: dict | None = None,
 ) -> TrainResult:
     """Train with the preset's trainer, resuming from a checkpoint left by an interrupted run, and
-    write model_dir whole. `warm_start` describes the request (see `cifarflow.promotion.champions.
-    warm_start_source`); with `settings.warm_start_from` set, training starts from those weights."""
+    write model_dir whole. `warm_start` describes the request (`WarmStartPlan.note`, see
+    `cifarflow.training.warm_start`); with `settings.warm_start_from` set, training starts from those weights."""
     import keras  # imported here so that planning and config checks never pay for TensorFlow
 
     from cifarflow.training.callbacks import AtomicBackupAndRestore, EpochRecorder, WarmStart
@@ -80,7 +81,7 @@ def train_model(
     # The journal is written before the checkpoint: a kill between the two re-runs that epoch
     # and overwrites its journal line, so history and weights never disagree. Both live outside
     # the final model directory, so a killed run resumes from its last finished epoch.
-    warm = WarmStart(settings.warm_start_from) if settings.warm_start_from else None
+    warm = WarmStart(settings.warm_start_from, settings.preset) if settings.warm_start_from else None
     callbacks = [
         *([warm] if warm else []),  # before the restore: a resumed run continues from its own checkpoint
         EpochRecorder(journal, settings.epochs, on_epoch),
@@ -123,10 +124,7 @@ def load_train_result(model_dir: Path) -> TrainResult:
 
 def find_model(model_dir: Path) -> TrainResult | None:
     """The model in `model_dir` if it is complete and its file still matches its recorded sha256."""
-    try:
-        result = load_train_result(model_dir)
-    except (OSError, ValueError, KeyError):
-        return None
-    if not result.model_path.is_file() or file_digest(result.model_path) != result.model_sha256:
+    result = read_whole(lambda: load_train_result(model_dir))
+    if result is None or not result.model_path.is_file() or file_digest(result.model_path) != result.model_sha256:
         return None
     return result

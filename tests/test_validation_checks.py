@@ -1,0 +1,73 @@
+"""The shared per-channel pixel statistics and the validate stage's pure checks, on tiny arrays."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from cifarflow.data.statistics import ChannelSums, channel_stats
+from cifarflow.validation.checks import (
+    MIN_DRIFT_IMAGES,
+    PSI_FLOOR,
+    copies,
+    drift,
+    imbalance_ratio,
+    label_out_of_range,
+    mismatched_label_names,
+    psi,
+)
+
+
+def value_counts(images: np.ndarray) -> np.ndarray:
+    return np.stack([np.bincount(images[..., c].ravel(), minlength=256) for c in range(3)]).astype(np.int64)
+
+
+def test_channel_statistics_of_a_known_array_agree_however_they_are_gathered():
+    images = np.zeros((2, 1, 2, 3), np.uint8)  # four pixels per channel
+    images[..., 0] = [[[0, 255]], [[0, 255]]]  # R: 0, 1, 0, 1 in units of pixel / 255
+    images[..., 1] = 51  # G: a constant 0.2
+    images[..., 2] = [[[0, 0]], [[0, 255]]]  # B: 0, 0, 0, 1
+    mean, std = channel_stats(images)
+    assert mean.dtype == std.dtype == np.float64 and mean.shape == std.shape == (3,)
+    np.testing.assert_allclose(mean, [0.5, 0.2, 0.25], rtol=1e-12)
+    np.testing.assert_allclose(std, [0.5, 0.0, math.sqrt(0.25 - 0.25**2)], rtol=1e-12, atol=1e-12)
+    assert not np.isnan(std).any()  # a constant channel's variance may round below 0: it counts as 0
+
+    chunked = ChannelSums.of_images(images, chunk_rows=1).mean_std()
+    from_counts = ChannelSums.of_value_counts(value_counts(images)).mean_std()
+    for other in (chunked, from_counts):
+        np.testing.assert_allclose(other, (mean, std), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(
+        ChannelSums.of_value_counts(np.zeros((3, 256), np.int64)).mean_std(), np.zeros((2, 3))
+    )
+
+
+def test_channel_statistics_match_numpy_on_random_images():
+    images = np.random.default_rng(0).integers(0, 256, (7, 4, 4, 3), dtype=np.uint8)
+    mean, std = ChannelSums.of_value_counts(value_counts(images)).mean_std()
+    np.testing.assert_allclose(mean, (images / 255.0).mean(axis=(0, 1, 2)), rtol=1e-12)
+    np.testing.assert_allclose(std, (images / 255.0).std(axis=(0, 1, 2)), rtol=1e-10)
+
+
+def test_psi_is_zero_for_the_same_histogram_and_known_for_opposite_ends():
+    dark, bright = np.zeros((3, 256), np.int64), np.zeros((3, 256), np.int64)
+    dark[:, 0], bright[:, 255] = 100, 100  # every pixel in the first bin, or in the last
+    assert psi(dark, dark * 3) == 0.0  # shares, not counts
+    expected = 2 * (1 - PSI_FLOOR) * math.log(1 / PSI_FLOOR)  # two bins swap share 1 and the floor
+    assert psi(dark, bright) == pytest.approx(expected, rel=1e-12)
+    assert drift(dark, bright, MIN_DRIFT_IMAGES) == pytest.approx(expected, rel=1e-12)
+    assert drift(dark, bright, MIN_DRIFT_IMAGES - 1) is None  # too small to judge
+
+
+def test_label_and_copy_checks_return_what_they_found():
+    assert label_out_of_range(np.array([0, 9, 3], np.uint8)) is None
+    assert label_out_of_range(np.array([1, 12, 10], np.uint8)) == 12
+    assert label_out_of_range(np.empty(0, np.uint8)) is None
+    names = ["airplane", "automobile", "bird"]
+    labels = np.array([0, 1, 2, 1], np.uint8)
+    assert mismatched_label_names(labels, np.array(["airplane", "automobile", "bird", "bird"], object), names) == 1
+    assert copies(["a", "b", "a", "c"], {"a", "c"}) == 3  # repeats counted
+    assert imbalance_ratio(np.array([30, 45, 30])) == 1.5
+    assert imbalance_ratio(np.array([0, 7])) == 7.0  # an empty class counts as one image
