@@ -30,7 +30,6 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
 from prefect.settings import PREFECT_API_URL, temporary_settings
-from prefect.states import State
 
 from cifarflow.cli import ArgumentParser, comma_list, done, ensure_prefect_api, fail, run_cli, run_command
 from cifarflow.config import PipelineConfig, add_data_arguments, data_settings
@@ -39,6 +38,7 @@ from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock
 from cifarflow.orchestration.artifacts import publish_leaderboard
 from cifarflow.orchestration.dask import describe_cluster, single_threaded_workers, trial_task_runner
 from cifarflow.orchestration.runner import StageRunner
+from cifarflow.orchestration.trials import DATA_STAGES, REPORT_STAGES, TRIAL_STAGES, report_trial, submit_trials
 from cifarflow.sweep.leaderboard import (
     TrialOutcome,
     best_outcome,
@@ -47,74 +47,32 @@ from cifarflow.sweep.leaderboard import (
     write_leaderboard,
 )
 from cifarflow.sweep.space import Trial, build_trials, load_space, merge_space, sweep_name
-from tasks.evaluate import evaluate
-from tasks.ingest import ingest
-from tasks.preprocess import preprocess
-from tasks.promote import promote
-from tasks.report import report
-from tasks.train import train
-from tasks.validate import validate
+from tasks import stage_tasks
 
-
-def _state_name(state: State | None) -> str:
-    return state.name if state is not None else "NotRun"
-
-
-def _message(state: State) -> str:
-    """The failure's own message (the exception's), not Prefect's wrapper text."""
-    try:
-        state.result(raise_on_failure=True)
-    except Exception as error:  # the trial's exception, re-raised from its state
-        return f"{type(error).__name__}: {error}"
-    return state.message or state.name
+STAGE_TASKS = stage_tasks()
 
 
 @flow(name="cifar10-sweep-trials", flow_run_name="trials-{sweep}")
 def run_trials(
     sweep: str, trials: list[PipelineConfig], trial_names: list[str], data: dict[str, Any]
 ) -> dict[str, Any]:
-    """train → evaluate for every trial, all submitted at once to this flow's task runner (Dask), each
-    through the pipeline's runner with the data stages' outputs `data`.
-
-    Returns the cluster it ran on and, per trial, the Prefect states and the stage outputs; never
-    raises for a failed trial."""
+    """The trial stages (train → evaluate) of every trial on this flow's task runner (Dask), each trial
+    through the pipeline's runner, starting from the data stages' outputs `data`. Returns the cluster
+    it ran on and, per trial, its states and outputs or error (`trials.submit_trials`)."""
     logger = get_run_logger()
     context = FlowRunContext.get()
     single_threaded_workers(context.task_runner)
+    cluster = describe_cluster(context.task_runner)
+    logger.info("submitting %d trials to %s", len(trials), cluster)
+    runners = [StageRunner(config, outputs=data, record=False) for config in trials]
     # Task runs travel to the workers with this process's settings. Name the API explicitly: on
     # Prefect's temporary server (no PREFECT_API_URL) each worker would otherwise start its own.
     with temporary_settings(updates={PREFECT_API_URL: str(context.client.api_url)}):
-        runners = [StageRunner(config, outputs=data, record=False) for config in trials]
-        trains = [
-            (runner, runner.prepare(train, task_run_name=f"train-{name}")) for runner, name in zip(runners, trial_names)
-        ]
-        futures = [prepared.task.submit(**runner.arguments(prepared)) for runner, prepared in trains]
-        cluster = describe_cluster(context.task_runner)
-        logger.info("submitted %d trials to %s", len(trials), cluster)
-        # an evaluate's key includes its model's fingerprint, so it is submitted once its train is done
-        evaluations = []
-        for (runner, prepared), future, name in zip(trains, futures, trial_names):
-            future.wait()
-            if future.state.is_completed():
-                runner.accept(prepared, future.state)
-                evaluating = runner.prepare(evaluate, task_run_name=f"evaluate-{name}")
-                evaluations.append((evaluating, evaluating.task.submit(**runner.arguments(evaluating))))
-            else:
-                evaluations.append((None, None))
-    outcomes = []
-    for runner, name, future, (evaluating, evaluation) in zip(runners, trial_names, futures, evaluations):
-        if evaluation is not None:
-            evaluation.wait()
-        states = {"train": _state_name(future.state), "evaluate": _state_name(evaluation and evaluation.state)}
-        outcome: dict[str, Any] = {"trial": name, "states": states}
-        if evaluation is not None and evaluation.state.is_completed():
-            runner.accept(evaluating, evaluation.state)
-            outcome |= {"train": runner.outputs["train"], "evaluate": runner.outputs["evaluate"]}
-        else:
-            outcome["error"] = _message(evaluation.state if evaluation is not None else future.state)
-            logger.warning("trial %s failed: %s", name, outcome["error"])
-        outcomes.append(outcome)
-    return {"cluster": cluster, "flow_run_id": str(context.flow_run.id), "trials": outcomes}
+        results = submit_trials(runners, trial_names, STAGE_TASKS)
+    for result in results:
+        if "error" in result:
+            logger.warning("trial %s failed: %s", result["trial"], result["error"])
+    return {"cluster": cluster, "flow_run_id": str(context.flow_run.id), "trials": results}
 
 
 def _sweep_run_name() -> str:
@@ -144,17 +102,16 @@ def cifar_sweep(
     name = sweep_name(name or (space or {}).get("name"), trials)
     with data_dir_lock(config.layout.lock_file, lock_timeout_s, log=logger.info):
         data = StageRunner(config)
-        data(ingest)
-        data(validate)
-        data(preprocess)
+        for stage in DATA_STAGES:
+            data(STAGE_TASKS[stage])
         where = "this process, one at a time" if sequential else dask_address or "a local Dask cluster"
         logger.info("sweep %s: %d trials on %s", name, len(trials), where)
         run = run_trials.with_options(task_runner=trial_task_runner(dask_address, n_workers, sequential))
         ran = run(
             sweep=name, trials=[t.config for t in trials], trial_names=[t.name for t in trials], data=data.outputs
         )
-        runners = [_report_trial(trial, result, data.outputs) for trial, result in zip(trials, ran["trials"])]
-        outcomes = [outcome for outcome, _ in runners]
+        reported = [_report_trial(trial, result, data.outputs) for trial, result in zip(trials, ran["trials"])]
+        outcomes = [outcome for outcome, _ in reported]
         directory = config.layout.reports / "sweeps" / name
         rows = leaderboard_rows(outcomes)
         best = best_outcome(outcomes)
@@ -167,38 +124,35 @@ def cifar_sweep(
         if best is not None:
             logger.info("best trial %s: test accuracy %.4f", best.trial.name, best.test_accuracy)
         if promote_best and best is not None:
-            promotion = runners[outcomes.index(best)][1](promote)  # exactly like a nightly run's model
+            outputs = reported[outcomes.index(best)][1]  # promoted exactly like a nightly run's model
+            promotion = StageRunner(best.trial.config, outputs=outputs)(STAGE_TASKS["promote"])
             logger.info("champion/challenger for the best trial: %s", promotion.summary)
             summary["promotion"] = promotion.summary
         return summary
 
 
-def _report_trial(trial: Trial, result: dict[str, Any], data: dict[str, Any]) -> tuple[TrialOutcome, StageRunner]:
+def _report_trial(trial: Trial, result: dict[str, Any], data: dict[str, Any]) -> tuple[TrialOutcome, dict | None]:
     """The trial's report, written by the pipeline's own report task (same layout as a normal run),
-    and the trial's runner, holding its stages' outputs."""
-    states = dict(result["states"])
-    runner = StageRunner(trial.config, outputs=data, record=False)
+    and the trial's stage outputs for its promotion (None when it failed)."""
     if "error" in result:
-        return TrialOutcome(trial, "failed", states | {"report": "NotRun"}, error=result["error"]), runner
-    runner.outputs |= {"train": result["train"], "evaluate": result["evaluate"]}
-    prepared = runner.prepare(report, task_run_name=f"report-{trial.name}")
-    state = prepared.task(**runner.arguments(prepared), return_state=True)
-    states["report"] = state.name
-    if not state.is_completed():
-        return TrialOutcome(trial, "failed", states, error=_message(state)), runner
-    written = runner.accept(prepared, state)
-    runner.record = True  # a promotion of the best trial is the pipeline's last promote, as a nightly run's
-    all_cached = all(s == "Cached" for s in (states["train"], states["evaluate"]))
+        states = result["states"] | dict.fromkeys(REPORT_STAGES, "NotRun")
+        return TrialOutcome(trial, "failed", states, error=result["error"]), None
+    runner = StageRunner(trial.config, outputs=data | result["outputs"], record=False)
+    reported, error = report_trial(runner, trial.name, STAGE_TASKS)
+    states = result["states"] | reported
+    if error is not None:
+        return TrialOutcome(trial, "failed", states, error=error), None
+    written, outputs = runner.outputs["report"], runner.outputs
     outcome = TrialOutcome(
         trial,
-        "cached" if all_cached else "completed",
+        "cached" if all(result["states"][stage] == "Cached" for stage in TRIAL_STAGES) else "completed",
         states,
-        test_accuracy=result["evaluate"].test_accuracy,
+        test_accuracy=outputs["evaluate"].test_accuracy,
         test_loss=read_json(written.metrics_path).get("test_loss"),
-        train_seconds=result["train"].train_seconds,
+        train_seconds=outputs["train"].train_seconds,
         report_dir=str(written.directory),
     )
-    return outcome, runner
+    return outcome, outputs
 
 
 # ---------------------------------------- command line ----------------------------------------

@@ -1,2 +1,16 @@
 """The pipeline's Prefect tasks, one module per stage: thin wrappers over `cifarflow`'s plain functions.
-Each is called through `cifarflow.orchestration.runner.StageRunner`, which hands it the stage's cache key."""
+Each is called through `cifarflow.orchestration.runner.StageRunner`, which hands it the stage's cache key
+and exactly the inputs its spec declares. A stage's task is `tasks/<stage>.py`'s function `<stage>`."""
+
+from __future__ import annotations
+
+import importlib
+
+from prefect import Task
+
+from cifarflow.orchestration.stages import STAGES
+
+
+def stage_tasks() -> dict[str, Task]:
+    """Every declared stage's task by stage name, in pipeline order (what a sweep runs by name)."""
+    return {stage: getattr(importlib.import_module(f"tasks.{stage}"), stage) for stage in STAGES}

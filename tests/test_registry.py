@@ -855,3 +855,14 @@ def test_version_json_is_read_as_a_typed_record_and_written_back_the_same(tmp_pa
     (tmp_path / "version.json").write_text(json.dumps(old | {"accuracy": 1, "model_file": "model.keras"}))
     record = read_version_record(tmp_path / "version.json", None)
     assert record.accuracy == 1.0 and record.batch_ids is None and record.smoke is None and record.version is None
+
+    # a field only shown to people, hand-edited to the wrong type, reads as absent (as before it was
+    # typed); a field a decision rests on, edited so, is damage that names the file
+    (tmp_path / "version.json").write_text(json.dumps(written | {"note": 5, "smoke": "passed", "test_images": "100"}))
+    record = read_version_record(tmp_path / "version.json", "v1")
+    assert (record.note, record.smoke, record.test_images) == (None, None, None) and record.decision == written[
+        "decision"
+    ]
+    (tmp_path / "version.json").write_text(json.dumps(written | {"accuracy": "high"}))
+    with pytest.raises(store.RegistryDamaged, match="version.json"):
+        read_version_record(tmp_path / "version.json", "v1")

@@ -3,7 +3,6 @@ runner feeds it exactly those, and each of them enters the stage's key."""
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
@@ -12,6 +11,7 @@ import pytest
 from cifarflow.orchestration.cache import StageSpec, key_parts
 from cifarflow.orchestration.runner import StageRunner, check_task_parameters, stage_task
 from cifarflow.orchestration.stages import SPECS, STAGES, downstream
+from tasks import stage_tasks
 
 pytestmark = pytest.mark.unit
 
@@ -37,7 +37,7 @@ def config_for(spec: StageSpec) -> SimpleNamespace:
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_task_takes_exactly_its_declared_inputs(stage):
-    task = getattr(importlib.import_module(f"tasks.{stage}"), stage)
+    task = stage_tasks()[stage]
     check_task_parameters(SPECS[stage], task.fn)  # raises when they differ
     assert task.name == stage
 

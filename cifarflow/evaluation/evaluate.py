@@ -30,12 +30,14 @@ class Evaluation(StageOutput):
         return self.metrics_sha256
 
 
-def evaluate_model(model_path: Path, history_path: Path, features_dir: Path, model: str, out_dir: Path, log=print):
+def evaluate_model(
+    model_path: Path, history_path: Path, features_dir: Path, preset_name: str, out_dir: Path, log=print
+) -> Evaluation:
     """Predict the test split with the preset's predictor, compute metrics, draw the plots; write
     out_dir whole. The model applies its own normalization: it is fed the raw uint8 pixels."""
     from cifarflow.evaluation import plots
 
-    preset = get_preset(model)
+    preset = get_preset(preset_name)
     class_names = read_features(features_dir).label_names
     pixels = load_split(features_dir, "test", "pixels")
     probabilities = preset.predict(preset.load(model_path), pixels)

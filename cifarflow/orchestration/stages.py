@@ -1,6 +1,6 @@
 """The pipeline's stages as data, the one declaration of the stage graph: for each, which stages it
 reads (`upstream`), what else its task receives (`given`), what its cache key is made of and where
-its output lives. The runner feeds each task exactly these inputs, and `tasks.stage_task` refuses a
+its output lives. The runner feeds each task exactly these inputs, and `runner.stage_task` refuses a
 task whose parameters differ.
 
 Every stage output derives from one base (`cifarflow.outputs.StageOutput`): where it lives and its

@@ -52,7 +52,12 @@ VERSION_FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "smoke": ("smoke", (dict, _NULL)),  # the smoke test it passed (null: adopted from an older registry)
     "note": ("note", (str, _NULL)),
 }
-RECORD_FIELDS: dict[str, tuple[type, ...]] = {name: types for name, (_, types) in VERSION_FIELDS.items()}
+# Fields only shown to people, never decided on: one of the wrong type (a hand edit) is read as absent
+# rather than making the whole version damaged, as before they were typed.
+INFORMATIONAL = ("test_images", "decision", "source_model", "smoke", "note")
+RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    name: types for name, (_, types) in VERSION_FIELDS.items() if name not in INFORMATIONAL
+}
 REQUIRED_FIELDS = ("id", "model", "accuracy", "run_name", "dataset_sha256", "test_set_sha256")
 ALWAYS_WRITTEN = ("normalization", "replaced")  # written even when null: null says something there
 MOVE_FIELDS: dict[str, tuple[type, ...]] = {
@@ -91,7 +96,11 @@ class VersionRecord:
     def from_json(cls, data: dict[str, Any]) -> VersionRecord:
         """The record of version.json's `data`, already checked by `version_problem`; unknown fields
         (an older registry's) are left out."""
-        values = {attribute: data[name] for name, (attribute, _) in VERSION_FIELDS.items() if name in data}
+        values = {
+            attribute: data[name]
+            for name, (attribute, types) in VERSION_FIELDS.items()
+            if name in data and (name not in INFORMATIONAL or isinstance(data[name], types))
+        }
         for attribute in ("label_names", "batch_ids"):
             if values.get(attribute) is not None:
                 values[attribute] = tuple(values[attribute])
