@@ -14,6 +14,7 @@ import pytest
 
 from cifarflow.config import PipelineConfig
 from cifarflow.errors import PipelineInputError
+from cifarflow.orchestration.trials import REPORT_STAGES, TRIAL_STAGES
 from cifarflow.sweep.space import build_trials, check_space, expand_space, merge_space, sweep_name
 
 # ------------------------------------------ pure units -----------------------------------------
@@ -96,6 +97,7 @@ def test_sweep_on_a_two_worker_local_cluster_reports_failures_and_reuses_cached_
     assert len(by_trial) == 4
     assert by_trial[DIVERGING]["status"] == "failed"
     assert "TrainingDiverged" in by_trial[DIVERGING]["error"] and by_trial[DIVERGING]["states"]["train"] == "Failed"
+    assert by_trial[DIVERGING]["states"]["evaluate"] == "NotRun" and by_trial[DIVERGING]["states"]["report"] == "NotRun"
     finished = [t for t in first["trials"] if t["trial"] != DIVERGING]
     assert all(t["status"] == "completed" and t["states"]["train"] == "Completed" for t in finished)
     for trial in finished:  # each trial reported like a normal run, in its own directory
@@ -118,7 +120,7 @@ def test_sweep_on_a_two_worker_local_cluster_reports_failures_and_reuses_cached_
     assert again[DIVERGING]["status"] == "failed"  # a diverging configuration is never cached
     for trial in finished:
         assert again[trial["trial"]]["status"] == "cached", again[trial["trial"]]
-        assert again[trial["trial"]]["states"] == {"train": "Cached", "evaluate": "Cached", "report": "Cached"}
+        assert again[trial["trial"]]["states"] == dict.fromkeys(TRIAL_STAGES + REPORT_STAGES, "Cached")
         assert again[trial["trial"]]["report"] == trial["report"]
     recorded = _task_run_states(second["trials_flow_run_id"])  # the same, as the Prefect API saw it
     assert sorted(state for name, state in recorded.items() if name.startswith("train-")) == ["Cached"] * 3 + ["Failed"]
