@@ -132,7 +132,9 @@ def markdown(rows: list[dict], note: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", type=Path, default=REPO / "data" / "features" / "unit")
-    parser.add_argument("--models", nargs="+", default=["seed", "quick", "fast"])
+    from cifarflow.models.registry import PRESETS  # no TensorFlow: the registry resolves references lazily
+
+    parser.add_argument("--models", nargs="+", default=list(PRESETS))
     parser.add_argument("--epochs", nargs="*", default=[], metavar="MODEL=N", help="override a preset's epochs")
     parser.add_argument("--pipeline-steps", type=int, default=8, help="steps per timed epoch; 0 skips it")
     parser.add_argument("--out", type=Path, required=True, help="Markdown file to write")

@@ -309,3 +309,17 @@ def test_a_scheduled_run_on_a_folder_without_images_completes_with_nothing_to_sc
     assert state.is_completed() and state.result() is None
     missing = predict_flow([str(tmp_path / "nowhere")], data_dir, return_state=True)
     assert missing.is_failed() and "no such file or folder" in str(missing.message) + repr(missing.data)
+
+
+@pytest.mark.parametrize(
+    "train_json", [None, "{not json", '{"settings": {"model": ["seed"]}}', '{"settings": {"model": "nope"}}']
+)
+def test_a_keras_file_without_a_known_preset_beside_it_is_refused_with_the_reason(tmp_path, train_json):
+    from cifarflow.inference.predictor import ModelNotFound, load_predictor
+
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"not loaded: the preset is checked first")
+    if train_json is not None:
+        (tmp_path / "train.json").write_text(train_json)
+    with pytest.raises(ModelNotFound, match="no train.json beside it says which preset made it"):
+        load_predictor(str(model), tmp_path / "registry")

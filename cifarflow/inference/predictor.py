@@ -17,6 +17,8 @@ import numpy as np
 
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import file_digest, read_json
+from cifarflow.models.registry import PRESETS
+from cifarflow.outputs import read_whole
 from cifarflow.registry import store
 from cifarflow.registry.export import is_export, load_export
 
@@ -45,18 +47,19 @@ class Predictor:
     version: str  # "v3", or the path it was loaded from
     label_names: list[str]
     probabilities: Callable[[np.ndarray], np.ndarray] = field(repr=False)  # uint8 (N, 32, 32, 3) → (N, classes)
-    metadata: dict[str, Any] = field(default_factory=dict)  # a model outside the registry: its `preset`, `id`
+    source_preset: str | None = None  # a model outside the registry: the preset that built it, if known
+    source_id: str | None = None  # a model outside the registry: the sha256 of its file, if known
     record: store.VersionRecord | None = None  # a registry version's version.json
 
     @property
     def preset(self) -> str | None:
         """The preset that built the model, when known."""
-        return self.record.preset if self.record else self.metadata.get("preset")
+        return self.record.preset if self.record else self.source_preset
 
     @property
     def model_id(self) -> str | None:
         """sha256 of the model file, when known."""
-        return self.record.model_id if self.record else self.metadata.get("id")
+        return self.record.model_id if self.record else self.source_id
 
     def top(self, probabilities: np.ndarray, k: int = TOP_K) -> list[list[dict[str, Any]]]:
         """Per row, the k most probable classes, most probable first: [{"label", "probability"}, …]."""
@@ -118,7 +121,7 @@ def from_path(path: Path) -> Predictor:
         return from_version(store.load_version(path))
     if path.is_dir() and is_export(path):
         exported = load_export(path)
-        return Predictor(str(path), exported.label_names, exported.probabilities, {"preset": exported.preset})
+        return Predictor(str(path), exported.label_names, exported.probabilities, source_preset=exported.preset)
     if path.is_file() and path.suffix == ".keras":
         return from_keras_file(path)
     raise ModelNotFound(
@@ -131,19 +134,18 @@ def from_keras_file(path: Path) -> Predictor:
     """A `.keras` file scored with its preset's serving arithmetic (the same as its export would be)."""
     import tensorflow as tf
 
-    from cifarflow.models.registry import get_preset
-
-    try:
-        preset = read_json(path.parent / "train.json")["settings"]["model"]
-    except (OSError, ValueError, KeyError):
+    name = read_whole(lambda: read_json(path.parent / "train.json")["settings"]["model"])
+    if not isinstance(name, str) or name not in PRESETS:
         raise ModelNotFound(
-            f"{path}: no train.json beside it says which preset made it; pass its registry version or export instead"
-        ) from None
-    model = get_preset(preset).load(path)
-    graph = tf.function(get_preset(preset).serving_function(model), reduce_retracing=True)
+            f"{path}: no train.json beside it says which preset made it (one of {', '.join(PRESETS)}); "
+            "pass its registry version or export instead"
+        )
+    preset = PRESETS[name]
+    graph = tf.function(preset.serving_function(preset.load(path)), reduce_retracing=True)
 
     def probabilities(pixels: np.ndarray) -> np.ndarray:
         return graph(tf.convert_to_tensor(np.asarray(pixels, np.uint8))).numpy()
 
-    metadata = {"preset": preset, "id": file_digest(path)}
-    return Predictor(str(path), list(CIFAR10_LABEL_NAMES), probabilities, metadata)
+    return Predictor(
+        str(path), list(CIFAR10_LABEL_NAMES), probabilities, source_preset=name, source_id=file_digest(path)
+    )
