@@ -87,6 +87,7 @@ def _task_run_states(flow_run_id: str) -> dict[str, str]:
 
 @pytest.mark.usefixtures("prefect_server")
 def test_sweep_on_a_two_worker_local_cluster_reports_failures_and_reuses_cached_trials(tiny_config):
+    from cifarflow.registry.api import read_champion_version
     from flows.sweep_flow import cifar_sweep
 
     config = tiny_config.model_copy(update={"epochs": None})
@@ -115,7 +116,14 @@ def test_sweep_on_a_two_worker_local_cluster_reports_failures_and_reuses_cached_
     assert rows[0]["test_accuracy"] >= rows[1]["test_accuracy"] >= rows[2]["test_accuracy"]
     assert (tiny_config.layout.reports / "sweeps" / "tiny" / "accuracy_vs_time.png").stat().st_size > 0
 
-    second = cifar_sweep(config=config, space=SPACE, n_workers=2)
+    assert read_champion_version(tiny_config.layout.registry) is None  # no --promote: the registry is untouched
+    # again, now with --promote: the best trial goes through the pipeline's own promote stage, through the
+    # same runner and stage declarations as a nightly run, and becomes the registry's first version
+    second = cifar_sweep(config=config, space=SPACE, n_workers=2, promote_best=True)
+    assert second["best"] == rows[0]["trial"] and second["promotion"].startswith("promoted"), second["promotion"]
+    champion = read_champion_version(tiny_config.layout.registry)
+    assert champion.name == "v1" and champion.run_name == rows[0]["report"].rsplit("/", 1)[-1]
+    assert (tiny_config.layout.stage_state / "promote.json").is_file()  # recorded as the pipeline's last promote
     again = {t["trial"]: t for t in second["trials"]}
     assert again[DIVERGING]["status"] == "failed"  # a diverging configuration is never cached
     for trial in finished:
@@ -124,25 +132,3 @@ def test_sweep_on_a_two_worker_local_cluster_reports_failures_and_reuses_cached_
         assert again[trial["trial"]]["report"] == trial["report"]
     recorded = _task_run_states(second["trials_flow_run_id"])  # the same, as the Prefect API saw it
     assert sorted(state for name, state in recorded.items() if name.startswith("train-")) == ["Cached"] * 3 + ["Failed"]
-
-
-@pytest.mark.usefixtures("prefect_server")
-def test_sweep_hands_its_best_trial_to_champion_challenger(tiny_config):
-    """`--promote`: the best trial goes through the pipeline's own promote stage, through the same
-    runner and stage declarations as a nightly run, and becomes the registry's first version."""
-    from cifarflow.registry.api import read_champion_version
-    from flows.sweep_flow import cifar_sweep
-
-    space = {"name": "best", "base": {"epochs": 1}, "grid": {"learning_rate": [0.001, 9.0]}}
-    summary = cifar_sweep(config=tiny_config.model_copy(update={"epochs": None}), space=space, sequential=True)
-    assert "promotion" not in summary and read_champion_version(tiny_config.layout.registry) is None
-
-    summary = cifar_sweep(
-        config=tiny_config.model_copy(update={"epochs": None}), space=space, sequential=True, promote_best=True
-    )
-    best = next(t for t in summary["trials"] if t["trial"] == summary["best"])
-    assert best["status"] == "cached" and "9" not in summary["best"].split("-")[2]  # the diverging trial never wins
-    assert summary["promotion"].startswith("promoted"), summary["promotion"]
-    champion = read_champion_version(tiny_config.layout.registry)
-    assert champion.name == "v1" and champion.run_name == best["report"].rsplit("/", 1)[-1]
-    assert (tiny_config.layout.stage_state / "promote.json").is_file()  # recorded as the pipeline's last promote
