@@ -110,7 +110,7 @@ def cifar_sweep(
         ran = run(
             sweep=name, trials=[t.config for t in trials], trial_names=[t.name for t in trials], data=data.outputs
         )
-        reported = [_report_trial(trial, result, data.outputs) for trial, result in zip(trials, ran["trials"])]
+        reported = [_trial_outcome(trial, result, data.outputs) for trial, result in zip(trials, ran["trials"])]
         outcomes = [outcome for outcome, _ in reported]
         directory = config.layout.reports / "sweeps" / name
         rows = leaderboard_rows(outcomes)
@@ -131,7 +131,7 @@ def cifar_sweep(
         return summary
 
 
-def _report_trial(trial: Trial, result: dict[str, Any], data: dict[str, Any]) -> tuple[TrialOutcome, dict | None]:
+def _trial_outcome(trial: Trial, result: dict[str, Any], data: dict[str, Any]) -> tuple[TrialOutcome, dict | None]:
     """The trial's report, written by the pipeline's own report task (same layout as a normal run),
     and the trial's stage outputs for its promotion (None when it failed)."""
     if "error" in result:
