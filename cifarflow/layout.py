@@ -74,6 +74,31 @@ class DataLayout:
         return self.root / "predictions"
 
     @property
+    def monitoring(self) -> Path:
+        """What the champion was asked, and the monitor's verdicts on it (cifarflow/monitoring/)."""
+        return self.root / "monitoring"
+
+    @property
+    def prediction_log(self) -> Path:
+        """Every scored image with its answer, one Parquet file per flush, by UTC day (monitoring/log.py)."""
+        return self.monitoring / "log"
+
+    @property
+    def monitor_reports(self) -> Path:
+        """One folder per monitor run: monitor.json, report.md and its plots."""
+        return self.monitoring / "reports"
+
+    @property
+    def monitor_references(self) -> Path:
+        """Per model: the test set's features and predictions the monitor compares windows with."""
+        return self.monitoring / "references"
+
+    @property
+    def monitor_state(self) -> Path:
+        """Where the previous monitor run's window ended: the next one starts there."""
+        return self.monitoring / "state.json"
+
+    @property
     def latest_report(self) -> Path:
         return self.reports / "latest"
 

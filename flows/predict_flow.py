@@ -2,12 +2,15 @@
 
     python flows/predict_flow.py photos/ more/*.jpg one.png
     python flows/predict_flow.py photos/ --model v2 --out scored.parquet --data-dir /srv/cifar
+    python flows/predict_flow.py photos/ --no-log      # keep these images out of the prediction log
 
 PATH is any mix of image files, folders (searched recursively for .png .jpg .jpeg .webp .bmp) and
 glob patterns. Images are decoded as everywhere in the product: any size (centre square, resized to
 32×32), grayscale, palette and RGBA made RGB. The output is a Parquet file with one row per file
 (path, label, probability, top: the three most probable classes, model_version, error) and a contact
 sheet PNG beside it; a file that cannot be scored gets a row with its error, and the others go on.
+Every scored image is also appended to the prediction log (<data dir>/monitoring/log/, what the
+monitor flow reads), with its `prediction_id` in the row; `--no-log` turns that off.
 
 Exit status: 0 when at least one file was scored, 1 when none could be, 2 for unusable arguments.
 The last line is `done: predictions at <path>`.
@@ -57,16 +60,20 @@ def predict(
     model: str = "champion",
     out: Path | None = None,
     batch_size: int = BATCH_SIZE,
+    log_predictions: bool = True,
 ) -> BatchResult | None:
-    """Score every image file under `paths` with `model` into a Parquet file and a contact sheet
-    (None when the folders hold no images: a scheduled run on an empty folder completes)."""
+    """Score every image file under `paths` with `model` into a Parquet file and a contact sheet, and
+    append them to the prediction log unless `log_predictions` is off (None when the folders hold no
+    images: a scheduled run on an empty folder completes)."""
     layout = DataLayout(Path(from_printable(str(data_dir))).resolve())  # names arrive as printable text
     out = Path(from_printable(str(out))).resolve() if out else default_out(layout, model)
     files = find_images(paths)
     if not files:
         get_run_logger().info("no image files in %s: nothing to score", ", ".join(paths))
         return None
-    result = score_images(files, model, layout.registry, out, batch_size)
+    result = score_images(
+        files, model, layout.registry, out, batch_size, layout.prediction_log if log_predictions else None
+    )
     publish_prediction_artifacts(result)
     get_run_logger().info(
         "%d of %d files scored by %s, %d could not be: %s", result.scored, result.files, result.model_version,
@@ -86,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", type=Path, help="the Parquet file to write (default data/predictions/<run>/)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"images per batch (default {BATCH_SIZE})")
+    parser.add_argument("--no-log", action="store_true", help="do not append the scored images to the prediction log")
     return parser
 
 
@@ -109,7 +117,7 @@ def run_prediction(args: argparse.Namespace, _: None) -> int:
     out = args.out.resolve() if args.out else None
     ensure_prefect_api()
     paths, data_dir, out = [printable(p) for p in args.paths], printable(args.data_dir), out and printable(out)
-    state = predict(paths, data_dir, args.model, out, args.batch_size, return_state=True)
+    state = predict(paths, data_dir, args.model, out, args.batch_size, not args.no_log, return_state=True)
     try:
         result = state.result()
     except NothingScored as error:

@@ -4,7 +4,8 @@
     python serving/app.py --data-dir /srv/cifar --host 0.0.0.0 --port 8080
     CIFARFLOW_DATA_DIR=/srv/cifar uvicorn --factory serving.app:create_app
 
-    POST /predict          multipart field `file` (one image)   → {"label", "probability", "top", "model_version"}
+    POST /predict          multipart field `file` (one image)   → {"label", "probability", "top", "model_version",
+                                                                   "prediction_id"}
     POST /predict/batch    several `file` fields (at most 64)   → [ … one result per file, in order … ]
     GET  /health           200 {"status": "ok", "model_version"}; 503 while there is no model
     GET  /model            the serving version's record (preset, accuracy, dataset version, run, …)
@@ -21,6 +22,8 @@ capped by a budget (`cifarflow.inference.decode_budget`); a request that cannot 
 gets 503 with Retry-After. When the champion alias moves, the service switches models without a
 restart (`cifarflow.inference.live`); requests in flight finish on the model they started with.
 Concurrent requests are scored together in one model call (`cifarflow.inference.batcher`).
+Every scored image is appended to the prediction log (`cifarflow.monitoring.log`: its pixels, the
+probabilities, the model version, no client address) off the request path; `--no-log` turns it off.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from cifarflow.inference.live import POLL_S, LiveModel
 from cifarflow.inference.predictor import Predictor
 from cifarflow.intake.images import MAX_PIXELS, ImageRejected, convert_image, describe
 from cifarflow.layout import DataLayout
+from cifarflow.monitoring.log import PredictionLog, new_ids
 from cifarflow.registry import store
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # per request; a phone photo is 2–6 MB
@@ -94,6 +98,7 @@ class Prediction(BaseModel):
     probability: float = Field(ge=0, le=1)
     top: list[ClassProbability] = Field(description="the 3 most probable classes, most probable first")
     model_version: str = Field(description="the registry version that scored the image")
+    prediction_id: str = Field(description="this answer's id in the prediction log (a UUID4 in hex)")
 
 
 class Health(BaseModel):
@@ -254,16 +259,25 @@ def decode_upload(upload: UploadFile, name: str, budget: DecodeBudget | None):
 
 
 def predict_uploads(
-    predictor: Predictor, uploads: list[UploadFile], batcher: MicroBatcher | None, budget: DecodeBudget | None
+    predictor: Predictor,
+    uploads: list[UploadFile],
+    batcher: MicroBatcher | None,
+    budget: DecodeBudget | None,
+    prediction_log: PredictionLog | None,
 ) -> list[dict]:
     """Decode every upload (any bad one fails the request, naming it), then score them together with
-    the other requests waiting (micro-batching), or alone when micro-batching is off."""
+    the other requests waiting (micro-batching), or alone when micro-batching is off; log what was scored."""
     import numpy as np
 
     pixels = np.stack([decode_upload(u, u.filename or f"file {i + 1}", budget) for i, u in enumerate(uploads)])
     probabilities = batcher.probabilities(predictor, pixels) if batcher else predictor.probabilities(pixels)
+    ids = new_ids(len(pixels))
+    if prediction_log is not None:
+        prediction_log.append(ids, "service", predictor.version, probabilities, pixels)
     tops = predictor.top(probabilities)
-    return [{**top[0], "top": top, "model_version": predictor.version} for top in tops]
+    return [
+        {**top[0], "top": top, "model_version": predictor.version, "prediction_id": id_} for top, id_ in zip(tops, ids)
+    ]
 
 
 # --- validation errors ---------------------------------------------------------------------------------
@@ -300,29 +314,36 @@ def create_app(
     max_batch_images: int = MAX_IMAGES,
     decode_budget_pixels: int | None = DEFAULT_PIXELS,
     decode_wait_s: float = WAIT_S,
+    log_predictions: bool = True,
 ) -> FastAPI:
     """The service on `data_dir`'s registry (default $CIFARFLOW_DATA_DIR, else ./data), serving `model`.
 
     `max_upload_bytes`: the largest request body; `max_batch_files`: the most files in one batch;
     `max_batch_images`: the most images scored in one model call (1: each request alone);
     `decode_budget_pixels`: the most pixels decoded at once over all requests (None: no bound), a
-    request waiting up to `decode_wait_s` seconds for its share before a 503."""
+    request waiting up to `decode_wait_s` seconds for its share before a 503; `log_predictions`: append
+    every scored image to the data dir's prediction log (monitoring/log/)."""
     data_dir = Path(data_dir or os.environ.get("CIFARFLOW_DATA_DIR", "data")).resolve()
     live = LiveModel(DataLayout(data_dir).registry, model, poll_s, log=log.warning)
     budget = DecodeBudget(decode_budget_pixels, decode_wait_s) if decode_budget_pixels else None
     limits = Limits(max_upload_bytes=max_upload_bytes, max_batch_files=max_batch_files, max_pixels=MAX_PIXELS)
     batcher: MicroBatcher | None = None
+    prediction_log: PredictionLog | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        nonlocal batcher
+        nonlocal batcher, prediction_log
         if not return_freed_memory():
             log.warning("no mallopt in this C library: freed image memory may stay with the process")
         live.start()
         batcher = MicroBatcher(max_batch_images) if max_batch_images > 1 else None
+        if log_predictions:
+            prediction_log = PredictionLog(DataLayout(data_dir).prediction_log).start()
         yield
         if batcher:
             batcher.close()
+        if prediction_log:
+            prediction_log.close()  # what waits is written before the process ends
         live.stop()
 
     app = FastAPI(
@@ -378,13 +399,13 @@ def create_app(
 
     @app.post("/predict", response_model=Prediction, responses=documented(400, 415, 422, 503))
     def predict(file: UploadFile = File(..., description="the image: PNG, JPEG, WebP or BMP")):
-        return predict_uploads(serving(), [file], batcher, budget)[0]
+        return predict_uploads(serving(), [file], batcher, budget, prediction_log)[0]
 
     @app.post("/predict/batch", response_model=list[Prediction], responses=documented(400, 415, 422, 503))
     def predict_batch(file: list[UploadFile] = File(..., description=f"the images, at most {max_batch_files}")):
         if len(file) > max_batch_files:
             raise BadInput(400, f"{len(file)} files in one request; at most {max_batch_files}")
-        return predict_uploads(serving(), file, batcher, budget)
+        return predict_uploads(serving(), file, batcher, budget, prediction_log)
 
     return app
 
@@ -431,6 +452,12 @@ def build_parser() -> ArgumentParser:
         help=f"most megapixels decoded at once over all requests, bounding memory (default {DEFAULT_PIXELS / 1e6:g}; "
         "0: no bound); a request waits for its share, then gets 503 with Retry-After",
     )
+    parser.add_argument(
+        "--no-log",
+        action="store_true",
+        help="do not keep the prediction log (by default every scored image and its answer are appended to "
+        "<data dir>/monitoring/log/ for the monitor flow)",
+    )
     return parser
 
 
@@ -453,7 +480,13 @@ def run_service(args: argparse.Namespace, budget: int | None) -> int:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app(args.data_dir, args.model, max_batch_images=args.max_batch, decode_budget_pixels=budget)
+    app = create_app(
+        args.data_dir,
+        args.model,
+        max_batch_images=args.max_batch,
+        decode_budget_pixels=budget,
+        log_predictions=not args.no_log,
+    )
     uvicorn.run(app, host=args.host, port=args.port)
     return done("the service stopped")
 

@@ -12,6 +12,7 @@ from cifarflow.inference.batch import BatchResult, predict_files
 from cifarflow.inference.predictor import load_predictor
 from cifarflow.inference.progress import ProgressLog
 from cifarflow.inference.sources import select_files
+from cifarflow.monitoring.log import PredictionLog
 from cifarflow.orchestration.artifacts import publish_predictions
 from cifarflow.paths import from_printable, printable
 
@@ -34,8 +35,11 @@ def find_images(paths: list[str]) -> list[Path]:
 
 
 @task(name="score-images", cache_policy=NO_CACHE)  # the folder's contents and the champion change between runs
-def score_images(files: list[Path], model: str, registry: Path, out: Path, batch_size: int) -> BatchResult:
-    """Load the model, score every file into `out` (Parquet) and a contact sheet beside it."""
+def score_images(
+    files: list[Path], model: str, registry: Path, out: Path, batch_size: int, prediction_log: Path | None
+) -> BatchResult:
+    """Load the model, score every file into `out` (Parquet) and a contact sheet beside it, and append
+    each scored image to the prediction log at `prediction_log` (None: no log)."""
     logger = get_run_logger()
     predictor = load_predictor(model, registry)
     logger.info("model %s (%s)", predictor.version, predictor.preset)
@@ -46,7 +50,11 @@ def score_images(files: list[Path], model: str, registry: Path, out: Path, batch
         if log_progress(done, total, failed):  # an API call per batch would cost more than small batches take
             update_progress_artifact(artifact, 100 * done / total)
 
-    return predict_files(files, predictor, out, out.with_suffix(".png"), batch_size, on_progress)
+    sheet = out.with_suffix(".png")
+    if prediction_log is None:
+        return predict_files(files, predictor, out, sheet, batch_size, on_progress)
+    with PredictionLog(prediction_log) as log:  # closing it writes the last rows before the task ends
+        return predict_files(files, predictor, out, sheet, batch_size, on_progress, log)
 
 
 @task(name="publish-predictions", cache_policy=NO_CACHE)

@@ -56,3 +56,10 @@ class ChannelSums:
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (mean, std), each (3,) float64 in units of pixel / 255, of (N, H, W, 3) uint8 images."""
     return ChannelSums.of_images(images).mean_std()
+
+
+def pixel_value_counts(images: np.ndarray) -> np.ndarray:
+    """(3, 256) int64: `counts[c, v]` is how many pixels of channel c have the value v, over (N, H, W, 3)
+    uint8 images (what the drift histograms are made of: `cifarflow.validation.checks.psi`)."""
+    flat = np.asarray(images, np.uint8).reshape(-1, 3)
+    return np.stack([np.bincount(flat[:, channel], minlength=256) for channel in range(3)]).astype(np.int64)

@@ -3,7 +3,8 @@
 Files are decoded by the intake's rules (`cifarflow.intake.images`) on two threads, one batch ahead
 of the model, so decoding overlaps prediction; only two batches of pixels are in memory at a time,
 and every batch is written as a Parquet row group as soon as it is scored. A file that cannot be
-decoded gets a row with its `error` and no label: one bad file never stops the others.
+decoded gets a row with its `error` and no label: one bad file never stops the others. Each scored
+image gets a `prediction_id`, and with a prediction log it is appended there (`cifarflow.monitoring.log`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cifarflow.files import atomic_path
 from cifarflow.inference.predictor import Predictor
 from cifarflow.inference.sheet import SHEET_IMAGES, contact_sheet
 from cifarflow.intake.images import ImageRejected, convert_image
+from cifarflow.monitoring.log import PredictionLog, new_ids
 from cifarflow.paths import printable
 
 BATCH_SIZE = 256
@@ -39,6 +41,7 @@ SCHEMA = pa.schema(
         ("model_version", pa.string()),
         ("error", pa.string()),  # null, or why this file could not be scored
         ("note", pa.string()),  # null, or how it was decoded differently from the file's wish (unreadable EXIF)
+        ("prediction_id", pa.string()),  # the row in the prediction log; null when the file could not be scored
     ]
 )
 
@@ -75,15 +78,21 @@ def decoded_batches(files: list[Path], batch_size: int, pool: ThreadPoolExecutor
         yield chunk, decoded
 
 
-def score_batch(paths: list[Path], decoded: list, predictor: Predictor) -> tuple[list[dict], np.ndarray]:
-    """Rows for one batch, and the pixels of the files that decoded (for the contact sheet)."""
+def score_batch(
+    paths: list[Path], decoded: list, predictor: Predictor, prediction_log: PredictionLog | None = None
+) -> tuple[list[dict], np.ndarray]:
+    """Rows for one batch, and the pixels of the files that decoded (for the contact sheet); the scored
+    images go to `prediction_log` too, when there is one."""
     good = [i for i, (pixels, _, _) in enumerate(decoded) if pixels is not None]
     pixels = np.stack([decoded[i][0] for i in good]) if good else np.zeros((0, 32, 32, 3), np.uint8)
-    tops = predictor.top(predictor.probabilities(pixels)) if good else []
-    top_of = dict(zip(good, tops))
+    probabilities = predictor.probabilities(pixels) if good else np.zeros((0, len(predictor.label_names)), np.float32)
+    ids = new_ids(len(good))
+    if prediction_log is not None:
+        prediction_log.append(ids, "batch", predictor.version, probabilities, pixels)
+    top_of = dict(zip(good, zip(predictor.top(probabilities), ids)))
     rows = []
     for i, path in enumerate(paths):
-        top = top_of.get(i)
+        top, prediction_id = top_of.get(i, (None, None))
         rows.append(
             {
                 "path": printable(path),
@@ -93,6 +102,7 @@ def score_batch(paths: list[Path], decoded: list, predictor: Predictor) -> tuple
                 "model_version": predictor.version,
                 "error": None if top else decoded[i][1],
                 "note": decoded[i][2],
+                "prediction_id": prediction_id,
             }
         )
     return rows, pixels
@@ -105,9 +115,11 @@ def predict_files(
     sheet: Path | None = None,
     batch_size: int = BATCH_SIZE,
     on_progress: Callable[[int, int, int], None] | None = None,
+    prediction_log: PredictionLog | None = None,
 ) -> BatchResult:
-    """Score `files` into the Parquet file `out` (written atomically) and an optional contact sheet.
-    `on_progress(done, total, failed)` is called after each batch."""
+    """Score `files` into the Parquet file `out` (written atomically) and an optional contact sheet,
+    appending each scored image to `prediction_log` when given. `on_progress(done, total, failed)` is
+    called after each batch."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     started = time.perf_counter()
@@ -119,7 +131,7 @@ def predict_files(
     with atomic_path(out) as tmp, ThreadPoolExecutor(DECODE_THREADS) as pool:
         with open(tmp, "wb") as sink, pq.ParquetWriter(sink, SCHEMA) as writer:  # a handle: pyarrow wants UTF-8 paths
             for paths, decoded in decoded_batches(files, batch_size, pool):
-                rows, pixels = score_batch(paths, decoded, predictor)
+                rows, pixels = score_batch(paths, decoded, predictor, prediction_log)
                 writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
                 scored_rows = [row for row in rows if row["error"] is None]
                 counts.update(row["label"] for row in scored_rows)

@@ -17,8 +17,9 @@ milliseconds. Their contracts:
   probabilities, traced into the exported artifact (`cifarflow.registry.export`).
 
 `outputs` says what the network's last layer gives: `"logits"` (the predictor applies the softmax) or
-`"probabilities"` (a softmax head: used as they are). `params` is the network's documented size, which
-the tests check against `count_params()`.
+`"probabilities"` (a softmax head: used as they are). `features` names the layer whose output is the
+network's penultimate representation, the embedding the drift monitor compares (`cifarflow.monitoring`).
+`params` is the network's documented size, which the tests check against `count_params()`.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Preset:
     predictor: str
     serving: str  # the predictor's arithmetic as a TensorFlow graph, for the exported artifact
     outputs: NetworkOutput  # what the network's last layer gives
+    features: str  # the layer giving the penultimate representation (the embedding drift is measured on)
     tta: str  # how the predictor augments at test time, for the report ("none" if it does not)
     recipe: KerasFitRecipe | AirbenchRecipe = field(repr=False)
     epochs: int
@@ -92,6 +94,7 @@ PRESETS: dict[str, Preset] = {
         predictor="cifarflow.evaluation.predict:predict_plain",
         serving="cifarflow.evaluation.predict:serve_plain",
         outputs="probabilities",  # a softmax head
+        features="hidden",  # Dense(128), before the softmax head
         tta="none",
         recipe=KerasFitRecipe(optimizer="rmsprop"),
         epochs=15,
@@ -113,6 +116,7 @@ PRESETS: dict[str, Preset] = {
         predictor="cifarflow.evaluation.predict:predict_tta",
         serving="cifarflow.evaluation.predict:serve_tta",
         outputs="logits",
+        features="flatten",  # the pooled last block, before the linear head
         tta=AIRBENCH_TTA,
         recipe=AirbenchRecipe(),
         epochs=9,

@@ -147,3 +147,22 @@ def publish_leaderboard(name: str, rows: list[dict[str, Any]], files: dict[str, 
     if "plot" in files:
         markdown = markdown.replace(f"]({files['plot'].name})", f"](file://{files['plot']})")
     create_markdown_artifact(markdown=markdown, key=f"sweep-{name}-report"[:100], description=f"Sweep {name}")
+
+
+def publish_monitor(summary: dict[str, Any], directory: Path) -> None:
+    """A monitor run in the UI, under stable keys (their history is the drift trend): the report with its
+    plots, and one table row per signal."""
+    create_markdown_artifact(
+        markdown=embed_images((directory / "report.md").read_text(), directory),
+        key="cifar10-monitor-report",
+        description=f"{summary['verdict']} ({summary['images']:,} images, {summary['model_version']})",
+    )
+    rows = [
+        {"signal": name, **{key: signal.get(key) for key in ("statistic", "p_value", "threshold", "drift")}}
+        for name, signal in summary["signals"].items()
+    ]
+    create_table_artifact(
+        table=rows or [{"signal": "(none)", "statistic": None, "p_value": None, "threshold": None, "drift": None}],
+        key="cifar10-monitor-signals",
+        description=summary["verdict"],
+    )

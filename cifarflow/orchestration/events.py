@@ -1,6 +1,9 @@
-"""The event a retrain listens for: `cifar10.dataset.updated`, emitted when a batch is added or
-withdrawn. `deployments/prefect.yaml` declares a trigger on it; the payload carries what the UI and
-the triggered run need (the data directory, the new version and the counts)."""
+"""The events the product emits.
+
+`cifar10.dataset.updated`: a batch was added or withdrawn. `deployments/prefect.yaml` declares a retrain
+trigger on it; the payload carries what the UI and the triggered run need (the data directory, the new
+version and the counts). `cifar10.monitor.drift`: a monitor run found drift (flows/monitor_flow.py).
+"""
 
 from __future__ import annotations
 
@@ -30,5 +33,28 @@ def emit_dataset_updated(data_dir: str, facts: dict[str, Any]):
     return emit_event(
         event=DATASET_UPDATED,
         resource={"prefect.resource.id": f"{RESOURCE_PREFIX}.{data_dir}", "prefect.resource.name": data_dir},
+        payload=payload,
+    )
+
+
+MONITOR_DRIFT = "cifar10.monitor.drift"
+MONITOR_PREFIX = "cifar10.monitor"
+
+
+def emit_monitor_drift(data_dir: str, summary: dict[str, Any]):
+    """Emit `cifar10.monitor.drift` for a monitor run that found drift. Payload: the data dir, the window,
+    the model version, the signals that fired (with their statistics) and the report folder. Nothing
+    retrains on it by default: drift without new labels gives a retrain nothing new to learn."""
+    payload = {
+        "data_dir": data_dir,
+        "window": summary["window"],
+        "images": summary["images"],
+        "model_version": summary["model_version"],
+        "signals": {name: summary["signals"][name] for name in summary["fired"]},
+        "report": summary.get("report"),
+    }
+    return emit_event(
+        event=MONITOR_DRIFT,
+        resource={"prefect.resource.id": f"{MONITOR_PREFIX}.{data_dir}", "prefect.resource.name": data_dir},
         payload=payload,
     )

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cifarflow.data.shards import SCHEMA, pixel_digest
+from cifarflow.data.statistics import pixel_value_counts
 from cifarflow.data.versions import DatasetVersion, batch_shards
 from cifarflow.files import file_digest, read_json
 from cifarflow.layout import DataLayout
@@ -69,7 +70,6 @@ def read_part(name: str, shards: Shards, label_names: list[str]) -> tuple[Part, 
         images = pixels.reshape(-1, 32 * 32, 3)
         labels.append(shard_labels)
         digests += [pixel_digest(image) for image in images]
-        for channel in range(3):
-            values[channel] += np.bincount(images[:, :, channel].ravel(), minlength=256)
+        values += pixel_value_counts(images)
     all_labels = np.concatenate(labels) if labels else np.empty(0, np.uint8)
     return Part(name, shards, all_labels, digests, values), problems

@@ -1,0 +1,87 @@
+"""Image corruptions: the shifts a deployed classifier meets (a darker camera, sensor noise, heavy
+compression, focus blur, black-and-white photos), declared once for drift benchmarks and robustness
+evaluation alike.
+
+Each corruption maps (N, 32, 32, 3) uint8 images to new uint8 images of the same shape, deterministic
+for a given `seed`. Pixel arithmetic is numpy; compression, blur and grayscale are Pillow's own (JPEG
+encoder, `ImageFilter.GaussianBlur`, ITU-R 601-2 luma `convert("L")`). The kinds follow CIFAR-10-C
+(Hendrycks & Dietterich, 2019, "Benchmarking Neural Network Robustness to Common Corruptions"); the
+default severities are this project's, stated in each entry.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+
+def _per_image(images: np.ndarray, change: Callable[[Image.Image], Image.Image]) -> np.ndarray:
+    out = np.empty_like(images)
+    for i, pixels in enumerate(images):
+        out[i] = np.asarray(change(Image.fromarray(pixels)).convert("RGB"))
+    return out
+
+
+def brightness(images: np.ndarray, factor: float = 0.5, seed: int = 0) -> np.ndarray:
+    """Every pixel value times `factor` (0.5: half as bright), rounded and clipped to 0..255."""
+    return np.clip(np.rint(images.astype(np.float32) * factor), 0, 255).astype(np.uint8)
+
+
+def gaussian_noise(images: np.ndarray, sigma: float = 20.0, seed: int = 0) -> np.ndarray:
+    """Independent normal noise of standard deviation `sigma` (in 0..255 units) on every value, clipped."""
+    noise = np.random.default_rng(seed).normal(0.0, sigma, images.shape)
+    return np.clip(np.rint(images + noise), 0, 255).astype(np.uint8)
+
+
+def jpeg(images: np.ndarray, quality: int = 10, seed: int = 0) -> np.ndarray:
+    """Each image saved as JPEG at `quality` (1–95, Pillow's scale) and decoded again."""
+
+    def compress(image: Image.Image) -> Image.Image:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=quality)
+        return Image.open(io.BytesIO(buffer.getvalue()))
+
+    return _per_image(images, compress)
+
+
+def blur(images: np.ndarray, radius: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Pillow's Gaussian blur of `radius` pixels (its standard deviation) on each image."""
+    return _per_image(images, lambda image: image.filter(ImageFilter.GaussianBlur(radius)))
+
+
+def grayscale(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Each image made gray (Pillow's ITU-R 601-2 luma, L = 0.299 R + 0.587 G + 0.114 B) and back to 3 channels."""
+    return _per_image(images, lambda image: image.convert("L"))
+
+
+@dataclass(frozen=True)
+class Corruption:
+    name: str
+    severity: str  # the default severity, for tables
+    apply: Callable[..., np.ndarray]  # (images, seed=…) → corrupted images, at the default severity
+
+
+CORRUPTIONS: dict[str, Corruption] = {
+    c.name: c
+    for c in (
+        Corruption("brightness", "×0.5", brightness),
+        Corruption("gaussian_noise", "σ = 20", gaussian_noise),
+        Corruption("jpeg", "quality 10", jpeg),
+        Corruption("blur", "radius 1", blur),
+        Corruption("grayscale", "ITU-R 601 luma", grayscale),
+    )
+}
+
+
+def corrupt(images: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
+    """`images` with the corruption `name` at its default severity; ValueError naming the known ones."""
+    if name not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {name!r}: one of {', '.join(CORRUPTIONS)}")
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
+    return CORRUPTIONS[name].apply(images, seed=seed)

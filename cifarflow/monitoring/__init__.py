@@ -1,0 +1,1 @@
+"""Watching the champion at work: the prediction log, drift signals, the monitor\x27s report."""

@@ -1,0 +1,312 @@
+"""The prediction log: every image the champion scores, as it saw it, with what it answered.
+
+    <data dir>/monitoring/log/day=2026-11-30/20261130T101500123456Z-<pid>-<token>-000042.parquet
+
+One row per scored image (`SCHEMA`): `prediction_id` (a UUID4 in hex, also returned to the client),
+`time` (UTC, µs), `source` (`service` or `batch`), `model_version`, `probabilities` (float32, one per
+class), `pixels` (the 32×32×3 uint8 image the model scored, row-major HWC, 3,072 bytes) and
+`pixel_sha256` (the digest the intake compares, `cifarflow.data.shards.pixel_digest`). No client
+address, no file name.
+
+Writes stay off the request path: `PredictionLog.append` puts the rows on a queue and returns; a
+background thread flushes them every `FLUSH_S` seconds or every `FLUSH_ROWS` rows, whichever comes
+first. Each flush is a new zstd Parquet file, written under a hidden temporary name and renamed into
+place (`cifarflow.files.atomic_path`), so a reader never sees half a file and a `kill -9` loses at
+most the rows of the last second. Files are partitioned by UTC day (Hive style, `day=YYYY-MM-DD`), so
+retention deletes whole folders' files by name (`delete_older`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from cifarflow.data.archive import IMAGE_SHAPE
+from cifarflow.data.shards import pixel_digest
+from cifarflow.files import atomic_path
+
+FLUSH_S = 1.0  # the most a kill -9 loses: the rows of the last flush interval
+FLUSH_ROWS = 2_000  # …or a flush as soon as this many rows wait
+MAX_PENDING_ROWS = 100_000  # rows kept while the disk refuses writes; past this the oldest are dropped, logged
+KEEP_DAYS = 30
+SOURCES = ("service", "batch")
+PIXEL_BYTES = int(np.prod(IMAGE_SHAPE))
+DAY_PREFIX = "day="
+
+SCHEMA = pa.schema(
+    [
+        ("prediction_id", pa.string()),
+        ("time", pa.timestamp("us", tz="UTC")),
+        ("source", pa.string()),
+        ("model_version", pa.string()),
+        ("probabilities", pa.list_(pa.float32())),
+        ("pixels", pa.binary(PIXEL_BYTES)),
+        ("pixel_sha256", pa.string()),
+    ]
+)
+
+log = logging.getLogger("cifarflow.monitoring")
+
+
+def new_ids(count: int) -> list[str]:
+    """`count` fresh prediction ids: UUID4 hex (122 random bits, so two never collide in practice)."""
+    return [uuid.uuid4().hex for _ in range(count)]
+
+
+def log_table(
+    ids: list[str], source: str, model_version: str, probabilities: np.ndarray, pixels: np.ndarray, at: datetime
+) -> pa.Table:
+    """Rows for one scoring call: (N,) ids, (N, classes) float probabilities, (N, 32, 32, 3) uint8 pixels,
+    all scored at `at` (UTC). ValueError for an unknown source or shapes that disagree."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    pixels = np.ascontiguousarray(pixels, np.uint8)
+    if pixels.shape[1:] != IMAGE_SHAPE or not len(ids) == len(pixels) == len(probabilities):
+        raise ValueError(f"{len(ids)} ids, {len(probabilities)} probability rows and pixels of shape {pixels.shape}")
+    count = len(ids)
+    flat = np.asarray(probabilities, np.float32).reshape(count, -1)
+    offsets = np.arange(count + 1, dtype=np.int32) * flat.shape[1]
+    return pa.table(
+        {
+            "prediction_id": pa.array(ids, pa.string()),
+            "time": pa.array([at] * count, SCHEMA.field("time").type),
+            "source": pa.array([source] * count, pa.string()),
+            "model_version": pa.array([model_version] * count, pa.string()),
+            "probabilities": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat.ravel(), pa.float32())),
+            "pixels": pa.FixedSizeBinaryArray.from_buffers(
+                pa.binary(PIXEL_BYTES), count, [None, pa.py_buffer(pixels.tobytes())]
+            ),
+            "pixel_sha256": pa.array([pixel_digest(image) for image in pixels], pa.string()),
+        },
+        schema=SCHEMA,
+    )
+
+
+def write_log_file(root: Path, table: pa.Table, name: str) -> list[Path]:
+    """Write `table` under `root`, one file per UTC day its rows fall on, each atomically; the paths."""
+    written = []
+    days = pc.strftime(table["time"], format="%Y-%m-%d", locale="C")
+    for day in pc.unique(days).to_pylist():
+        rows = table.filter(pc.equal(days, day))
+        path = Path(root) / f"{DAY_PREFIX}{day}" / name
+        with atomic_path(path) as tmp, open(tmp, "wb") as sink:
+            pq.write_table(rows, sink, compression="zstd")
+        written.append(path)
+    return written
+
+
+class PredictionLog:
+    """The background writer: `append(table)` from any thread; `close()` flushes what waits and stops.
+
+    `flush_s`, `flush_rows`: when a flush happens (see the module docstring). A flush that fails (disk
+    full, read-only) is logged and tried again at the next interval with the rows kept, up to
+    `MAX_PENDING_ROWS`; the oldest beyond are dropped and counted in `dropped`."""
+
+    def __init__(
+        self, root: Path, flush_s: float = FLUSH_S, flush_rows: int = FLUSH_ROWS, warn: Callable = log.warning
+    ):
+        self.root, self.flush_s, self.flush_rows, self.warn = Path(root), flush_s, flush_rows, warn
+        self.written = self.dropped = 0  # rows
+        self._queue: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._files = 0
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def start(self) -> PredictionLog:
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+        return self
+
+    def append(self, ids: list[str], source: str, model_version: str, probabilities, pixels) -> None:
+        """Queue one scoring call's rows (see `log_table`), stamped now; the table is built and written on
+        the writer's thread, so the caller pays for a queue put and nothing else."""
+        if self._closed.is_set():
+            raise RuntimeError("the prediction log is closed")
+        if len(ids):
+            self._queue.put((ids, source, model_version, probabilities, pixels, datetime.now(UTC)))
+
+    def close(self, timeout: float = 30) -> None:
+        """Flush every queued row and stop the writer."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> PredictionLog:
+        return self.start()
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        pending: list[pa.Table] = []
+        due = None  # when the oldest pending rows must be written
+        stopping = False
+        while not stopping:
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            try:
+                item = self._queue.get(timeout=timeout)
+                if item is None:
+                    stopping = True
+                else:
+                    pending.append(self._table(item))
+                    due = due or time.monotonic() + self.flush_s
+            except queue.Empty:
+                pass
+            rows = sum(t.num_rows for t in pending)
+            if pending and (stopping or rows >= self.flush_rows or time.monotonic() >= due):
+                pending = self._flush(pending, rows)
+                due = time.monotonic() + self.flush_s if pending else None
+
+    def _table(self, item: tuple) -> pa.Table:
+        try:
+            return log_table(*item)
+        except Exception as error:  # a caller's bad rows must not stop the writer for everyone
+            self.warn(f"prediction log: {len(item[0]):,} rows not logged: {type(error).__name__}: {error}")
+            self.dropped += len(item[0])
+            return SCHEMA.empty_table()
+
+    def _flush(self, pending: list[pa.Table], rows: int) -> list[pa.Table]:
+        """Write the pending rows; what is still pending afterwards (the rows, if the write failed)."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self._files += 1
+        try:
+            write_log_file(self.root, pa.concat_tables(pending), f"{stamp}-{self._token}-{self._files:06d}.parquet")
+        except OSError as error:
+            self.warn(f"prediction log: {rows:,} rows not written yet ({error}); trying again")
+            while rows > MAX_PENDING_ROWS and len(pending) > 1:
+                first = pending.pop(0)
+                rows -= first.num_rows
+                self.dropped += first.num_rows
+                self.warn(f"prediction log: dropped {first.num_rows:,} rows that could not be written")
+            return pending
+        self.written += rows
+        return []
+
+
+# --- reading --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogWindow:
+    """Logged rows in time order: (N,) ids, times (numpy datetime64[us], UTC), model versions and sources;
+    (N, classes) float32 probabilities; (N, 32, 32, 3) uint8 pixels."""
+
+    ids: np.ndarray
+    times: np.ndarray
+    sources: np.ndarray
+    model_versions: np.ndarray
+    probabilities: np.ndarray
+    pixels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def start(self) -> datetime | None:
+        return _to_datetime(self.times[0]) if len(self) else None
+
+    @property
+    def end(self) -> datetime | None:
+        return _to_datetime(self.times[-1]) if len(self) else None
+
+
+def _to_datetime(value: np.datetime64) -> datetime:
+    return value.astype("datetime64[us]").astype(datetime).replace(tzinfo=UTC)
+
+
+def log_dataset(root: Path) -> ds.Dataset | None:
+    """The log's files as one pyarrow dataset (None when nothing was logged); hidden `.part` files
+    (writes in progress) are never read."""
+    files = sorted(Path(root).glob(f"{DAY_PREFIX}*/*.parquet"))
+    return ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet") if files else None
+
+
+def read_window(
+    root: Path, since: datetime | None = None, last: int | None = None, until: datetime | None = None
+) -> LogWindow:
+    """Logged rows with `since` < time ≤ `until` (either open), in time order; with `last`, only the
+    `last` most recent of them. ValueError for a `last` below 1 or a naive datetime."""
+    for moment in (since, until):
+        if moment is not None and moment.tzinfo is None:
+            raise ValueError(f"{moment.isoformat()} has no time zone: give UTC times (…Z or +00:00)")
+    if last is not None and last < 1:
+        raise ValueError(f"last must be at least 1, got {last}")
+    dataset = log_dataset(root)
+    if dataset is None:
+        return _window(SCHEMA.empty_table())
+    condition = None
+    if since is not None:
+        condition = ds.field("time") > pa.scalar(since, SCHEMA.field("time").type)
+    if until is not None:
+        upper = ds.field("time") <= pa.scalar(until, SCHEMA.field("time").type)
+        condition = upper if condition is None else condition & upper
+    if last is not None:  # find the cut from the times alone, then read the pixels of the rows after it
+        times = dataset.to_table(columns=["time"], filter=condition)["time"]
+        if len(times) > last:
+            cut = pc.sort_indices(times, sort_keys=[("", "descending")])[last - 1]
+            lower = ds.field("time") >= times[cut.as_py()]
+            condition = lower if condition is None else condition & lower
+    table = dataset.to_table(filter=condition).sort_by(
+        [("time", "ascending")]
+    )  # stable: a call's rows keep their order
+    if last is not None and table.num_rows > last:
+        table = table.slice(table.num_rows - last)
+    return _window(table)
+
+
+def _window(table: pa.Table) -> LogWindow:
+    count = table.num_rows
+    column = table["pixels"].combine_chunks()
+    pixels = (
+        np.frombuffer(column.buffers()[1], np.uint8, count * PIXEL_BYTES, column.offset * PIXEL_BYTES) if count else []
+    )
+    probabilities = table["probabilities"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return LogWindow(
+        ids=np.asarray(table["prediction_id"].to_pylist(), dtype=object),
+        times=table["time"].to_numpy().astype("datetime64[us]") if count else np.zeros(0, "datetime64[us]"),
+        sources=np.asarray(table["source"].to_pylist(), dtype=object),
+        model_versions=np.asarray(table["model_version"].to_pylist(), dtype=object),
+        probabilities=probabilities.astype(np.float32).reshape(count, -1) if count else np.zeros((0, 0), np.float32),
+        pixels=np.asarray(pixels, np.uint8).reshape(count, *IMAGE_SHAPE),
+    )
+
+
+# --- retention ------------------------------------------------------------------------------------------
+
+
+def delete_older(root: Path, keep_days: int, today: date | None = None) -> list[Path]:
+    """Delete the day folders older than `keep_days` days before `today` (UTC); the folders deleted.
+    keep_days = 30 keeps today and the 29 days before it. ValueError for keep_days < 1."""
+    if keep_days < 1:
+        raise ValueError(f"keep_days must be at least 1, got {keep_days}")
+    oldest_kept = (today or datetime.now(UTC).date()) - timedelta(days=keep_days - 1)
+    deleted = []
+    for folder in sorted(Path(root).glob(f"{DAY_PREFIX}*")):
+        try:
+            day = date.fromisoformat(folder.name.removeprefix(DAY_PREFIX))
+        except ValueError:
+            continue  # not a folder the log wrote: leave it
+        if day < oldest_kept:
+            shutil.rmtree(folder)
+            deleted.append(folder)
+    return deleted

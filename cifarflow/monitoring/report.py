@@ -1,0 +1,112 @@
+"""A monitor run's report folder: monitor.json (the verdict), report.md and its plots, window against
+reference: the class mix, the top probability and each colour channel's histogram."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from cifarflow.evaluation.plots import save_figure
+from cifarflow.files import atomic_path, write_json
+from cifarflow.monitoring.signals import Scored
+from cifarflow.validation.checks import HISTOGRAM_BINS
+
+PLOTS = {"class_mix": "class_mix.png", "confidence": "confidence.png", "channels": "channels.png"}
+SIDES = (("reference", "tab:blue"), ("window", "tab:orange"))
+
+
+def class_mix_plot(reference: Scored, window: Scored, label_names: list[str], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    positions = np.arange(len(label_names))
+    for offset, (name, scored), (_, colour) in zip((-0.2, 0.2), (("reference", reference), ("window", window)), SIDES):
+        shares = np.bincount(scored.probabilities.argmax(1), minlength=len(label_names)) / max(len(scored), 1)
+        ax.bar(positions + offset, shares, width=0.4, label=name, color=colour)
+    ax.set(xticks=positions, ylabel="share of images", title="Predicted class mix")
+    ax.set_xticklabels(label_names, rotation=30, ha="right")
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def confidence_plot(reference: Scored, window: Scored, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(0, 1, 21)
+    for (name, colour), scored in zip(SIDES, (reference, window)):
+        ax.hist(scored.probabilities.max(1), bins=bins, density=True, alpha=0.5, label=name, color=colour)
+    ax.set(xlabel="top probability", ylabel="density", title="Confidence")
+    ax.legend()
+    return save_figure(fig, path)
+
+
+def channels_plot(reference: Scored, window: Scored, path: Path) -> Path:
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3), sharey=True)
+    edges = np.arange(HISTOGRAM_BINS) * (256 // HISTOGRAM_BINS)
+    for channel, (ax, title) in enumerate(zip(axes, ("red", "green", "blue"))):
+        for (name, colour), scored in zip(SIDES, (reference, window)):
+            counts = scored.value_counts[channel].reshape(HISTOGRAM_BINS, -1).sum(axis=1)
+            ax.step(edges, counts / max(counts.sum(), 1), where="post", label=name, color=colour)
+        ax.set(title=title, xlabel="pixel value")
+    axes[0].set_ylabel("share of pixels")
+    axes[0].legend()
+    return save_figure(fig, path)
+
+
+def limit(signal: dict[str, Any]) -> str:
+    return f"p = {signal['p_value']:.3g}" if "p_value" in signal else f"> {signal['threshold']:g}"
+
+
+def report_markdown(summary: dict[str, Any], plots: bool) -> str:
+    window = summary["window"]
+    rows = "\n".join(
+        f"| {name} | {signal['test']} | {signal['statistic']:.4g} | {limit(signal)} | "
+        f"{'**drift**' if signal['drift'] else 'no'} |"
+        for name, signal in summary["signals"].items()
+    )
+    table = (
+        "| signal | test | statistic | p-value or threshold | drift |\n|---|---|---|---|---|\n" + rows
+        if rows
+        else "No signals computed."
+    )
+    chosen = (
+        f"the last {window['last']:,} images up to"
+        if window["last"]
+        else f"after {window['since'] or 'the log start'}, up to"
+    )
+    logged = f"logged {window['first']} to {window['last_logged']}" if window["first"] else "nothing logged"
+    figures = "".join(f"![{name.replace('_', ' ')}]({file})\n\n" for name, file in PLOTS.items()) if plots else ""
+    return f"""# Monitoring report
+
+**{summary["verdict"]}**: {summary["images"]:,} logged images scored by {summary["model_version"]}, against
+{summary["reference"]["images"]:,} reference images ({summary["reference"]["what"]}).
+
+- Window: {chosen} {window["until"]}; {logged}.
+- Sources: {fmt_counts(window["sources"])}; served by: {fmt_counts(window["model_versions"])}.
+
+{table}
+
+Each test fires at p < {summary["family_alpha"]} / 4 (Bonferroni over the four signals), so a window
+like the reference raises an alarm in at most about {summary["family_alpha"]:.0%} of runs.
+
+{figures}"""
+
+
+def fmt_counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count:,}" for name, count in counts.items()) or "none"
+
+
+def write_monitor_report(
+    directory: Path, summary: dict[str, Any], reference: Scored, window: Scored | None, label_names: list[str]
+) -> Path:
+    """monitor.json, report.md and (when the window had images) the plots, in `directory`; monitor.json
+    is written last, so a folder with it is whole."""
+    directory.mkdir(parents=True, exist_ok=True)
+    plots = window is not None and len(window) > 0
+    if plots:
+        class_mix_plot(reference, window, label_names, directory / PLOTS["class_mix"])
+        confidence_plot(reference, window, directory / PLOTS["confidence"])
+        channels_plot(reference, window, directory / PLOTS["channels"])
+    with atomic_path(directory / "report.md") as tmp:
+        tmp.write_text(report_markdown(summary, plots))
+    return write_json(directory / "monitor.json", summary)

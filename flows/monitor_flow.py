@@ -1,0 +1,101 @@
+"""Drift monitoring: what the champion was asked lately, against held-out data it did not train on.
+
+    python flows/monitor_flow.py                          # since the previous monitor run
+    python flows/monitor_flow.py --last 5000              # the 5,000 most recent logged images
+    python flows/monitor_flow.py --since 2026-11-30T08:00Z --data-dir /srv/cifar --keep-days 7
+
+The window is read from the prediction log (<data dir>/monitoring/log/, written by the service and
+the predict flow): at most the 10,000 most recent images after the previous run's window (the whole log
+on a first run), or the last N, or since a time (UTC when no zone is given). The reference is the test
+set, scored by the champion once per model. Four signals (input PSI, embedding MMD, prediction
+chi-square, confidence KS: `cifarflow.monitoring.signals`) give the verdict; a window of fewer than 100
+images gets none. The report lands in <data dir>/monitoring/reports/<time>/ (monitor.json, report.md,
+plots) and in the Prefect UI; on drift the flow emits the event `cifar10.monitor.drift`. Log days older
+than --keep-days are deleted. The last line is `done: monitoring report at <dir>`.
+"""
+
+from __future__ import annotations
+
+import cifarflow.environment  # the defaults, before Prefect is imported
+
+import argparse
+import secrets
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli, run_command
+from cifarflow.errors import PipelineInputError
+from cifarflow.inference.predictor import locate
+from cifarflow.layout import DataLayout
+from cifarflow.monitoring.log import KEEP_DAYS
+from cifarflow.monitoring.monitor import parse_time, remember_window, window_bounds
+from cifarflow.paths import from_printable, printable
+from cifarflow.registry import store
+from tasks.monitor import check_window, emit_drift, prepare_reference, prune_log, publish_monitor_artifacts
+
+
+@flow(name="monitor", flow_run_name="monitor-{data_dir}", log_prints=True)
+def monitor(
+    data_dir: Path = Path("data"), last: int | None = None, since: str | None = None, keep_days: int = KEEP_DAYS
+) -> dict[str, Any]:
+    """Compare the logged window with the champion's reference; monitor.json's contents."""
+    layout = DataLayout(Path(from_printable(str(data_dir))).resolve())
+    now = datetime.now(UTC)
+    bounds = window_bounds(layout, last, parse_time(since) if since else None, now)
+    champion = store.read_champion_version(layout.registry)
+    if champion is None:
+        raise PipelineInputError(f"no champion in {layout.registry}: run the pipeline first")
+    out = layout.monitor_reports / f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
+    reference = prepare_reference(layout, champion)
+    result = check_window(layout, champion, reference, bounds, out)  # the window, its signals, the report
+    publish_monitor_artifacts(result, out)
+    if result["drift"]:
+        emit_drift(layout.root, result)
+    remember_window(layout, bounds)  # the next run starts where this window ended
+    prune_log(layout, keep_days, now)
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="the pipeline's data directory")
+    window = parser.add_mutually_exclusive_group()
+    window.add_argument("--last", type=int, metavar="N", help="the N most recent logged images")
+    window.add_argument("--since", metavar="ISO-TIME", help="the images logged after this time (UTC if no zone)")
+    parser.add_argument(
+        "--keep-days",
+        type=int,
+        default=KEEP_DAYS,
+        help=f"delete prediction-log days older than this (default {KEEP_DAYS})",
+    )
+    return parser
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Unusable arguments raise PipelineInputError (exit 2) before any flow starts."""
+    if args.last is not None and args.last < 1:
+        raise PipelineInputError(f"--last must be at least 1, got {args.last}")
+    if args.keep_days < 1:
+        raise PipelineInputError(f"--keep-days must be at least 1, got {args.keep_days}")
+    if args.since is not None:
+        parse_time(args.since)
+    locate(store.ALIAS, DataLayout(args.data_dir.resolve()).registry)  # ModelNotFound: no champion yet
+
+
+def run_monitor(args: argparse.Namespace, _: None) -> int:
+    ensure_prefect_api()
+    result = monitor(printable(args.data_dir.resolve()), args.last, args.since, args.keep_days)
+    print(f"{result['verdict']} ({result['images']:,} images, {result['model_version']})")
+    return done(f"monitoring report at {result['report']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), check_arguments, run_monitor, argv, what="the monitor")
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))

@@ -1,0 +1,68 @@
+"""Tasks of the monitor flow (flows/monitor_flow.py): the window, the reference, the verdict, the report."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from cifarflow.layout import DataLayout
+from cifarflow.monitoring.embedding import load_embedder, load_scored, score
+from cifarflow.monitoring.log import delete_older, read_window
+from cifarflow.monitoring.monitor import MAX_IMAGES, WindowBounds, build_reference, summary
+from cifarflow.monitoring.report import write_monitor_report
+from cifarflow.monitoring.signals import MIN_WINDOW, drift_signals
+from cifarflow.orchestration.artifacts import publish_monitor
+from cifarflow.orchestration.events import emit_monitor_drift
+from cifarflow.paths import printable
+from cifarflow.registry.versions import Version
+
+
+@task(name="reference", cache_policy=NO_CACHE)  # kept on disk per model and test set (monitor.reference_file)
+def prepare_reference(layout: DataLayout, champion: Version) -> Path:
+    """The champion's features and probabilities on the test set: scored once, then read from disk."""
+    path = build_reference(layout, champion)
+    get_run_logger().info("reference: %s", printable(path))
+    return path
+
+
+@task(name="check-window", cache_policy=NO_CACHE)  # the log grows between runs
+def check_window(
+    layout: DataLayout, champion: Version, reference: Path, bounds: WindowBounds, out: Path
+) -> dict[str, Any]:
+    """Read the window, score it with the champion, compute the signals, write the report folder `out`;
+    monitor.json's contents."""
+    logger = get_run_logger()
+    window = read_window(layout.prediction_log, bounds.since, bounds.last or MAX_IMAGES, bounds.until)
+    logger.info("window: %d logged images", len(window))
+    baseline = load_scored(reference)
+    scored = score(load_embedder(champion.preset, champion.model_path), window.pixels) if len(window) else None
+    signals = drift_signals(baseline, scored) if len(window) >= MIN_WINDOW else []
+    result = summary(window, bounds, champion, len(baseline), signals) | {"report": printable(out)}
+    write_monitor_report(out, result, baseline, scored, list(champion.record.label_names))
+    logger.info("%s", result["verdict"])
+    return result
+
+
+@task(name="publish-monitor", cache_policy=NO_CACHE)
+def publish_monitor_artifacts(result: dict[str, Any], out: Path) -> None:
+    publish_monitor(result, out)
+
+
+@task(name="emit-drift", cache_policy=NO_CACHE)
+def emit_drift(data_dir: Path, result: dict[str, Any]) -> None:
+    """`cifar10.monitor.drift` to the Prefect server, for automations to act on."""
+    emit_monitor_drift(printable(data_dir), result)
+    get_run_logger().warning("drift: %s; event cifar10.monitor.drift emitted", ", ".join(result["fired"]))
+
+
+@task(name="prune-log", cache_policy=NO_CACHE)
+def prune_log(layout: DataLayout, keep_days: int, today: datetime) -> int:
+    """Delete the prediction log's days older than `keep_days`; how many day folders went."""
+    deleted = delete_older(layout.prediction_log, keep_days, today.date())
+    if deleted:
+        get_run_logger().info("deleted %d days of the prediction log older than %d days", len(deleted), keep_days)
+    return len(deleted)
