@@ -1,7 +1,9 @@
 """Using the model, measured: batch prediction from image files against scoring the same arrays in
-memory, and the HTTP service under 8 concurrent clients, for the `seed` and `fast` networks.
+memory, the HTTP service under 8 concurrent clients, and what the prediction log costs both, for the
+`seed` and `fast` networks.
 
-    python benchmarks/bench_serving.py --source data/cache/cifar-10-python.tar.gz --out benchmarks/serving.md
+    python benchmarks/bench_serving.py --source data/cache/cifar-10-python.tar.gz --requests 500 \
+        --out benchmarks/serving.md
 
 The networks have random weights: speed depends on the architecture, not on what it learned. Each is
 registered as a real registry version (export + smoke test), as a promotion would.
@@ -12,14 +14,24 @@ registered as a real registry version (export + smoke test), as a promotion woul
       evaluation runs; for `fast`, its 6-view TTA): the baseline;
    b. the exported artifact's endpoint on the same arrays in batches of 256;
    c. `predict_files`: the files decoded, scored and written to Parquet (the flow's work);
-   d. the whole `predict` flow (Prefect flow + tasks + artifacts) on the folder;
+   d. the whole `predict` flow (Prefect flow + tasks + artifacts) on the folder, with the prediction
+      log on (the default), and d′, the same with it off (`log_predictions=False`, `--no-log`);
    e. the decoding floor: the same files only decoded (`convert_image`, 2 threads, no model).
    The flow's overhead is d's time ÷ a's time (target ≤ 1.3). Where decoding a file costs more than
    the network (the small `seed` CNN), d ÷ (a + e) says how the flow compares with doing the two
    unavoidable pieces of work one after the other.
 2. The service (`serving/app.py`, a real uvicorn process on loopback): requests/s and p50/p99
    latency of single-image POST /predict requests from 8 concurrent clients, and the error count,
-   with each request scored alone (`--max-batch 1`) and with micro-batching (the default).
+   with each request scored alone (`--max-batch 1`) and with micro-batching (the default), the
+   prediction log on (the default).
+3. The prediction log's overhead (`cifarflow.monitoring.log`), log on against log off, alternated in
+   one run. The service: as in 2 with micro-batching, a fresh process per measurement, on then off in
+   odd rounds and off then on in even ones (`--log-rounds`), medians over the rounds; targets: log on
+   keeps ≥ 90% of the requests/s and a p99 latency within +10%. After each log-on run the service is
+   stopped with SIGTERM (its writer flushes) and the log read back (`read_window`): each network's
+   measured requests must give one row per answer (200), every id distinct, exactly the
+   `prediction_id`s the clients received. The batch flow: 1d against 1d′ (target: log on keeps ≥ 90%
+   of the images/s).
 """
 
 from __future__ import annotations
@@ -46,6 +58,8 @@ from PIL import Image
 
 from cifarflow.data.archive import local_path, read_archive
 from cifarflow.files import file_digest
+from cifarflow.layout import DataLayout
+from cifarflow.monitoring.log import read_window
 from cifarflow.registry import store
 from cifarflow.registry.build import Canary, stage_version
 
@@ -142,6 +156,7 @@ def throughput(preset_name: str, version: str, registry: Path, pixels: np.ndarra
         "b": in_memory_export,
         "c": lambda: predict_files(files, predictor, scratch / "c.parquet"),
         "d": lambda: predict([str(folder)], registry.parent, version, scratch / "d.parquet"),
+        "d′": lambda: predict([str(folder)], registry.parent, version, scratch / "d.parquet", log_predictions=False),
         "e": decode_only,
     }
     steps["a"](), steps["b"](), steps["d"]()  # warm-up: graphs traced, the Prefect server started
@@ -160,9 +175,12 @@ def free_port() -> int:
 
 
 def load_test(url: str, images: list[bytes], requests_per_client: int) -> dict:
+    """`CLIENTS` clients, each sending `requests_per_client` single-image requests one after the other;
+    the `prediction_id` of every answer (200) is kept in "ids"."""
     import httpx
 
     latencies: list[float] = []
+    ids: list[str] = []
     errors = 0
     lock = threading.Lock()
 
@@ -173,13 +191,16 @@ def load_test(url: str, images: list[bytes], requests_per_client: int) -> dict:
                 body = images[(number * requests_per_client + i) % len(images)]
                 started = time.perf_counter()
                 try:
-                    ok = http.post("/predict", files={"file": ("image.png", body, "image/png")}).status_code == 200
+                    response = http.post("/predict", files={"file": ("image.png", body, "image/png")})
+                    ok = response.status_code == 200
                 except httpx.HTTPError:  # a dropped connection or a timeout is an error too
                     ok = False
                 elapsed = time.perf_counter() - started
                 with lock:
                     latencies.append(elapsed)
                     errors += not ok
+                    if ok:
+                        ids.append(response.json().get("prediction_id"))
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
     started = time.perf_counter()
@@ -195,18 +216,30 @@ def load_test(url: str, images: list[bytes], requests_per_client: int) -> dict:
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
         "errors": errors,
+        "ids": ids,
     }
 
 
 def service(
-    registry: Path, versions: dict[str, str], images: list[bytes], requests_per_client: int, max_batch: int
+    registry: Path,
+    versions: dict[str, str],
+    images: list[bytes],
+    requests_per_client: int,
+    max_batch: int = 256,
+    log: bool = True,
 ) -> dict:
+    """A fresh service process on `registry`'s data dir, each network served live in turn and load-tested;
+    with `log`, the prediction log starts empty and, once the service has stopped (SIGTERM: its writer
+    flushes), each network's measured requests are checked against it ("log" in its result)."""
     import httpx
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    log_root = DataLayout(registry.parent).prediction_log
+    shutil.rmtree(log_root, ignore_errors=True)
     command = [sys.executable, "serving/app.py", "--data-dir", str(registry.parent), "--port", str(port)]
-    command += ["--max-batch", str(max_batch)]
+    command += ["--max-batch", str(max_batch)] + ([] if log else ["--no-log"])
+    windows = {}  # preset name: (since, until) of its measured requests
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = {}
     try:
@@ -224,12 +257,80 @@ def service(
             store.move_alias(registry, version, by="hand", reason=f"benchmark: serve {preset_name}")
             while httpx.get(f"{url}/health").json()["model_version"] != version:  # switched live
                 time.sleep(0.2)
-            load_test(url, images, 3)  # warm-up
+            load_test(url, images, 3)  # warm-up (logged too: the window below leaves its rows out)
+            since = datetime.now(UTC)
             results[preset_name] = load_test(url, images, requests_per_client)
+            windows[preset_name] = since, datetime.now(UTC)
     finally:
         process.terminate()
         process.wait(timeout=30)
+    if log:
+        for preset_name, (since, until) in windows.items():
+            window = read_window(log_root, since, until=until)
+            returned = results[preset_name]["ids"]
+            results[preset_name]["log"] = {
+                "rows": len(window),
+                "distinct": len(set(window.ids)),
+                "answered": len(returned),
+                "all_logged": set(window.ids) == set(returned) and len(window) == len(returned),
+                "versions": set(window.model_versions) <= {versions[preset_name]},
+            }
     return results
+
+
+def log_check(checks: list[dict]) -> str:
+    """The log-on runs' read-back, in words: one line when every round gave the same."""
+    texts = [
+        f"{c['rows']:,} rows for {c['answered']:,} answers, {c['distinct']:,} distinct ids, "
+        f"all returned ids logged: {'yes' if c['all_logged'] else '**no**'}"
+        + ("" if c["versions"] else ", **rows of another model version**")
+        for c in checks
+    ]
+    if len(set(texts)) == 1:
+        return f"{texts[0]} (each of {len(texts)} rounds)" if len(texts) > 1 else texts[0]
+    return "; ".join(f"round {n}: {text}" for n, text in enumerate(texts, 1))
+
+
+def log_overhead(versions: dict[str, str], logged: dict[bool, list[dict]], flow_rates: dict, args) -> list[str]:
+    """The markdown section "Prediction log overhead": the service's and the batch flow's tables."""
+    lines = [
+        "",
+        "## Prediction log overhead",
+        "",
+        f"The service as above (micro-batched), the prediction log on against off (`--no-log`): a fresh process "
+        f"for each of {args.log_rounds} rounds × on and off, alternated; {CLIENTS} clients × {args.requests} "
+        "requests per network; median of the rounds. After each log-on run the service was stopped (SIGTERM) and "
+        "its log read back (`read_window`) over the measured requests.",
+        "",
+        "| network | requests | requests/s, log on | log off | on ÷ off (target ≥ 0.90) | p50, log on | log off | "
+        "p99, log on | log off | p99 on ÷ off (target ≤ 1.10) | errors (on / off) | the log after each log-on run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+
+    def median(results: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in results)
+
+    for preset_name in versions:
+        on = [result[preset_name] for result in logged[True]]
+        off = [result[preset_name] for result in logged[False]]
+        lines.append(
+            f"| `{preset_name}` | {on[0]['requests']:,} | {median(on, 'rps'):,.1f} | {median(off, 'rps'):,.1f} | "
+            f"**{median(on, 'rps') / median(off, 'rps'):.2f}** | {median(on, 'p50_ms'):.1f} ms | "
+            f"{median(off, 'p50_ms'):.1f} ms | {median(on, 'p99_ms'):.1f} ms | {median(off, 'p99_ms'):.1f} ms | "
+            f"**{median(on, 'p99_ms') / median(off, 'p99_ms'):.2f}** | {sum(r['errors'] for r in on)} / "
+            f"{sum(r['errors'] for r in off)} | {log_check([r['log'] for r in on])} |"
+        )
+    lines += [
+        "",
+        f"The whole `predict` flow (1d) with the log on against off (`--no-log`), alternated within each of "
+        f"{args.rounds} rounds, median:",
+        "",
+        "| network | images/s, log on | log off | on ÷ off (target ≥ 0.90) |",
+        "|---|---:|---:|---:|",
+    ]
+    for preset_name, (on, off) in flow_rates.items():
+        lines.append(f"| `{preset_name}` | {on:,.0f} img/s | {off:,.0f} img/s | **{on / off:.2f}** |")
+    return lines
 
 
 def main() -> None:
@@ -238,7 +339,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10000, help="test images written as PNG files (seed)")
     parser.add_argument("--fast-images", type=int, default=2000, help="of those, how many `fast` scores (it is slow)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=50, help="requests per client (8 clients)")
+    parser.add_argument("--requests", type=int, default=50, help="requests per client (8 clients; 500: 4,000 in all)")
+    parser.add_argument("--log-rounds", type=int, default=3, help="service runs with the log on, and as many off")
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()
 
@@ -257,7 +359,8 @@ def main() -> None:
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, {os.cpu_count()} cores "
         f"(`python benchmarks/bench_serving.py --images {args.images} --fast-images {args.fast_images} "
-        f"--rounds {args.rounds} --requests {args.requests}`): CIFAR-10 test images as 32×32 PNG files "
+        f"--rounds {args.rounds} --requests {args.requests} --log-rounds {args.log_rounds}`): "
+        "CIFAR-10 test images as 32×32 PNG files "
         f"({len(pixels):,} for `seed`, {min(args.fast_images, len(pixels)):,} for `fast`); random-weight networks "
         "registered as real versions. Median of the rounds.",
         "",
@@ -265,11 +368,13 @@ def main() -> None:
         "(`predict_files`) | d: the `predict` flow | e: only decoding the files | d ÷ a (target ≤ 1.3) | d ÷ (a + e) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    flow_rates = {}  # preset name: the flow's images/s with the log on (d) and off (d′)
     for preset_name, version in versions.items():
         store.move_alias(registry, version, by="hand", reason=f"benchmark: {preset_name}")
         t = throughput(preset_name, version, registry, pixels, folders[preset_name], args.rounds)
         count = len(list(folders[preset_name].glob("*.png")))
         rate = {key: count / seconds for key, seconds in t.items()}
+        flow_rates[preset_name] = rate["d"], rate["d′"]
         lines.append(
             f"| `{preset_name}` | {rate['a']:,.0f} img/s | {rate['b']:,.0f} img/s | {rate['c']:,.0f} img/s | "
             f"{rate['d']:,.0f} img/s | {rate['e']:,.0f} img/s | **{t['d'] / t['a']:.2f}** | "
@@ -278,11 +383,17 @@ def main() -> None:
         print(lines[-1], flush=True)
     encoded = [(folder / f"{n:05d}.png").read_bytes() for n in range(min(200, len(pixels)))]
     alone = service(registry, versions, encoded, args.requests, max_batch=1)
-    batched = service(registry, versions, encoded, args.requests, max_batch=256)
+    batched = service(registry, versions, encoded, args.requests)
+    logged: dict[bool, list[dict]] = {True: [], False: []}  # log on / off: one result per round
+    for number in range(args.log_rounds):
+        for log in (True, False) if number % 2 == 0 else (False, True):
+            logged[log].append(service(registry, versions, encoded, args.requests, log=log))
+            print(f"service, log {'on' if log else 'off'}, round {number + 1}: done", flush=True)
     lines += [
         "",
-        f"The service on loopback, {CLIENTS} concurrent clients, one image per request; each request scored "
-        "alone (`--max-batch 1`) against the default micro-batching (concurrent requests in one model call):",
+        f"The service on loopback, {CLIENTS} concurrent clients, one image per request, the prediction log on "
+        "(the default); each request scored alone (`--max-batch 1`) against the default micro-batching "
+        "(concurrent requests in one model call):",
         "",
         "| network | scoring | requests | requests/s | p50 latency | p99 latency | errors |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -293,6 +404,7 @@ def main() -> None:
                 f"| `{preset_name}` | {how} | {r['requests']} | {r['rps']:,.1f} | {r['p50_ms']:.1f} ms | "
                 f"{r['p99_ms']:.1f} ms | {r['errors']} |"
             )
+    lines += log_overhead(versions, logged, flow_rates, args)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -19,6 +19,7 @@ PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
 DEPLOYMENTS = {d["name"]: d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}
 SPEC = DEPLOYMENTS["nightly"]
 SCORE = DEPLOYMENTS["score-folder"]
+MONITOR = DEPLOYMENTS["hourly"]
 POOL = SPEC["work_pool"]["name"]
 
 pytestmark = pytest.mark.server
@@ -50,6 +51,17 @@ def test_prefect_yaml_scores_a_folder_on_a_schedule():
     assert SCORE["schedules"] == [{"cron": "0 3 * * *", "timezone": "UTC", "active": True}]
     assert set(SCORE["parameters"]) <= set(inspect.signature(predict.fn).parameters)
     assert SCORE["work_pool"]["name"] == POOL
+
+
+def test_prefect_yaml_monitors_hourly():
+    import inspect
+
+    from flows.monitor_flow import monitor
+
+    assert MONITOR["entrypoint"] == "flows/monitor_flow.py:monitor"
+    assert MONITOR["schedules"] == [{"cron": "15 * * * *", "timezone": "UTC", "active": True}]
+    assert set(MONITOR["parameters"]) <= set(inspect.signature(monitor.fn).parameters)
+    assert MONITOR["work_pool"]["name"] == POOL
 
 
 def test_serve_uses_the_same_schedule_parameters_and_limit():
@@ -158,6 +170,52 @@ def test_deploy_then_worker_runs_the_nightly_deployment(server, synthetic_archiv
     table = pq.read_table(predictions).to_pylist()
     assert sorted(Path(row["path"]).name for row in table) == [f"image-{n}.png" for n in range(3)]
     assert {row["model_version"] for row in table} == {"v1"} and all(row["error"] is None for row in table)
+
+    # the monitor deployment finds the drift in what the champion was asked, and the event reaches the server
+    assert_drift_event(server, data_dir, scored_ids={row["prediction_id"] for row in table})
+
+
+def assert_drift_event(server, data_dir: Path, scored_ids: set[str]) -> None:
+    """Darkened test images join the scored folder in the prediction log; the `monitor/hourly` deployment,
+    run by a worker, reports drift and emits `cifar10.monitor.drift`, which the server then holds."""
+    import json
+
+    import numpy as np
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    from cifarflow.data.shards import read_split
+    from cifarflow.layout import DataLayout
+    from cifarflow.monitoring.log import PredictionLog, new_ids, read_window
+
+    layout = DataLayout(data_dir)
+    assert set(read_window(layout.prediction_log).ids) == scored_ids  # the batch flow logged what it scored
+    images, _ = read_split(layout.shard_manifest, "test")
+    dark = (images // 2).astype(np.uint8)  # the synthetic test split: 100 images
+    with PredictionLog(layout.prediction_log) as log:
+        log.append(new_ids(len(dark)), "service", "v1", np.full((len(dark), 10), 0.1, np.float32), dark)
+    time.sleep(2.5)  # past the monitor's settle time
+
+    monitoring = read_deployment(server, "monitor/hourly")
+    flow_run = trigger(server, monitoring.id, {"data_dir": str(data_dir)})
+    worker = server.run(PREFECT, "worker", "start", "--pool", POOL, "--run-once", timeout=240)
+    run = wait_final(server, flow_run.id, timeout=30)
+    assert run.state.is_completed(), f"{run.state!r}\n{worker.stdout[-4000:]}\n{worker.stderr[-4000:]}"
+    (report,) = layout.monitor_reports.glob("*/monitor.json")
+    summary = json.loads(report.read_text())
+    assert summary["images"] == len(scored_ids) + len(dark) and summary["drift"] is True and "input" in summary["fired"]
+
+    deadline = time.monotonic() + 30
+    with server.client_settings(), get_client(sync_client=True) as client:
+        while True:
+            events = client.read_events(EventFilter(event=EventNameFilter(name=["cifar10.monitor.drift"]))).events
+            if events or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+    (event,) = events
+    assert event.resource.id == f"cifar10.monitor.{data_dir}"
+    assert event.payload["model_version"] == "v1" and event.payload["data_dir"] == str(data_dir)
+    assert set(event.payload["signals"]) == set(summary["fired"]) and event.payload["images"] == summary["images"]
 
 
 def test_serve_runs_the_same_flow(server, synthetic_archive, tmp_path):

@@ -176,6 +176,10 @@ class PredictionLog:
             if pending and (stopping or rows >= self.flush_rows or time.monotonic() >= due):
                 pending = self._flush(pending, rows)
                 due = time.monotonic() + self.flush_s if pending else None
+        if pending:  # closed while the disk still refuses the writes
+            lost = sum(t.num_rows for t in pending)
+            self.dropped += lost
+            self.warn(f"prediction log: closed with {lost:,} rows it could not write; they are lost")
 
     def _table(self, item: tuple) -> pa.Table:
         try:
@@ -235,9 +239,9 @@ def _to_datetime(value: np.datetime64) -> datetime:
 
 
 def log_dataset(root: Path) -> ds.Dataset | None:
-    """The log's files as one pyarrow dataset (None when nothing was logged); hidden `.part` files
-    (writes in progress) are never read."""
-    files = sorted(Path(root).glob(f"{DAY_PREFIX}*/*.parquet"))
+    """The log's files as one pyarrow dataset (None when nothing was logged); hidden files (writes in
+    progress, `._*` copies) and `_*` files are never read, as pyarrow skips them in a folder it lists."""
+    files = sorted(f for f in Path(root).glob(f"{DAY_PREFIX}*/*.parquet") if not f.name.startswith((".", "_")))
     return ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet") if files else None
 
 
