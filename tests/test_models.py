@@ -46,6 +46,31 @@ def test_every_model_applies_the_fitted_transform_first(preset):
         np.testing.assert_allclose(first(pixels).numpy(), fitted.apply(pixels), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("preset", PRESETS)
+def test_each_preset_names_its_penultimate_layer_the_one_its_head_reads(preset):
+    """`Preset.features` is the layer the drift monitor takes embeddings from: the input of the head."""
+    model = get_preset(preset).build(FITTED)
+    head = next(layer for layer in reversed(model.layers) if type(layer).__name__ == "Dense")
+    assert head.input is model.get_layer(get_preset(preset).features).output
+
+
+@pytest.mark.parametrize("preset", ["seed", "quick"])  # a softmax head and a logits head (fast: quick's, wider)
+def test_the_embedder_gives_features_and_the_networks_own_probabilities(preset, tmp_path):
+    from cifarflow.monitoring.embedding import load_embedder
+
+    spec = get_preset(preset)
+    model = spec.build(FITTED)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    features, probabilities = load_embedder(preset, path)(pixels)
+    width = model.get_layer(spec.features).output.shape[-1]
+    assert features.shape == (3, width) and features.dtype == np.float32
+    outputs = model(pixels).numpy()
+    expected = outputs if spec.outputs == "probabilities" else np.exp(outputs) / np.exp(outputs).sum(1, keepdims=True)
+    np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
+
+
 def test_unknown_model_and_optimizer_are_named():
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         get_preset("nope")
