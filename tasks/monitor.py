@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cifarflow.layout import DataLayout
 from cifarflow.monitoring.embedding import load_embedder, load_scored, score
-from cifarflow.monitoring.log import delete_older, read_window
+from cifarflow.monitoring.log import compact_days, delete_older, read_window
 from cifarflow.monitoring.monitor import MAX_IMAGES, WindowBounds, build_reference, summary
 from cifarflow.monitoring.report import write_monitor_report
 from cifarflow.monitoring.signals import MIN_WINDOW, drift_signals
@@ -61,8 +61,13 @@ def emit_drift(data_dir: Path, result: dict[str, Any]) -> None:
 
 @task(name="prune-log", cache_policy=NO_CACHE)
 def prune_log(layout: DataLayout, keep_days: int, today: datetime) -> int:
-    """Delete the prediction log's days older than `keep_days`; how many day folders went."""
+    """Delete the prediction log's days older than `keep_days` and merge each finished day's files into
+    one; how many day folders were deleted."""
+    logger = get_run_logger()
     deleted = delete_older(layout.prediction_log, keep_days, today.date())
     if deleted:
-        get_run_logger().info("deleted %d days of the prediction log older than %d days", len(deleted), keep_days)
+        logger.info("deleted %d days of the prediction log older than %d days", len(deleted), keep_days)
+    merged = compact_days(layout.prediction_log, today.date(), warn=logger.warning)
+    if merged:
+        logger.info("merged the files of %d finished days of the prediction log", len(merged))
     return len(deleted)

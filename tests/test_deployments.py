@@ -208,7 +208,9 @@ def assert_drift_event(server, data_dir: Path, scored_ids: set[str]) -> None:
     deadline = time.monotonic() + 30
     with server.client_settings(), get_client(sync_client=True) as client:
         while True:
-            events = client.read_events(EventFilter(event=EventNameFilter(name=["cifar10.monitor.drift"]))).events
+            events = client.read_events(
+                EventFilter(event=EventNameFilter(name=["cifar10.monitor.drift"])), limit=50
+            ).events
             if events or time.monotonic() > deadline:
                 break
             time.sleep(1)

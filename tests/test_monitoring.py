@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +25,7 @@ from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.shards import pixel_digest, read_split
 from cifarflow.layout import DataLayout
 from cifarflow.monitoring.log import log_table, new_ids, read_window, write_log_file
+from cifarflow.monitoring.monitor import SETTLE_S
 from flows.monitor_flow import main as monitor_main
 from flows.predict_flow import main as predict_main
 from tests.registry_helpers import copy_data_dir
@@ -98,6 +100,7 @@ def test_the_service_logs_every_answer_and_the_monitor_finds_the_drift(
         with ThreadPoolExecutor(CLIENTS) as pool:
             returned = [i for ids in pool.map(client, range(CLIENTS)) for i in ids]
     # the service stopped (SIGTERM): its writer flushed what waited
+    time.sleep(SETTLE_S)  # a window ends this long before the monitor starts (rows a writer may still hold)
 
     window = read_window(layout.prediction_log)
     assert len(window) == CLIENTS * REQUESTS == len(set(window.ids)) == len(set(returned))

@@ -23,8 +23,9 @@ from cifarflow.monitoring import log as log_module
 from cifarflow.monitoring.log import (
     SCHEMA,
     PredictionLog,
+    compact_days,
     delete_older,
-    log_dataset,
+    log_files,
     log_table,
     new_ids,
     read_window,
@@ -210,7 +211,7 @@ def test_a_reader_never_sees_a_partial_file(tmp_path):
     (day / ".call.parquet.a1b2c3.part").write_bytes(b"PAR1 half a file")  # a write cut short
     (day / ".garbage").write_bytes(b"\x00not parquet")
     assert len(read_window(tmp_path)) == 60
-    assert len(log_dataset(tmp_path).files) == len(parquet_files(tmp_path))
+    assert log_files(tmp_path) == parquet_files(tmp_path)
 
 
 def test_a_write_cut_short_leaves_nothing_behind(tmp_path, monkeypatch):
@@ -428,3 +429,36 @@ def test_delete_older_removes_whole_days_past_the_kept_ones(tmp_path):
     assert delete_older(tmp_path / "missing", keep_days=30, today=today) == []
     with pytest.raises(ValueError, match="keep_days"):
         delete_older(tmp_path, keep_days=0, today=today)
+
+
+def test_a_damaged_file_is_left_out_naming_it_and_the_other_files_are_read(tmp_path):
+    ids = write_calls(tmp_path, 3, [T0, T0 + timedelta(seconds=1)])
+    day = tmp_path / f"day={T0:%Y-%m-%d}"
+    (day / "torn.parquet").write_bytes(b"PAR1 cut short by a failing disk")
+    pq.write_table(pa.table({"x": [1]}), day / "other.parquet")  # a file that is not the log's
+    warnings: list[str] = []
+    window = read_window(tmp_path, warn=warnings.append)
+    assert list(window.ids) == ids
+    assert len(warnings) == 2 and "torn.parquet left out" in warnings[1] and "other.parquet left out" in warnings[0]
+    assert "not the prediction log's schema" in warnings[0]
+
+
+def test_a_window_opens_only_the_days_its_bounds_span(tmp_path):
+    ids = write_calls(tmp_path, 2, [T0 - timedelta(days=2), T0])
+    (tmp_path / f"day={(T0 - timedelta(days=2)):%Y-%m-%d}" / "torn.parquet").write_bytes(b"never opened")
+    warnings: list[str] = []
+    window = read_window(tmp_path, since=T0 - timedelta(hours=1), warn=warnings.append)
+    assert list(window.ids) == ids[2:] and warnings == []
+
+
+def test_finished_days_are_merged_into_one_file_and_each_prediction_is_read_once(tmp_path):
+    yesterday, today = T0 - timedelta(days=1), T0.date()
+    ids = write_calls(tmp_path, 3, [yesterday + timedelta(seconds=s) for s in range(4)] + [T0])
+    old_day = tmp_path / f"day={yesterday:%Y-%m-%d}"
+    (old_day / "call-000-copy.parquet").write_bytes((old_day / "call-000.parquet").read_bytes())  # a cut-short merge
+    assert len(read_window(tmp_path)) == len(ids)  # the copy's rows are read once
+    assert compact_days(tmp_path, today) == [old_day]
+    assert [p.name for p in old_day.iterdir()] == ["day.parquet"]
+    assert len(parquet_files(tmp_path)) == 2  # today's file is left as it is: a writer may still add to the day
+    assert list(read_window(tmp_path).ids) == ids
+    assert compact_days(tmp_path, today) == []  # nothing more to merge

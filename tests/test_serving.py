@@ -7,6 +7,7 @@ clients are sending images, to check the live switch drops or mislabels no reque
 from __future__ import annotations
 
 import json
+import re
 import socket
 import struct
 import subprocess
@@ -182,7 +183,8 @@ def test_predict_png_matches_the_registry_version(service, reference):
         response = post_image(client, PNG)
     assert response.status_code == 200, response.text
     result = response.json()
-    assert set(result) == {"label", "probability", "top", "model_version"}
+    assert set(result) == {"label", "probability", "top", "model_version", "prediction_id"}
+    assert re.fullmatch(r"[0-9a-f]{32}", result["prediction_id"])  # a UUID4: its row in the prediction log
     assert result["model_version"] == "v2"
     assert result["label"] in CLASSES
     top = result["top"]

@@ -12,8 +12,9 @@ Writes stay off the request path: `PredictionLog.append` puts the rows on a queu
 background thread flushes them every `FLUSH_S` seconds or every `FLUSH_ROWS` rows, whichever comes
 first. Each flush is a new zstd Parquet file, written under a hidden temporary name and renamed into
 place (`cifarflow.files.atomic_path`), so a reader never sees half a file and a `kill -9` loses at
-most the rows of the last second. Files are partitioned by UTC day (Hive style, `day=YYYY-MM-DD`), so
-retention deletes whole folders' files by name (`delete_older`).
+most the rows of the last second. Files are partitioned by UTC day (Hive style, `day=YYYY-MM-DD`): a
+window opens only the days it spans, retention deletes whole day folders (`delete_older`), and each
+finished day's one-second files are merged into one (`compact_days`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ KEEP_DAYS = 30
 SOURCES = ("service", "batch")
 PIXEL_BYTES = int(np.prod(IMAGE_SHAPE))
 DAY_PREFIX = "day="
+COMPACTED = "day.parquet"  # a finished day's files merged (compact_days)
 
 SCHEMA = pa.schema(
     [
@@ -238,44 +240,97 @@ def _to_datetime(value: np.datetime64) -> datetime:
     return value.astype("datetime64[us]").astype(datetime).replace(tzinfo=UTC)
 
 
-def log_dataset(root: Path) -> ds.Dataset | None:
-    """The log's files as one pyarrow dataset (None when nothing was logged); hidden files (writes in
-    progress, `._*` copies) and `_*` files are never read, as pyarrow skips them in a folder it lists."""
-    files = sorted(f for f in Path(root).glob(f"{DAY_PREFIX}*/*.parquet") if not f.name.startswith((".", "_")))
-    return ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet") if files else None
+def day_of(folder: Path) -> date | None:
+    """The UTC day of a `day=YYYY-MM-DD` folder; None for any other name."""
+    try:
+        return date.fromisoformat(folder.name.removeprefix(DAY_PREFIX)) if folder.name.startswith(DAY_PREFIX) else None
+    except ValueError:
+        return None
+
+
+def log_files(root: Path, first: date | None = None, last: date | None = None) -> list[Path]:
+    """The log's files of the days from `first` to `last` (either open), in name order (a writer's files
+    in the order written). Hidden files (writes in progress, `._*` copies) and `_*` files are never read,
+    as pyarrow skips them in a folder it lists."""
+    files = []
+    for folder in sorted(Path(root).glob(f"{DAY_PREFIX}*")):
+        day = day_of(folder)
+        if day is not None and (first is None or day >= first) and (last is None or day <= last):
+            files += sorted(f for f in folder.glob("*.parquet") if not f.name.startswith((".", "_")))
+    return files
+
+
+def readable(files: list[Path], warn: Callable = log.warning) -> list[Path]:
+    """The files whose Parquet footer reads and whose schema is the log's; each other one is named in a
+    warning and left out (one damaged file is that file's problem, not the window's)."""
+    kept = []
+    for path in files:
+        try:
+            if pq.read_schema(path).equals(SCHEMA):
+                kept.append(path)
+                continue
+            problem = "not the prediction log's schema"
+        except (OSError, pa.ArrowException) as error:
+            problem = str(error)
+        warn(f"prediction log: {path} left out: {problem}")
+    return kept
+
+
+def read_table(files: list[Path], condition=None, columns: list[str] | None = None, warn: Callable = log.warning):
+    """The rows of `files` matching `condition` (a pyarrow dataset expression); damaged files left out."""
+    try:
+        return ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet").to_table(columns, filter=condition)
+    except (OSError, pa.ArrowException):  # a damaged file somewhere: find it, leave it out, read the others
+        files = readable(files, warn)
+        return ds.dataset([str(f) for f in files], schema=SCHEMA, format="parquet").to_table(columns, filter=condition)
 
 
 def read_window(
-    root: Path, since: datetime | None = None, last: int | None = None, until: datetime | None = None
+    root: Path,
+    since: datetime | None = None,
+    last: int | None = None,
+    until: datetime | None = None,
+    warn: Callable = log.warning,
 ) -> LogWindow:
-    """Logged rows with `since` < time ≤ `until` (either open), in time order; with `last`, only the
-    `last` most recent of them. ValueError for a `last` below 1 or a naive datetime."""
+    """Logged rows with `since` < time ≤ `until` (either open), in time order, each prediction once; with
+    `last`, only the `last` most recent of them. Only the day folders the bounds allow are opened; a
+    damaged file is left out with a warning. ValueError for a `last` below 1 or a naive datetime."""
     for moment in (since, until):
         if moment is not None and moment.tzinfo is None:
             raise ValueError(f"{moment.isoformat()} has no time zone: give UTC times (…Z or +00:00)")
     if last is not None and last < 1:
         raise ValueError(f"last must be at least 1, got {last}")
-    dataset = log_dataset(root)
-    if dataset is None:
+    files = log_files(root, since and since.astimezone(UTC).date(), until and until.astimezone(UTC).date())
+    if not files:
         return _window(SCHEMA.empty_table())
+    time_type = SCHEMA.field("time").type
     condition = None
     if since is not None:
-        condition = ds.field("time") > pa.scalar(since, SCHEMA.field("time").type)
+        condition = ds.field("time") > pa.scalar(since, time_type)
     if until is not None:
-        upper = ds.field("time") <= pa.scalar(until, SCHEMA.field("time").type)
+        upper = ds.field("time") <= pa.scalar(until, time_type)
         condition = upper if condition is None else condition & upper
     if last is not None:  # find the cut from the times alone, then read the pixels of the rows after it
-        times = dataset.to_table(columns=["time"], filter=condition)["time"]
+        times = read_table(files, condition, ["time"], warn)["time"]
         if len(times) > last:
             cut = pc.sort_indices(times, sort_keys=[("", "descending")])[last - 1]
             lower = ds.field("time") >= times[cut.as_py()]
             condition = lower if condition is None else condition & lower
-    table = dataset.to_table(filter=condition).sort_by(
-        [("time", "ascending")]
-    )  # stable: a call's rows keep their order
+    table = once_each(read_table(files, condition, warn=warn)).sort_by([("time", "ascending")])  # stable
     if last is not None and table.num_rows > last:
         table = table.slice(table.num_rows - last)
     return _window(table)
+
+
+def once_each(table: pa.Table) -> pa.Table:
+    """`table` with each prediction_id's first row only (a compaction cut short leaves two copies)."""
+    ids = table["prediction_id"]
+    if pc.count_distinct(ids).as_py() == len(ids):
+        return table
+    first = (
+        pa.table({"id": ids, "row": np.arange(len(ids))}).group_by("id", use_threads=False).aggregate([("row", "min")])
+    )
+    return table.take(np.sort(first["row_min"].to_numpy()))
 
 
 def _window(table: pa.Table) -> LogWindow:
@@ -306,11 +361,34 @@ def delete_older(root: Path, keep_days: int, today: date | None = None) -> list[
     oldest_kept = (today or datetime.now(UTC).date()) - timedelta(days=keep_days - 1)
     deleted = []
     for folder in sorted(Path(root).glob(f"{DAY_PREFIX}*")):
-        try:
-            day = date.fromisoformat(folder.name.removeprefix(DAY_PREFIX))
-        except ValueError:
-            continue  # not a folder the log wrote: leave it
-        if day < oldest_kept:
+        day = day_of(folder)
+        if day is not None and day < oldest_kept:  # not a folder the log wrote: leave it
             shutil.rmtree(folder)
             deleted.append(folder)
     return deleted
+
+
+def compact_days(root: Path, today: date | None = None, warn: Callable = log.warning) -> list[Path]:
+    """Merge each finished day's files (the days before `today`, UTC) into one file, `day.parquet`, so a
+    month of one-second flushes is 30 files, not millions; the day folders compacted. The merged file is
+    written whole before the small ones go, so a kill in between leaves every row (twice, which readers
+    and the next compaction undo). A day folder with a damaged file keeps that file, named in a warning."""
+    today = today or datetime.now(UTC).date()
+    compacted = []
+    for folder in sorted(Path(root).glob(f"{DAY_PREFIX}*")):
+        day = day_of(folder)
+        files = log_files(root, day, day) if day is not None and day < today else []
+        if len(files) < 2:
+            continue
+        good = readable(files, warn)
+        if len(good) < 2:
+            continue
+        table = once_each(read_table(good)).sort_by([("time", "ascending")])
+        target = folder / COMPACTED
+        with atomic_path(target) as tmp, open(tmp, "wb") as sink:
+            pq.write_table(table, sink, compression="zstd")
+        for path in good:
+            if path != target:
+                path.unlink()
+        compacted.append(folder)
+    return compacted
