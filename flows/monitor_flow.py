@@ -6,7 +6,8 @@
 
 The window is read from the prediction log (<data dir>/monitoring/log/, written by the service and
 the predict flow): at most the 10,000 most recent images after the previous run's window (the whole log
-on a first run), or the last N, or since a time (UTC when no zone is given). The reference is the test
+on a first run; a window too small to judge stays open for the next run), or the last N, or since a
+time (UTC when no zone is given). The reference is the test
 set, scored by the champion once per model. Four signals (input PSI, embedding MMD, prediction
 chi-square, confidence KS: `cifarflow.monitoring.signals`) give the verdict; a window of fewer than 100
 images gets none. The report lands in <data dir>/monitoring/reports/<time>/ (monitor.json, report.md,
@@ -23,7 +24,6 @@ import secrets
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from prefect import flow
 
@@ -32,31 +32,39 @@ from cifarflow.errors import PipelineInputError
 from cifarflow.inference.predictor import locate
 from cifarflow.layout import DataLayout
 from cifarflow.monitoring.log import KEEP_DAYS
-from cifarflow.monitoring.monitor import parse_time, remember_window, window_bounds
+from cifarflow.monitoring.monitor import MonitorSummary, parse_time, test_shards
 from cifarflow.paths import from_printable, printable
 from cifarflow.registry import store
-from tasks.monitor import check_window, emit_drift, prepare_reference, prune_log, publish_monitor_artifacts
+from tasks.monitor import (
+    check_window,
+    choose_window,
+    emit_drift,
+    prepare_reference,
+    prune_log,
+    publish_monitor_artifacts,
+    remember_where_it_ended,
+)
 
 
 @flow(name="monitor", flow_run_name="monitor-{data_dir}", log_prints=True)
 def monitor(
     data_dir: Path = Path("data"), last: int | None = None, since: str | None = None, keep_days: int = KEEP_DAYS
-) -> dict[str, Any]:
-    """Compare the logged window with the champion's reference; monitor.json's contents."""
+) -> MonitorSummary:
+    """Compare a window of the prediction log with the champion's reference; the verdict."""
     layout = DataLayout(Path(from_printable(str(data_dir))).resolve())
     now = datetime.now(UTC)
-    bounds = window_bounds(layout, last, parse_time(since) if since else None, now)
     champion = store.read_champion_version(layout.registry)
     if champion is None:
         raise PipelineInputError(f"no champion in {layout.registry}: run the pipeline first")
     out = layout.monitor_reports / f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
-    reference = prepare_reference(layout, champion)
+    bounds = choose_window(layout, last, parse_time(since) if since else None, now)  # after the previous run's
+    reference = prepare_reference(layout, champion)  # the champion's view of the test set
     result = check_window(layout, champion, reference, bounds, out)  # the window, its signals, the report
     publish_monitor_artifacts(result, out)
-    if result["drift"]:
-        emit_drift(layout.root, result)
-    remember_window(layout, bounds)  # the next run starts where this window ended
-    prune_log(layout, keep_days, now)
+    if result.drift:
+        emit_drift(layout.root, result)  # cifar10.monitor.drift, for automations
+    remember_where_it_ended(layout, bounds, result.images)
+    prune_log(layout, keep_days, now)  # retention, and finished days merged
     return result
 
 
@@ -81,16 +89,18 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise PipelineInputError(f"--last must be at least 1, got {args.last}")
     if args.keep_days < 1:
         raise PipelineInputError(f"--keep-days must be at least 1, got {args.keep_days}")
-    if args.since is not None:
-        parse_time(args.since)
-    locate(store.ALIAS, DataLayout(args.data_dir.resolve()).registry)  # ModelNotFound: no champion yet
+    if args.since is not None and parse_time(args.since) > datetime.now(UTC):
+        raise PipelineInputError(f"--since {args.since} is in the future: nothing is logged after it yet")
+    layout = DataLayout(args.data_dir.resolve())
+    locate(store.ALIAS, layout.registry)  # ModelNotFound: no champion yet
+    test_shards(layout)  # the reference: PipelineInputError when the data dir has no test set
 
 
 def run_monitor(args: argparse.Namespace, _: None) -> int:
     ensure_prefect_api()
     result = monitor(printable(args.data_dir.resolve()), args.last, args.since, args.keep_days)
-    print(f"{result['verdict']} ({result['images']:,} images, {result['model_version']})")
-    return done(f"monitoring report at {result['report']}")
+    print(f"{result.verdict} ({result.images:,} images, {result.model_version})")
+    return done(f"monitoring report at {result.report}")
 
 
 def main(argv: list[str] | None = None) -> int:

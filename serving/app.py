@@ -46,6 +46,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cifarflow.cli import ArgumentParser, done, run_cli, run_command
+from cifarflow.errors import StorageError
+from cifarflow.files import ensure_writable
 from cifarflow.inference.batcher import MAX_IMAGES, MicroBatcher
 from cifarflow.inference.decode_budget import (
     DEFAULT_PIXELS,
@@ -338,7 +340,7 @@ def create_app(
         live.start()
         batcher = MicroBatcher(max_batch_images) if max_batch_images > 1 else None
         if log_predictions:
-            prediction_log = PredictionLog(DataLayout(data_dir).prediction_log).start()
+            prediction_log = start_prediction_log(DataLayout(data_dir).prediction_log)
         yield
         if batcher:
             batcher.close()
@@ -408,6 +410,17 @@ def create_app(
         return predict_uploads(serving(), file, batcher, budget, prediction_log)
 
     return app
+
+
+def start_prediction_log(root: Path) -> PredictionLog | None:
+    """The prediction log's writer, or None (said once in the log) when its folder cannot be written: the
+    service answers all the same, it only keeps no log."""
+    try:
+        ensure_writable(root)
+    except StorageError as error:
+        log.warning("the prediction log is off: %s", error)
+        return None
+    return PredictionLog(root, warn=log.warning).start()
 
 
 def add_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:

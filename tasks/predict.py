@@ -53,7 +53,7 @@ def score_images(
     sheet = out.with_suffix(".png")
     if prediction_log is None:
         return predict_files(files, predictor, out, sheet, batch_size, on_progress)
-    with PredictionLog(prediction_log) as log:  # closing it writes the last rows before the task ends
+    with PredictionLog(prediction_log, warn=logger.warning) as log:  # closing it writes the last rows
         return predict_files(files, predictor, out, sheet, batch_size, on_progress, log)
 
 

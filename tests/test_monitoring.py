@@ -69,7 +69,7 @@ def log_earlier(layout: DataLayout, images: np.ndarray, source: str = "service")
     seconds, which a writer may still hold)."""
     at = datetime.now(UTC) - timedelta(minutes=1)
     table = log_table(new_ids(len(images)), source, "v2", np.full((len(images), 10), 0.1), images, at)
-    write_log_file(layout.prediction_log, table, "earlier.parquet")
+    write_log_file(layout.prediction_log, table, f"earlier-{new_ids(1)[0]}.parquet")
 
 
 def run_monitor(capsys, *args) -> tuple[int, list[str], dict | None]:
@@ -126,12 +126,35 @@ def test_the_service_logs_every_answer_and_the_monitor_finds_the_drift(
     assert "no verdict: 0 images" in lines[-2]
 
 
-def test_a_window_like_the_reference_raises_no_alarm(prefect_server, data_dir, test_images, capsys, tmp_path):
+def test_a_window_like_the_reference_raises_no_alarm(prefect_server, data_dir, capsys, tmp_path):
     layout = private_copy(data_dir, tmp_path)
-    log_earlier(layout, test_images, "batch")  # the test images themselves: no shift at all
+    training, _ = read_split(layout.shard_manifest, "train")  # other images from the test set's generator
+    log_earlier(layout, training[:200], "batch")
     code, _, summary = run_monitor(capsys, "--data-dir", layout.root, "--since", "2000-01-01T00:00:00")
-    assert code == 0 and summary["images"] == len(test_images)
+    assert code == 0 and summary["images"] == 200
     assert summary["drift"] is False and summary["fired"] == [] and summary["verdict"] == "no drift"
+    assert all(signal["p_value"] > 0.05 / 4 for name, signal in summary["signals"].items() if name != "input")
+
+
+def test_a_quiet_service_is_judged_once_enough_images_came(prefect_server, data_dir, test_images, capsys, tmp_path):
+    """A window under 100 images keeps the pointer where it was: the next run sees those images again."""
+    layout = private_copy(data_dir, tmp_path)
+    log_earlier(layout, test_images[:60])
+    code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert code == 0 and summary["images"] == 60 and summary["drift"] is None
+    assert not layout.monitor_state.exists()
+    log_earlier(layout, test_images[60:])
+    code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert code == 0 and summary["images"] == 100 and summary["drift"] is not None
+    assert json.loads(layout.monitor_state.read_text())["until"] == summary["window"]["until"]
+    # a damaged pointer and a damaged reference are named, not fatal: the whole log is judged again
+    layout.monitor_state.write_text("{not json")
+    (reference,) = layout.monitor_references.glob("*/reference.npz")
+    reference.write_bytes(reference.read_bytes()[:100])
+    code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert code == 0 and summary["images"] == 100 and summary["drift"] is not None
+    assert json.loads(layout.monitor_state.read_text())["until"] == summary["window"]["until"]
+    assert len(np.load(reference)["features"]) == 100  # scored again, whole
 
 
 def test_the_predict_flow_logs_what_it_scores_unless_told_not_to(
@@ -189,6 +212,23 @@ def test_the_service_keeps_no_log_with_no_log(data_dir, test_images, tmp_path):
 def test_unusable_arguments_exit_2_before_any_work(data_dir, capsys, arguments, message):
     assert monitor_main(["--data-dir", str(data_dir), *arguments]) == 2
     assert message in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_a_future_since_and_a_data_dir_without_test_set_exit_2(data_dir, tmp_path, capsys):
+    assert monitor_main(["--data-dir", str(data_dir), "--since", "2999-01-01T00:00:00Z"]) == 2
+    assert "is in the future" in capsys.readouterr().out.strip().splitlines()[-1]
+    layout = private_copy(data_dir, tmp_path)
+    shutil.rmtree(layout.parquet)
+    assert monitor_main(["--data-dir", str(layout.root)]) == 2
+    assert "no test set in" in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_a_service_whose_log_folder_cannot_be_written_serves_without_a_log(tmp_path, caplog):
+    from serving.app import start_prediction_log
+
+    (tmp_path / "monitoring").write_text("a file where the folder should be")
+    assert start_prediction_log(tmp_path / "monitoring" / "log") is None
+    assert "the prediction log is off" in caplog.text
 
 
 def test_no_champion_exits_2_saying_so(tmp_path, capsys):

@@ -194,16 +194,16 @@ def test_a_reader_never_sees_a_partial_file(tmp_path):
             time.sleep(0.002)
         stop.set()
 
-    seen = [0]
+    seen, warnings = [0], []
     with PredictionLog(tmp_path, flush_s=0.01, flush_rows=3) as prediction_log:
         thread = threading.Thread(target=writer, args=(prediction_log,))
         thread.start()
         while not stop.is_set():
-            rows = len(read_window(tmp_path))  # reads every column of every file: a torn file would raise
+            rows = len(read_window(tmp_path, warn=warnings.append))  # every column of every file
             assert rows >= seen[-1]
             seen.append(rows)
         thread.join()
-    assert len(read_window(tmp_path)) == 60
+    assert len(read_window(tmp_path)) == 60 and warnings == []  # no file was ever torn, none left out
     for path in tmp_path.rglob("*"):  # the writer leaves complete Parquet files and their folders only
         assert path.is_dir() or (path.suffix == ".parquet" and not path.name.startswith(".")), path
 
@@ -462,3 +462,43 @@ def test_finished_days_are_merged_into_one_file_and_each_prediction_is_read_once
     assert len(parquet_files(tmp_path)) == 2  # today's file is left as it is: a writer may still add to the day
     assert list(read_window(tmp_path).ids) == ids
     assert compact_days(tmp_path, today) == []  # nothing more to merge
+
+
+def test_last_counts_each_prediction_once_when_a_file_is_doubled(tmp_path):
+    ids = write_calls(tmp_path, 2, [T0, T0 + timedelta(seconds=1), T0 + timedelta(seconds=2)])
+    day = tmp_path / f"day={T0:%Y-%m-%d}"
+    (day / "call-002-copy.parquet").write_bytes((day / "call-002.parquet").read_bytes())
+    assert list(read_window(tmp_path, last=4).ids) == ids[-4:]
+
+
+def test_a_window_that_mixes_label_sets_is_refused_naming_them(tmp_path):
+    write_log_file(tmp_path, log_table(["a"], "batch", "v1", probabilities(1), images(1), T0), "ten.parquet")
+    thirty = np.full((1, 30), 1 / 30, np.float32)
+    write_log_file(tmp_path, log_table(["b"], "batch", "v9", thirty, images(1), T0), "thirty.parquet")
+    with pytest.raises(ValueError, match="mixes models with 10 and 30 classes"):
+        read_window(tmp_path)
+
+
+def test_a_second_merge_while_one_runs_is_skipped_and_loses_nothing(tmp_path):
+    import fcntl
+
+    yesterday = T0 - timedelta(days=1)
+    ids = write_calls(tmp_path, 2, [yesterday, yesterday + timedelta(seconds=1)])
+    with open(tmp_path / ".compact.lock", "a+") as held:  # another monitor run is merging
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert compact_days(tmp_path, T0.date()) == []
+    assert len(parquet_files(tmp_path)) == 2 and list(read_window(tmp_path).ids) == ids
+    assert len(compact_days(tmp_path, T0.date())) == 1 and list(read_window(tmp_path).ids) == ids
+
+
+def test_a_failing_disk_is_retried_at_the_interval_not_on_every_append(tmp_path):
+    root = tmp_path / "log"
+    root.write_text("a file where the log's folder should be")
+    warnings: list[str] = []
+    with PredictionLog(root, flush_s=0.5, flush_rows=2, warn=warnings.append) as prediction_log:
+        for number in range(20):
+            prediction_log.append(new_ids(1), "service", "v1", probabilities(1, number), images(1, number))
+            time.sleep(0.005)
+        time.sleep(0.1)
+        tried = len(warnings)
+    assert 1 <= tried <= 2  # one try when the rows first passed flush_rows, the next only at the interval

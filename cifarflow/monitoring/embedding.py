@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cifarflow.data.statistics import pixel_value_counts
+from cifarflow.files import atomic_path
 from cifarflow.models.registry import get_preset
 from cifarflow.monitoring.signals import Scored
 
@@ -57,8 +58,6 @@ def score(embed: Embed, pixels: np.ndarray) -> Scored:
 
 def save_scored(path: Path, scored: Scored) -> Path:
     """`scored` as one .npz file, written atomically."""
-    from cifarflow.files import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, features=scored.features, probabilities=scored.probabilities, value_counts=scored.value_counts)
     return Path(path)

@@ -19,6 +19,7 @@ finished day's one-second files are merged into one (`compact_days`).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import queue
@@ -162,7 +163,7 @@ class PredictionLog:
     def _run(self) -> None:
         pending: list[pa.Table] = []
         due = None  # when the oldest pending rows must be written
-        stopping = False
+        stopping = failing = False
         while not stopping:
             timeout = None if due is None else max(0.0, due - time.monotonic())
             try:
@@ -175,8 +176,10 @@ class PredictionLog:
             except queue.Empty:
                 pass
             rows = sum(t.num_rows for t in pending)
-            if pending and (stopping or rows >= self.flush_rows or time.monotonic() >= due):
+            full = rows >= self.flush_rows and not failing  # after a failure, retry at the interval only
+            if pending and (stopping or full or time.monotonic() >= due):
                 pending = self._flush(pending, rows)
+                failing = bool(pending)
                 due = time.monotonic() + self.flush_s if pending else None
         if pending:  # closed while the disk still refuses the writes
             lost = sum(t.num_rows for t in pending)
@@ -197,8 +200,8 @@ class PredictionLog:
         self._files += 1
         try:
             write_log_file(self.root, pa.concat_tables(pending), f"{stamp}-{self._token}-{self._files:06d}.parquet")
-        except OSError as error:
-            self.warn(f"prediction log: {rows:,} rows not written yet ({error}); trying again")
+        except Exception as error:  # a full or read-only disk (OSError), whatever else: the writer goes on
+            self.warn(f"prediction log: {rows:,} rows not written yet ({type(error).__name__}: {error}); trying again")
             while rows > MAX_PENDING_ROWS and len(pending) > 1:
                 first = pending.pop(0)
                 rows -= first.num_rows
@@ -310,8 +313,8 @@ def read_window(
     if until is not None:
         upper = ds.field("time") <= pa.scalar(until, time_type)
         condition = upper if condition is None else condition & upper
-    if last is not None:  # find the cut from the times alone, then read the pixels of the rows after it
-        times = read_table(files, condition, ["time"], warn)["time"]
+    if last is not None:  # find the cut from ids and times alone, then read the pixels of the rows after it
+        times = once_each(read_table(files, condition, ["prediction_id", "time"], warn))["time"]
         if len(times) > last:
             cut = pc.sort_indices(times, sort_keys=[("", "descending")])[last - 1]
             lower = ds.field("time") >= times[cut.as_py()]
@@ -335,6 +338,12 @@ def once_each(table: pa.Table) -> pa.Table:
 
 def _window(table: pa.Table) -> LogWindow:
     count = table.num_rows
+    classes = pc.unique(pc.list_value_length(table["probabilities"])).to_pylist() if count else []
+    if len(classes) > 1:
+        raise ValueError(
+            f"the window mixes models with {' and '.join(map(str, sorted(classes)))} classes: "
+            "choose a window (--since, --last) that holds one label set"
+        )
     column = table["pixels"].combine_chunks()
     pixels = (
         np.frombuffer(column.buffers()[1], np.uint8, count * PIXEL_BYTES, column.offset * PIXEL_BYTES) if count else []
@@ -370,25 +379,47 @@ def delete_older(root: Path, keep_days: int, today: date | None = None) -> list[
 
 def compact_days(root: Path, today: date | None = None, warn: Callable = log.warning) -> list[Path]:
     """Merge each finished day's files (the days before `today`, UTC) into one file, `day.parquet`, so a
-    month of one-second flushes is 30 files, not millions; the day folders compacted. The merged file is
-    written whole before the small ones go, so a kill in between leaves every row (twice, which readers
-    and the next compaction undo). A day folder with a damaged file keeps that file, named in a warning."""
+    month of one-second flushes is 30 files, not millions; the day folders merged.
+
+    One merge at a time per log (a lock file; a second caller skips the merge). Files are streamed in
+    record batches, each prediction kept once, so memory holds one batch and the day's ids, not the day.
+    The merged file is written whole before the small ones go, so a kill in between leaves every row
+    (twice, which readers and the next merge undo). A damaged file stays where it is, named in a
+    warning; a file that fails while being merged stops that day's merge, leaving the day as it was."""
     today = today or datetime.now(UTC).date()
-    compacted = []
-    for folder in sorted(Path(root).glob(f"{DAY_PREFIX}*")):
-        day = day_of(folder)
-        files = log_files(root, day, day) if day is not None and day < today else []
-        if len(files) < 2:
-            continue
-        good = readable(files, warn)
-        if len(good) < 2:
-            continue
-        table = once_each(read_table(good)).sort_by([("time", "ascending")])
-        target = folder / COMPACTED
-        with atomic_path(target) as tmp, open(tmp, "wb") as sink:
-            pq.write_table(table, sink, compression="zstd")
-        for path in good:
-            if path != target:
-                path.unlink()
-        compacted.append(folder)
-    return compacted
+    merged = []
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with open(Path(root) / ".compact.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return merged  # another monitor run is merging: it will do what this one would
+        for folder in sorted(Path(root).glob(f"{DAY_PREFIX}*")):
+            day = day_of(folder)
+            files = readable(log_files(root, day, day), warn) if day is not None and day < today else []
+            if len(files) < 2:
+                continue
+            files.sort(key=lambda f: f.name != COMPACTED)  # the earlier merge holds the oldest rows
+            try:
+                merge_files(files, folder / COMPACTED)
+            except (OSError, pa.ArrowException) as error:
+                warn(f"prediction log: {folder.name} not merged ({error}); its files are as they were")
+                continue
+            for path in files:
+                if path.name != COMPACTED:
+                    path.unlink()
+            merged.append(folder)
+    return merged
+
+
+def merge_files(files: list[Path], target: Path) -> None:
+    """Write the rows of `files`, in order, each prediction_id once, into `target` (atomically)."""
+    seen: set[str] = set()
+    with atomic_path(target) as tmp, open(tmp, "wb") as sink, pq.ParquetWriter(sink, SCHEMA, compression="zstd") as out:
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=10_000):
+                ids = batch.column("prediction_id").to_pylist()
+                fresh = [i for i, prediction_id in enumerate(ids) if prediction_id not in seen]
+                seen.update(ids)
+                if fresh:
+                    out.write_table(pa.Table.from_batches([batch], SCHEMA).take(fresh))

@@ -4,14 +4,14 @@ reference: the class mix, the top probability and each colour channel's histogra
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 
 from cifarflow.evaluation.plots import save_figure
 from cifarflow.files import atomic_path, write_json
-from cifarflow.monitoring.signals import Scored
+from cifarflow.monitoring.monitor import MonitorSummary
+from cifarflow.monitoring.signals import FAMILY_ALPHA, SIGNAL_NAMES, Scored, Signal
 from cifarflow.validation.checks import HISTOGRAM_BINS
 
 PLOTS = {"class_mix": "class_mix.png", "confidence": "confidence.png", "channels": "channels.png"}
@@ -53,16 +53,15 @@ def channels_plot(reference: Scored, window: Scored, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def limit(signal: dict[str, Any]) -> str:
-    return f"p = {signal['p_value']:.3g}" if "p_value" in signal else f"> {signal['threshold']:g}"
+def limit(signal: Signal) -> str:
+    return f"p = {signal.p_value:.3g}" if signal.p_value is not None else f"> {signal.threshold:g}"
 
 
-def report_markdown(summary: dict[str, Any], plots: bool) -> str:
-    window = summary["window"]
+def report_markdown(summary: MonitorSummary, plots: bool) -> str:
+    window = summary.window
     rows = "\n".join(
-        f"| {name} | {signal['test']} | {signal['statistic']:.4g} | {limit(signal)} | "
-        f"{'**drift**' if signal['drift'] else 'no'} |"
-        for name, signal in summary["signals"].items()
+        f"| {s.name} | {s.test} | {s.statistic:.4g} | {limit(s)} | {'**drift**' if s.drift else 'no'} |"
+        for s in summary.signals
     )
     table = (
         "| signal | test | statistic | p-value or threshold | drift |\n|---|---|---|---|---|\n" + rows
@@ -78,16 +77,17 @@ def report_markdown(summary: dict[str, Any], plots: bool) -> str:
     figures = "".join(f"![{name.replace('_', ' ')}]({file})\n\n" for name, file in PLOTS.items()) if plots else ""
     return f"""# Monitoring report
 
-**{summary["verdict"]}**: {summary["images"]:,} logged images scored by {summary["model_version"]}, against
-{summary["reference"]["images"]:,} reference images ({summary["reference"]["what"]}).
+**{summary.verdict}**: {summary.images:,} logged images scored by {summary.model_version}, against
+{summary.reference_images:,} reference images (the ingested test set, scored by the champion).
 
 - Window: {chosen} {window["until"]}; {logged}.
 - Sources: {fmt_counts(window["sources"])}; served by: {fmt_counts(window["model_versions"])}.
 
 {table}
 
-Each test fires at p < {summary["family_alpha"]} / 4 (Bonferroni over the four signals), so a window
-like the reference raises an alarm in at most about {summary["family_alpha"]:.0%} of runs.
+The input signal fires above its PSI threshold; each test fires at p < {FAMILY_ALPHA} / {len(SIGNAL_NAMES)}
+(Bonferroni over the {len(SIGNAL_NAMES)} signals), so a window like the reference raises an alarm in at
+most about {FAMILY_ALPHA:.0%} of runs.
 
 {figures}"""
 
@@ -97,7 +97,7 @@ def fmt_counts(counts: dict[str, int]) -> str:
 
 
 def write_monitor_report(
-    directory: Path, summary: dict[str, Any], reference: Scored, window: Scored | None, label_names: list[str]
+    directory: Path, summary: MonitorSummary, reference: Scored, window: Scored | None, label_names: list[str]
 ) -> Path:
     """monitor.json, report.md and (when the window had images) the plots, in `directory`; monitor.json
     is written last, so a folder with it is whole."""
@@ -109,4 +109,4 @@ def write_monitor_report(
         channels_plot(reference, window, directory / PLOTS["channels"])
     with atomic_path(directory / "report.md") as tmp:
         tmp.write_text(report_markdown(summary, plots))
-    return write_json(directory / "monitor.json", summary)
+    return write_json(directory / "monitor.json", summary.to_json())

@@ -13,6 +13,7 @@ from typing import Any
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from cifarflow.files import read_json
+from cifarflow.monitoring.monitor import MonitorSummary
 from cifarflow.paths import printable
 from cifarflow.reporting.report import Report, per_class_rows
 
@@ -149,20 +150,20 @@ def publish_leaderboard(name: str, rows: list[dict[str, Any]], files: dict[str, 
     create_markdown_artifact(markdown=markdown, key=f"sweep-{name}-report"[:100], description=f"Sweep {name}")
 
 
-def publish_monitor(summary: dict[str, Any], directory: Path) -> None:
+def publish_monitor(summary: MonitorSummary, directory: Path) -> None:
     """A monitor run in the UI, under stable keys (their history is the drift trend): the report with its
     plots, and one table row per signal."""
     create_markdown_artifact(
         markdown=embed_images((directory / "report.md").read_text(), directory),
         key="cifar10-monitor-report",
-        description=f"{summary['verdict']} ({summary['images']:,} images, {summary['model_version']})",
+        description=f"{summary.verdict} ({summary.images:,} images, {summary.model_version})",
     )
     rows = [
-        {"signal": name, **{key: signal.get(key) for key in ("statistic", "p_value", "threshold", "drift")}}
-        for name, signal in summary["signals"].items()
+        {"signal": s.name, "statistic": s.statistic, "p_value": s.p_value, "threshold": s.threshold, "drift": s.drift}
+        for s in summary.signals
     ]
     create_table_artifact(
         table=rows or [{"signal": "(none)", "statistic": None, "p_value": None, "threshold": None, "drift": None}],
         key="cifar10-monitor-signals",
-        description=summary["verdict"],
+        description=summary.verdict,
     )
