@@ -87,3 +87,11 @@ def test_unknown_names_and_bad_arrays_are_refused():
     ):
         with pytest.raises(ValueError, match="uint8"):
             corrupt(bad, "brightness")
+
+
+def test_upside_down_and_swap_channels_are_exact_and_contrast_pulls_toward_the_mean():
+    pixels = np.random.default_rng(3).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(corrupt(pixels, "upside_down")[:, -1, ::-1], pixels[:, 0])  # first row → last
+    np.testing.assert_array_equal(corrupt(pixels, "swap_channels"), pixels[..., [2, 1, 0]])
+    lowered = corrupt(pixels, "contrast").astype(float)
+    assert lowered.std(axis=(1, 2, 3)).max() < 0.6 * pixels.astype(float).std(axis=(1, 2, 3)).min()

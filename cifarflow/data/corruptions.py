@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageEnhance, ImageFilter
 
 
 def _per_image(images: np.ndarray, change: Callable[[Image.Image], Image.Image]) -> np.ndarray:
@@ -58,6 +58,21 @@ def grayscale(images: np.ndarray, seed: int = 0) -> np.ndarray:
     return _per_image(images, lambda image: image.convert("L"))
 
 
+def contrast(images: np.ndarray, factor: float = 0.5, seed: int = 0) -> np.ndarray:
+    """Pillow's `ImageEnhance.Contrast` at `factor` (0.5: each pixel halfway to the image's mean gray)."""
+    return _per_image(images, lambda image: ImageEnhance.Contrast(image).enhance(factor))
+
+
+def upside_down(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Each image turned by 180° (a camera mounted upside down); the shape stays, whatever it is."""
+    return np.ascontiguousarray(images[:, ::-1, ::-1])
+
+
+def swap_channels(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Red and blue swapped (BGR read as RGB: OpenCV's order taken for the usual one)."""
+    return np.ascontiguousarray(images[..., ::-1])
+
+
 @dataclass(frozen=True)
 class Corruption:
     name: str
@@ -73,6 +88,10 @@ CORRUPTIONS: dict[str, Corruption] = {
         Corruption("jpeg", "quality 10", jpeg),
         Corruption("blur", "radius 1", blur),
         Corruption("grayscale", "ITU-R 601 luma", grayscale),
+        # beyond the monitor's listed shifts: what else a camera or a client gets wrong
+        Corruption("contrast", "×0.5", contrast),
+        Corruption("upside_down", "180°", upside_down),
+        Corruption("swap_channels", "BGR as RGB", swap_channels),
     )
 }
 
