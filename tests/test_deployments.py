@@ -175,6 +175,20 @@ def test_deploy_then_worker_runs_the_nightly_deployment(server, synthetic_archiv
     assert_drift_event(server, data_dir, scored_ids={row["prediction_id"] for row in table})
 
 
+def without_scheduled_runs(server, deployment) -> None:
+    """Turn the deployment's schedules off and delete the runs they made, so that a worker's one run is
+    the one the test triggers (its concurrency limit of 1 would cancel that one otherwise)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with server.client_settings(), get_client(sync_client=True) as client:
+        for schedule in deployment.schedules:
+            client.update_deployment_schedule(deployment.id, schedule.id, active=False)
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+        for run in runs:
+            client.delete_flow_run(run.id)
+
+
 def assert_drift_event(server, data_dir: Path, scored_ids: set[str]) -> None:
     """Darkened test images join the scored folder in the prediction log; the `monitor/hourly` deployment,
     run by a worker, reports drift and emits `cifar10.monitor.drift`, which the server then holds."""
@@ -197,6 +211,7 @@ def assert_drift_event(server, data_dir: Path, scored_ids: set[str]) -> None:
     time.sleep(2.5)  # past the monitor's settle time
 
     monitoring = read_deployment(server, "monitor/hourly")
+    without_scheduled_runs(server, monitoring)  # at :15 the schedule's own run would take the one slot
     flow_run = trigger(server, monitoring.id, {"data_dir": str(data_dir)})
     worker = server.run(PREFECT, "worker", "start", "--pool", POOL, "--run-once", timeout=240)
     run = wait_final(server, flow_run.id, timeout=30)
