@@ -99,6 +99,31 @@ class DataLayout:
         return self.monitoring / "state.json"
 
     @property
+    def feedback(self) -> Path:
+        """What reviewers answered, and what the feedback flow made of it (cifarflow/feedback/)."""
+        return self.root / "feedback"
+
+    @property
+    def feedback_answers(self) -> Path:
+        """Every answer, append-only, one JSON line each (cifarflow/feedback/answers.py)."""
+        return self.feedback / "answers.jsonl"
+
+    @property
+    def feedback_exported(self) -> Path:
+        """Which answer of each prediction the feedback flow has handled, and its verdict."""
+        return self.feedback / "exported.json"
+
+    @property
+    def feedback_exports(self) -> Path:
+        """One folder per feedback flow run that had answers: its inbox (the exact pixels) and summary.json."""
+        return self.feedback / "exports"
+
+    @property
+    def feedback_lock(self) -> Path:
+        """One feedback export at a time."""
+        return self.feedback / ".export.lock"
+
+    @property
     def latest_report(self) -> Path:
         return self.reports / "latest"
 

@@ -10,7 +10,11 @@
     GET  /health           200 {"status": "ok", "model_version"}; 503 while there is no model
     GET  /model            the serving version's record (preset, accuracy, dataset version, run, …)
     GET  /limits           the upload limits (bytes per request, files per batch, pixels per image)
-    GET  /                 the page: choose or drop an image, see the top-3 classes
+    GET  /                 the page: choose or drop an image, see the top-3 classes, say whether it is right
+    POST /feedback         JSON {"prediction_id", "label"} (a reviewer's token) → {"prediction_id", "label", "status"}
+    GET  /review/queue     ?n=50&label=cat (a reviewer's token) → unanswered logged images, least confident first
+    GET  /review/image/ID.png  the 32×32 image the model saw (a reviewer's token)
+    GET  /review           the review page: label the queue in a grid, one key per class
 
 Images are decoded by the product's rules (PNG, JPEG, WebP, BMP; any size, centre square resized to
 32×32; grayscale, palette and RGBA made RGB). Bad input gets a 4xx JSON {"error": …}, never a 500:
@@ -24,6 +28,9 @@ restart (`cifarflow.inference.live`); requests in flight finish on the model the
 Concurrent requests are scored together in one model call (`cifarflow.inference.batcher`).
 Every scored image is appended to the prediction log (`cifarflow.monitoring.log`: its pixels, the
 probabilities, the model version, no client address) off the request path; `--no-log` turns it off.
+Answers (`POST /feedback`) go to the append-only feedback log (`cifarflow.feedback.answers`); they can
+teach the next model, so they need a reviewer's token (`--review-token-file`, `$CIFARFLOW_REVIEW_TOKEN`;
+`cifarflow.feedback.access`) unless the service listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -35,18 +42,22 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import asynccontextmanager, nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import Body, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cifarflow.cli import ArgumentParser, done, run_cli, run_command
 from cifarflow.errors import StorageError
+from cifarflow.feedback.access import LOOPBACK, AccessDenied, ReviewAccess, Reviewer, load_reviewers
+from cifarflow.feedback.answers import AnswerBook, new_answer
+from cifarflow.feedback.queue import DEFAULT_MEASURE, LogIndex, margins, queue_order, read_pixels
 from cifarflow.files import ensure_writable
 from cifarflow.inference.batcher import MAX_IMAGES, MicroBatcher
 from cifarflow.inference.decode_budget import (
@@ -66,6 +77,7 @@ from cifarflow.registry import store
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # per request; a phone photo is 2–6 MB
 MAX_BATCH_FILES = 64
+MAX_QUEUE = 500  # most items in one /review/queue answer
 MAX_BUDGET_MP = 1_000_000  # --decode-budget's ceiling: far above any machine's memory, and finite
 DRAIN_FACTOR = 4  # an over-limit body up to 4× the limit is read and discarded before the 413 (see BodyLimit)
 STATIC = Path(__file__).parent / "static"
@@ -126,6 +138,36 @@ class ModelRecord(BaseModel):
     smoke: dict[str, Any] | None = Field(None, description="the smoke test run before it was registered")
 
 
+class FeedbackRequest(BaseModel):
+    prediction_id: str = Field(pattern="^[0-9a-f]{32}$", description="the `prediction_id` of a /predict answer")
+    label: str = Field(max_length=64, description="the right class (the predicted one to confirm it)")
+
+
+class FeedbackAnswer(BaseModel):
+    prediction_id: str
+    label: str = Field(description="the class recorded as right")
+    status: str = Field(description="`recorded`, or `replaced` when this prediction had an answer before")
+    predicted: str = Field(description="the class the model answered")
+    model_version: str = Field(description="the registry version that answered")
+    reviewer: str = Field(description="who answered (the token's name; `local` on a loopback-only service)")
+
+
+class QueueItem(BaseModel):
+    prediction_id: str
+    label: str = Field(description="the predicted class")
+    probability: float = Field(ge=0, le=1, description="the top class probability")
+    margin: float = Field(ge=0, le=1, description="top probability minus the second: the queue's order, smallest first")
+    model_version: str
+    time: str = Field(description="when it was scored (ISO 8601, UTC)")
+    thumbnail: str = Field(description="URL of the 32×32 PNG the model saw (needs the same token)")
+
+
+class ReviewQueue(BaseModel):
+    measure: str = Field(description="the uncertainty measure of the order (`margin`: least margin first)")
+    unanswered: int = Field(description="logged predictions with no answer yet (of the chosen class, if any)")
+    items: list[QueueItem]
+
+
 class Limits(BaseModel):
     max_upload_bytes: int = Field(description="most bytes in one request body, multipart framing included")
     max_batch_files: int = Field(description="most `file` fields in one /predict/batch request")
@@ -136,12 +178,16 @@ MODEL_FIELDS = tuple(ModelRecord.model_fields)
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
 ERRORS: dict[int, str] = {
     400: "an empty upload, or more `file` fields than the batch limit",
-    404: "no such path",
+    401: "a review endpoint without a reviewer's token, or with a wrong one (`Authorization: Bearer <token>`)",
+    403: "a review endpoint on a service reachable from other machines that has no review token configured",
+    404: "no such path, or (feedback, review images) no logged prediction with that id",
     405: "the path exists, with another method",
     413: "the request body is over the size limit (see GET /limits)",
     415: "a file that is not a usable image (PNG, JPEG, WebP or BMP within the size limits), with the reason",
-    422: "the form lacks the field `file`, or `file` is text, not a file upload",
-    503: "no model loaded yet, or (for an upload) the decode budget stayed spent, with Retry-After: try again later",
+    422: "the form lacks the field `file`, or `file` is text, not a file upload; feedback: a label that is "
+    "not a class, or a malformed prediction id",
+    503: "no model loaded yet, or (for an upload) the decode budget stayed spent, with Retry-After: try again "
+    "later; feedback: the answer could not be stored",
 }
 API_DESCRIPTION = (
     "The registry's champion classifies CIFAR-10 images; the model is switched live when the champion moves. "
@@ -317,6 +363,8 @@ def create_app(
     decode_budget_pixels: int | None = DEFAULT_PIXELS,
     decode_wait_s: float = WAIT_S,
     log_predictions: bool = True,
+    reviewers: list[Reviewer] | None = None,
+    loopback_only: bool = False,
 ) -> FastAPI:
     """The service on `data_dir`'s registry (default $CIFARFLOW_DATA_DIR, else ./data), serving `model`.
 
@@ -324,8 +372,14 @@ def create_app(
     `max_batch_images`: the most images scored in one model call (1: each request alone);
     `decode_budget_pixels`: the most pixels decoded at once over all requests (None: no bound), a
     request waiting up to `decode_wait_s` seconds for its share before a 503; `log_predictions`: append
-    every scored image to the data dir's prediction log (monitoring/log/)."""
+    every scored image to the data dir's prediction log (monitoring/log/); `reviewers`: who may answer
+    (None: from $CIFARFLOW_REVIEW_TOKEN), `loopback_only`: the service listens on 127.0.0.1 alone, so
+    with no reviewers anyone on this machine may answer (`cifarflow.feedback.access`)."""
     data_dir = Path(data_dir or os.environ.get("CIFARFLOW_DATA_DIR", "data")).resolve()
+    layout = DataLayout(data_dir)
+    access = ReviewAccess(load_reviewers(None, os.environ) if reviewers is None else reviewers, loopback_only)
+    answers = AnswerBook(layout.feedback_answers, warn=log.warning)
+    index = LogIndex(layout.prediction_log, warn=log.warning)
     live = LiveModel(DataLayout(data_dir).registry, model, poll_s, log=log.warning)
     budget = DecodeBudget(decode_budget_pixels, decode_wait_s) if decode_budget_pixels else None
     limits = Limits(max_upload_bytes=max_upload_bytes, max_batch_files=max_batch_files, max_pixels=MAX_PIXELS)
@@ -409,7 +463,114 @@ def create_app(
             raise BadInput(400, f"{len(file)} files in one request; at most {max_batch_files}")
         return predict_uploads(serving(), file, batcher, budget, prediction_log)
 
+    # --- learning from use: answers and the review queue (a reviewer's token) ---------------------------
+
+    def reviewer(request: Request) -> str:
+        try:
+            return access.reviewer(request.headers.get("authorization"))
+        except AccessDenied as denied:
+            headers = {"WWW-Authenticate": "Bearer"} if denied.status == 401 else None
+            raise BadInput(denied.status, str(denied), headers) from None
+
+    def logged(prediction_id: str):
+        """(log file, row) of a logged prediction; one just made may still wait in the writer: flush it."""
+        index.refresh()
+        found = index.find(prediction_id)
+        if found is None and prediction_log is not None and prediction_log.flush():
+            index.refresh()
+            found = index.find(prediction_id)
+        if found is None:
+            off = "" if prediction_log is not None else " (this service keeps no prediction log: --no-log)"
+            raise BadInput(404, f"no logged prediction {prediction_id}{off}")
+        return found
+
+    @app.post(
+        "/feedback", response_model=FeedbackAnswer, responses=documented(401, 403, 404, 422, 503), tags=["review"]
+    )
+    def feedback(request: Request, answer: FeedbackRequest = Body(...)):
+        """Say which class a logged prediction really is (its own label to confirm it). The last answer
+        for a prediction counts; every answer is kept in the append-only feedback log."""
+        name = reviewer(request)
+        label_names = serving().label_names
+        label = next((c for c in label_names if c.lower() == answer.label.strip().lower()), None)
+        if label is None:
+            raise BadInput(422, f"{answer.label!r} is not a class: one of {', '.join(label_names)}")
+        _, row = logged(answer.prediction_id)
+        predicted = label_names[int(row.probabilities.argmax())] if len(row.probabilities) == len(label_names) else ""
+        recorded = new_answer(answer.prediction_id, label, predicted, row.model_version, name)
+        try:
+            replaced = answers.record(recorded)
+        except OSError as error:
+            log.error("feedback not recorded: %s", error)
+            raise BadInput(503, f"the answer could not be stored: {error.strerror or error}") from None
+        log.info("feedback from %s: %s is %s (model said %s)", name, answer.prediction_id, label, predicted)
+        status = "replaced" if replaced else "recorded"
+        return {**asdict(recorded), "status": status}
+
+    @read("/review", include_in_schema=False)
+    def review_page():
+        return FileResponse(STATIC / "review.html")
+
+    @read("/review/queue", response_model=ReviewQueue, responses=documented(401, 403, 422, 503), tags=["review"])
+    def review_queue(
+        request: Request,
+        n: int = Query(50, ge=1, le=MAX_QUEUE, description="how many items"),
+        label: str | None = Query(None, description="only images predicted as this class"),
+    ):
+        """Logged predictions nobody has answered yet, least confident (smallest margin) first."""
+        reviewer(request)
+        label_names = serving().label_names
+        if label is not None and label not in label_names:
+            raise BadInput(422, f"{label!r} is not a class: one of {', '.join(label_names)}")
+        index.refresh()
+        ids, times, versions, probabilities = index.rows()
+        if len(ids) and probabilities.shape[1] != len(label_names):
+            ids = ids[:0]  # the log holds another label set's predictions only
+        order = queue_order(ids, probabilities, set(answers.refresh()), label_names, label)
+        chosen = order[:n]
+        top = probabilities[chosen].max(axis=1) if len(chosen) else []
+        items = [
+            {
+                "prediction_id": str(ids[i]),
+                "label": label_names[int(probabilities[i].argmax())],
+                "probability": float(p),
+                "margin": float(m),
+                "model_version": str(versions[i]),
+                "time": str(times[i].astype("datetime64[s]")) + "Z",
+                "thumbnail": f"/review/image/{ids[i]}.png",
+            }
+            for i, p, m in zip(chosen, top, margins(probabilities[chosen]) if len(chosen) else [])
+        ]
+        return {"measure": DEFAULT_MEASURE, "unanswered": len(order), "items": items}
+
+    @read(
+        "/review/image/{prediction_id}.png",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}, "description": "the 32×32 RGB image"}}
+        | documented(401, 403, 404),
+        tags=["review"],
+    )
+    def review_image(request: Request, prediction_id: str):
+        """The 32×32 image a logged prediction scored, as PNG."""
+        reviewer(request)
+        path, _ = logged(prediction_id)
+        pixels = read_pixels([path], [prediction_id], warn=log.warning).get(prediction_id)
+        if pixels is None:
+            raise BadInput(404, f"no logged prediction {prediction_id}")
+        return Response(png_bytes(pixels), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
     return app
+
+
+def png_bytes(pixels) -> bytes:
+    """(32, 32, 3) uint8 → PNG bytes (lossless: the exact pixels)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def start_prediction_log(root: Path) -> PredictionLog | None:
@@ -466,6 +627,13 @@ def build_parser() -> ArgumentParser:
         "0: no bound); a request waits for its share, then gets 503 with Retry-After",
     )
     parser.add_argument(
+        "--review-token-file",
+        type=Path,
+        metavar="PATH",
+        help="who may answer (POST /feedback) and review: one `name:token` per line; without it (and without "
+        "$CIFARFLOW_REVIEW_TOKEN) only a service on 127.0.0.1 takes answers",
+    )
+    parser.add_argument(
         "--no-log",
         action="store_true",
         help="do not keep the prediction log (by default every scored image and its answer are appended to "
@@ -476,7 +644,9 @@ def build_parser() -> ArgumentParser:
 
 def check_arguments(parser: ArgumentParser, args: argparse.Namespace) -> int | None:
     """The decode budget in pixels (None: no bound); a value out of range ends the command as argparse's
-    own refusals do (usage, `error: …`, exit 2)."""
+    own refusals do (usage, `error: …`, exit 2), and an unusable review token file as a PipelineInputError
+    (`error: …`, exit 2). The reviewers are kept in `args.reviewers`."""
+    args.reviewers = load_reviewers(args.review_token_file, dict(os.environ))
     if args.max_batch < 1:
         parser.error(f"--max-batch must be at least 1, got {args.max_batch}")
     if not (math.isfinite(args.decode_budget) and 0 <= args.decode_budget <= MAX_BUDGET_MP):
@@ -499,7 +669,11 @@ def run_service(args: argparse.Namespace, budget: int | None) -> int:
         max_batch_images=args.max_batch,
         decode_budget_pixels=budget,
         log_predictions=not args.no_log,
+        reviewers=args.reviewers,
+        loopback_only=args.host in LOOPBACK,
     )
+    who = ", ".join(r.name for r in args.reviewers) or ("anyone on this machine" if args.host in LOOPBACK else "nobody")
+    log.info("answers (POST /feedback) taken from: %s", who)
     uvicorn.run(app, host=args.host, port=args.port)
     return done("the service stopped")
 

@@ -126,7 +126,7 @@ class PredictionLog:
     ):
         self.root, self.flush_s, self.flush_rows, self.warn = Path(root), flush_s, flush_rows, warn
         self.written = self.dropped = 0  # rows
-        self._queue: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple | threading.Event | None] = queue.SimpleQueue()
         self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._files = 0
         self._thread: threading.Thread | None = None
@@ -144,6 +144,15 @@ class PredictionLog:
             raise RuntimeError("the prediction log is closed")
         if len(ids):
             self._queue.put((ids, source, model_version, probabilities, pixels, datetime.now(UTC)))
+
+    def flush(self, timeout: float = 10) -> bool:
+        """Write what waits now, not at the next interval; True once it is on disk (False: the write failed
+        or took over `timeout` seconds, the rows stay queued). For a reader that must see a row just appended."""
+        if self._closed.is_set() or self._thread is None:
+            return False
+        written = threading.Event()
+        self._queue.put(written)
+        return written.wait(timeout)
 
     def close(self, timeout: float = 30) -> None:
         """Flush every queued row and stop the writer."""
@@ -170,6 +179,12 @@ class PredictionLog:
                 item = self._queue.get(timeout=timeout)
                 if item is None:
                     stopping = True
+                elif isinstance(item, threading.Event):  # flush(): write now, then say so
+                    pending = self._flush(pending, sum(t.num_rows for t in pending)) if pending else []
+                    failing, due = bool(pending), (time.monotonic() + self.flush_s if pending else None)
+                    if not pending:
+                        item.set()
+                    continue
                 else:
                     pending.append(self._table(item))
                     due = due or time.monotonic() + self.flush_s

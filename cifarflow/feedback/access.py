@@ -1,0 +1,126 @@
+"""Who may teach the model: review tokens, checked in constant time.
+
+Answers become training data, so an open feedback endpoint is a data-poisoning hole. A service with
+review tokens requires `Authorization: Bearer <token>` on /feedback and the review endpoints; one
+without tokens allows them only when it listens on the loopback interface alone (127.0.0.1, ::1,
+localhost: only this machine's users reach it), and refuses them otherwise, saying how to set one.
+
+Tokens come from `--review-token-file PATH` (one reviewer per line: `name:token`; `#` comments and
+blank lines ignored) or the environment variable `CIFARFLOW_REVIEW_TOKEN` (`name:token`, or several
+separated by commas). Each token must be at least `MIN_TOKEN_CHARS` characters (`python -c "import
+secrets; print(secrets.token_urlsafe(24))"` makes one). The answer records the reviewer's name, never
+the token. Every configured token is compared with `hmac.compare_digest`, with no early exit, so the
+time taken says nothing about which token, or how much of one, matched.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cifarflow.errors import PipelineInputError
+
+TOKEN_ENV = "CIFARFLOW_REVIEW_TOKEN"
+MIN_TOKEN_CHARS = 16
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+LOCAL_REVIEWER = "local"
+MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(24))"'
+NAME = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
+
+
+@dataclass(frozen=True)
+class Reviewer:
+    name: str
+    token: str
+
+    def __repr__(self) -> str:  # never the secret, in a log or a traceback
+        return f"Reviewer({self.name!r})"
+
+
+def parse_reviewers(text: str, source: str) -> list[Reviewer]:
+    """`name:token` entries, one per line (or comma-separated); PipelineInputError naming `source` and
+    the line for a bad name, a short token or a name given twice."""
+    reviewers: list[Reviewer] = []
+    entries = [part for line in text.splitlines() for part in line.split(",")]
+    for number, entry in enumerate(entries, 1):
+        entry = entry.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        name, sep, token = entry.partition(":")
+        if not sep:
+            raise PipelineInputError(f"{source}, entry {number}: expected `name:token`, got no `:`")
+        name, token = name.strip(), token.strip()
+        if not NAME.fullmatch(name):
+            raise PipelineInputError(
+                f"{source}, entry {number}: reviewer name {name!r} must be 1–64 of A–Z a–z 0–9 . _ @ + -"
+            )
+        if len(token) < MIN_TOKEN_CHARS:
+            raise PipelineInputError(
+                f"{source}, entry {number} ({name}): the token has {len(token)} characters, at least "
+                f"{MIN_TOKEN_CHARS} are needed (make one: {MAKE_TOKEN})"
+            )
+        if any(r.name == name for r in reviewers):
+            raise PipelineInputError(f"{source}, entry {number}: reviewer {name!r} is given twice")
+        reviewers.append(Reviewer(name, token))
+    return reviewers
+
+
+def load_reviewers(token_file: Path | None, environ: dict[str, str]) -> list[Reviewer]:
+    """The reviewers of `token_file` and of $CIFARFLOW_REVIEW_TOKEN together ([] when neither is set).
+    PipelineInputError for a file that cannot be read or an entry that is not usable."""
+    reviewers = []
+    if token_file is not None:
+        try:
+            text = Path(token_file).read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            raise PipelineInputError(f"cannot read the review token file {token_file}: {error}") from None
+        reviewers += parse_reviewers(text, str(token_file))
+        if not reviewers:
+            raise PipelineInputError(f"the review token file {token_file} has no `name:token` line")
+    if environ.get(TOKEN_ENV, "").strip():
+        reviewers += parse_reviewers(environ[TOKEN_ENV], f"${TOKEN_ENV}")
+    return reviewers
+
+
+class AccessDenied(Exception):
+    """`status` 401 (no or wrong token) or 403 (reviewing is off here), with the reason."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class ReviewAccess:
+    """The rule for one service: `reviewers` (may be empty), and whether it listens on loopback only."""
+
+    def __init__(self, reviewers: list[Reviewer], loopback_only: bool):
+        self.reviewers, self.loopback_only = list(reviewers), loopback_only
+
+    @property
+    def needs_token(self) -> bool:
+        return bool(self.reviewers)
+
+    def reviewer(self, authorization: str | None) -> str:
+        """The name of the reviewer whose token `authorization` (the header's value) carries. AccessDenied
+        403 when no token is configured and the service is reachable from other machines; 401 when a
+        token is needed and missing or wrong."""
+        if not self.reviewers:
+            if self.loopback_only:
+                return LOCAL_REVIEWER
+            raise AccessDenied(
+                403,
+                "reviewing is off: this service is reachable from other machines and has no review token; "
+                f"start it with --review-token-file PATH or ${TOKEN_ENV} (see the README, 'Learn from use')",
+            )
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise AccessDenied(401, "a review token is needed: send `Authorization: Bearer <token>`")
+        given_bytes, match = given.strip().encode(), None
+        for reviewer in self.reviewers:  # every token compared, none skipped: the time does not depend on which
+            if hmac.compare_digest(given_bytes, reviewer.token.encode()):
+                match = reviewer
+        if match is None:
+            raise AccessDenied(401, "the review token is not valid")
+        return match.name

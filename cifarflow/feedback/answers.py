@@ -1,0 +1,131 @@
+"""The feedback log: every answer a reviewer gave, append-only, one JSON object per line.
+
+    <data dir>/feedback/answers.jsonl
+
+    {"answer_id": "…", "prediction_id": "…", "label": "cat", "predicted": "dog", "model_version": "v3",
+     "reviewer": "alice", "time": "2026-11-30T22:15:03.123456Z"}
+
+Nothing is ever rewritten or removed: answering the same prediction again appends a new line, and the
+last line for a prediction is its answer (`latest`). Each append is one `write` of one line under an
+exclusive `flock`, flushed and fsynced before the reviewer is told it was recorded, so concurrent
+writers (threads, processes) never interleave and a kill loses no acknowledged answer. A line cut
+short by a crash mid-write is skipped by the reader with a warning, and the next append starts on a
+fresh line. The reviewer's name is recorded; their token never is.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One reviewer's answer about one logged prediction: `label` is the class they say is right
+    (the same as `predicted` for a confirmation)."""
+
+    answer_id: str
+    prediction_id: str
+    label: str
+    predicted: str
+    model_version: str
+    reviewer: str
+    time: str  # ISO 8601, UTC, µs
+
+    @property
+    def corrects(self) -> bool:
+        return self.label != self.predicted
+
+
+def new_answer(prediction_id: str, label: str, predicted: str, model_version: str, reviewer: str) -> Answer:
+    stamp = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return Answer(uuid.uuid4().hex, prediction_id, label, predicted, model_version, reviewer, stamp)
+
+
+def append_answer(path: Path, answer: Answer) -> None:
+    """Append `answer` as one line and fsync it; OSError (a full or read-only disk) reaches the caller,
+    who must not report the answer as recorded."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(asdict(answer), sort_keys=True).encode() + b"\n"
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a line a crash cut short: start a fresh one
+            line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def read_answers(path: Path, warn: Callable[[str], None] = log.warning) -> list[Answer]:
+    """Every answer in the file, in the order given; [] when there is none yet. A line that is not a
+    whole answer (cut short, edited by hand) is named in a warning and skipped."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return parse_lines(raw, path, warn)
+
+
+def parse_lines(raw: bytes, path: Path, warn: Callable[[str], None]) -> list[Answer]:
+    answers = []
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            answers.append(Answer(**json.loads(line)))
+        except (ValueError, TypeError) as error:
+            warn(f"feedback log {path} line {number} skipped: not an answer ({type(error).__name__}: {error})")
+    return answers
+
+
+def latest(answers: list[Answer]) -> dict[str, Answer]:
+    """prediction_id → its last answer (the one that counts), in the order the predictions were first answered."""
+    last: dict[str, Answer] = {}
+    for answer in answers:
+        last[answer.prediction_id] = answer
+    return last
+
+
+class AnswerBook:
+    """The feedback log's current answers, kept up to date by reading only what was appended since the
+    last look (other processes append too). Thread-safe."""
+
+    def __init__(self, path: Path, warn: Callable[[str], None] = log.warning):
+        self.path, self.warn = Path(path), warn
+        self._offset = 0
+        self._latest: dict[str, Answer] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> dict[str, Answer]:
+        """prediction_id → its last answer, as the file stands now (a copy)."""
+        with self._lock:
+            try:
+                with open(self.path, "rb") as handle:
+                    handle.seek(self._offset)
+                    appended = handle.read()
+            except FileNotFoundError:
+                appended = b""
+            whole = appended[: appended.rfind(b"\n") + 1]  # a line still being written waits for the next look
+            if whole:
+                self._offset += len(whole)
+                self._latest.update(latest(parse_lines(whole, self.path, self.warn)))
+            return dict(self._latest)
+
+    def record(self, answer: Answer) -> bool:
+        """Append `answer`; True if it replaces an earlier answer to the same prediction."""
+        replaced = answer.prediction_id in self.refresh()
+        append_answer(self.path, answer)
+        return replaced

@@ -1,0 +1,187 @@
+"""The review queue: logged predictions with no answer yet, least confident first.
+
+Which measure. Three standard uncertainty-sampling scores (Settles, "Active Learning Literature
+Survey", 2009, §3.1), each computed from one row of class probabilities p (sorted p₁ ≥ p₂ ≥ …):
+
+    margin   p₁ − p₂          small: the model hesitates between two classes (the default)
+    top      p₁               small: "least confidence"
+    entropy  −Σ pᵢ log pᵢ     large: the mass is spread over many classes
+
+The queue orders by margin. On 10 classes a person answers one question, "which of these two?", and
+margin ranks exactly the images where that question is open; it ignores how the leftover mass is
+spread over classes nobody would pick, which entropy weighs. `benchmarks/bench_feedback.py` measures
+all three on the served test set (the error rate among the least confident against random logged
+images): see the README for the numbers.
+
+`LogIndex` keeps, per prediction-log file, the ids, times, versions and probabilities (never the
+pixels) and reads only files it has not seen; log files are immutable once written, and a file that
+disappears (retention, compaction) is dropped from the index.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from cifarflow.monitoring.log import log_files, read_table
+
+log = logging.getLogger(__name__)
+
+MEASURES = ("margin", "top", "entropy")
+DEFAULT_MEASURE = "margin"
+INDEX_COLUMNS = ["prediction_id", "time", "model_version", "probabilities"]
+
+
+def uncertainty(probabilities: np.ndarray, measure: str = DEFAULT_MEASURE) -> np.ndarray:
+    """(N, K) class probabilities → (N,) float64 uncertainty, higher = less confident: 1 − margin,
+    1 − top probability, or entropy in nats. ValueError for a measure not in MEASURES or a shape not 2-D."""
+    p = np.asarray(probabilities, np.float64)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"probabilities must be (N, K ≥ 2), got shape {p.shape}")
+    if measure == "margin":
+        top_two = -np.partition(-p, 1, axis=1)[:, :2]
+        return 1.0 - (top_two[:, 0] - top_two[:, 1])
+    if measure == "top":
+        return 1.0 - p.max(axis=1)
+    if measure == "entropy":
+        return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=1)
+    raise ValueError(f"unknown uncertainty measure {measure!r}: one of {', '.join(MEASURES)}")
+
+
+def least_confident_first(probabilities: np.ndarray, measure: str = DEFAULT_MEASURE) -> np.ndarray:
+    """(N,) int64 row indices, least confident first; ties keep log order (a stable sort)."""
+    return np.argsort(-uncertainty(probabilities, measure), kind="stable")
+
+
+def margins(probabilities: np.ndarray) -> np.ndarray:
+    """(N,) p₁ − p₂, in [0, 1]."""
+    return 1.0 - uncertainty(probabilities, "margin")
+
+
+@dataclass(frozen=True)
+class Logged:
+    """One logged prediction as the review sees it."""
+
+    prediction_id: str
+    time: str  # ISO 8601, UTC
+    model_version: str
+    probabilities: np.ndarray  # (K,) float32
+
+
+@dataclass
+class _FileRows:
+    ids: np.ndarray  # (n,) str
+    times: np.ndarray  # (n,) datetime64[us]
+    versions: np.ndarray  # (n,) str
+    probabilities: np.ndarray  # (n, K) float32
+
+
+class LogIndex:
+    """What the prediction log under `root` holds, without the pixels, refreshed on each use.
+
+    Memory: about 100 bytes per logged prediction (a million predictions: ~100 MB). Thread-safe."""
+
+    def __init__(self, root: Path, warn: Callable = log.warning):
+        self.root, self.warn = Path(root), warn
+        self._files: dict[Path, _FileRows] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        """Read the files written since the last refresh; forget those removed."""
+        with self._lock:
+            present = log_files(self.root)
+            for gone in set(self._files) - set(present):
+                del self._files[gone]
+            for path in present:
+                if path not in self._files:
+                    self._files[path] = self._read(path)
+
+    def _read(self, path: Path) -> _FileRows:
+        table = read_table([path], columns=INDEX_COLUMNS, warn=self.warn)
+        probabilities = table["probabilities"].combine_chunks()
+        width = len(probabilities[0]) if len(probabilities) else 0
+        flat = probabilities.flatten().to_numpy(zero_copy_only=False) if width else np.zeros(0, np.float32)
+        return _FileRows(
+            ids=np.asarray(table["prediction_id"].to_numpy(zero_copy_only=False), str),
+            times=table["time"].to_numpy(zero_copy_only=False).astype("datetime64[us]"),
+            versions=np.asarray(table["model_version"].to_numpy(zero_copy_only=False), str),
+            probabilities=flat.reshape(len(table), width).astype(np.float32),
+        )
+
+    def find(self, prediction_id: str) -> tuple[Path, Logged] | None:
+        """The log file holding `prediction_id` and its row, or None (no refresh: call `refresh` first)."""
+        with self._lock:
+            for path, rows in self._files.items():
+                hits = np.flatnonzero(rows.ids == prediction_id)
+                if len(hits):
+                    i = hits[0]
+                    return path, _logged(rows, i)
+        return None
+
+    def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every indexed prediction once, in time order: ids (N,) str, times (N,) datetime64[us],
+        versions (N,) str, probabilities (N, K) float32. Rows of a label set other than the most
+        common one (a model with other classes) are left out."""
+        with self._lock:
+            parts = [rows for rows in self._files.values() if len(rows.ids)]
+        if not parts:
+            return np.zeros(0, str), np.zeros(0, "datetime64[us]"), np.zeros(0, str), np.zeros((0, 0), np.float32)
+        widths = [p.probabilities.shape[1] for p in parts]
+        width = max(set(widths), key=widths.count)
+        parts = [p for p in parts if p.probabilities.shape[1] == width]
+        ids = np.concatenate([p.ids for p in parts])
+        times = np.concatenate([p.times for p in parts])
+        order = np.argsort(times, kind="stable")
+        _, first = np.unique(ids[order], return_index=True)  # each prediction once (a cut-short compaction)
+        keep = order[np.sort(first)]
+        return (
+            ids[keep],
+            times[keep],
+            np.concatenate([p.versions for p in parts])[keep],
+            np.concatenate([p.probabilities for p in parts])[keep],
+        )
+
+
+def _logged(rows: _FileRows, i: int) -> Logged:
+    when = np.datetime_as_string(rows.times[i], unit="s") + "Z"
+    return Logged(str(rows.ids[i]), when, str(rows.versions[i]), rows.probabilities[i])
+
+
+def read_pixels(
+    files: list[Path], prediction_ids: Iterable[str], warn: Callable = log.warning
+) -> dict[str, np.ndarray]:
+    """prediction_id → (32, 32, 3) uint8 pixels, for those of `prediction_ids` the log `files` hold."""
+    wanted = pa.array(sorted(set(prediction_ids)), pa.string())
+    table = read_table(files, ds.field("prediction_id").isin(wanted), ["prediction_id", "pixels"], warn)
+    found = {}
+    for id_, raw in zip(table["prediction_id"].to_pylist(), table["pixels"].to_pylist()):
+        found.setdefault(id_, np.frombuffer(raw, np.uint8).reshape(32, 32, 3))
+    return found
+
+
+def queue_order(
+    ids: np.ndarray,
+    probabilities: np.ndarray,
+    answered: set[str],
+    label_names: list[str],
+    label: str | None = None,
+    measure: str = DEFAULT_MEASURE,
+) -> np.ndarray:
+    """Row indices of the unanswered predictions (optionally: predicted as `label`), least confident
+    first. ValueError for a `label` not in `label_names`."""
+    if not len(ids):
+        return np.zeros(0, np.int64)
+    keep = ~np.isin(ids, np.asarray(sorted(answered), str)) if answered else np.ones(len(ids), bool)
+    if label is not None:
+        if label not in label_names:
+            raise ValueError(f"{label!r} is not a class: one of {', '.join(label_names)}")
+        keep &= probabilities.argmax(axis=1) == label_names.index(label)
+    candidates = np.flatnonzero(keep)
+    return candidates[least_confident_first(probabilities[candidates], measure)]

@@ -1,0 +1,219 @@
+"""POST /feedback and the review endpoints against a real uvicorn server in this process, on the
+two-version registry: every status the issue names, who may answer, what the feedback log keeps, and
+the queue's order. The page and the review grid are driven in Chromium by tests/test_feedback_page.py."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.registry_helpers import copy_data_dir
+from tests.serving_helpers import encode, scene, serving_in_thread
+
+pytestmark = pytest.mark.server  # a real uvicorn server and the session's registry
+
+TOKEN = "alice-secret-token-0123456789"
+OTHER = "bob-secret-token-9876543210xyz"
+
+
+@pytest.fixture(scope="module")
+def data_dir(two_versions, tmp_path_factory):
+    return copy_data_dir(two_versions, tmp_path_factory.mktemp("feedback-api") / "data")
+
+
+@pytest.fixture(scope="module")
+def service(data_dir):
+    """The service with two reviewers (alice, bob), as --review-token-file would give them."""
+    import serving.app
+    from cifarflow.feedback.access import parse_reviewers
+
+    reviewers = parse_reviewers(f"alice:{TOKEN}\nbob:{OTHER}\n", "test tokens")
+    app = serving.app.create_app(data_dir, reviewers=reviewers, loopback_only=True)
+    with serving_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+def bearer(token: str = TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def predict(client: httpx.Client, seed: int) -> dict:
+    response = client.post("/predict", files={"file": (f"{seed}.png", encode(scene(48, 40, seed=seed)))})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def answers_on_disk(data_dir) -> list[dict]:
+    from cifarflow.layout import DataLayout
+
+    path = DataLayout(data_dir).feedback_answers
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_an_answer_right_after_the_prediction_is_recorded_and_a_second_replaces_it(service, data_dir):
+    """The prediction is still in the log writer's queue (flushed each second): the endpoint flushes it.
+    The reviewer's name is kept, never the token; a second answer replaces the first, both are kept."""
+    prediction = predict(service, 1)
+    first = service.post(
+        "/feedback", json={"prediction_id": prediction["prediction_id"], "label": "ship"}, headers=bearer()
+    )
+    assert first.status_code == 200, first.text
+    assert {k: first.json()[k] for k in ("prediction_id", "label", "status", "predicted", "reviewer")} == {
+        "prediction_id": prediction["prediction_id"],
+        "label": "ship",
+        "status": "recorded",
+        "predicted": prediction["label"],
+        "reviewer": "alice",
+    }
+    second = service.post(
+        "/feedback", json={"prediction_id": prediction["prediction_id"], "label": "CAT"}, headers=bearer(OTHER)
+    )
+    assert second.status_code == 200, second.text
+    assert (second.json()["status"], second.json()["label"], second.json()["reviewer"]) == ("replaced", "cat", "bob")
+    mine = [a for a in answers_on_disk(data_dir) if a["prediction_id"] == prediction["prediction_id"]]
+    assert [(a["label"], a["reviewer"]) for a in mine] == [("ship", "alice"), ("cat", "bob")]
+    on_disk = (data_dir / "feedback" / "answers.jsonl").read_text()
+    assert TOKEN not in on_disk and OTHER not in on_disk
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "says"),
+    [
+        ({}, 401, "review token is needed"),
+        ({"Authorization": "Bearer not-the-token-at-all-0000"}, 401, "not valid"),
+        ({"Authorization": f"Basic {TOKEN}"}, 401, "review token is needed"),
+        ({"Authorization": f"Bearer {TOKEN[:-1]}"}, 401, "not valid"),  # a prefix of a real token is no token
+    ],
+)
+def test_without_a_right_token_nobody_answers_or_reads_the_queue(service, data_dir, headers, status, says):
+    prediction = predict(service, 2)
+    before = len(answers_on_disk(data_dir))
+    for response in (
+        service.post("/feedback", json={"prediction_id": prediction["prediction_id"], "label": "cat"}, headers=headers),
+        service.get("/review/queue", headers=headers),
+        service.get(f"/review/image/{prediction['prediction_id']}.png", headers=headers),
+    ):
+        assert response.status_code == status, response.text
+        assert says in response.json()["error"]
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert len(answers_on_disk(data_dir)) == before
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"prediction_id": "0" * 32, "label": "cat"}, 404, "no logged prediction " + "0" * 32),
+        ({"prediction_id": "KNOWN", "label": "kat"}, 422, "'kat' is not a class: one of airplane"),
+        ({"prediction_id": "KNOWN", "label": ""}, 422, "is not a class"),
+        ({"prediction_id": "not-an-id", "label": "cat"}, 422, "prediction_id"),
+        ({"prediction_id": "KNOWN"}, 422, "label"),
+        ({"label": "cat"}, 422, "prediction_id"),
+    ],
+)
+def test_bad_feedback_gets_its_status_and_records_nothing(service, data_dir, body, status, says):
+    if body.get("prediction_id") == "KNOWN":
+        body = body | {"prediction_id": predict(service, 3)["prediction_id"]}
+    before = len(answers_on_disk(data_dir))
+    response = service.post("/feedback", json=body, headers=bearer())
+    assert response.status_code == status, response.text
+    assert says in response.json()["error"]
+    assert len(answers_on_disk(data_dir)) == before
+
+
+def test_the_queue_is_unanswered_predictions_least_confident_first(service):
+    """Margin order, answered ones left out, the class filter, and each thumbnail the exact pixels."""
+    from cifarflow.feedback.queue import margins
+
+    made = [predict(service, 100 + i) for i in range(12)]
+    answered = made[0]["prediction_id"]
+    assert (
+        service.post("/feedback", json={"prediction_id": answered, "label": "cat"}, headers=bearer()).status_code == 200
+    )
+    queue = service.get("/review/queue", params={"n": 500}, headers=bearer())
+    assert queue.status_code == 200, queue.text
+    body = queue.json()
+    assert body["measure"] == "margin"
+    ids = [item["prediction_id"] for item in body["items"]]
+    assert answered not in ids
+    assert {m["prediction_id"] for m in made[1:]} <= set(ids)
+    assert body["unanswered"] == len(ids)
+    item_margins = [item["margin"] for item in body["items"]]
+    assert item_margins == sorted(item_margins), "not least confident first"
+    for item in body["items"][:3]:
+        png = service.get(item["thumbnail"], headers=bearer())
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(png.content)).size == (32, 32)
+
+    from cifarflow.intake.images import convert_image
+
+    pixels = convert_image(encode(scene(48, 40, seed=105))).pixels
+    png = service.get(f"/review/image/{made[5]['prediction_id']}.png", headers=bearer())
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB")), pixels)
+    top = made[5]["top"]
+    expected_margin = top[0]["probability"] - top[1]["probability"]
+    listed = next(item for item in body["items"] if item["prediction_id"] == made[5]["prediction_id"])
+    assert listed["margin"] == pytest.approx(expected_margin, abs=1e-6)
+    assert margins(np.array([[0.5, 0.3, 0.2]]))[0] == pytest.approx(0.2)
+
+    label = body["items"][0]["label"]
+    only = service.get("/review/queue", params={"label": label}, headers=bearer()).json()
+    assert only["items"] and {item["label"] for item in only["items"]} == {label}
+    assert service.get("/review/queue", params={"label": "kat"}, headers=bearer()).status_code == 422
+    assert service.get("/review/queue", params={"n": 0}, headers=bearer()).status_code == 422
+    assert service.get("/review/queue", params={"n": 501}, headers=bearer()).status_code == 422
+    assert len(service.get("/review/queue", params={"n": 2}, headers=bearer()).json()["items"]) == 2
+    assert service.get(f"/review/image/{'f' * 32}.png", headers=bearer()).status_code == 404
+
+
+def test_with_no_token_only_a_loopback_only_service_takes_answers(data_dir):
+    """No token configured: on 127.0.0.1 alone anyone on the machine answers (reviewer `local`); a
+    service reachable from other machines refuses every review endpoint with 403, saying how to set one."""
+    import serving.app
+
+    for loopback_only, status in ((True, 200), (False, 403)):
+        app = serving.app.create_app(data_dir, reviewers=[], loopback_only=loopback_only)
+        with serving_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+            prediction = predict(client, 7)
+            answer = client.post("/feedback", json={"prediction_id": prediction["prediction_id"], "label": "dog"})
+            assert answer.status_code == status, answer.text
+            assert client.get("/review/queue").status_code == status
+            if status == 200:
+                assert answer.json()["reviewer"] == "local"
+            else:
+                assert "--review-token-file" in answer.json()["error"]
+                assert client.post("/predict", files={"file": ("x.png", encode(scene(40, 40)))}).status_code == 200
+
+
+def test_a_service_without_the_log_says_why_an_id_is_unknown(data_dir):
+    import serving.app
+
+    app = serving.app.create_app(data_dir, reviewers=[], loopback_only=True, log_predictions=False)
+    with serving_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        prediction = predict(client, 8)
+        answer = client.post("/feedback", json={"prediction_id": prediction["prediction_id"], "label": "dog"})
+        assert answer.status_code == 404
+        assert "keeps no prediction log: --no-log" in answer.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("alice:short\n", "at least 16"),
+        ("just-a-token-with-no-name-0123\n", "expected `name:token`"),
+        ("al ice:0123456789abcdefgh\n", "reviewer name"),
+        ("# only a comment\n", "has no `name:token` line"),
+    ],
+)
+def test_an_unusable_token_file_stops_the_service_before_it_serves(tmp_path, capsys, content, says):
+    from serving.app import main
+
+    token_file = tmp_path / "tokens"
+    token_file.write_text(content)
+    assert main(["--data-dir", str(tmp_path / "data"), "--review-token-file", str(token_file)]) == 2
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("error: ") and says in last
