@@ -45,9 +45,10 @@ INTAKE = "add_images or withdraw run"
 
 
 @flow(name="add-images", flow_run_name="add-{inbox.name}", log_prints=True)
-def add_images(inbox: Path, data_dir: Path = Path("data")) -> str:
+def add_images(inbox: Path, data_dir: Path = Path("data"), origin: dict | None = None) -> str:
     """Scan INBOX/<class>/…, screen every image, write the new ones as a batch, publish the summary.
-    Returns the path of summary.json."""
+    `origin`: where the images came from, kept in the batch record and the summary (the feedback flow
+    gives its export, prediction ids and reviewers). Returns the path of summary.json."""
     inbox = Path(from_printable(str(inbox)))  # names arrive as printable text (Prefect's parameters are UTF-8)
     layout = DataLayout(Path(from_printable(str(data_dir))).resolve())
     with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=get_run_logger().info, holder_kind=INTAKE):
@@ -55,7 +56,7 @@ def add_images(inbox: Path, data_dir: Path = Path("data")) -> str:
         before = read_version(layout)
         found = scan(inbox, before.label_names)
         screening = screen_images(found, layout)
-        batch = write(layout, screening, before.label_names, inbox)
+        batch = write(layout, screening, before.label_names, inbox, origin)
         after = current_version(layout)
         summary = build_summary(
             addition_id=batch.batch_id if batch else new_batch_id(text_digest(str(inbox.resolve()), found.files)),
@@ -66,7 +67,7 @@ def add_images(inbox: Path, data_dir: Path = Path("data")) -> str:
             previous_version=before.version,
             dataset_version=after.version,
             train_images=after.train_images,
-        )
+        ) | ({"origin": origin} if origin else {})
         return str(publish_addition_report(layout, summary, screening, before))
 
 

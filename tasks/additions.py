@@ -59,12 +59,16 @@ def screen_images(inbox: Inbox, layout: DataLayout) -> Screening:
 
 
 @task(name="write-batch", cache_policy=NO_CACHE)  # no retries: its id has the time in it, a retry would add twice
-def write(layout: DataLayout, screening: Screening, label_names: list[str], inbox: Path) -> BatchInfo | None:
-    """Write the accepted images as one immutable batch (whole or not at all); None if nothing is new."""
+def write(
+    layout: DataLayout, screening: Screening, label_names: list[str], inbox: Path, origin: dict | None = None
+) -> BatchInfo | None:
+    """Write the accepted images as one immutable batch (whole or not at all); None if nothing is new.
+    `origin`, when given, is kept in the batch record."""
     if not screening.accepted:
         return None
     batch_id = new_batch_id(text_digest([a.digest for a in screening.accepted]))
     record = {"inbox": printable(inbox.resolve()), "class_counts": screening.class_counts}
+    record |= {"origin": origin} if origin else {}
     batch = write_batch(layout, batch_id, batch_table(screening.accepted, label_names), record)
     get_run_logger().info("wrote batch %s: %d images", batch.batch_id, batch.rows)
     return batch

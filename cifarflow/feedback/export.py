@@ -1,0 +1,175 @@
+"""From answers to training data: which answers are new, which images they name, which must wait.
+
+The feedback flow (`flows/feedback_flow.py`) takes each prediction's current answer (the last one
+given) that it has not handled yet, finds the exact pixels the model saw in the prediction log, and
+writes them as an add-images inbox, `<class>/<prediction_id>.png` (PNG: lossless). The add-images
+screening then refuses test-set copies and skips duplicates, as for any inbox.
+
+    <data dir>/feedback/exported.json   prediction_id → the answer handled, its verdict, the export
+    <data dir>/feedback/exports/<id>/   inbox/ (the exact pixels) and summary.json, report.md
+
+Verdicts: `added` (in the batch), `duplicate` (the training data holds that image already),
+`refused` (a test-set copy, or another reason the screening gave), `lost` (the prediction log no
+longer holds the image: it outlived the log's retention). Two answers that give one image (the same
+pixels, served twice) different classes are a conflict: both are held back, not recorded as
+handled, and listed in the report, until a new answer makes them agree.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cifarflow.data.shards import pixel_digest
+from cifarflow.feedback.answers import Answer
+from cifarflow.files import atomic_path, read_json, text_digest, write_json
+
+VERDICTS = ("added", "duplicate", "refused", "lost")
+LOST = "the prediction log no longer holds this image (past its retention)"
+
+
+@dataclass(frozen=True)
+class Ready:
+    """An answer whose image is in the log and agrees with every other answer about that image."""
+
+    answer: Answer
+    pixels: np.ndarray  # (32, 32, 3) uint8
+    digest: str  # pixel_sha256
+
+
+@dataclass
+class ExportPlan:
+    ready: list[Ready] = field(default_factory=list)
+    held: list[dict[str, Any]] = field(default_factory=list)  # {pixel_sha256, answers: [{prediction_id, label, …}]}
+    lost: list[Answer] = field(default_factory=list)
+
+
+def read_exported(path: Path) -> dict[str, dict[str, str]]:
+    """prediction_id → {answer_id, label, verdict, reason, export_id, pixel_sha256}; {} before the first export."""
+    return read_json(path)["answers"] if path.exists() else {}
+
+
+def pending(latest: dict[str, Answer], exported: dict[str, dict[str, str]]) -> list[Answer]:
+    """The current answers the flow has not handled: new predictions, and answers given again since."""
+    return [a for pid, a in latest.items() if exported.get(pid, {}).get("answer_id") != a.answer_id]
+
+
+def plan_export(
+    latest: dict[str, Answer], exported: dict[str, dict[str, str]], pixels: dict[str, np.ndarray]
+) -> ExportPlan:
+    """Sort the pending answers (`pending(latest, exported)`) into ready, held (conflicts) and lost.
+
+    `pixels`: prediction_id → (32, 32, 3) uint8 for the pending answers the log still holds. A conflict
+    is one image (pixel digest) whose current answers, handled or not, name more than one class."""
+    plan = ExportPlan()
+    todo = pending(latest, exported)
+    digests = {pid: record["pixel_sha256"] for pid, record in exported.items() if record.get("pixel_sha256")}
+    for answer in todo:
+        if answer.prediction_id in pixels:
+            digests[answer.prediction_id] = pixel_digest(pixels[answer.prediction_id])
+        else:
+            plan.lost.append(answer)
+    labels: dict[str, set[str]] = defaultdict(set)
+    members: dict[str, list[Answer]] = defaultdict(list)
+    for pid, digest in digests.items():
+        if pid in latest:
+            labels[digest].add(latest[pid].label)
+            members[digest].append(latest[pid])
+    for answer in todo:
+        digest = digests.get(answer.prediction_id)
+        if digest is None:
+            continue
+        if len(labels[digest]) > 1:
+            continue  # listed once per image below
+        plan.ready.append(Ready(answer, pixels[answer.prediction_id], digest))
+    pending_ids = {a.prediction_id for a in todo}
+    for digest, answers in members.items():
+        if len(labels[digest]) > 1 and any(a.prediction_id in pending_ids for a in answers):
+            plan.held.append(
+                {
+                    "pixel_sha256": digest,
+                    "labels": sorted(labels[digest]),
+                    "answers": [
+                        {"prediction_id": a.prediction_id, "label": a.label, "reviewer": a.reviewer, "time": a.time}
+                        for a in answers
+                    ],
+                }
+            )
+    return plan
+
+
+def new_export_id(ready: list[Ready]) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{text_digest([r.answer.answer_id for r in ready])[:8]}"
+
+
+def write_inbox(inbox: Path, ready: list[Ready]) -> list[Path]:
+    """Each ready answer's pixels as `inbox/<class>/<prediction_id>.png`; the files written."""
+    written = []
+    for item in ready:
+        path = inbox / item.answer.label / f"{item.answer.prediction_id}.png"
+        with atomic_path(path) as tmp:
+            Image.fromarray(item.pixels).save(tmp, format="PNG")
+        written.append(path)
+    return written
+
+
+def screening_verdicts(summary: dict[str, Any], ready: list[Ready]) -> dict[str, tuple[str, str]]:
+    """prediction_id → (verdict, reason) from an add-images summary of the inbox `write_inbox` wrote:
+    its files are named by prediction id. A file the summary neither rejected nor called a duplicate was added."""
+    refused = {Path(r["path"]).stem: r["reason"] for r in summary.get("rejected", [])}
+    ids = {item.answer.prediction_id for item in ready}
+    duplicates = {Path(d["path"]).stem: duplicate_reason(d["of"], ids) for d in summary.get("duplicate_files", [])}
+    verdicts = {}
+    for item in ready:
+        pid = item.answer.prediction_id
+        if pid in refused:
+            verdicts[pid] = ("refused", refused[pid])
+        elif pid in duplicates:
+            verdicts[pid] = ("duplicate", duplicates[pid])
+        else:
+            verdicts[pid] = ("added", summary.get("batch_id") or "")
+    return verdicts
+
+
+def duplicate_reason(of: str, exported_ids: set[str]) -> str:
+    """Why a file was a duplicate: an image of the training data, or the same image answered alike in this export."""
+    if Path(of).stem in exported_ids:
+        return f"the same image as prediction {Path(of).stem}, answered alike in this export"
+    return f"the training data holds this image ({of})"
+
+
+def record_handled(
+    path: Path,
+    exported: dict[str, dict[str, str]],
+    export_id: str,
+    ready: list[Ready],
+    verdicts: dict[str, tuple[str, str]],
+    lost: list[Answer],
+) -> dict[str, dict[str, str]]:
+    """The handled answers added to `exported`, written atomically to `path` (a kill leaves the old file)."""
+    updated = dict(exported)
+    for item in ready:
+        verdict, reason = verdicts[item.answer.prediction_id]
+        updated[item.answer.prediction_id] = handled(item.answer, verdict, reason, export_id, item.digest)
+    for answer in lost:
+        updated[answer.prediction_id] = handled(answer, "lost", LOST, export_id, "")
+    write_json(path, {"answers": updated})
+    return updated
+
+
+def handled(answer: Answer, verdict: str, reason: str, export_id: str, digest: str) -> dict[str, str]:
+    return {
+        "answer_id": answer.answer_id,
+        "label": answer.label,
+        "verdict": verdict,
+        "reason": reason,
+        "export_id": export_id,
+        "pixel_sha256": digest,
+    }

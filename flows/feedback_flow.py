@@ -1,0 +1,149 @@
+"""Corrections into the training data: the reviewers' new answers become a screened batch.
+
+    python flows/feedback_flow.py                      # the data dir ./data
+    python flows/feedback_flow.py --data-dir /srv/cifar
+
+Takes each logged prediction's current answer (POST /feedback, the review page) that no earlier run
+handled, writes the exact pixels the model saw as an inbox (`<class>/<prediction_id>.png`) and runs
+the add-images flow on it: copies of test images are refused as leaks, images the training data holds
+are skipped, and the new ones become one batch whose record names its origin (the export, the
+prediction ids, the reviewers). A new batch emits `cifar10.dataset.updated`, which starts the
+retraining deployment. One image given different classes by two answers is held back, and listed,
+until a new answer makes them agree. Running it again adds nothing: each answer is handled once
+(`cifarflow.feedback.export`). The report lands in <data dir>/feedback/exports/<id>/ and the UI; the
+last line is `done: …`.
+
+Exit status: 0 when the run completed (even when nothing was new or every answer was refused), 2 for
+unusable arguments, 1 on failure.
+"""
+
+from __future__ import annotations
+
+import cifarflow.environment  # the defaults, before Prefect is imported
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli, run_command
+from cifarflow.data.versions import current_version
+from cifarflow.errors import PipelineInputError
+from cifarflow.feedback.export import LOST, VERDICTS, ExportPlan, new_export_id
+from cifarflow.files import ensure_writable, read_json
+from cifarflow.layout import DataLayout
+from cifarflow.lock import data_dir_lock
+from cifarflow.paths import from_printable, printable
+from flows.add_images import add_images
+from tasks.feedback import gather_answers, publish_feedback_report, record_outcome, write_feedback_inbox
+
+LOCK_TIMEOUT_S = 600.0  # for another feedback export on the same data dir
+
+
+@flow(name="feedback-export", flow_run_name="feedback-{data_dir}", log_prints=True)
+def export_feedback(data_dir: Path = Path("data")) -> dict[str, Any]:
+    """The new answers → an inbox → the add-images screening → one batch; the export's summary
+    (also in <data dir>/feedback/exports/<id>/summary.json; `path` says where)."""
+    layout = DataLayout(Path(from_printable(str(data_dir))).resolve())
+    with data_dir_lock(layout.feedback_lock, LOCK_TIMEOUT_S, log=get_run_logger().info, holder_kind="feedback export"):
+        plan, exported = gather_answers(layout)
+        if not (plan.ready or plan.lost or plan.held):
+            return {"export_id": None, "headline": "no new answers since the last export", "path": None}
+        export_id = new_export_id(plan.ready)
+        directory = layout.feedback_exports / export_id
+        addition = None
+        if plan.ready:
+            inbox = write_feedback_inbox(directory / "inbox", plan.ready)
+            addition = read_json(
+                add_images(Path(printable(inbox)), Path(printable(layout.root)), origin(export_id, plan))
+            )
+        verdicts = record_outcome(layout, exported, export_id, plan, addition)
+        summary = export_summary(export_id, plan, verdicts, addition)
+        summary["path"] = str(publish_feedback_report(directory, summary))
+        return summary
+
+
+def origin(export_id: str, plan: ExportPlan) -> dict[str, Any]:
+    """What the batch record keeps of where its images came from."""
+    return {
+        "kind": "feedback",
+        "export_id": export_id,
+        "prediction_ids": [r.answer.prediction_id for r in plan.ready],
+        "reviewers": sorted({r.answer.reviewer for r in plan.ready}),
+    }
+
+
+def export_summary(
+    export_id: str, plan: ExportPlan, verdicts: dict[str, tuple[str, str]], addition: dict[str, Any] | None
+) -> dict[str, Any]:
+    answers = [
+        {"prediction_id": r.answer.prediction_id, "label": r.answer.label, "reviewer": r.answer.reviewer}
+        | dict(zip(("verdict", "reason"), verdicts[r.answer.prediction_id]))
+        for r in plan.ready
+    ] + [
+        {
+            "prediction_id": a.prediction_id,
+            "label": a.label,
+            "reviewer": a.reviewer,
+            "verdict": "lost",
+            "reason": LOST,
+        }
+        for a in plan.lost
+    ]
+    tally = Counter(a["verdict"] for a in answers)
+    counts = {verdict: tally.get(verdict, 0) for verdict in VERDICTS}
+    counts["held"] = sum(len(c["answers"]) for c in plan.held)
+    moved = addition is not None and addition["dataset_version"] != addition["previous_dataset_version"]
+    batch = f"batch {addition['batch_id']} (dataset version {addition['dataset_version']})" if moved else "no batch"
+    headline = (
+        f"{len(answers) + counts['held']} answers: {counts['added']} added as {batch}, {counts['duplicate']} "
+        f"already in the training data, {counts['refused']} refused, {counts['held']} held back (conflicting), "
+        f"{counts['lost']} lost"
+    )
+    return {
+        "export_id": export_id,
+        "headline": headline,
+        "counts": counts,
+        "batch_id": addition["batch_id"] if moved else None,
+        "dataset_version": addition["dataset_version"] if addition else None,
+        "addition": addition and addition["addition_id"],
+        "answers": answers,
+        "held": plan.held,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="the pipeline's data directory (default data)"
+    )
+    return parser
+
+
+def check_arguments(args: argparse.Namespace) -> DataLayout:
+    """An unusable data dir raises PipelineInputError (exit 2) before any flow starts."""
+    layout = DataLayout(args.data_dir.resolve())
+    try:
+        current_version(layout)  # says which command to run first when nothing was ingested there
+        ensure_writable(layout.feedback)
+    except OSError as error:
+        raise PipelineInputError(f"{printable(error.filename or '')}: {error.strerror}") from None
+    return layout
+
+
+def run_export(args: argparse.Namespace, layout: DataLayout) -> int:
+    ensure_prefect_api()
+    summary = export_feedback(Path(printable(layout.root)))
+    where = f"; report at {Path(summary['path']).parent}" if summary["path"] else ""
+    return done(f"{summary['headline']}{where}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), check_arguments, run_export, argv, what="the feedback export")
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))

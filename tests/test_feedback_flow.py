@@ -1,0 +1,143 @@
+"""flows/feedback_flow.py through Prefect on a synthetic data dir: new answers become one screened batch
+that names its origin; a second run adds nothing; answers naming test images are refused as leaks;
+one image answered with two classes is held back until the answers agree; an image the log no longer
+holds is reported lost; the command's last line."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifarflow.data.ingest import ingest_archive
+from cifarflow.data.shards import read_split
+from cifarflow.data.versions import current_version
+from cifarflow.feedback.answers import append_answer, new_answer, read_answers
+from cifarflow.files import read_json
+from cifarflow.layout import DataLayout
+from cifarflow.monitoring.log import log_table, new_ids, write_log_file
+from tests.synthetic import CLASSES
+from tests.test_growth import smooth_images
+
+
+@pytest.fixture
+def data_dir(tmp_path, synthetic_archive) -> Path:
+    data_dir = tmp_path / "data"
+    ingest_archive(str(synthetic_archive), DataLayout(data_dir), rows_per_shard=100)
+    return data_dir
+
+
+def serve(data_dir: Path, pixels: np.ndarray, predicted: int = 0) -> list[str]:
+    """Log `pixels` as the service would have scored them (every one predicted as class `predicted`)."""
+    ids = new_ids(len(pixels))
+    probabilities = np.full((len(pixels), len(CLASSES)), 0.02, np.float32)
+    probabilities[:, predicted] = 1 - 0.02 * (len(CLASSES) - 1)
+    write_log_file(
+        DataLayout(data_dir).prediction_log,
+        log_table(ids, "service", "v1", probabilities, pixels, datetime.now(UTC)),
+        f"{ids[0]}.parquet",
+    )
+    return ids
+
+
+def answer(data_dir: Path, prediction_id: str, label: str, reviewer: str = "alice") -> None:
+    append_answer(DataLayout(data_dir).feedback_answers, new_answer(prediction_id, label, CLASSES[0], "v1", reviewer))
+
+
+def export(data_dir: Path) -> dict:
+    from flows.feedback_flow import export_feedback
+
+    return export_feedback(data_dir)
+
+
+def test_new_answers_become_one_batch_and_a_second_run_adds_nothing(prefect_server, data_dir, capsys):
+    from flows.feedback_flow import main
+
+    layout = DataLayout(data_dir)
+    before = current_version(layout)
+    images = smooth_images(8, 21)
+    ids = serve(data_dir, images)
+    for i, prediction_id in enumerate(ids):
+        answer(data_dir, prediction_id, ("cat", "ship")[i % 2], reviewer=("alice", "bob")[i % 2])
+    answer(data_dir, ids[0], "dog")  # answered again: the last answer counts
+
+    assert main(["--data-dir", str(data_dir)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("done: 8 answers: 8 added as batch "), last
+
+    after = current_version(layout)
+    assert after.version != before.version and after.train_images == before.train_images + 8
+    batch = after.batches[-1]
+    record = read_json(batch.directory / "batch.json")
+    assert record["origin"]["kind"] == "feedback"
+    assert sorted(record["origin"]["prediction_ids"]) == sorted(ids)
+    assert record["origin"]["reviewers"] == ["alice", "bob"]
+    assert batch.class_counts == {"cat": 3, "dog": 1, "ship": 4}
+    shard = read_split(layout.shard_manifest, "train")  # the batch's pixels are exactly the logged ones
+    from cifarflow.data.shards import read_shards, shard_files
+    from cifarflow.data.versions import batch_shards
+
+    stored, labels = read_shards(*shard_files(batch.directory, batch_shards(batch)))
+    assert {img.tobytes() for img in stored} == {img.tobytes() for img in images}
+    assert shard[0].shape[1:] == (32, 32, 3)
+    exported = read_json(layout.feedback_exported)["answers"]
+    assert {v["verdict"] for v in exported.values()} == {"added"} and exported[ids[0]]["label"] == "dog"
+
+    again = export(data_dir)
+    assert again["headline"] == "no new answers since the last export"
+    assert current_version(layout).version == after.version
+    assert main(["--data-dir", str(data_dir)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "done: no new answers since the last export"
+
+
+def test_answers_about_test_images_are_refused_as_leaks(prefect_server, data_dir):
+    layout = DataLayout(data_dir)
+    before = current_version(layout)
+    test_images, _ = read_split(layout.shard_manifest, "test")
+    ids = serve(data_dir, test_images[:5])
+    for prediction_id in ids:
+        answer(data_dir, prediction_id, "cat")
+    summary = export(data_dir)
+    assert summary["counts"]["refused"] == 5 and summary["counts"]["added"] == 0
+    assert all("test-set leak" in a["reason"] for a in summary["answers"])
+    assert summary["batch_id"] is None and current_version(layout).version == before.version
+    assert export(data_dir)["export_id"] is None  # handled: a refused answer is not tried again
+
+
+def test_one_image_answered_two_ways_is_held_until_the_answers_agree(prefect_server, data_dir):
+    layout = DataLayout(data_dir)
+    image, other = smooth_images(2, 33)
+    first, second = serve(data_dir, np.stack([image, image]))  # the same picture, served twice
+    (third,) = serve(data_dir, other[None])
+    answer(data_dir, first, "cat", reviewer="alice")
+    answer(data_dir, second, "dog", reviewer="bob")
+    answer(data_dir, third, "ship")
+
+    summary = export(data_dir)
+    assert summary["counts"]["added"] == 1 and summary["counts"]["held"] == 2
+    (held,) = summary["held"]
+    assert held["labels"] == ["cat", "dog"] and {a["prediction_id"] for a in held["answers"]} == {first, second}
+    report = (Path(summary["path"]).parent / "report.md").read_text()
+    assert "Held back" in report and first in report and second in report
+    assert first not in read_json(layout.feedback_exported)["answers"]
+
+    still = export(data_dir)  # nothing changed: still held, nothing added
+    assert still["counts"]["held"] == 2 and still["counts"]["added"] == 0
+
+    answer(data_dir, second, "cat", reviewer="bob")  # bob changes his mind: one answer remains
+    settled = export(data_dir)
+    assert settled["held"] == [] and settled["counts"]["added"] == 1 and settled["counts"]["duplicate"] == 1
+    batch = current_version(layout).batches[-1]
+    assert batch.class_counts == {"cat": 1}
+
+
+def test_an_answer_whose_image_left_the_log_is_reported_lost(prefect_server, data_dir):
+    layout = DataLayout(data_dir)
+    answer(data_dir, "0123456789abcdef0123456789abcdef", "cat")
+    summary = export(data_dir)
+    assert summary["counts"]["lost"] == 1 and summary["batch_id"] is None
+    assert "retention" in summary["answers"][0]["reason"]
+    assert read_answers(layout.feedback_answers)[0].label == "cat"  # the answer itself is kept
+    assert export(data_dir)["export_id"] is None
