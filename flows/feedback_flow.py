@@ -43,7 +43,7 @@ from tasks.feedback import gather_answers, publish_feedback_report, record_outco
 LOCK_TIMEOUT_S = 600.0  # for another feedback export on the same data dir
 
 
-@flow(name="feedback-export", flow_run_name="feedback-{data_dir}", log_prints=True)
+@flow(name="feedback", flow_run_name="feedback-{data_dir}", log_prints=True)
 def export_feedback(data_dir: Path = Path("data")) -> dict[str, Any]:
     """The new answers → an inbox → the add-images screening → one batch; the export's summary
     (also in <data dir>/feedback/exports/<id>/summary.json; `path` says where)."""

@@ -492,9 +492,7 @@ def create_app(
         for a prediction counts; every answer is kept in the append-only feedback log."""
         name = reviewer(request)
         label_names = serving().label_names
-        label = next((c for c in label_names if c.lower() == answer.label.strip().lower()), None)
-        if label is None:
-            raise BadInput(422, f"{answer.label!r} is not a class: one of {', '.join(label_names)}")
+        label = class_named(answer.label, label_names)
         _, row = logged(answer.prediction_id)
         predicted = label_names[int(row.probabilities.argmax())] if len(row.probabilities) == len(label_names) else ""
         recorded = new_answer(answer.prediction_id, label, predicted, row.model_version, name)
@@ -520,8 +518,9 @@ def create_app(
         """Logged predictions nobody has answered yet, least confident (smallest margin) first."""
         reviewer(request)
         label_names = serving().label_names
-        if label is not None and label not in label_names:
-            raise BadInput(422, f"{label!r} is not a class: one of {', '.join(label_names)}")
+        label = None if label is None else class_named(label, label_names)
+        if prediction_log is not None:
+            prediction_log.flush(timeout=2)  # an image scored a moment ago is in the queue too
         index.refresh()
         ids, times, versions, probabilities = index.rows()
         if len(ids) and probabilities.shape[1] != len(label_names):
@@ -560,6 +559,14 @@ def create_app(
         return Response(png_bytes(pixels), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     return app
+
+
+def class_named(text: str, label_names: list[str]) -> str:
+    """The class `text` names (any case, surrounding spaces ignored); BadInput 422 listing the classes."""
+    label = next((c for c in label_names if c.lower() == text.strip().lower()), None)
+    if label is None:
+        raise BadInput(422, f"{text!r} is not a class: one of {', '.join(label_names)}")
+    return label
 
 
 def png_bytes(pixels) -> bytes:

@@ -16,10 +16,11 @@ import yaml
 from tests.live_server import PREFECT, REPO_ROOT, live_prefect_server, stop
 
 PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
-DEPLOYMENTS = {d["name"]: d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}
-SPEC = DEPLOYMENTS["nightly"]
-SCORE = DEPLOYMENTS["score-folder"]
-MONITOR = DEPLOYMENTS["hourly"]
+DEPLOYMENTS = {d["entrypoint"]: d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}  # names repeat
+SPEC = DEPLOYMENTS["flows/cifar_flow.py:cifar_pipeline"]
+SCORE = DEPLOYMENTS["flows/predict_flow.py:predict"]
+MONITOR = DEPLOYMENTS["flows/monitor_flow.py:monitor"]
+FEEDBACK = DEPLOYMENTS["flows/feedback_flow.py:export_feedback"]
 POOL = SPEC["work_pool"]["name"]
 
 pytestmark = pytest.mark.server
@@ -62,6 +63,19 @@ def test_prefect_yaml_monitors_hourly():
     assert MONITOR["schedules"] == [{"cron": "15 * * * *", "timezone": "UTC", "active": True}]
     assert set(MONITOR["parameters"]) <= set(inspect.signature(monitor.fn).parameters)
     assert MONITOR["work_pool"]["name"] == POOL
+
+
+def test_prefect_yaml_exports_feedback_before_the_nightly_retrain():
+    import inspect
+
+    from flows.feedback_flow import export_feedback
+
+    assert FEEDBACK["name"] == "nightly" and export_feedback.name == "feedback"  # feedback/nightly
+    assert FEEDBACK["schedules"] == [{"cron": "30 1 * * *", "timezone": "UTC", "active": True}]
+    assert FEEDBACK["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    assert set(FEEDBACK["parameters"]) <= set(inspect.signature(export_feedback.fn).parameters)
+    assert FEEDBACK["work_pool"]["name"] == POOL
+    assert list(DEPLOYMENTS).index(SPEC["entrypoint"]) == 0  # deployments/serve.py serves the first `nightly`
 
 
 def test_serve_uses_the_same_schedule_parameters_and_limit():
@@ -144,6 +158,10 @@ def test_deploy_then_worker_runs_the_nightly_deployment(server, synthetic_archiv
     assert deployment.concurrency_options.collision_strategy.value == "CANCEL_NEW"
     assert deployment.work_pool_name == POOL and set(deployment.tags) == {"cifar10", "nightly"}
     assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}]
+    feedback = read_deployment(server, "feedback/nightly")
+    assert feedback.schedules[0].schedule.cron == "30 1 * * *" and feedback.parameters == FEEDBACK["parameters"]
+    for name in ("cifar10-pipeline/nightly", "predict/score-folder", "monitor/hourly", "feedback/nightly"):
+        without_scheduled_runs(server, read_deployment(server, name))  # the worker's one run: the triggered one
 
     data_dir = tmp_path / "data"
     flow_run = trigger(server, deployment.id, run_parameters(synthetic_archive, data_dir))

@@ -1,22 +1,34 @@
 """A retrain when data lands, against a real `prefect server start`: `prefect deploy` creates the
 nightly deployment with its event trigger (an automation), and `flows/add_images.py` adding a batch
 emits `cifar10.dataset.updated`, which makes the server create a flow run of that deployment for the
-data directory that grew (read back through the API). No worker runs: the run stays scheduled."""
+data directory that grew (read back through the API). No worker runs: the run stays scheduled.
+
+The loop from use: corrections sent to a real service (`POST /feedback`, with a reviewer's token)
+become, through `flows/feedback_flow.py`, one batch, one event and one triggered retrain; corrections
+of test images are all refused as leaks. One server serves the module; each test its own data dir."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
 from cifarflow.data.ingest import ingest_archive
+from cifarflow.data.shards import read_split
+from cifarflow.data.versions import current_version
+from cifarflow.files import read_json
 from cifarflow.layout import DataLayout
 from tests.live_server import PREFECT, REPO_ROOT, live_prefect_server
+from tests.serving_helpers import encode, serving_process
+from tests.synthetic import CLASSES
+from tests.test_growth import smooth_images
 
 pytestmark = pytest.mark.server
 
@@ -44,20 +56,46 @@ def write_inbox(root: Path, count: int = 6) -> Path:
     return root
 
 
-def triggered_runs(server, deployment_id):
-    """The deployment's flow runs that an automation created (the nightly schedule makes others)."""
+def triggered_runs(server, deployment_id, data_dir: Path):
+    """The deployment's flow runs that an automation created for `data_dir` (the schedule makes others)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     with server.client_settings(), get_client(sync_client=True) as client:
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-    return [run for run in runs if run.created_by is not None and run.created_by.type == "AUTOMATION"]
+    return [
+        run
+        for run in runs
+        if run.created_by is not None
+        and run.created_by.type == "AUTOMATION"
+        and run.parameters["config"]["data_dir"] == str(data_dir.resolve())
+    ]
 
 
-def test_adding_a_batch_creates_a_flow_run_of_the_triggered_deployment(tmp_path, synthetic_archive):
+def wait_for_runs(server, deployment_id, data_dir: Path, timeout: float = 90) -> list:
+    deadline = time.monotonic() + timeout
+    while not (runs := triggered_runs(server, deployment_id, data_dir)) and time.monotonic() < deadline:
+        time.sleep(1)
+    return runs
+
+
+def dataset_events(server, data_dir: Path) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    with server.client_settings(), get_client(sync_client=True) as client:
+        events = client.read_events(
+            EventFilter(event=EventNameFilter(name=["cifar10.dataset.updated"])), limit=50
+        ).events
+    return [e for e in events if e.resource.id == f"cifar10.dataset.{data_dir.resolve()}"]
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory):
+    """A live server with the work pool and every deployment of prefect.yaml; the nightly deployment."""
     from prefect.client.orchestration import get_client
 
-    with live_prefect_server(tmp_path / "server") as server:
+    with live_prefect_server(tmp_path_factory.mktemp("server")) as server:
         pool = server.run(PREFECT, "work-pool", "create", SPEC["work_pool"]["name"], "--type", "process")
         assert pool.returncode == 0, pool.stdout + pool.stderr
         deployed = server.run(PREFECT, "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
@@ -67,24 +105,83 @@ def test_adding_a_batch_creates_a_flow_run_of_the_triggered_deployment(tmp_path,
             automations = [a for a in client.read_automations() if a.trigger.expect == {"cifar10.dataset.updated"}]
         assert len(automations) == 1 and automations[0].enabled
         assert str(deployment.id) in str(automations[0].actions[0])
-        assert triggered_runs(server, deployment.id) == []
+        yield server, deployment
 
-        data_dir = tmp_path / "data"
-        ingest_archive(str(synthetic_archive), DataLayout(data_dir), rows_per_shard=100)
-        added = server.run(
-            sys.executable, "flows/add_images.py", str(write_inbox(tmp_path / "inbox")), "--data-dir", str(data_dir)
-        )
-        assert added.returncode == 0, added.stdout + added.stderr
-        assert "done: summary at" in added.stdout.strip().splitlines()[-1]
 
-        deadline = time.monotonic() + 90
-        while not (runs := triggered_runs(server, deployment.id)) and time.monotonic() < deadline:
-            time.sleep(1)
-        assert len(runs) == 1, "the event trigger did not create a flow run within 90 s"
-        assert runs[0].parameters["config"]["data_dir"] == str(data_dir.resolve())
-        assert runs[0].parameters["config"]["model"] == SPEC["parameters"]["config"]["model"]
+def test_adding_a_batch_creates_a_flow_run_of_the_triggered_deployment(deployed, tmp_path, synthetic_archive):
+    server, deployment = deployed
+    data_dir = tmp_path / "data"
+    ingest_archive(str(synthetic_archive), DataLayout(data_dir), rows_per_shard=100)
+    assert triggered_runs(server, deployment.id, data_dir) == []
+    added = server.run(
+        sys.executable, "flows/add_images.py", str(write_inbox(tmp_path / "inbox")), "--data-dir", str(data_dir)
+    )
+    assert added.returncode == 0, added.stdout + added.stderr
+    assert "done: summary at" in added.stdout.strip().splitlines()[-1]
 
-        again = server.run(sys.executable, "flows/add_images.py", str(tmp_path / "inbox"), "--data-dir", str(data_dir))
-        assert again.returncode == 0, again.stdout + again.stderr
-        time.sleep(8)  # nothing new was added: no event, so no second run
-        assert len(triggered_runs(server, deployment.id)) == 1
+    runs = wait_for_runs(server, deployment.id, data_dir)
+    assert len(runs) == 1, "the event trigger did not create a flow run within 90 s"
+    assert runs[0].parameters["config"]["model"] == SPEC["parameters"]["config"]["model"]
+
+    again = server.run(sys.executable, "flows/add_images.py", str(tmp_path / "inbox"), "--data-dir", str(data_dir))
+    assert again.returncode == 0, again.stdout + again.stderr
+    time.sleep(8)  # nothing new was added: no event, so no second run
+    assert len(triggered_runs(server, deployment.id, data_dir)) == 1
+
+
+TOKEN = "carol-review-token-0123456789"
+
+
+def test_corrections_sent_to_the_service_become_a_batch_and_a_retrain(
+    deployed, tmp_path, synthetic_archive, two_versions
+):
+    """40 corrections of served new images and 10 of served test images, through POST /feedback with
+    a reviewer's token; the feedback flow makes one batch of the 40 (the test images refused as leaks),
+    the server gets one `cifar10.dataset.updated` and its automation creates one retrain; a second
+    export adds nothing, so nothing more happens."""
+    server, deployment = deployed
+    data_dir = tmp_path / "data"
+    layout = DataLayout(data_dir)
+    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    shutil.copytree(two_versions / "registry", layout.registry, symlinks=True)  # a champion to serve
+    before = current_version(layout)
+    tokens = tmp_path / "review-tokens"
+    tokens.write_text(f"carol:{TOKEN}\n")
+    fresh, leaks = smooth_images(40, 77), read_split(layout.shard_manifest, "test")[0][:10]
+
+    with (
+        serving_process(data_dir, tmp_path / "serving.log", options=["--review-token-file", str(tokens)]) as service,
+        httpx.Client(base_url=service.url, timeout=60) as client,
+    ):
+        for number, pixels in enumerate(np.concatenate([fresh, leaks])):
+            served = client.post("/predict", files={"file": (f"{number}.png", encode(pixels))})
+            assert served.status_code == 200, served.text
+            right = next(c for c in CLASSES[number % 10 :] + CLASSES if c != served.json()["label"])  # a correction
+            answered = client.post(
+                "/feedback",
+                json={"prediction_id": served.json()["prediction_id"], "label": right},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert answered.status_code == 200 and answered.json()["reviewer"] == "carol", answered.text
+
+    exported = server.run(sys.executable, "flows/feedback_flow.py", "--data-dir", str(data_dir), timeout=240)
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    last = exported.stdout.strip().splitlines()[-1]
+    assert last.startswith("done: 50 answers: 40 added as batch ") and "10 refused" in last, last
+
+    after = current_version(layout)
+    (batch,) = [b for b in after.batches if b.batch_id not in {x.batch_id for x in before.batches}]
+    assert batch.rows == 40 and read_json(batch.directory / "batch.json")["origin"]["reviewers"] == ["carol"]
+    (summary_path,) = layout.feedback_exports.glob("*/summary.json")
+    refused = [a for a in read_json(summary_path)["answers"] if a["verdict"] == "refused"]
+    assert len(refused) == 10 and all("test-set leak" in a["reason"] for a in refused)
+
+    runs = wait_for_runs(server, deployment.id, data_dir)
+    assert len(runs) == 1, "the event trigger did not create a flow run within 90 s"
+    assert len(dataset_events(server, data_dir)) == 1
+
+    again = server.run(sys.executable, "flows/feedback_flow.py", "--data-dir", str(data_dir), timeout=240)
+    assert again.stdout.strip().splitlines()[-1] == "done: no new answers since the last export", again.stdout
+    time.sleep(8)  # nothing new: no event, no second run
+    assert len(triggered_runs(server, deployment.id, data_dir)) == 1
+    assert len(dataset_events(server, data_dir)) == 1

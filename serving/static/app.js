@@ -1,9 +1,12 @@
-// The page's whole logic: show the serving model, send the chosen image to /predict, draw the top-3 bars.
+// The page's logic: show the serving model, send the chosen image to /predict, draw the top-3 bars, and
+// ask "Right?": the answer goes to POST /feedback through `Review` (review.js, which holds the token).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const mib = (bytes) => `${+(bytes / 2 ** 20).toFixed(1)} MiB`;
 let maxUploadBytes = null; // from GET /limits; the service's 413 still guards when it is unknown
+let labelNames = []; // from GET /model: the classes a correction can name
+let shownPrediction = null; // the prediction_id of the result on screen: a late answer to an older one is not shown
 
 async function showLimits() {
   try {
@@ -25,6 +28,7 @@ async function showModel() {
     $("model").textContent = `Model ${model.version} (${model.model || "exported"})${accuracy}`;
     $("model").dataset.version = model.version;
     $("classes").textContent = model.label_names.join(", ");
+    labelNames = model.label_names;
   } catch (error) {
     $("model").textContent = `No model: ${error.message}`;
   }
@@ -51,8 +55,51 @@ function showResult(result) {
       return item;
     })
   );
+  askRight(result);
   $("result").hidden = false;
   if (result.model_version !== $("model").dataset.version) showModel(); // the champion moved meanwhile
+}
+
+// The "Right?" block: confirm the predicted class, or name the right one.
+function askRight(result) {
+  shownPrediction = result.prediction_id || null;
+  $("feedback").hidden = !shownPrediction;
+  $("feedback-status").textContent = "";
+  $("feedback-status").classList.remove("error");
+  $("confirm").textContent = `Yes, ${result.label}`;
+  $("confirm").dataset.label = result.label;
+  $("confirm").removeAttribute("aria-pressed");
+  $("confirm").disabled = false;
+  const others = (labelNames.length ? labelNames : result.top.map((t) => t.label)).filter((l) => l !== result.label);
+  $("choices").replaceChildren(
+    ...others.map((label) => {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = button.dataset.label = label;
+      return button;
+    })
+  );
+}
+
+async function sendAnswer(button) {
+  const predictionId = shownPrediction;
+  const buttons = $("feedback").querySelectorAll("button[data-label]");
+  const status = $("feedback-status");
+  buttons.forEach((b) => { b.disabled = true; }); // one answer at a time, even while the token is asked for
+  status.classList.remove("error");
+  status.textContent = "Sending…";
+  try {
+    const body = await Review.answer(predictionId, button.dataset.label);
+    if (predictionId !== shownPrediction) return;
+    status.textContent = Review.thanks(body);
+    buttons.forEach((b) => b.setAttribute("aria-pressed", String(b === button)));
+  } catch (error) {
+    if (predictionId !== shownPrediction) return;
+    status.textContent = error instanceof TypeError ? `The service did not answer: ${error.message}` : error.message;
+    status.classList.add("error");
+  } finally {
+    buttons.forEach((b) => { b.disabled = false; });
+  }
 }
 
 async function classify(file) {
@@ -86,5 +133,9 @@ const drop = $("drop");
   drop.addEventListener(type, (event) => { event.preventDefault(); drop.classList.remove("over"); })
 );
 drop.addEventListener("drop", (event) => classify(event.dataTransfer.files[0]));
+$("feedback").addEventListener("click", (event) => {
+  const button = event.target.closest("button[data-label]");
+  if (button && shownPrediction) sendAnswer(button);
+});
 showModel();
 showLimits();

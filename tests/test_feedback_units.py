@@ -1,0 +1,254 @@
+"""The feedback library without a server: who may answer (tokens), the append-only feedback log, the
+uncertainty measures and the queue's order, the log index, and the export's plan (conflicts, lost)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from cifarflow.errors import PipelineInputError
+from cifarflow.feedback.access import AccessDenied, ReviewAccess, load_reviewers, parse_reviewers
+from cifarflow.feedback.answers import AnswerBook, append_answer, latest, new_answer, read_answers
+from cifarflow.feedback.export import plan_export, screening_verdicts
+from cifarflow.feedback.queue import LogIndex, least_confident_first, queue_order, read_pixels, uncertainty
+from cifarflow.monitoring.log import PredictionLog, log_files, log_table, new_ids, write_log_file
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+ALICE, BOB = "alice-token-0123456789abcdef", "bob-token-0123456789abcdefgh"
+
+
+# --- access ----------------------------------------------------------------------------------------------
+
+
+def test_each_token_names_its_reviewer_and_nothing_else_gets_in():
+    access = ReviewAccess(parse_reviewers(f"# reviewers\nalice:{ALICE}\n\nbob:{BOB}\n", "tokens"), loopback_only=True)
+    assert access.reviewer(f"Bearer {ALICE}") == "alice"
+    assert access.reviewer(f"bearer  {BOB} ") == "bob"
+    for header, status in [
+        (None, 401),
+        ("", 401),
+        (f"Basic {ALICE}", 401),
+        ("Bearer ", 401),
+        (f"Bearer {ALICE[:-1]}", 401),
+        (f"Bearer {ALICE}x", 401),
+        (f"Bearer {ALICE.upper()}", 401),
+        ("Bearer alice", 401),
+    ]:
+        with pytest.raises(AccessDenied) as denied:
+            access.reviewer(header)
+        assert denied.value.status == status
+    assert ALICE not in repr(access.reviewers)  # never the secret in a log line or traceback
+
+
+def test_without_tokens_only_a_loopback_service_takes_answers():
+    assert ReviewAccess([], loopback_only=True).reviewer(None) == "local"
+    with pytest.raises(AccessDenied) as denied:
+        ReviewAccess([], loopback_only=False).reviewer(f"Bearer {ALICE}")
+    assert denied.value.status == 403 and "--review-token-file" in str(denied.value)
+
+
+def test_tokens_come_from_the_file_and_the_environment_and_bad_ones_are_refused(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text(f"alice:{ALICE}\n")
+    reviewers = load_reviewers(path, {"CIFARFLOW_REVIEW_TOKEN": f"bob:{BOB},carol:{'c' * 16}"})
+    assert [r.name for r in reviewers] == ["alice", "bob", "carol"]
+    assert load_reviewers(None, {}) == []
+    for text, says in [
+        ("alice:short", "at least 16"),
+        (ALICE, "expected `name:token`"),
+        (f"a b:{ALICE}", "reviewer name"),
+        (f"alice:{ALICE}\nalice:{BOB}", "given twice"),
+    ]:
+        with pytest.raises(PipelineInputError, match=says):
+            parse_reviewers(text, "tokens")
+    with pytest.raises(PipelineInputError, match="cannot read"):
+        load_reviewers(tmp_path / "missing", {})
+
+
+# --- the feedback log --------------------------------------------------------------------------------------
+
+
+def test_the_last_answer_counts_and_every_answer_is_kept(tmp_path):
+    path = tmp_path / "feedback" / "answers.jsonl"
+    for label in ("cat", "dog", "ship"):
+        append_answer(path, new_answer("a" * 32, label, "cat", "v1", "alice"))
+    append_answer(path, new_answer("b" * 32, "cat", "cat", "v1", "bob"))
+    answers = read_answers(path)
+    assert [a.label for a in answers] == ["cat", "dog", "ship", "cat"]
+    assert {pid: a.label for pid, a in latest(answers).items()} == {"a" * 32: "ship", "b" * 32: "cat"}
+    assert latest(answers)["a" * 32].corrects and not latest(answers)["b" * 32].corrects
+
+
+def test_a_line_cut_short_is_skipped_and_the_next_answer_starts_a_fresh_line(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    append_answer(path, new_answer("a" * 32, "cat", "dog", "v1", "alice"))
+    with open(path, "ab") as handle:
+        handle.write(b'{"answer_id": "half a li')  # a crash mid-write
+    append_answer(path, new_answer("b" * 32, "ship", "dog", "v1", "alice"))
+    warnings: list[str] = []
+    answers = read_answers(path, warn=warnings.append)
+    assert [a.prediction_id for a in answers] == ["a" * 32, "b" * 32]
+    assert len(warnings) == 1 and "line 2" in warnings[0]
+
+
+def _append_many(path, worker: int, count: int) -> None:
+    for i in range(count):
+        append_answer(path, new_answer(f"{worker:02d}{i:030d}", "cat", "dog", "v1", f"w{worker}"))
+
+
+def test_concurrent_writers_in_threads_and_processes_never_interleave(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    processes = [multiprocessing.get_context("spawn").Process(target=_append_many, args=(path, w, 50)) for w in (1, 2)]
+    threads = [threading.Thread(target=_append_many, args=(path, w, 50)) for w in (3, 4)]
+    for worker in processes + threads:
+        worker.start()
+    for worker in processes + threads:
+        worker.join(60)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 200 and all(json.loads(line)["label"] == "cat" for line in lines)
+
+
+def test_the_answer_book_reads_only_what_was_appended_and_waits_for_a_whole_line(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    book = AnswerBook(path)
+    assert book.refresh() == {}
+    assert book.record(new_answer("a" * 32, "cat", "dog", "v1", "alice")) is False
+    assert book.record(new_answer("a" * 32, "dog", "dog", "v1", "bob")) is True
+    with open(path, "ab") as handle:
+        handle.write(json.dumps({"prediction_id": "b" * 32})[:-3].encode())  # a writer mid-line
+    assert set(book.refresh()) == {"a" * 32} and book.refresh()["a" * 32].label == "dog"
+
+
+# --- uncertainty and the queue -------------------------------------------------------------------------------
+
+
+def test_the_three_measures_on_known_rows():
+    p = np.array([[0.5, 0.3, 0.2], [0.9, 0.05, 0.05], [1 / 3, 1 / 3, 1 / 3]])
+    assert uncertainty(p, "margin") == pytest.approx([0.8, 0.15, 1.0])
+    assert uncertainty(p, "top") == pytest.approx([0.5, 0.1, 2 / 3])
+    assert uncertainty(p, "entropy")[2] == pytest.approx(np.log(3))
+    assert list(least_confident_first(p, "margin")) == [2, 0, 1]
+    with pytest.raises(ValueError, match="unknown uncertainty measure"):
+        uncertainty(p, "vibes")
+    with pytest.raises(ValueError, match="must be"):
+        uncertainty(np.ones(3), "top")
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.float64, (20, 10), elements=st.floats(0.001, 1.0)), st.sampled_from(["margin", "top", "entropy"]))
+def test_least_confident_first_is_a_permutation_in_rising_confidence(raw, measure):
+    p = raw / raw.sum(axis=1, keepdims=True)
+    order = least_confident_first(p, measure)
+    assert sorted(order) == list(range(20))
+    scores = uncertainty(p, measure)[order]
+    assert np.all(np.diff(scores) <= 1e-12)
+    assert np.all(uncertainty(p, "top") <= 1 - 1 / 10 + 1e-9)
+
+
+def test_the_queue_leaves_out_answered_ones_and_filters_by_predicted_class():
+    ids = np.array(["a", "b", "c", "d"])
+    p = np.zeros((4, 10))
+    p[0, [3, 5]] = [0.55, 0.45]  # cat, close call
+    p[1, [3, 5]] = [0.95, 0.05]  # cat, sure
+    p[2, [8, 0]] = [0.5, 0.5]  # ship, a coin toss
+    p[3, [8, 0]] = [0.7, 0.3]  # ship
+    assert list(ids[queue_order(ids, p, set(), CLASSES)]) == ["c", "a", "d", "b"]
+    assert list(ids[queue_order(ids, p, {"c"}, CLASSES)]) == ["a", "d", "b"]
+    assert list(ids[queue_order(ids, p, set(), CLASSES, label="cat")]) == ["a", "b"]
+    with pytest.raises(ValueError, match="not a class"):
+        queue_order(ids, p, set(), CLASSES, label="kat")
+
+
+def log_some(root, count: int, seed: int):
+    rng = np.random.default_rng(seed)
+    ids = new_ids(count)
+    probabilities = rng.dirichlet(np.ones(10), count).astype(np.float32)
+    pixels = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+    table = log_table(ids, "service", "v1", probabilities, pixels, datetime.now(UTC))
+    return ids, probabilities, pixels, write_log_file(root, table, f"{ids[0]}.parquet")
+
+
+def test_the_log_index_reads_new_files_finds_ids_and_forgets_removed_files(tmp_path):
+    root = tmp_path / "log"
+    index = LogIndex(root)
+    index.refresh()
+    assert len(index.rows()[0]) == 0 and index.find("x") is None
+    first_ids, first_p, first_pixels, (first_file,) = log_some(root, 5, 1)
+    second_ids, *_ = log_some(root, 3, 2)
+    index.refresh()
+    ids, _, versions, probabilities = index.rows()
+    assert set(ids) == set(first_ids + second_ids) and set(versions) == {"v1"}
+    path, row = index.find(first_ids[2])
+    assert path == first_file and np.allclose(row.probabilities, first_p[2])
+    assert np.array_equal(read_pixels([path], [first_ids[2]])[first_ids[2]], first_pixels[2])
+    first_file.unlink()  # retention or compaction removed it
+    index.refresh()
+    assert set(index.rows()[0]) == set(second_ids) and index.find(first_ids[2]) is None
+
+
+def test_flush_puts_what_waits_on_disk_now(tmp_path):
+    root = tmp_path / "log"
+    with PredictionLog(root, flush_s=3600) as log:  # the interval alone would not write it this hour
+        log.append(new_ids(2), "service", "v1", np.full((2, 10), 0.1, np.float32), np.zeros((2, 32, 32, 3), np.uint8))
+        assert log.flush(timeout=10)
+        assert len(log_files(root)) == 1 and log.written == 2
+        assert log.flush(timeout=10)  # nothing waiting: at once
+
+
+# --- the export's plan ---------------------------------------------------------------------------------------------
+
+
+def test_one_image_with_two_labels_is_held_and_agreeing_answers_are_ready():
+    image, other = np.zeros((32, 32, 3), np.uint8), np.full((32, 32, 3), 7, np.uint8)
+    answers = [
+        new_answer("a" * 32, "cat", "dog", "v1", "alice"),
+        new_answer("b" * 32, "dog", "dog", "v1", "bob"),  # the same image as a, another class
+        new_answer("c" * 32, "ship", "dog", "v1", "bob"),
+        new_answer("d" * 32, "ship", "dog", "v1", "bob"),  # not in the log any more
+    ]
+    current = latest(answers)
+    plan = plan_export(current, {}, {"a" * 32: image, "b" * 32: image, "c" * 32: other})
+    assert [r.answer.prediction_id for r in plan.ready] == ["c" * 32]
+    (held,) = plan.held
+    assert held["labels"] == ["cat", "dog"] and len(held["answers"]) == 2
+    assert [a.prediction_id for a in plan.lost] == ["d" * 32]
+
+
+def test_a_new_answer_disagreeing_with_an_exported_one_about_the_same_image_is_held():
+    from cifarflow.data.shards import pixel_digest
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    done = new_answer("a" * 32, "cat", "dog", "v1", "alice")
+    exported = {
+        "a" * 32: {"answer_id": done.answer_id, "label": "cat", "verdict": "added", "pixel_sha256": pixel_digest(image)}
+    }
+    current = latest([done, new_answer("b" * 32, "dog", "dog", "v1", "bob")])
+    plan = plan_export(current, exported, {"b" * 32: image})
+    assert plan.ready == [] and plan.held[0]["labels"] == ["cat", "dog"]
+    agreeing = latest([done, new_answer("b" * 32, "cat", "dog", "v1", "bob")])
+    assert [r.answer.prediction_id for r in plan_export(agreeing, exported, {"b" * 32: image}).ready] == ["b" * 32]
+
+
+def test_verdicts_come_from_the_screening_summary_by_file_name():
+    plan = plan_export(
+        latest([new_answer(c * 32, "cat", "dog", "v1", "alice") for c in "abc"]),
+        {},
+        {c * 32: np.full((32, 32, 3), i, np.uint8) for i, c in enumerate("abc")},
+    )
+    summary = {
+        "batch_id": "batch-1",
+        "rejected": [{"path": f"/x/inbox/cat/{'a' * 32}.png", "reason": "test-set leak: an exact copy"}],
+        "duplicate_files": [{"path": f"/x/inbox/cat/{'b' * 32}.png", "of": "train-00042"}],
+    }
+    verdicts = screening_verdicts(summary, plan.ready)
+    assert verdicts["a" * 32] == ("refused", "test-set leak: an exact copy")
+    assert verdicts["b" * 32][0] == "duplicate" and "train-00042" in verdicts["b" * 32][1]
+    assert verdicts["c" * 32] == ("added", "batch-1")
