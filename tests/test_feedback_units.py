@@ -252,3 +252,17 @@ def test_verdicts_come_from_the_screening_summary_by_file_name():
     assert verdicts["a" * 32] == ("refused", "test-set leak: an exact copy")
     assert verdicts["b" * 32][0] == "duplicate" and "train-00042" in verdicts["b" * 32][1]
     assert verdicts["c" * 32] == ("added", "batch-1")
+
+
+def test_a_hand_edited_line_cannot_steer_a_file_name(tmp_path):
+    """The export names files `<label>/<prediction_id>.png`: a line whose id or label is a path is skipped."""
+    path = tmp_path / "answers.jsonl"
+    good = new_answer("a" * 32, "cat", "dog", "v1", "alice")
+    append_answer(path, good)
+    fields = {k: getattr(good, k) for k in ("answer_id", "predicted", "model_version", "reviewer", "time")}
+    with open(path, "a") as handle:
+        handle.write(json.dumps(fields | {"prediction_id": "../../escape" + "0" * 20, "label": "cat"}) + "\n")
+        handle.write(json.dumps(fields | {"prediction_id": "b" * 32, "label": "../../etc"}) + "\n")
+    warnings: list[str] = []
+    assert [a.prediction_id for a in read_answers(path, warn=warnings.append)] == ["a" * 32]
+    assert len(warnings) == 2

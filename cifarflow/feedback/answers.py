@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable
@@ -27,6 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+PREDICTION_ID = re.compile(r"[0-9a-f]{32}")  # a UUID4 in hex, as the prediction log writes them
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_ -]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,13 @@ class Answer:
     model_version: str
     reviewer: str
     time: str  # ISO 8601, UTC, µs
+
+    def __post_init__(self):
+        """A hand-edited line must not steer a file name: ids are 32 hex digits, labels plain names."""
+        if not PREDICTION_ID.fullmatch(str(self.prediction_id)):
+            raise ValueError(f"prediction_id {self.prediction_id!r} is not 32 hex digits")
+        if not LABEL.fullmatch(str(self.label)):
+            raise ValueError(f"label {self.label!r} is not a class name")
 
     @property
     def corrects(self) -> bool:
