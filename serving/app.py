@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Body, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -57,7 +57,7 @@ from cifarflow.cli import ArgumentParser, done, run_cli, run_command
 from cifarflow.errors import StorageError
 from cifarflow.feedback.access import LOOPBACK, AccessDenied, ReviewAccess, Reviewer, load_reviewers
 from cifarflow.feedback.answers import AnswerBook, new_answer
-from cifarflow.feedback.queue import DEFAULT_MEASURE, LogIndex, margins, queue_order, read_pixels
+from cifarflow.feedback.queue import DEFAULT_MEASURE, DEFAULT_ORDER, LogIndex, margins, queue_order, read_pixels
 from cifarflow.files import ensure_writable
 from cifarflow.inference.batcher import MAX_IMAGES, MicroBatcher
 from cifarflow.inference.decode_budget import (
@@ -163,6 +163,7 @@ class QueueItem(BaseModel):
 
 
 class ReviewQueue(BaseModel):
+    order: str = Field(description="`least-confident` (the default) or `random`")
     measure: str = Field(description="the uncertainty measure of the order (`margin`: least margin first)")
     unanswered: int = Field(description="logged predictions with no answer yet (of the chosen class, if any)")
     items: list[QueueItem]
@@ -514,6 +515,9 @@ def create_app(
         request: Request,
         n: int = Query(50, ge=1, le=MAX_QUEUE, description="how many items"),
         label: str | None = Query(None, description="only images predicted as this class"),
+        order: Literal["least-confident", "random"] = Query(
+            DEFAULT_ORDER, description="least confident (smallest margin) first, or a random order"
+        ),
     ):
         """Logged predictions nobody has answered yet, least confident (smallest margin) first."""
         reviewer(request)
@@ -525,8 +529,8 @@ def create_app(
         ids, times, versions, probabilities = index.rows()
         if len(ids) and probabilities.shape[1] != len(label_names):
             ids = ids[:0]  # the log holds another label set's predictions only
-        order = queue_order(ids, probabilities, set(answers.refresh()), label_names, label)
-        chosen = order[:n]
+        ranked = queue_order(ids, probabilities, set(answers.refresh()), label_names, label, order=order)
+        chosen = ranked[:n]
         top = probabilities[chosen].max(axis=1) if len(chosen) else []
         items = [
             {
@@ -540,7 +544,7 @@ def create_app(
             }
             for i, p, m in zip(chosen, top, margins(probabilities[chosen]) if len(chosen) else [])
         ]
-        return {"measure": DEFAULT_MEASURE, "unanswered": len(order), "items": items}
+        return {"order": order, "measure": DEFAULT_MEASURE, "unanswered": len(ranked), "items": items}
 
     @read(
         "/review/image/{prediction_id}.png",

@@ -137,7 +137,7 @@ def test_the_queue_is_unanswered_predictions_least_confident_first(service):
     queue = service.get("/review/queue", params={"n": 500}, headers=bearer())
     assert queue.status_code == 200, queue.text
     body = queue.json()
-    assert body["measure"] == "margin"
+    assert (body["measure"], body["order"]) == ("margin", "least-confident")
     ids = [item["prediction_id"] for item in body["items"]]
     assert answered not in ids
     assert {m["prediction_id"] for m in made[1:]} <= set(ids)
@@ -163,6 +163,11 @@ def test_the_queue_is_unanswered_predictions_least_confident_first(service):
     label = body["items"][0]["label"]
     only = service.get("/review/queue", params={"label": label}, headers=bearer()).json()
     assert only["items"] and {item["label"] for item in only["items"]} == {label}
+    assert service.get("/review/queue", params={"label": label.upper()}, headers=bearer()).json() == only
+    shuffled = service.get("/review/queue", params={"n": 500, "order": "random"}, headers=bearer()).json()
+    random_ids = [item["prediction_id"] for item in shuffled["items"]]
+    assert shuffled["order"] == "random" and random_ids == sorted(ids)  # by random id: stable between looks
+    assert service.get("/review/queue", params={"order": "best"}, headers=bearer()).status_code == 422
     assert service.get("/review/queue", params={"label": "kat"}, headers=bearer()).status_code == 422
     assert service.get("/review/queue", params={"n": 0}, headers=bearer()).status_code == 422
     assert service.get("/review/queue", params={"n": 501}, headers=bearer()).status_code == 422

@@ -163,8 +163,11 @@ def test_the_queue_leaves_out_answered_ones_and_filters_by_predicted_class():
     assert list(ids[queue_order(ids, p, set(), CLASSES)]) == ["c", "a", "d", "b"]
     assert list(ids[queue_order(ids, p, {"c"}, CLASSES)]) == ["a", "d", "b"]
     assert list(ids[queue_order(ids, p, set(), CLASSES, label="cat")]) == ["a", "b"]
+    assert list(ids[queue_order(ids, p, {"b"}, CLASSES, order="random")]) == ["a", "c", "d"]  # by (random) id
     with pytest.raises(ValueError, match="not a class"):
         queue_order(ids, p, set(), CLASSES, label="kat")
+    with pytest.raises(ValueError, match="unknown order"):
+        queue_order(ids, p, set(), CLASSES, order="best")
 
 
 def log_some(root, count: int, seed: int):

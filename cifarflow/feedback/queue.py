@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 MEASURES = ("margin", "top", "entropy")
 DEFAULT_MEASURE = "margin"
+ORDERS = ("least-confident", "random")  # random: by prediction id, a UUID4, so stable between looks
+DEFAULT_ORDER = "least-confident"  # kept because it paid at least as much as random: benchmarks/bench_feedback.py
 INDEX_COLUMNS = ["prediction_id", "time", "model_version", "probabilities"]
 
 
@@ -173,9 +175,13 @@ def queue_order(
     label_names: list[str],
     label: str | None = None,
     measure: str = DEFAULT_MEASURE,
+    order: str = DEFAULT_ORDER,
 ) -> np.ndarray:
     """Row indices of the unanswered predictions (optionally: predicted as `label`), least confident
-    first. ValueError for a `label` not in `label_names`."""
+    first, or (`order="random"`) in the order of their random ids. ValueError for a `label` not in
+    `label_names` or an unknown order."""
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}: one of {', '.join(ORDERS)}")
     if not len(ids):
         return np.zeros(0, np.int64)
     keep = ~np.isin(ids, np.asarray(sorted(answered), str)) if answered else np.ones(len(ids), bool)
@@ -184,4 +190,6 @@ def queue_order(
             raise ValueError(f"{label!r} is not a class: one of {', '.join(label_names)}")
         keep &= probabilities.argmax(axis=1) == label_names.index(label)
     candidates = np.flatnonzero(keep)
+    if order == "random":
+        return candidates[np.argsort(ids[candidates], kind="stable")]
     return candidates[least_confident_first(probabilities[candidates], measure)]
