@@ -15,7 +15,7 @@ ARGS ?=
 # them (the flows, benchmarks and tests import it first), and the Prefect CLI runs through it.
 WITH_DEFAULTS := $(BIN)/python -m cifarflow.environment
 
-.PHONY: help install run test test-fast lint format system-deps server serve predict monitor bench clean-data
+.PHONY: help install run test test-fast lint format system-deps server serve predict monitor feedback bench clean-data
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,9 +62,12 @@ predict: install  ## score image files with the champion (ARGS="photos/ more/*.j
 monitor: install  ## compare what the champion was asked lately with its test set: drift report (ARGS="--last 5000")
 	$(BIN)/python flows/monitor_flow.py $(ARGS)
 
+feedback: install  ## the reviewers' new answers into the training data: one screened batch (ARGS="--data-dir D")
+	$(BIN)/python flows/feedback_flow.py $(ARGS)
+
 bench: install $(if $(wildcard $(SHARED_JPEG)),$(LOCAL_ARCHIVE))  ## measure speed and memory (writes benchmarks/results.md)
 	$(BIN)/python benchmarks/bench_pipeline.py --source $(SOURCE) --out benchmarks/results.md
 	$(BIN)/python benchmarks/bench_serving.py --source $(SOURCE) --out benchmarks/serving.md
 
-clean-data:  ## delete generated data (shards, features, models, reports, caches); keeps added image batches, the model registry and the prediction log
-	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep ! -name batches ! -name batches-withdrawn ! -name registry ! -name monitoring -exec rm -rf {} +
+clean-data:  ## delete generated data (shards, features, models, reports, caches); keeps added image batches, the model registry, the prediction log and the reviewers' answers
+	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep ! -name batches ! -name batches-withdrawn ! -name registry ! -name monitoring ! -name feedback -exec rm -rf {} +

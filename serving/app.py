@@ -81,6 +81,7 @@ MAX_QUEUE = 500  # most items in one /review/queue answer
 MAX_BUDGET_MP = 1_000_000  # --decode-budget's ceiling: far above any machine's memory, and finite
 DRAIN_FACTOR = 4  # an over-limit body up to 4× the limit is read and discarded before the 413 (see BodyLimit)
 STATIC = Path(__file__).parent / "static"
+FEEDBACK_EXAMPLE = '{"prediction_id": "<the id /predict answered>", "label": "cat"}'
 CURL_HINT = "attach the image as a file: curl -F file=@photo.jpg …"
 
 log = logging.getLogger("cifarflow.serving")
@@ -178,7 +179,7 @@ class Limits(BaseModel):
 MODEL_FIELDS = tuple(ModelRecord.model_fields)
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
 ERRORS: dict[int, str] = {
-    400: "an empty upload, or more `file` fields than the batch limit",
+    400: "an empty upload, or more `file` fields than the batch limit; feedback: a body that is not JSON",
     401: "a review endpoint without a reviewer's token, or with a wrong one (`Authorization: Bearer <token>`)",
     403: "a review endpoint on a service reachable from other machines that has no review token configured",
     404: "no such path, or (feedback, review images) no logged prediction with that id",
@@ -346,6 +347,8 @@ def describe_problem(problem: dict) -> str:
     field = ".".join(problem["loc"][1:]) or "body"
     if problem["type"] == "missing":
         return f"missing form field: {field} (send the image as multipart field `file`; {CURL_HINT})"
+    if problem["loc"] == ["body"]:  # not a JSON object at all (a form, a list, a string)
+        return f"the body must be a JSON object: {FEEDBACK_EXAMPLE}"
     if problem["loc"][1:2] == ["file"]:
         return f"the field `file` must be a file upload, not text ({CURL_HINT})"
     return f"{field}: {problem['msg']}"
@@ -486,7 +489,7 @@ def create_app(
         return found
 
     @app.post(
-        "/feedback", response_model=FeedbackAnswer, responses=documented(401, 403, 404, 422, 503), tags=["review"]
+        "/feedback", response_model=FeedbackAnswer, responses=documented(400, 401, 403, 404, 422, 503), tags=["review"]
     )
     def feedback(request: Request, answer: FeedbackRequest = Body(...)):
         """Say which class a logged prediction really is (its own label to confirm it). The last answer
@@ -550,7 +553,7 @@ def create_app(
         "/review/image/{prediction_id}.png",
         response_class=Response,
         responses={200: {"content": {"image/png": {}}, "description": "the 32×32 RGB image"}}
-        | documented(401, 403, 404),
+        | documented(401, 403, 404, 422),
         tags=["review"],
     )
     def review_image(request: Request, prediction_id: str):
@@ -608,7 +611,10 @@ def add_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException):  # 404, 405, a malformed body
-        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
+        message = str(error.detail)
+        if error.status_code == 400 and request.url.path == "/feedback":  # FastAPI's "error parsing the body"
+            message = f"the body is not JSON ({message}): send {FEEDBACK_EXAMPLE} as application/json"
+        return JSONResponse({"error": message}, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError):

@@ -222,3 +222,15 @@ def test_an_unusable_token_file_stops_the_service_before_it_serves(tmp_path, cap
     assert main(["--data-dir", str(tmp_path / "data"), "--review-token-file", str(token_file)]) == 2
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("error: ") and says in last
+
+
+def test_a_body_that_is_not_json_is_400_saying_what_to_send(service, data_dir):
+    before = len(answers_on_disk(data_dir))
+    for content, kind in [
+        (b"\xffnot json", "application/json"),
+        (b"prediction_id=x&label=cat", "application/x-www-form-urlencoded"),
+    ]:
+        response = service.post("/feedback", content=content, headers=bearer() | {"Content-Type": kind})
+        assert response.status_code in (400, 422), response.text
+        assert "prediction_id" in response.json()["error"]
+    assert len(answers_on_disk(data_dir)) == before

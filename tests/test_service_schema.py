@@ -41,7 +41,7 @@ CHECKS = [
 # the `registry` fixture has put one at DATA_DIR. (`schemathesis.pytest.from_fixture` would avoid this,
 # but it fails under pytest 9: it reads `request.node._nodeid`, which pytest 9 removed.)
 DATA_DIR = Path(tempfile.gettempdir()) / f"cifarflow-schema-test-{os.getpid()}" / "data"
-APP = create_app(DATA_DIR)
+APP = create_app(DATA_DIR, reviewers=[], loopback_only=True)  # no token on loopback: feedback reaches its checks
 schema = schemathesis.openapi.from_dict(APP.openapi())
 schema.app = APP  # requests go to the app in-process (ASGI), as `from_asgi` would send them
 
@@ -75,6 +75,9 @@ def test_every_error_status_is_documented_with_the_error_body():
         ("get", "/limits"): {"200", "413"},
         ("post", "/predict"): {"200", "400", "413", "415", "422", "503"},
         ("post", "/predict/batch"): {"200", "400", "413", "415", "422", "503"},
+        ("post", "/feedback"): {"200", "400", "401", "403", "404", "413", "422", "503"},
+        ("get", "/review/queue"): {"200", "401", "403", "413", "422", "503"},
+        ("get", "/review/image/{prediction_id}.png"): {"200", "401", "403", "404", "413", "422"},
     }
     assert {(method, path) for path, item in paths.items() for method in item} == set(answers)
     for (method, path), statuses in answers.items():
