@@ -345,9 +345,11 @@ def field_problems(errors: Sequence[dict]) -> list[dict]:
 def describe_problem(problem: dict) -> str:
     """One problem for people; for the field `file`, what to do (curl's @ is the usual slip)."""
     field = ".".join(problem["loc"][1:]) or "body"
+    if problem["type"] == "missing" and problem["loc"] == ["body"]:
+        return f"the body must be a JSON object: {FEEDBACK_EXAMPLE}"
     if problem["type"] == "missing":
         return f"missing form field: {field} (send the image as multipart field `file`; {CURL_HINT})"
-    if problem["loc"] == ["body"]:  # not a JSON object at all (a form, a list, a string)
+    if problem["loc"] == ["body"]:  # no body, or not a JSON object at all (a form, a list, a string)
         return f"the body must be a JSON object: {FEEDBACK_EXAMPLE}"
     if problem["loc"][1:2] == ["file"]:
         return f"the field `file` must be a file upload, not text ({CURL_HINT})"
@@ -476,6 +478,17 @@ def create_app(
             headers = {"WWW-Authenticate": "Bearer"} if denied.status == 401 else None
             raise BadInput(denied.status, str(denied), headers) from None
 
+    @app.middleware("http")
+    async def reviewers_only(request: Request, call_next):
+        """The token is checked before anything else: a stranger's body is never read, parsed or judged."""
+        path = request.url.path
+        if path == "/feedback" or path.startswith("/review/"):
+            try:
+                reviewer(request)
+            except BadInput as refused:
+                return JSONResponse({"error": str(refused)}, status_code=refused.status, headers=refused.headers)
+        return await call_next(request)
+
     def logged(prediction_id: str):
         """(log file, row) of a logged prediction; one just made may still wait in the writer: flush it."""
         index.refresh()
@@ -529,9 +542,7 @@ def create_app(
         if prediction_log is not None:
             prediction_log.flush(timeout=2)  # an image scored a moment ago is in the queue too
         index.refresh()
-        ids, times, versions, probabilities = index.rows()
-        if len(ids) and probabilities.shape[1] != len(label_names):
-            ids = ids[:0]  # the log holds another label set's predictions only
+        ids, times, versions, probabilities = index.rows(classes=len(label_names))  # the serving label set's
         ranked = queue_order(ids, probabilities, set(answers.refresh()), label_names, label, order=order)
         chosen = ranked[:n]
         top = probabilities[chosen].max(axis=1) if len(chosen) else []

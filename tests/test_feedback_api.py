@@ -102,6 +102,8 @@ def test_without_a_right_token_nobody_answers_or_reads_the_queue(service, data_d
         assert says in response.json()["error"]
         assert response.headers["www-authenticate"] == "Bearer"
     assert len(answers_on_disk(data_dir)) == before
+    junk = service.post("/feedback", content=b"\xff" * 1000, headers=headers | {"Content-Type": "application/json"})
+    assert junk.status_code == 401  # the token first: a stranger's body is never parsed or judged
 
 
 @pytest.mark.parametrize(
@@ -113,10 +115,12 @@ def test_without_a_right_token_nobody_answers_or_reads_the_queue(service, data_d
         ({"prediction_id": "not-an-id", "label": "cat"}, 422, "prediction_id"),
         ({"prediction_id": "KNOWN"}, 422, "label"),
         ({"label": "cat"}, 422, "prediction_id"),
+        (None, 422, "the body must be a JSON object"),
+        ([], 422, "the body must be a JSON object"),
     ],
 )
 def test_bad_feedback_gets_its_status_and_records_nothing(service, data_dir, body, status, says):
-    if body.get("prediction_id") == "KNOWN":
+    if isinstance(body, dict) and body.get("prediction_id") == "KNOWN":
         body = body | {"prediction_id": predict(service, 3)["prediction_id"]}
     before = len(answers_on_disk(data_dir))
     response = service.post("/feedback", json=body, headers=bearer())
@@ -191,6 +195,8 @@ def test_with_no_token_only_a_loopback_only_service_takes_answers(data_dir):
                 assert answer.json()["reviewer"] == "local"
             else:
                 assert "--review-token-file" in answer.json()["error"]
+                garbage = client.post("/feedback", content=b"{", headers={"Content-Type": "application/json"})
+                assert garbage.status_code == 403  # refused before the body is looked at
                 assert client.post("/predict", files={"file": ("x.png", encode(scene(40, 40)))}).status_code == 200
 
 

@@ -66,9 +66,21 @@ def test_tokens_come_from_the_file_and_the_environment_and_bad_ones_are_refused(
         (ALICE, "expected `name:token`"),
         (f"a b:{ALICE}", "reviewer name"),
         (f"alice:{ALICE}\nalice:{BOB}", "given twice"),
+        (f"alice:{ALICE}\nbob:{ALICE}", "token is given twice"),
+        (f"alice:{ALICE} # the lead", "printable ASCII with no spaces"),
+        ("alice:tékentékentékentéken", "printable ASCII"),  # a header could never carry it
     ]:
+        path.write_text(text)
         with pytest.raises(PipelineInputError, match=says):
-            parse_reviewers(text, "tokens")
+            load_reviewers(path, {})
+    with pytest.raises(PipelineInputError, match="given twice"):  # the same name in the file and the variable
+        path.write_text(f"alice:{ALICE}\n")
+        load_reviewers(path, {"CIFARFLOW_REVIEW_TOKEN": f"alice:{BOB}"})
+    for unusable in (",,,", f"#alice:{ALICE}"):  # set but empty must not mean "no tokens"
+        with pytest.raises(PipelineInputError, match="no `name:token` entry"):
+            load_reviewers(None, {"CIFARFLOW_REVIEW_TOKEN": unusable})
+    path.write_bytes(b"\xef\xbb\xbf" + f"alice:{ALICE}\r\n".encode())  # a BOM and CRLF from a Windows editor
+    assert [r.name for r in load_reviewers(path, {})] == ["alice"]
     with pytest.raises(PipelineInputError, match="cannot read"):
         load_reviewers(tmp_path / "missing", {})
 
@@ -183,18 +195,18 @@ def test_the_log_index_reads_new_files_finds_ids_and_forgets_removed_files(tmp_p
     root = tmp_path / "log"
     index = LogIndex(root)
     index.refresh()
-    assert len(index.rows()[0]) == 0 and index.find("x") is None
+    assert len(index.rows(10)[0]) == 0 and index.find("x") is None
     first_ids, first_p, first_pixels, (first_file,) = log_some(root, 5, 1)
     second_ids, *_ = log_some(root, 3, 2)
     index.refresh()
-    ids, _, versions, probabilities = index.rows()
+    ids, _, versions, probabilities = index.rows(10)
     assert set(ids) == set(first_ids + second_ids) and set(versions) == {"v1"}
     path, row = index.find(first_ids[2])
     assert path == first_file and np.allclose(row.probabilities, first_p[2])
     assert np.array_equal(read_pixels([path], [first_ids[2]])[first_ids[2]], first_pixels[2])
     first_file.unlink()  # retention or compaction removed it
     index.refresh()
-    assert set(index.rows()[0]) == set(second_ids) and index.find(first_ids[2]) is None
+    assert set(index.rows(10)[0]) == set(second_ids) and index.find(first_ids[2]) is None
 
 
 def test_flush_puts_what_waits_on_disk_now(tmp_path):
@@ -269,3 +281,35 @@ def test_a_hand_edited_line_cannot_steer_a_file_name(tmp_path):
     warnings: list[str] = []
     assert [a.prediction_id for a in read_answers(path, warn=warnings.append)] == ["a" * 32]
     assert len(warnings) == 2
+
+
+def test_a_merged_day_with_two_label_sets_and_a_damaged_file_leave_the_rest_indexed(tmp_path):
+    """compact_days merges a day on which the champion's label set changed into one file; the index keeps
+    each label set apart and serves the one asked for; a file that does not read is left out, named."""
+    from datetime import timedelta
+
+    from cifarflow.monitoring.log import compact_days
+
+    root = tmp_path / "log"
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    ten, five = new_ids(4), new_ids(3)
+    pixels = np.zeros((4, 32, 32, 3), np.uint8)
+    write_log_file(
+        root, log_table(ten, "service", "v1", np.full((4, 10), 0.1, np.float32), pixels, yesterday), "a.parquet"
+    )
+    write_log_file(
+        root, log_table(five, "service", "v2", np.full((3, 5), 0.2, np.float32), pixels[:3], yesterday), "b.parquet"
+    )
+    assert len(compact_days(root)) == 1 and len(log_files(root)) == 1
+    (damaged,) = write_log_file(
+        root,
+        log_table(new_ids(1), "service", "v1", np.full((1, 10), 0.1, np.float32), pixels[:1], datetime.now(UTC)),
+        "c.parquet",
+    )
+    damaged.write_bytes(damaged.read_bytes()[:50])
+    warnings: list[str] = []
+    index = LogIndex(root, warn=warnings.append)
+    index.refresh()
+    assert set(index.rows(10)[0]) == set(ten) and index.rows(10)[3].shape == (4, 10)
+    assert set(index.rows(5)[0]) == set(five) and index.find(five[0])[1].model_version == "v2"
+    assert any("c.parquet" in w for w in warnings)

@@ -28,6 +28,7 @@ LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 LOCAL_REVIEWER = "local"
 MAKE_TOKEN = 'python -c "import secrets; print(secrets.token_urlsafe(24))"'
 NAME = re.compile(r"[A-Za-z0-9._@+-]{1,64}")
+TOKEN = re.compile(r"[!-+\--~]+")  # printable ASCII, no space, no comma (the entry separator)
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,27 @@ def parse_reviewers(text: str, source: str) -> list[Reviewer]:
             raise PipelineInputError(
                 f"{source}, entry {number}: reviewer name {name!r} must be 1–64 of A–Z a–z 0–9 . _ @ + -"
             )
+        if not TOKEN.fullmatch(token):
+            raise PipelineInputError(
+                f"{source}, entry {number} ({name}): a token is printable ASCII with no spaces or commas "
+                f"(an HTTP header carries nothing else; make one: {MAKE_TOKEN})"
+            )
         if len(token) < MIN_TOKEN_CHARS:
             raise PipelineInputError(
                 f"{source}, entry {number} ({name}): the token has {len(token)} characters, at least "
                 f"{MIN_TOKEN_CHARS} are needed (make one: {MAKE_TOKEN})"
             )
-        if any(r.name == name for r in reviewers):
-            raise PipelineInputError(f"{source}, entry {number}: reviewer {name!r} is given twice")
         reviewers.append(Reviewer(name, token))
+    return reviewers
+
+
+def check_distinct(reviewers: list[Reviewer]) -> list[Reviewer]:
+    """PipelineInputError when a name or a token is given twice (the answers would go to either name)."""
+    for what, values in (("reviewer name", [r.name for r in reviewers]), ("token", [r.token for r in reviewers])):
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            shown = ", ".join(repr(v) for v in twice) if what == "reviewer name" else "(not shown)"
+            raise PipelineInputError(f"a {what} is given twice among the review tokens: {shown}")
     return reviewers
 
 
@@ -73,15 +87,18 @@ def load_reviewers(token_file: Path | None, environ: dict[str, str]) -> list[Rev
     reviewers = []
     if token_file is not None:
         try:
-            text = Path(token_file).read_text()
+            text = Path(token_file).read_text(encoding="utf-8-sig")  # a BOM from a Windows editor is not a name
         except (OSError, UnicodeDecodeError) as error:
             raise PipelineInputError(f"cannot read the review token file {token_file}: {error}") from None
         reviewers += parse_reviewers(text, str(token_file))
         if not reviewers:
             raise PipelineInputError(f"the review token file {token_file} has no `name:token` line")
     if environ.get(TOKEN_ENV, "").strip():
-        reviewers += parse_reviewers(environ[TOKEN_ENV], f"${TOKEN_ENV}")
-    return reviewers
+        from_env = parse_reviewers(environ[TOKEN_ENV], f"${TOKEN_ENV}")
+        if not from_env:  # set, but nothing usable: not silently "no tokens" (and open on loopback)
+            raise PipelineInputError(f"${TOKEN_ENV} is set but has no `name:token` entry")
+        reviewers += from_env
+    return check_distinct(reviewers)
 
 
 class AccessDenied(Exception):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from cifarflow.monitoring.log import log_files, read_table
@@ -92,7 +93,7 @@ class LogIndex:
 
     def __init__(self, root: Path, warn: Callable = log.warning):
         self.root, self.warn = Path(root), warn
-        self._files: dict[Path, _FileRows] = {}
+        self._files: dict[Path, dict[int, _FileRows]] = {}  # path → classes → rows
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
@@ -105,39 +106,45 @@ class LogIndex:
                 if path not in self._files:
                     self._files[path] = self._read(path)
 
-    def _read(self, path: Path) -> _FileRows:
-        table = read_table([path], columns=INDEX_COLUMNS, warn=self.warn)
-        probabilities = table["probabilities"].combine_chunks()
-        width = len(probabilities[0]) if len(probabilities) else 0
-        flat = probabilities.flatten().to_numpy(zero_copy_only=False) if width else np.zeros(0, np.float32)
-        return _FileRows(
-            ids=np.asarray(table["prediction_id"].to_numpy(zero_copy_only=False), str),
-            times=table["time"].to_numpy(zero_copy_only=False).astype("datetime64[us]"),
-            versions=np.asarray(table["model_version"].to_numpy(zero_copy_only=False), str),
-            probabilities=flat.reshape(len(table), width).astype(np.float32),
-        )
+    def _read(self, path: Path) -> dict[int, _FileRows]:
+        """The file's rows by number of classes (a merged day can hold two label sets); {} for a file
+        that cannot be read, named in a warning (it is not tried again until it is replaced)."""
+        try:
+            table = read_table([path], columns=INDEX_COLUMNS, warn=self.warn)
+        except (OSError, pa.ArrowException) as error:
+            self.warn(f"prediction log: {path} left out of the review queue: {error}")
+            return {}
+        widths = pc.list_value_length(table["probabilities"]).to_numpy(zero_copy_only=False)
+        groups = {}
+        for width in np.unique(widths):
+            rows = table.filter(pa.array(widths == width))
+            flat = rows["probabilities"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            groups[int(width)] = _FileRows(
+                ids=np.asarray(rows["prediction_id"].to_numpy(zero_copy_only=False), str),
+                times=rows["time"].to_numpy(zero_copy_only=False).astype("datetime64[us]"),
+                versions=np.asarray(rows["model_version"].to_numpy(zero_copy_only=False), str),
+                probabilities=flat.reshape(rows.num_rows, int(width)).astype(np.float32),
+            )
+        return groups
 
     def find(self, prediction_id: str) -> tuple[Path, Logged] | None:
         """The log file holding `prediction_id` and its row, or None (no refresh: call `refresh` first)."""
         with self._lock:
-            for path, rows in self._files.items():
-                hits = np.flatnonzero(rows.ids == prediction_id)
-                if len(hits):
-                    i = hits[0]
-                    return path, _logged(rows, i)
+            for path, groups in self._files.items():
+                for rows in groups.values():
+                    hits = np.flatnonzero(rows.ids == prediction_id)
+                    if len(hits):
+                        return path, _logged(rows, hits[0])
         return None
 
-    def rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Every indexed prediction once, in time order: ids (N,) str, times (N,) datetime64[us],
-        versions (N,) str, probabilities (N, K) float32. Rows of a label set other than the most
-        common one (a model with other classes) are left out."""
+    def rows(self, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every indexed prediction over `classes` classes (the serving model's label set) once, in time
+        order: ids (N,) str, times (N,) datetime64[us], versions (N,) str, probabilities (N, classes) float32."""
         with self._lock:
-            parts = [rows for rows in self._files.values() if len(rows.ids)]
+            parts = [groups[classes] for groups in self._files.values() if classes in groups]
         if not parts:
-            return np.zeros(0, str), np.zeros(0, "datetime64[us]"), np.zeros(0, str), np.zeros((0, 0), np.float32)
-        widths = [p.probabilities.shape[1] for p in parts]
-        width = max(set(widths), key=widths.count)
-        parts = [p for p in parts if p.probabilities.shape[1] == width]
+            empty = np.zeros((0, classes), np.float32)
+            return np.zeros(0, str), np.zeros(0, "datetime64[us]"), np.zeros(0, str), empty
         ids = np.concatenate([p.ids for p in parts])
         times = np.concatenate([p.times for p in parts])
         order = np.argsort(times, kind="stable")
