@@ -50,7 +50,7 @@ def export_feedback(data_dir: Path = Path("data")) -> dict[str, Any]:
     layout = DataLayout(Path(from_printable(str(data_dir))).resolve())
     with data_dir_lock(layout.feedback_lock, LOCK_TIMEOUT_S, log=get_run_logger().info, holder_kind="feedback export"):
         plan, exported = gather_answers(layout)
-        if not (plan.ready or plan.lost or plan.held):
+        if not (plan.ready or plan.lost or plan.held or plan.waiting):
             return {"export_id": None, "headline": "no new answers since the last export", "path": None}
         export_id = new_export_id(plan.ready)
         directory = layout.feedback_exports / export_id
@@ -96,16 +96,19 @@ def export_summary(
     tally = Counter(a["verdict"] for a in answers)
     counts = {verdict: tally.get(verdict, 0) for verdict in VERDICTS}
     counts["held"] = sum(len(c["answers"]) for c in plan.held)
+    counts["waiting"] = len(plan.waiting)
     moved = addition is not None and addition["dataset_version"] != addition["previous_dataset_version"]
     batch = f"batch {addition['batch_id']} (dataset version {addition['dataset_version']})" if moved else "no batch"
+    total = len(answers) + counts["held"] + counts["waiting"]
     headline = (
-        f"{len(answers) + counts['held']} answers: {counts['added']} added as {batch}, {counts['duplicate']} "
-        f"already in the training data, {counts['refused']} refused, {counts['held']} held back (conflicting), "
-        f"{counts['lost']} lost"
-    )
+        f"{total} answers: {counts['added']} added as {batch}, {counts['duplicate']} "
+        f"already in the training data, {counts['conflict']} contradicting it, {counts['refused']} refused, "
+        f"{counts['held']} held back (conflicting), {counts['lost']} lost"
+    ) + (f", {counts['waiting']} waiting (a prediction log file could not be read)" if plan.waiting else "")
     return {
         "export_id": export_id,
         "headline": headline,
+        "waiting": [a.prediction_id for a in plan.waiting],
         "counts": counts,
         "batch_id": addition["batch_id"] if moved else None,
         "dataset_version": addition["dataset_version"] if addition else None,

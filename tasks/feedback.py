@@ -28,7 +28,7 @@ from cifarflow.feedback.queue import read_pixels
 from cifarflow.feedback.report import render_report
 from cifarflow.files import atomic_path, write_json
 from cifarflow.layout import DataLayout
-from cifarflow.monitoring.log import log_files
+from cifarflow.monitoring.log import log_files, merges_paused, readable
 
 
 @task(name="gather-answers", cache_policy=NO_CACHE)
@@ -37,17 +37,22 @@ def gather_answers(layout: DataLayout) -> tuple[ExportPlan, dict[str, dict[str, 
     and what earlier runs handled."""
     logger = get_run_logger()
     current = latest(read_answers(layout.feedback_answers, warn=logger.warning))
-    exported = read_exported(layout.feedback_exported)
+    exported = read_exported(layout.feedback_exported, layout.feedback_exports)
     todo = pending(current, exported)
-    pixels = read_pixels(log_files(layout.prediction_log), [a.prediction_id for a in todo], warn=logger.warning)
-    plan = plan_export(current, exported, pixels)
+    with merges_paused(layout.prediction_log):  # the files listed stay put while their pixels are read
+        files = log_files(layout.prediction_log)
+        kept = readable(files, warn=logger.warning)
+        pixels = read_pixels(kept, [a.prediction_id for a in todo], warn=logger.warning) if todo else {}
+    plan = plan_export(current, exported, pixels, whole_log=len(kept) == len(files))
     logger.info(
-        "%d answers, %d new since the last export: %d ready, %d images held (conflicting answers), %d lost",
+        "%d answers, %d new since the last export: %d ready, %d images held (conflicting answers), %d lost, "
+        "%d waiting (a log file could not be read)",
         len(current),
         len(todo),
         len(plan.ready),
         len(plan.held),
         len(plan.lost),
+        len(plan.waiting),
     )
     return plan, exported
 

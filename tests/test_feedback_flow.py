@@ -141,3 +141,39 @@ def test_an_answer_whose_image_left_the_log_is_reported_lost(prefect_server, dat
     assert "retention" in summary["answers"][0]["reason"]
     assert read_answers(layout.feedback_answers)[0].label == "cat"  # the answer itself is kept
     assert export(data_dir)["export_id"] is None
+
+
+def test_an_answer_contradicting_the_training_data_is_a_conflict_not_a_silent_duplicate(prefect_server, data_dir):
+    """Re-answering an image already added with another class cannot relabel the training data: the
+    export says so (`conflict`, naming the class it holds and what to do). (An ingested image answered
+    with another class: tests/test_feedback_units.py; every synthetic training image is a near copy of a
+    synthetic test image, so here it would be refused as a leak first.)"""
+    (fresh,) = serve(data_dir, smooth_images(1, 44))
+    answer(data_dir, fresh, "dog")
+    assert export(data_dir)["counts"]["added"] == 1
+    answer(data_dir, fresh, "cat")  # changed their mind after the export
+
+    summary = export(data_dir)
+    verdicts = {a["prediction_id"]: a for a in summary["answers"]}
+    assert summary["counts"]["conflict"] == 1 and summary["counts"]["added"] == 0, summary["answers"]
+    assert "holds this image as dog, the answer says cat" in verdicts[fresh]["reason"]
+    assert "--withdraw" in verdicts[fresh]["reason"]
+    assert "contradicting it" in summary["headline"]
+
+
+def test_a_damaged_or_missing_record_of_what_was_exported_stops_the_export(prefect_server, data_dir, capsys):
+    from flows.feedback_flow import main
+
+    layout = DataLayout(data_dir)
+    (pid,) = serve(data_dir, smooth_images(1, 55))
+    answer(data_dir, pid, "cat")
+    assert export(data_dir)["counts"]["added"] == 1
+    answer(data_dir, pid, "dog")
+    layout.feedback_exported.write_text("{not json")
+    assert main(["--data-dir", str(data_dir)]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "exported.json is damaged" in last and "nothing was exported" in last
+    layout.feedback_exported.unlink()
+    assert main(["--data-dir", str(data_dir)]) == 1
+    assert "exported.json is missing, but 1 earlier exports" in capsys.readouterr().out.strip().splitlines()[-1]
+    assert len(current_version(layout).batches) == 1

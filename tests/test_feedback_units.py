@@ -261,9 +261,14 @@ def test_verdicts_come_from_the_screening_summary_by_file_name():
     summary = {
         "batch_id": "batch-1",
         "rejected": [{"path": f"/x/inbox/cat/{'a' * 32}.png", "reason": "test-set leak: an exact copy"}],
-        "duplicate_files": [{"path": f"/x/inbox/cat/{'b' * 32}.png", "of": "train-00042"}],
+        "duplicate_files": [{"path": f"/x/inbox/cat/{'b' * 32}.png", "of": "train-00042", "label": "cat"}],
     }
     verdicts = screening_verdicts(summary, plan.ready)
+    relabel = summary | {"duplicate_files": [summary["duplicate_files"][0] | {"label": "dog"}]}
+    verdict, reason = screening_verdicts(relabel, plan.ready)["b" * 32]
+    assert (
+        verdict == "conflict" and "holds this image as dog, the answer says cat (train-00042 of the ingested" in reason
+    )
     assert verdicts["a" * 32] == ("refused", "test-set leak: an exact copy")
     assert verdicts["b" * 32][0] == "duplicate" and "train-00042" in verdicts["b" * 32][1]
     assert verdicts["c" * 32] == ("added", "batch-1")
@@ -313,3 +318,32 @@ def test_a_merged_day_with_two_label_sets_and_a_damaged_file_leave_the_rest_inde
     assert set(index.rows(10)[0]) == set(ten) and index.rows(10)[3].shape == (4, 10)
     assert set(index.rows(5)[0]) == set(five) and index.find(five[0])[1].model_version == "v2"
     assert any("c.parquet" in w for w in warnings)
+
+
+def test_an_image_not_found_while_a_log_file_was_unreadable_waits_instead_of_being_lost():
+    current = latest([new_answer("a" * 32, "cat", "dog", "v1", "alice")])
+    assert [a.prediction_id for a in plan_export(current, {}, {}).lost] == ["a" * 32]
+    waiting = plan_export(current, {}, {}, whole_log=False)
+    assert waiting.lost == [] and [a.prediction_id for a in waiting.waiting] == ["a" * 32]
+
+
+def test_readers_pause_merges_and_a_merge_under_way_is_waited_for(tmp_path):
+    from datetime import timedelta
+
+    from cifarflow.monitoring.log import compact_days, merges_paused
+
+    root = tmp_path / "log"
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    for name in ("a", "b"):
+        table = log_table(
+            new_ids(2),
+            "service",
+            "v1",
+            np.full((2, 10), 0.1, np.float32),
+            np.zeros((2, 32, 32, 3), np.uint8),
+            yesterday,
+        )
+        write_log_file(root, table, f"{name}.parquet")
+    with merges_paused(root):
+        assert compact_days(root) == [] and len(log_files(root)) == 2  # the files a reader listed stay put
+    assert len(compact_days(root)) == 1 and len(log_files(root)) == 1

@@ -709,5 +709,5 @@ def test_summary_lists_duplicates_with_what_they_duplicate(tmp_path, leak_index)
     write_summary(tmp_path / "out", summary, [])
     data = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert data["duplicates"] == 1
-    assert data["duplicate_files"] == [{"path": str(inbox / "cat" / "again.png"), "of": "train-00042"}]
+    assert data["duplicate_files"] == [{"path": str(inbox / "cat" / "again.png"), "of": "train-00042", "label": ""}]
     assert f"| `{inbox / 'cat' / 'again.png'}` | train-00042 |" in (tmp_path / "out" / "report.md").read_text()

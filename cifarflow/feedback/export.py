@@ -8,11 +8,13 @@ screening then refuses test-set copies and skips duplicates, as for any inbox.
     <data dir>/feedback/exported.json   prediction_id → the answer handled, its verdict, the export
     <data dir>/feedback/exports/<id>/   inbox/ (the exact pixels) and summary.json, report.md
 
-Verdicts: `added` (in the batch), `duplicate` (the training data holds that image already),
-`refused` (a test-set copy, or another reason the screening gave), `lost` (the prediction log no
-longer holds the image: it outlived the log's retention). Two answers that give one image (the same
-pixels, served twice) different classes are a conflict: both are held back, not recorded as
-handled, and listed in the report, until a new answer makes them agree.
+Verdicts: `added` (in the batch), `duplicate` (the training data holds that image already, with
+that class), `conflict` (it holds the image with another class: an answer cannot change it,
+withdrawing the batch that holds it can), `refused` (a test-set copy, or another reason the screening
+gave), `lost` (the prediction log no longer holds the image: it outlived the log's retention). An
+answer whose image was not found while some log file could not be read is not judged: it waits for
+the next run. Two answers that give one image (the same pixels, served twice) different classes
+are held back, not recorded as handled, and listed in the report, until a new answer makes them agree.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ import numpy as np
 from PIL import Image
 
 from cifarflow.data.shards import pixel_digest
+from cifarflow.errors import PipelineInputError
 from cifarflow.feedback.answers import Answer
 from cifarflow.files import atomic_path, read_json, text_digest, write_json
 
-VERDICTS = ("added", "duplicate", "refused", "lost")
+VERDICTS = ("added", "duplicate", "conflict", "refused", "lost")
 LOST = "the prediction log no longer holds this image (past its retention)"
 
 
@@ -48,11 +51,30 @@ class ExportPlan:
     ready: list[Ready] = field(default_factory=list)
     held: list[dict[str, Any]] = field(default_factory=list)  # {pixel_sha256, answers: [{prediction_id, label, …}]}
     lost: list[Answer] = field(default_factory=list)
+    waiting: list[Answer] = field(default_factory=list)  # not found while some log file could not be read
 
 
-def read_exported(path: Path) -> dict[str, dict[str, str]]:
-    """prediction_id → {answer_id, label, verdict, reason, export_id, pixel_sha256}; {} before the first export."""
-    return read_json(path)["answers"] if path.exists() else {}
+def read_exported(path: Path, exports: Path) -> dict[str, dict[str, str]]:
+    """prediction_id → {answer_id, label, verdict, reason, export_id, pixel_sha256}; {} before the first
+    export. PipelineInputError, naming the file, when it is damaged, or missing while `exports` holds
+    finished exports: without it every answer would be judged again and the verdicts rewritten."""
+    if not path.exists():
+        finished = sorted(exports.glob("*/summary.json")) if exports.is_dir() else []
+        if finished:
+            raise PipelineInputError(
+                f"{path} is missing, but {len(finished)} earlier exports are in {exports}: restore it from a "
+                f"backup (or, to judge every answer again, move {exports} aside); nothing was exported"
+            )
+        return {}
+    try:
+        answers = read_json(path)["answers"]
+        if not all(isinstance(v, dict) and "answer_id" in v for v in answers.values()):
+            raise ValueError("an entry is not a handled answer")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise PipelineInputError(
+            f"{path} is damaged ({type(error).__name__}: {error}): restore it from a backup; nothing was exported"
+        ) from None
+    return answers
 
 
 def pending(latest: dict[str, Answer], exported: dict[str, dict[str, str]]) -> list[Answer]:
@@ -61,12 +83,17 @@ def pending(latest: dict[str, Answer], exported: dict[str, dict[str, str]]) -> l
 
 
 def plan_export(
-    latest: dict[str, Answer], exported: dict[str, dict[str, str]], pixels: dict[str, np.ndarray]
+    latest: dict[str, Answer],
+    exported: dict[str, dict[str, str]],
+    pixels: dict[str, np.ndarray],
+    whole_log: bool = True,
 ) -> ExportPlan:
     """Sort the pending answers (`pending(latest, exported)`) into ready, held (conflicts) and lost.
 
     `pixels`: prediction_id → (32, 32, 3) uint8 for the pending answers the log still holds. A conflict
-    is one image (pixel digest) whose current answers, handled or not, name more than one class."""
+    is one image (pixel digest) whose current answers, handled or not, name more than one class.
+    `whole_log`: every log file was read; if not, an answer whose image was not found waits (it may
+    be in a file that could not be read) instead of being called lost."""
     plan = ExportPlan()
     todo = pending(latest, exported)
     digests = {pid: record["pixel_sha256"] for pid, record in exported.items() if record.get("pixel_sha256")}
@@ -74,7 +101,7 @@ def plan_export(
         if answer.prediction_id in pixels:
             digests[answer.prediction_id] = pixel_digest(pixels[answer.prediction_id])
         else:
-            plan.lost.append(answer)
+            (plan.lost if whole_log else plan.waiting).append(answer)
     labels: dict[str, set[str]] = defaultdict(set)
     members: dict[str, list[Answer]] = defaultdict(list)
     for pid, digest in digests.items():
@@ -125,24 +152,34 @@ def screening_verdicts(summary: dict[str, Any], ready: list[Ready]) -> dict[str,
     its files are named by prediction id. A file the summary neither rejected nor called a duplicate was added."""
     refused = {Path(r["path"]).stem: r["reason"] for r in summary.get("rejected", [])}
     ids = {item.answer.prediction_id for item in ready}
-    duplicates = {Path(d["path"]).stem: duplicate_reason(d["of"], ids) for d in summary.get("duplicate_files", [])}
+    duplicates = {Path(d["path"]).stem: d for d in summary.get("duplicate_files", [])}
     verdicts = {}
     for item in ready:
         pid = item.answer.prediction_id
         if pid in refused:
             verdicts[pid] = ("refused", refused[pid])
         elif pid in duplicates:
-            verdicts[pid] = ("duplicate", duplicates[pid])
+            verdicts[pid] = duplicate_verdict(duplicates[pid], item.answer.label, ids)
         else:
             verdicts[pid] = ("added", summary.get("batch_id") or "")
     return verdicts
 
 
-def duplicate_reason(of: str, exported_ids: set[str]) -> str:
-    """Why a file was a duplicate: an image of the training data, or the same image answered alike in this export."""
+def duplicate_verdict(duplicate: dict[str, str], label: str, exported_ids: set[str]) -> tuple[str, str]:
+    """A file the screening found in the data already: the same image answered alike in this export, the
+    training data's image with the same class (`duplicate`), or with another one (`conflict`: the answer
+    cannot change a label the training data holds; withdrawing that batch can)."""
+    of, held_as = duplicate["of"], duplicate.get("label", "")
     if Path(of).stem in exported_ids:
-        return f"the same image as prediction {Path(of).stem}, answered alike in this export"
-    return f"the training data holds this image ({of})"
+        return "duplicate", f"the same image as prediction {Path(of).stem}, answered alike in this export"
+    if held_as and held_as != label:
+        where = (
+            f"batch image {of}: withdraw its batch (flows/add_images.py --withdraw) to relabel it"
+            if of.startswith("add-")
+            else f"{of} of the ingested archive"
+        )
+        return "conflict", f"the training data holds this image as {held_as}, the answer says {label} ({where})"
+    return "duplicate", f"the training data holds this image ({of})"
 
 
 def record_handled(

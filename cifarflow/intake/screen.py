@@ -30,19 +30,24 @@ class Reference:
 
     leak_index: LeakIndex
     known: dict[str, str]  # pixel digest → image id, for every training image (base + batches)
+    labels: dict[str, str] = field(default_factory=dict)  # pixel digest → its class name in the training data
 
 
 def load_reference(layout: DataLayout) -> Reference:
     manifest = read_json(layout.shard_manifest)
-    splits = manifest["splits"]
+    splits, names = manifest["splits"], manifest["label_names"]
     test_images, _ = read_shards(*shard_files(layout.parquet, splits["test"]["shards"]))
     leak_index = LeakIndex.build(test_images, [f"test-{i:05d}" for i in range(len(test_images))])
-    base, _ = read_shards(*shard_files(layout.parquet, splits["train"]["shards"]))
-    known = {pixel_digest(image): f"train-{i:05d}" for i, image in enumerate(base)}  # ingest's ids
+    base, base_labels = read_shards(*shard_files(layout.parquet, splits["train"]["shards"]))
+    digests = [pixel_digest(image) for image in base]
+    known = {digest: f"train-{i:05d}" for i, digest in enumerate(digests)}  # ingest's ids
+    labels = {digest: names[label] for digest, label in zip(digests, base_labels)}
     for batch in active_batches(layout):
-        images, _ = read_shards(*shard_files(batch.directory, batch_shards(batch)))
-        known |= {(digest := pixel_digest(image)): image_id(digest) for image in images}
-    return Reference(leak_index, known)
+        images, batch_labels = read_shards(*shard_files(batch.directory, batch_shards(batch)))
+        for image, label in zip(images, batch_labels):
+            digest = pixel_digest(image)
+            known[digest], labels[digest] = image_id(digest), names[label]
+    return Reference(leak_index, known, labels)
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class Accepted:
 @dataclass
 class Screening:
     accepted: list[Accepted] = field(default_factory=list)
-    duplicates: list[dict[str, str]] = field(default_factory=list)  # {path, of}
+    duplicates: list[dict[str, str]] = field(default_factory=list)  # {path, of, label: the class it has there}
     rejected: list[Rejection] = field(default_factory=list)
     notes: list[dict[str, str]] = field(default_factory=list)  # {path, note}: decoded, but not as the file asked
 
@@ -80,6 +85,7 @@ def screen_inbox(
     in blocks; `on_progress(done, total)` follows each block."""
     result = Screening(rejected=list(inbox.rejected))
     seen = dict(reference.known)
+    seen_labels = dict(reference.labels)
     total = len(inbox.candidates)
     for start in range(0, total, BLOCK):
         decoded = []
@@ -92,7 +98,7 @@ def screen_inbox(
             decoded.append((candidate, converted.pixels))
             result.notes += [{"path": printable(candidate.path), "note": note} for note in converted.notes]
         if decoded:
-            sort_decoded(decoded, reference, seen, result)
+            sort_decoded(decoded, reference, seen, seen_labels, result)
         done = min(start + BLOCK, total)
         log(f"checked {done}/{total} files")
         if on_progress is not None:
@@ -101,8 +107,11 @@ def screen_inbox(
     return result
 
 
-def sort_decoded(decoded: list[tuple[Candidate, np.ndarray]], reference: Reference, seen: dict, result: Screening):
-    """Test-set copies are rejected first; then duplicates of `seen` (training data and earlier files)."""
+def sort_decoded(
+    decoded: list[tuple[Candidate, np.ndarray]], reference: Reference, seen: dict, seen_labels: dict, result: Screening
+):
+    """Test-set copies are rejected first; then duplicates of `seen` (training data and earlier files),
+    each with the class the image already has (`label`), which may differ from its folder's."""
     nearest, distances = reference.leak_index.nearest(np.stack([pixels for _, pixels in decoded]))
     for (candidate, pixels), test_index, distance in zip(decoded, nearest, distances):
         if distance <= NEAR_RMS:
@@ -113,9 +122,10 @@ def sort_decoded(decoded: list[tuple[Candidate, np.ndarray]], reference: Referen
             continue
         digest = pixel_digest(pixels)
         if digest in seen:
-            result.duplicates.append({"path": printable(candidate.path), "of": seen[digest]})
+            duplicate = {"path": printable(candidate.path), "of": seen[digest], "label": seen_labels.get(digest, "")}
+            result.duplicates.append(duplicate)
             continue
-        seen[digest] = printable(candidate.path)
+        seen[digest], seen_labels[digest] = printable(candidate.path), candidate.label_name
         result.accepted.append(Accepted(candidate, pixels, digest))
 
 

@@ -89,8 +89,16 @@ def render_markdown(summary: dict[str, Any], grid: str | None) -> str:
         lines += [f"| `{cell(n['path'])}` | {cell(n['note'])} |" for n in summary["notes"]]
         lines.append("")
     if summary["duplicate_files"]:
-        lines += ["## Already present (not added again)", "", "| file | same image as |", "|---|---|"]
-        lines += [f"| `{cell(d['path'])}` | {cell(d['of'])} |" for d in summary["duplicate_files"]]
+        lines += [
+            "## Already present (not added again)",
+            "",
+            "| file | same image as | its class there |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| `{cell(d['path'])}` | {cell(d['of'])} | {cell(d.get('label', ''))} |"
+            for d in summary["duplicate_files"]
+        ]
         lines.append("")
     if grid:
         lines += ["## What was added", "", f"![added images]({grid})", ""]

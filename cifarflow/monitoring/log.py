@@ -19,6 +19,7 @@ finished day's one-second files are merged into one (`compact_days`).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -28,7 +29,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -50,6 +51,7 @@ KEEP_DAYS = 30
 SOURCES = ("service", "batch")
 PIXEL_BYTES = int(np.prod(IMAGE_SHAPE))
 DAY_PREFIX = "day="
+COMPACT_LOCK = ".compact.lock"  # held by a merge (exclusive) and by readers that pause merges (shared)
 COMPACTED = "day.parquet"  # a finished day's files merged (compact_days)
 
 SCHEMA = pa.schema(
@@ -392,6 +394,16 @@ def delete_older(root: Path, keep_days: int, today: date | None = None) -> list[
     return deleted
 
 
+@contextlib.contextmanager
+def merges_paused(root: Path) -> Iterator[None]:
+    """While held, `compact_days` merges nothing (it skips, as for another merge), so the files a reader
+    listed stay where they are; waits for a merge under way to finish. Readers may hold it together."""
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with open(Path(root) / COMPACT_LOCK, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+        yield  # closing the file releases the lock
+
+
 def compact_days(root: Path, today: date | None = None, warn: Callable = log.warning) -> list[Path]:
     """Merge each finished day's files (the days before `today`, UTC) into one file, `day.parquet`, so a
     month of one-second flushes is 30 files, not millions; the day folders merged.
@@ -404,7 +416,7 @@ def compact_days(root: Path, today: date | None = None, warn: Callable = log.war
     today = today or datetime.now(UTC).date()
     merged = []
     Path(root).mkdir(parents=True, exist_ok=True)
-    with open(Path(root) / ".compact.lock", "a+") as lock:
+    with open(Path(root) / COMPACT_LOCK, "a+") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
