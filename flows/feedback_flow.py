@@ -95,7 +95,7 @@ def export_summary(
     ]
     tally = Counter(a["verdict"] for a in answers)
     counts = {verdict: tally.get(verdict, 0) for verdict in VERDICTS}
-    counts["held"] = sum(len(c["answers"]) for c in plan.held)
+    counts["held"] = sum(a["new"] for c in plan.held for a in c["answers"])  # this run's answers only
     counts["waiting"] = len(plan.waiting)
     moved = addition is not None and addition["dataset_version"] != addition["previous_dataset_version"]
     batch = f"batch {addition['batch_id']} (dataset version {addition['dataset_version']})" if moved else "no batch"

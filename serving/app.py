@@ -55,9 +55,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cifarflow.cli import ArgumentParser, done, run_cli, run_command
 from cifarflow.errors import StorageError
-from cifarflow.feedback.access import LOOPBACK, AccessDenied, ReviewAccess, Reviewer, load_reviewers
-from cifarflow.feedback.answers import AnswerBook, new_answer
-from cifarflow.feedback.queue import DEFAULT_MEASURE, DEFAULT_ORDER, LogIndex, margins, queue_order, read_pixels
+from cifarflow.feedback.access import AccessDenied, ReviewAccess, Reviewer, listens_on_loopback, load_reviewers
+from cifarflow.feedback.answers import PREDICTION_ID, AnswerBook, new_answer
+from cifarflow.feedback.queue import DEFAULT_MEASURE, DEFAULT_ORDER, ORDERS, LogIndex, margins, queue_order, read_pixels
 from cifarflow.files import ensure_writable
 from cifarflow.inference.batcher import MAX_IMAGES, MicroBatcher
 from cifarflow.inference.decode_budget import (
@@ -140,7 +140,9 @@ class ModelRecord(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    prediction_id: str = Field(pattern="^[0-9a-f]{32}$", description="the `prediction_id` of a /predict answer")
+    prediction_id: str = Field(
+        pattern=f"^{PREDICTION_ID.pattern}$", description="the `prediction_id` of a /predict answer"
+    )
     label: str = Field(max_length=64, description="the right class (the predicted one to confirm it)")
 
 
@@ -472,8 +474,10 @@ def create_app(
     # --- learning from use: answers and the review queue (a reviewer's token) ---------------------------
 
     def reviewer(request: Request) -> str:
+        headers = request.headers
+        forwarded = "forwarded" in headers or "x-forwarded-for" in headers
         try:
-            return access.reviewer(request.headers.get("authorization"))
+            return access.reviewer(headers.get("authorization"), headers.get("host"), forwarded)
         except AccessDenied as denied:
             headers = {"WWW-Authenticate": "Bearer"} if denied.status == 401 else None
             raise BadInput(denied.status, str(denied), headers) from None
@@ -481,8 +485,8 @@ def create_app(
     @app.middleware("http")
     async def reviewers_only(request: Request, call_next):
         """The token is checked before anything else: a stranger's body is never read, parsed or judged."""
-        path = request.url.path
-        if path == "/feedback" or path.startswith("/review/"):
+        path, method = request.url.path, request.method  # another method: the router's 405
+        if (path == "/feedback" and method == "POST") or (path.startswith("/review/") and method in ("GET", "HEAD")):
             try:
                 reviewer(request)
             except BadInput as refused:
@@ -531,7 +535,7 @@ def create_app(
         request: Request,
         n: int = Query(50, ge=1, le=MAX_QUEUE, description="how many items"),
         label: str | None = Query(None, description="only images predicted as this class"),
-        order: Literal["least-confident", "random"] = Query(
+        order: Literal[ORDERS] = Query(  # type: ignore[valid-type]
             DEFAULT_ORDER, description="least confident (smallest margin) first, or a random order"
         ),
     ):
@@ -574,7 +578,7 @@ def create_app(
         pixels = read_pixels([path], [prediction_id], warn=log.warning).get(prediction_id)
         if pixels is None:
             raise BadInput(404, f"no logged prediction {prediction_id}")
-        return Response(png_bytes(pixels), media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+        return Response(png_bytes(pixels), media_type="image/png", headers={"Cache-Control": "no-store"})
 
     return app
 
@@ -698,9 +702,11 @@ def run_service(args: argparse.Namespace, budget: int | None) -> int:
         decode_budget_pixels=budget,
         log_predictions=not args.no_log,
         reviewers=args.reviewers,
-        loopback_only=args.host in LOOPBACK,
+        loopback_only=listens_on_loopback(args.host),
     )
-    who = ", ".join(r.name for r in args.reviewers) or ("anyone on this machine" if args.host in LOOPBACK else "nobody")
+    who = ", ".join(r.name for r in args.reviewers) or (
+        "anyone on this machine" if listens_on_loopback(args.host) else "nobody"
+    )
     log.info("answers (POST /feedback) taken from: %s", who)
     uvicorn.run(app, host=args.host, port=args.port)
     return done("the service stopped")

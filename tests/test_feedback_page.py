@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tests.browser import launched_chromium, require_chromium
 from tests.serving_helpers import ServingProcess, encode, scene, serving_process, wait_until
 from tests.synthetic import CLASSES
-from tests.test_ui import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.server
 
@@ -72,9 +72,7 @@ class Service:
 @pytest.fixture(scope="module")
 def service(two_versions, tmp_path_factory):
     """The service on a copy of the session's registry (champion v2), with a review token file."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install the Debian package `chromium` to run the browser test")
-    pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+    require_chromium()
     from cifarflow.layout import DataLayout
     from tests.registry_helpers import copy_data_dir
 
@@ -89,14 +87,8 @@ def service(two_versions, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(service):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser
 
 
 @dataclass

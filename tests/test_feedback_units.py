@@ -29,7 +29,7 @@ ALICE, BOB = "alice-token-0123456789abcdef", "bob-token-0123456789abcdefgh"
 
 
 def test_each_token_names_its_reviewer_and_nothing_else_gets_in():
-    access = ReviewAccess(parse_reviewers(f"# reviewers\nalice:{ALICE}\n\nbob:{BOB}\n", "tokens"), loopback_only=True)
+    access = ReviewAccess(parse_reviewers(f"# reviewers\nalice:{ALICE}\n\nbob:{BOB}\n", "tokens"), loopback_only=False)
     assert access.reviewer(f"Bearer {ALICE}") == "alice"
     assert access.reviewer(f"bearer  {BOB} ") == "bob"
     for header, status in [
@@ -48,11 +48,46 @@ def test_each_token_names_its_reviewer_and_nothing_else_gets_in():
     assert ALICE not in repr(access.reviewers)  # never the secret in a log line or traceback
 
 
-def test_without_tokens_only_a_loopback_service_takes_answers():
-    assert ReviewAccess([], loopback_only=True).reviewer(None) == "local"
+def test_without_tokens_only_a_loopback_service_takes_answers_from_this_machine():
+    local = ReviewAccess([], loopback_only=True)
+    for host in ("127.0.0.1:8000", "localhost", "LOCALHOST:80", "[::1]:8000"):
+        assert local.reviewer(None, host) == "local"
+    for host, forwarded in [
+        ("evil.example", False),  # a page that re-points its own name at 127.0.0.1 (DNS rebinding)
+        ("evil.example:8000", False),
+        ("127.0.0.1.evil.example", False),
+        (None, False),
+        ("127.0.0.1:8000", True),  # a proxy in front: the request may come from anywhere
+    ]:
+        with pytest.raises(AccessDenied) as denied:
+            local.reviewer(None, host, forwarded)
+        assert denied.value.status == 403 and "only from this machine" in str(denied.value)
     with pytest.raises(AccessDenied) as denied:
-        ReviewAccess([], loopback_only=False).reviewer(f"Bearer {ALICE}")
+        ReviewAccess([], loopback_only=False).reviewer(f"Bearer {ALICE}", "127.0.0.1:8000")
     assert denied.value.status == 403 and "--review-token-file" in str(denied.value)
+
+
+def test_only_a_loopback_address_counts_as_this_machine_only():
+    from cifarflow.feedback.access import listens_on_loopback
+
+    assert [listens_on_loopback(h) for h in ("127.0.0.1", "::1", "[::1]", "localhost")] == [True] * 4
+    assert [listens_on_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.org")] == [False] * 4
+
+
+def test_every_token_is_compared_whichever_matches(monkeypatch):
+    import cifarflow.feedback.access as access
+
+    calls = []
+    real = access.hmac.compare_digest
+    monkeypatch.setattr(access.hmac, "compare_digest", lambda a, b: calls.append(b) or real(a, b))
+    rule = ReviewAccess(parse_reviewers(f"alice:{ALICE}\nbob:{BOB}\ncarol:{'c' * 20}", "tokens"), True)
+    for header in (f"Bearer {ALICE}", f"Bearer {BOB}", "Bearer wrong-token-0000000000"):
+        calls.clear()
+        try:
+            rule.reviewer(header, "127.0.0.1")
+        except AccessDenied:
+            pass
+        assert len(calls) == 3, header  # no early exit on a match
 
 
 def test_tokens_come_from_the_file_and_the_environment_and_bad_ones_are_refused(tmp_path):
@@ -79,6 +114,11 @@ def test_tokens_come_from_the_file_and_the_environment_and_bad_ones_are_refused(
     for unusable in (",,,", f"#alice:{ALICE}"):  # set but empty must not mean "no tokens"
         with pytest.raises(PipelineInputError, match="no `name:token` entry"):
             load_reviewers(None, {"CIFARFLOW_REVIEW_TOKEN": unusable})
+    path.write_text(f"# reviewers: alice, bob\nalice:{ALICE}\n\n")  # a comment may hold commas
+    assert [r.name for r in load_reviewers(path, {})] == ["alice"]
+    path.write_text(f"# reviewers\nalice:{ALICE}\nbob:short\n")
+    with pytest.raises(PipelineInputError, match="line 3"):
+        load_reviewers(path, {})
     path.write_bytes(b"\xef\xbb\xbf" + f"alice:{ALICE}\r\n".encode())  # a BOM and CRLF from a Windows editor
     assert [r.name for r in load_reviewers(path, {})] == ["alice"]
     with pytest.raises(PipelineInputError, match="cannot read"):
@@ -347,3 +387,41 @@ def test_readers_pause_merges_and_a_merge_under_way_is_waited_for(tmp_path):
     with merges_paused(root):
         assert compact_days(root) == [] and len(log_files(root)) == 2  # the files a reader listed stay put
     assert len(compact_days(root)) == 1 and len(log_files(root)) == 1
+
+
+def test_a_day_merged_again_is_read_again(tmp_path):
+    """A file that lands in a finished day after its merge (a flush just after midnight) is merged into
+    the same `day.parquet`, rewritten in place: the index reads it again, losing no prediction."""
+    from datetime import timedelta
+
+    from cifarflow.monitoring.log import compact_days
+
+    root = tmp_path / "log"
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    pixels = np.zeros((2, 32, 32, 3), np.uint8)
+    first, second, late = new_ids(2), new_ids(2), new_ids(2)
+    probabilities = np.full((2, 10), 0.1, np.float32)
+    for name, ids in (("a", first), ("b", second)):
+        write_log_file(root, log_table(ids, "service", "v1", probabilities, pixels, yesterday), name)
+    compact_days(root)
+    index = LogIndex(root)
+    index.refresh()
+    assert set(index.rows(10)[0]) == set(first + second)
+    write_log_file(root, log_table(late, "service", "v1", probabilities, pixels, yesterday), "c")
+    compact_days(root)
+    index.refresh()
+    assert set(index.rows(10)[0]) == set(first + second + late) and index.find(late[0]) is not None
+
+
+def test_flush_says_at_once_when_the_log_cannot_be_written(tmp_path):
+    import time
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the log's folder should be")
+    warnings: list[str] = []
+    with PredictionLog(blocked, flush_s=3600, warn=warnings.append) as log:
+        log.append(new_ids(1), "service", "v1", np.full((1, 10), 0.1, np.float32), np.zeros((1, 32, 32, 3), np.uint8))
+        assert log.flush(timeout=10) is False
+        started = time.monotonic()
+        assert log.flush(timeout=10) is False and time.monotonic() - started < 2  # failing: no retry per call
+    assert warnings

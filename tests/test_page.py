@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.browser import launched_chromium, require_chromium
 from tests.conftest import SHARED_DATASETS
 from tests.serving_helpers import encode, scene, serving_process
 from tests.synthetic import CLASSES
-from tests.test_ui import CHROMIUM, CHROMIUM_ARGS
 
 SCREENSHOTS = Path("/tmp/page-screenshots")
 
@@ -33,9 +33,7 @@ pytestmark = pytest.mark.server
 @pytest.fixture(scope="module")
 def service(two_versions, tmp_path_factory):
     """The service on the session's registry (champion v2)."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install the Debian package `chromium` to run the browser test")
-    pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+    require_chromium()
     from cifarflow.layout import DataLayout
     from cifarflow.registry import store
     from tests.registry_helpers import copy_data_dir
@@ -48,14 +46,8 @@ def service(two_versions, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(service):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
+from cifarflow.feedback.access import Reviewer
 from serving.app import create_app
 from tests.registry_helpers import copy_data_dir
 
@@ -41,7 +42,8 @@ CHECKS = [
 # the `registry` fixture has put one at DATA_DIR. (`schemathesis.pytest.from_fixture` would avoid this,
 # but it fails under pytest 9: it reads `request.node._nodeid`, which pytest 9 removed.)
 DATA_DIR = Path(tempfile.gettempdir()) / f"cifarflow-schema-test-{os.getpid()}" / "data"
-APP = create_app(DATA_DIR, reviewers=[], loopback_only=True)  # no token on loopback: feedback reaches its checks
+TOKEN = "schema-fuzzing-token-0123456789"
+APP = create_app(DATA_DIR, reviewers=[Reviewer("fuzz", TOKEN)])  # every request carries it: the checks are reached
 schema = schemathesis.openapi.from_dict(APP.openapi())
 schema.app = APP  # requests go to the app in-process (ASGI), as `from_asgi` would send them
 
@@ -61,7 +63,7 @@ def registry(two_versions):
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_operation_answers_only_documented_statuses_and_bodies(case, registry):
-    case.call_and_validate(checks=CHECKS)
+    case.call_and_validate(checks=CHECKS, headers={"Authorization": f"Bearer {TOKEN}"})
 
 
 def test_every_error_status_is_documented_with_the_error_body():

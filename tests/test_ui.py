@@ -12,19 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import launched_chromium, require_chromium
 from tests.live_server import live_prefect_server
 
-CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path("/tmp/ui-screenshots")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 FLOW_ARTIFACTS = {
     "cifar10-report-seed",
     "cifar10-per-class-seed",
@@ -109,44 +100,39 @@ def test_api_shows_the_second_run_judged_against_the_champion(finished_runs):
 
 
 def test_browser_shows_completed_run_and_report_artifact(finished_runs):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install the Debian package `chromium` to run the browser test")
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+    require_chromium()
+    import playwright.sync_api as playwright
 
     server, _, flow_run, tmp = finished_runs  # the second run: a champion-vs-challenger comparison
     shots = tmp / "screenshots"
     shots.mkdir()
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{server.url}/runs/flow-run/{flow_run.id}", wait_until="networkidle", timeout=60_000)
-            header = page.get_by_text(flow_run.name, exact=True).first
-            playwright.expect(header).to_be_visible(timeout=30_000)
-            playwright.expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=30_000)
-            playwright.expect(page.get_by_text("promote-seed").first).to_be_visible(timeout=30_000)  # run graph
-            page.screenshot(path=shots / "flow-run.png")
+    with launched_chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{server.url}/runs/flow-run/{flow_run.id}", wait_until="networkidle", timeout=60_000)
+        header = page.get_by_text(flow_run.name, exact=True).first
+        playwright.expect(header).to_be_visible(timeout=30_000)
+        playwright.expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=30_000)
+        playwright.expect(page.get_by_text("promote-seed").first).to_be_visible(timeout=30_000)  # run graph
+        page.screenshot(path=shots / "flow-run.png")
 
-            page.get_by_text("Artifacts", exact=True).first.click()
-            for key in sorted(FLOW_ARTIFACTS):
-                playwright.expect(page.get_by_text(key, exact=True).first).to_be_visible(timeout=30_000)
-            page.screenshot(path=shots / "flow-run-artifacts.png")
+        page.get_by_text("Artifacts", exact=True).first.click()
+        for key in sorted(FLOW_ARTIFACTS):
+            playwright.expect(page.get_by_text(key, exact=True).first).to_be_visible(timeout=30_000)
+        page.screenshot(path=shots / "flow-run-artifacts.png")
 
-            page.get_by_text("cifar10-report-seed", exact=True).first.click()
-            section = page.get_by_role("heading", name="Champion vs challenger")
-            playwright.expect(section).to_be_visible(timeout=30_000)
-            playwright.expect(page.get_by_role("heading", name="Per-class metrics (test set)")).to_be_visible()
-            page.wait_for_load_state("networkidle")
-            loaded = page.eval_on_selector_all("img[src^='data:image/png']", "imgs => imgs.map(i => i.naturalWidth)")
-            assert len(loaded) == 4 and all(width > 100 for width in loaded), loaded  # 3 plots + the difference
-            page.screenshot(path=shots / "report-artifact.png")  # the report's top
-            # the page scrolls in an inner pane, so full_page screenshots miss the rest: scroll to it
-            section.scroll_into_view_if_needed()
-            page.screenshot(path=shots / "report-champion-challenger.png")
-            page.get_by_role("img", name="confusion matrix change").scroll_into_view_if_needed()
-            page.screenshot(path=shots / "report-confusion-change.png")
-        finally:
-            browser.close()
+        page.get_by_text("cifar10-report-seed", exact=True).first.click()
+        section = page.get_by_role("heading", name="Champion vs challenger")
+        playwright.expect(section).to_be_visible(timeout=30_000)
+        playwright.expect(page.get_by_role("heading", name="Per-class metrics (test set)")).to_be_visible()
+        page.wait_for_load_state("networkidle")
+        loaded = page.eval_on_selector_all("img[src^='data:image/png']", "imgs => imgs.map(i => i.naturalWidth)")
+        assert len(loaded) == 4 and all(width > 100 for width in loaded), loaded  # 3 plots + the difference
+        page.screenshot(path=shots / "report-artifact.png")  # the report's top
+        # the page scrolls in an inner pane, so full_page screenshots miss the rest: scroll to it
+        section.scroll_into_view_if_needed()
+        page.screenshot(path=shots / "report-champion-challenger.png")
+        page.get_by_role("img", name="confusion matrix change").scroll_into_view_if_needed()
+        page.screenshot(path=shots / "report-confusion-change.png")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for shot in shots.glob("*.png"):
         assert shot.stat().st_size > 10_000, shot  # a rendered page, not a blank one

@@ -44,27 +44,30 @@ def parse_reviewers(text: str, source: str) -> list[Reviewer]:
     """`name:token` entries, one per line (or comma-separated); PipelineInputError naming `source` and
     the line for a bad name, a short token or a name given twice."""
     reviewers: list[Reviewer] = []
-    entries = [part for line in text.splitlines() for part in line.split(",")]
-    for number, entry in enumerate(entries, 1):
-        entry = entry.strip()
-        if not entry or entry.startswith("#"):
-            continue
+    entries = [
+        (number, part.strip())
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip() and not line.strip().startswith("#")  # a comment may hold commas
+        for part in line.split(",")
+        if part.strip()
+    ]
+    for number, entry in entries:
         name, sep, token = entry.partition(":")
         if not sep:
-            raise PipelineInputError(f"{source}, entry {number}: expected `name:token`, got no `:`")
+            raise PipelineInputError(f"{source}, line {number}: expected `name:token`, got no `:`")
         name, token = name.strip(), token.strip()
         if not NAME.fullmatch(name):
             raise PipelineInputError(
-                f"{source}, entry {number}: reviewer name {name!r} must be 1–64 of A–Z a–z 0–9 . _ @ + -"
+                f"{source}, line {number}: reviewer name {name!r} must be 1–64 of A–Z a–z 0–9 . _ @ + -"
             )
         if not TOKEN.fullmatch(token):
             raise PipelineInputError(
-                f"{source}, entry {number} ({name}): a token is printable ASCII with no spaces or commas "
+                f"{source}, line {number} ({name}): a token is printable ASCII with no spaces or commas "
                 f"(an HTTP header carries nothing else; make one: {MAKE_TOKEN})"
             )
         if len(token) < MIN_TOKEN_CHARS:
             raise PipelineInputError(
-                f"{source}, entry {number} ({name}): the token has {len(token)} characters, at least "
+                f"{source}, line {number} ({name}): the token has {len(token)} characters, at least "
                 f"{MIN_TOKEN_CHARS} are needed (make one: {MAKE_TOKEN})"
             )
         reviewers.append(Reviewer(name, token))
@@ -109,28 +112,45 @@ class AccessDenied(Exception):
         self.status = status
 
 
+def listens_on_loopback(host: str) -> bool:
+    """Whether binding `host` (the service's --host) makes it reachable from this machine only."""
+    return host.strip("[]").lower() in LOOPBACK
+
+
+def loopback_host(header: str | None) -> bool:
+    """Whether a request's Host header names this machine (`127.0.0.1:8000`, `localhost`, `[::1]:8000`).
+    A web page that re-points its own name at 127.0.0.1 (DNS rebinding) sends its own name here."""
+    if not header:
+        return False
+    host = header.rsplit(":", 1)[0] if header.count(":") == 1 else header.rsplit("]:", 1)[0]
+    return host.strip("[]").lower() in LOOPBACK
+
+
 class ReviewAccess:
     """The rule for one service: `reviewers` (may be empty), and whether it listens on loopback only."""
 
     def __init__(self, reviewers: list[Reviewer], loopback_only: bool):
         self.reviewers, self.loopback_only = list(reviewers), loopback_only
 
-    @property
-    def needs_token(self) -> bool:
-        return bool(self.reviewers)
-
-    def reviewer(self, authorization: str | None) -> str:
+    def reviewer(self, authorization: str | None, host: str | None = None, forwarded: bool = False) -> str:
         """The name of the reviewer whose token `authorization` (the header's value) carries. AccessDenied
-        403 when no token is configured and the service is reachable from other machines; 401 when a
-        token is needed and missing or wrong."""
+        401 when a token is needed and missing or wrong; 403 when no token is configured and the request
+        may come from elsewhere: the service is reachable from other machines, a proxy forwarded it
+        (`forwarded`), or its `host` header does not name this machine (a page using DNS rebinding)."""
         if not self.reviewers:
-            if self.loopback_only:
-                return LOCAL_REVIEWER
-            raise AccessDenied(
-                403,
-                "reviewing is off: this service is reachable from other machines and has no review token; "
-                f"start it with --review-token-file PATH or ${TOKEN_ENV} (see the README, 'Learn from use')",
-            )
+            if not self.loopback_only:
+                raise AccessDenied(
+                    403,
+                    "reviewing is off: this service is reachable from other machines and has no review token; "
+                    f"give it one (--review-token-file PATH or ${TOKEN_ENV}; see the README, 'Learning from use')",
+                )
+            if forwarded or not loopback_host(host):
+                raise AccessDenied(
+                    403,
+                    "without a review token, answers are taken only from this machine, addressed as 127.0.0.1 or "
+                    f"localhost, not through a proxy; give the service a token (${TOKEN_ENV}) to review from elsewhere",
+                )
+            return LOCAL_REVIEWER
         scheme, _, given = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             raise AccessDenied(401, "a review token is needed: send `Authorization: Bearer <token>`")

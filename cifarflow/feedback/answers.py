@@ -59,6 +59,7 @@ class Answer:
 
 
 def new_answer(prediction_id: str, label: str, predicted: str, model_version: str, reviewer: str) -> Answer:
+    """An answer given now (UTC, µs) with a fresh id; ValueError for an id or label that is not plain."""
     stamp = datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     return Answer(uuid.uuid4().hex, prediction_id, label, predicted, model_version, reviewer, stamp)
 
@@ -87,10 +88,11 @@ def read_answers(path: Path, warn: Callable[[str], None] = log.warning) -> list[
         raw = path.read_bytes()
     except FileNotFoundError:
         return []
-    return parse_lines(raw, path, warn)
+    return parse_lines(raw[: raw.rfind(b"\n") + 1], path, warn)  # a line still being written: next time
 
 
 def parse_lines(raw: bytes, path: Path, warn: Callable[[str], None]) -> list[Answer]:
+    """The answers in `raw` (whole JSON lines); each line that is not an answer is named in a warning."""
     answers = []
     for number, line in enumerate(raw.splitlines(), 1):
         if not line.strip():

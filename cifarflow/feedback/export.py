@@ -123,7 +123,13 @@ def plan_export(
                     "pixel_sha256": digest,
                     "labels": sorted(labels[digest]),
                     "answers": [
-                        {"prediction_id": a.prediction_id, "label": a.label, "reviewer": a.reviewer, "time": a.time}
+                        {
+                            "prediction_id": a.prediction_id,
+                            "label": a.label,
+                            "reviewer": a.reviewer,
+                            "time": a.time,
+                            "new": a.prediction_id in pending_ids,  # False: handled by an earlier export
+                        }
                         for a in answers
                     ],
                 }
@@ -170,8 +176,6 @@ def duplicate_verdict(duplicate: dict[str, str], label: str, exported_ids: set[s
     training data's image with the same class (`duplicate`), or with another one (`conflict`: the answer
     cannot change a label the training data holds; withdrawing that batch can)."""
     of, held_as = duplicate["of"], duplicate.get("label", "")
-    if Path(of).stem in exported_ids:
-        return "duplicate", f"the same image as prediction {Path(of).stem}, answered alike in this export"
     if held_as and held_as != label:
         where = (
             f"batch image {of}: withdraw its batch (flows/add_images.py --withdraw) to relabel it"
@@ -179,6 +183,8 @@ def duplicate_verdict(duplicate: dict[str, str], label: str, exported_ids: set[s
             else f"{of} of the ingested archive"
         )
         return "conflict", f"the training data holds this image as {held_as}, the answer says {label} ({where})"
+    if Path(of).stem in exported_ids:
+        return "duplicate", f"the same image as prediction {Path(of).stem}, answered alike in this export"
     return "duplicate", f"the training data holds this image ({of})"
 
 
@@ -202,6 +208,7 @@ def record_handled(
 
 
 def handled(answer: Answer, verdict: str, reason: str, export_id: str, digest: str) -> dict[str, str]:
+    """One entry of exported.json: the answer handled (by id, so a later answer is new) and what became of it."""
     return {
         "answer_id": answer.answer_id,
         "label": answer.label,

@@ -14,7 +14,7 @@ all three on the served test set (the error rate among the least confident again
 images): see the README for the numbers.
 
 `LogIndex` keeps, per prediction-log file, the ids, times, versions and probabilities (never the
-pixels) and reads only files it has not seen; log files are immutable once written, and a file that
+pixels) and reads only files it has not seen or that were replaced (a day merged again); a file that
 disappears (retention, compaction) is dropped from the index.
 """
 
@@ -94,21 +94,24 @@ class LogIndex:
     def __init__(self, root: Path, warn: Callable = log.warning):
         self.root, self.warn = Path(root), warn
         self._files: dict[Path, dict[int, _FileRows]] = {}  # path → classes → rows
+        self._seen: dict[Path, tuple[int, int, int]] = {}  # path → the (inode, size, mtime) that was read
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
-        """Read the files written since the last refresh; forget those removed."""
+        """Read the files written or replaced since the last refresh (a day merged again rewrites its
+        `day.parquet` in place: a new inode); forget those removed."""
         with self._lock:
-            present = log_files(self.root)
+            present = {path: signature(path) for path in log_files(self.root)}
             for gone in set(self._files) - set(present):
                 del self._files[gone]
-            for path in present:
-                if path not in self._files:
-                    self._files[path] = self._read(path)
+                del self._seen[gone]
+            for path, seen in present.items():
+                if seen is not None and self._seen.get(path) != seen:
+                    self._files[path], self._seen[path] = self._read(path), seen
 
     def _read(self, path: Path) -> dict[int, _FileRows]:
         """The file's rows by number of classes (a merged day can hold two label sets); {} for a file
-        that cannot be read, named in a warning (it is not tried again until it is replaced)."""
+        that cannot be read, named in a warning (read again once it changes)."""
         try:
             table = read_table([path], columns=INDEX_COLUMNS, warn=self.warn)
         except (OSError, pa.ArrowException) as error:
@@ -156,6 +159,15 @@ class LogIndex:
             np.concatenate([p.versions for p in parts])[keep],
             np.concatenate([p.probabilities for p in parts])[keep],
         )
+
+
+def signature(path: Path) -> tuple[int, int, int] | None:
+    """(inode, bytes, mtime in ns): what changes when a file is replaced; None when it is gone meanwhile."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _logged(rows: _FileRows, i: int) -> Logged:

@@ -9,6 +9,7 @@ from cifarflow.intake.summary import cell
 
 
 def render_report(summary: dict[str, Any]) -> str:
+    """report.md of one export, from its summary (flows/feedback_flow.py `export_summary`)."""
     counts = summary["counts"]
     lines = [f"# Feedback export `{summary['export_id']}`", "", summary["headline"], ""]
     lines += ["| verdict | answers |", "|---|---|"] + [f"| {name} | {count} |" for name, count in counts.items()]

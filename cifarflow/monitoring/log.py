@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -116,6 +116,14 @@ def write_log_file(root: Path, table: pa.Table, name: str) -> list[Path]:
     return written
 
 
+@dataclass
+class FlushRequest:
+    """`PredictionLog.flush`'s message to the writer: `done` is set once it has tried; `written` says how."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    written: bool = False
+
+
 class PredictionLog:
     """The background writer: `append(table)` from any thread; `close()` flushes what waits and stops.
 
@@ -128,7 +136,7 @@ class PredictionLog:
     ):
         self.root, self.flush_s, self.flush_rows, self.warn = Path(root), flush_s, flush_rows, warn
         self.written = self.dropped = 0  # rows
-        self._queue: queue.SimpleQueue[tuple | threading.Event | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple | FlushRequest | None] = queue.SimpleQueue()
         self._token = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._files = 0
         self._thread: threading.Thread | None = None
@@ -149,12 +157,13 @@ class PredictionLog:
 
     def flush(self, timeout: float = 10) -> bool:
         """Write what waits now, not at the next interval; True once it is on disk (False: the write failed
-        or took over `timeout` seconds, the rows stay queued). For a reader that must see a row just appended."""
+        or took over `timeout` seconds; while writes fail, they are retried at the interval, not per call: the
+        rows stay queued). For a reader that must see a row just appended."""
         if self._closed.is_set() or self._thread is None:
             return False
-        written = threading.Event()
-        self._queue.put(written)
-        return written.wait(timeout)
+        request = FlushRequest()
+        self._queue.put(request)
+        return request.done.wait(timeout) and request.written
 
     def close(self, timeout: float = 30) -> None:
         """Flush every queued row and stop the writer."""
@@ -181,11 +190,12 @@ class PredictionLog:
                 item = self._queue.get(timeout=timeout)
                 if item is None:
                     stopping = True
-                elif isinstance(item, threading.Event):  # flush(): write now, then say so
-                    pending = self._flush(pending, sum(t.num_rows for t in pending)) if pending else []
-                    failing, due = bool(pending), (time.monotonic() + self.flush_s if pending else None)
-                    if not pending:
-                        item.set()
+                elif isinstance(item, FlushRequest):  # flush(): write now (unless failing), then say how it went
+                    if pending and not failing:
+                        pending = self._flush(pending, sum(t.num_rows for t in pending))
+                        failing, due = bool(pending), (time.monotonic() + self.flush_s if pending else None)
+                    item.written = not pending
+                    item.done.set()
                     continue
                 else:
                     pending.append(self._table(item))
