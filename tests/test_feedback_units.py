@@ -402,12 +402,12 @@ def test_a_day_merged_again_is_read_again(tmp_path):
     first, second, late = new_ids(2), new_ids(2), new_ids(2)
     probabilities = np.full((2, 10), 0.1, np.float32)
     for name, ids in (("a", first), ("b", second)):
-        write_log_file(root, log_table(ids, "service", "v1", probabilities, pixels, yesterday), name)
+        write_log_file(root, log_table(ids, "service", "v1", probabilities, pixels, yesterday), f"{name}.parquet")
     compact_days(root)
     index = LogIndex(root)
     index.refresh()
     assert set(index.rows(10)[0]) == set(first + second)
-    write_log_file(root, log_table(late, "service", "v1", probabilities, pixels, yesterday), "c")
+    write_log_file(root, log_table(late, "service", "v1", probabilities, pixels, yesterday), "c.parquet")
     compact_days(root)
     index.refresh()
     assert set(index.rows(10)[0]) == set(first + second + late) and index.find(late[0]) is not None
