@@ -473,24 +473,19 @@ def create_app(
 
     # --- learning from use: answers and the review queue (a reviewer's token) ---------------------------
 
-    def reviewer(request: Request) -> str:
-        headers = request.headers
-        forwarded = "forwarded" in headers or "x-forwarded-for" in headers
-        try:
-            return access.reviewer(headers.get("authorization"), headers.get("host"), forwarded)
-        except AccessDenied as denied:
-            headers = {"WWW-Authenticate": "Bearer"} if denied.status == 401 else None
-            raise BadInput(denied.status, str(denied), headers) from None
-
     @app.middleware("http")
     async def reviewers_only(request: Request, call_next):
-        """The token is checked before anything else: a stranger's body is never read, parsed or judged."""
-        path, method = request.url.path, request.method  # another method: the router's 405
+        """The token is checked here, before anything else (a stranger's body is never read, parsed or
+        judged), and the reviewer's name kept for the endpoint: `request.state.reviewer`. An endpoint the
+        check skipped has no name there and fails closed."""
+        path, method, headers = request.url.path, request.method, request.headers  # another method: the 405
         if (path == "/feedback" and method == "POST") or (path.startswith("/review/") and method in ("GET", "HEAD")):
+            forwarded = "forwarded" in headers or "x-forwarded-for" in headers
             try:
-                reviewer(request)
-            except BadInput as refused:
-                return JSONResponse({"error": str(refused)}, status_code=refused.status, headers=refused.headers)
+                request.state.reviewer = access.reviewer(headers.get("authorization"), headers.get("host"), forwarded)
+            except AccessDenied as denied:
+                challenge = {"WWW-Authenticate": "Bearer"} if denied.status == 401 else None
+                return JSONResponse({"error": str(denied)}, status_code=denied.status, headers=challenge)
         return await call_next(request)
 
     def logged(prediction_id: str):
@@ -511,7 +506,7 @@ def create_app(
     def feedback(request: Request, answer: FeedbackRequest = Body(...)):
         """Say which class a logged prediction really is (its own label to confirm it). The last answer
         for a prediction counts; every answer is kept in the append-only feedback log."""
-        name = reviewer(request)
+        name = request.state.reviewer
         label_names = serving().label_names
         label = class_named(answer.label, label_names)
         _, row = logged(answer.prediction_id)
@@ -532,7 +527,6 @@ def create_app(
 
     @read("/review/queue", response_model=ReviewQueue, responses=documented(401, 403, 422, 503), tags=["review"])
     def review_queue(
-        request: Request,
         n: int = Query(50, ge=1, le=MAX_QUEUE, description="how many items"),
         label: str | None = Query(None, description="only images predicted as this class"),
         order: Literal[ORDERS] = Query(  # type: ignore[valid-type]
@@ -540,7 +534,6 @@ def create_app(
         ),
     ):
         """Logged predictions nobody has answered yet, least confident (smallest margin) first."""
-        reviewer(request)
         label_names = serving().label_names
         label = None if label is None else class_named(label, label_names)
         if prediction_log is not None:
@@ -549,7 +542,6 @@ def create_app(
         ids, times, versions, probabilities = index.rows(classes=len(label_names))  # the serving label set's
         ranked = queue_order(ids, probabilities, set(answers.refresh()), label_names, label, order=order)
         chosen = ranked[:n]
-        top = probabilities[chosen].max(axis=1) if len(chosen) else []
         items = [
             {
                 "prediction_id": str(ids[i]),
@@ -560,7 +552,7 @@ def create_app(
                 "time": str(times[i].astype("datetime64[s]")) + "Z",
                 "thumbnail": f"/review/image/{ids[i]}.png",
             }
-            for i, p, m in zip(chosen, top, margins(probabilities[chosen]) if len(chosen) else [])
+            for i, p, m in zip(chosen, probabilities[chosen].max(axis=1), margins(probabilities[chosen]))
         ]
         return {"order": order, "measure": DEFAULT_MEASURE, "unanswered": len(ranked), "items": items}
 
@@ -571,9 +563,8 @@ def create_app(
         | documented(401, 403, 404, 422),
         tags=["review"],
     )
-    def review_image(request: Request, prediction_id: str):
+    def review_image(prediction_id: str):
         """The 32×32 image a logged prediction scored, as PNG."""
-        reviewer(request)
         path, _ = logged(prediction_id)
         pixels = read_pixels([path], [prediction_id], warn=log.warning).get(prediction_id)
         if pixels is None:

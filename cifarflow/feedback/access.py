@@ -123,7 +123,7 @@ def loopback_host(header: str | None) -> bool:
     if not header:
         return False
     host = header.rsplit(":", 1)[0] if header.count(":") == 1 else header.rsplit("]:", 1)[0]
-    return host.strip("[]").lower() in LOOPBACK
+    return listens_on_loopback(host)
 
 
 class ReviewAccess:

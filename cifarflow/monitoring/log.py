@@ -186,28 +186,28 @@ class PredictionLog:
         stopping = failing = False
         while not stopping:
             timeout = None if due is None else max(0.0, due - time.monotonic())
+            request = None  # a flush() waiting for its answer
             try:
                 item = self._queue.get(timeout=timeout)
                 if item is None:
                     stopping = True
-                elif isinstance(item, FlushRequest):  # flush(): write now (unless failing), then say how it went
-                    if pending and not failing:
-                        pending = self._flush(pending, sum(t.num_rows for t in pending))
-                        failing, due = bool(pending), (time.monotonic() + self.flush_s if pending else None)
-                    item.written = not pending
-                    item.done.set()
-                    continue
+                elif isinstance(item, FlushRequest):
+                    request = item
                 else:
                     pending.append(self._table(item))
                     due = due or time.monotonic() + self.flush_s
             except queue.Empty:
                 pass
             rows = sum(t.num_rows for t in pending)
-            full = rows >= self.flush_rows and not failing  # after a failure, retry at the interval only
-            if pending and (stopping or full or time.monotonic() >= due):
+            # after a failure, retry at the interval only (not for every full batch or flush() call)
+            early = (rows >= self.flush_rows or request is not None) and not failing
+            if pending and (stopping or early or time.monotonic() >= due):
                 pending = self._flush(pending, rows)
                 failing = bool(pending)
                 due = time.monotonic() + self.flush_s if pending else None
+            if request is not None:
+                request.written = not pending
+                request.done.set()
         if pending:  # closed while the disk still refuses the writes
             lost = sum(t.num_rows for t in pending)
             self.dropped += lost
