@@ -60,6 +60,14 @@ class DataLayout:
         return self.root / "evaluations"
 
     @property
+    def calibrations(self) -> Path:
+        return self.root / "calibrations"
+
+    @property
+    def robustness(self) -> Path:
+        return self.root / "robustness"
+
+    @property
     def reports(self) -> Path:
         return self.root / "reports"
 
@@ -158,3 +166,9 @@ class DataLayout:
 
     def evaluation_dir(self, key: str) -> Path:
         return self.evaluations / key
+
+    def calibration_dir(self, key: str) -> Path:
+        return self.calibrations / key
+
+    def robustness_dir(self, key: str) -> Path:
+        return self.robustness / key

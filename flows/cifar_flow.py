@@ -1,4 +1,5 @@
-"""The CIFAR-10 pipeline: ingest → validate → preprocess → train → evaluate → report → promote, as one Prefect flow.
+"""The CIFAR-10 pipeline as one Prefect flow: ingest → validate → preprocess → train → evaluate →
+calibrate → robustness → report → promote.
 
     python flows/cifar_flow.py --source data/cache/cifar-10-python.tar.gz
     python flows/cifar_flow.py --model seed --epochs 20 --plan     # what would run, and why
@@ -28,11 +29,13 @@ from cifarflow.orchestration.plan import plan_stages
 from cifarflow.orchestration.runner import StageRunner, parse_stage_list
 from cifarflow.orchestration.stages import STAGES
 from cifarflow.registry.upgrade import upgrade_registry
+from tasks.calibrate import calibrate
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.preprocess import preprocess
 from tasks.promote import promote
 from tasks.report import report
+from tasks.robustness import robustness
 from tasks.train import train
 from tasks.validate import validate
 
@@ -52,9 +55,10 @@ def cifar_pipeline(
     refresh: list[str] | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> dict:
-    """ingest → validate → preprocess → train → evaluate → report → promote for `config`. `stages` selects some
-    (default all; the others are reused from disk where a selected one needs them); `refresh` names
-    stages to recompute even when their output is cached. Returns where each stage's output lives."""
+    """ingest → validate → preprocess → train → evaluate → calibrate → robustness → report → promote
+    for `config`. `stages` selects some (default all; the others are reused from disk where a
+    selected one needs them); `refresh` names stages to recompute even when their output is cached.
+    Returns where each stage's output lives."""
     logger = get_run_logger()
     ensure_writable(config.layout.root)
     run = StageRunner(config, parse_stage_list(stages, "stages"), parse_stage_list(refresh, "refresh"))
@@ -65,6 +69,8 @@ def cifar_pipeline(
         run(preprocess)  # the fitted transform and training-ready arrays
         run(train)  # the preset's network, trained
         run(evaluate)  # test-set predictions, metrics and plots
+        run(calibrate)  # the temperature that makes its probabilities honest
+        run(robustness)  # accuracy under corrupted images
         run_report = run(report)  # report.md, metrics.json, the model card
         decision = run(promote)  # champion/challenger; the winner becomes the next registry version
     if run_report is not None and "report" in run.selected:

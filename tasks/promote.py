@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
+from cifarflow.calibration.calibrate import Calibration
 from cifarflow.config import PipelineConfig
 from cifarflow.data.transform import Features
 from cifarflow.evaluation.evaluate import Evaluation
@@ -21,10 +22,12 @@ def promote(
     preprocess: Features,
     train: TrainResult,
     evaluate: Evaluation,
+    calibrate: Calibration,
     report: Report,
 ) -> Promotion:
     """Champion/challenger: promote this run's model if it is significantly better (McNemar's test) and
-    its exported artifact passes the smoke test; it then becomes the registry's next version."""
+    its exported artifact (the temperature traced in) passes the smoke test; it then becomes the
+    registry's next version. The corruption table comes with the report's metrics."""
     challenger = challenger_score(evaluate.directory, preprocess, train, report, config.model, validate.dataset_version)
     return promote_challenger(
         challenger,
@@ -33,7 +36,7 @@ def promote(
         config.layout.registry,
         config.promotion_alpha,
         key,
-        canary_set(evaluate.directory, preprocess.directory),
+        canary_set(calibrate.probabilities_path, preprocess.directory),
         preprocess.label_names,
         get_run_logger().info,
         min_accuracy=config.resolved_min_accuracy,

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
+from cifarflow.calibration.calibrate import Calibration
 from cifarflow.config import PipelineConfig
 from cifarflow.data.ingest import IngestResult
 from cifarflow.data.transform import Features
 from cifarflow.evaluation.evaluate import Evaluation
 from cifarflow.orchestration.runner import stage_task
 from cifarflow.reporting.report import Report, model_card, run_name_for, write_report
+from cifarflow.robustness.robustness import Robustness
 from cifarflow.training.run import TrainResult
 from cifarflow.validation.validate import ValidatedData
 
@@ -21,6 +23,8 @@ def report(
     preprocess: Features,
     train: TrainResult,
     evaluate: Evaluation,
+    calibrate: Calibration,
+    robustness: Robustness,
 ) -> Report:
     """Write data/reports/<run-name>/ (report.md, metrics.json, plots, model card) and `latest`."""
     card = model_card(
@@ -32,6 +36,8 @@ def report(
         features=preprocess,
     ) | {"cache_key": key}
     data_section = (validate.directory / "validation.md").read_text()
-    result = write_report(evaluate.directory, card, config.layout.reports, data_section)
+    result = write_report(
+        evaluate.directory, calibrate.directory, robustness.directory, card, config.layout.reports, data_section
+    )
     get_run_logger().info("report written to %s", result.directory)
     return result

@@ -73,6 +73,8 @@ def test_each_stage_key_covers_all_library_code_its_task_runs():
         "preprocess": {"cifarflow.data.transform"},
         "train": {"cifarflow.training.run"},
         "evaluate": {"cifarflow.evaluation.evaluate"},
+        "calibrate": {"cifarflow.calibration.calibrate"},
+        "robustness": {"cifarflow.robustness.robustness"},
         "report": {"cifarflow.reporting.report"},
         "promote": {"cifarflow.promotion.promote"},
     }
@@ -80,6 +82,7 @@ def test_each_stage_key_covers_all_library_code_its_task_runs():
         entry["train"] |= {preset.builder.split(":")[0], preset.trainer.split(":")[0]}
         entry["evaluate"] |= {preset.builder.split(":")[0], preset.predictor.split(":")[0]}
         entry["promote"] |= {preset.builder.split(":")[0], preset.serving.split(":")[0]}  # the export traces these
+        entry["robustness"] |= {preset.builder.split(":")[0], preset.serving.split(":")[0]}  # scored as exported
     shared = {
         "cifarflow",
         "cifarflow.errors",

@@ -342,10 +342,10 @@ def test_score_from_evaluation_uses_argmax_of_saved_probabilities(tmp_path, labe
     np.save(tmp_path / "probabilities.npy", one_hot(predicted))
     (tmp_path / "metrics.json").write_text(json.dumps(compute_metrics(labels, one_hot(predicted), CLASSES)))
     facts = {"model_id": "a", "run_name": "r", "preset": "seed", "dataset_version": DATASET, "test_set_sha256": "t"}
-    score = score_from_evaluation(tmp_path, labels, **facts)
+    score = score_from_evaluation(tmp_path, tmp_path / "metrics.json", labels, **facts)
     assert score.accuracy == pytest.approx(0.75)
     with pytest.raises(ValueError, match="predictions for"):
-        score_from_evaluation(tmp_path, labels[:10], **facts)
+        score_from_evaluation(tmp_path, tmp_path / "metrics.json", labels[:10], **facts)
 
 
 # ------------------------------------ the report --------------------------------------------

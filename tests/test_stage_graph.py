@@ -82,7 +82,8 @@ def test_a_stage_called_before_its_upstream_is_an_error():
 
 def test_downstream_follows_the_declared_graph():
     assert downstream("promote") == ("promote",)
-    assert downstream("train") == ("train", "evaluate", "report", "promote")
+    assert downstream("train") == ("train", "evaluate", "calibrate", "robustness", "report", "promote")
+    assert downstream("robustness") == ("robustness", "report", "promote")  # promote reads it through the report
     assert downstream("ingest") == STAGES
     for stage in STAGES:  # a stage reading `stage`, directly or not, is downstream of it
         for later in STAGES[STAGES.index(stage) + 1 :]:

@@ -1,6 +1,6 @@
 """Image corruptions: the shifts a deployed classifier meets (a darker camera, sensor noise, heavy
-compression, focus blur, black-and-white photos), declared once for drift benchmarks and robustness
-evaluation alike.
+compression, focus blur, black-and-white photos, a thumbnail enlarged), declared once for drift
+benchmarks and robustness evaluation alike.
 
 Each corruption maps (N, 32, 32, 3) uint8 images to new uint8 images of the same shape, deterministic
 for a given `seed`. Pixel arithmetic is numpy; compression, blur and grayscale are Pillow's own (JPEG
@@ -63,6 +63,17 @@ def contrast(images: np.ndarray, factor: float = 0.5, seed: int = 0) -> np.ndarr
     return _per_image(images, lambda image: ImageEnhance.Contrast(image).enhance(factor))
 
 
+def pixelate(images: np.ndarray, scale: float = 0.5, seed: int = 0) -> np.ndarray:
+    """Each image shrunk to `scale` of its size and enlarged back, both with Pillow's box filter (as in
+    CIFAR-10-C): blocks of about 1/scale pixels."""
+
+    def coarsen(image: Image.Image) -> Image.Image:
+        small = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return image.resize(small, Image.Resampling.BOX).resize(image.size, Image.Resampling.BOX)
+
+    return _per_image(images, coarsen)
+
+
 def upside_down(images: np.ndarray, seed: int = 0) -> np.ndarray:
     """Each image turned by 180° (a camera mounted upside down); the shape stays, whatever it is."""
     return np.ascontiguousarray(images[:, ::-1, ::-1])
@@ -90,6 +101,7 @@ CORRUPTIONS: dict[str, Corruption] = {
         Corruption("grayscale", "ITU-R 601 luma", grayscale),
         # beyond the monitor's listed shifts: what else a camera or a client gets wrong
         Corruption("contrast", "×0.5", contrast),
+        Corruption("pixelate", "½ size", pixelate),
         Corruption("upside_down", "180°", upside_down),
         Corruption("swap_channels", "BGR as RGB", swap_channels),
     )

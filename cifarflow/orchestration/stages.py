@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cifarflow.calibration.calibrate import find_calibration
 from cifarflow.config import PipelineConfig
 from cifarflow.data.archive import is_url, local_path
 from cifarflow.data.ingest import find_shards
@@ -22,6 +23,7 @@ from cifarflow.orchestration.cache import StageSpec, source_identity
 from cifarflow.promotion.champions import baseline_id
 from cifarflow.promotion.outcome import find_promotion
 from cifarflow.reporting.report import find_report
+from cifarflow.robustness.robustness import find_robustness
 from cifarflow.training.run import checkpoint_dir, find_model
 from cifarflow.training.warm_start import WarmStartPlan, plan_warm_start
 from cifarflow.validation.validate import find_validation
@@ -110,22 +112,44 @@ SPECS: dict[str, StageSpec] = {
         upstream=("preprocess", "train"),
         find=lambda config, key, upstream: find_evaluation(config.layout.evaluation_dir(key)),
     ),
+    "calibrate": StageSpec(
+        "calibrate",
+        params=(),
+        code=(*DATA_CODE, "cifarflow.calibration", "cifarflow.evaluation"),
+        libraries=("numpy", "scipy", "matplotlib"),
+        upstream=("preprocess", "evaluate"),
+        find=lambda config, key, upstream: find_calibration(config.layout.calibration_dir(key)),
+    ),
+    "robustness": StageSpec(
+        "robustness",
+        params=("model",),
+        code=(*MODEL_CODE, "cifarflow.robustness", "cifarflow.calibration", "cifarflow.evaluation"),
+        libraries=(*TF_LIBS, "numpy", "pillow"),
+        upstream=("preprocess", "train", "calibrate"),
+        find=lambda config, key, upstream: find_robustness(config.layout.robustness_dir(key)),
+    ),
     "report": StageSpec(
         "report",
         params=("model", "train_batch_size", "train_learning_rate", "seed"),
         inputs=report_inputs,
         code=("cifarflow.reporting", "cifarflow.files"),
         libraries=(),
-        upstream=("ingest", "validate", "preprocess", "train", "evaluate"),
+        upstream=("ingest", "validate", "preprocess", "train", "evaluate", "calibrate", "robustness"),
         find=lambda config, key, upstream: find_report(config.layout.reports, key),
     ),
     "promote": StageSpec(
         "promote",
         params=("promotion_alpha", "resolved_min_accuracy"),
         inputs=promote_inputs,
-        code=(*MODEL_CODE, "cifarflow.promotion", "cifarflow.evaluation", "cifarflow.registry"),
+        code=(
+            *MODEL_CODE,
+            "cifarflow.promotion",
+            "cifarflow.evaluation",
+            "cifarflow.registry",
+            "cifarflow.calibration",
+        ),
         libraries=("scipy", *TF_LIBS),
-        upstream=("validate", "preprocess", "train", "evaluate", "report"),
+        upstream=("validate", "preprocess", "train", "evaluate", "calibrate", "report"),
         find=lambda config, key, upstream: find_promotion(upstream["report"].directory, key, config.layout.registry),
     ),
 }

@@ -55,6 +55,7 @@ def test_set_id(features_dir: Path) -> str:
 
 def score_from_evaluation(
     evaluation_dir: Path,
+    metrics_path: Path,
     labels: np.ndarray,
     *,
     model_id: str,
@@ -63,7 +64,8 @@ def score_from_evaluation(
     dataset_version: str,
     test_set_sha256: str,
 ) -> Score:
-    """The challenger's score from an evaluation directory (probabilities.npy + metrics.json)."""
+    """The challenger's score: its predictions from an evaluation directory's probabilities.npy (a
+    temperature would not change them), its metrics from `metrics_path` (the report's metrics.json)."""
     probabilities = np.load(Path(evaluation_dir) / "probabilities.npy", mmap_mode="r")
     labels = np.asarray(labels).astype(np.int64)
     if len(probabilities) != len(labels):
@@ -76,7 +78,7 @@ def score_from_evaluation(
         test_set_sha256=test_set_sha256,
         predictions=np.asarray(probabilities).argmax(axis=1).astype(np.int64),
         labels=labels,
-        metrics=read_json(Path(evaluation_dir) / "metrics.json"),
+        metrics=read_json(Path(metrics_path)),
     )
 
 

@@ -29,8 +29,15 @@ class Promotion(StageOutput):
         return text_digest(self.champion_id, self.promoted, self.summary)
 
 
-def record_outcome(path: Path, key: str, baseline: str, decision: Decision, registry: Path) -> Promotion:
-    write_json(path, {"key": key, "baseline": baseline, "decision": decision.to_json()})
+def record_outcome(
+    path: Path, key: str, baseline: str, decision: Decision, registry: Path, test_set_decisions: int | None = None
+) -> Promotion:
+    """Write promotion.json: the decision, its key and baseline, and how many promotion decisions the
+    test set has served (this one included)."""
+    write_json(
+        path,
+        {"key": key, "baseline": baseline, "decision": decision.to_json(), "test_set_decisions": test_set_decisions},
+    )
     return Promotion(registry, path, decision.promoted, decision.summary, decision.resulting_champion)
 
 

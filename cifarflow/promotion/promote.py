@@ -38,7 +38,14 @@ from cifarflow.promotion.champions import baseline_of
 from cifarflow.promotion.decision import Decision, Score, decide, score_from_evaluation, test_set_id
 from cifarflow.promotion.outcome import Promotion, record_outcome
 from cifarflow.promotion.rollback import respect_rollback
-from cifarflow.promotion.section import comparison_markdown, confusion_difference, write_section
+from cifarflow.promotion.section import (
+    comparison_markdown,
+    confusion_difference,
+    decisions_on,
+    robustness_markdown,
+    test_set_paragraph,
+    write_section,
+)
 from cifarflow.registry.api import (
     Canary,
     StagedVersion,
@@ -49,6 +56,7 @@ from cifarflow.registry.api import (
     check_link_place,
     make_champion,
     read_champion_version,
+    read_decisions,
     read_results,
     record_decision,
     stage_next_version,
@@ -64,9 +72,11 @@ if TYPE_CHECKING:  # the upstream stages' output types, for annotations only
 def challenger_score(
     evaluation_dir: Path, features: Features, train: TrainResult, report: Report, preset: str, dataset_version: str
 ) -> Score:
-    """The challenger's score; `features` (the preprocess output) says which batches and transform it saw."""
+    """The challenger's score; `features` (the preprocess output) says which batches and transform it
+    saw. Its metrics are the report's (evaluation's, the calibration and the corruption table)."""
     score = score_from_evaluation(
         evaluation_dir,
+        report.metrics_path,
         load_split(features.directory, "test", "labels"),
         model_id=train.model_sha256,
         run_name=report.run_name,
@@ -101,11 +111,12 @@ def champion_score(registry: Path) -> Score | None:
     return version_score(version) if version else None
 
 
-def canary_set(evaluation_dir: Path, features_dir: Path) -> Canary:
-    """The smoke test's canary images and the probabilities evaluation gave them."""
+def canary_set(calibrated: Path, features_dir: Path) -> Canary:
+    """The smoke test's canary images and the calibrated probabilities (the calibrate stage's
+    `probabilities.npy`: evaluation's, scaled by the temperature) the export must return for them."""
     indices = canary_indices(load_split(features_dir, "test", "labels"))
     pixels = np.asarray(load_split(features_dir, "test", "pixels")[indices])
-    probabilities = np.load(Path(evaluation_dir) / "probabilities.npy", mmap_mode="r")
+    probabilities = np.load(Path(calibrated), mmap_mode="r")
     return Canary(pixels, np.asarray(probabilities[indices]))
 
 
@@ -116,6 +127,7 @@ def version_record(
     model_path: Path,
     now: datetime,
     data_dir: Path | None = None,
+    test_set_decisions: int | None = None,
 ) -> VersionRecord:
     """What version.json says about a promoted challenger (the registry adds its name and smoke test).
     `source_model` is recorded relative to `data_dir` when it lies in it: nothing in the registry
@@ -125,6 +137,8 @@ def version_record(
         run_name=challenger.run_name,
         preset=challenger.preset,
         accuracy=challenger.accuracy,
+        temperature=challenger.metrics.get("temperature"),
+        test_set_decisions=test_set_decisions,
         label_names=tuple(label_names),
         dataset_version=challenger.dataset_version,
         batch_ids=tuple(challenger.batch_ids),
@@ -139,7 +153,14 @@ def version_record(
 
 
 def stage_challenger(
-    challenger: Score, decision: Decision, model_path: Path, registry: Path, canary: Canary, label_names, log
+    challenger: Score,
+    decision: Decision,
+    model_path: Path,
+    registry: Path,
+    canary: Canary,
+    label_names,
+    log,
+    test_set_decisions: int | None = None,
 ) -> tuple[Decision, StagedVersion | Version | None]:
     """Export and smoke-test a promoted challenger into a staged version (not yet in the registry), or
     find the version it was registered as already (a run killed before the alias moved); None when it
@@ -150,7 +171,9 @@ def stage_challenger(
     if registered is not None:
         return decision, registered
     data_dir = Path(registry).parent  # the layout's: <data dir>/registry
-    record = version_record(challenger, decision, label_names, model_path, datetime.now(UTC), data_dir)
+    record = version_record(
+        challenger, decision, label_names, model_path, datetime.now(UTC), data_dir, test_set_decisions
+    )
     try:
         staged = stage_next_version(
             registry, model_path, record, challenger.metrics, challenger.predictions, challenger.labels, canary, log
@@ -193,10 +216,11 @@ def promote_challenger(
     current = read_champion_version(registry)
     judged_against = current.name if current else None
     champion = version_score(current) if current else None
+    served = decisions_on(read_decisions(registry), challenger.test_set_sha256) + 1  # this one included
     decision = respect_rollback(decide(challenger, champion, alpha=alpha, min_accuracy=min_accuracy), registry)
     if decision.promoted:
         check_link_place(registry)  # the alias could not be moved: stop before registering anything
-    decision, candidate = stage_challenger(challenger, decision, model_path, registry, canary, label_names, log)
+    decision, candidate = stage_challenger(challenger, decision, model_path, registry, canary, label_names, log, served)
     log(decision.summary)
     out = Path(report.directory)
     diff_plot = None
@@ -210,8 +234,11 @@ def promote_challenger(
             center_zero=True,
         )
         diff_plot = "confusion_diff.png"
-    section = comparison_markdown(decision, challenger, champion, diff_plot) + registry_paragraph(
-        candidate, judged_against
+    section = (
+        comparison_markdown(decision, challenger, champion, diff_plot)
+        + robustness_markdown(challenger, champion if decision.comparable else None)
+        + test_set_paragraph(served)
+        + registry_paragraph(candidate, judged_against)
     )
     with atomic_path(out / "promotion.md") as tmp:
         tmp.write_text(section)
@@ -219,11 +246,11 @@ def promote_challenger(
     # the decision is written before the alias moves: a crash in between makes the next run see a
     # registry that disagrees with promotion.json, and decide again (reusing the registered version)
     baseline = baseline_of(current, challenger.model_id)  # what the stage's key read (`baseline_id`)
-    outcome = record_outcome(out / "promotion.json", key, baseline, decision, registry)
+    outcome = record_outcome(out / "promotion.json", key, baseline, decision, registry, served)
     if decision.promoted:
         version = make_champion(registry, candidate, reason=decision.summary, expected_from=judged_against)
         log(f"champion is now {version.name} ({challenger.model_id[:12]}, {report.run_name})")
-    record_decision(registry, decision, report.run_name)
+    record_decision(registry, decision, report.run_name, test_set_sha256=challenger.test_set_sha256)
     return outcome
 
 

@@ -109,3 +109,53 @@ def write_section(report_md: Path, section: str) -> None:
     text = Path(report_md).read_text()
     with atomic_path(report_md) as tmp:
         tmp.write_text(with_section(text, section))
+
+
+def decisions_on(decisions: list[dict[str, Any]], test_set_sha256: str) -> int:
+    """How many recorded decisions judged a model on this test set (a challenger that already was the
+    champion was not judged). Decisions logged before the log named test sets are not counted."""
+    return sum(
+        1 for d in decisions if d.get("test_set_sha256") == test_set_sha256 and d.get("reason") != "already-champion"
+    )
+
+
+def test_set_paragraph(served: int) -> str:
+    return (
+        f"\n**Test set:** this is promotion decision {served} on these test images. Every decision on the same "
+        "images lets chance favour the model that happened to do well on them; `benchmarks/test_reuse.md` "
+        "measures how far that lifts the champion's reported accuracy over a year of nightly retrains "
+        "under this gate.\n"
+    )
+
+
+def robustness_markdown(challenger: Score, champion: Score | None) -> str:
+    """Clean and corrupted accuracy of champion and challenger side by side (the report's corruption
+    table, averaged over severities); the champion's column is empty when it was not measured (an
+    older version) or on other test images."""
+    new = challenger.metrics.get("robustness")
+    if not new:
+        return ""
+    old = champion.metrics.get("robustness") if champion is not None else None
+    old = old if old and old.get("images") == new["images"] else None
+
+    def cell(summary, name):
+        if summary is None:
+            return "–"
+        if name == "clean":
+            return f"{summary['clean_accuracy']:.4f}"
+        if name == "mean":
+            return f"{summary['mean_corruption_accuracy']:.4f}"
+        entry = summary["corruptions"].get(name)
+        return f"{np.mean(entry['accuracy']):.4f}" if entry else "–"
+
+    lines = [
+        "",
+        f"### Robustness (accuracy on the first {new['images']:,} test images, mean of 3 severities)",
+        "",
+        "| images | champion | challenger |",
+        "|---|---|---|",
+        f"| clean | {cell(old, 'clean')} | {cell(new, 'clean')} |",
+        *(f"| {name} | {cell(old, name)} | {cell(new, name)} |" for name in new["corruptions"]),
+        f"| **mean under corruption** | {cell(old, 'mean')} | {cell(new, 'mean')} |",
+    ]
+    return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ Writing:
   (VersionRejected says why not; nothing is left behind);
 - `make_champion(registry, candidate, reason, expected_from)`: commit a staged version and move the
   alias to it, recorded as a move by promotion (AliasMoved if a person moved it meanwhile);
-- `record_decision(registry, decision, run_name)`: append a decision to the log.
+- `record_decision(registry, decision, run_name, test_set_sha256=…)`: append a decision to the log.
 
 Every reader raises RegistryDamaged, naming the file and what to do, when what it reads is damaged.
 """
@@ -88,10 +88,18 @@ def make_champion(
     return candidate
 
 
-def record_decision(registry: Path, decision: DecisionRecord, run_name: str, now: datetime | None = None) -> None:
-    """Append the decision to decisions.jsonl (one line, one write: whole or absent)."""
+def record_decision(
+    registry: Path,
+    decision: DecisionRecord,
+    run_name: str,
+    now: datetime | None = None,
+    test_set_sha256: str | None = None,
+) -> None:
+    """Append the decision to decisions.jsonl (one line, one write: whole or absent), with the test
+    set it was made on (what `read_decisions` counts a test set's use by)."""
     at = (now or datetime.now(UTC)).isoformat(timespec="seconds")
-    append_line(Path(registry) / DECISIONS, {"at": at, "run_name": run_name} | decision.to_json())
+    entry = {"at": at, "run_name": run_name, "test_set_sha256": test_set_sha256} | decision.to_json()
+    append_line(Path(registry) / DECISIONS, entry)
 
 
 def read_decisions(registry: Path) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
-"""Build one registry version in `.staging/`: copy the model and its scores, export it, smoke-test
-the export in a fresh process. Only a version that passed is committed (renamed into `versions/`);
-anything else is deleted, so a failed export or smoke test leaves the registry exactly as it was."""
+"""Build one registry version in `.staging/`: copy the model and its scores, export it (with the
+record's calibration temperature), smoke-test the export in a fresh process. Only a version that
+passed is committed (renamed into `versions/`); anything else is deleted, so a failed export or
+smoke test leaves the registry exactly as it was."""
 
 from __future__ import annotations
 
@@ -62,7 +63,13 @@ def stage_version(
         np.save(staging / "labels.npy", np.asarray(labels).astype(np.int16))
         write_json(staging / "metrics.json", metrics)
         try:
-            export_model(staging / "model.keras", record.preset, list(record.label_names), staging / "export")
+            export_model(
+                staging / "model.keras",
+                record.preset,
+                list(record.label_names),
+                staging / "export",
+                record.temperature,
+            )
         except Exception as error:  # any failure to trace or write the SavedModel: not registrable
             raise VersionRejected(f"the export failed: {type(error).__name__}: {error}") from error
         log(f"exported {name} as a SavedModel; smoke-testing it in a fresh process on {len(canary.pixels)} images")

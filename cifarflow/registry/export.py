@@ -2,8 +2,10 @@
 
 Its endpoint `serve` (also the `serving_default` signature) takes uint8 pixels of shape [N, 32, 32, 3]
 and returns {"probabilities": float32 [N, classes]}: the fitted normalization is the model's first
-layer and the preset's test-time augmentation is traced in (`Preset.serving`), so a client sends raw
-pixels and gets the probabilities evaluation measured. `cifarflow.json` beside it names the classes.
+layer, the preset's test-time augmentation is traced in (`Preset.serving`) and so is the calibration
+temperature (`cifarflow.calibration.temperature`), so a client sends raw pixels and gets the
+calibrated probabilities the pipeline measured. `cifarflow.json` beside it names the classes and the
+temperature.
 
     import tensorflow as tf
     model = tf.saved_model.load("data/registry/champion/export")
@@ -25,20 +27,30 @@ ENDPOINT = "serve"
 METADATA = "cifarflow.json"
 
 
-def export_model(model_path: Path, preset: str, label_names: list[str], out_dir: Path) -> Path:
-    """Write the SavedModel for the `.keras` file at `model_path` into `out_dir` (which must not exist)."""
+def export_model(
+    model_path: Path, preset: str, label_names: list[str], out_dir: Path, temperature: float | None = None
+) -> Path:
+    """Write the SavedModel for the `.keras` file at `model_path` into `out_dir` (which must not
+    exist); with a `temperature`, its probabilities are softmax(log p / temperature) of the preset's."""
     import keras
     import tensorflow as tf
 
+    from cifarflow.calibration.temperature import TINY
     from cifarflow.models.registry import get_preset
 
     model = get_preset(preset).load(model_path)
     probabilities = get_preset(preset).serving_function(model)
+
+    def calibrated(pixels):
+        if temperature is None:
+            return probabilities(pixels)
+        return tf.nn.softmax(tf.math.log(tf.maximum(probabilities(pixels), TINY)) / temperature, axis=-1)
+
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
         name=ENDPOINT,
-        fn=lambda pixels: {"probabilities": probabilities(pixels)},
+        fn=lambda pixels: {"probabilities": calibrated(pixels)},
         input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="pixels")],
     )
     archive.write_out(str(out_dir), verbose=False)
@@ -50,6 +62,7 @@ def export_model(model_path: Path, preset: str, label_names: list[str], out_dir:
             "output": {"name": "probabilities", "dtype": "float32", "shape": [None, len(label_names)]},
             "label_names": list(label_names),
             "preset": preset,
+            "temperature": temperature,
         },
     )
     return Path(out_dir)

@@ -37,6 +37,7 @@ VERSION_FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "id": ("model_id", (str,)),  # sha256 of model.keras
     "model": ("preset", (str,)),
     "accuracy": ("accuracy", (int, float)),  # test accuracy, 0..1
+    "temperature": ("temperature", (int, float, _NULL)),  # traced into export/ (null: none, an older version)
     "run_name": ("run_name", (str,)),
     "dataset_sha256": ("dataset_version", (str,)),  # the dataset version it trained on
     "test_set_sha256": ("test_set_sha256", (str,)),  # the test images it was scored on (McNemar's pairing)
@@ -51,10 +52,11 @@ VERSION_FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "source_model": ("source_model", (str, _NULL)),  # the model file it was copied from
     "smoke": ("smoke", (dict, _NULL)),  # the smoke test it passed (null: adopted from an older registry)
     "note": ("note", (str, _NULL)),
+    "test_set_decisions": ("test_set_decisions", (int, _NULL)),  # promotion decisions its test set served
 }
 # Fields only shown to people, never decided on: one of the wrong type (a hand edit) is read as absent
 # rather than making the whole version damaged, as before they were typed.
-INFORMATIONAL = ("test_images", "decision", "source_model", "smoke", "note")
+INFORMATIONAL = ("test_images", "decision", "source_model", "smoke", "note", "temperature", "test_set_decisions")
 RECORD_FIELDS: dict[str, tuple[type, ...]] = {
     name: types for name, (_, types) in VERSION_FIELDS.items() if name not in INFORMATIONAL
 }
@@ -91,6 +93,8 @@ class VersionRecord:
     source_model: str | None = None  # the model file it was copied from, relative to the data dir when in it
     smoke: dict[str, Any] | None = None  # the smoke test it passed (None: adopted without one)
     note: str | None = None
+    temperature: float | None = None  # the calibration temperature its export applies (None: none recorded)
+    test_set_decisions: int | None = None  # promotion decisions its test set had served, its own included
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VersionRecord:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the upstream stages' output types, for annotations only: th
     from cifarflow.validation.validate import ValidatedData
 
 PLOTS = ("confusion_matrix.png", "training_curves.png", "sample_predictions.png")
+RELIABILITY = "reliability.png"  # the calibrate stage's diagram
 LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pyarrow", "scikit-learn", "prefect")
 SEED_PUBLISHED_ACCURACY = 0.615
 
@@ -62,9 +63,21 @@ def run_name_for(model: str, epochs: int, key: str, now: datetime | None = None)
     return f"{stamp}-{model}-e{epochs}-{key[:8]}"
 
 
-def build_metrics(evaluation: dict[str, Any], card: dict[str, Any]) -> dict[str, Any]:
-    """The stable metrics.json contract: evaluation results plus the run's identifying facts."""
+def build_metrics(
+    evaluation: dict[str, Any], card: dict[str, Any], calibration: dict[str, Any], robustness: dict[str, Any]
+) -> dict[str, Any]:
+    """The stable metrics.json contract: evaluation results (`test_loss` is the NLL of the network's
+    own probabilities), the calibrated probabilities' scores (`ece`, `nll`, `brier`: what the model
+    returns, cross-fitted) with the temperature, the corruption table, and the run's identifying facts."""
+    after = calibration["after"]
     return evaluation | {
+        "temperature": calibration["temperature"],
+        "ece": after["ece"],
+        "nll": after["nll"],
+        "brier": after["brier"],
+        "calibration": calibration,
+        "mean_corruption_accuracy": robustness["mean_corruption_accuracy"],
+        "robustness": robustness,
         "model": card["model"],
         "epochs": card["epochs"],
         "batch_size": card["batch_size"],
@@ -113,6 +126,52 @@ def describe_warm_start(warm: dict[str, Any] | None) -> str:
     return f"requested, trained from scratch: {warm['reason']}"
 
 
+def robustness_table(summary: dict[str, Any]) -> str:
+    """The report's corruption table: one row per corruption, one column per severity."""
+    lines = [
+        f"Accuracy on the first {summary['images']:,} test images (clean {summary['clean_accuracy']:.4f}); "
+        f"mean over every corruption and severity **{summary['mean_corruption_accuracy']:.4f}**, "
+        f"mean ECE {summary['mean_corruption_ece']:.4f} (clean {summary['clean_ece']:.4f}).",
+        "",
+        "| corruption | severity 1 | severity 2 | severity 3 | mean |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in summary["corruptions"].items():
+        cells = " | ".join(f"{a:.3f} ({s})" for a, s in zip(entry["accuracy"], entry["severities"]))
+        lines.append(f"| {name} | {cells} | {sum(entry['accuracy']) / len(entry['accuracy']):.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def calibration_section(calibration: dict[str, Any], plot_prefix: str = "") -> str:
+    before, after = calibration["before"], calibration["after"]
+    rows = "\n".join(
+        f"| {label} | {before[key]:.4f} | {after[key]:.4f} |"
+        for label, key in (
+            (f"expected calibration error ({calibration['bins']} bins)", "ece"),
+            ("negative log-likelihood (nats)", "nll"),
+            ("Brier score", "brier"),
+            ("mean confidence", "mean_confidence"),
+            ("accuracy", "accuracy"),
+        )
+    )
+    halves = calibration["halves"]
+    return f"""## Calibration
+
+The model's probabilities are scaled by a temperature **T = {calibration["temperature"]:.3f}** (temperature
+scaling, Guo et al. 2017), part of the exported model: the service, batch prediction and evaluation
+return the scaled probabilities. T was fitted by minimising NLL on the {calibration["images"]:,} test
+images; the scores after scaling are cross-fitted: the test set's two fixed halves ({halves["A"]:,} and
+{halves["B"]:,} images, by pixel hash) are each scaled with the temperature fitted on the other
+(T = {calibration["half_temperatures"]["A"]:.3f} and {calibration["half_temperatures"]["B"]:.3f}).
+
+| score | before | after |
+|---|---|---|
+{rows}
+
+![reliability diagram]({plot_prefix}{RELIABILITY})
+"""
+
+
 def render_markdown(
     metrics: dict[str, Any], card: dict[str, Any], data_section: str = "", plot_prefix: str = ""
 ) -> str:
@@ -127,7 +186,9 @@ def render_markdown(
 
 **Test accuracy {metrics["test_accuracy"]:.4f}** (loss {metrics["test_loss"]:.4f}) with model `{card["model"]}`;
 the classic notebook's published seed is {SEED_PUBLISHED_ACCURACY:.3f} ({delta:+.3f}).
-Test-time augmentation: {metrics.get("tta", "none")}.
+Test-time augmentation: {metrics.get("tta", "none")}. Calibrated probabilities (T = {metrics["temperature"]:.3f}):
+ECE {metrics["ece"]:.4f}, NLL {metrics["nll"]:.4f}, Brier {metrics["brier"]:.4f}; mean accuracy under
+corruption {metrics["mean_corruption_accuracy"]:.4f}.
 
 ## Per-class metrics (test set)
 
@@ -137,6 +198,10 @@ Test-time augmentation: {metrics.get("tta", "none")}.
 
 Macro F1 {report["macro avg"]["f1-score"]:.4f}; weighted F1 {report["weighted avg"]["f1-score"]:.4f}.
 
+{calibration_section(metrics["calibration"], plot_prefix)}
+## Robustness to corrupted images
+
+{robustness_table(metrics["robustness"])}
 {data_section}
 ## Plots
 
@@ -152,6 +217,7 @@ Macro F1 {report["macro avg"]["f1-score"]:.4f}; weighted F1 {report["weighted av
 | epochs / batch size / learning rate | {card["epochs"]} / {card["batch_size"]} / {card["learning_rate"]} |
 | seed | {card["seed"]} |
 | normalization | {describe_normalization(card["normalization"])} |
+| temperature | {metrics["temperature"]:.4f} (in the exported model) |
 | training time | {card["train_seconds"]:.1f} s |
 | dataset version | `{card["dataset_version"]}` |
 | training images | {describe_lineage(card["lineage"])} |
@@ -165,14 +231,23 @@ Macro F1 {report["macro avg"]["f1-score"]:.4f}; weighted F1 {report["weighted av
 """
 
 
-def write_report(evaluation_dir: Path, card: dict[str, Any], reports_dir: Path, data_section: str = "") -> Report:
+def write_report(
+    evaluation_dir: Path,
+    calibration_dir: Path,
+    robustness_dir: Path,
+    card: dict[str, Any],
+    reports_dir: Path,
+    data_section: str = "",
+) -> Report:
     """Assemble the run's report directory atomically and point `latest` at it."""
     evaluation = read_json(evaluation_dir / "metrics.json")
-    metrics = build_metrics(evaluation, card)
+    calibration = read_json(calibration_dir / "calibration.json")
+    metrics = build_metrics(evaluation, card, calibration, read_json(robustness_dir / "robustness.json"))
     target = reports_dir / card["run_name"]
     with atomic_directory(target) as staging:
         for plot in PLOTS:
             shutil.copy2(evaluation_dir / plot, staging / plot)
+        shutil.copy2(calibration_dir / RELIABILITY, staging / RELIABILITY)
         write_json(staging / "metrics.json", metrics)
         write_json(staging / "model_card.json", card)
         with atomic_path(staging / "report.md") as tmp:

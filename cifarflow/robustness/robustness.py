@@ -1,0 +1,141 @@
+"""The robustness stage: accuracy under brightness, contrast, Gaussian noise, blur, JPEG re-compression
+and pixelation, each at three severities, on a fixed subset of the test set, beside the clean accuracy.
+
+The corruptions are the library's (`cifarflow.data.corruptions`), the same functions the drift
+monitor's benchmark uses; severity 2 of each is that module's default. The model is scored through
+its preset's serving function (the arithmetic its export traces, test-time augmentation included) and
+the calibrated temperature, so the figures are the deployed model's. The subset is the first
+`SUBSET` test images (the test set is in a random class order), fixed for a test set.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarflow.calibration.scores import calibration_scores
+from cifarflow.calibration.temperature import apply_temperature
+from cifarflow.data import corruptions
+from cifarflow.data.transform import load_split
+from cifarflow.files import atomic_directory, file_digest, read_json, write_json
+from cifarflow.outputs import StageOutput, read_whole
+
+SUBSET = 2000
+BATCH = 250  # images per graph call: the fastest of 250/500/1000 for `quick` on 2 cores
+
+# corruption → (parameter, three severities, mildest first, and how each reads in a table)
+SEVERITIES: dict[str, tuple[str, tuple[float, ...], tuple[str, ...]]] = {
+    "brightness": ("factor", (0.7, 0.5, 0.3), ("×0.7", "×0.5", "×0.3")),
+    "contrast": ("factor", (0.7, 0.5, 0.3), ("×0.7", "×0.5", "×0.3")),
+    "gaussian_noise": ("sigma", (10.0, 20.0, 30.0), ("σ 10", "σ 20", "σ 30")),
+    "blur": ("radius", (0.5, 1.0, 1.5), ("r 0.5", "r 1", "r 1.5")),
+    "jpeg": ("quality", (30, 10, 5), ("q 30", "q 10", "q 5")),
+    "pixelate": ("scale", (0.75, 0.5, 0.375), ("24 px", "16 px", "12 px")),
+}
+
+
+@dataclass(frozen=True)
+class Robustness(StageOutput):
+    directory: Path
+    summary_sha256: str
+
+    @property
+    def location(self) -> Path:
+        return self.directory
+
+    @property
+    def fingerprint(self) -> str:
+        return self.summary_sha256
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return read_json(self.directory / "robustness.json")
+
+
+def corrupted_sets(pixels: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
+    """(corruption, severity 1..3, corrupted copy of `pixels`) for every entry of SEVERITIES."""
+    out = []
+    for name, (parameter, values, _) in SEVERITIES.items():
+        apply = corruptions.CORRUPTIONS[name].apply
+        for severity, value in enumerate(values, start=1):
+            out.append((name, severity, apply(pixels, **{parameter: value}, seed=severity)))
+    return out
+
+
+def score_in_batches(probabilities_of, pixels: np.ndarray, batch: int = BATCH) -> np.ndarray:
+    return np.concatenate([probabilities_of(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
+
+
+def robustness_table(
+    probabilities_of, pixels: np.ndarray, labels: np.ndarray, clean: np.ndarray, temperature: float
+) -> dict[str, Any]:
+    """Score every corrupted copy of (N, 32, 32, 3) uint8 `pixels` with `probabilities_of` (uint8
+    batch → (n, classes) uncalibrated probabilities), scale them by `temperature`, and tabulate
+    accuracy and ECE per corruption and severity; `clean` are the calibrated probabilities of the
+    uncorrupted images."""
+    labels = np.asarray(labels).astype(np.int64)
+    clean_scores = calibration_scores(clean, labels)
+    table: dict[str, Any] = {}
+    for name, _, images in corrupted_sets(pixels):
+        scores = calibration_scores(apply_temperature(score_in_batches(probabilities_of, images), temperature), labels)
+        entry = table.setdefault(name, {"severities": list(SEVERITIES[name][2]), "accuracy": [], "ece": []})
+        entry["accuracy"].append(round(scores.accuracy, 6))
+        entry["ece"].append(round(scores.ece, 6))
+    accuracies = [a for entry in table.values() for a in entry["accuracy"]]
+    return {
+        "images": int(len(labels)),
+        "clean_accuracy": round(clean_scores.accuracy, 6),
+        "clean_ece": round(clean_scores.ece, 6),
+        "mean_corruption_accuracy": round(float(np.mean(accuracies)), 6) if accuracies else None,
+        "mean_corruption_ece": round(float(np.mean([e for v in table.values() for e in v["ece"]])), 6)
+        if table
+        else None,
+        "corruptions": table,
+    }
+
+
+def measure_robustness(
+    model_path: Path,
+    preset_name: str,
+    features_dir: Path,
+    calibrated: Path,
+    temperature: float,
+    out_dir: Path,
+    log=print,
+) -> Robustness:
+    """Score the first SUBSET test images under every corruption with the trained model and write
+    out_dir/robustness.json whole. `calibrated` is the calibrate stage's probabilities.npy."""
+    import tensorflow as tf
+
+    from cifarflow.models.registry import get_preset
+
+    started = time.perf_counter()
+    preset = get_preset(preset_name)
+    graph = tf.function(preset.serving_function(preset.load(model_path)), reduce_retracing=True)
+    labels = np.asarray(load_split(features_dir, "test", "labels")[:SUBSET]).astype(np.int64)
+    pixels = np.asarray(load_split(features_dir, "test", "pixels")[:SUBSET])
+    clean = np.load(calibrated, mmap_mode="r")[: len(labels)]
+    table = robustness_table(
+        lambda batch: graph(tf.convert_to_tensor(batch)).numpy(), pixels, labels, clean, temperature
+    ) | {"seconds": round(time.perf_counter() - started, 1)}
+    log(
+        f"robustness on {table['images']} test images: clean accuracy {table['clean_accuracy']:.4f}, "
+        f"mean over {sum(len(v['accuracy']) for v in table['corruptions'].values())} corruptions "
+        f"{table['mean_corruption_accuracy']:.4f} ({table['seconds']:.0f} s)"
+    )
+    with atomic_directory(out_dir) as staging:
+        write_json(staging / "robustness.json", table)
+    return find_robustness(out_dir)
+
+
+def find_robustness(directory: Path) -> Robustness | None:
+    summary = directory / "robustness.json"
+
+    def read() -> Robustness | None:
+        return Robustness(directory, file_digest(summary)) if "corruptions" in read_json(summary) else None
+
+    return read_whole(read)
