@@ -95,3 +95,12 @@ def test_upside_down_and_swap_channels_are_exact_and_contrast_pulls_toward_the_m
     np.testing.assert_array_equal(corrupt(pixels, "swap_channels"), pixels[..., [2, 1, 0]])
     lowered = corrupt(pixels, "contrast").astype(float)
     assert lowered.std(axis=(1, 2, 3)).max() < 0.6 * pixels.astype(float).std(axis=(1, 2, 3)).min()
+
+
+def test_pixelate_makes_blocks_of_the_scale():
+    images = noise_images(2)
+    out = corrupt(images, "pixelate")  # ½ size: 2×2 blocks of one colour (the box mean of the block)
+    blocks = out.reshape(2, 16, 2, 16, 2, 3)
+    assert (blocks == blocks[:, :, :1, :, :1]).all()
+    means = images.reshape(2, 16, 2, 16, 2, 3).astype(float).mean(axis=(2, 4))
+    assert np.abs(blocks[:, :, 0, :, 0].astype(float) - means).max() <= 1

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 
+from cifarflow.data.transform import load_split
 from cifarflow.files import read_json
+from cifarflow.registry.export import load_export
+from cifarflow.robustness.robustness import SEVERITIES
 from tests.flow_helpers import rerun_states, run_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -44,6 +48,7 @@ def test_end_to_end_then_cached_then_downstream_only(tiny_config):
     card = read_json(latest / "model_card.json")
     assert card["params"] == 394_970 and card["source_sha256"] == metrics["source_sha256"]
     assert "keras" in card["libraries"]
+    check_calibration_and_robustness(tiny_config, latest, metrics)
 
     state, second = run_flow(tiny_config)
     assert state.is_completed()
@@ -53,6 +58,33 @@ def test_end_to_end_then_cached_then_downstream_only(tiny_config):
     assert third == rerun_states("train")
     assert read_json(tiny_config.layout.latest_report / "metrics.json")["epochs"] == 2
     assert metrics["train_images"] == 300 and metrics["dataset_version"] == card["dataset_version"]
+
+
+def check_calibration_and_robustness(config, report_dir, metrics):
+    """The calibrate and robustness stages' figures in the report, and the temperature in the champion's export."""
+    calibration, robustness = metrics["calibration"], metrics["robustness"]
+    assert metrics["temperature"] == calibration["temperature"] > 0
+    assert metrics["ece"] == calibration["after"]["ece"] and {"nll", "brier"} <= metrics.keys()
+    assert calibration["before"]["accuracy"] == calibration["after"]["accuracy"] == metrics["test_accuracy"]
+    assert calibration["halves"]["A"] + calibration["halves"]["B"] == calibration["images"] == 100
+    assert robustness["images"] == 100 and list(robustness["corruptions"]) == list(SEVERITIES)
+    assert robustness["clean_accuracy"] == pytest.approx(metrics["test_accuracy"])  # 100 test images < the subset
+    report = (report_dir / "report.md").read_text()
+    assert "## Calibration" in report and "## Robustness to corrupted images" in report
+    assert "![reliability diagram](reliability.png)" in report
+    assert (report_dir / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    promotion = (report_dir / "promotion.md").read_text()
+    assert "this is promotion decision 1 on these test images" in promotion and "### Robustness" in promotion
+
+    champion = config.layout.registry / "champion"
+    assert read_json(champion / "version.json")["temperature"] == metrics["temperature"]
+    (features,) = config.layout.features.iterdir()
+    (calibrated,) = config.layout.calibrations.glob("*/probabilities.npy")
+    exported = load_export(champion / "export").probabilities(load_split(features, "test", "pixels"))
+    np.testing.assert_allclose(exported, np.load(calibrated), atol=1e-4)  # what the service and batch prediction get
+    raw = np.load(next(config.layout.evaluations.glob("*/probabilities.npy")))
+    if metrics["temperature"] != 1.0:
+        assert np.abs(exported - raw).max() > 1e-3  # and not the network's own probabilities
 
 
 def test_damaged_outputs_are_recomputed_not_handed_on(tiny_config):

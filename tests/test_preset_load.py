@@ -3,7 +3,8 @@
 nothing that an earlier import in the same process happened to register (evaluation's import of the
 custom layers, once) may be needed. The fresh process scores the pixels three ways (the preset's
 `load` + predictor, the exported SavedModel, `load_predictor` on the `.keras` path); each must give
-the probabilities the in-memory network's predictor gives here."""
+the probabilities the in-memory network's predictor gives here. An export with a calibration
+temperature must return those probabilities with the temperature applied."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cifarflow.calibration.temperature import apply_temperature
 from cifarflow.models.registry import PRESETS, Preset
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.flow
 
 TOLERANCE = 1e-5  # float32 graphs vs the predictors' own arithmetic: ~1e-7 apart
+TEMPERATURE = 2.5
 CIFAR_STATISTICS = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))  # mean, std of the training pixels
 
 # One fresh process scores every preset (a process each would triple TensorFlow's start-up). Each preset
@@ -50,7 +53,9 @@ for name, preset in PRESETS.items():
     export_model(model_path, name, list(CIFAR10_LABEL_NAMES), work / name / "export")
     exported = load_export(work / name / "export").probabilities(pixels)
     from_file = load_predictor(str(model_path), work / "registry").probabilities(pixels)
-    np.savez(work / name / "fresh.npz", loaded=loaded, exported=exported, from_file=from_file)
+    export_model(model_path, name, list(CIFAR10_LABEL_NAMES), work / name / "calibrated", float(sys.argv[2]))
+    calibrated = load_export(work / name / "calibrated").probabilities(pixels)
+    np.savez(work / name / "fresh.npz", loaded=loaded, exported=exported, from_file=from_file, calibrated=calibrated)
 """
 
 
@@ -96,7 +101,7 @@ def test_every_preset_loads_exports_and_predicts_in_a_fresh_process(tmp_path):
     for name, model in networks.items():
         save_as_trained(model, PRESETS[name], tmp_path / name)
     fresh = subprocess.Popen(
-        [sys.executable, "-c", FRESH_PROCESS, str(tmp_path)],
+        [sys.executable, "-c", FRESH_PROCESS, str(tmp_path), str(TEMPERATURE)],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -110,3 +115,7 @@ def test_every_preset_loads_exports_and_predicts_in_a_fresh_process(tmp_path):
         scored = np.load(tmp_path / name / "fresh.npz")
         for way in ("loaded", "exported", "from_file"):
             np.testing.assert_allclose(scored[way], expected[name], atol=TOLERANCE, err_msg=f"{name}, {way}")
+        calibrated = apply_temperature(expected[name], TEMPERATURE)
+        assert np.abs(calibrated - expected[name]).max() > 10 * TOLERANCE  # the temperature changes them
+        np.testing.assert_allclose(scored["calibrated"], calibrated, atol=TOLERANCE, err_msg=f"{name}, calibrated")
+        assert json.loads((tmp_path / name / "calibrated" / "cifarflow.json").read_text())["temperature"] == TEMPERATURE

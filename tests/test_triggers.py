@@ -79,15 +79,22 @@ def wait_for_runs(server, deployment_id, data_dir: Path, timeout: float = 90) ->
     return runs
 
 
-def dataset_events(server, data_dir: Path) -> list:
+def dataset_events(server, data_dir: Path, at_least: int = 0, timeout: float = 30) -> list:
+    """The server's stored `cifar10.dataset.updated` events for `data_dir`, waiting up to `timeout` s
+    for `at_least` of them: the server stores events in batches, after its triggers have seen them."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
 
-    with server.client_settings(), get_client(sync_client=True) as client:
-        events = client.read_events(
-            EventFilter(event=EventNameFilter(name=["cifar10.dataset.updated"])), limit=50
-        ).events
-    return [e for e in events if e.resource.id == f"cifar10.dataset.{data_dir.resolve()}"]
+    deadline = time.monotonic() + timeout
+    while True:
+        with server.client_settings(), get_client(sync_client=True) as client:
+            events = client.read_events(
+                EventFilter(event=EventNameFilter(name=["cifar10.dataset.updated"])), limit=50
+            ).events
+        found = [e for e in events if e.resource.id == f"cifar10.dataset.{data_dir.resolve()}"]
+        if len(found) >= at_least or time.monotonic() > deadline:
+            return found
+        time.sleep(1)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +185,7 @@ def test_corrections_sent_to_the_service_become_a_batch_and_a_retrain(
 
     runs = wait_for_runs(server, deployment.id, data_dir)
     assert len(runs) == 1, "the event trigger did not create a flow run within 90 s"
-    assert len(dataset_events(server, data_dir)) == 1
+    assert len(dataset_events(server, data_dir, at_least=1)) == 1
 
     again = server.run(sys.executable, "flows/feedback_flow.py", "--data-dir", str(data_dir), timeout=240)
     assert again.stdout.strip().splitlines()[-1] == "done: no new answers since the last export", again.stdout

@@ -66,7 +66,17 @@ def test_api_shows_states_artifacts_and_epoch_logs(finished_runs):
         artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=runs)}
         logs = [log.message for log in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))]
     assert tasks == dict.fromkeys(
-        ["ingest", "validate", "preprocess-unit", "train-seed-e1", "evaluate-seed", "report-seed", "promote-seed"],
+        [
+            "ingest",
+            "validate",
+            "preprocess-unit",
+            "train-seed-e1",
+            "evaluate-seed",
+            "calibrate-seed",
+            "robustness-seed",
+            "report-seed",
+            "promote-seed",
+        ],
         "Completed",
     )
     assert "Dataset version" in artifacts["cifar10-data-validation"].data  # the validate stage's table
@@ -126,7 +136,7 @@ def test_browser_shows_completed_run_and_report_artifact(finished_runs):
         playwright.expect(page.get_by_role("heading", name="Per-class metrics (test set)")).to_be_visible()
         page.wait_for_load_state("networkidle")
         loaded = page.eval_on_selector_all("img[src^='data:image/png']", "imgs => imgs.map(i => i.naturalWidth)")
-        assert len(loaded) == 4 and all(width > 100 for width in loaded), loaded  # 3 plots + the difference
+        assert len(loaded) == 5 and all(width > 100 for width in loaded), loaded  # 3 plots, reliability, difference
         page.screenshot(path=shots / "report-artifact.png")  # the report's top
         # the page scrolls in an inner pane, so full_page screenshots miss the rest: scroll to it
         section.scroll_into_view_if_needed()

@@ -11,7 +11,8 @@ from cifarflow.calibration.scores import expected_calibration_error, reliability
 
 
 def reliability_diagram(panels: list[tuple[str, np.ndarray]], labels: np.ndarray, path: Path, bins: int = 15) -> Path:
-    """One panel per (title, (N, classes) probabilities), written to `path` as a PNG."""
+    """One panel per (title, (N, classes) probabilities), written to `path` as a PNG: per bin, the
+    accuracy as a bar and the gap to the bin's mean confidence hatched (above the bar: overconfident)."""
     import matplotlib.pyplot as plt
 
     from cifarflow.evaluation.plots import save_figure
@@ -23,18 +24,21 @@ def reliability_diagram(panels: list[tuple[str, np.ndarray]], labels: np.ndarray
         width = 1.0 / bins
         filled = binned.counts > 0
         ax.bar(centres[filled], binned.accuracy[filled], width=width, edgecolor="black", label="accuracy")
+        gap_low = np.minimum(binned.confidence[filled], binned.accuracy[filled])
         ax.bar(
             centres[filled],
-            binned.confidence[filled] - binned.accuracy[filled],
-            bottom=binned.accuracy[filled],
+            np.abs(binned.confidence[filled] - binned.accuracy[filled]),
+            bottom=gap_low,
             width=width,
             color="tab:red",
-            alpha=0.35,
-            label="gap to confidence",
+            alpha=0.3,
+            edgecolor="tab:red",
+            hatch="//",
+            label="gap: mean confidence − accuracy",
         )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ece = expected_calibration_error(probabilities, labels, bins)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy")
         ax.set_title(f"{title}: ECE {ece:.3f}")
-        ax.legend(loc="upper left")
+        ax.legend(loc="lower right", fontsize="small")
     return save_figure(fig, path)

@@ -3,7 +3,9 @@
 `--model` accepts `champion` (the registry's alias), a version (`v3`), or a path: a registry version
 directory, an exported SavedModel directory, or a `.keras` file (its preset is read from the
 `train.json` the trainer wrote beside it). Registry versions are scored through their exported
-artifact, so batch prediction, the service and any other client run the same graph.
+artifact, so batch prediction, the service and any other client run the same graph, and get the
+calibrated probabilities (the temperature is traced into the export). A bare `.keras` file is the
+network as trained: its probabilities are not calibrated, since the temperature is fitted after it.
 """
 
 from __future__ import annotations
