@@ -78,14 +78,22 @@ def measure(data_dir: Path, model: str) -> tuple[str, str]:
         f"| {before['brier']:.4f} → {after['brier']:.4f} | {before['mean_confidence']:.3f} → "
         f"{after['mean_confidence']:.3f} |"
     )
+    calibration_head = (
+        "| model | accuracy | T | ECE before → after | NLL before → after | Brier before → after "
+        "| mean confidence before → after |\n|---|---:|---:|---:|---:|---:|---:|"
+    )
     corruption = " | ".join(f"{np.mean(v['accuracy']):.3f}" for v in robustness["corruptions"].values())
+    robustness_head = (
+        f"| model | clean | {' | '.join(robustness['corruptions'])} | mean under corruption | its ECE "
+        f"| stage time |\n|---|{'---:|' * (len(robustness['corruptions']) + 5)}"
+    )
     robust_line = (
         f"| `{record.preset}` {version.name} | {robustness['clean_accuracy']:.3f} | {corruption} "
         f"| **{robustness['mean_corruption_accuracy']:.3f}** | {robustness['mean_corruption_ece']:.3f} "
         f"| {robustness_s:.0f} s |"
     )
     print(json.dumps({"calibration": calibration, "robustness": robustness, "predict_s": round(predict_s, 1)}))
-    return record.preset, f"{line}\n{robust_line}"
+    return record.preset, f"{calibration_head}\n{line}\n\n{robustness_head}\n{robust_line}"
 
 
 def write_rows(out: Path, preset: str, rows: str, command: str) -> None:
