@@ -4,7 +4,7 @@ decides promotion night after night, and what splitting the test set buys.
     python benchmarks/bench_test_reuse.py --out benchmarks/test_reuse.md
 
 A simulation of `--nights` nightly retrains of an unchanged recipe (no model is truly better than
-another, up to seed noise), repeated `--years` times, under two schemes:
+another, up to seed noise), repeated `--years` times, under three schemes:
 
 * **shared**: McNemar's gate (exact, alpha 0.05, the promote stage's `decide`) and the reported
   figure both use all `--test-images` test images (the pipeline before the test-set halves);

@@ -66,8 +66,8 @@ def measure(data_dir: Path, model: str) -> tuple[str, str]:
             version.directory / "model.keras",
             record.preset,
             features,
-            Path(scratch) / "calibration" / "probabilities.npy",
-            calibration["temperature"],
+            evaluation / "probabilities.npy",
+            (calibration["half_temperatures"]["A"], calibration["half_temperatures"]["B"]),
             Path(scratch) / "robustness",
         ).summary
         robustness_s = time.perf_counter() - started

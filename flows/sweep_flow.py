@@ -1,5 +1,6 @@
-"""Hyper-parameter sweep: ingest and preprocess once, then train → evaluate every trial configuration
-in parallel on a Dask cluster, report each trial like a normal run, and publish a leaderboard.
+"""Hyper-parameter sweep: ingest and preprocess once, then train → evaluate → calibrate → robustness
+every trial configuration in parallel on a Dask cluster, report each trial like a normal run, and
+publish a leaderboard. (Each trial measures its robustness too: 7 s for `seed`, 2 min for `quick`.)
 
     python flows/sweep_flow.py --source data/cache/cifar-10-python.tar.gz \\
         --learning-rates 0.001,0.0003 --batch-sizes 32,64 --epochs 5
@@ -56,7 +57,7 @@ STAGE_TASKS = stage_tasks()
 def run_trials(
     sweep: str, trials: list[PipelineConfig], trial_names: list[str], data: dict[str, Any]
 ) -> dict[str, Any]:
-    """The trial stages (train → evaluate) of every trial on this flow's task runner (Dask), each trial
+    """The trial stages (train up to the report: `trials.TRIAL_STAGES`) of every trial on this flow's task runner (Dask), each trial
     through the pipeline's runner, starting from the data stages' outputs `data`. Returns the cluster
     it ran on and, per trial, its states and outputs or error (`trials.submit_trials`)."""
     logger = get_run_logger()

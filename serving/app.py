@@ -137,6 +137,10 @@ class ModelRecord(BaseModel):
     decision: str | None = None
     id: str | None = Field(None, description="sha256 of the model file")
     smoke: dict[str, Any] | None = Field(None, description="the smoke test run before it was registered")
+    temperature: float | None = Field(
+        None, description="the calibration temperature its probabilities are scaled by (absent: uncalibrated)"
+    )
+    test_set_decisions: int | None = Field(None, description="promotion decisions its test set had served")
 
 
 class FeedbackRequest(BaseModel):

@@ -40,4 +40,5 @@ def promote(
         preprocess.label_names,
         get_run_logger().info,
         min_accuracy=config.resolved_min_accuracy,
+        temperature=calibrate.temperature,
     )

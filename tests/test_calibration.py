@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from cifarflow.calibration.calibrate import cross_fit
+from cifarflow.calibration.calibrate import check_probabilities, cross_fit
 from cifarflow.calibration.halves import half_of
 from cifarflow.calibration.scores import (
     brier_score,
@@ -167,3 +167,28 @@ def test_halves_follow_each_image_not_its_position():
     order = rng.permutation(2_000)
     np.testing.assert_array_equal(half_of(pixels[order]), halves[order])
     np.testing.assert_array_equal(half_of(pixels[:10]), halves[:10])  # the same whatever else the set holds
+
+
+def test_a_half_too_small_to_fit_on_leaves_the_scores_in_sample():
+    probabilities, labels = calibrated_sample(200, seed=5)
+    in_a = np.arange(200) < 5  # 5 images in half A
+    fit = cross_fit(probabilities, labels, in_a)
+    assert fit.half_temperatures == (fit.temperature, fit.temperature)
+    np.testing.assert_allclose(fit.cross_fitted, apply_temperature(probabilities, fit.temperature))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: np.where(np.arange(len(p))[:, None] == 3, np.nan, p), "1 rows with NaN"),
+        (lambda p: p[:-1], "shape"),
+        (lambda p: p * 2, "not probability distributions"),
+        (lambda p: p[:, 0], "shape"),
+    ],
+)
+def test_probabilities_that_are_not_distributions_are_refused_by_name(tmp_path, change, message):
+    probabilities, labels = calibrated_sample(50, seed=6)
+    with pytest.raises(ValueError, match=message) as refused:
+        check_probabilities(change(probabilities), labels, tmp_path / "probabilities.npy")
+    assert "probabilities.npy cannot be calibrated" in str(refused.value)
+    check_probabilities(probabilities, labels, tmp_path / "probabilities.npy")  # the untouched ones pass

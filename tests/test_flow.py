@@ -78,6 +78,9 @@ def check_calibration_and_robustness(config, report_dir, metrics):
 
     champion = config.layout.registry / "champion"
     assert read_json(champion / "version.json")["temperature"] == metrics["temperature"]
+    assert read_json(champion / "version.json")["test_set_decisions"] == 1
+    assert read_json(report_dir / "model_card.json")["test_set_decisions"] == 1
+    assert read_json(report_dir / "promotion.json")["test_set_decisions"] == 1
     (features,) = config.layout.features.iterdir()
     (calibrated,) = config.layout.calibrations.glob("*/probabilities.npy")
     exported = load_export(champion / "export").probabilities(load_split(features, "test", "pixels"))

@@ -4,12 +4,15 @@ figures being the classifier's accuracy on the corrupted images."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from cifarflow.calibration.scores import expected_calibration_error
 from cifarflow.calibration.temperature import apply_temperature
 from cifarflow.data.corruptions import corrupt
-from cifarflow.robustness.robustness import SEVERITIES, corrupted_sets, robustness_table
+from cifarflow.robustness.robustness import SEVERITIES, corrupted_sets, score_corruptions
 
 pytestmark = pytest.mark.unit
 
@@ -37,7 +40,7 @@ def nearest_colour(images: np.ndarray) -> np.ndarray:
 
 def test_severity_two_is_the_librarys_default_and_severities_grow():
     images, _ = coloured_images(4)
-    sets = corrupted_sets(images)
+    sets = list(corrupted_sets(images))
     assert [(name, severity) for name, severity, _ in sets] == [(n, s) for n in SEVERITIES for s in (1, 2, 3)]
     for name, severity, corrupted in sets:
         assert corrupted.shape == images.shape and corrupted.dtype == np.uint8
@@ -50,15 +53,59 @@ def test_severity_two_is_the_librarys_default_and_severities_grow():
 
 def test_table_scores_the_classifier_on_every_corrupted_copy():
     images, labels = coloured_images()
-    clean = apply_temperature(nearest_colour(images), 0.5)
-    table = robustness_table(nearest_colour, images, labels, clean, temperature=0.5)
+    temperatures = np.where(np.arange(len(labels)) % 2 == 0, 0.5, 2.0)  # one per image, as cross-fitted
+    table = score_corruptions(nearest_colour, images, labels, nearest_colour(images), temperatures)
     assert table["images"] == len(labels) and table["clean_accuracy"] == 1.0
+    clean_ece = expected_calibration_error(apply_temperature(nearest_colour(images), temperatures), labels)
+    assert table["clean_ece"] == pytest.approx(clean_ece, abs=1e-6)
     assert list(table["corruptions"]) == list(SEVERITIES)
     for name, entry in table["corruptions"].items():
         assert len(entry["accuracy"]) == len(entry["ece"]) == 3 and entry["severities"] == list(SEVERITIES[name][2])
     brightness = table["corruptions"]["brightness"]["accuracy"]
     assert brightness[2] < 1.0 and brightness[2] <= brightness[0]  # ×0.3 darkens colours into their neighbours
-    expected = nearest_colour(corrupt(images, "brightness", seed=2)).argmax(1) == labels  # severity 2, directly
-    assert brightness[1] == pytest.approx(expected.mean())
+    darker = nearest_colour(corrupt(images, "brightness", seed=2))  # severity 2, directly
+    assert brightness[1] == pytest.approx((darker.argmax(1) == labels).mean())
+    scaled_ece = expected_calibration_error(apply_temperature(darker, temperatures), labels)  # each its own T
+    assert table["corruptions"]["brightness"]["ece"][1] == pytest.approx(scaled_ece, abs=1e-6)
+    assert scaled_ece != pytest.approx(expected_calibration_error(darker, labels), abs=1e-3)  # the T matters
     every = [a for entry in table["corruptions"].values() for a in entry["accuracy"]]
     assert table["mean_corruption_accuracy"] == pytest.approx(np.mean(every), abs=1e-6)
+
+
+def score_with(robustness: dict | None, model_id: str):
+    from cifarflow.promotion.decision import Score
+
+    metrics = {} if robustness is None else {"robustness": robustness}
+    return Score(model_id, "run", "seed", "d", "t", np.zeros(1), np.zeros(1), metrics)
+
+
+def test_promotion_section_sets_both_models_robustness_side_by_side():
+    from cifarflow.promotion.section import robustness_markdown
+
+    images, labels = coloured_images(5)
+    new = score_corruptions(nearest_colour, images, labels, nearest_colour(images), 1.0)
+    old = new | {"clean_accuracy": 0.5, "mean_corruption_accuracy": 0.25}
+    both = robustness_markdown(score_with(new, "b"), score_with(old, "a"))
+    assert "| clean | 0.5000 | 1.0000 |" in both
+    assert f"| **mean under corruption** | 0.2500 | {new['mean_corruption_accuracy']:.4f} |" in both
+    assert all(f"| {name} |" in both for name in SEVERITIES)
+    unmeasured = robustness_markdown(score_with(new, "b"), score_with(None, "a"))  # registered before the stage
+    assert "| clean | – | 1.0000 |" in unmeasured
+    other_images = robustness_markdown(score_with(new, "b"), score_with(old | {"images": 7}, "a"))
+    assert "| clean | – |" in other_images  # not the same subset: not comparable
+    assert robustness_markdown(score_with(None, "b"), None) == ""
+
+
+def test_decisions_are_counted_per_test_set(tmp_path):
+    from cifarflow.registry.api import decisions_on_test_set
+
+    log = [
+        {"test_set_sha256": "t1", "reason": "first"},
+        {"test_set_sha256": "t1", "reason": "not-better"},
+        {"test_set_sha256": "t1", "reason": "already-champion"},  # nothing was judged
+        {"test_set_sha256": "t2", "reason": "better"},
+        {"reason": "better"},  # logged before decisions named their test set
+    ]
+    (tmp_path / "decisions.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in log))
+    assert decisions_on_test_set(tmp_path, "t1") == (2, 1)
+    assert decisions_on_test_set(tmp_path, "t2") == (1, 1) and decisions_on_test_set(tmp_path, "t3") == (0, 1)

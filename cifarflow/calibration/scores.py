@@ -9,7 +9,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 BINS = 15  # equal-width confidence bins, as in Guo et al. (2017), "On Calibration of Modern Neural Networks"
-FLOOR = 1e-12  # the smallest probability a log is taken of: a 0 probability of the true class costs 27.6 nats
+# the smallest probability a log is taken of, here and in temperature scaling (so the fitted T minimises
+# the NLL reported): float32's smallest normal number, so the export's float32 graph takes the same log
+TINY = float(np.finfo(np.float32).tiny)
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,11 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
 
 
 def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Mean −log p(true class), in nats (the cross-entropy loss); probabilities below FLOOR count as FLOOR."""
+    """Mean −log p(true class), in nats (the cross-entropy loss); probabilities below TINY count as TINY."""
     if len(labels) == 0:
         return 0.0
     true = np.asarray(probabilities, np.float64)[np.arange(len(labels)), np.asarray(labels).astype(np.int64)]
-    return float(-np.mean(np.log(np.maximum(true, FLOOR))))
+    return float(-np.mean(np.log(np.maximum(true, TINY))))
 
 
 def brier_score(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import numpy as np
 
-# probabilities are floored here before the log: float32's smallest normal number, so the export's
-# float32 graph and this float64 arithmetic take the same log (a 0 from float32 underflow stays ≈ 0)
-TINY = float(np.finfo(np.float32).tiny)
+from cifarflow.calibration.scores import TINY
+
 BOUNDS = (0.05, 20.0)  # the temperatures searched; a fit at a bound means the data could not pin T down
 
 
-def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """(N, classes) probabilities → softmax(log p / T), float64, rows summing to 1; ValueError for T ≤ 0."""
-    if not temperature > 0:
+def apply_temperature(probabilities: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
+    """(N, classes) probabilities → softmax(log p / T), float64, rows summing to 1. `temperature` is
+    one T or (N,) one per row; ValueError for a T that is not positive."""
+    temperature = np.asarray(temperature, np.float64)
+    if not np.all(temperature > 0):
         raise ValueError(f"a temperature must be positive, got {temperature}")
-    scaled = np.log(np.maximum(np.asarray(probabilities, np.float64), TINY)) / temperature
+    divisor = temperature[:, None] if temperature.ndim == 1 else temperature
+    scaled = np.log(np.maximum(np.asarray(probabilities, np.float64), TINY)) / divisor
     scaled -= scaled.max(axis=1, keepdims=True)
     exp = np.exp(scaled)
     return exp / exp.sum(axis=1, keepdims=True)

@@ -125,7 +125,7 @@ SPECS: dict[str, StageSpec] = {
         params=("model",),
         code=(*MODEL_CODE, "cifarflow.robustness", "cifarflow.calibration", "cifarflow.evaluation"),
         libraries=(*TF_LIBS, "numpy", "pillow"),
-        upstream=("preprocess", "train", "calibrate"),
+        upstream=("preprocess", "train", "evaluate", "calibrate"),
         find=lambda config, key, upstream: find_robustness(config.layout.robustness_dir(key)),
     ),
     "report": StageSpec(

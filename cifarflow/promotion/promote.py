@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cifarflow.data.transform import load_split
-from cifarflow.files import atomic_path
+from cifarflow.files import atomic_path, read_json, write_json
 from cifarflow.promotion.champions import baseline_of
 from cifarflow.promotion.decision import Decision, Score, decide, score_from_evaluation, test_set_id
 from cifarflow.promotion.outcome import Promotion, record_outcome
@@ -41,7 +41,6 @@ from cifarflow.promotion.rollback import respect_rollback
 from cifarflow.promotion.section import (
     comparison_markdown,
     confusion_difference,
-    decisions_on,
     robustness_markdown,
     test_set_paragraph,
     write_section,
@@ -54,9 +53,9 @@ from cifarflow.registry.api import (
     VersionRejected,
     canary_indices,
     check_link_place,
+    decisions_on_test_set,
     make_champion,
     read_champion_version,
-    read_decisions,
     read_results,
     record_decision,
     stage_next_version,
@@ -127,6 +126,8 @@ def version_record(
     model_path: Path,
     now: datetime,
     data_dir: Path | None = None,
+    *,
+    temperature: float | None = None,
     test_set_decisions: int | None = None,
 ) -> VersionRecord:
     """What version.json says about a promoted challenger (the registry adds its name and smoke test).
@@ -137,7 +138,7 @@ def version_record(
         run_name=challenger.run_name,
         preset=challenger.preset,
         accuracy=challenger.accuracy,
-        temperature=challenger.metrics.get("temperature"),
+        temperature=temperature,
         test_set_decisions=test_set_decisions,
         label_names=tuple(label_names),
         dataset_version=challenger.dataset_version,
@@ -160,6 +161,8 @@ def stage_challenger(
     canary: Canary,
     label_names,
     log,
+    *,
+    temperature: float | None = None,
     test_set_decisions: int | None = None,
 ) -> tuple[Decision, StagedVersion | Version | None]:
     """Export and smoke-test a promoted challenger into a staged version (not yet in the registry), or
@@ -172,7 +175,14 @@ def stage_challenger(
         return decision, registered
     data_dir = Path(registry).parent  # the layout's: <data dir>/registry
     record = version_record(
-        challenger, decision, label_names, model_path, datetime.now(UTC), data_dir, test_set_decisions
+        challenger,
+        decision,
+        label_names,
+        model_path,
+        datetime.now(UTC),
+        data_dir,
+        temperature=temperature,
+        test_set_decisions=test_set_decisions,
     )
     try:
         staged = stage_next_version(
@@ -205,22 +215,35 @@ def promote_challenger(
     label_names: list[str],
     log=print,
     min_accuracy: float | None = None,
+    temperature: float | None = None,
 ):
-    """Decide, stage the winner (export + smoke test), write promotion.md/.json and the report
-    section, then register it and move the champion alias (only if nobody moved it meanwhile: see
-    registry.api.AliasMoved). RegistryDamaged, before anything is written, when the champion, the
-    alias, or (for a promotion) what stands at `registry/champion` is damaged: the message names the
-    file and what to do."""
+    """Decide, stage the winner (export with `temperature`, the calibrate stage's, + smoke test),
+    write promotion.md/.json and the report section, then register it and move the champion alias
+    (only if nobody moved it meanwhile: see registry.api.AliasMoved). RegistryDamaged, before anything
+    is written, when the champion, the alias, or (for a promotion) what stands at `registry/champion`
+    is damaged: the message names the file and what to do."""
     from cifarflow.evaluation import plots
 
     current = read_champion_version(registry)
     judged_against = current.name if current else None
     champion = version_score(current) if current else None
-    served = decisions_on(read_decisions(registry), challenger.test_set_sha256) + 1  # this one included
     decision = respect_rollback(decide(challenger, champion, alpha=alpha, min_accuracy=min_accuracy), registry)
+    earlier, unattributed = decisions_on_test_set(registry, challenger.test_set_sha256)
+    judged = decision.reason != "already-champion"
+    served = earlier + judged  # this decision included, when it judged anything
     if decision.promoted:
         check_link_place(registry)  # the alias could not be moved: stop before registering anything
-    decision, candidate = stage_challenger(challenger, decision, model_path, registry, canary, label_names, log, served)
+    decision, candidate = stage_challenger(
+        challenger,
+        decision,
+        model_path,
+        registry,
+        canary,
+        label_names,
+        log,
+        temperature=temperature,
+        test_set_decisions=served,
+    )
     log(decision.summary)
     out = Path(report.directory)
     diff_plot = None
@@ -237,12 +260,13 @@ def promote_challenger(
     section = (
         comparison_markdown(decision, challenger, champion, diff_plot)
         + robustness_markdown(challenger, champion if decision.comparable else None)
-        + test_set_paragraph(served)
+        + test_set_paragraph(served, judged, unattributed)
         + registry_paragraph(candidate, judged_against)
     )
     with atomic_path(out / "promotion.md") as tmp:
         tmp.write_text(section)
     write_section(report.report_path, section)
+    note_test_set_use(out / "model_card.json", served)
     # the decision is written before the alias moves: a crash in between makes the next run see a
     # registry that disagrees with promotion.json, and decide again (reusing the registered version)
     baseline = baseline_of(current, challenger.model_id)  # what the stage's key read (`baseline_id`)
@@ -252,6 +276,12 @@ def promote_challenger(
         log(f"champion is now {version.name} ({challenger.model_id[:12]}, {report.run_name})")
     record_decision(registry, decision, report.run_name, test_set_sha256=challenger.test_set_sha256)
     return outcome
+
+
+def note_test_set_use(card_path: Path, served: int) -> None:
+    """Record in the run's model card how many promotion decisions its test set has served."""
+    card = read_json(card_path)
+    write_json(card_path, card | {"test_set_decisions": served})
 
 
 def _relative(path: Path, root: Path | None) -> str:

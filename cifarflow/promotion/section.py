@@ -111,20 +111,19 @@ def write_section(report_md: Path, section: str) -> None:
         tmp.write_text(with_section(text, section))
 
 
-def decisions_on(decisions: list[dict[str, Any]], test_set_sha256: str) -> int:
-    """How many recorded decisions judged a model on this test set (a challenger that already was the
-    champion was not judged). Decisions logged before the log named test sets are not counted."""
-    return sum(
-        1 for d in decisions if d.get("test_set_sha256") == test_set_sha256 and d.get("reason") != "already-champion"
+def test_set_paragraph(served: int, judged: bool, unattributed: int = 0) -> str:
+    """How many promotion decisions these test images have served (`served`, this one included when
+    `judged`); `unattributed` older decisions were logged before the log named test sets."""
+    count = f"this is promotion decision {served}" if judged else f"no new decision; {served} so far"
+    older = (
+        f" ({unattributed} earlier decisions were logged without their test set and may add to it)"
+        if unattributed
+        else ""
     )
-
-
-def test_set_paragraph(served: int) -> str:
     return (
-        f"\n**Test set:** this is promotion decision {served} on these test images. Every decision on the same "
-        "images lets chance favour the model that happened to do well on them; `benchmarks/test_reuse.md` "
-        "measures how far that lifts the champion's reported accuracy over a year of nightly retrains "
-        "under this gate.\n"
+        f"\n**Test set:** {count} on these test images{older}. Every decision on the same images lets chance "
+        "favour the model that happened to do well on them; `benchmarks/test_reuse.md` measures how far that "
+        "lifts the champion's reported accuracy over a year of nightly retrains under this gate.\n"
     )
 
 

@@ -7,7 +7,8 @@ Reading:
 - `version_of_model(registry, model_id)`: the version holding a model, if it was ever registered;
 - `read_results(version)`: its predictions, labels and metrics, which McNemar's test pairs;
 - `alias_moves(registry)`: every move of the champion alias, oldest first (who, when, from, to, why);
-- `read_decisions(registry)`: every champion/challenger decision, oldest first.
+- `read_decisions(registry)`: every champion/challenger decision, oldest first;
+- `decisions_on_test_set(registry, test_set_sha256)`: how many of them judged a model on a test set.
 
 Writing:
 - `check_link_place(registry)`: RegistryDamaged now, before anything is written, if what stands at
@@ -107,6 +108,16 @@ def read_decisions(registry: Path) -> list[dict[str, Any]]:
     return read_lines(Path(registry) / DECISIONS)[0]
 
 
+def decisions_on_test_set(registry: Path, test_set_sha256: str) -> tuple[int, int]:
+    """(decisions that judged a model on this test set, decisions logged before the log named test
+    sets). A challenger that already was the champion was not judged and is not counted."""
+    decisions = read_decisions(registry)
+    judged = sum(
+        1 for d in decisions if d.get("test_set_sha256") == test_set_sha256 and d.get("reason") != "already-champion"
+    )
+    return judged, sum(1 for d in decisions if "test_set_sha256" not in d)
+
+
 __all__ = [
     "AliasMoved",
     "Canary",
@@ -122,6 +133,7 @@ __all__ = [
     "check_link_place",
     "make_champion",
     "read_champion_version",
+    "decisions_on_test_set",
     "read_decisions",
     "read_results",
     "record_decision",

@@ -35,7 +35,7 @@ def export_model(
     import keras
     import tensorflow as tf
 
-    from cifarflow.calibration.temperature import TINY
+    from cifarflow.calibration.scores import TINY
     from cifarflow.models.registry import get_preset
 
     model = get_preset(preset).load(model_path)

@@ -126,7 +126,7 @@ def describe_warm_start(warm: dict[str, Any] | None) -> str:
     return f"requested, trained from scratch: {warm['reason']}"
 
 
-def robustness_table(summary: dict[str, Any]) -> str:
+def corruption_table(summary: dict[str, Any]) -> str:
     """The report's corruption table: one row per corruption, one column per severity."""
     lines = [
         f"Accuracy on the first {summary['images']:,} test images (clean {summary['clean_accuracy']:.4f}); "
@@ -157,12 +157,12 @@ def calibration_section(calibration: dict[str, Any], plot_prefix: str = "") -> s
     halves = calibration["halves"]
     return f"""## Calibration
 
-The model's probabilities are scaled by a temperature **T = {calibration["temperature"]:.3f}** (temperature
-scaling, Guo et al. 2017), part of the exported model: the service, batch prediction and evaluation
-return the scaled probabilities. T was fitted by minimising NLL on the {calibration["images"]:,} test
-images; the scores after scaling are cross-fitted: the test set's two fixed halves ({halves["A"]:,} and
-{halves["B"]:,} images, by pixel hash) are each scaled with the temperature fitted on the other
-(T = {calibration["half_temperatures"]["A"]:.3f} and {calibration["half_temperatures"]["B"]:.3f}).
+The exported model (what the service and batch prediction run) scales the network's probabilities by
+a temperature **T = {calibration["temperature"]:.3f}** (temperature scaling, Guo et al. 2017), fitted by
+minimising NLL on the {calibration["images"]:,} test images. "Before" scores the network's own
+probabilities; "after" is {calibration["after_is"]} (halves of {halves["A"]:,} and {halves["B"]:,} images,
+by pixel hash; T = {calibration["half_temperatures"]["A"]:.3f} and {calibration["half_temperatures"]["B"]:.3f}).
+{"**T is at a bound of the search: the test set did not pin it down.**" if calibration.get("at_bound") else ""}
 
 | score | before | after |
 |---|---|---|
@@ -186,9 +186,9 @@ def render_markdown(
 
 **Test accuracy {metrics["test_accuracy"]:.4f}** (loss {metrics["test_loss"]:.4f}) with model `{card["model"]}`;
 the classic notebook's published seed is {SEED_PUBLISHED_ACCURACY:.3f} ({delta:+.3f}).
-Test-time augmentation: {metrics.get("tta", "none")}. Calibrated probabilities (T = {metrics["temperature"]:.3f}):
-ECE {metrics["ece"]:.4f}, NLL {metrics["nll"]:.4f}, Brier {metrics["brier"]:.4f}; mean accuracy under
-corruption {metrics["mean_corruption_accuracy"]:.4f}.
+Test-time augmentation: {metrics.get("tta", "none")}. The loss is the network's own; its probabilities as
+served are calibrated (T = {metrics["temperature"]:.3f}): ECE {metrics["ece"]:.4f}, NLL {metrics["nll"]:.4f},
+Brier {metrics["brier"]:.4f}. Mean accuracy under corruption {metrics["mean_corruption_accuracy"]:.4f}.
 
 ## Per-class metrics (test set)
 
@@ -201,7 +201,7 @@ Macro F1 {report["macro avg"]["f1-score"]:.4f}; weighted F1 {report["weighted av
 {calibration_section(metrics["calibration"], plot_prefix)}
 ## Robustness to corrupted images
 
-{robustness_table(metrics["robustness"])}
+{corruption_table(metrics["robustness"])}
 {data_section}
 ## Plots
 

@@ -4,19 +4,23 @@ and pixelation, each at three severities, on a fixed subset of the test set, bes
 The corruptions are the library's (`cifarflow.data.corruptions`), the same functions the drift
 monitor's benchmark uses; severity 2 of each is that module's default. The model is scored through
 its preset's serving function (the arithmetic its export traces, test-time augmentation included) and
-the calibrated temperature, so the figures are the deployed model's. The subset is the first
+scaled by the temperature fitted on the other half of the test set (as the calibrate stage reports
+its own scores), so the figures are the deployed model's and no ECE is in-sample. The subset is the first
 `SUBSET` test images (the test set is in a random class order), fixed for a test set.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cifarflow.calibration.calibrate import held_out_temperatures
+from cifarflow.calibration.halves import half_of
 from cifarflow.calibration.scores import calibration_scores
 from cifarflow.calibration.temperature import apply_temperature
 from cifarflow.data import corruptions
@@ -56,29 +60,28 @@ class Robustness(StageOutput):
         return read_json(self.directory / "robustness.json")
 
 
-def corrupted_sets(pixels: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
-    """(corruption, severity 1..3, corrupted copy of `pixels`) for every entry of SEVERITIES."""
-    out = []
+def corrupted_sets(pixels: np.ndarray) -> Iterator[tuple[str, int, np.ndarray]]:
+    """(corruption, severity 1..3, corrupted copy of `pixels`) for every entry of SEVERITIES, one
+    copy at a time."""
     for name, (parameter, values, _) in SEVERITIES.items():
         apply = corruptions.CORRUPTIONS[name].apply
         for severity, value in enumerate(values, start=1):
-            out.append((name, severity, apply(pixels, **{parameter: value}, seed=severity)))
-    return out
+            yield name, severity, apply(pixels, **{parameter: value}, seed=severity)
 
 
 def score_in_batches(probabilities_of, pixels: np.ndarray, batch: int = BATCH) -> np.ndarray:
     return np.concatenate([probabilities_of(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
 
 
-def robustness_table(
-    probabilities_of, pixels: np.ndarray, labels: np.ndarray, clean: np.ndarray, temperature: float
+def score_corruptions(
+    probabilities_of, pixels: np.ndarray, labels: np.ndarray, clean: np.ndarray, temperature: float | np.ndarray
 ) -> dict[str, Any]:
     """Score every corrupted copy of (N, 32, 32, 3) uint8 `pixels` with `probabilities_of` (uint8
-    batch → (n, classes) uncalibrated probabilities), scale them by `temperature`, and tabulate
-    accuracy and ECE per corruption and severity; `clean` are the calibrated probabilities of the
-    uncorrupted images."""
+    batch → (n, classes) uncalibrated probabilities), scale them by `temperature` (one, or (N,) one
+    per image), and tabulate accuracy and ECE per corruption and severity; `clean` are the
+    uncorrupted images' uncalibrated probabilities."""
     labels = np.asarray(labels).astype(np.int64)
-    clean_scores = calibration_scores(clean, labels)
+    clean_scores = calibration_scores(apply_temperature(clean, temperature), labels)
     table: dict[str, Any] = {}
     for name, _, images in corrupted_sets(pixels):
         scores = calibration_scores(apply_temperature(score_in_batches(probabilities_of, images), temperature), labels)
@@ -102,13 +105,15 @@ def measure_robustness(
     model_path: Path,
     preset_name: str,
     features_dir: Path,
-    calibrated: Path,
-    temperature: float,
+    evaluated: Path,
+    half_temperatures: tuple[float, float],
     out_dir: Path,
     log=print,
 ) -> Robustness:
     """Score the first SUBSET test images under every corruption with the trained model and write
-    out_dir/robustness.json whole. `calibrated` is the calibrate stage's probabilities.npy."""
+    out_dir/robustness.json whole. `evaluated` is the evaluate stage's probabilities.npy (the clean
+    images'); each image is scaled with the temperature fitted on the other half of the test set
+    (`cifarflow.calibration.calibrate.held_out_temperatures`), so no ECE here is in-sample."""
     import tensorflow as tf
 
     from cifarflow.models.registry import get_preset
@@ -118,14 +123,15 @@ def measure_robustness(
     graph = tf.function(preset.serving_function(preset.load(model_path)), reduce_retracing=True)
     labels = np.asarray(load_split(features_dir, "test", "labels")[:SUBSET]).astype(np.int64)
     pixels = np.asarray(load_split(features_dir, "test", "pixels")[:SUBSET])
-    clean = np.load(calibrated, mmap_mode="r")[: len(labels)]
-    table = robustness_table(
-        lambda batch: graph(tf.convert_to_tensor(batch)).numpy(), pixels, labels, clean, temperature
-    ) | {"seconds": round(time.perf_counter() - started, 1)}
-    log(
+    clean = np.load(evaluated, mmap_mode="r")[: len(labels)]
+    temperatures = held_out_temperatures(half_of(pixels), half_temperatures)
+    table = score_corruptions(
+        lambda batch: graph(tf.convert_to_tensor(batch)).numpy(), pixels, labels, clean, temperatures
+    )
+    log(  # the time is logged, not written: the output's fingerprint must not change with it
         f"robustness on {table['images']} test images: clean accuracy {table['clean_accuracy']:.4f}, "
         f"mean over {sum(len(v['accuracy']) for v in table['corruptions'].values())} corruptions "
-        f"{table['mean_corruption_accuracy']:.4f} ({table['seconds']:.0f} s)"
+        f"{table['mean_corruption_accuracy']:.4f} ({time.perf_counter() - started:.0f} s)"
     )
     with atomic_directory(out_dir) as staging:
         write_json(staging / "robustness.json", table)
