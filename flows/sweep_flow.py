@@ -57,9 +57,10 @@ STAGE_TASKS = stage_tasks()
 def run_trials(
     sweep: str, trials: list[PipelineConfig], trial_names: list[str], data: dict[str, Any]
 ) -> dict[str, Any]:
-    """The trial stages (train up to the report: `trials.TRIAL_STAGES`) of every trial on this flow's task runner (Dask), each trial
-    through the pipeline's runner, starting from the data stages' outputs `data`. Returns the cluster
-    it ran on and, per trial, its states and outputs or error (`trials.submit_trials`)."""
+    """The trial stages (train up to the report: `trials.TRIAL_STAGES`) of every trial on this flow's
+    task runner (Dask), each trial through the pipeline's runner, starting from the data stages'
+    outputs `data`. Returns the cluster it ran on and, per trial, its states and outputs or error
+    (`trials.submit_trials`)."""
     logger = get_run_logger()
     context = FlowRunContext.get()
     single_threaded_workers(context.task_runner)
