@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         bias = np.array([r["bias"] for r in runs])
         rows.append(
             f"| {scheme} | {bias.mean() * 100:+.2f} ± {bias.std(ddof=1) / np.sqrt(len(bias)) * 100:.2f} "
-            f"| {bias.std(ddof=1) * 100:.2f} | {np.mean([r['promotions'] for r in runs]):.1f} "
+            f"| {bias.std(ddof=1) * 100:.2f} | {np.sqrt(np.mean(bias**2)) * 100:.2f} "
+            f"| {np.mean([r['promotions'] for r in runs]):.1f} "
             f"| {np.mean(power):.0%} |"
         )
         print(rows[-1], flush=True)
@@ -131,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{time.perf_counter() - started:.0f} s).",
             "",
             "| scheme | champion's reported − true accuracy after a year, points (mean ± se) | sd across years "
-            f"| promotions a year | power: a +{args.better * 100:.1f}-point challenger promoted |",
-            "|---|---:|---:|---:|---:|",
+            f"| root-mean-square error | promotions a year | power: a +{args.better * 100:.1f}-point challenger "
+            "promoted |",
+            "|---|---:|---:|---:|---:|---:|",
             *rows,
             "",
         ]
