@@ -35,7 +35,7 @@ $(LOCAL_ARCHIVE): | install
 	$(BIN)/python ../shared/datasets/make_cifar10_archive.py $(SHARED_JPEG) $@
 
 test: install  ## run the whole test suite (unit, flow, server and real-data tiers) on three workers
-	$(BIN)/python -m pytest -n 3 --dist loadgroup
+	$(BIN)/python -m pytest -n 3 --dist loadfile
 
 test-fast: install  ## run the unit tier only (under a minute)
 	$(BIN)/python -m pytest -m unit -q

@@ -20,21 +20,16 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 TIERS = ("slow", "server", "flow", "unit")  # slowest first
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items):
     """Tiers by what a test starts, so no marker can be forgotten: `server` (a real `prefect server
     start` subprocess) and `slow` (the full data set) are marked by their modules; a test that uses
     the session's temporary Prefect server, or is marked so because it runs the command line or a
     fresh process of the product, is `flow`; every other test is `unit`.
 
-    Workers (`make test`: `--dist loadgroup`) get a module's tests together when they share a
-    module-scoped fixture (a live server, a trained model: built once, not once per worker); every
-    other test goes to whichever worker is free, so no long file runs alone at the end. The files are
-    ordered by their slowest tier, each file's tests kept in order: the long ones start first
-    (longest processing time first)."""
+    Then the files are ordered by their slowest tier, each file's tests kept in order: `make test`
+    hands whole files to its workers in this order, and starting the long files first (longest
+    processing time first) keeps one worker from running the slowest file alone at the end."""
     for item in items:
-        if any(_scope(item, name) == "module" for name in item.fixturenames):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
         if any(item.get_closest_marker(name) for name in ("server", "slow", "flow")):
             continue
         item.add_marker(pytest.mark.flow if "prefect_server" in item.fixturenames else pytest.mark.unit)
@@ -44,11 +39,6 @@ def pytest_collection_modifyitems(items):
         rank[item.nodeid.split("::")[0]] = min(tier, rank.get(item.nodeid.split("::")[0], len(TIERS)))
     order = {id(item): number for number, item in enumerate(items)}
     items.sort(key=lambda item: (rank[item.nodeid.split("::")[0]], order[id(item)]))
-
-
-def _scope(item, fixture: str) -> str | None:
-    definitions = item._fixtureinfo.name2fixturedefs.get(fixture)
-    return definitions[-1].scope if definitions else None
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
