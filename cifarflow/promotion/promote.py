@@ -279,9 +279,10 @@ def promote_challenger(
 
 
 def note_test_set_use(card_path: Path, served: int) -> None:
-    """Record in the run's model card how many promotion decisions its test set has served."""
-    card = read_json(card_path)
-    write_json(card_path, card | {"test_set_decisions": served})
+    """Record in the run's model card (when the report has one) how many promotion decisions its test
+    set has served."""
+    if card_path.is_file():
+        write_json(card_path, read_json(card_path) | {"test_set_decisions": served})
 
 
 def _relative(path: Path, root: Path | None) -> str:
