@@ -85,7 +85,7 @@ def measure(data_dir: Path, model: str) -> tuple[str, str]:
     corruption = " | ".join(f"{np.mean(v['accuracy']):.3f}" for v in robustness["corruptions"].values())
     robustness_head = (
         f"| model | clean | {' | '.join(robustness['corruptions'])} | mean under corruption | its ECE "
-        f"| stage time |\n|---|{'---:|' * (len(robustness['corruptions']) + 5)}"
+        f"| stage time |\n|---|{'---:|' * (len(robustness['corruptions']) + 4)}"
     )
     robust_line = (
         f"| `{record.preset}` {version.name} | {robustness['clean_accuracy']:.3f} | {corruption} "

