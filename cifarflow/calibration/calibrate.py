@@ -64,6 +64,7 @@ class Fit:
     temperature: float  # fitted on every image: the one deployed
     half_temperatures: tuple[float, float]  # fitted on half A, on half B
     cross_fitted: np.ndarray  # (N, classes) float64: each half scaled with the other half's temperature
+    crossed: bool  # False: a half was under MIN_HALF images, and `cross_fitted` is in-sample
 
 
 def held_out_temperatures(in_a: np.ndarray, half_temperatures: tuple[float, float]) -> np.ndarray:
@@ -81,12 +82,12 @@ def cross_fit(probabilities: np.ndarray, labels: np.ndarray, in_a: np.ndarray) -
     probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels).astype(np.int64)
     deployed = round(fit_temperature(probabilities, labels), 6)
     if min(in_a.sum(), (~in_a).sum()) < MIN_HALF:
-        return Fit(deployed, (deployed, deployed), apply_temperature(probabilities, deployed))
+        return Fit(deployed, (deployed, deployed), apply_temperature(probabilities, deployed), crossed=False)
     halves = (
         round(fit_temperature(probabilities[in_a], labels[in_a]), 6),
         round(fit_temperature(probabilities[~in_a], labels[~in_a]), 6),
     )
-    return Fit(deployed, halves, apply_temperature(probabilities, held_out_temperatures(in_a, halves)))
+    return Fit(deployed, halves, apply_temperature(probabilities, held_out_temperatures(in_a, halves)), crossed=True)
 
 
 def check_probabilities(probabilities: np.ndarray, labels: np.ndarray, source: Path) -> None:
@@ -112,7 +113,7 @@ def calibrate_model(evaluation_dir: Path, features_dir: Path, out_dir: Path, log
     check_probabilities(raw, labels, source)
     in_a = half_of(load_split(features_dir, "test", "pixels"))
     fit = cross_fit(raw, labels, in_a)
-    crossed = min(in_a.sum(), (~in_a).sum()) >= MIN_HALF
+    crossed = fit.crossed
     before, after = calibration_scores(raw, labels), calibration_scores(fit.cross_fitted, labels)
     at_bound = any(np.isclose(fit.temperature, bound, rtol=1e-3) for bound in BOUNDS)
     log(
