@@ -4,11 +4,11 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-OFFICIAL_URL := https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz
 SHARED_JPEG := ../shared/datasets/cifar10-jpeg.tar.gz
 LOCAL_ARCHIVE := data/cache/cifar-10-python.tar.gz
-# Offline machines with ../shared beside the repo build the archive locally; elsewhere, download it.
-SOURCE ?= $(if $(wildcard $(SHARED_JPEG)),$(LOCAL_ARCHIVE),$(OFFICIAL_URL))
+# Empty: the flow's default source, one rule for every way of running (cifarflow.data.archive.default_source):
+# data/cache/cifar-10-python.tar.gz, else ../shared/datasets/cifar10-jpeg.tar.gz (built on first use), else the URL.
+SOURCE ?=
 ARGS ?=
 
 # The offline defaults (no telemetry, quiet TensorFlow) live in cifarflow/environment.py: importing it sets
@@ -28,8 +28,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-run: install $(if $(findstring $(LOCAL_ARCHIVE),$(SOURCE)),$(LOCAL_ARCHIVE))  ## run the pipeline (ARGS="--model fast" etc.)
-	$(BIN)/python flows/cifar_flow.py --source $(SOURCE) $(ARGS)
+run: install  ## run the pipeline on the default data source (SOURCE=path-or-URL, ARGS="--model fast" etc.)
+	$(BIN)/python flows/cifar_flow.py $(if $(SOURCE),--source $(SOURCE)) $(ARGS)
 
 $(LOCAL_ARCHIVE): | install
 	$(BIN)/python ../shared/datasets/make_cifar10_archive.py $(SHARED_JPEG) $@
@@ -66,8 +66,8 @@ feedback: install  ## the reviewers' new answers into the training data: one scr
 	$(BIN)/python flows/feedback_flow.py $(ARGS)
 
 bench: install $(if $(wildcard $(SHARED_JPEG)),$(LOCAL_ARCHIVE))  ## measure speed and memory (writes benchmarks/results.md)
-	$(BIN)/python benchmarks/bench_pipeline.py --source $(SOURCE) --out benchmarks/results.md
-	$(BIN)/python benchmarks/bench_serving.py --source $(SOURCE) --out benchmarks/serving.md
+	$(BIN)/python benchmarks/bench_pipeline.py --source $(or $(SOURCE),$(LOCAL_ARCHIVE)) --out benchmarks/results.md
+	$(BIN)/python benchmarks/bench_serving.py --source $(or $(SOURCE),$(LOCAL_ARCHIVE)) --out benchmarks/serving.md
 
 clean-data:  ## delete generated data (shards, features, models, reports, caches); keeps added image batches, the model registry, the prediction log and the reviewers' answers
 	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep ! -name batches ! -name batches-withdrawn ! -name registry ! -name monitoring ! -name feedback -exec rm -rf {} +

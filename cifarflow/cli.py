@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import os
 import sys
 import time
 import traceback
@@ -49,6 +50,25 @@ def done(message: str) -> int:
     returns EXIT_DONE."""
     print(f"done: {printable(message)}", flush=True)
     return EXIT_DONE
+
+
+PROBLEMS_SHOWN = 20  # per command run; the report file has every one
+
+
+def print_problems(
+    heading: str, problems: Sequence[tuple[str, str]], report: str | os.PathLike, total: int | None = None
+) -> None:
+    """Print each item the run could not take and why (`  <item>: <why>`), under `heading`: the first
+    PROBLEMS_SHOWN of them, then `  … and N more: see <report>`, the file that lists all `total` (default:
+    as many as given). Nothing when there are none."""
+    shown = problems[:PROBLEMS_SHOWN]
+    if not shown:
+        return
+    print(f"{heading}:")
+    for item, why in shown:
+        print(f"  {printable(item)}: {printable(why)}")
+    if (total or len(problems)) > len(shown):
+        print(f"  … and {(total or len(problems)) - len(shown):,} more: see {printable(report)}")
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> int:

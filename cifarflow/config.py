@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cifarflow.data.archive import OFFICIAL_URL, is_url, local_path
+from cifarflow.data.archive import default_source, is_url, local_path
 from cifarflow.data.shards import ROWS_PER_SHARD
 from cifarflow.data.transform import NormalizationKind
 from cifarflow.layout import DataLayout
@@ -22,7 +22,12 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    source: str = Field(OFFICIAL_URL, description="URL, file:// URL or local path of cifar-10-python.tar.gz")
+    source: str = Field(
+        None,  # filled in by `_default_source`
+        description="URL, file:// URL or local path of cifar-10-python.tar.gz (default: <data dir>/cache/"
+        "cifar-10-python.tar.gz if present, else ../shared/datasets/cifar10-jpeg.tar.gz beside the repository "
+        "if present, else the official URL)",
+    )
     sha256: str | None = Field(None, description="expected sha256 of the archive (optional)")
     md5: str | None = Field(None, description="expected md5 of the archive (the official URL's is built in)")
     data_dir: Path = Field(Path("data"), description="where shards, features, models and reports go")
@@ -52,6 +57,17 @@ class PipelineConfig(BaseModel):
         description="'champion': start training from the champion's weights when its architecture matches "
         "(with fewer --epochs, a faster retrain on grown data); 'none': from scratch",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_source(cls, data: Any) -> Any:
+        """No source named (or None): the one rule, `cifarflow.data.archive.default_source`, for this data dir."""
+        if isinstance(data, dict) and data.get("source") is None:
+            data = {
+                **data,
+                "source": default_source(Path(data.get("data_dir") or cls.model_fields["data_dir"].default)),
+            }
+        return data
 
     @field_validator("sha256")
     @classmethod
@@ -130,7 +146,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that say where the data comes from and how it is stored, shared by every command
     line that builds a `PipelineConfig` (the pipeline and the sweep)."""
     fields = PipelineConfig.model_fields
-    parser.add_argument("--source", default=fields["source"].default, help=fields["source"].description)
+    parser.add_argument("--source", help=fields["source"].description)
     parser.add_argument("--sha256", help=fields["sha256"].description)
     parser.add_argument("--md5", help=fields["md5"].description)
     parser.add_argument("--data-dir", default=str(fields["data_dir"].default), help=fields["data_dir"].description)

@@ -48,6 +48,11 @@ class DataLayout:
         return self.root / ".intake.lock"
 
     @property
+    def intake_journal(self) -> Path:
+        """What an unfinished `add_images` or withdraw run was doing (cifarflow/journal.py)."""
+        return self.root / ".intake-journal.json"
+
+    @property
     def features(self) -> Path:
         return self.root / "features"
 
@@ -103,8 +108,23 @@ class DataLayout:
 
     @property
     def monitor_state(self) -> Path:
-        """Where the previous monitor run's window ended: the next one starts there."""
+        """Which prediction-log files incremental monitor runs have judged (cifarflow/monitoring/monitor.py)."""
         return self.monitoring / "state.json"
+
+    @property
+    def monitor_lock(self) -> Path:
+        """One monitor run at a time per data dir: a second waits."""
+        return self.monitoring / ".monitor.lock"
+
+    @property
+    def monitor_journal(self) -> Path:
+        """What an unfinished incremental monitor run was doing: its report and files (cifarflow/journal.py)."""
+        return self.monitoring / ".run-journal.json"
+
+    @property
+    def monitor_merge_journal(self) -> Path:
+        """Which judged log files an unfinished merge was folding into their day.parquet (cifarflow/journal.py)."""
+        return self.monitoring / ".merge-journal.json"
 
     @property
     def feedback(self) -> Path:
@@ -130,6 +150,11 @@ class DataLayout:
     def feedback_lock(self) -> Path:
         """One feedback export at a time."""
         return self.feedback / ".export.lock"
+
+    @property
+    def feedback_journal(self) -> Path:
+        """What an unfinished feedback export was doing: its id and its answers (cifarflow/journal.py)."""
+        return self.feedback / ".export-journal.json"
 
     @property
     def latest_report(self) -> Path:

@@ -4,7 +4,7 @@ its flow runs from this process.
     PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/serve.py
 
 Schedule, event trigger (a retrain when images are added), parameters, tags and concurrency limit
-are read from the `nightly` entry of `deployments/prefect.yaml`, so both ways of running the
+are read from the `nightly-retrain` entry of `deployments/prefect.yaml`, so both ways of running the
 pipeline stay the same. The served
 deployment is called `cifar10-pipeline/nightly-serve`: Prefect 3.8.8 cannot serve over a
 deployment that `prefect deploy` created (the served runs then fail looking for flow code at
@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
 
 
-def deployment_spec(name: str = "nightly", path: Path = PREFECT_YAML) -> dict[str, Any]:
+def deployment_spec(name: str = "nightly-retrain", path: Path = PREFECT_YAML) -> dict[str, Any]:
     """The named deployment's entry of prefect.yaml (PipelineInputError when there is none)."""
     import yaml
 
@@ -72,7 +72,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument(
         "--name",
         default="nightly-serve",
-        help="deployment name to serve as (default: nightly-serve; not `nightly`, which `prefect deploy` owns)",
+        help="deployment name to serve as (default: nightly-serve; not `nightly-retrain`, which `prefect deploy` owns)",
     )
     return parser
 
@@ -84,7 +84,7 @@ def serve_deployment(args: argparse.Namespace, _: None) -> int:
 
     from flows.cifar_flow import cifar_pipeline  # also sets the offline defaults (no telemetry)
 
-    options = serve_options(deployment_spec("nightly")) | {"name": args.name}
+    options = serve_options(deployment_spec("nightly-retrain")) | {"name": args.name}
     # `prefect.serve(flow.to_deployment(...))`, not `flow.serve(...)`: Prefect 3.8.8's `Flow.serve`
     # cloudpickles the flow into the run's subprocess *by value*, which loses the module globals
     # that our postponed (string) annotations need (`PipelineConfig is not fully defined`).

@@ -24,51 +24,76 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli, run_command
-from cifarflow.data.versions import (
-    active_batch_dir,
-    current_version,
-    new_batch_id,
-    remove_unfinished,
-)
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, print_problems, run_cli, run_command
+from cifarflow.data.versions import active_batch_dir, batch_with_origin, current_version, new_batch_id
 from cifarflow.errors import PipelineInputError
-from cifarflow.files import ensure_writable, text_digest
+from cifarflow.files import ensure_writable, read_json, text_digest
 from cifarflow.intake.summary import build_summary
+from cifarflow.journal import begin, end, kill_point
 from cifarflow.layout import DataLayout
 from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock
 from cifarflow.orchestration.events import emit_dataset_updated
+from cifarflow.orchestration.names import run_name
 from cifarflow.paths import from_printable, printable
-from tasks.additions import publish_addition_report, read_version, scan, screen_images, withdraw, write
+from tasks.additions import (
+    finish_killed_run,
+    publish_addition_report,
+    read_version,
+    scan,
+    screen_images,
+    withdraw,
+    write,
+)
 
 LOCK_TIMEOUT_S = 600.0  # for another add_images or withdraw on the same data dir
 INTAKE = "add_images or withdraw run"
 
 
-@flow(name="add-images", flow_run_name="add-{inbox.name}", log_prints=True)
+@flow(name="add-images", flow_run_name=run_name("add", "inbox", "inbox"), log_prints=True)
 def add_images(inbox: Path, data_dir: Path = Path("data"), origin: dict | None = None) -> str:
     """Scan INBOX/<class>/…, screen every image, write the new ones as a batch, publish the summary.
     `origin`: where the images came from, kept in the batch record and the summary (the feedback flow
-    gives its export, prediction ids and reviewers). Returns the path of summary.json."""
+    gives its export, prediction ids and reviewers); a batch with this origin already in the training
+    data (a killed feedback export, resumed) is not screened again: its summary is returned.
+    Returns the path of summary.json.
+
+    The batch, its report and its event are one journaled write (cifarflow/journal.py): a run killed
+    between them is finished (or undone, if its batch was not in place) by the next run, which says so
+    in its log and its summary (`recovered`)."""
     inbox = Path(from_printable(str(inbox)))  # names arrive as printable text (Prefect's parameters are UTF-8)
     layout = DataLayout(Path(from_printable(str(data_dir))).resolve())
-    with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=get_run_logger().info, holder_kind=INTAKE):
-        remove_unfinished(layout)
+    logger = get_run_logger()
+    with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=logger.info, holder_kind=INTAKE):
+        recovered = finish_killed_run(layout)
+        if origin and (earlier := batch_with_origin(layout, origin)):
+            logger.info("the images of this origin are batch %s already: its summary stands", earlier.batch_id)
+            return str(layout.additions_reports / earlier.batch_id / "summary.json")
         before = read_version(layout)
         found = scan(inbox, before.label_names)
         screening = screen_images(found, layout)
-        batch = write(layout, screening, before.label_names, inbox, origin)
-        after = current_version(layout)
+        digest = text_digest([a.digest for a in screening.accepted]) if screening.accepted else None
+        batch_id = new_batch_id(digest) if digest else None
         summary = build_summary(
-            addition_id=batch.batch_id if batch else new_batch_id(text_digest(str(inbox.resolve()), found.files)),
-            batch_id=batch.batch_id if batch else None,
+            addition_id=batch_id or new_batch_id(text_digest(str(inbox.resolve()), found.files)),
+            batch_id=batch_id,
             inbox=inbox.resolve(),
             files=found.files,
             screening=screening,
             previous_version=before.version,
-            dataset_version=after.version,
-            train_images=after.train_images,
+            dataset_version=before.version,
+            train_images=before.train_images,
         ) | ({"origin": origin} if origin else {})
-        return str(publish_addition_report(layout, summary, screening, before))
+        if batch_id:
+            begin(layout.intake_journal, {"run": "add-images", "batch_id": batch_id, "summary": summary})
+            kill_point("add-images:journal-written")
+            write(layout, batch_id, screening, before.label_names, inbox, origin)
+            kill_point("add-images:batch-written")
+            after = current_version(layout)
+            summary |= {"dataset_version": after.version, "train_images": after.train_images}
+        summary |= {"recovered": recovered} if recovered else {}
+        path = publish_addition_report(layout, summary, [a.pixels for a in screening.accepted])
+        end(layout.intake_journal)
+        return str(path)
 
 
 @flow(name="withdraw-batch", log_prints=True)
@@ -76,24 +101,38 @@ def withdraw_images(
     batch_id: str, data_dir: Path = Path("data"), lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
 ) -> dict[str, str]:
     """Take a batch out of the training data (moved to batches-withdrawn/, not deleted). Waits for a
-    pipeline run on the data dir to finish first: it may be reading the batch's shards."""
+    pipeline run on the data dir to finish first: it may be reading the batch's shards. The move and
+    its event are journaled like an addition (`recovered`: what the run finished or undid first)."""
     layout = DataLayout(Path(data_dir).resolve())
     log = get_run_logger().info
     with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=log, holder_kind=INTAKE):
+        recovered = finish_killed_run(layout)
         with data_dir_lock(layout.lock_file, lock_timeout_s, log=log):
             before = current_version(layout)
+            active_batch_dir(layout, batch_id)  # an unknown batch: refused before the journal names it
+            begin(
+                layout.intake_journal,
+                {"run": "withdraw", "batch_id": batch_id, "previous_dataset_version": before.version},
+            )
             moved = withdraw(layout, batch_id)
+            kill_point("withdraw:batch-moved")
             after = current_version(layout)
-    emit_dataset_updated(
-        str(layout.root),
-        {
-            "dataset_version": after.version,
-            "previous_dataset_version": before.version,
-            "withdrawn": batch_id,
-            "train_images": after.train_images,
-        },
-    )
-    return {"kept_in": str(moved), "previous_dataset_version": before.version, "dataset_version": after.version}
+        emit_dataset_updated(
+            str(layout.root),
+            {
+                "dataset_version": after.version,
+                "previous_dataset_version": before.version,
+                "withdrawn": batch_id,
+                "train_images": after.train_images,
+            },
+        )
+        end(layout.intake_journal)
+    return {
+        "kept_in": str(moved),
+        "previous_dataset_version": before.version,
+        "dataset_version": after.version,
+        "recovered": recovered or "",
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,9 +182,13 @@ def run_additions(args: argparse.Namespace, layout: DataLayout) -> int:
         return done(
             f"withdrew {args.withdraw} (kept in {withdrawn['kept_in']}); dataset version "
             f"{withdrawn['previous_dataset_version']} → {withdrawn['dataset_version']}"
+            + (f"; first {withdrawn['recovered']}" if withdrawn["recovered"] else "")
         )
     summary = add_images(Path(printable(args.inbox)), Path(printable(layout.root)))
-    return done(f"summary at {summary}")
+    rejected = [(r["path"], r["reason"]) for r in read_json(summary)["rejected"]]
+    print_problems(f"{len(rejected):,} files rejected", rejected, summary)
+    recovered = read_json(summary).get("recovered")
+    return done(f"summary at {summary}" + (f"; first {recovered}" if recovered else ""))
 
 
 def action(args: argparse.Namespace) -> str:

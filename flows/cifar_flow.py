@@ -1,6 +1,7 @@
 """The CIFAR-10 pipeline as one Prefect flow: ingest → validate → preprocess → train → evaluate →
 calibrate → robustness → report → promote.
 
+    python flows/cifar_flow.py                                     # the default source (--help says which)
     python flows/cifar_flow.py --source data/cache/cifar-10-python.tar.gz
     python flows/cifar_flow.py --model seed --epochs 20 --plan     # what would run, and why
     python flows/cifar_flow.py --stages evaluate,report,promote    # only these, reusing the rest

@@ -29,40 +29,68 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli, run_command
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, print_problems, run_cli, run_command
 from cifarflow.data.versions import current_version
 from cifarflow.errors import PipelineInputError
-from cifarflow.feedback.export import LOST, VERDICTS, ExportPlan, new_export_id
+from cifarflow.feedback.export import LOST, VERDICTS, ExportPlan, new_export_id, read_exported
 from cifarflow.files import ensure_writable, read_json
+from cifarflow.journal import begin, end, kill_point, unfinished
 from cifarflow.layout import DataLayout
 from cifarflow.lock import data_dir_lock
+from cifarflow.orchestration.names import run_name
 from cifarflow.paths import from_printable, printable
 from flows.add_images import add_images
-from tasks.feedback import gather_answers, publish_feedback_report, record_outcome, write_feedback_inbox
+from tasks.feedback import (
+    gather_answers,
+    publish_feedback_report,
+    record_outcome,
+    remove_unfinished_exports,
+    write_feedback_inbox,
+)
 
+PROBLEM_VERDICTS = ("conflict", "refused", "lost")  # printed one by one; `duplicate` is in the training data already
 LOCK_TIMEOUT_S = 600.0  # for another feedback export on the same data dir
 
 
-@flow(name="feedback", flow_run_name="feedback-{data_dir}", log_prints=True)
+@flow(name="feedback", flow_run_name=run_name("feedback", "data_dir", "data"), log_prints=True)
 def export_feedback(data_dir: Path = Path("data")) -> dict[str, Any]:
     """The new answers → an inbox → the add-images screening → one batch; the export's summary
-    (also in <data dir>/feedback/exports/<id>/summary.json; `path` says where)."""
+    (also in <data dir>/feedback/exports/<id>/summary.json; `path` says where).
+
+    From the inbox on, an export is journaled (cifarflow/journal.py): a run that finds an export a kill
+    left unfinished finishes that one, with the same answers and id (its batch is recognised by its
+    origin, so its answers are `added`, and its event is emitted if it was not), and says so
+    (`resumed`); an export folder a kill left before its journal was written is removed."""
     layout = DataLayout(Path(from_printable(str(data_dir))).resolve())
-    with data_dir_lock(layout.feedback_lock, LOCK_TIMEOUT_S, log=get_run_logger().info, holder_kind="feedback export"):
-        plan, exported = gather_answers(layout)
-        if not (plan.ready or plan.lost or plan.held or plan.waiting):
-            return {"export_id": None, "headline": "no new answers since the last export", "path": None}
-        export_id = new_export_id(plan.ready)
+    logger = get_run_logger()
+    with data_dir_lock(layout.feedback_lock, LOCK_TIMEOUT_S, log=logger.info, holder_kind="feedback export"):
+        killed = unfinished(layout.feedback_journal)
+        if killed:
+            export_id, plan = killed["export_id"], ExportPlan.from_json(killed["plan"])
+            exported = read_exported(layout.feedback_exported, layout.feedback_exports)
+            logger.warning("finishing export %s, which a killed run left unfinished", export_id)
+        else:
+            plan, exported = gather_answers(layout)
+            remove_unfinished_exports(layout, exported)
+            if not (plan.ready or plan.lost or plan.held or plan.waiting):
+                return {"export_id": None, "headline": "no new answers since the last export", "path": None}
+            export_id = new_export_id(plan.ready)
+            if plan.ready:
+                write_feedback_inbox(layout.feedback_exports / export_id / "inbox", plan.ready)
+            begin(layout.feedback_journal, {"export_id": export_id, "plan": plan.to_json()})
         directory = layout.feedback_exports / export_id
         addition = None
         if plan.ready:
-            inbox = write_feedback_inbox(directory / "inbox", plan.ready)
             addition = read_json(
-                add_images(Path(printable(inbox)), Path(printable(layout.root)), origin(export_id, plan))
+                add_images(Path(printable(directory / "inbox")), Path(printable(layout.root)), origin(export_id, plan))
             )
+        kill_point("feedback:batch-added")
         verdicts = record_outcome(layout, exported, export_id, plan, addition)
         summary = export_summary(export_id, plan, verdicts, addition)
+        if killed:
+            summary["resumed"] = f"resumed export {export_id}, which a killed run had left unfinished"
         summary["path"] = str(publish_feedback_report(directory, summary))
+        end(layout.feedback_journal)
         return summary
 
 
@@ -141,7 +169,14 @@ def run_export(args: argparse.Namespace, layout: DataLayout) -> int:
     ensure_prefect_api()
     summary = export_feedback(Path(printable(layout.root)))
     where = f"; report at {Path(summary['path']).parent}" if summary["path"] else ""
-    return done(f"{summary['headline']}{where}")
+    not_taken = [
+        (f"{a['prediction_id']} ({a['label']})", f"{a['verdict']}: {a['reason']}")
+        for a in summary.get("answers", [])
+        if a["verdict"] in PROBLEM_VERDICTS
+    ]
+    print_problems(f"{len(not_taken):,} answers not added", not_taken, summary["path"] or "")
+    resumed = f"; {summary['resumed']}" if summary.get("resumed") else ""
+    return done(f"{summary['headline']}{where}{resumed}")
 
 
 def main(argv: list[str] | None = None) -> int:

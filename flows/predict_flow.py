@@ -28,13 +28,14 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, fail, run_cli, run_command
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, fail, print_problems, run_cli, run_command
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import ensure_writable
 from cifarflow.inference.batch import BATCH_SIZE, BatchResult
 from cifarflow.inference.predictor import locate
 from cifarflow.inference.sources import expand_paths
 from cifarflow.layout import DataLayout
+from cifarflow.orchestration.names import run_name
 from cifarflow.paths import from_printable, printable
 from tasks.predict import find_images, publish_prediction_artifacts, score_images
 
@@ -53,7 +54,7 @@ def default_out(layout: DataLayout, model: str) -> Path:
     return layout.predictions / f"{stamp}-{name}-{secrets.token_hex(3)}" / "predictions.parquet"
 
 
-@flow(name="predict", flow_run_name="predict-{model}", log_prints=True)
+@flow(name="predict", flow_run_name=run_name("predict", "model", "champion"), log_prints=True)
 def predict(
     paths: list[str],
     data_dir: Path = Path("data"),
@@ -128,6 +129,8 @@ def run_prediction(args: argparse.Namespace, _: None) -> int:
     print(
         f"{result.scored:,} of {result.files:,} files scored by {result.model_version}; {result.failed:,} could not be"
     )
+    failures = [(e["path"], e["error"]) for e in result.errors]  # the first ones: the Parquet file has them all
+    print_problems(f"{result.failed:,} files not scored", failures, result.out, total=result.failed)
     return done(f"predictions at {result.out}")
 
 

@@ -7,8 +7,10 @@ Every promoted model is a version (v1, v2, …) that keeps its number; `champion
 pipeline, batch prediction and the service use. A move by hand is a Prefect flow run (visible in the
 UI) and is recorded in registry/aliases.jsonl with its reason; the nightly run does not promote a
 model a person rolled back from again. The service switches to the new champion without a restart.
-`list` also names every damaged registry file and what to do about it; `promote` is how a damaged
-or lost champion alias is chosen again.
+`list` also names every damaged registry file and what to do about it (every file of a version is
+checked against the sha256 recorded when it was registered); `promote` is how a damaged or lost
+champion alias is chosen again. Both first finish or undo what a killed command left (a version half
+built, a move half recorded) and say which.
 
 Exit status: 0 on success, 2 for unusable arguments (an unknown or damaged version, no reason), 1 on
 failure. The last line on stdout is `done: …` or `error: …`.
@@ -25,14 +27,15 @@ from pathlib import Path
 from prefect import flow
 
 from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli, run_command
-from cifarflow.errors import PipelineInputError
+from cifarflow.errors import PipelineInputError, StorageError
 from cifarflow.layout import DataLayout
+from cifarflow.orchestration.names import run_name
 from cifarflow.registry import store
 from cifarflow.registry.listing import DAMAGED, alias_rows, format_table, version_rows
 from tasks.registry import move_champion, publish_registry_artifact
 
 
-@flow(name="registry-promote", flow_run_name="champion-to-{version}", log_prints=True)
+@flow(name="registry-promote", flow_run_name=run_name("champion-to", "version", "?"), log_prints=True)
 def promote_version(version: str, reason: str, data_dir: Path = Path("data")) -> dict:
     """Make registry version `version` the champion, with the reason recorded."""
     registry = DataLayout(Path(data_dir).resolve()).registry
@@ -54,8 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def recover(registry: Path) -> None:
+    """Finish or undo what a killed command left in the registry, saying which (`store.recover`); a
+    damaged alias is left for `list` to name and `promote` to repair, a read-only registry as it is."""
+    try:
+        store.recover(registry)
+    except (store.RegistryDamaged, StorageError):
+        pass
+
+
 def list_registry(registry: Path) -> int:
-    """Print the table, what is damaged (file and fix), and the latest moves; exit 0 even when damaged."""
+    """Print what was finished or undone, the table, what is damaged (file and fix), and the latest
+    moves; exit 0 even when damaged."""
+    recover(registry)
     rows = version_rows(registry)
     print(format_table(rows))
     problems = store.problems(registry)
@@ -97,6 +111,7 @@ def run_registry(args: argparse.Namespace, registry: Path) -> int:
         current = store.champion_name(registry)
     except store.RegistryDamaged:
         current = None  # a damaged alias is what a move by hand repairs
+    recover(registry)
     if current == args.version:
         return done(f"{args.version} is the champion already; nothing to do")
     ensure_prefect_api()

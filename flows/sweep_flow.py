@@ -38,6 +38,7 @@ from cifarflow.files import read_json
 from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock
 from cifarflow.orchestration.artifacts import publish_leaderboard
 from cifarflow.orchestration.dask import describe_cluster, single_threaded_workers, trial_task_runner
+from cifarflow.orchestration.names import last_part, run_name
 from cifarflow.orchestration.runner import StageRunner
 from cifarflow.orchestration.trials import DATA_STAGES, REPORT_STAGES, TRIAL_STAGES, report_trial, submit_trials
 from cifarflow.sweep.leaderboard import (
@@ -53,7 +54,7 @@ from tasks import stage_tasks
 STAGE_TASKS = stage_tasks()
 
 
-@flow(name="cifar10-sweep-trials", flow_run_name="trials-{sweep}")
+@flow(name="cifar10-sweep-trials", flow_run_name=run_name("trials", "sweep", "sweep"))
 def run_trials(
     sweep: str, trials: list[PipelineConfig], trial_names: list[str], data: dict[str, Any]
 ) -> dict[str, Any]:
@@ -81,7 +82,7 @@ def _sweep_run_name() -> str:
     from prefect.runtime import flow_run
 
     parameters = flow_run.parameters
-    return f"sweep-{parameters.get('name') or (parameters.get('space') or {}).get('name') or 'unnamed'}"
+    return f"sweep-{last_part(parameters.get('name') or (parameters.get('space') or {}).get('name') or 'unnamed')}"
 
 
 @flow(name="cifar10-sweep", flow_run_name=_sweep_run_name, log_prints=True)

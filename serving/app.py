@@ -7,7 +7,8 @@
     POST /predict          multipart field `file` (one image)   → {"label", "probability", "top", "model_version",
                                                                    "prediction_id"}
     POST /predict/batch    several `file` fields (at most 64)   → [ … one result per file, in order … ]
-    GET  /health           200 {"status": "ok", "model_version"}; 503 while there is no model
+    GET  /health           200 {"status": "ok", "model_version"}; 503 while there is no model, naming why
+                           (a damaged file of the champion's version, and the fix)
     GET  /model            the serving version's record (preset, accuracy, dataset version, run, …)
     GET  /limits           the upload limits (bytes per request, files per batch, pixels per image)
     GET  /                 the page: choose or drop an image, see the top-3 classes, say whether it is right
@@ -26,6 +27,9 @@ capped by a budget (`cifarflow.inference.decode_budget`); a request that cannot 
 gets 503 with Retry-After. When the champion alias moves, the service switches models without a
 restart (`cifarflow.inference.live`); requests in flight finish on the model they started with.
 Concurrent requests are scored together in one model call (`cifarflow.inference.batcher`).
+HEAD runs GET's route and drops the body (`HeadAsGet`). A request head is due within 10 s
+(`--header-timeout`) and connections are capped below the open-file limit, the slowest closed to make
+room (`serving.connections`).
 Every scored image is appended to the prediction log (`cifarflow.monitoring.log`: its pixels, the
 probabilities, the model version, no client address) off the request path; `--no-log` turns it off.
 Answers (`POST /feedback`) go to the append-only feedback log (`cifarflow.feedback.answers`); they can
@@ -55,9 +59,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cifarflow.cli import ArgumentParser, done, run_cli, run_command
 from cifarflow.errors import StorageError
-from cifarflow.feedback.access import AccessDenied, ReviewAccess, Reviewer, listens_on_loopback, load_reviewers
+from cifarflow.feedback.access import (
+    AccessDenied,
+    ReviewAccess,
+    Reviewer,
+    TokenFile,
+    listens_on_loopback,
+    load_reviewers,
+)
 from cifarflow.feedback.answers import PREDICTION_ID, AnswerBook, new_answer
-from cifarflow.feedback.queue import DEFAULT_MEASURE, DEFAULT_ORDER, ORDERS, LogIndex, margins, queue_order, read_pixels
+from cifarflow.feedback.queue import (
+    DEFAULT_MEASURE,
+    DEFAULT_ORDER,
+    ORDERS,
+    LogIndex,
+    held_row,
+    margins,
+    queue_order,
+    read_pixels,
+)
 from cifarflow.files import ensure_writable
 from cifarflow.inference.batcher import MAX_IMAGES, MicroBatcher
 from cifarflow.inference.decode_budget import (
@@ -74,6 +94,13 @@ from cifarflow.intake.images import MAX_PIXELS, ImageRejected, convert_image, de
 from cifarflow.layout import DataLayout
 from cifarflow.monitoring.log import PredictionLog, new_ids
 from cifarflow.registry import store
+from serving.connections import (
+    HEADER_TIMEOUT_S,
+    accept_backlog,
+    connection_cap,
+    guarded_protocol,
+    raise_open_file_limit,
+)
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # per request; a phone photo is 2–6 MB
 MAX_BATCH_FILES = 64
@@ -119,7 +146,9 @@ class Prediction(BaseModel):
 class Health(BaseModel):
     status: str = Field(description="`ok`, or `no model` (503)")
     model_version: str | None = None
-    error: str | None = Field(None, description="503 only: why there is no model")
+    error: str | None = Field(
+        None, description="503 only: why there is no model (a damaged registry file is named, with what to do)"
+    )
 
 
 class ModelRecord(BaseModel):
@@ -195,7 +224,7 @@ ERRORS: dict[int, str] = {
     422: "the form lacks the field `file`, or `file` is text, not a file upload; feedback: a label that is "
     "not a class, or a malformed prediction id",
     503: "no model loaded yet, or (for an upload) the decode budget stayed spent, with Retry-After: try again "
-    "later; feedback: the answer could not be stored",
+    "later; feedback: the answer could not be stored; review: the review token file cannot be used now",
 }
 API_DESCRIPTION = (
     "The registry's champion classifies CIFAR-10 images; the model is switched live when the champion moves. "
@@ -292,6 +321,23 @@ def too_large(limit: int, drained: bool = True) -> JSONResponse:
     return JSONResponse({"error": f"the upload is over the {limit / 2**20:g} MiB limit"}, 413, headers)
 
 
+class HeadAsGet:
+    """HEAD answered by GET's own route with the body dropped (RFC 9110, 9.3.2): its status and headers
+    (Content-Length, Content-Type, …) are GET's by construction, on every path, errors included."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message):
+            await send({**message, "body": b""} if message["type"] == "http.response.body" else message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 # --- decoding and scoring ------------------------------------------------------------------------------
 
 
@@ -377,6 +423,7 @@ def create_app(
     log_predictions: bool = True,
     reviewers: list[Reviewer] | None = None,
     loopback_only: bool = False,
+    review_token_file: Path | None = None,
 ) -> FastAPI:
     """The service on `data_dir`'s registry (default $CIFARFLOW_DATA_DIR, else ./data), serving `model`.
 
@@ -385,11 +432,13 @@ def create_app(
     `decode_budget_pixels`: the most pixels decoded at once over all requests (None: no bound), a
     request waiting up to `decode_wait_s` seconds for its share before a 503; `log_predictions`: append
     every scored image to the data dir's prediction log (monitoring/log/); `reviewers`: who may answer
-    (None: from $CIFARFLOW_REVIEW_TOKEN), `loopback_only`: the service listens on 127.0.0.1 alone, so
-    with no reviewers anyone on this machine may answer (`cifarflow.feedback.access`)."""
+    (None: from $CIFARFLOW_REVIEW_TOKEN), and those of `review_token_file` (read again whenever it changes);
+    `loopback_only`: the service listens on 127.0.0.1 alone, so with no reviewers anyone on this machine
+    may answer (`cifarflow.feedback.access`)."""
     data_dir = Path(data_dir or os.environ.get("CIFARFLOW_DATA_DIR", "data")).resolve()
     layout = DataLayout(data_dir)
-    access = ReviewAccess(load_reviewers(None, os.environ) if reviewers is None else reviewers, loopback_only)
+    tokens = TokenFile(review_token_file) if review_token_file is not None else None
+    access = ReviewAccess(load_reviewers(None, os.environ) if reviewers is None else reviewers, loopback_only, tokens)
     answers = AnswerBook(layout.feedback_answers, warn=log.warning)
     index = LogIndex(layout.prediction_log, warn=log.warning)
     live = LiveModel(DataLayout(data_dir).registry, model, poll_s, log=log.warning)
@@ -428,20 +477,11 @@ def create_app(
             raise BadInput(503, live.problem or "no model loaded")
         return predictor
 
-    def read(path: str, **options):
-        """GET `path`, and HEAD wherever GET answers (RFC 9110, 9.3.2): the same answer without its body."""
-
-        def register(endpoint):
-            app.head(path, include_in_schema=False)(endpoint)
-            return app.get(path, **options)(endpoint)
-
-        return register
-
-    @read("/", include_in_schema=False)
+    @app.get("/", include_in_schema=False)
     def page():
         return FileResponse(STATIC / "index.html")
 
-    @read(
+    @app.get(
         "/health",
         response_model=Health,
         response_model_exclude_none=True,
@@ -453,7 +493,7 @@ def create_app(
             return JSONResponse({"status": "no model", "error": live.problem}, status_code=503)
         return {"status": "ok", "model_version": predictor.version}
 
-    @read("/model", response_model=ModelRecord, response_model_exclude_none=True, responses=documented(503))
+    @app.get("/model", response_model=ModelRecord, response_model_exclude_none=True, responses=documented(503))
     def model_info():
         predictor = serving()
         # ModelRecord keeps version.json's names (`model`: the preset, `dataset_sha256`: the dataset version)
@@ -461,7 +501,7 @@ def create_app(
         record = {key: value for key, value in facts.items() if key in MODEL_FIELDS}
         return record | {"version": predictor.version, "label_names": predictor.label_names}
 
-    @read("/limits", response_model=Limits)
+    @app.get("/limits", response_model=Limits)
     def upload_limits():
         return limits
 
@@ -493,16 +533,20 @@ def create_app(
         return await call_next(request)
 
     def logged(prediction_id: str):
-        """(log file, row) of a logged prediction; one just made may still wait in the writer: flush it."""
+        """([log file], row) of a logged prediction; one just made may still wait in the writer: flush it. One
+        the writer holds because the disk refuses writes: (its held rows, row)."""
         index.refresh()
         found = index.find(prediction_id)
         if found is None and prediction_log is not None and prediction_log.flush():
             index.refresh()
             found = index.find(prediction_id)
-        if found is None:
-            off = "" if prediction_log is not None else " (this service keeps no prediction log: --no-log)"
-            raise BadInput(404, f"no logged prediction {prediction_id}{off}")
-        return found
+        if found is not None:
+            return [found[0]], found[1]
+        held = prediction_log.held([prediction_id]) if prediction_log is not None else None
+        if held is not None and held.num_rows:
+            return held, held_row(held)
+        off = "" if prediction_log is not None else " (this service keeps no prediction log: --no-log)"
+        raise BadInput(404, f"no logged prediction {prediction_id}{off}")
 
     @app.post(
         "/feedback", response_model=FeedbackAnswer, responses=documented(400, 401, 403, 404, 422, 503), tags=["review"]
@@ -525,11 +569,11 @@ def create_app(
         status = "replaced" if replaced else "recorded"
         return {**asdict(recorded), "status": status}
 
-    @read("/review", include_in_schema=False)
+    @app.get("/review", include_in_schema=False)
     def review_page():
         return FileResponse(STATIC / "review.html")
 
-    @read("/review/queue", response_model=ReviewQueue, responses=documented(401, 403, 422, 503), tags=["review"])
+    @app.get("/review/queue", response_model=ReviewQueue, responses=documented(401, 403, 422, 503), tags=["review"])
     def review_queue(
         n: int = Query(50, ge=1, le=MAX_QUEUE, description="how many items"),
         label: str | None = Query(None, description="only images predicted as this class"),
@@ -560,21 +604,22 @@ def create_app(
         ]
         return {"order": order, "measure": DEFAULT_MEASURE, "unanswered": len(ranked), "items": items}
 
-    @read(
+    @app.get(
         "/review/image/{prediction_id}.png",
         response_class=Response,
         responses={200: {"content": {"image/png": {}}, "description": "the 32×32 RGB image"}}
-        | documented(401, 403, 404, 422),
+        | documented(401, 403, 404, 422, 503),
         tags=["review"],
     )
     def review_image(prediction_id: str):
         """The 32×32 image a logged prediction scored, as PNG."""
-        path, _ = logged(prediction_id)
-        pixels = read_pixels([path], [prediction_id], warn=log.warning).get(prediction_id)
+        where, _ = logged(prediction_id)
+        pixels = read_pixels(where, [prediction_id], warn=log.warning).get(prediction_id)
         if pixels is None:
             raise BadInput(404, f"no logged prediction {prediction_id}")
         return Response(png_bytes(pixels), media_type="image/png", headers={"Cache-Control": "no-store"})
 
+    app.add_middleware(HeadAsGet)  # the outermost layer: everything inside sees a GET
     return app
 
 
@@ -666,6 +711,14 @@ def build_parser() -> ArgumentParser:
         help="do not keep the prediction log (by default every scored image and its answer are appended to "
         "<data dir>/monitoring/log/ for the monitor flow)",
     )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=HEADER_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds a client has to send a request head, and between two pieces of a body, before it gets 408 "
+        f"and is closed (default {HEADER_TIMEOUT_S:g}; serving/connections.py)",
+    )
     return parser
 
 
@@ -680,6 +733,8 @@ def check_arguments(parser: ArgumentParser, args: argparse.Namespace) -> int | N
         parser.error(
             f"--decode-budget must be 0 (no bound) to {MAX_BUDGET_MP:,} megapixels, got {args.decode_budget:g}"
         )
+    if not (math.isfinite(args.header_timeout) and args.header_timeout > 0):
+        parser.error(f"--header-timeout must be a positive number of seconds, got {args.header_timeout:g}")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0 to 65535, got {args.port}")
     return round(args.decode_budget * 1e6) or None
@@ -696,14 +751,24 @@ def run_service(args: argparse.Namespace, budget: int | None) -> int:
         max_batch_images=args.max_batch,
         decode_budget_pixels=budget,
         log_predictions=not args.no_log,
-        reviewers=args.reviewers,
+        reviewers=None,  # $CIFARFLOW_REVIEW_TOKEN's
         loopback_only=listens_on_loopback(args.host),
+        review_token_file=args.review_token_file,
     )
     who = ", ".join(r.name for r in args.reviewers) or (
         "anyone on this machine" if listens_on_loopback(args.host) else "nobody"
     )
     log.info("answers (POST /feedback) taken from: %s", who)
-    uvicorn.run(app, host=args.host, port=args.port)
+    open_files = raise_open_file_limit()
+    cap = connection_cap(open_files)
+    log.info(
+        "at most %d connections (open-file limit %d); a request head is due within %g s",
+        cap,
+        open_files,
+        args.header_timeout,
+    )
+    protocol = guarded_protocol(args.header_timeout, cap)
+    uvicorn.run(app, host=args.host, port=args.port, http=protocol, backlog=accept_backlog(cap))
     return done("the service stopped")
 
 

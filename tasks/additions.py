@@ -8,22 +8,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from cifarflow.data.shards import read_shards, shard_files
 from cifarflow.data.versions import (
+    BATCH_FILE,
     BatchInfo,
     DatasetVersion,
+    batch_shards,
     current_version,
-    new_batch_id,
+    read_batch,
+    remove_unfinished,
     withdraw_batch,
     write_batch,
 )
-from cifarflow.files import text_digest
 from cifarflow.intake.inbox import Inbox, scan_inbox
 from cifarflow.intake.screen import Screening, batch_table, load_reference, screen_inbox
 from cifarflow.intake.summary import write_summary
+from cifarflow.journal import end, unfinished
 from cifarflow.layout import DataLayout
 from cifarflow.orchestration.artifacts import publish_addition
 from cifarflow.orchestration.events import emit_dataset_updated
@@ -58,15 +63,17 @@ def screen_images(inbox: Inbox, layout: DataLayout) -> Screening:
     return result
 
 
-@task(name="write-batch", cache_policy=NO_CACHE)  # no retries: its id has the time in it, a retry would add twice
+@task(name="write-batch", cache_policy=NO_CACHE)  # no retries: the flow's journal names this one write
 def write(
-    layout: DataLayout, screening: Screening, label_names: list[str], inbox: Path, origin: dict | None = None
-) -> BatchInfo | None:
-    """Write the accepted images as one immutable batch (whole or not at all); None if nothing is new.
-    `origin`, when given, is kept in the batch record."""
-    if not screening.accepted:
-        return None
-    batch_id = new_batch_id(text_digest([a.digest for a in screening.accepted]))
+    layout: DataLayout,
+    batch_id: str,
+    screening: Screening,
+    label_names: list[str],
+    inbox: Path,
+    origin: dict | None = None,
+) -> BatchInfo:
+    """Write the accepted images as the immutable batch `batch_id` (whole or not at all). `origin`, when
+    given, is kept in the batch record."""
     record = {"inbox": printable(inbox.resolve()), "class_counts": screening.class_counts}
     record |= {"origin": origin} if origin else {}
     batch = write_batch(layout, batch_id, batch_table(screening.accepted, label_names), record)
@@ -75,16 +82,55 @@ def write(
 
 
 @task(name="publish-addition", cache_policy=NO_CACHE)
-def publish_addition_report(layout: DataLayout, summary: dict, screening: Screening, before: DatasetVersion) -> Path:
-    """Write summary.json + report.md, publish them to the UI, and announce a new dataset version."""
-    path = write_summary(
-        layout.additions_reports / summary["addition_id"], summary, [a.pixels for a in screening.accepted]
-    )
+def publish_addition_report(layout: DataLayout, summary: dict, added_images: list[np.ndarray]) -> Path:
+    """Write summary.json + report.md (with a grid of `added_images`), publish them to the UI, and
+    announce a new dataset version (when the summary's version moved)."""
+    path = write_summary(layout.additions_reports / summary["addition_id"], summary, added_images)
     publish_addition(summary, path)
-    if summary["dataset_version"] != before.version:
+    if summary["dataset_version"] != summary["previous_dataset_version"]:
         emit_dataset_updated(str(layout.root), summary)
         get_run_logger().info("emitted cifar10.dataset.updated for version %s", summary["dataset_version"])
     return path
+
+
+@task(name="finish-killed-run", cache_policy=NO_CACHE)
+def finish_killed_run(layout: DataLayout) -> str | None:
+    """Settle what a killed add_images or withdraw run left (call it holding the intake lock): hidden
+    staging is removed; the run its journal names is finished when its batch had moved (an addition:
+    its report written and cifar10.dataset.updated emitted; a withdrawal: the event emitted), undone
+    when it had not. Returns the sentence saying which (also logged), None when no run was killed."""
+    remove_unfinished(layout)
+    killed = unfinished(layout.intake_journal)
+    if killed is None:
+        return None
+    batch_id = killed["batch_id"]
+    active = (layout.batch_dir(batch_id) / BATCH_FILE).is_file()
+    if killed["run"] == "withdraw" and active:
+        message = f"undid the withdrawal of {batch_id} killed before the batch moved: it is still in the training data"
+    elif killed["run"] == "withdraw":
+        after = current_version(layout)
+        facts = {"previous_dataset_version": killed["previous_dataset_version"], "withdrawn": batch_id}
+        emit_dataset_updated(
+            str(layout.root), facts | {"dataset_version": after.version, "train_images": after.train_images}
+        )
+        message = (
+            f"finished the withdrawal of {batch_id} killed before it was announced: cifar10.dataset.updated emitted"
+        )
+    elif not active:
+        message = f"undid the add_images run killed before its batch {batch_id} was in place: nothing of it was added"
+    else:
+        after = current_version(layout)
+        summary = killed["summary"] | {"dataset_version": after.version, "train_images": after.train_images}
+        batch = read_batch(layout.batch_dir(batch_id))
+        images, _ = read_shards(*shard_files(batch.directory, batch_shards(batch)))
+        publish_addition_report.fn(layout, summary, list(images))
+        message = (
+            f"finished the add_images run killed after writing batch {batch_id}: its report written, "
+            "cifar10.dataset.updated emitted"
+        )
+    get_run_logger().warning(message)
+    end(layout.intake_journal)
+    return message
 
 
 @task(name="read-dataset-version", cache_policy=NO_CACHE)

@@ -6,6 +6,7 @@ exported), so none is cached: every run looks again."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from cifarflow.feedback.export import (
     read_exported,
     record_handled,
     screening_verdicts,
+    unfinished_exports,
     write_inbox,
 )
 from cifarflow.feedback.queue import read_pixels
@@ -55,6 +57,17 @@ def gather_answers(layout: DataLayout) -> tuple[ExportPlan, dict[str, dict[str, 
         len(plan.waiting),
     )
     return plan, exported
+
+
+@task(name="remove-unfinished-exports", cache_policy=NO_CACHE)
+def remove_unfinished_exports(layout: DataLayout, exported: dict[str, dict[str, str]]) -> list[Path]:
+    """Undo what a kill left before an export's journal was written (an inbox, nothing else): the
+    folders removed, each logged."""
+    stale = unfinished_exports(layout.feedback_exports, exported)
+    for folder in stale:
+        shutil.rmtree(folder)
+        get_run_logger().warning("removed %s: an export killed before it began (nothing of it was added)", folder)
+    return stale
 
 
 @task(name="write-feedback-inbox", cache_policy=NO_CACHE)

@@ -110,6 +110,16 @@ def add_version(registry: Path, seed: int, scratch: Path, reason: str = "promote
     return version
 
 
+def unseal(version: Path) -> None:
+    """Make a version look registered before file digests were recorded (no `files`, no seal):
+    an unverified version."""
+    import json
+
+    record = json.loads((version / "version.json").read_text())
+    del record["files"], record["record_sha256"]
+    (version / "version.json").write_text(json.dumps(record))
+
+
 def snapshot(root: Path, mtimes: bool = False) -> dict[str, tuple]:
     """Every path under `root`: file bytes (and modification times, with `mtimes`), symlink targets,
     directories; two snapshots are equal when nothing under `root` was written."""

@@ -49,13 +49,20 @@ def wait_until(check, timeout: float, interval: float = 0.2, what: str = "condit
 
 @contextlib.contextmanager
 def serving_process(
-    data_dir: Path, log: Path, startup_timeout: float = 120, options: Sequence[str] = ()
+    data_dir: Path,
+    log: Path,
+    startup_timeout: float = 120,
+    options: Sequence[str] = (),
+    open_files: int | None = None,
 ) -> Iterator[ServingProcess]:
     """The service on a free port of 127.0.0.1, answering /health (200, or 503 while it has no model);
-    `options`: more command-line options (`--decode-budget 50`)."""
+    `options`: more command-line options (`--decode-budget 50`); `open_files`: its RLIMIT_NOFILE, soft and
+    hard (`ulimit -n`)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "serving/app.py", "--data-dir", str(data_dir), "--port", str(port), *options]
+    if open_files is not None:
+        command = ["sh", "-c", f'ulimit -n {int(open_files)} && exec "$@"', "sh", *command]
     with open(log, "w") as log_handle:
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=os.environ, stdout=log_handle, stderr=subprocess.STDOUT, start_new_session=True

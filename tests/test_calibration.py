@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from cifarflow.calibration.calibrate import check_probabilities, cross_fit
+from cifarflow.calibration.calibrate import SAFE_TEMPERATURE, calibrate_model, check_probabilities, cross_fit
 from cifarflow.calibration.halves import half_of
 from cifarflow.calibration.scores import (
     brier_score,
@@ -20,7 +20,7 @@ from cifarflow.calibration.scores import (
     negative_log_likelihood,
     reliability_bins,
 )
-from cifarflow.calibration.temperature import BOUNDS, apply_temperature, fit_temperature
+from cifarflow.calibration.temperature import apply_temperature, fit_temperature
 
 pytestmark = pytest.mark.unit
 
@@ -105,7 +105,9 @@ def test_calibrated_probabilities_score_a_small_ece_and_a_sharpened_copy_a_large
 def test_fit_recovers_the_temperature_that_undoes_a_distortion(distortion):
     probabilities, labels = calibrated_sample(10_000, seed=2)
     distorted = apply_temperature(probabilities, distortion)
-    temperature = fit_temperature(distorted, labels)
+    fit = fit_temperature(distorted, labels)
+    assert fit.interior
+    temperature = fit.temperature
     assert temperature == pytest.approx(1 / distortion, rel=0.08)
     fixed = apply_temperature(distorted, temperature)
     assert expected_calibration_error(fixed, labels) < 0.02
@@ -116,10 +118,12 @@ def test_fit_recovers_the_temperature_that_undoes_a_distortion(distortion):
 def test_fit_stays_within_bounds_and_handles_no_images():
     predicted = np.arange(100) % CLASSES
     separable = with_confidence(np.full(100, 0.6), predicted)
-    temperature = fit_temperature(separable, predicted)  # all right: sharpen as far as the NLL still falls
-    assert BOUNDS[0] <= temperature < 0.1
-    assert negative_log_likelihood(apply_temperature(separable, temperature), predicted) < 1e-9
-    assert fit_temperature(np.zeros((0, CLASSES)), np.zeros(0, int)) == 1.0
+    fit = fit_temperature(separable, predicted)  # all right: the NLL falls all the way to the bound
+    assert (fit.temperature, fit.interior, fit.errors) == (0.05, False, 0)
+    assert negative_log_likelihood(apply_temperature(separable, fit.temperature), predicted) < 1e-9
+    guessing = fit_temperature(separable, (predicted + 1) % CLASSES)  # all wrong: flatten as far as allowed
+    assert (guessing.temperature, guessing.interior, guessing.errors) == (20.0, False, 100)
+    assert (fit_temperature(np.zeros((0, CLASSES)), np.zeros(0, int)).temperature, fit.interior) == (1.0, False)
 
 
 def test_apply_temperature_survives_zero_probabilities_and_rejects_bad_temperatures():
@@ -152,10 +156,11 @@ def test_cross_fit_scores_each_half_with_the_other_halfs_temperature():
     in_a = np.arange(4_000) % 2 == 0
     fit = cross_fit(distorted, labels, in_a)
     t_a, t_b = fit.half_temperatures
-    assert t_a == pytest.approx(fit_temperature(distorted[in_a], labels[in_a]))
+    assert fit.unsupported == () and fit.fitted == fit.temperature
+    assert t_a == pytest.approx(fit_temperature(distorted[in_a], labels[in_a]).temperature)
     np.testing.assert_allclose(fit.cross_fitted[in_a], apply_temperature(distorted[in_a], t_b))
     np.testing.assert_allclose(fit.cross_fitted[~in_a], apply_temperature(distorted[~in_a], t_a))
-    assert fit.temperature == pytest.approx(fit_temperature(distorted, labels))
+    assert fit.temperature == pytest.approx(1 / 0.4, rel=0.08)
     assert expected_calibration_error(fit.cross_fitted, labels) < 0.03
 
 
@@ -169,12 +174,85 @@ def test_halves_follow_each_image_not_its_position():
     np.testing.assert_array_equal(half_of(pixels[:10]), halves[:10])  # the same whatever else the set holds
 
 
-def test_a_half_too_small_to_fit_on_leaves_the_scores_in_sample():
+def test_a_half_too_small_to_check_the_fit_on_keeps_the_safe_temperature():
     probabilities, labels = calibrated_sample(200, seed=5)
     in_a = np.arange(200) < 5  # 5 images in half A
-    fit = cross_fit(probabilities, labels, in_a)
-    assert fit.half_temperatures == (fit.temperature, fit.temperature)
-    np.testing.assert_allclose(fit.cross_fitted, apply_temperature(probabilities, fit.temperature))
+    fit = cross_fit(apply_temperature(probabilities, 0.5), labels, in_a)
+    assert fit.temperature == SAFE_TEMPERATURE == 1.0 and fit.half_temperatures == (1.0, 1.0)
+    assert fit.fitted == pytest.approx(2.0, rel=0.3)  # found, not deployed
+    assert any("cannot be checked on images it was not fitted on" in reason for reason in fit.unsupported)
+    np.testing.assert_allclose(fit.cross_fitted, apply_temperature(probabilities, 0.5))  # the network's own
+
+
+def all_right(n: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated-looking rows whose top class is every image's label (the issue's case: no error)."""
+    probabilities, _ = calibrated_sample(n, seed)
+    return probabilities, probabilities.argmax(axis=1)
+
+
+def with_errors(n: int, errors: int, seed: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """`all_right` with the label moved off the top class on `errors` images spread over both halves."""
+    probabilities, labels = all_right(n, seed)
+    wrong = np.arange(errors) * (n // max(errors, 1))
+    labels[wrong] = (labels[wrong] + 1) % CLASSES
+    return probabilities, labels
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        (lambda: all_right(2_000), "it keeps falling toward T = 0.05"),  # the issue: T = 0.066, at_bound false
+        (lambda: with_errors(2_000, 3), "only 3 of 2000 images are misclassified"),  # a minimum, on 3 images
+        (lambda: all_right(2_000)[:1] + ((all_right(2_000)[1] + 3) % CLASSES,), "toward T = 20.0"),  # all wrong
+        (lambda: calibrated_sample(15, seed=9), "has under 10"),  # too few images to check on held-out ones
+    ],
+    ids=["every-image-right", "three-errors", "every-image-wrong", "fifteen-images"],
+)
+def test_a_fit_the_data_cannot_support_is_not_deployed(case, reason):
+    probabilities, labels = case()
+    fit = cross_fit(probabilities, labels, np.arange(len(labels)) % 2 == 0)
+    assert fit.temperature == 1.0 and fit.half_temperatures == (1.0, 1.0)
+    assert any(reason in sentence for sentence in fit.unsupported), fit.unsupported
+    np.testing.assert_allclose(fit.cross_fitted, probabilities, atol=1e-12)  # scored as exported: unscaled
+
+
+def test_halves_that_disagree_are_not_deployed():
+    probabilities, labels = calibrated_sample(4_000, seed=10)
+    in_a = np.arange(4_000) % 2 == 0
+    mixed = np.where(in_a[:, None], apply_temperature(probabilities, 0.4), apply_temperature(probabilities, 2.0))
+    fit = cross_fit(mixed, labels, in_a)  # half A wants T ≈ 2.5, half B T ≈ 0.5: the whole fit lies between
+    assert fit.temperature == 1.0
+    assert any("the halves disagree" in reason for reason in fit.unsupported), fit.unsupported
+
+
+def test_an_all_right_calibration_set_is_flagged_in_the_report_and_model_card(tmp_path):
+    """The flow's path: calibrate_model on an evaluation and features directory whose model is right on
+    every test image, then the report the report stage writes from it."""
+    from cifarflow.data.transform import fit_normalization
+    from cifarflow.files import read_json
+    from cifarflow.reporting.report import calibration_section, describe_temperature, temperature_facts
+    from tests.synthetic import write_features
+
+    probabilities, labels = all_right(400)
+    pixels = np.random.default_rng(11).integers(0, 256, (400, 32, 32, 3), dtype=np.uint8)
+    features = write_features(tmp_path / "features", pixels, labels, fit_normalization(pixels, "unit"), split="test")
+    evaluation = tmp_path / "evaluation"
+    evaluation.mkdir()
+    np.save(evaluation / "probabilities.npy", probabilities.astype(np.float32))
+    logged = []
+    calibration = calibrate_model(evaluation, features, tmp_path / "calibration", log=logged.append)
+
+    assert calibration.temperature == 1.0  # what promote hands to the export
+    np.testing.assert_allclose(np.load(calibration.probabilities_path), probabilities, atol=1e-6)  # unscaled
+    summary = read_json(tmp_path / "calibration" / "calibration.json")
+    assert summary["fitted"]["temperature"] == 0.05 and summary["errors"] == 0
+    assert summary["after"] == summary["before"]
+    assert "NOT deployed, T = 1 instead" in logged[-1] and "keeps falling toward T = 0.05" in logged[-1]
+    section = calibration_section(summary)
+    assert "**Temperature not deployed: the 400 test images (0 misclassified) cannot support a fit.**" in section
+    assert "The exported model keeps **T = 1**" in section and "keeps falling toward T = 0.05" in section
+    assert describe_temperature(summary).startswith("1.0000 (in the exported model: the network's own probabilities")
+    assert temperature_facts(summary)["exported"] == 1.0 and temperature_facts(summary)["unsupported"]
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, Field
 
-from cifarflow.cli import EXIT_DONE, EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, run_cli
+from cifarflow.cli import EXIT_DONE, EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, print_problems, run_cli
 from cifarflow.errors import PipelineInputError
 from flows.cifar_flow import main as pipeline_command  # imported before a test captures output: Prefect's
 from flows.sweep_flow import main as sweep_command  # log handlers bind to the stderr of the moment they load
@@ -249,8 +249,8 @@ def test_killed_training_resumes_from_last_epoch(synthetic_archive, tmp_path, cl
     resumed = cli(*args[1:], env=cli_env)
     assert resumed.returncode == 0, resumed.stderr
     output = resumed.stdout + resumed.stderr
-    assert f"Epoch 1/{epochs}" not in output  # did not start over ...
-    assert f"Epoch {epochs}/{epochs}" in output  # ... and finished the planned number of epochs
+    assert f"epoch 1/{epochs}:" not in output  # did not start over (the train task's line per epoch) ...
+    assert f"epoch {epochs}/{epochs}:" in output  # ... and finished the planned number of epochs
     from cifarflow.files import read_json
 
     history = read_json(next((data_dir / "models").glob("*/history.json")))
@@ -344,3 +344,87 @@ def test_second_run_on_same_data_dir_waits_or_fails_clearly(synthetic_archive, t
         waiting.kill()
     assert waiting.returncode == 0, log.read_text()
     assert read_json(data_dir / "reports" / "latest" / "metrics.json")["epochs"] == 1
+
+
+# ------------------------------------ run names ----------------------------------------------
+
+
+def flow_run_name(flow, parameters: dict, monkeypatch) -> str:
+    """The name Prefect gives a run of `flow` called with `parameters` (its own resolution, the run's
+    parameters as `prefect.runtime.flow_run` reads them inside the run)."""
+    from prefect._internal.engine import resolve_custom_flow_run_name
+    from prefect.runtime import flow_run
+
+    monkeypatch.setitem(flow_run.FIELDS, "parameters", lambda: parameters)
+    return resolve_custom_flow_run_name(flow, parameters)
+
+
+def every_flow():
+    import importlib
+
+    from prefect import Flow
+
+    for path in sorted((REPO_ROOT / "flows").glob("*.py")):
+        module = importlib.import_module(f"flows.{path.stem}")
+        yield from (value for value in vars(module).values() if isinstance(value, Flow))
+
+
+@pytest.mark.parametrize(
+    ("module", "flow", "parameters", "expected"),
+    [
+        ("flows.monitor_flow", "monitor", {"data_dir": "/tmp/pytest-7/run/data"}, "monitor-data"),
+        ("flows.feedback_flow", "export_feedback", {"data_dir": "/srv/cifar"}, "feedback-cifar"),
+        ("flows.feedback_flow", "export_feedback", {}, "feedback-data"),
+        ("flows.predict_flow", "predict", {"paths": ["/srv/x"], "model": "/srv/models/best.keras"}, "predict-best"),
+        ("flows.predict_flow", "predict", {"paths": ["/srv/x"], "model": "v2"}, "predict-v2"),
+        ("flows.predict_flow", "predict", {"paths": ["/srv/x"]}, "predict-champion"),
+        ("flows.add_images", "add_images", {"inbox": "/home/me/incoming", "data_dir": "/srv/data"}, "add-incoming"),
+    ],
+)
+def test_run_names_are_short_not_absolute_paths(module, flow, parameters, expected, monkeypatch):
+    import importlib
+
+    assert flow_run_name(getattr(importlib.import_module(module), flow), parameters, monkeypatch) == expected
+
+
+def test_no_flow_names_its_runs_by_an_absolute_path(monkeypatch):
+    """Every flow in flows/, given an absolute path in each path-like parameter, names its runs without it."""
+    import inspect
+
+    flows = list(every_flow())
+    assert len({f.name for f in flows}) >= 8  # the pipeline, sweep (and its trials), add, withdraw, predict, ...
+    for flow in flows:
+        if flow.flow_run_name is None:
+            continue  # Prefect's own adjective-animal name
+        signature = inspect.signature(flow.fn).parameters.values()
+        paths = [p.name for p in signature if p.annotation in ("Path", "str", "Path | None", "str | None")]
+        parameters = dict.fromkeys(paths, "/tmp/pytest-7/deep/where")
+        name = flow_run_name(flow, parameters, monkeypatch)
+        assert "/" not in name and "pytest-7" not in name, (flow.name, name)
+
+
+def test_problems_are_printed_one_a_line_then_counted(capsys):
+    print_problems("25 files rejected", [(f"f{i}.png", "does not decode") for i in range(25)], "/r/summary.json")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["25 files rejected:", "  f0.png: does not decode"] and len(lines) == 22
+    assert lines[-1] == "  … and 5 more: see /r/summary.json"
+    print_problems("0 files rejected", [], "/r/summary.json")
+    assert capsys.readouterr().out == ""  # nothing rejected: no heading either
+
+
+def test_what_the_readme_makes_in_the_repo_root_is_ignored():
+    """Each file or folder a README command writes into the repository root (`> review-tokens`, `--out
+    scored.parquet` and its contact sheet, `--out bench_models.md`, `--out incoming`) is git-ignored: a
+    token file must never be committed by `git add .`, nor a user's scores or reports."""
+    import re
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    made = set(re.findall(r"(?:> |--out |--review-token-file )([A-Za-z][\w.-]*)(?=[\s\"`\]])", readme))
+    made |= {name.removesuffix(".parquet") + ".png" for name in made if name.endswith(".parquet")}
+    assert {"review-tokens", "scored.parquet", "bench_models.md", "incoming"} <= made, made
+    for name in sorted(made):
+        as_file_or_folder = (name, f"{name}/file")  # a folder's pattern (`incoming/`) matches what is in it
+        ignored = [
+            subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO_ROOT).returncode for path in as_file_or_folder
+        ]
+        assert 0 in ignored, f"{name}: made in the repository root by a README command, not git-ignored"

@@ -5,6 +5,7 @@ concurrency limit; a run triggered through the API is executed by a `process` wo
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import yaml
 from tests.live_server import PREFECT, REPO_ROOT, live_prefect_server, stop
 
 PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
-DEPLOYMENTS = {d["entrypoint"]: d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}  # names repeat
+DEPLOYMENTS = {d["entrypoint"]: d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}
 SPEC = DEPLOYMENTS["flows/cifar_flow.py:cifar_pipeline"]
 SCORE = DEPLOYMENTS["flows/predict_flow.py:predict"]
 MONITOR = DEPLOYMENTS["flows/monitor_flow.py:monitor"]
@@ -70,12 +71,21 @@ def test_prefect_yaml_exports_feedback_before_the_nightly_retrain():
 
     from flows.feedback_flow import export_feedback
 
-    assert FEEDBACK["name"] == "nightly" and export_feedback.name == "feedback"  # feedback/nightly
+    assert FEEDBACK["name"] == "nightly-export" and export_feedback.name == "feedback"  # feedback/nightly-export
     assert FEEDBACK["schedules"] == [{"cron": "30 1 * * *", "timezone": "UTC", "active": True}]
     assert FEEDBACK["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert set(FEEDBACK["parameters"]) <= set(inspect.signature(export_feedback.fn).parameters)
     assert FEEDBACK["work_pool"]["name"] == POOL
-    assert list(DEPLOYMENTS).index(SPEC["entrypoint"]) == 0  # deployments/serve.py serves the first `nightly`
+
+
+def test_every_deployment_and_automation_has_a_name_of_its_own():
+    """`prefect deployment ls` and the UI's automations list tell them apart: no two deployments share a
+    name (Prefect names them by flow and name, but a list by name alone showed `nightly` twice) and the
+    event trigger's automation is named (Prefect's default would be `nightly-retrain__automation_1`)."""
+    names = [d["name"] for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]]
+    assert len(names) == len(set(names)) == 4, names
+    assert SPEC["name"] == "nightly-retrain" and FEEDBACK["name"] == "nightly-export"
+    assert [t["name"] for t in SPEC["triggers"]] == ["retrain-when-the-data-grows"]
 
 
 def test_serve_uses_the_same_schedule_parameters_and_limit():
@@ -87,7 +97,7 @@ def test_serve_uses_the_same_schedule_parameters_and_limit():
     serve = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serve)
 
-    options = serve.serve_options(serve.deployment_spec("nightly"))
+    options = serve.serve_options(serve.deployment_spec("nightly-retrain"))
     (schedule,) = options["schedules"]
     assert (schedule.cron, schedule.timezone, schedule.active) == ("0 2 * * *", "UTC", True)
     assert options["parameters"] == SPEC["parameters"]
@@ -96,6 +106,31 @@ def test_serve_uses_the_same_schedule_parameters_and_limit():
     assert options["tags"] == SPEC["tags"]
     (trigger,) = options["triggers"]  # a retrain when images are added, as in prefect.yaml
     assert trigger.expect == {"cifar10.dataset.updated"} and trigger.parameters == SPEC["triggers"][0]["parameters"]
+
+
+def test_every_deployment_takes_the_default_source_of_its_data_dir(tmp_path, synthetic_archive):
+    """No deployment names a source: the nightly run, the data-triggered retrain, serve.py's and the team's
+    runs (and sweeps) all get the flow's default for their data dir, the local archive when it is there."""
+    import importlib.util
+
+    from cifarflow.config import PipelineConfig
+
+    spec = importlib.util.spec_from_file_location("deployments_serve", REPO_ROOT / "deployments" / "serve.py")
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
+    team = yaml.safe_load((REPO_ROOT / "deployments" / "team" / "prefect.yaml").read_text())["deployments"]
+    configs = {
+        "nightly": SPEC["parameters"]["config"],
+        "trigger": SPEC["triggers"][0]["parameters"]["config"],
+    } | {d["name"]: d["parameters"]["config"] for d in team}
+    local = tmp_path / "data" / "cache" / "cifar-10-python.tar.gz"
+    local.parent.mkdir(parents=True)
+    shutil.copy(synthetic_archive, local)
+    for name, config in configs.items():
+        assert "source" not in config, f"{name} names its own source: one rule decides it"
+        assert PipelineConfig(**(config | {"data_dir": str(tmp_path / "data")})).source == str(local), name
+    served = serve.serve_options(serve.deployment_spec())["parameters"]["config"]  # serve.py's own entry
+    assert PipelineConfig(**(served | {"data_dir": str(tmp_path / "data")})).source == str(local)
 
 
 # ------------------------------------ against a server --------------------------------------
@@ -149,7 +184,7 @@ def test_deploy_then_worker_runs_the_nightly_deployment(server, synthetic_archiv
     deployed = server.run(PREFECT, "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
 
-    deployment = read_deployment(server, "cifar10-pipeline/nightly")
+    deployment = read_deployment(server, "cifar10-pipeline/nightly-retrain")
     (schedule,) = deployment.schedules
     assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC" and schedule.active
     assert deployment.parameters == SPEC["parameters"]
@@ -158,9 +193,15 @@ def test_deploy_then_worker_runs_the_nightly_deployment(server, synthetic_archiv
     assert deployment.concurrency_options.collision_strategy.value == "CANCEL_NEW"
     assert deployment.work_pool_name == POOL and set(deployment.tags) == {"cifar10", "nightly"}
     assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}]
-    feedback = read_deployment(server, "feedback/nightly")
+    feedback = read_deployment(server, "feedback/nightly-export")
+    from prefect.client.orchestration import get_client
+
+    with server.client_settings(), get_client(sync_client=True) as client:
+        (automation,) = client.read_automations_by_name("retrain-when-the-data-grows")  # not `…__automation_1`
+    assert automation.actions[0].deployment_id == deployment.id
     assert feedback.schedules[0].schedule.cron == "30 1 * * *" and feedback.parameters == FEEDBACK["parameters"]
-    for name in ("cifar10-pipeline/nightly", "predict/score-folder", "monitor/hourly", "feedback/nightly"):
+    names = ("cifar10-pipeline/nightly-retrain", "predict/score-folder", "monitor/hourly", "feedback/nightly-export")
+    for name in names:
         without_scheduled_runs(server, read_deployment(server, name))  # the worker's one run: the triggered one
 
     data_dir = tmp_path / "data"

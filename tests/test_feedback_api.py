@@ -1,11 +1,21 @@
 """POST /feedback and the review endpoints against a real uvicorn server in this process, on the
-two-version registry: every status the issue names, who may answer, what the feedback log keeps, and
-the queue's order. The page and the review grid are driven in Chromium by tests/test_feedback_page.py."""
+two-version registry: every status the issue names, who may answer, what the feedback log keeps, the
+queue's order, and the feedback log rewritten under a running service or written by several processes
+at once. The page and the review grid are driven in Chromium by tests/test_feedback_page.py."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import io
 import json
+import multiprocessing
+import os
+import subprocess
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -13,7 +23,7 @@ import pytest
 from PIL import Image
 
 from tests.registry_helpers import copy_data_dir
-from tests.serving_helpers import encode, scene, serving_in_thread
+from tests.serving_helpers import encode, scene, serving_in_thread, wait_until
 
 pytestmark = pytest.mark.server  # a real uvicorn server and the session's registry
 
@@ -28,12 +38,12 @@ def data_dir(two_versions, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def service(data_dir):
-    """The service with two reviewers (alice, bob), as --review-token-file would give them."""
+    """The service with two reviewers (alice, bob) in a token file beside the data dir (--review-token-file)."""
     import serving.app
-    from cifarflow.feedback.access import parse_reviewers
 
-    reviewers = parse_reviewers(f"alice:{TOKEN}\nbob:{OTHER}\n", "test tokens")
-    app = serving.app.create_app(data_dir, reviewers=reviewers, loopback_only=True)
+    tokens = data_dir.parent / "review-tokens"
+    tokens.write_text(f"alice:{TOKEN}\nbob:{OTHER}\n")
+    app = serving.app.create_app(data_dir, reviewers=[], loopback_only=True, review_token_file=tokens)
     with serving_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         yield client
 
@@ -179,6 +189,28 @@ def test_the_queue_is_unanswered_predictions_least_confident_first(service):
     assert service.get(f"/review/image/{'f' * 32}.png", headers=bearer()).status_code == 404
 
 
+def test_a_token_revoked_or_added_in_the_token_file_counts_from_the_next_request(service, data_dir):
+    """The running service reads its token file again when it changes: replaced by mv (alice revoked,
+    carol added), then edited in place into something unusable (review refused with 503 naming the file,
+    never open), then mended. Before: the tokens were read once, at start."""
+    tokens, carol = data_dir.parent / "review-tokens", "carol-secret-token-0123456789"
+    before = tokens.read_text()
+    try:
+        new = tokens.with_name("review-tokens.new")
+        new.write_text(f"bob:{OTHER}\ncarol:{carol}\n")
+        new.replace(tokens)
+        assert service.get("/review/queue", headers=bearer()).status_code == 401
+        assert service.get("/review/queue", headers=bearer(carol)).status_code == 200
+        tokens.write_text("carol:short\n")
+        for response in (service.get("/review/queue", headers=bearer(carol)), service.get("/review/queue")):
+            assert response.status_code == 503, response.text
+            assert str(tokens) in response.json()["error"] and "at least 16" in response.json()["error"]
+    finally:
+        tokens.write_text(before)
+    assert service.get("/review/queue", headers=bearer()).status_code == 200
+    assert service.get("/review/queue", headers=bearer(carol)).status_code == 401
+
+
 def test_with_no_token_only_a_loopback_only_service_takes_answers(data_dir):
     """No token configured: on 127.0.0.1 alone anyone on the machine answers (reviewer `local`); a
     service reachable from other machines refuses every review endpoint with 403, saying how to set one."""
@@ -244,3 +276,116 @@ def test_a_body_that_is_not_json_is_400_saying_what_to_send(service, data_dir):
         assert response.status_code == status, response.text
         assert "prediction_id" in response.json()["error"]
     assert len(answers_on_disk(data_dir)) == before
+
+
+def answer(client: httpx.Client, prediction_id: str, label: str = "cat") -> str:
+    """POST /feedback as alice; the answer's status (`recorded`, `replaced`)."""
+    response = client.post("/feedback", json={"prediction_id": prediction_id, "label": label}, headers=bearer())
+    assert response.status_code == 200, response.text
+    return response.json()["status"]
+
+
+def queued(client: httpx.Client) -> set[str]:
+    response = client.get("/review/queue", params={"n": 500}, headers=bearer())
+    assert response.status_code == 200, response.text
+    return {item["prediction_id"] for item in response.json()["items"]}
+
+
+WITHDRAW = {  # remove the lines naming $1 from the feedback log $2, as an operator does
+    "replaced by mv, under the file's lock": 'flock "$2" sh -c \'grep -v "$1" "$2" > "$2.new" && mv "$2.new" "$2"\' sh "$@"',  # noqa: E501
+    "rewritten in place": 'grep -v "$1" "$2" > "$2.new" && cat "$2.new" > "$2" && rm "$2.new"',
+}
+
+
+@pytest.mark.parametrize("how", list(WITHDRAW))
+def test_answers_withdrawn_by_rewriting_the_log_are_seen_by_the_running_service(service, data_dir, how):
+    """An operator withdraws a poisoned answer by rewriting answers.jsonl while the service runs: the image is
+    back in the queue, and answering it again is `recorded`; an answer left in the file still says `replaced`.
+    Before: the service kept its byte offset into the old file until a restart."""
+    from cifarflow.layout import DataLayout
+
+    withdrawn, kept = predict(service, 40)["prediction_id"], predict(service, 41)["prediction_id"]
+    assert (answer(service, withdrawn), answer(service, kept)) == ("recorded", "recorded")
+    assert not {withdrawn, kept} & queued(service)
+    path = DataLayout(data_dir).feedback_answers
+    subprocess.run(["sh", "-c", WITHDRAW[how], "sh", withdrawn, str(path)], check=True, timeout=30)
+    assert withdrawn not in path.read_text() and kept in path.read_text()
+    in_queue = queued(service)
+    assert withdrawn in in_queue and kept not in in_queue
+    assert (answer(service, withdrawn), answer(service, kept)) == ("recorded", "replaced")
+    assert withdrawn not in queued(service)
+
+
+ANSWERS, ROUNDS = 24, 3
+
+
+@contextlib.contextmanager
+def held_lock(path: Path, waiters: int):
+    """Hold `path`'s flock (as `flock FILE …` does) until `waiters` other descriptors wait for it in the
+    kernel (/proc/locks), then let them go: the answers meant to be concurrent are all in flight at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        inode = os.fstat(holder.fileno()).st_ino
+
+        def waiting() -> bool:
+            lines = Path("/proc/locks").read_text().splitlines()
+            return sum("->" in line and f":{inode} " in line for line in lines) >= waiters
+
+        yield lambda: wait_until(waiting, 30, interval=0.02, what=f"{waiters} writers waiting for {path}")
+    # closing `holder` released the lock
+
+
+def test_of_concurrent_answers_to_one_prediction_exactly_one_is_recorded(service, data_dir):
+    """24 answers to one prediction in flight at once (all waiting on the feedback log's lock): one is
+    `recorded`, 23 `replaced`. Before: each looked for an earlier answer before taking the lock, so all 24
+    were told `recorded`."""
+    from cifarflow.layout import DataLayout
+
+    prediction_id = predict(service, 42)["prediction_id"]
+    with ThreadPoolExecutor(ANSWERS) as pool, held_lock(DataLayout(data_dir).feedback_answers, ANSWERS) as all_waiting:
+        statuses = [pool.submit(answer, service, prediction_id) for _ in range(ANSWERS)]
+        all_waiting()
+    assert Counter(status.result() for status in statuses) == {"recorded": 1, "replaced": ANSWERS - 1}
+
+
+def answer_rounds(path: Path, rounds: int, go, results) -> None:
+    """Half of each round's answers to the round's prediction, in threads, through one long-lived AnswerBook
+    (as a service holds); (round, replaced) put on `results`."""
+    from cifarflow.feedback.answers import AnswerBook, new_answer
+
+    book = AnswerBook(path)
+
+    def one(round_: int) -> None:
+        results.put((round_, book.record(new_answer(f"{round_:032x}", "cat", "dog", "v1", "alice"))))
+
+    for round_ in range(rounds):
+        go.wait(60)
+        threads = [threading.Thread(target=one, args=(round_,)) for _ in range(ANSWERS // 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+
+
+def test_of_concurrent_answers_from_two_processes_exactly_one_is_recorded(tmp_path):
+    """Two processes on one feedback log (two services on one data dir), 24 answers to one prediction in
+    flight at once, 3 rounds: each round one `recorded`, 23 `replaced`, every line kept whole."""
+    path = tmp_path / "feedback" / "answers.jsonl"
+    spawn = multiprocessing.get_context("spawn")
+    go, results = spawn.Barrier(3), spawn.Queue()
+    processes = [spawn.Process(target=answer_rounds, args=(path, ROUNDS, go, results)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    got = []
+    for _ in range(ROUNDS):
+        with held_lock(path, ANSWERS) as all_waiting:
+            go.wait(60)
+            all_waiting()
+        got += [results.get(timeout=60) for _ in range(ANSWERS)]
+    for process in processes:
+        process.join(60)
+    recorded = Counter(round_ for round_, replaced in got if not replaced)
+    assert [recorded[r] for r in range(ROUNDS)] == [1] * ROUNDS, f"`recorded` per round: {recorded}"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert Counter(line["prediction_id"] for line in lines) == {f"{r:032x}": ANSWERS for r in range(ROUNDS)}

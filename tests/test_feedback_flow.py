@@ -92,14 +92,21 @@ def test_new_answers_become_one_batch_and_a_second_run_adds_nothing(prefect_serv
     assert capsys.readouterr().out.strip().splitlines()[-1] == "done: no new answers since the last export"
 
 
-def test_answers_about_test_images_are_refused_as_leaks(prefect_server, data_dir):
+def test_answers_about_test_images_are_refused_as_leaks(prefect_server, data_dir, capsys):
+    from flows.feedback_flow import main
+
     layout = DataLayout(data_dir)
     before = current_version(layout)
     test_images, _ = read_split(layout.shard_manifest, "test")
     ids = serve(data_dir, test_images[:5])
     for prediction_id in ids:
         answer(data_dir, prediction_id, "cat")
-    summary = export(data_dir)
+    assert main(["--data-dir", str(data_dir)]) == 0
+    printed = capsys.readouterr().out.splitlines()  # each refused answer and why, in the terminal
+    assert "5 answers not added:" in printed
+    for prediction_id in ids:
+        assert any(line.startswith(f"  {prediction_id} (cat): refused: test-set leak") for line in printed), printed
+    summary = read_json(next(layout.feedback_exports.glob("*/summary.json")))
     assert summary["counts"]["refused"] == 5 and summary["counts"]["added"] == 0
     assert all("test-set leak" in a["reason"] for a in summary["answers"])
     assert summary["batch_id"] is None and current_version(layout).version == before.version

@@ -320,7 +320,11 @@ def test_the_review_page_labels_the_least_confident_from_the_keyboard(service, v
     tab = visit("/review", token=ALICE[1])
     page = tab.page
 
+    page.set_viewport_size({"width": 1000, "height": 500})  # a laptop's window: the grid runs past its bottom
+    page.reload(wait_until="networkidle")
     cards = shown_cards(page)
+    assert page.evaluate("window.scrollY") == 0  # opens at the top: the heading and key legend in view
+    page.set_viewport_size({"width": 1000, "height": 900})
     assert [c["id"] for c in cards] == [i["prediction_id"] for i in queue["items"]]  # the queue's order
     margins = [i["margin"] for i in queue["items"]]
     assert margins == sorted(margins)  # least confident first

@@ -17,8 +17,9 @@ from hypothesis.extra.numpy import arrays
 from cifarflow.errors import PipelineInputError
 from cifarflow.feedback.access import AccessDenied, ReviewAccess, load_reviewers, parse_reviewers
 from cifarflow.feedback.answers import AnswerBook, append_answer, latest, new_answer, read_answers
-from cifarflow.feedback.export import plan_export, screening_verdicts
+from cifarflow.feedback.export import ExportPlan, plan_export, screening_verdicts, unfinished_exports
 from cifarflow.feedback.queue import LogIndex, least_confident_first, queue_order, read_pixels, uncertainty
+from cifarflow.journal import unfinished
 from cifarflow.monitoring.log import PredictionLog, log_files, log_table, new_ids, write_log_file
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -312,6 +313,34 @@ def test_verdicts_come_from_the_screening_summary_by_file_name():
     assert verdicts["a" * 32] == ("refused", "test-set leak: an exact copy")
     assert verdicts["b" * 32][0] == "duplicate" and "train-00042" in verdicts["b" * 32][1]
     assert verdicts["c" * 32] == ("added", "batch-1")
+
+
+def test_an_export_killed_before_its_journal_leaves_a_folder_the_next_run_removes(tmp_path):
+    """Only a folder with neither a summary.json nor a handled answer naming it is unfinished."""
+    exports = tmp_path / "exports"
+    for name in ("finished", "recorded", "killed"):
+        (exports / name / "inbox").mkdir(parents=True)
+    (exports / "finished" / "summary.json").write_text("{}")
+    exported = {"a" * 32: {"answer_id": "x", "export_id": "recorded"}}
+    assert unfinished_exports(exports, exported) == [exports / "killed"]
+    assert unfinished_exports(tmp_path / "none yet", {}) == []
+
+
+def test_the_plan_in_the_journal_names_the_same_answers_without_pixels():
+    image = np.full((32, 32, 3), 3, np.uint8)
+    answers = [new_answer("a" * 32, "cat", "dog", "v1", "alice"), new_answer("d" * 32, "ship", "dog", "v1", "bob")]
+    plan = plan_export(latest(answers), {}, {"a" * 32: image})
+    back = ExportPlan.from_json(json.loads(json.dumps(plan.to_json())))
+    assert [(r.answer, r.digest, r.pixels) for r in back.ready] == [(answers[0], plan.ready[0].digest, None)]
+    assert back.lost == [answers[1]] and back.held == [] and back.waiting == []
+
+
+def test_a_damaged_journal_stops_the_run_naming_the_file(tmp_path):
+    journal = tmp_path / ".export-journal.json"
+    assert unfinished(journal) is None
+    journal.write_text('{"export_id": ')
+    with pytest.raises(PipelineInputError, match=r"\.export-journal\.json is damaged .*delete it"):
+        unfinished(journal)
 
 
 def test_a_hand_edited_line_cannot_steer_a_file_name(tmp_path):

@@ -12,6 +12,7 @@ from cifarflow.files import read_json
 from cifarflow.registry.export import load_export
 from cifarflow.robustness.robustness import SEVERITIES
 from tests.flow_helpers import rerun_states, run_flow
+from tests.markdown_check import wrapped_lines
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -28,10 +29,12 @@ CONTRACT_KEYS = {
 }
 
 
-def test_end_to_end_then_cached_then_downstream_only(tiny_config):
+def test_end_to_end_then_cached_then_downstream_only(tiny_config, capfd):
     state, first = run_flow(tiny_config)
     assert state.is_completed(), state.message
     assert first == rerun_states("ingest")  # everything ran
+    printed = "".join(capfd.readouterr())
+    assert "Epoch 1/1" not in printed  # Keras' own epoch line: the train task logs each epoch once, itself
 
     latest = tiny_config.layout.latest_report
     assert latest.is_symlink() and (latest / "report.md").is_file()
@@ -71,6 +74,7 @@ def check_calibration_and_robustness(config, report_dir, metrics):
     assert robustness["clean_accuracy"] == pytest.approx(metrics["test_accuracy"])  # 100 test images < the subset
     report = (report_dir / "report.md").read_text()
     assert "## Calibration" in report and "## Robustness to corrupted images" in report
+    assert not wrapped_lines(report)  # no paragraph hard-wrapped (the UI would show its ragged lines)
     assert "![reliability diagram](reliability.png)" in report
     assert (report_dir / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     promotion = (report_dir / "promotion.md").read_text()

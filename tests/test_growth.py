@@ -62,6 +62,14 @@ def test_add_images_then_retrain_on_the_grown_data(prefect_server, tiny_config, 
     assert code == 0
     summary_path = Path(out.strip().splitlines()[-1].removeprefix("done: summary at "))
     summary = read_json(summary_path)
+    printed = out.splitlines()  # each rejected file and why, in the terminal (not only in summary.json)
+    assert "3 files rejected:" in printed
+    for name, why in (
+        ("Cat/leak.png", "test-set leak"),
+        ("ship/broken.jpg", "does not decode"),
+        ("unicorn/u.png", "not a"),
+    ):
+        assert any(line.startswith(f"  {inbox / name}: ") and why in line for line in printed), printed
     assert summary["added"] == 12 and summary["duplicates"] == 0
     assert summary["class_counts"] == {"cat": 6, "ship": 6}
     reasons = {Path(r["path"]).name: r["reason"] for r in summary["rejected"]}

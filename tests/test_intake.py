@@ -33,6 +33,8 @@ from cifarflow.intake.inbox import scan_inbox
 from cifarflow.intake.leaks import MAX_SHIFT, NEAR_RMS, LeakIndex
 from cifarflow.intake.screen import Reference, Screening, batch_table, screen_inbox
 from cifarflow.intake.summary import build_summary, write_summary
+from cifarflow.markdown import escape, join_wrapped
+from tests.markdown_check import inline_tags, table_cells, wrapped_lines
 from tests.synthetic import CLASSES
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -669,7 +671,7 @@ def test_write_summary_writes_json_report_and_thumbnail_grid(tmp_path, leak_inde
 
     report = (out / "report.md").read_text()
     for rejection in data["rejected"]:
-        assert f"| `{rejection['path']}` | {rejection['reason']} |" in report
+        assert [rejection["path"], rejection["reason"]] in table_cells(report)
     assert "**2 added**" in report
     assert "| cat | 2 |" in report
     assert "![added images](added.png)" in report
@@ -710,4 +712,37 @@ def test_summary_lists_duplicates_with_what_they_duplicate(tmp_path, leak_index)
     data = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert data["duplicates"] == 1
     assert data["duplicate_files"] == [{"path": str(inbox / "cat" / "again.png"), "of": "train-00042", "label": ""}]
-    assert f"| `{inbox / 'cat' / 'again.png'}` | train-00042 |" in (tmp_path / "out" / "report.md").read_text()
+    cells = table_cells((tmp_path / "out" / "report.md").read_text())
+    assert [str(inbox / "cat" / "again.png"), "train-00042", ""] in cells
+
+
+MARKDOWN_SPECIALS = ["<class name>", "a*b*c", "my_file_name_", "x|y", "`tick`", "[x](y)"]
+
+
+@pytest.mark.parametrize("text", MARKDOWN_SPECIALS + ["<b>&amp;</b> ~~s~~ #1 \\ ![i](j)"])
+def test_escaped_text_renders_as_itself(text):
+    markdown = f"| a |\n|---|\n| {escape(text)} |\n\nbefore {escape(text)} after\n"
+    assert table_cells(markdown)[1] == [text]
+    assert not inline_tags(markdown)  # no emphasis, code, link or HTML made from the text
+
+
+def test_join_wrapped_puts_each_paragraph_on_one_line():
+    blocks = "\n\n| a |\n|---|\n| b |\n\n![p](p.png)\n![q](q.png)\n"  # tables and images keep their lines
+    wrapped = "# T\n\nA sentence\nwrapped here.\n\n- item\n  more\n- next" + blocks
+    joined = "# T\n\nA sentence wrapped here.\n\n- item more\n- next" + blocks
+    assert join_wrapped(wrapped) == joined and wrapped_lines(wrapped) == ["wrapped here."] and not wrapped_lines(joined)
+
+
+def test_the_addition_report_shows_names_and_reasons_as_they_are(tmp_path, leak_index):
+    """A rejection reads "put it in INBOX/<class name>/" in report.md and the UI, not "INBOX//" (the
+    placeholder taken for an HTML tag), and file names with Markdown characters stay as they are."""
+    inbox = tmp_path / "inbox"
+    for name in MARKDOWN_SPECIALS[1:]:
+        save(solid((32, 32), "red"), inbox / f"{name}.png")
+    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}), log=lambda _: None)
+    write_summary(tmp_path / "out", summarize(inbox, screening, version="v1"), [])
+    report = (tmp_path / "out" / "report.md").read_text()
+    cells = table_cells(report)
+    for name in MARKDOWN_SPECIALS[1:]:
+        assert [str(inbox / f"{name}.png"), "not in a class folder: put it in INBOX/<class name>/"] in cells
+    assert not inline_tags(report.partition("## Rejected")[2])  # no formatting made of a name or reason

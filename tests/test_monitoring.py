@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import time
+import signal
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,13 +25,14 @@ from PIL import Image
 
 from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.shards import pixel_digest, read_split
+from cifarflow.journal import KILL_AT
 from cifarflow.layout import DataLayout
-from cifarflow.monitoring.log import log_table, new_ids, read_window, write_log_file
-from cifarflow.monitoring.monitor import SETTLE_S
+from cifarflow.monitoring.log import PredictionLog, log_table, new_ids, read_window, write_log_file
 from flows.monitor_flow import main as monitor_main
 from flows.predict_flow import main as predict_main
+from tests.conftest import REPO_ROOT
 from tests.registry_helpers import copy_data_dir
-from tests.serving_helpers import serving_process
+from tests.serving_helpers import serving_process, wait_until
 from tests.synthetic import write_archive
 
 pytestmark = pytest.mark.server  # starts real uvicorn processes
@@ -64,12 +67,18 @@ def private_copy(data_dir: Path, tmp_path: Path) -> DataLayout:
     return layout
 
 
-def log_earlier(layout: DataLayout, images: np.ndarray, source: str = "service") -> None:
-    """Rows logged a minute ago, as the writer would have written them (the monitor leaves out the last
-    seconds, which a writer may still hold)."""
-    at = datetime.now(UTC) - timedelta(minutes=1)
+def log_earlier(
+    layout: DataLayout, images: np.ndarray, source: str = "service", ago: timedelta = timedelta(minutes=1)
+) -> list[Path]:
+    """Rows scored `ago` before now, written as one log file as a writer would; its paths."""
+    at = datetime.now(UTC) - ago
     table = log_table(new_ids(len(images)), source, "v2", np.full((len(images), 10), 0.1), images, at)
-    write_log_file(layout.prediction_log, table, f"earlier-{new_ids(1)[0]}.parquet")
+    return write_log_file(layout.prediction_log, table, f"earlier-{new_ids(1)[0]}.parquet")
+
+
+def judged(layout: DataLayout) -> list[str]:
+    """The log files the state counts as judged."""
+    return json.loads(layout.monitor_state.read_text())["judged"]
 
 
 def run_monitor(capsys, *args) -> tuple[int, list[str], dict | None]:
@@ -100,7 +109,6 @@ def test_the_service_logs_every_answer_and_the_monitor_finds_the_drift(
         with ThreadPoolExecutor(CLIENTS) as pool:
             returned = [i for ids in pool.map(client, range(CLIENTS)) for i in ids]
     # the service stopped (SIGTERM): its writer flushed what waited
-    time.sleep(SETTLE_S)  # a window ends this long before the monitor starts (rows a writer may still hold)
 
     window = read_window(layout.prediction_log)
     assert len(window) == CLIENTS * REQUESTS == len(set(window.ids)) == len(set(returned))
@@ -142,18 +150,21 @@ def test_a_quiet_service_is_judged_once_enough_images_came(prefect_server, data_
     log_earlier(layout, test_images[:60])
     code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
     assert code == 0 and summary["images"] == 60 and summary["drift"] is None
-    assert not layout.monitor_state.exists()
+    assert judged(layout) == []
     log_earlier(layout, test_images[60:])
     code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
     assert code == 0 and summary["images"] == 100 and summary["drift"] is not None
-    assert json.loads(layout.monitor_state.read_text())["until"] == summary["window"]["until"]
-    # a damaged pointer and a damaged reference are named, not fatal: the whole log is judged again
+    assert len(judged(layout)) == 2 and summary["window"]["rows"] == 100
+    # a damaged state file and a damaged reference are named, not fatal: the latest report says what was
+    # judged, so nothing is judged twice
     layout.monitor_state.write_text("{not json")
     (reference,) = layout.monitor_references.glob("*/reference.npz")
     reference.write_bytes(reference.read_bytes()[:100])
-    code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
-    assert code == 0 and summary["images"] == 100 and summary["drift"] is not None
-    assert json.loads(layout.monitor_state.read_text())["until"] == summary["window"]["until"]
+    code, lines, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert code == 0 and summary["images"] == 0 and summary["drift"] is None
+    assert any(f"{layout.monitor_state} cannot be read" in line for line in lines), lines
+    assert summary["notes"] and "count as judged" in summary["notes"][0]
+    assert len(judged(layout)) == 2  # written anew, whole
     assert len(np.load(reference)["features"]) == 100  # scored again, whole
 
 
@@ -234,3 +245,175 @@ def test_a_service_whose_log_folder_cannot_be_written_serves_without_a_log(tmp_p
 def test_no_champion_exits_2_saying_so(tmp_path, capsys):
     assert monitor_main(["--data-dir", str(tmp_path / "empty")]) == 2
     assert "no champion" in capsys.readouterr().out.strip().splitlines()[-1]
+
+
+# --- every logged row judged by exactly one incremental run (issue 28, item 1) --------------------------
+
+
+def test_rows_that_reach_the_log_out_of_clock_order_are_judged_by_the_next_run_and_called_late(
+    prefect_server, data_dir, test_images, capsys, tmp_path
+):
+    layout = private_copy(data_dir, tmp_path)
+    log_earlier(layout, test_images)
+    code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert code == 0 and summary["images"] == 100 and summary["drift"] is not None and summary["notes"] == []
+    log_earlier(layout, test_images, ago=timedelta(hours=1))  # scored an hour before what was judged
+    code, lines, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert code == 0 and summary["images"] == 100 and summary["drift"] is not None
+    (note,) = summary["notes"]
+    assert note.startswith("100 rows arrived late, scored up to 0:5") and note.endswith("judged now")  # ~59 min
+    assert f"note: {note}" in lines and "late" in (Path(summary["report"]) / "report.md").read_text()
+    code, lines, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert summary["images"] == 0 and "no verdict: 0 images" in lines[-2]  # nothing judged twice
+
+
+def test_rows_a_second_writer_held_longer_are_judged_once_they_land(
+    prefect_server, data_dir, test_images, capsys, tmp_path
+):
+    """Two writers on one log: the slow one's rows were scored first but land after a run judged the fast
+    one's; the next run judges them, and each row is judged by exactly one run."""
+    layout = private_copy(data_dir, tmp_path)
+    scores = np.full((100, 10), 0.1, np.float32)
+    slow = PredictionLog(layout.prediction_log, flush_s=600, flush_rows=10_000).start()
+    with PredictionLog(layout.prediction_log, flush_s=0.05) as fast:
+        slow.append(new_ids(100), "service", "v2", scores, test_images)
+        fast.append(new_ids(100), "batch", "v2", scores, test_images)
+    code, _, first = run_monitor(capsys, "--data-dir", layout.root)
+    assert code == 0 and first["images"] == 100 and first["window"]["sources"] == {"batch": 100}
+    slow.close()  # its rows land now, stamped before the rows already judged
+    code, _, second = run_monitor(capsys, "--data-dir", layout.root)
+    assert code == 0 and second["images"] == 100 and second["window"]["sources"] == {"service": 100}
+    assert second["window"]["first"] < first["window"]["last_logged"]
+    code, _, third = run_monitor(capsys, "--data-dir", layout.root)
+    assert third["images"] == 0 and len(judged(layout)) == 2
+
+
+def test_a_window_over_max_images_is_judged_on_a_sample_and_all_its_rows_count(
+    prefect_server, data_dir, test_images, capsys, tmp_path
+):
+    layout = private_copy(data_dir, tmp_path)
+    log_earlier(layout, np.concatenate([test_images, test_images]), ago=timedelta(minutes=3))
+    log_earlier(layout, test_images[:50])
+    code, lines, summary = run_monitor(capsys, "--data-dir", layout.root, "--max-images", "120")
+    assert code == 0 and summary["images"] == 120 and summary["drift"] is not None
+    assert summary["window"]["rows"] == 250 and sum(summary["window"]["sources"].values()) == 120
+    assert summary["window"]["first"] < summary["window"]["last_logged"]  # the oldest rows are in the window
+    assert any("250 rows in the window: a random sample of 120 was judged" in note for note in summary["notes"])
+    code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert summary["images"] == 0 and len(judged(layout)) == 2  # the 130 not in the sample are not judged again
+
+
+@pytest.mark.parametrize(
+    ("point", "outcome"),
+    [
+        ("monitor:report-written", "finished"),  # report whole, commit and drift event not yet
+        ("monitor:report-half-written", "undone"),  # plots and report.md written, monitor.json not
+        ("monitor:merged", "merge finished"),  # yesterday's judged files merged, the state not yet told
+    ],
+)
+def test_a_monitor_run_killed_mid_way_is_finished_or_undone_by_the_next(
+    prefect_server, cli_env, data_dir, test_images, capsys, tmp_path, point, outcome
+):
+    layout = private_copy(data_dir, tmp_path)
+    ago = timedelta(days=1) if point == "monitor:merged" else timedelta(minutes=1)
+    log_earlier(layout, test_images[:50] // 2, ago=ago)  # darkened: drift
+    log_earlier(layout, test_images[50:] // 2, ago=ago)
+    killed = subprocess.run(
+        [sys.executable, "flows/monitor_flow.py", "--data-dir", str(layout.root)],
+        cwd=REPO_ROOT, env=cli_env | {KILL_AT: point}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    (folder,) = layout.monitor_reports.iterdir()
+
+    code, lines, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert code == 0, lines
+    notes = [line for line in lines if line.startswith("note: ")]
+    assert len(notes) == 1 and notes == [f"note: {n}" for n in summary["notes"]], lines
+    if outcome == "finished":
+        assert f"the monitor run killed after its report ({folder.name}: drift" in notes[0]
+        assert "its 2 log files are now judged; its drift event, never sent, was emitted now" in notes[0]
+        assert summary["images"] == 0 and (folder / "monitor.json").is_file()
+    elif outcome == "undone":
+        assert f"undone: its partial report {folder.name} was removed, its 2 log files are judged by this" in notes[0]
+        assert not folder.exists() and summary["images"] == 100 and summary["drift"] is True
+    else:
+        assert "the merge of judged log files a kill cut short was finished: 2 of its 2 files" in notes[0]
+        assert summary["images"] == 0 and [p.name for p in layout.prediction_log.glob("*/*")] == ["day.parquet"]
+    assert len(judged(layout)) == (0 if outcome == "merge finished" else 2)
+    assert not layout.monitor_journal.exists() and not layout.monitor_merge_journal.exists()
+    code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert summary["images"] == 0 and summary["notes"] == []  # nothing left to finish, nothing judged twice
+
+
+def fill(folder: Path) -> Path:
+    """Write a file into `folder` until its file system refuses more; the file."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as sink:
+        try:
+            while sink.write(b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+    return filler
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A mount point with a 4 MiB tmpfs on it (root only): a disk that fills."""
+    mounts: list[Path] = []
+
+    def mount(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True)
+        if made.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (a full disk needs one): {made.stderr.decode().strip()}")
+        mounts.append(folder)
+        return folder
+
+    yield mount
+    for folder in mounts:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_rows_held_through_a_full_disk_are_judged_once_and_answerable_meanwhile(
+    prefect_server, data_dir, test_images, capsys, tmp_path, small_disk
+):
+    """The real service with its log on a disk that fills: rows scored after the disk filled are held by
+    the writer; a run meanwhile judges what reached the log; a review answer for a held row is taken (not
+    404); once space is back the held rows land, stamped when scored, and the next run judges them."""
+    layout = private_copy(data_dir, tmp_path)
+    log_disk, answers_disk = small_disk(layout.prediction_log), small_disk(layout.feedback)
+    batch = [("file", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(test_images[:50])]
+
+    def predict(http: httpx.Client, requests: int) -> list[str]:
+        answers = [http.post("/predict/batch", files=batch) for _ in range(requests)]
+        assert {a.status_code for a in answers} == {200}, answers[-1].text
+        return [row["prediction_id"] for a in answers for row in a.json()]
+
+    with serving_process(layout.root, tmp_path / "serving.log") as server, httpx.Client(base_url=server.url) as http:
+        before = predict(http, 2)  # 100 rows, on disk within a second
+        wait_until(lambda: len(read_window(layout.prediction_log)) == 100, 30, what="the first rows on disk")
+        filler = fill(log_disk)
+        during = predict(http, 2)  # 100 rows the writer holds: the disk refuses them
+        wait_until(lambda: "rows not written yet" in server.log_tail(), 30, what="the writer's warning")
+
+        answers_full = fill(answers_disk)  # the answer itself cannot be written either: a clear 503
+        refused = http.post("/feedback", json={"prediction_id": during[0], "label": "cat"})
+        assert refused.status_code == 503 and "could not be stored" in refused.json()["error"], refused.text
+        answers_full.unlink()
+        answer = http.post("/feedback", json={"prediction_id": during[0], "label": "cat"})
+        assert answer.status_code == 200 and answer.json()["status"] == "recorded", answer.text
+        image = http.get(f"/review/image/{during[1]}.png")
+        assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+
+        code, _, first = run_monitor(capsys, "--data-dir", layout.root)  # during the outage
+        assert code == 0 and first["images"] == 100 and first["drift"] is not None
+        filler.unlink()  # space again: the writer writes what it held
+        wait_until(lambda: len(read_window(layout.prediction_log)) == 200, 30, what="the held rows on disk")
+    assert set(read_window(layout.prediction_log).ids) == set(before) | set(during)
+
+    code, lines, second = run_monitor(capsys, "--data-dir", layout.root)
+    assert code == 0 and second["images"] == 100 and second["drift"] is not None, lines
+    assert first["window"]["last_logged"] < second["window"]["first"]
+    code, _, third = run_monitor(capsys, "--data-dir", layout.root)
+    assert third["images"] == 0  # each of the 200 rows judged by exactly one run

@@ -21,7 +21,7 @@ from cifarflow.inference.batch import SCHEMA, predict_files
 from cifarflow.inference.sources import UnusableArguments, expand_paths
 from cifarflow.intake.images import convert_image
 from flows.predict_flow import main as predict_main
-from tests.registry_helpers import copy_data_dir
+from tests.registry_helpers import copy_data_dir, unseal
 from tests.synthetic import CLASSES
 
 
@@ -139,6 +139,10 @@ def test_every_file_gets_a_row_scored_by_the_champion(prefect_server, data_dir, 
     path = out_path(out)
     assert path.parent.parent == data_dir.resolve() / "predictions" and "-champion-" in path.parent.name
     assert f"{len(good)} of {len(good) + len(bad)} files scored by v2; {len(bad)} could not be" in out
+    printed = out.splitlines()  # each file not scored, with why, in the terminal (not only in the Parquet file)
+    assert f"{len(bad)} files not scored:" in printed
+    for file in bad:
+        assert any(line.startswith(f"  {file.absolute()}: ") and len(line) > len(f"  {file}: ") for line in printed)
 
     assert pq.read_schema(path) == SCHEMA
     rows = pq.read_table(path).to_pylist()
@@ -191,6 +195,22 @@ def test_exit_1_when_no_file_could_be_scored(prefect_server, data_dir, inbox, tm
     assert [row["path"] for row in rows] == [str(p.absolute()) for p in bad]
     assert all(row["error"] and row["label"] is None for row in rows)
     assert not target.with_suffix(".png").exists()  # no image to show
+
+
+def test_an_export_that_does_not_load_ends_the_run_naming_it(prefect_server, two_versions, inbox, tmp_path, capsys):
+    """Damage the check before the run cannot see (an unverified version: registered before file
+    digests) ends the run with `error: <its export> is damaged (…)`, not TensorFlow's bare error."""
+    data = copy_data_dir(two_versions, tmp_path / "data")
+    v1 = data / "registry" / "versions" / "v1"
+    unseal(v1)
+    graph = v1 / "export" / "saved_model.pb"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    _, good, _ = inbox
+    code, out, err = predict(capsys, good[0], "--model", "v1", "--data-dir", data, "--no-log")
+    assert code == 1, out
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"error: {v1 / 'export'} is damaged (the SavedModel does not load: "), last
+    assert "restore it from a backup" in last
 
 
 @pytest.mark.flow  # the command line, in-process

@@ -502,3 +502,31 @@ def test_a_failing_disk_is_retried_at_the_interval_not_on_every_append(tmp_path)
         time.sleep(0.1)
         tried = len(warnings)
     assert 1 <= tried <= 2  # one try when the rows first passed flush_rows, the next only at the interval
+
+
+def test_rows_the_writer_holds_through_a_failing_disk_are_found_by_id(tmp_path):
+    """A review of a prediction the service just returned must not 404 while the disk refuses writes: the
+    writer's held rows are found by id until they are written."""
+    root = tmp_path / "log"
+    root.write_text("a file where the log's folder should be")
+    ids = new_ids(3)
+    with PredictionLog(root, flush_s=0.05, flush_rows=10_000, warn=lambda _: None) as prediction_log:
+        prediction_log.append(ids, "service", "v1", probabilities(3), images(3))
+        assert prediction_log.flush() is False  # the disk refuses the write: the rows are held
+        held = prediction_log.held([ids[1], "not-logged"])
+        assert held["prediction_id"].to_pylist() == [ids[1]]
+        assert held["pixels"][0].as_py() == images(3)[1].tobytes()
+        root.unlink()
+        wait_for(lambda: prediction_log.written == 3)
+        assert prediction_log.held(ids).num_rows == 0  # on disk now, found there
+
+
+def test_a_merge_given_the_judged_files_leaves_the_others_as_they_are(tmp_path):
+    yesterday = T0 - timedelta(days=1)
+    ids = write_calls(tmp_path, 2, [yesterday + timedelta(seconds=s) for s in range(3)])
+    day = tmp_path / f"day={yesterday:%Y-%m-%d}"
+    judged = {"call-000.parquet", "call-001.parquet"}
+    assert compact_days(tmp_path, T0.date(), judged=lambda path: path.name in judged) == [day]
+    assert sorted(p.name for p in day.iterdir()) == ["call-002.parquet", "day.parquet"]
+    assert pq.read_table(day / "day.parquet")["prediction_id"].to_pylist() == ids[:4]
+    assert sorted(read_window(tmp_path).ids) == sorted(ids)

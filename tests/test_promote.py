@@ -435,3 +435,23 @@ def test_flow_promotes_first_then_is_cached_then_judges_a_new_model(prefect_serv
     assert "### Per-class F1" in report and "![confusion matrix change](confusion_diff.png)" in report
     assert (Path(fourth.result()["report"]) / "confusion_diff.png").stat().st_size > 1000
     assert len(read_decisions(registry)) == 2  # the wipe removed the first run's line
+
+
+def test_the_promotion_artifact_names_the_champion_by_its_version_as_the_logs_do():
+    from cifarflow.orchestration.artifacts import promotion_markdown
+    from tests.markdown_check import RENDERER, visible
+
+    decision = {"promoted": True, "summary": "promoted: 0.612 → 0.701, p < 0.001", "resulting_champion": "ab" * 32}
+    text = promotion_markdown({"decision": decision, "champion_version": "v2"})
+    assert "Champion now: **v2** (model sha256 `abababababab`)." in text  # `champion is now v2 (…)` in the log
+    assert "promoted: 0.612 → 0.701, p < 0.001" in visible(RENDERER.render(text))
+    older = promotion_markdown({"decision": decision})  # recorded before promotion.json named the version
+    assert "Champion now: `abababababab`." in older
+
+
+def test_report_section_names_the_champion_by_its_version(labels):
+    idx = np.arange(1000)
+    champion = replace(make_score(labels, with_accuracy(labels, idx % 100 < 61), "a" * 64), version="v3")
+    challenger = make_score(labels, with_accuracy(labels, idx % 100 < 70), "b" * 64)
+    text = comparison_markdown(decide(challenger, champion), challenger, champion)
+    assert "| version | v3 | new |" in text

@@ -31,7 +31,7 @@ from cifarflow.registry.build import Canary, VersionRejected, stage_version
 from flows.predict_flow import main as predict_command
 from flows.registry import main as registry_command
 from tests.conftest import REPO_ROOT
-from tests.registry_helpers import canary_pixels, snapshot, tiny_model_file, version_inputs
+from tests.registry_helpers import canary_pixels, snapshot, tiny_model_file, unseal, version_inputs
 from tests.synthetic import CLASSES
 
 REGISTRY_CLI = str(REPO_ROOT / "flows" / "registry.py")
@@ -309,6 +309,7 @@ def test_a_model_rolled_back_by_hand_is_not_promoted_again(registry, built, tmp_
     assert [v.name for v in store.list_versions(registry)] == ["v1", "v2"]
     assert read_decisions(registry)[-1]["reason"] == "rolled-back"
     assert "the champion stays v1" in (tmp_path / "report" / "promotion.md").read_text()
+    assert json.loads((tmp_path / "report" / "promotion.json").read_text())["champion_version"] == "v1"
 
 
 @pytest.mark.flow  # a fresh process of the product: not the unit tier
@@ -460,12 +461,14 @@ def test_cli_lists_the_versions_and_marks_the_champion(registry):
         "trained_by_run",
         "promoted_at",
         "model_sha256",
+        "files",
     ]
     rows = {line.split()[0]: line.split() for line in lines[1:3]}
     v1, v2 = store.list_versions(registry)
     assert rows["v1"][1:4] == ["seed", f"{round(v1.accuracy, 4)}", "dataset-1"] and "champion" not in rows["v1"]
     assert rows["v2"][1:5] == ["champion", "seed", f"{round(v2.accuracy, 4)}", "dataset-2"]
-    assert rows["v2"][-1] == v2.model_id[:12] and rows["v1"][-1] == v1.model_id[:12]
+    assert rows["v2"][-2] == v2.model_id[:12] and rows["v1"][-2] == v1.model_id[:12]
+    assert rows["v1"][-1] == rows["v2"][-1] == "verified"
     assert "latest moves of the champion alias:" in result.stdout
     assert "v1 → v2  by promotion: promoted: test fixture" in result.stdout
 
@@ -623,24 +626,62 @@ def edit_record(path: Path, **changes) -> None:
     path.write_text(json.dumps(record))
 
 
-VERSION_DAMAGE = {  # how a version is damaged → (the file named, what the message says is wrong)
-    "empty version.json": (lambda v: (v / "version.json").write_text(""), "version.json", "empty file"),
-    "truncated version.json": (
-        lambda v: (v / "version.json").write_text((v / "version.json").read_text()[:40]),
-        "version.json",
-        "not valid JSON",
+def cut(path: Path) -> str:
+    """Cut the file to half its size; what a version check says of it."""
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[: size // 2])
+    return f"{size // 2:,} bytes, {size:,} when registered"
+
+
+def empty(path: Path) -> str:
+    size = path.stat().st_size
+    path.write_bytes(b"")
+    return f"0 bytes, {size:,} when registered"
+
+
+def flip_a_byte(path: Path) -> str:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return "changed since it was registered: another sha256, same size"
+
+
+def edit_and_say(path: Path, problem: str, **changes) -> str:
+    edit_record(path, **changes)
+    return problem
+
+
+# how a version is damaged → (the file named, inside the version folder; what the message says is wrong)
+VERSION_DAMAGE = {
+    "emptied export/cifarflow.json": (lambda v: empty(v / "export" / "cifarflow.json"), "export/cifarflow.json"),
+    "cut saved_model.pb": (lambda v: cut(v / "export" / "saved_model.pb"), "export/saved_model.pb"),
+    "missing variables/": (lambda v: shutil.rmtree(v / "export" / "variables") or "folder missing", "export/variables"),
+    "a byte changed in a variables shard": (
+        lambda v: flip_a_byte(v / "export" / "variables" / "variables.data-00000-of-00001"),
+        "export/variables/variables.data-00000-of-00001",
     ),
+    "a byte changed in model.keras": (lambda v: flip_a_byte(v / "model.keras"), "model.keras"),
+    "cut smoke.json": (lambda v: cut(v / "smoke.json"), "smoke.json"),
+    "a missing file": (lambda v: (v / "predictions.npy").unlink() or "missing", "predictions.npy"),
+    "empty version.json": (lambda v: empty(v / "version.json") and "empty file", "version.json"),
+    "truncated version.json": (lambda v: cut(v / "version.json") and "not valid JSON", "version.json"),
     "a key removed by hand": (
-        lambda v: edit_record(v / "version.json", accuracy=None),
+        lambda v: edit_and_say(v / "version.json", "no `accuracy` field", accuracy=None),
         "version.json",
-        "no `accuracy` field",
     ),
     "a value of the wrong type": (
-        lambda v: edit_record(v / "version.json", accuracy="high"),
+        lambda v: edit_and_say(v / "version.json", "`accuracy` is text, not a number", accuracy="high"),
         "version.json",
-        "`accuracy` is text, not a number",
     ),
-    "a missing file": (lambda v: (v / "model.keras").unlink(), "", "model.keras missing"),
+    "a value changed by hand": (
+        lambda v: edit_and_say(
+            v / "version.json",
+            "changed since it was registered: its content does not match its `record_sha256`",
+            accuracy=0.99,
+            note="retrained",
+        ),
+        "version.json",
+    ),
 }
 
 
@@ -652,6 +693,14 @@ def registry_main(capsys, data_dir: Path, *args: str) -> tuple[int, str, str]:
 
 def predict_main(capsys, data_dir: Path, image: Path, *args: str) -> tuple[int, str, str]:
     code = predict_command([str(image), "--data-dir", str(data_dir), *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def monitor_main(capsys, data_dir: Path) -> tuple[int, str, str]:
+    from flows.monitor_flow import main as monitor_command
+
+    code = monitor_command(["--data-dir", str(data_dir)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -672,24 +721,54 @@ def assert_refused_naming(result: tuple[int, str, str], named: str, problem: str
     assert problem in last and "Traceback" not in err
 
 
+def health(data_dir: Path) -> tuple[int, dict]:
+    """The service's /health right after its start-up on `data_dir` (the app's lifespan runs: the
+    model is loaded as `python serving/app.py` loads it)."""
+    import asyncio
+
+    import httpx
+
+    from serving.app import create_app
+
+    app = create_app(data_dir, log_predictions=False)
+
+    async def ask() -> httpx.Response:
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
+                return await client.get("/health")
+
+    answer = asyncio.run(ask())
+    return answer.status_code, answer.json()
+
+
 @pytest.mark.parametrize("damage", VERSION_DAMAGE)
 def test_a_damaged_version_is_named_by_every_command(registry, capsys, image, damage):
+    """Whatever file of a version is damaged, `list`, batch prediction, the monitor, the service's
+    /health and a move of the alias name it, with what is wrong and what to do; the other version
+    still serves."""
     from cifarflow.inference.predictor import locate
 
-    harm, file, problem = VERSION_DAMAGE[damage]
-    harm(registry / "versions" / "v2")  # the champion
-    named = str(registry / "versions" / "v2" / file).rstrip("/")
+    harm, file = VERSION_DAMAGE[damage]
+    problem = harm(registry / "versions" / "v2")  # the champion
+    named = str(registry / "versions" / "v2" / file)
+    fix = 'make v1 the champion: `python flows/registry.py promote v1 --reason "v2 is damaged"`'
 
     code, out, err = registry_main(capsys, registry.parent, "list")
     assert code == 0 and "Traceback" not in err
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:3]}
-    assert rows["v1"][1] == "seed" and rows["v2"][1:] == ["champion", "DAMAGED"]  # the healthy one is shown
-    assert f"{named} is damaged ({problem}" in out and "restore it from a backup" in out
+    assert rows["v1"][1] == "seed" and rows["v1"][-1] == "verified"  # the healthy one is shown
+    assert rows["v2"][1:] == ["champion", "DAMAGED", file]
+    assert f"{named} is damaged ({problem}" in out and "restore it from a backup" in out and fix in out
     assert out.strip().splitlines()[-1] == "done: 1 version, champion v2; 1 damaged (see above)"
 
     assert_refused_naming(predict_main(capsys, registry.parent, image, "--model", "v2"), named, problem)
     assert_refused_naming(predict_main(capsys, registry.parent, image), named, problem)  # the champion
+    assert_refused_naming(monitor_main(capsys, registry.parent), named, problem)
+    status, body = health(registry.parent)
+    assert status == 503 and f"{named} is damaged ({problem}" in body["error"] and fix in body["error"]
     assert locate("v1", registry).name == "v1"  # the others still serve
+    with pytest.raises(store.RegistryDamaged, match=f"{named} is damaged"):  # nor is it a target to roll back to
+        store.move_alias(registry, "v2", by="hand", reason="roll forward")
 
 
 ALIAS_DAMAGE = {  # how champion.json is damaged → what the message says is wrong
@@ -739,12 +818,14 @@ def test_an_unreadable_line_of_the_alias_log_is_named_and_the_others_stand(regis
 
 @pytest.mark.flow  # a fresh process of the product: not the unit tier
 def test_damage_is_refused_from_the_command_line_without_a_traceback(registry, image):
-    """The same refusals as above, through the real commands in their own processes."""
+    """The same refusals as above, through the real commands in their own processes (the issue's
+    example: an emptied export/cifarflow.json, once a bare JSONDecodeError naming no file)."""
     predict_cli = str(REPO_ROOT / "flows" / "predict_flow.py")
-    (registry / "versions" / "v2" / "version.json").write_text('{"id": "')
-    named = f"{registry / 'versions' / 'v2' / 'version.json'} is damaged (not valid JSON"
+    problem = empty(registry / "versions" / "v2" / "export" / "cifarflow.json")
+    named = f"{registry / 'versions' / 'v2' / 'export' / 'cifarflow.json'} is damaged ({problem})"
     listed = registry_cli(registry.parent, "list")
     assert listed.returncode == 0 and named in listed.stdout and "Traceback" not in listed.stderr
+    assert listed.stdout.splitlines()[2].split()[1:] == ["champion", "DAMAGED", "export/cifarflow.json"]
     for args in ([], ["--model", "v2"]):
         refused = subprocess.run(
             [sys.executable, predict_cli, str(image), "--data-dir", str(registry.parent), *args],
@@ -756,6 +837,161 @@ def test_damage_is_refused_from_the_command_line_without_a_traceback(registry, i
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert refused.stdout.strip().splitlines()[-1].startswith(f"error: {named}")
         assert "Traceback" not in refused.stderr
+
+
+def test_a_version_registered_before_file_digests_is_unverified_and_checked_for_what_it_can_be(registry, capsys):
+    """No digests: `list` says `unverified`; a missing or unreadable file, a model.keras that is not the
+    record's model id, and an export that does not load are still named, with the file."""
+    from cifarflow.inference.predictor import load_predictor
+
+    v1 = registry / "versions" / "v1"
+    unseal(v1)
+    code, out, _ = registry_main(capsys, registry.parent, "list")
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:3]}
+    assert rows["v1"][-1] == "unverified" and rows["v2"][-1] == "verified" and store.problems(registry) == []
+
+    metadata = (v1 / "export" / "cifarflow.json").read_bytes()
+    (v1 / "export" / "cifarflow.json").write_text("")
+    code, out, _ = registry_main(capsys, registry.parent, "list")
+    assert out.splitlines()[1].split() == ["v1", "DAMAGED", "export/cifarflow.json"]
+    assert f"{v1 / 'export' / 'cifarflow.json'} is damaged (empty file)" in out
+    (v1 / "export" / "cifarflow.json").write_bytes(metadata)
+
+    flip_a_byte(v1 / "model.keras")
+    with pytest.raises(store.RegistryDamaged, match=rf"{v1 / 'model.keras'} is damaged \(changed since it was"):
+        store.read_version(registry, "v1")
+    flip_a_byte(v1 / "model.keras")  # back as it was
+
+    cut(v1 / "export" / "saved_model.pb")  # unverified: only loading it finds this
+    assert store.read_version(registry, "v1").name == "v1"
+    with pytest.raises(store.RegistryDamaged, match=rf"{v1 / 'export'} is damaged \(the SavedModel does not load"):
+        load_predictor("v1", registry)
+
+
+KILLED_REGISTRATION = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+
+    import numpy as np
+
+    registry, point = Path(sys.argv[1]), sys.argv[2]
+
+
+    def pause(*args, **kwargs):  # the kill point: say so, then wait for SIGKILL
+        print("paused", flush=True)
+        time.sleep(600)
+
+
+    if point == "moving the alias":
+        from cifarflow.registry import alias
+
+        alias.append_line = pause  # champion.json replaced, its record not yet in aliases.jsonl
+        alias.move_alias(registry, "v1", by="hand", reason="v2 misreads night photos")
+    from cifarflow.files import file_digest
+    from cifarflow.registry import api, build, versions
+    from cifarflow.registry.records import VersionRecord
+
+    model = registry.parent / "model.keras"
+    model.write_bytes(b"a network")
+    record = VersionRecord(file_digest(model), "seed", 0.5, "run-3", "dataset-3", "t" * 64, label_names=("a", "b"))
+    if point == "exporting":
+        def export_half(model_path, preset, label_names, out_dir, temperature=None):
+            Path(out_dir).mkdir()
+            (Path(out_dir) / "saved_model.pb").write_bytes(b"half a graph")
+            pause()
+
+        build.export_model = export_half
+        api.stage_next_version(registry, model, record, {}, np.zeros(3), np.zeros(3), canary=None)
+    if point == "committing":  # sealed, not yet renamed into versions/
+        rename = versions.os.replace
+        versions.os.replace = lambda src, dst: pause() if Path(dst).parent.name == "versions" else rename(src, dst)
+        staging = versions.new_staging(registry, "v3")
+        (staging / "export").mkdir()
+        (staging / "model.keras").write_bytes(model.read_bytes())
+        for name in ("predictions.npy", "labels.npy"):
+            np.save(staging / name, np.zeros(3, np.int16))
+        (staging / "metrics.json").write_text("{}")
+        (staging / "version.json").write_text(__import__("json").dumps(record.to_json() | {"version": "v3"}))
+        versions.commit_version(registry, staging, "v3")
+    """
+)
+KILL_POINTS = ("exporting", "committing", "moving the alias")
+
+
+@pytest.mark.flow  # real processes of the product: not the unit tier
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_registry_write_killed_half_way_is_undone_or_finished_by_the_next_command(registry, capsys, point):
+    """SIGKILL while a version is built, sealed or made the champion by hand: the registry still reads
+    whole, and the next command (here `registry.py list`, as the pipeline's start does) undoes the
+    build or finishes the move, and says which; a build still running is left alone."""
+    before = snapshot(registry)
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_REGISTRATION, str(registry), point],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "paused"
+        if point == "exporting":  # while the build runs, another command leaves it alone
+            code, out, _ = registry_main(capsys, registry.parent, "list")
+            assert "undone" not in out and [p.name.split(".")[0] for p in (registry / ".staging").iterdir()] == [
+                "v3",
+                "v3",
+            ]  # the build and its lock
+        assert [v.name for v in store.list_versions(registry)] == ["v1", "v2"]  # whole while it is killed
+    finally:
+        child.kill()  # SIGKILL
+        child.wait()
+    listed = registry_cli(registry.parent, "list")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stdout + listed.stderr
+    said = [line for line in listed.stdout.splitlines() if line.startswith("registry: ")]
+    if point == "moving the alias":
+        assert said == [
+            "registry: finished: the move v2 → v1 by hand that a killed command left unrecorded is now in "
+            "aliases.jsonl",
+            "registry: the `champion` link to versions/v1 was put back (it was a link to versions/v2)",
+        ]
+        assert aliases_lines(registry)[-1]["to"] == "v1" and len(aliases_lines(registry)) == 3
+        assert os.readlink(registry / "champion") == os.path.join("versions", "v1")
+        assert listed.stdout.strip().splitlines()[-1] == "done: 2 versions, champion v1"
+    else:
+        assert len(said) == 1 and said[0].startswith(
+            f"registry: undone: the build of version v3 that a killed command left in {registry / '.staging'}/v3."
+        )
+        assert said[0].endswith(
+            "was removed (it was never registered; the pipeline builds it again if it still promotes the model)"
+        )
+        assert snapshot(registry) == before  # nothing of v3 is left, not even .staging/
+        assert listed.stdout.strip().splitlines()[-1] == "done: 2 versions, champion v2"
+    again = registry_cli(registry.parent, "list")
+    assert not [line for line in again.stdout.splitlines() if line.startswith("registry: ")]  # nothing left to do
+
+
+@pytest.mark.flow  # a real service process: not the unit tier
+def test_the_service_started_on_a_damaged_champion_names_the_file_and_follows_the_fix(registry, tmp_path):
+    """/health's 503 names the damaged file and the fix; once the champion is moved (as
+    `registry.py promote v1` does), the service serves v1 without a restart."""
+    import httpx
+
+    from tests.serving_helpers import serving_process, wait_until
+
+    problem = cut(registry / "versions" / "v2" / "export" / "saved_model.pb")
+    named = f"{registry / 'versions' / 'v2' / 'export' / 'saved_model.pb'} is damaged ({problem})"
+    with serving_process(registry.parent, tmp_path / "serving.log") as server:
+        answer = httpx.get(f"{server.url}/health", timeout=10)
+        assert answer.status_code == 503 and named in answer.json()["error"]
+        assert (
+            'make v1 the champion: `python flows/registry.py promote v1 --reason "v2 is damaged"`'
+            in (answer.json()["error"])
+        )
+        assert named in server.log_tail()
+        store.move_alias(registry, "v1", by="hand", reason="v2 is damaged")
+        healthy = wait_until(
+            lambda: (r := httpx.get(f"{server.url}/health", timeout=10)).status_code == 200 and r.json(), 30
+        )
+        assert healthy == {"status": "ok", "model_version": "v1"}
 
 
 def test_the_promote_stage_stops_before_writing_anything_when_the_champion_is_damaged(registry, built, tmp_path):

@@ -79,7 +79,7 @@ def test_every_error_status_is_documented_with_the_error_body():
         ("post", "/predict/batch"): {"200", "400", "413", "415", "422", "503"},
         ("post", "/feedback"): {"200", "400", "401", "403", "404", "413", "422", "503"},
         ("get", "/review/queue"): {"200", "401", "403", "413", "422", "503"},
-        ("get", "/review/image/{prediction_id}.png"): {"200", "401", "403", "404", "413", "422"},
+        ("get", "/review/image/{prediction_id}.png"): {"200", "401", "403", "404", "413", "422", "503"},
     }
     assert {(method, path) for path, item in paths.items() for method in item} == set(answers)
     for (method, path), statuses in answers.items():

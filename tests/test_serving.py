@@ -6,6 +6,7 @@ clients are sending images, to check the live switch drops or mislabels no reque
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -349,12 +350,41 @@ def test_a_client_that_waits_for_100_continue_gets_the_413_without_sending_the_b
     assert "10 MiB limit" in answer
 
 
-def test_head_answers_wherever_get_does_without_a_body(service):
+def get_paths(app, filled: dict[str, str]) -> list[str]:
+    """A URL for every GET route of `app` and every file of its mounts, the path parameters taken from `filled`."""
+    from starlette.routing import Mount
+
+    paths = []
+    for route in app.routes:
+        if isinstance(route, Mount):
+            paths += [f"{route.path}/{f.name}" for f in sorted(Path(route.app.directory).iterdir()) if f.is_file()]
+        elif "GET" in (getattr(route, "methods", None) or ()):
+            names = set(route.param_convertors)
+            assert names <= set(filled), f"{route.path}: give the test a value for {names - set(filled)}"
+            paths.append(route.path.format(**filled))
+    return paths
+
+
+def test_head_is_get_without_its_body_on_every_route(service, data_dir):
+    """RFC 9110, 9.3.2: HEAD's status and headers (Content-Length, Content-Type, …) are GET's, its body empty,
+    for every GET route of the app (found in the app, not listed here), errors included. Before: HEAD /model
+    serialised without GET's response model and sent a Content-Length one byte longer than GET's body."""
+    import serving.app
+
     with service.client() as client:
-        for path in ("/", "/health", "/model", "/limits"):
-            head, get = client.head(path), client.get(path)
-            assert (head.status_code, head.content) == (get.status_code, b""), path
-        assert client.head("/predict").status_code == 405
+        made = post_image(client, PNG).json()["prediction_id"]
+        paths = get_paths(serving.app.create_app(data_dir), {"prediction_id": made})
+        assert {"/", "/health", "/model", "/limits", "/review/queue", f"/review/image/{made}.png"} <= set(paths)
+        paths += ["/no-such-page", f"/review/image/{'f' * 32}.png", "/review/queue?n=0", "/predict"]  # 404, 422, 405
+        for path in paths:
+            get, head = client.get(path), client.head(path)
+            assert get.content and head.content == b"", path
+            same = [(k, v) for k, v in get.headers.multi_items() if k != "date"]
+            assert (head.status_code, [(k, v) for k, v in head.headers.multi_items() if k != "date"]) == (
+                get.status_code,
+                same,
+            ), path
+            assert int(head.headers["content-length"]) == len(get.content), path
 
 
 @pytest.mark.parametrize(
@@ -609,6 +639,65 @@ def test_decode_budget_refuses_a_budget_of_nothing():
 
 
 # --- load, a service with no model, and the live champion switch -------------------------------------
+
+
+def closed_by_server(sock: socket.socket, wait: float) -> bytes | None:
+    """What the service sent before closing `sock` (b"" for nothing), or None if it is still open after `wait` s."""
+    sock.settimeout(wait)
+    answer = b""
+    try:
+        while chunk := sock.recv(4096):
+            answer += chunk
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return answer
+
+
+def test_slow_clients_past_the_open_file_limit_leave_health_answering_and_are_closed(data_dir, tmp_path):
+    """300 connections sending their head one line at a time, against a service limited to 256 open files
+    (`ulimit -n`; the issue's 1,100 against 1,024, scaled down): /health keeps answering another client
+    within a second, the descriptors never run out, and every slow connection is closed with 408, the
+    last ones `--header-timeout` (2 s) after they opened; a body that stalls the same. Before: the
+    service stopped accepting (EMFILE), /health timed out, and no slow connection was ever closed."""
+    timeout, slow_count = 2.0, 300
+    options = ["--header-timeout", str(timeout)]
+    with serving_process(data_dir, tmp_path / "serving.log", options=options, open_files=256) as server:
+        slow = []
+        for _ in range(slow_count):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            slow.append(sock)
+        opened = time.monotonic()
+        health = []
+        with httpx.Client(base_url=server.url, timeout=1) as client:
+            for _ in range(6):
+                for sock in slow:
+                    with contextlib.suppress(OSError):
+                        sock.send(b"X-Slow: 1\r\n")
+                start = time.monotonic()
+                health.append((client.get("/health").status_code, time.monotonic() - start))
+                time.sleep(0.25)
+        assert all(status == 200 and took < 1 for status, took in health), health
+
+        answers = [closed_by_server(sock, max(0.01, opened + timeout + 1.5 - time.monotonic())) for sock in slow]
+        assert None not in answers, f"{answers.count(None)} slow connections still open {timeout + 1.5:g} s on"
+        assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers if a), {a[:40] for a in answers}
+
+        alone = socket.create_connection(("127.0.0.1", server.port))  # a service no longer crowded: the timeout alone
+        stalled = socket.create_connection(("127.0.0.1", server.port))
+        started = time.monotonic()
+        alone.sendall(b"GET /health HTTP/1.1\r\n")
+        form = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        stalled.sendall(form + b"Content-Length: 1000\r\n\r\n--b\r\n")
+        for sock in (alone, stalled):
+            answer = closed_by_server(sock, timeout + 2)
+            took = time.monotonic() - started
+            assert answer is not None and answer.startswith(b"HTTP/1.1 408 "), answer
+            assert f"within {timeout:g} s".encode() in answer and timeout - 0.1 < took < timeout + 1.5, took
+        assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
+    assert "Too many open files" not in server.log.read_text()
 
 
 def test_concurrent_clients_get_consistent_answers(service, reference):

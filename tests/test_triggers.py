@@ -10,6 +10,8 @@ of test images are all refused as leaks. One server serves the module; each test
 from __future__ import annotations
 
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,10 +26,12 @@ from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.shards import read_split
 from cifarflow.data.versions import current_version
 from cifarflow.files import read_json
+from cifarflow.journal import KILL_AT
 from cifarflow.layout import DataLayout
 from tests.live_server import PREFECT, REPO_ROOT, live_prefect_server
 from tests.serving_helpers import encode, serving_process
 from tests.synthetic import CLASSES
+from tests.test_feedback_flow import answer, serve
 from tests.test_growth import smooth_images
 
 pytestmark = pytest.mark.server
@@ -35,7 +39,7 @@ pytestmark = pytest.mark.server
 SPEC = next(
     d
     for d in yaml.safe_load((REPO_ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]
-    if d["name"] == "nightly"
+    if d["name"] == "nightly-retrain"
 )
 
 
@@ -108,7 +112,7 @@ def deployed(tmp_path_factory):
         deployed = server.run(PREFECT, "deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         with server.client_settings(), get_client(sync_client=True) as client:
-            deployment = client.read_deployment_by_name("cifar10-pipeline/nightly")
+            deployment = client.read_deployment_by_name("cifar10-pipeline/nightly-retrain")
             automations = [a for a in client.read_automations() if a.trigger.expect == {"cifar10.dataset.updated"}]
         assert len(automations) == 1 and automations[0].enabled
         assert str(deployment.id) in str(automations[0].actions[0])
@@ -192,3 +196,115 @@ def test_corrections_sent_to_the_service_become_a_batch_and_a_retrain(
     time.sleep(8)  # nothing new: no event, no second run
     assert len(triggered_runs(server, deployment.id, data_dir)) == 1
     assert len(dataset_events(server, data_dir)) == 1
+
+
+def run_killed_at(server, point: str, *args: str) -> None:
+    """Run a command of the product that SIGKILLs itself at `point` (cifarflow/journal.py's test hook)."""
+    killed = subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO_ROOT,
+        env=server.env | {KILL_AT: point},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+
+
+@pytest.mark.parametrize("point", ["add-images:batch-written", "feedback:batch-added"])
+def test_a_feedback_export_killed_after_writing_its_batch_is_finished_by_the_next_run(
+    deployed, tmp_path, synthetic_archive, point
+):
+    """Issue 28's case: `feedback_flow.py` SIGKILLed right after its batch is written, before the batch
+    is announced (`add-images:batch-written`) or after, before the answers' outcomes are recorded
+    (`feedback:batch-added`). The next run resumes that export: the 12 answers are `added` (not
+    duplicates of their own batch), no second batch, and exactly one event (emitted now, if the kill
+    came first), so the retrain is triggered once."""
+    server, deployment = deployed
+    data_dir = tmp_path / "data"
+    layout = DataLayout(data_dir)
+    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    ids = serve(data_dir, smooth_images(12, 88))
+    for number, prediction_id in enumerate(ids):
+        answer(data_dir, prediction_id, ("cat", "ship")[number % 2])
+    command = ("flows/feedback_flow.py", "--data-dir", str(data_dir))
+
+    run_killed_at(server, point, *command)
+    (batch,) = current_version(layout).batches  # written; its answers' outcomes not recorded
+    assert not layout.feedback_exported.exists()
+
+    resumed = server.run(sys.executable, *command, timeout=240)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    last = resumed.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"done: 12 answers: 12 added as batch {batch.batch_id} "), last
+    assert "resumed export" in last and "which a killed run had left unfinished" in last, last
+    assert [b.batch_id for b in current_version(layout).batches] == [batch.batch_id]
+    exported = read_json(layout.feedback_exported)["answers"]
+    assert sorted(exported) == sorted(ids) and {v["verdict"] for v in exported.values()} == {"added"}
+    assert len(wait_for_runs(server, deployment.id, data_dir)) == 1, "no retrain was triggered within 90 s"
+    assert len(dataset_events(server, data_dir, at_least=1)) == 1
+
+    again = server.run(sys.executable, *command, timeout=240)
+    assert again.stdout.strip().splitlines()[-1] == "done: no new answers since the last export", again.stdout
+
+
+@pytest.mark.parametrize(
+    ("point", "said"),
+    [
+        ("add-images:journal-written", "first undid the add_images run killed before its batch"),
+        ("add-images:batch-written", "first finished the add_images run killed after writing batch"),
+    ],
+)
+def test_add_images_killed_mid_write_is_undone_or_finished_by_the_next_run(
+    deployed, tmp_path, synthetic_archive, point, said
+):
+    """Killed before its batch is in place, the next run says it undid it and adds the images itself;
+    killed after, the next run writes the killed run's report and emits its event, and finds the images
+    already there. Either way: one batch, one event, one triggered retrain."""
+    server, deployment = deployed
+    data_dir = tmp_path / "data"
+    layout = DataLayout(data_dir)
+    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    command = ("flows/add_images.py", str(write_inbox(tmp_path / "inbox")), "--data-dir", str(data_dir))
+
+    run_killed_at(server, point, *command)
+    assert not list(layout.additions_reports.glob("*/summary.json"))  # killed before its report
+
+    again = server.run(sys.executable, *command, timeout=240)
+    assert again.returncode == 0, again.stdout + again.stderr
+    last = again.stdout.strip().splitlines()[-1]
+    assert said in last, last
+    (batch,) = current_version(layout).batches
+    assert batch.rows == 6 and not layout.intake_journal.exists()
+    report = read_json(layout.additions_reports / batch.batch_id / "summary.json")
+    assert report["added"] == 6 and report["dataset_version"] == current_version(layout).version
+    assert len(wait_for_runs(server, deployment.id, data_dir)) == 1, "no retrain was triggered within 90 s"
+    assert len(dataset_events(server, data_dir, at_least=1)) == 1
+
+
+def test_a_withdrawal_killed_before_its_event_is_announced_by_the_next_intake_run(
+    deployed, tmp_path, synthetic_archive
+):
+    """`add_images.py --withdraw` SIGKILLed after the batch moved out, before its event: the next intake
+    run (here adding the same images again) emits the withdrawal's event first and says so."""
+    server, _ = deployed
+    data_dir = tmp_path / "data"
+    layout = DataLayout(data_dir)
+    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    inbox = str(write_inbox(tmp_path / "inbox"))
+    added = server.run(sys.executable, "flows/add_images.py", inbox, "--data-dir", str(data_dir))
+    assert added.returncode == 0, added.stdout + added.stderr
+    (batch,) = current_version(layout).batches
+    assert len(dataset_events(server, data_dir, at_least=1)) == 1
+
+    run_killed_at(
+        server, "withdraw:batch-moved", "flows/add_images.py", "--withdraw", batch.batch_id, "--data-dir", str(data_dir)
+    )
+    assert current_version(layout).batches == []  # moved out, not announced
+    again = server.run(sys.executable, "flows/add_images.py", inbox, "--data-dir", str(data_dir))
+    assert again.returncode == 0, again.stdout + again.stderr
+    last = again.stdout.strip().splitlines()[-1]
+    assert f"first finished the withdrawal of {batch.batch_id} killed before it was announced" in last, last
+    events = dataset_events(server, data_dir, at_least=3)  # the addition, the withdrawal, the new addition
+    assert [e.payload.get("withdrawn") for e in events].count(batch.batch_id) == 1, [e.payload for e in events]
+    assert len(events) == 3

@@ -11,11 +11,23 @@ probabilities directly: p_T = softmax(log p / T). The export traces the same ari
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from cifarflow.calibration.scores import TINY
 
 BOUNDS = (0.05, 20.0)  # the temperatures searched; a fit at a bound means the data could not pin T down
+
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    """What the search found: the NLL-minimising T in BOUNDS, and whether the data pin it down there."""
+
+    temperature: float  # the minimiser in BOUNDS; a bound itself when `interior` is False
+    interior: bool  # the NLL falls toward T from both ends of BOUNDS: a true minimum, not the search's edge
+    images: int
+    errors: int  # images whose top class is not their label: only these push T up (see `nll_slope`)
 
 
 def apply_temperature(probabilities: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
@@ -31,22 +43,34 @@ def apply_temperature(probabilities: np.ndarray, temperature: float | np.ndarray
     return exp / exp.sum(axis=1, keepdims=True)
 
 
-def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The T in BOUNDS minimising the NLL of softmax(log p / T) on these images (scipy's bounded
-    Brent search over 1/T, in which the NLL is convex). 1.0 for no images."""
-    from scipy.optimize import minimize_scalar
+def nll_slope(log_p: np.ndarray, labels: np.ndarray, inverse: float) -> float:
+    """d NLL / d(1/T) at 1/T = `inverse`, for (N, classes) log-probabilities: the mean over images of
+    Σ_k q_k (log p_k − log p_label), q = softmax(log p / T). The NLL is convex in 1/T; an image whose
+    top class is right adds ≤ 0 at every T, so with no error the NLL falls all the way to T → 0."""
+    scaled = log_p * inverse
+    scaled -= scaled.max(axis=1, keepdims=True)
+    q = np.exp(scaled)
+    q /= q.sum(axis=1, keepdims=True)
+    gaps = log_p - log_p[np.arange(len(labels)), labels][:, None]
+    return float(np.mean(np.sum(q * gaps, axis=1)))
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> TemperatureFit:
+    """The T in BOUNDS minimising the NLL of softmax(log p / T) on these images: the root of
+    `nll_slope` in 1/T (scipy's brentq) where the slope changes sign inside BOUNDS (`interior`);
+    otherwise the bound the NLL keeps falling toward. T = 1.0, not interior, for no images."""
+    from scipy.optimize import brentq
 
     labels = np.asarray(labels).astype(np.int64)
     if len(labels) == 0:
-        return 1.0
+        return TemperatureFit(1.0, False, 0, 0)
     log_p = np.log(np.maximum(np.asarray(probabilities, np.float64), TINY))
-
-    def nll(inverse: float) -> float:
-        scaled = log_p * inverse
-        scaled -= scaled.max(axis=1, keepdims=True)
-        log_norm = np.log(np.exp(scaled).sum(axis=1))
-        return float(np.mean(log_norm - scaled[np.arange(len(labels)), labels]))
-
-    low, high = BOUNDS
-    found = minimize_scalar(nll, bounds=(1 / high, 1 / low), method="bounded", options={"xatol": 1e-6})
-    return float(1 / found.x)
+    errors = int((log_p.argmax(axis=1) != labels).sum())
+    low, high = 1 / BOUNDS[1], 1 / BOUNDS[0]  # in 1/T
+    slope_low, slope_high = nll_slope(log_p, labels, low), nll_slope(log_p, labels, high)
+    if slope_low >= 0:  # rising from T = 20 on: no better than guessing, flatten as far as allowed
+        return TemperatureFit(BOUNDS[1], False, len(labels), errors)
+    if slope_high <= 0:  # still falling at T = 0.05: too few errors to stop the sharpening
+        return TemperatureFit(BOUNDS[0], False, len(labels), errors)
+    inverse = brentq(lambda b: nll_slope(log_p, labels, b), low, high, xtol=1e-9)
+    return TemperatureFit(float(1 / inverse), True, len(labels), errors)

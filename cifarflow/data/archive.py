@@ -3,13 +3,19 @@
 The archive holds `cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}`, each a
 Python-2 pickle (protocol 2, byte-string keys). The batches are unpickled with an allow-list,
 so a tampered archive cannot run code on the reader's machine.
+
+Where a run's archive comes from when none is named is decided here, once (`default_source`), for
+the command line, the flow's own default, `make run` and every deployment.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import socket
+import subprocess
+import sys
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -31,6 +37,35 @@ META_FILE = "batches.meta"
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
 DOWNLOAD_TIMEOUT_SECONDS = 60
+LOCAL_ARCHIVE = Path("cache") / "cifar-10-python.tar.gz"  # in the data directory: an archive put there once
+# Offline machines keep a class-folder JPEG copy of CIFAR-10 beside the repository, with the script that
+# turns it into the official layout (../shared/datasets/README.md); `fetch_archive` builds from it.
+SHARED_DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+JPEG_COPY, JPEG_BUILDER = "cifar10-jpeg.tar.gz", "make_cifar10_archive.py"
+
+
+def default_source(data_dir: Path, shared_datasets: Path = SHARED_DATASETS) -> str:
+    """The source a run uses when none is named, the first that exists of: `<data_dir>/cache/
+    cifar-10-python.tar.gz` (an archive put there once); the JPEG copy in `shared_datasets`, with its
+    builder (built into `<data_dir>/raw/` on first use, like a download); the official URL. Reads only
+    whether those files exist. Paths are returned as given (a relative data dir stays relative)."""
+    local = Path(data_dir) / LOCAL_ARCHIVE
+    if local.is_file():
+        return str(local)
+    if is_jpeg_copy(Path(shared_datasets) / JPEG_COPY):
+        return str(Path(shared_datasets) / JPEG_COPY)
+    return OFFICIAL_URL
+
+
+def is_jpeg_copy(path: Path) -> bool:
+    """A class-folder JPEG copy of CIFAR-10 that can be built into the official layout: the file
+    `cifar10-jpeg.tar.gz` with `make_cifar10_archive.py` beside it."""
+    return path.name == JPEG_COPY and path.is_file() and (path.parent / JPEG_BUILDER).is_file()
+
+
+class DownloadFailed(OSError):
+    """The archive could not be downloaded (no network, refused, timed out): retried by the ingest task,
+    unlike an ArchiveError, since the network may come back; the message names what else was looked at."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +127,30 @@ def fetch_archive(source: str, raw_dir: Path, sha256: str | None = None, md5: st
                 f"CIFAR-10 archive not found at {path}. Pass --source with the path or URL of "
                 "cifar-10-python.tar.gz (see README: 'Getting the data')."
             )
+        if is_jpeg_copy(path):
+            path = build_from_jpeg_copy(path, raw_dir)
     return path, verify_checksums(path, sha256=sha256, md5=md5)
+
+
+def build_from_jpeg_copy(jpeg_copy: Path, raw_dir: Path) -> Path:
+    """The official-layout archive built from `jpeg_copy` by the builder beside it, into `raw_dir`
+    under a name carrying the copy's sha256 (built once; the build is byte-for-byte reproducible).
+    ArchiveError, in one line, when the builder fails."""
+    target = raw_dir / f"cifar-10-python.{file_digest(jpeg_copy)[:16]}.tar.gz"
+    if target.is_file():
+        return target
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    building = raw_dir / f".{target.name}.{os.getpid()}.building"
+    builder = jpeg_copy.parent / JPEG_BUILDER
+    made = subprocess.run(
+        [sys.executable, str(builder), str(jpeg_copy), str(building)], capture_output=True, text=True, check=False
+    )
+    if made.returncode != 0 or not building.is_file():
+        building.unlink(missing_ok=True)
+        last = (made.stderr.strip().splitlines() or ["no message"])[-1]
+        raise ArchiveError(f"could not build a CIFAR-10 archive from {jpeg_copy} with {builder}: {last}")
+    os.replace(building, target)
+    return target
 
 
 def _download(url: str, raw_dir: Path, sha256: str | None, md5: str | None) -> Path:
@@ -114,6 +172,13 @@ def _download(url: str, raw_dir: Path, sha256: str | None, md5: str | None) -> P
         )
     except ValueError as error:  # get_file's word for a hash mismatch after download
         raise ArchiveError(f"download of {url} failed verification: {error}") from error
+    except Exception as error:  # get_file wraps every network failure in a bare Exception
+        places = (raw_dir.parent / LOCAL_ARCHIVE, SHARED_DATASETS / JPEG_COPY)
+        tried = ", ".join(f"{place} ({'present' if place.is_file() else 'absent'})" for place in places)
+        raise DownloadFailed(
+            f"could not download {url} ({' '.join(str(error).split())}); the default source looks first at {tried}. "
+            f"Without internet, put cifar-10-python.tar.gz at {places[0]}, or pass --source"
+        ) from None
     finally:
         socket.setdefaulttimeout(previous_timeout)
     return Path(path)

@@ -156,6 +156,13 @@ def remove_unfinished(layout: DataLayout) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
+def batch_with_origin(layout: DataLayout, origin: dict[str, Any]) -> BatchInfo | None:
+    """The active batch whose record names `origin` (as `add_images` was given it), or None."""
+    return next(
+        (b for b in active_batches(layout) if read_json(b.directory / BATCH_FILE).get("origin") == origin), None
+    )
+
+
 def active_batch_dir(layout: DataLayout, batch_id: str) -> Path:
     """The directory of an active batch, or an error that lists the active ones."""
     source = layout.batch_dir(batch_id)

@@ -10,13 +10,16 @@ blank lines ignored) or the environment variable `CIFARFLOW_REVIEW_TOKEN` (`name
 separated by commas). Each token must be at least `MIN_TOKEN_CHARS` characters (`python -c "import
 secrets; print(secrets.token_urlsafe(24))"` makes one). The answer records the reviewer's name, never
 the token. Every configured token is compared with `hmac.compare_digest`, with no early exit, so the
-time taken says nothing about which token, or how much of one, matched.
+time taken says nothing about which token, or how much of one, matched. The running service reads the
+token file again whenever it changes (`TokenFile`), so a token revoked or added counts from the next
+request; while the file cannot be used, review requests are refused (503) naming it.
 """
 
 from __future__ import annotations
 
 import hmac
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,15 +90,7 @@ def check_distinct(reviewers: list[Reviewer]) -> list[Reviewer]:
 def load_reviewers(token_file: Path | None, environ: dict[str, str]) -> list[Reviewer]:
     """The reviewers of `token_file` and of $CIFARFLOW_REVIEW_TOKEN together ([] when neither is set).
     PipelineInputError for a file that cannot be read or an entry that is not usable."""
-    reviewers = []
-    if token_file is not None:
-        try:
-            text = Path(token_file).read_text(encoding="utf-8-sig")  # a BOM from a Windows editor is not a name
-        except (OSError, UnicodeDecodeError) as error:
-            raise PipelineInputError(f"cannot read the review token file {token_file}: {error}") from None
-        reviewers += parse_reviewers(text, str(token_file))
-        if not reviewers:
-            raise PipelineInputError(f"the review token file {token_file} has no `name:token` line")
+    reviewers = [] if token_file is None else read_token_file(Path(token_file))
     if environ.get(TOKEN_ENV, "").strip():
         from_env = parse_reviewers(environ[TOKEN_ENV], f"${TOKEN_ENV}")
         if not from_env:  # set, but nothing usable: not silently "no tokens" (and open on loopback)
@@ -104,8 +99,45 @@ def load_reviewers(token_file: Path | None, environ: dict[str, str]) -> list[Rev
     return check_distinct(reviewers)
 
 
+def read_token_file(path: Path) -> list[Reviewer]:
+    """The reviewers of a token file; PipelineInputError naming it when it cannot be read or used."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a BOM from a Windows editor is not a name
+    except (OSError, UnicodeDecodeError) as error:
+        raise PipelineInputError(f"cannot read the review token file {path}: {error}") from None
+    reviewers = parse_reviewers(text, str(path))
+    if not reviewers:
+        raise PipelineInputError(f"the review token file {path} has no `name:token` line")
+    return reviewers
+
+
+class TokenFile:
+    """A review token file, read again whenever it changes (another device or inode, size or mtime): a
+    token revoked or added counts from the next request, without a restart. Thread-safe."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._seen: tuple[int, ...] | None = None
+        self._reviewers: list[Reviewer] = []
+        self._lock = threading.Lock()
+
+    def reviewers(self) -> list[Reviewer]:
+        """The file's reviewers as it stands now; PipelineInputError (read_token_file's) while it cannot be
+        used, again at each call until it is fixed."""
+        with self._lock:
+            try:
+                stat = self.path.stat()
+                seen = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            except OSError:
+                seen = None
+            if seen is None or seen != self._seen:
+                self._reviewers, self._seen = read_token_file(self.path), seen
+            return self._reviewers
+
+
 class AccessDenied(Exception):
-    """`status` 401 (no or wrong token) or 403 (reviewing is off here), with the reason."""
+    """`status` 401 (no or wrong token), 403 (reviewing is off here) or 503 (the token file cannot be used
+    now), with the reason."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -127,17 +159,31 @@ def loopback_host(header: str | None) -> bool:
 
 
 class ReviewAccess:
-    """The rule for one service: `reviewers` (may be empty), and whether it listens on loopback only."""
+    """The rule for one service: `reviewers` (may be empty) and those of `token_file` (read again when it
+    changes), and whether it listens on loopback only."""
 
-    def __init__(self, reviewers: list[Reviewer], loopback_only: bool):
-        self.reviewers, self.loopback_only = list(reviewers), loopback_only
+    def __init__(self, reviewers: list[Reviewer], loopback_only: bool, token_file: TokenFile | None = None):
+        self.reviewers, self.loopback_only, self.token_file = list(reviewers), loopback_only, token_file
+
+    def configured(self) -> list[Reviewer]:
+        """Every reviewer now; AccessDenied 503 naming the token file while it cannot be used."""
+        if self.token_file is None:
+            return self.reviewers
+        try:
+            return check_distinct(self.token_file.reviewers() + self.reviewers)
+        except PipelineInputError as error:
+            raise AccessDenied(
+                503, f"reviewing is paused: {error}; fix the file (read again at each request)"
+            ) from None
 
     def reviewer(self, authorization: str | None, host: str | None = None, forwarded: bool = False) -> str:
         """The name of the reviewer whose token `authorization` (the header's value) carries. AccessDenied
         401 when a token is needed and missing or wrong; 403 when no token is configured and the request
         may come from elsewhere: the service is reachable from other machines, a proxy forwarded it
-        (`forwarded`), or its `host` header does not name this machine (a page using DNS rebinding)."""
-        if not self.reviewers:
+        (`forwarded`), or its `host` header does not name this machine (a page using DNS rebinding); 503
+        while the token file cannot be used."""
+        reviewers = self.configured()
+        if not reviewers:
             if not self.loopback_only:
                 raise AccessDenied(
                     403,
@@ -155,7 +201,7 @@ class ReviewAccess:
         if scheme.lower() != "bearer" or not given.strip():
             raise AccessDenied(401, "a review token is needed: send `Authorization: Bearer <token>`")
         given_bytes, match = given.strip().encode(), None
-        for reviewer in self.reviewers:  # every token compared, none skipped: the time does not depend on which
+        for reviewer in reviewers:  # every token compared, none skipped: the time does not depend on which
             if hmac.compare_digest(given_bytes, reviewer.token.encode()):
                 match = reviewer
         if match is None:

@@ -20,7 +20,7 @@ are held back, not recorded as handled, and listed in the report, until a new an
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from PIL import Image
 from cifarflow.data.shards import pixel_digest
 from cifarflow.errors import PipelineInputError
 from cifarflow.feedback.answers import Answer
-from cifarflow.files import atomic_path, read_json, text_digest, write_json
+from cifarflow.files import atomic_directory, read_json, text_digest, write_json
 
 VERDICTS = ("added", "duplicate", "conflict", "refused", "lost")
 LOST = "the prediction log no longer holds this image (past its retention)"
@@ -42,7 +42,7 @@ class Ready:
     """An answer whose image is in the log and agrees with every other answer about that image."""
 
     answer: Answer
-    pixels: np.ndarray  # (32, 32, 3) uint8
+    pixels: np.ndarray | None  # (32, 32, 3) uint8; None in a plan read back from a journal (its inbox is written)
     digest: str  # pixel_sha256
 
 
@@ -52,6 +52,24 @@ class ExportPlan:
     held: list[dict[str, Any]] = field(default_factory=list)  # {pixel_sha256, answers: [{prediction_id, label, …}]}
     lost: list[Answer] = field(default_factory=list)
     waiting: list[Answer] = field(default_factory=list)  # not found while some log file could not be read
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan without its pixels, for the export's journal (`from_json` reads it back)."""
+        return {
+            "ready": [{"answer": asdict(r.answer), "digest": r.digest} for r in self.ready],
+            "held": self.held,
+            "lost": [asdict(a) for a in self.lost],
+            "waiting": [asdict(a) for a in self.waiting],
+        }
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> ExportPlan:
+        return cls(
+            ready=[Ready(Answer(**r["answer"]), None, r["digest"]) for r in record["ready"]],
+            held=record["held"],
+            lost=[Answer(**a) for a in record["lost"]],
+            waiting=[Answer(**a) for a in record["waiting"]],
+        )
 
 
 def read_exported(path: Path, exports: Path) -> dict[str, dict[str, str]]:
@@ -142,15 +160,23 @@ def new_export_id(ready: list[Ready]) -> str:
     return f"{stamp}-{text_digest([r.answer.answer_id for r in ready])[:8]}"
 
 
+def unfinished_exports(exports: Path, exported: dict[str, dict[str, str]]) -> list[Path]:
+    """Export folders a kill left before the export's journal was written: no summary.json, and no
+    handled answer names them (call it holding the export lock, with no journal left to finish)."""
+    named = {record["export_id"] for record in exported.values()}
+    folders = sorted(d for d in exports.iterdir() if d.is_dir()) if exports.is_dir() else []
+    return [d for d in folders if not (d / "summary.json").exists() and d.name not in named]
+
+
 def write_inbox(inbox: Path, ready: list[Ready]) -> list[Path]:
-    """Each ready answer's pixels as `inbox/<class>/<prediction_id>.png`; the files written."""
-    written = []
-    for item in ready:
-        path = inbox / item.answer.label / f"{item.answer.prediction_id}.png"
-        with atomic_path(path) as tmp:
-            Image.fromarray(item.pixels).save(tmp, format="PNG")
-        written.append(path)
-    return written
+    """Each ready answer's pixels as `inbox/<class>/<prediction_id>.png`, the folder written whole or not
+    at all; the files written."""
+    with atomic_directory(inbox) as staging:
+        for item in ready:
+            folder = staging / item.answer.label
+            folder.mkdir(exist_ok=True)
+            Image.fromarray(item.pixels).save(folder / f"{item.answer.prediction_id}.png", format="PNG")
+    return [inbox / item.answer.label / f"{item.answer.prediction_id}.png" for item in ready]
 
 
 def screening_verdicts(summary: dict[str, Any], ready: list[Ready]) -> dict[str, tuple[str, str]]:

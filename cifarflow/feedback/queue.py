@@ -175,12 +175,28 @@ def _logged(rows: _FileRows, i: int) -> Logged:
     return Logged(str(rows.ids[i]), when, str(rows.versions[i]), rows.probabilities[i])
 
 
+def held_row(table: pa.Table) -> Logged:
+    """The first row of `table` (the log's SCHEMA) as the review sees it: a row the service's writer still
+    holds (`PredictionLog.held`), not on disk yet."""
+    rows = table.slice(0, 1)
+    return Logged(
+        rows["prediction_id"][0].as_py(),
+        np.datetime_as_string(rows["time"].to_numpy().astype("datetime64[s]")[0]) + "Z",
+        rows["model_version"][0].as_py(),
+        np.asarray(rows["probabilities"][0].as_py(), np.float32),
+    )
+
+
 def read_pixels(
-    files: list[Path], prediction_ids: Iterable[str], warn: Callable = log.warning
+    files: list[Path] | pa.Table, prediction_ids: Iterable[str], warn: Callable = log.warning
 ) -> dict[str, np.ndarray]:
-    """prediction_id → (32, 32, 3) uint8 pixels, for those of `prediction_ids` the log `files` hold."""
+    """prediction_id → (32, 32, 3) uint8 pixels, for those of `prediction_ids` the log `files` hold (or the
+    rows of a table of the log's SCHEMA: a writer's held rows)."""
     wanted = pa.array(sorted(set(prediction_ids)), pa.string())
-    table = read_table(files, ds.field("prediction_id").isin(wanted), ["prediction_id", "pixels"], warn)
+    if isinstance(files, pa.Table):
+        table = files.filter(pc.is_in(files["prediction_id"], wanted))
+    else:
+        table = read_table(files, ds.field("prediction_id").isin(wanted), ["prediction_id", "pixels"], warn)
     found = {}
     for id_, raw in zip(table["prediction_id"].to_pylist(), table["pixels"].to_pylist()):
         found.setdefault(id_, np.frombuffer(raw, np.uint8).reshape(32, 32, 3))

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from cifarflow.intake.summary import cell
+from cifarflow.markdown import escape
 
 
 def render_report(summary: dict[str, Any]) -> str:
     """report.md of one export, from its summary (flows/feedback_flow.py `export_summary`)."""
     counts = summary["counts"]
-    lines = [f"# Feedback export `{summary['export_id']}`", "", summary["headline"], ""]
+    lines = [f"# Feedback export `{summary['export_id']}`", "", escape(summary["headline"]), ""]
     lines += ["| verdict | answers |", "|---|---|"] + [f"| {name} | {count} |" for name, count in counts.items()]
     lines.append("")
     if summary.get("batch_id"):
@@ -20,7 +20,8 @@ def render_report(summary: dict[str, Any]) -> str:
     if not_added:
         lines += ["## Not added", "", "| prediction | label | verdict | why |", "|---|---|---|---|"]
         lines += [
-            f"| `{a['prediction_id']}` | {a['label']} | {a['verdict']} | {cell(a['reason'])} |" for a in not_added
+            f"| {escape(a['prediction_id'])} | {escape(a['label'])} | {a['verdict']} | {escape(a['reason'])} |"
+            for a in not_added
         ]
         lines.append("")
     if summary["held"]:
@@ -33,7 +34,7 @@ def render_report(summary: dict[str, Any]) -> str:
             "|---|---|",
         ]
         for conflict in summary["held"]:
-            given = "; ".join(f"`{a['prediction_id']}`: {a['label']} ({a['reviewer']})" for a in conflict["answers"])
-            lines.append(f"| `{conflict['pixel_sha256'][:16]}…` | {cell(given)} |")
+            given = "; ".join(f"{a['prediction_id']}: {a['label']} ({a['reviewer']})" for a in conflict["answers"])
+            lines.append(f"| `{conflict['pixel_sha256'][:16]}…` | {escape(given)} |")
         lines.append("")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ from cifarflow.models.registry import PRESETS
 from cifarflow.outputs import read_whole
 from cifarflow.registry import store
 from cifarflow.registry.export import is_export, load_export
+from cifarflow.registry.records import version_fix
 
 # the official archive's batches.meta order; used only for a bare .keras file with no record beside it
 CIFAR10_LABEL_NAMES = (
@@ -74,8 +75,9 @@ class Predictor:
 
 def locate(spec: str, registry: Path) -> store.Version | Path:
     """What `spec` names, checked without loading anything (the command line calls it before a flow
-    starts). ModelNotFound says why it names nothing ("no champion yet", an unknown version, a path
-    that is not there); store.RegistryDamaged names a registry file that is damaged and what to do."""
+    starts): a registry version's every file checked against what was registered (`store.load_version`).
+    ModelNotFound says why it names nothing ("no champion yet", an unknown version, a path that is not
+    there); store.RegistryDamaged names a registry file that is damaged and what to do."""
     spec = str(spec)
     if spec == store.ALIAS:
         version = store.read_champion_version(registry)
@@ -88,8 +90,8 @@ def locate(spec: str, registry: Path) -> store.Version | Path:
     if store.VERSION_NAME.match(spec):
         try:
             return store.read_version(registry, spec)
-        except store.RegistryDamaged:
-            raise
+        except store.RegistryDamaged as damage:
+            raise store.champion_damage(registry, damage) from None
         except store.RegistryError as error:
             raise ModelNotFound(str(error)) from None
     path = Path(spec).expanduser()
@@ -114,8 +116,15 @@ def load_predictor(spec: str, registry: Path) -> Predictor:
 
 
 def from_version(version: store.Version) -> Predictor:
-    exported = load_export(version.export_dir)
-    return Predictor(version.name, exported.label_names, exported.probabilities, record=version.record)
+    """The version's export, loaded (its files were checked by `store.load_version`); RegistryDamaged
+    naming the export when it still does not load (an unverified version's, or damage since the check)."""
+    try:
+        exported = load_export(version.export_dir)
+        label_names = list(exported.label_names)
+    except Exception as error:  # TensorFlow's errors for a cut graph, a KeyError, a JSONDecodeError
+        problem = f"the SavedModel does not load: {type(error).__name__}: {str(error).strip()[:300]}"
+        raise store.RegistryDamaged(version.export_dir, problem, version_fix(version.directory), version.name) from None
+    return Predictor(version.name, label_names, exported.probabilities, record=version.record)
 
 
 def from_path(path: Path) -> Predictor:

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from cifarflow.files import atomic_directory, atomic_path, write_json
+from cifarflow.markdown import escape
 from cifarflow.paths import printable
 
 THUMBNAILS = 100  # at most this many added images in the grid (the first ones, by path)
@@ -58,19 +59,14 @@ def thumbnail_grid(images: list[np.ndarray], path: Path) -> None:
         grid.save(tmp, format="PNG")
 
 
-def cell(text: str) -> str:
-    """Text safe inside a Markdown table cell: a `|` in a file name would end the cell."""
-    return str(text).replace("|", "\\|")
-
-
 def render_markdown(summary: dict[str, Any], grid: str | None) -> str:
     version = summary["dataset_version"]
     moved = version != summary["previous_dataset_version"]
     lines = [
         f"# Images added: `{summary['addition_id']}`",
         "",
-        f"From `{summary['inbox']}`: **{summary['added']} added**, {summary['duplicates']} already in the training "
-        f"data, {len(summary['rejected'])} rejected, of {summary['files']} files.",
+        f"From {escape(summary['inbox'])}: **{summary['added']} added**, {summary['duplicates']} already in the "
+        f"training data, {len(summary['rejected'])} rejected, of {summary['files']} files.",
         "",
         f"Dataset version {'`' + summary['previous_dataset_version'] + '` → ' if moved else ''}`{version}`"
         f"{'' if moved else ' (unchanged: nothing new was added)'}; {summary['train_images']:,} training images.",
@@ -78,15 +74,15 @@ def render_markdown(summary: dict[str, Any], grid: str | None) -> str:
     ]
     if summary["class_counts"]:
         lines += ["## Added per class", "", "| class | added |", "|---|---|"]
-        lines += [f"| {name} | {count} |" for name, count in summary["class_counts"].items()]
+        lines += [f"| {escape(name)} | {count} |" for name, count in summary["class_counts"].items()]
         lines.append("")
     if summary["rejected"]:
         lines += ["## Rejected", "", "| file | reason |", "|---|---|"]
-        lines += [f"| `{cell(r['path'])}` | {cell(r['reason'])} |" for r in summary["rejected"]]
+        lines += [f"| {escape(r['path'])} | {escape(r['reason'])} |" for r in summary["rejected"]]
         lines.append("")
     if summary.get("notes"):
         lines += ["## Decoded with a note", "", "| file | note |", "|---|---|"]
-        lines += [f"| `{cell(n['path'])}` | {cell(n['note'])} |" for n in summary["notes"]]
+        lines += [f"| {escape(n['path'])} | {escape(n['note'])} |" for n in summary["notes"]]
         lines.append("")
     if summary["duplicate_files"]:
         lines += [
@@ -96,7 +92,7 @@ def render_markdown(summary: dict[str, Any], grid: str | None) -> str:
             "|---|---|---|",
         ]
         lines += [
-            f"| `{cell(d['path'])}` | {cell(d['of'])} | {cell(d.get('label', ''))} |"
+            f"| {escape(d['path'])} | {escape(d['of'])} | {escape(d.get('label', ''))} |"
             for d in summary["duplicate_files"]
         ]
         lines.append("")

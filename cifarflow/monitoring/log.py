@@ -129,7 +129,8 @@ class PredictionLog:
 
     `flush_s`, `flush_rows`: when a flush happens (see the module docstring). A flush that fails (disk
     full, read-only) is logged and tried again at the next interval with the rows kept, up to
-    `MAX_PENDING_ROWS`; the oldest beyond are dropped and counted in `dropped`."""
+    `MAX_PENDING_ROWS`; the oldest beyond are dropped and counted in `dropped`. Rows kept so are not on
+    disk, but `held` finds them (the service answers a review of one all the same)."""
 
     def __init__(
         self, root: Path, flush_s: float = FLUSH_S, flush_rows: int = FLUSH_ROWS, warn: Callable = log.warning
@@ -141,6 +142,7 @@ class PredictionLog:
         self._files = 0
         self._thread: threading.Thread | None = None
         self._closed = threading.Event()
+        self._held: tuple[pa.Table, ...] = ()  # the rows taken off the queue, not written yet: replaced, never changed
 
     def start(self) -> PredictionLog:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -164,6 +166,15 @@ class PredictionLog:
         request = FlushRequest()
         self._queue.put(request)
         return request.done.wait(timeout) and request.written
+
+    def held(self, prediction_ids: list[str]) -> pa.Table:
+        """The rows of `prediction_ids` the writer holds and has not written yet (SCHEMA; empty for none):
+        after a `flush()` that returned False, the rows a disk that refuses writes keeps off the log."""
+        tables = self._held
+        if not tables:
+            return SCHEMA.empty_table()
+        table = pa.concat_tables(tables)
+        return table.filter(pc.is_in(table["prediction_id"], pa.array(list(prediction_ids), pa.string())))
 
     def close(self, timeout: float = 30) -> None:
         """Flush every queued row and stop the writer."""
@@ -195,6 +206,7 @@ class PredictionLog:
                     request = item
                 else:
                     pending.append(self._table(item))
+                    self._held = tuple(pending)
                     due = due or time.monotonic() + self.flush_s
             except queue.Empty:
                 pass
@@ -203,6 +215,7 @@ class PredictionLog:
             early = (rows >= self.flush_rows or request is not None) and not failing
             if pending and (stopping or early or time.monotonic() >= due):
                 pending = self._flush(pending, rows)
+                self._held = tuple(pending)
                 failing = bool(pending)
                 due = time.monotonic() + self.flush_s if pending else None
             if request is not None:
@@ -352,6 +365,25 @@ def read_window(
     return _window(table)
 
 
+def read_files(
+    files: list[Path], most: int | None = None, seed: int = 0, warn: Callable = log.warning
+) -> tuple[LogWindow, np.ndarray]:
+    """Every row of `files`, each prediction once, in time order, and (N,) datetime64[us] the times of all
+    of them; with `most`, the window is a random sample (seeded by `seed`) of `most` of those rows, read
+    from ids and times first so only the sample's pixels are loaded. Unreadable files are for the caller
+    to leave out (`readable`)."""
+    if not files:
+        return _window(SCHEMA.empty_table()), np.zeros(0, "datetime64[us]")
+    keys = once_each(read_table(files, columns=["prediction_id", "time"], warn=warn))
+    times = keys["time"].to_numpy().astype("datetime64[us]")
+    condition = None
+    if most is not None and keys.num_rows > most:
+        chosen = np.random.default_rng(seed).choice(keys.num_rows, most, replace=False)
+        condition = ds.field("prediction_id").isin(keys["prediction_id"].take(pa.array(np.sort(chosen))))
+    table = once_each(read_table(files, condition, warn=warn)).sort_by([("time", "ascending")])
+    return _window(table), np.sort(times)
+
+
 def once_each(table: pa.Table) -> pa.Table:
     """`table` with each prediction_id's first row only (a compaction cut short leaves two copies)."""
     ids = table["prediction_id"]
@@ -414,9 +446,13 @@ def merges_paused(root: Path) -> Iterator[None]:
         yield  # closing the file releases the lock
 
 
-def compact_days(root: Path, today: date | None = None, warn: Callable = log.warning) -> list[Path]:
+def compact_days(
+    root: Path, today: date | None = None, warn: Callable = log.warning, judged: Callable[[Path], bool] | None = None
+) -> list[Path]:
     """Merge each finished day's files (the days before `today`, UTC) into one file, `day.parquet`, so a
-    month of one-second flushes is 30 files, not millions; the day folders merged.
+    month of one-second flushes is 30 files, not millions; the day folders merged. With `judged`, only
+    the files it accepts (and day.parquet) are merged: the monitor merges the files it has judged, so a
+    day.parquet holds judged rows only and a file not judged yet keeps its name until it is.
 
     One merge at a time per log (a lock file; a second caller skips the merge). Files are streamed in
     record batches, each prediction kept once, so memory holds one batch and the day's ids, not the day.
@@ -434,6 +470,7 @@ def compact_days(root: Path, today: date | None = None, warn: Callable = log.war
         for folder in sorted(Path(root).glob(f"{DAY_PREFIX}*")):
             day = day_of(folder)
             files = readable(log_files(root, day, day), warn) if day is not None and day < today else []
+            files = [f for f in files if f.name == COMPACTED or judged is None or judged(f)]
             if len(files) < 2:
                 continue
             files.sort(key=lambda f: f.name != COMPACTED)  # the earlier merge holds the oldest rows

@@ -1,14 +1,21 @@
 """One monitor run's pieces: which logged images form the window, the reference they are compared with,
 and the verdict as monitor.json holds it.
 
-The **window** is the logged images in (since, until]: by default since where the previous run's window
-ended (`monitoring/state.json`; the whole log on a first run), or the `last` N, and at most `MAX_IMAGES`
-of the most recent. Only a default (incremental) run with a verdict moves that pointer: a window too
-small to judge stays open and grows, and a `--last`/`--since` look leaves the hourly bookkeeping alone.
-A window ends `SETTLE_S` seconds before the run starts, so rows still waiting in a writer's one-second
-buffer belong to the next window instead of being skipped. (Rows are stamped when scored: rows a writer
-holds longer, through a disk that refuses writes, can land before a window already judged and are then
-never judged; the log keeps them all the same.)
+The default (**incremental**) window is judged by file, not by time: every prediction-log file that
+no earlier incremental run judged. A log file is whole once it is in place and never changes (each
+flush gets a new name), so a file present is judged in full and a row still in a writer's buffer, or
+held through a disk that refuses writes, lands in a later file that the next run judges: every row is
+judged by exactly one incremental run however late it arrives, from however many writers, whatever
+the clock did. `monitoring/state.json` (`MonitorState`, written atomically: the commit) names the
+judged files; a day's merged `day.parquet` holds judged files only (`compact_days(judged=…)`), so it
+is judged by construction. A window under `MIN_WINDOW` images gets no verdict and its files stay
+unjudged (the window grows); one over `max_images` is judged on a seeded random sample of them, and
+all its rows count as judged. `--last N` and `--since T` only look (`read_window`): they never touch
+the state.
+
+A run that finds something odd about its bookmark says so (`Notes`: the log, monitor.json, the
+report): a killed run finished or undone, a damaged or earlier-form state file, rows that arrived late,
+a clock gone backwards, judged files gone without retention or a merge to explain it.
 
 The **reference** is the champion's view of the test set (held out: the champion never trained on it),
 scored once per model and test set and kept under `monitoring/references/`.
@@ -16,40 +23,49 @@ scored once per model and test set and kept under `monitoring/references/`.
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from cifarflow import journal
 from cifarflow.data.shards import read_split
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import read_json, text_digest, write_json
 from cifarflow.layout import DataLayout
 from cifarflow.monitoring.embedding import load_embedder, load_scored, save_scored, score
-from cifarflow.monitoring.log import FLUSH_S, LogWindow
+from cifarflow.monitoring.log import COMPACTED, FLUSH_S, LogWindow, compact_days, log_files
 from cifarflow.monitoring.signals import FAMILY_ALPHA, MIN_WINDOW, Signal
 from cifarflow.outputs import read_whole
 from cifarflow.registry.versions import Version
 
-SETTLE_S = 2 * FLUSH_S
-MAX_IMAGES = 10_000
+MAX_IMAGES = 10_000  # the most images a window is judged on (a random sample of a bigger one)
+LATE_S = 2 * FLUSH_S  # rows behind the newest judged row by more than a writer's buffer: a late arrival
 
 
 @dataclass(frozen=True)
 class WindowBounds:
-    """(since, until]: UTC; `since` None is the log's beginning; `last`: only the most recent N.
-    `incremental`: the default window, after the previous run's; only such a run moves the pointer."""
+    """A look (`--since`, `--last`): (since, until], UTC, `since` None for the log's beginning, `last`
+    the most recent N. An incremental window is `incremental` and names its `files` (data dir keys,
+    `file_key`) instead."""
 
     since: datetime | None
     until: datetime
     last: int | None = None
     incremental: bool = False
+    files: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"since": self.since and self.since.isoformat(), "until": self.until.isoformat(), "last": self.last}
+        bounds = {"since": self.since and self.since.isoformat(), "until": self.until.isoformat(), "last": self.last}
+        return bounds | ({"incremental": True, "files": len(self.files)} if self.incremental else {})
 
 
 def parse_time(text: str, what: str = "--since") -> datetime:
@@ -61,37 +77,253 @@ def parse_time(text: str, what: str = "--since") -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def previous_end(layout: DataLayout, warn: Callable[[str], None]) -> datetime | None:
-    """Where the previous incremental run's window ended (monitoring/state.json); None on a first run. A
-    damaged state file is named in a warning and read as a first run (the last images, up to the cap)."""
-    if not layout.monitor_state.exists():
-        return None
+# --- the bookmark: which log files are judged -----------------------------------------------------------
+
+
+def file_key(path: Path) -> str:
+    """A log file as the state names it: `day=YYYY-MM-DD/<name>.parquet` (the data dir may move)."""
+    return f"{path.parent.name}/{path.name}"
+
+
+@dataclass
+class MonitorState:
+    """monitoring/state.json. `judged`: the keys (`file_key`) of the log files incremental runs judged
+    (a `day.parquet` is judged by construction and never listed); `newest`: the newest scoring time
+    judged; `run`: when the previous incremental run started, by this machine's clock."""
+
+    judged: set[str] = field(default_factory=set)
+    newest: datetime | None = None
+    run: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "judged": sorted(self.judged),
+            "newest": self.newest and self.newest.isoformat(),
+            "run": self.run and self.run.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> MonitorState:
+        """ValueError, KeyError or TypeError for anything but `to_json`'s shape."""
+        if not isinstance(data, dict) or not isinstance(data["judged"], list):
+            raise ValueError("not the monitor's state ({judged, newest, run})")
+        moment = lambda key: data.get(key) and parse_time(data[key], key)  # noqa: E731
+        return cls({str(key) for key in data["judged"]}, moment("newest"), moment("run"))
+
+
+def read_state(layout: DataLayout, warn: Callable[[str], None]) -> MonitorState:
+    """The judged files. A first run: none. The earlier form ({"until": T}, judged by time) and a damaged
+    file are read as "the small files whose rows all precede T are judged": T the earlier form's, or for a
+    damaged file the newest row the latest incremental report judged (none: nothing is judged). Either
+    is said in a warning; the next commit writes the file anew."""
+    path = layout.monitor_state
+    if not path.exists():
+        return MonitorState()
     try:
-        return parse_time(read_json(layout.monitor_state)["until"], f"{layout.monitor_state}: until")
+        data = read_json(path)
+        if isinstance(data, dict) and set(data) == {"until"}:
+            until = parse_time(data["until"], f"{path}: until")
+            state = judged_up_to(layout, until)
+            warn(f"{path} holds the earlier form (judged up to {until.isoformat()}): the {len(state.judged):,} "
+                 "log files whose rows all precede it count as judged, every other file is judged now")  # fmt: skip
+            return state
+        return MonitorState.from_json(data)
     except (OSError, ValueError, KeyError, TypeError, PipelineInputError) as error:
-        warn(f"{layout.monitor_state} cannot be read ({error}); the window starts as on a first run. "
-             "The next run writes it anew")  # fmt: skip
+        until = newest_reported(layout)
+        state = judged_up_to(layout, until) if until else MonitorState()
+        if until:
+            decided = (f"the {len(state.judged):,} log files whose rows all precede the newest row the "
+                       f"latest report judged ({until.isoformat()}) count as judged, every other file is "
+                       "judged now")  # fmt: skip
+        else:
+            decided = "no incremental report says what was judged: every log file is judged now"
+        warn(f"{path} cannot be read ({type(error).__name__}: {error}); {decided}. "
+             "Rows that came late before the damage may be judged twice; none is skipped")  # fmt: skip
+        return state
+
+
+def judged_up_to(layout: DataLayout, until: datetime) -> MonitorState:
+    """The state that counts a small log file as judged when all its rows were scored at or before `until`."""
+    judged = set()
+    for path in log_files(layout.prediction_log):
+        if path.name == COMPACTED:
+            continue
+        try:
+            newest = pc.max(pq.read_table(path, columns=["time"])["time"]).as_py()
+        except (OSError, ValueError, KeyError):
+            continue  # unreadable: the run names it
+        if newest is None or newest <= until:
+            judged.add(file_key(path))
+    return MonitorState(judged, until)
+
+
+def newest_reported(layout: DataLayout) -> datetime | None:
+    """The newest scoring time the latest incremental report with a verdict judged; None without one."""
+    for report in sorted(layout.monitor_reports.glob("*/monitor.json"), reverse=True):  # names start with a stamp
+        try:
+            summary = read_json(report)
+            window = summary["window"]
+            if window.get("incremental") and summary["drift"] is not None and window["last_logged"]:
+                return parse_time(window["last_logged"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, PipelineInputError):
+            continue
+    return None
+
+
+def write_state(layout: DataLayout, state: MonitorState) -> None:
+    write_json(layout.monitor_state, state.to_json())
+
+
+def resume_run(layout: DataLayout, state: MonitorState, emit: Callable[[dict], None]) -> str | None:
+    """Finish or undo the incremental run a kill left (its journal); what was done, or None if nothing was
+    left. Finished: its report's monitor.json is whole, so its files count as judged (when it had a
+    verdict) and its drift event, if it never went out, is emitted now (`emit(monitor.json)`). Undone:
+    its partial report folder is removed and its files stay unjudged, for this run."""
+    record = journal.unfinished(layout.monitor_journal)
+    if record is None:
         return None
+    folder = layout.monitor_reports / record["report"]
+    try:
+        summary = read_json(folder / "monitor.json")
+    except (OSError, ValueError):
+        summary = None
+    if summary is None:
+        shutil.rmtree(folder, ignore_errors=True)
+        journal.end(layout.monitor_journal)
+        return (f"the monitor run killed before its report was whole was undone: its partial report "
+                f"{record['report']} was removed, its {len(record['files']):,} log files are judged by "
+                "this run")  # fmt: skip
+    done = f"the monitor run killed after its report ({record['report']}: {summary['verdict']}) was finished"
+    if summary["drift"] is not None:
+        commit(layout, state, record["files"], summary["window"]["last_logged"], None)
+        done += f": its {len(record['files']):,} log files are now judged"
+    if summary["drift"] and not record.get("emitted"):
+        emit(summary)
+        done += "; its drift event, never sent, was emitted now"
+    journal.end(layout.monitor_journal)
+    return done
 
 
-def window_bounds(
-    layout: DataLayout, last: int | None, since: datetime | None, now: datetime, warn: Callable[[str], None] = print
-) -> WindowBounds:
-    """The window a run looks at (see the module docstring)."""
-    until = now - timedelta(seconds=SETTLE_S)
-    if since is None and last is None:
-        return WindowBounds(previous_end(layout, warn), until, incremental=True)
-    return WindowBounds(since, until, last)
+def begin_run(layout: DataLayout, report: Path, files: tuple[str, ...]) -> None:
+    """The run's journal: the report folder it writes and the files it will commit (see `resume_run`)."""
+    journal.begin(layout.monitor_journal, {"report": report.name, "files": list(files), "emitted": False})
 
 
-def remember_window(layout: DataLayout, bounds: WindowBounds, images: int) -> bool:
-    """Move the pointer to where this window ended, so that the next run starts there: only for an
-    incremental window that got a verdict. A window too small for one stays open and grows until it is
-    big enough (a quiet service is judged every few hours instead of never). True when it moved."""
-    if not bounds.incremental or images < MIN_WINDOW:
+def drift_emitted(layout: DataLayout) -> None:
+    """Note in the journal that the run's drift event went out (a resumed run does not send it twice)."""
+    record = journal.unfinished(layout.monitor_journal) or {}
+    journal.begin(layout.monitor_journal, record | {"emitted": True})
+
+
+def commit(
+    layout: DataLayout,
+    state: MonitorState,
+    files: list[str] | tuple[str, ...],
+    newest: str | None,
+    now: datetime | None,
+) -> None:
+    """The commit point: `files` judged (rows up to `newest`, ISO), the run started at `now` (None: keep)."""
+    state.judged |= set(files)
+    if newest:
+        state.newest = max(filter(None, (state.newest, parse_time(newest))))
+    state.run = now or state.run
+    write_state(layout, state)
+
+
+def end_run(layout: DataLayout, state: MonitorState, result: MonitorSummary, files: tuple[str, ...], now: datetime):
+    """Commit the run (its files judged if it had a verdict; a window too small stays open) and end it."""
+    judged = files if result.drift is not None else ()
+    commit(layout, state, judged, result.window.get("last_logged") if judged else None, now)
+    journal.end(layout.monitor_journal)
+
+
+def odd_bookmark(layout: DataLayout, state: MonitorState, now: datetime, keep_days: int) -> list[str]:
+    """What is odd about the bookmark before a run (each a sentence; [] for nothing): a clock earlier than
+    the previous run's, judged files gone that neither retention (a day older than `keep_days`) nor a
+    merge explains. Gone files are forgotten (the caller writes the state)."""
+    notes = []
+    if state.run and now < state.run:
+        notes.append(f"the clock ({now.isoformat(timespec='seconds')}) reads earlier than the previous run's start "
+                     f"({state.run.isoformat(timespec='seconds')}): files are judged by name, so nothing is skipped "
+                     "or judged twice; retention and merges go by this clock")  # fmt: skip
+    present = {file_key(path) for path in log_files(layout.prediction_log)}
+    gone = sorted(state.judged - present)
+    oldest_kept = now.date() - timedelta(days=keep_days - 1)
+    unexplained = [key for key in gone if not day_before(key, oldest_kept)]
+    state.judged -= set(gone)
+    if unexplained:
+        notes.append(f"{len(unexplained):,} judged log files are gone that neither retention nor a merge "
+                     f"removed (first: {unexplained[0]}): deleted by hand? Their rows were judged; nothing "
+                     "else is lost")  # fmt: skip
+    return notes
+
+
+def day_before(key: str, day: date) -> bool:
+    try:
+        return date.fromisoformat(key.split("/")[0].removeprefix("day=")) < day
+    except ValueError:
         return False
-    write_json(layout.monitor_state, {"until": bounds.until.isoformat()})
-    return True
+
+
+def unjudged_files(layout: DataLayout, state: MonitorState) -> tuple[str, ...]:
+    """The keys of the log files no incremental run has judged, in name order."""
+    return tuple(
+        file_key(path)
+        for path in log_files(layout.prediction_log)
+        if path.name != COMPACTED and file_key(path) not in state.judged
+    )
+
+
+def merge_judged(layout: DataLayout, state: MonitorState, today: date, warn: Callable[[str], None]) -> list[Path]:
+    """Merge each finished day's judged files into its day.parquet (`compact_days`), journaled so that the
+    state forgets exactly the files a merge removed, even one a kill cut short; the day folders merged."""
+    root = layout.prediction_log
+    files = [p for p in log_files(root, last=today - timedelta(days=1)) if file_key(p) in state.judged]
+    if not files:
+        return []
+    journal.begin(layout.monitor_merge_journal, {"files": [file_key(p) for p in files]})
+    merged = compact_days(root, today, warn, judged=lambda path: file_key(path) in state.judged)
+    journal.kill_point("monitor:merged")
+    state.judged -= {file_key(p) for p in files if not p.exists()}
+    write_state(layout, state)
+    journal.end(layout.monitor_merge_journal)
+    return merged
+
+
+def resume_merge(layout: DataLayout, state: MonitorState) -> str | None:
+    """Finish a merge a kill cut short: the judged files it removed are forgotten (the rest, still there,
+    are merged again, each prediction once); what was done, or None if no merge was left."""
+    record = journal.unfinished(layout.monitor_merge_journal)
+    if record is None:
+        return None
+    root = layout.prediction_log
+    gone = {key for key in record["files"] if not (root / key).exists()}
+    state.judged -= gone
+    write_state(layout, state)
+    journal.end(layout.monitor_merge_journal)
+    return (f"the merge of judged log files a kill cut short was finished: {len(gone):,} of its "
+            f"{len(record['files']):,} files were merged and removed, the rest are merged again")  # fmt: skip
+
+
+def late_rows(times: np.ndarray, newest: datetime | None) -> str | None:
+    """A sentence about the rows scored more than `LATE_S` before the newest row judged earlier (held by
+    a writer through a full disk, written out of clock order); None when there are none."""
+    if newest is None or not len(times):
+        return None
+    cut = np.datetime64(newest.replace(tzinfo=None) - timedelta(seconds=LATE_S), "us")
+    late = times[times < cut]
+    if not len(late):
+        return None
+    behind = (np.datetime64(newest.replace(tzinfo=None), "us") - late.min()) / np.timedelta64(1, "s")
+    return (f"{len(late):,} rows arrived late, scored up to {timedelta(seconds=round(float(behind)))} before the "
+            f"newest row judged earlier ({newest.isoformat()}); judged now")  # fmt: skip
+
+
+def window_bounds(last: int | None, since: datetime | None, now: datetime, files: tuple[str, ...]) -> WindowBounds:
+    """The window a run looks at (see the module docstring): `files` unless `last` or `since` say otherwise."""
+    if since is None and last is None:
+        return WindowBounds(None, now, incremental=True, files=files)
+    return WindowBounds(since, now, last)
 
 
 def test_shards(layout: DataLayout) -> list[dict[str, Any]]:
@@ -131,8 +363,10 @@ def build_reference(layout: DataLayout, version: Version, warn: Callable[[str], 
 @dataclass(frozen=True)
 class MonitorSummary:
     """One monitor run's verdict; `to_json()` is monitor.json. `drift` is None without a verdict (a window
-    under `MIN_WINDOW` images); `window` holds the bounds and what the logged rows were (first and last
-    time, sources, serving versions); `report` the run's folder."""
+    under `MIN_WINDOW` images); `images`: how many were scored (a sample of a bigger window); `window`
+    holds the bounds and what the logged rows were (`rows`: all of them, their first and last scoring
+    time, and of the images scored the sources and serving versions); `notes`: what was odd about the
+    bookmark (see the module docstring); `report` the run's folder."""
 
     images: int
     model_version: str
@@ -142,6 +376,7 @@ class MonitorSummary:
     signals: tuple[Signal, ...]
     report: str
     created: str
+    notes: tuple[str, ...] = ()
 
     @property
     def fired(self) -> list[str]:
@@ -166,25 +401,31 @@ class MonitorSummary:
             "fired": self.fired,
             "report": self.report,
             "created": self.created,
+            "notes": list(self.notes),
         }
 
 
 def summarize(
     window: LogWindow,
+    times: np.ndarray,
     bounds: WindowBounds,
     version: Version,
     reference_images: int,
     signals: list[Signal],
     report: str,
+    notes: list[str],
 ) -> MonitorSummary:
-    """The run's verdict from its window and signals (no signals: no verdict)."""
+    """The run's verdict from its window (the images scored), the (N,) datetime64[us] scoring times of all
+    the window's rows, and its signals (no signals: no verdict)."""
+    moment = lambda t: _to_utc(t).isoformat()  # noqa: E731
     return MonitorSummary(
         images=len(window),
         model_version=version.name,
         window=bounds.to_json()
         | {
-            "first": window.start and window.start.isoformat(),
-            "last_logged": window.end and window.end.isoformat(),
+            "rows": len(times),
+            "first": moment(times.min()) if len(times) else None,
+            "last_logged": moment(times.max()) if len(times) else None,
             "sources": dict(Counter(window.sources.tolist())),
             "model_versions": dict(Counter(window.model_versions.tolist())),
         },
@@ -193,4 +434,9 @@ def summarize(
         signals=tuple(signals),
         report=report,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
+        notes=tuple(notes),
     )
+
+
+def _to_utc(value: np.datetime64) -> datetime:
+    return value.astype("datetime64[us]").astype(datetime).replace(tzinfo=UTC)

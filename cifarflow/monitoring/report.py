@@ -10,6 +10,8 @@ import numpy as np
 
 from cifarflow.evaluation.plots import save_figure
 from cifarflow.files import atomic_path, write_json
+from cifarflow.journal import kill_point
+from cifarflow.markdown import escape, join_wrapped
 from cifarflow.monitoring.monitor import MonitorSummary
 from cifarflow.monitoring.signals import FAMILY_ALPHA, SIGNAL_NAMES, Scored, Signal
 from cifarflow.validation.checks import HISTOGRAM_BINS
@@ -68,39 +70,46 @@ def report_markdown(summary: MonitorSummary, plots: bool) -> str:
         if rows
         else "No signals computed."
     )
-    chosen = (
-        f"the last {window['last']:,} images up to"
-        if window["last"]
-        else f"after {window['since'] or 'the log start'}, up to"
-    )
-    logged = f"logged {window['first']} to {window['last_logged']}" if window["first"] else "nothing logged"
+    if window.get("incremental"):
+        chosen = f"every logged row no earlier run judged ({window['files']:,} log files, {window['rows']:,} rows), at"
+    elif window["last"]:
+        chosen = f"the last {window['last']:,} images up to"
+    else:
+        chosen = f"after {window['since'] or 'the log start'}, up to"
+    logged = f"scored {window['first']} to {window['last_logged']}" if window["first"] else "nothing logged"
+    if summary.images < window["rows"]:
+        logged += f"; a random sample of {summary.images:,} of its {window['rows']:,} rows was judged"
+    notes = "".join(f"- {note}\n" for note in summary.notes)
+    notes = f"**Notes**\n\n{notes}\n" if notes else ""
     figures = "".join(f"![{name.replace('_', ' ')}]({file})\n\n" for name, file in PLOTS.items()) if plots else ""
-    return f"""# Monitoring report
+    markdown = f"""# Monitoring report
 
-**{summary.verdict}**: {summary.images:,} logged images scored by {summary.model_version}, against
+**{summary.verdict}**: {summary.images:,} logged images scored by {escape(summary.model_version)}, against
 {summary.reference_images:,} reference images (the ingested test set, scored by the champion).
 
 - Window: {chosen} {window["until"]}; {logged}.
 - Sources: {fmt_counts(window["sources"])}; served by: {fmt_counts(window["model_versions"])}.
 
-{table}
+{notes}{table}
 
 The input signal fires above its PSI threshold; each test fires at p < {FAMILY_ALPHA} / {len(SIGNAL_NAMES)}
 (Bonferroni over the {len(SIGNAL_NAMES)} signals), so a window like the reference raises an alarm in at
 most about {FAMILY_ALPHA:.0%} of runs.
 
 {figures}"""
+    return join_wrapped(markdown)
 
 
 def fmt_counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{name} {count:,}" for name, count in counts.items()) or "none"
+    return ", ".join(f"{escape(name)} {count:,}" for name, count in counts.items()) or "none"
 
 
 def write_monitor_report(
     directory: Path, summary: MonitorSummary, reference: Scored, window: Scored | None, label_names: list[str]
 ) -> Path:
     """monitor.json, report.md and (when the window had images) the plots, in `directory`; monitor.json
-    is written last, so a folder with it is whole."""
+    is written last, so a folder with it is whole (a folder without it is a killed run's, undone by the
+    next run: `monitor.resume_run`)."""
     directory.mkdir(parents=True, exist_ok=True)
     plots = window is not None and len(window) > 0
     if plots:
@@ -109,4 +118,5 @@ def write_monitor_report(
         channels_plot(reference, window, directory / PLOTS["channels"])
     with atomic_path(directory / "report.md") as tmp:
         tmp.write_text(report_markdown(summary, plots))
+    kill_point("monitor:report-half-written")
     return write_json(directory / "monitor.json", summary.to_json())

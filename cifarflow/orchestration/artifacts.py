@@ -13,6 +13,7 @@ from typing import Any
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from cifarflow.files import read_json
+from cifarflow.markdown import escape, escaped_rows
 from cifarflow.monitoring.monitor import MonitorSummary
 from cifarflow.paths import printable
 from cifarflow.reporting.report import Report, per_class_rows
@@ -43,7 +44,7 @@ def publish_report(report: Report, model: str) -> None:
         description=f"Run {report.run_name}: test accuracy {metrics['test_accuracy']:.4f}",
     )
     create_table_artifact(
-        table=per_class_rows(metrics),
+        table=escaped_rows(per_class_rows(metrics)),
         key=f"cifar10-per-class-{model}",
         description=f"Per-class precision / recall / F1 of {report.run_name}",
     )
@@ -55,13 +56,25 @@ def publish_report(report: Report, model: str) -> None:
     )
     promotion = report.directory / "promotion.json"
     if promotion.is_file():  # written by the promote task (tasks/promote.py)
-        decision = read_json(promotion)["decision"]
+        record = read_json(promotion)
         create_markdown_artifact(
-            markdown=f"# Champion/challenger: {'promoted' if decision['promoted'] else 'kept champion'}\n\n"
-            f"{decision['summary']}\n\nChampion now: `{decision['resulting_champion'][:12]}`.\n",
+            markdown=promotion_markdown(record),
             key=f"cifar10-promotion-{model}",
-            description=decision["summary"][:500],
+            description=escape(record["decision"]["summary"][:500]),
         )
+
+
+def promotion_markdown(record: dict[str, Any]) -> str:
+    """The promotion artifact from promotion.json: the decision, and the champion by its version (v1, v2, …)
+    as the logs and `registry.py list` name it, its model sha256 beside."""
+    decision = record["decision"]
+    sha = decision["resulting_champion"]
+    version = record.get("champion_version")  # absent from decisions recorded before versions were named here
+    champion = f"**{version}** (model sha256 `{sha[:12]}`)" if version else f"`{sha[:12]}`"
+    return (
+        f"# Champion/challenger: {'promoted' if decision['promoted'] else 'kept champion'}\n\n"
+        f"{escape(decision['summary'])}\n\nChampion now: {champion}.\n"
+    )
 
 
 def publish_addition(summary: dict, summary_path: Path) -> None:
@@ -74,9 +87,10 @@ def publish_addition(summary: dict, summary_path: Path) -> None:
         f"{len(summary['rejected'])} rejected",
     )
     counts = [{"class": name, "added": count} for name, count in summary["class_counts"].items()]
-    create_table_artifact(table=counts or [{"class": "(none)", "added": 0}], key="cifar10-images-added-per-class")
+    counts = escaped_rows(counts or [{"class": "(none)", "added": 0}])
+    create_table_artifact(table=counts, key="cifar10-images-added-per-class")
     if summary["rejected"]:
-        create_table_artifact(table=summary["rejected"], key="cifar10-images-rejected")
+        create_table_artifact(table=escaped_rows(summary["rejected"]), key="cifar10-images-rejected")
 
 
 REGISTRY_ARTIFACT = "cifar10-model-registry"
@@ -95,9 +109,9 @@ def publish_registry(registry: Path) -> None:
         else ""
     )
     create_table_artifact(
-        table=rows or [{"version": "(none yet)"}],
+        table=escaped_rows(rows or [{"version": "(none yet)"}]),
         key=REGISTRY_ARTIFACT,
-        description=f"Model registry: {len(rows)} versions, champion {champion}{latest}"[:1000],
+        description=escape(f"Model registry: {len(rows)} versions, champion {champion}{latest}"[:1000]),
     )
 
 
@@ -108,15 +122,15 @@ def publish_predictions(result) -> None:
     """A batch prediction run (`cifarflow.inference.batch.BatchResult`) as artifacts."""
     import pyarrow.parquet as pq
 
-    counts = "\n".join(f"| {label} | {count} |" for label, count in result.label_counts.items())
+    counts = "\n".join(f"| {escape(label)} | {count} |" for label, count in result.label_counts.items())
     sheet = ""
     if result.sheet is not None:
         sheet = embed_images(f"\n![contact sheet]({result.sheet.name})\n", result.sheet.parent)
         sheet = printable(sheet)  # a name embed_images did not inline (not a plain name) as UTF-8 text
-    failures = "\n".join(f"- `{e['path']}`: {e['error']}" for e in result.errors[:20])
+    failures = "\n".join(f"- {escape(e['path'])}: {escape(e['error'])}" for e in result.errors[:20])
     markdown = (
-        f"# Predictions by {result.model_version}\n\n{result.scored:,} of {result.files:,} files scored "
-        f"({result.failed:,} could not be) in {result.seconds:.1f} s → `{printable(result.out)}`\n\n"
+        f"# Predictions by {escape(result.model_version)}\n\n{result.scored:,} of {result.files:,} files scored "
+        f"({result.failed:,} could not be) in {result.seconds:.1f} s → {escape(printable(result.out))}\n\n"
         f"| predicted class | files |\n|---|---|\n{counts}\n{sheet}\n"
         + (f"\n## Could not be scored\n\n{failures}\n" if failures else "")
     )
@@ -135,14 +149,18 @@ def publish_predictions(result) -> None:
         }
         for row in rows
     ]
-    create_table_artifact(table=table, key="cifar10-predictions-table", description=f"first {len(table)} rows")
+    create_table_artifact(
+        table=escaped_rows(table), key="cifar10-predictions-table", description=f"first {len(table)} rows"
+    )
 
 
 def publish_leaderboard(name: str, rows: list[dict[str, Any]], files: dict[str, Path]) -> None:
     """A sweep's leaderboard as a table artifact (best first) and its Markdown with the plot linked."""
     table = [{k: ("" if v is None else v) for k, v in row.items()} for row in rows]
     create_table_artifact(
-        table=table, key=f"sweep-{name}-leaderboard"[:100], description=f"Sweep {name}: {len(rows)} trials, best first"
+        table=escaped_rows(table),
+        key=f"sweep-{name}-leaderboard"[:100],
+        description=f"Sweep {name}: {len(rows)} trials, best first",
     )
     markdown = files["markdown"].read_text()
     if "plot" in files:
@@ -163,7 +181,9 @@ def publish_monitor(summary: MonitorSummary, directory: Path) -> None:
         for s in summary.signals
     ]
     create_table_artifact(
-        table=rows or [{"signal": "(none)", "statistic": None, "p_value": None, "threshold": None, "drift": None}],
+        table=escaped_rows(
+            rows or [{"signal": "(none)", "statistic": None, "p_value": None, "threshold": None, "drift": None}]
+        ),
         key="cifar10-monitor-signals",
         description=summary.verdict,
     )

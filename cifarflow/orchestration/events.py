@@ -11,8 +11,6 @@ from typing import Any
 
 from prefect.events import emit_event
 
-from cifarflow.monitoring.monitor import MonitorSummary
-
 DATASET_UPDATED = "cifar10.dataset.updated"
 RESOURCE_PREFIX = "cifar10.dataset"
 
@@ -43,17 +41,18 @@ MONITOR_DRIFT = "cifar10.monitor.drift"
 MONITOR_PREFIX = "cifar10.monitor"
 
 
-def emit_monitor_drift(data_dir: str, summary: MonitorSummary):
-    """Emit `cifar10.monitor.drift` for a monitor run that found drift. Payload: the data dir, the window,
-    the model version, the signals that fired (with their statistics) and the report folder. Nothing
-    retrains on it by default: drift without new labels gives a retrain nothing new to learn."""
+def emit_monitor_drift(data_dir: str, summary: dict[str, Any]):
+    """Emit `cifar10.monitor.drift` for a monitor run that found drift (`summary`: its monitor.json, so a
+    run that finishes a killed one sends the same event). Payload: the data dir, the window, the model
+    version, the signals that fired (with their statistics) and the report folder. Nothing retrains on
+    it by default: drift without new labels gives a retrain nothing new to learn."""
     payload = {
         "data_dir": data_dir,
-        "window": summary.window,
-        "images": summary.images,
-        "model_version": summary.model_version,
-        "signals": {s.name: s.to_json() for s in summary.signals if s.drift},
-        "report": summary.report,
+        "window": summary["window"],
+        "images": summary["images"],
+        "model_version": summary["model_version"],
+        "signals": {name: signal for name, signal in summary["signals"].items() if signal["drift"]},
+        "report": summary["report"],
     }
     return emit_event(
         event=MONITOR_DRIFT,

@@ -78,7 +78,7 @@ SPECS: dict[str, StageSpec] = {
     "validate": StageSpec(
         "validate",
         params=(),
-        code=(*DATA_CODE, "cifarflow.validation"),
+        code=(*DATA_CODE, "cifarflow.validation", "cifarflow.markdown"),
         libraries=("pyarrow", "numpy"),
         upstream=("ingest",),
         given=(("dataset_version", dataset_version),),
@@ -132,7 +132,7 @@ SPECS: dict[str, StageSpec] = {
         "report",
         params=("model", "train_batch_size", "train_learning_rate", "seed"),
         inputs=report_inputs,
-        code=("cifarflow.reporting", "cifarflow.files"),
+        code=("cifarflow.reporting", "cifarflow.files", "cifarflow.markdown"),
         libraries=(),
         upstream=("ingest", "validate", "preprocess", "train", "evaluate", "calibrate", "robustness"),
         find=lambda config, key, upstream: find_report(config.layout.reports, key),

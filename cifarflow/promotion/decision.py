@@ -30,6 +30,7 @@ class Score:
     metrics: dict[str, Any] = field(repr=False)  # evaluation metrics.json
     batch_ids: tuple[str, ...] = ()  # the added batches it was trained on
     normalization: str | None = None  # the fitted transform's kind (a warm start needs the same)
+    version: str | None = None  # its registry version (v1, v2, …); None for a model not registered
 
     @property
     def accuracy(self) -> float:

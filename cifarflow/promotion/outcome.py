@@ -30,13 +30,26 @@ class Promotion(StageOutput):
 
 
 def record_outcome(
-    path: Path, key: str, baseline: str, decision: Decision, registry: Path, test_set_decisions: int | None = None
+    path: Path,
+    key: str,
+    baseline: str,
+    decision: Decision,
+    registry: Path,
+    test_set_decisions: int | None = None,
+    champion_version: str | None = None,
 ) -> Promotion:
-    """Write promotion.json: the decision, its key and baseline, and how many promotion decisions the
-    test set has served (this one included)."""
+    """Write promotion.json: the decision, its key and baseline, how many promotion decisions the
+    test set has served (this one included), and the champion's version after it (v1, v2, …; None
+    when there is none)."""
     write_json(
         path,
-        {"key": key, "baseline": baseline, "decision": decision.to_json(), "test_set_decisions": test_set_decisions},
+        {
+            "key": key,
+            "baseline": baseline,
+            "decision": decision.to_json(),
+            "test_set_decisions": test_set_decisions,
+            "champion_version": champion_version,
+        },
     )
     return Promotion(registry, path, decision.promoted, decision.summary, decision.resulting_champion)
 

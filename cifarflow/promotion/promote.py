@@ -100,6 +100,7 @@ def version_score(version: Version) -> Score:
         metrics=results.metrics,
         batch_ids=version.batch_ids,
         normalization=version.normalization,
+        version=version.name,
     )
 
 
@@ -270,7 +271,8 @@ def promote_challenger(
     # the decision is written before the alias moves: a crash in between makes the next run see a
     # registry that disagrees with promotion.json, and decide again (reusing the registered version)
     baseline = baseline_of(current, challenger.model_id)  # what the stage's key read (`baseline_id`)
-    outcome = record_outcome(out / "promotion.json", key, baseline, decision, registry, served)
+    champion_now = (candidate.name if candidate is not None else None) if decision.promoted else judged_against
+    outcome = record_outcome(out / "promotion.json", key, baseline, decision, registry, served, champion_now)
     if decision.promoted:
         version = make_champion(registry, candidate, reason=decision.summary, expected_from=judged_against)
         log(f"champion is now {version.name} ({challenger.model_id[:12]}, {report.run_name})")

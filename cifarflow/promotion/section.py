@@ -55,11 +55,12 @@ def comparison_markdown(
     ]
     if champion is None:
         first = "becomes the first one" if decision.promoted else "does not become the first one"
-        lines += [f"No champion yet: this model (`{challenger.model_id[:12]}`) {first}.", ""]
+        lines += [f"No champion yet: this model {first} (model sha256 `{challenger.model_id[:12]}`).", ""]
         return "\n".join(lines)
     lines += [
         "| | champion | challenger |",
         "|---|---|---|",
+        f"| version | {champion.version or '–'} | {challenger.version or 'new'} |",
         f"| run | `{champion.run_name}` | `{challenger.run_name}` |",
         f"| model | `{champion.preset}` | `{challenger.preset}` |",
         f"| model sha256 | `{champion.model_id[:12]}` | `{challenger.model_id[:12]}` |",

@@ -31,6 +31,7 @@ from cifarflow.registry.records import (
 from cifarflow.registry.versions import (
     VERSION_NAME,
     Version,
+    clear_abandoned,
     list_versions,
     read_version,
     scan,
@@ -117,7 +118,10 @@ def read_champion_version(registry: Path) -> Version | None:
         known = ", ".join(v.name for v in list_versions(registry)) or "none"
         problem = f"it names {pointer.version}, which is not in the registry (versions: {known})"
         raise RegistryDamaged(pointer.source, problem, CHOOSE_CHAMPION)
-    version = read_version(registry, pointer.version)
+    try:
+        version = read_version(registry, pointer.version)
+    except RegistryDamaged as damage:
+        raise champion_damage(registry, damage) from None
     if pointer.model_id is not None and pointer.model_id != version.model_id:
         raise RegistryDamaged(
             pointer.source,
@@ -126,6 +130,21 @@ def read_champion_version(registry: Path) -> Version | None:
             CHOOSE_CHAMPION,
         )
     return version
+
+
+def champion_damage(registry: Path, damage: RegistryDamaged) -> RegistryDamaged:
+    """A version's `damage`, with what to do about a damaged champion when it is the champion: restore
+    the file, or make the newest healthy version the champion."""
+    if damage.version is None or damage.version != _readable_champion(registry):
+        return damage
+    healthy = [v.name for v in scan(registry).versions]
+    fix = (
+        f"restore it from a backup, or make {healthy[-1]} the champion: `python flows/registry.py promote "
+        f'{healthy[-1]} --reason "{damage.version} is damaged"`'
+        if healthy
+        else "restore it from a backup, or run the pipeline to register a new champion"
+    )
+    return RegistryDamaged(damage.path, damage.problem, fix, damage.version)
 
 
 def copy_of(registry: Path, folder: Path) -> Version | None:
@@ -214,7 +233,12 @@ def repair_alias(registry: Path, log: Callable[[str], None] = print) -> None:
         if pointer.source != pointer_path(registry):
             write_json(pointer_path(registry), {"version": version.name, "model_id": version.model_id})
             log(f"registry: the champion alias ({version.name}) is now recorded in {POINTER}")
-        _log_pending_move(registry)
+        finished = _log_pending_move(registry)
+        if finished is not None:
+            log(
+                f"registry: finished: the move {finished['from'] or '(none)'} → {finished['to']} by {finished['by']} "
+                "that a killed command left unrecorded is now in aliases.jsonl"
+            )
         link = alias_path(registry)
         if not (link.is_symlink() and os.readlink(link) == os.path.relpath(version.directory, registry)):
             check_link_place(registry)
@@ -294,10 +318,26 @@ def _pointer_move(registry: Path) -> dict[str, Any] | None:
     return move if field_problem(move, MOVE_FIELDS, tuple(MOVE_FIELDS)) is None else None
 
 
-def _log_pending_move(registry: Path) -> None:
+def _log_pending_move(registry: Path) -> dict[str, Any] | None:
+    """Append champion.json's move to aliases.jsonl if a kill kept it from there; the move, if it did."""
     move = _pointer_move(registry)
     if move is not None and move not in read_lines(registry / "aliases.jsonl", MOVE_FIELDS)[0]:
         append_line(registry / "aliases.jsonl", move)
+        return move
+    return None
+
+
+def recover(registry: Path, log: Callable[[str], None] = print) -> None:
+    """Finish or undo what a killed command left, saying which: builds of versions in `.staging/` that
+    no living process holds are removed (undone: a version exists only once committed), a move missing
+    from aliases.jsonl is recorded and the `champion` link put back (finished: `repair_alias`).
+    RegistryDamaged when the alias or the champion cannot be read (after the builds are cleared)."""
+    if not Path(registry).is_dir():
+        return
+    with storage_errors(registry):
+        for line in clear_abandoned(registry):
+            log(line)
+    repair_alias(registry, log)
 
 
 @contextlib.contextmanager
@@ -330,9 +370,8 @@ def problems(registry: Path) -> list[RegistryDamaged]:
     for check in (read_champion_version, check_link_place):
         try:
             check(registry)
-        except RegistryDamaged as damage:
-            if all((d.path, d.problem) != (damage.path, damage.problem) for d in found):
-                found.append(damage)
+        except RegistryDamaged as damage:  # the champion's own damage comes with its fix (champion_damage)
+            found = [d for d in found if (d.path, d.problem) != (damage.path, damage.problem)] + [damage]
     for name, fields in (("aliases.jsonl", MOVE_FIELDS), ("decisions.jsonl", None)):
         try:
             bad = read_lines(registry / name, fields)[1]

@@ -74,7 +74,8 @@ def stage_next_version(
     exported, smoke-tested in a fresh process. It is not in the registry until `make_champion`
     commits it; VersionRejected (with nothing left behind) says why it cannot be."""
     name = next_name(registry)
-    return stage_version(new_staging(registry), name, model_path, record, metrics, predictions, labels, canary, log)
+    staging = new_staging(registry, name, log)
+    return stage_version(staging, name, model_path, record, metrics, predictions, labels, canary, log)
 
 
 def make_champion(

@@ -5,7 +5,6 @@ smoke test leaves the registry exactly as it was."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,6 +16,7 @@ from cifarflow.files import file_digest, write_json
 from cifarflow.registry.export import export_model
 from cifarflow.registry.records import VersionRecord
 from cifarflow.registry.smoke import SmokeResult, smoke_test
+from cifarflow.registry.versions import discard_staging
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,5 @@ def stage_version(
         write_json(staging / "version.json", replace(record, version=name, smoke=smoke.to_json()).to_json())
         return StagedVersion(name, staging, smoke)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            staging.parent.rmdir()  # .staging/ itself, when nothing else is being built
+        discard_staging(staging)
         raise

@@ -11,17 +11,24 @@ service's `/model` answer keeps its shape: `model` holds the preset (`VersionRec
 ingested shards and the added batches, `cifarflow.data.versions`). New files write the old names, and
 only them: one name per field on disk, readable by older code too; nothing needs upgrading.
 
+**Seal.** A version registered since file digests were recorded carries `files`, the size and sha256
+of every other file in its folder, and `record_sha256`, the sha256 of its own JSON without that field
+(`sealed`); `read_version_record` checks the latter, `versions.file_damage` the former. A version
+without them was registered before (unverified: `versions.file_damage` checks what it can).
+
 The append-only logs (`aliases.jsonl`, `decisions.jsonl`) are read line by line: a line that is not a
 whole record is skipped and reported with its number, and every other line stands.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cifarflow.errors import PipelineInputError
 
@@ -53,7 +60,10 @@ VERSION_FIELDS: dict[str, tuple[str, tuple[type, ...]]] = {
     "smoke": ("smoke", (dict, _NULL)),  # the smoke test it passed (null: adopted from an older registry)
     "note": ("note", (str, _NULL)),
     "test_set_decisions": ("test_set_decisions", (int, _NULL)),  # promotion decisions its test set served
+    "files": ("files", (dict, _NULL)),  # every other file of the version: path → {size, sha256} (null: unverified)
 }
+SEAL = "record_sha256"  # beside the fields: the sha256 of version.json's JSON without it (`record_digest`)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # Fields only shown to people, never decided on: one of the wrong type (a hand edit) is read as absent
 # rather than making the whole version damaged, as before they were typed.
 INFORMATIONAL = ("test_images", "decision", "source_model", "smoke", "note", "temperature", "test_set_decisions")
@@ -69,6 +79,13 @@ MOVE_FIELDS: dict[str, tuple[type, ...]] = {
     "by": (str,),
     "reason": (str,),
 }
+
+
+class RegisteredFile(NamedTuple):
+    """A file of a version as it was registered."""
+
+    size: int  # bytes
+    sha256: str  # hex
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,7 @@ class VersionRecord:
     note: str | None = None
     temperature: float | None = None  # the calibration temperature its export applies (None: none recorded)
     test_set_decisions: int | None = None  # promotion decisions its test set had served, its own included
+    files: dict[str, RegisteredFile] | None = None  # path in the version folder → as registered (None: unverified)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VersionRecord:
@@ -108,6 +126,8 @@ class VersionRecord:
         for attribute in ("label_names", "batch_ids"):
             if values.get(attribute) is not None:
                 values[attribute] = tuple(values[attribute])
+        if values.get("files") is not None:
+            values["files"] = {path: RegisteredFile(**entry) for path, entry in values["files"].items()}
         values["accuracy"] = float(values["accuracy"])
         return cls(**values)
 
@@ -119,6 +139,8 @@ class VersionRecord:
             value = getattr(self, attribute)
             if isinstance(value, tuple):
                 value = list(value)
+            if name == "files" and value is not None:
+                value = {path: entry._asdict() for path, entry in sorted(value.items())}
             if value is not None or name in ALWAYS_WRITTEN:
                 data[name] = value
         return data
@@ -180,13 +202,15 @@ def field_problem(data: Any, fields: dict[str, tuple[type, ...]], required: tupl
 
 
 def read_version_record(path: Path, name: str | None) -> VersionRecord:
-    """A version's version.json as a typed record, checked against VERSION_FIELDS (and, given its
-    `name`, that it says it is that version); RegistryDamaged says what is wrong."""
+    """A version's version.json as a typed record, checked against VERSION_FIELDS and its seal (and,
+    given its `name`, that it says it is that version); RegistryDamaged says what is wrong."""
     fix = version_fix(Path(path).parent)
     data = read_json_file(path, fix, name)
     problem = version_problem(data)
     if problem is None and name is not None and data.get("version", name) != name:
         problem = f"it says it is {data['version']}, but lies in {name}/"
+    if problem is None and (SEAL in data or data.get("files") is not None) and data.get(SEAL) != record_digest(data):
+        problem = "changed since it was registered: its content does not match its `record_sha256`"
     if problem is not None:
         raise RegistryDamaged(path, problem, fix, name)
     return VersionRecord.from_json(data)
@@ -198,7 +222,38 @@ def version_problem(data: Any) -> str | None:
     if problem is None:
         lists = [k for k in ("label_names", "batch_ids") if not all(isinstance(x, str) for x in data.get(k) or ())]
         problem = f"`{lists[0]}` holds something other than text" if lists else None
+    if problem is None and data.get("files") is not None:
+        bad = next((path for path, entry in data["files"].items() if not _registered_file(path, entry)), None)
+        problem = f"`files` entry {bad!r} is not a path in the folder with its size and sha256" if bad else None
     return problem
+
+
+def _registered_file(path: str, entry: Any) -> bool:
+    parts = Path(path).parts
+    return (
+        bool(parts)
+        and not Path(path).is_absolute()
+        and ".." not in parts
+        and isinstance(entry, dict)
+        and entry.keys() == {"size", "sha256"}
+        and isinstance(entry["size"], int)
+        and not isinstance(entry["size"], bool)
+        and entry["size"] >= 0
+        and isinstance(entry["sha256"], str)
+        and bool(_SHA256.match(entry["sha256"]))
+    )
+
+
+def record_digest(data: dict[str, Any]) -> str:
+    """The sha256 of version.json's JSON `data` without its seal (sorted keys, no spaces)."""
+    body = {key: value for key, value in data.items() if key != SEAL}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def sealed(data: dict[str, Any], files: dict[str, RegisteredFile]) -> dict[str, Any]:
+    """version.json's JSON `data` with the version's `files` recorded, sealed with `record_sha256`."""
+    data = data | {"files": {path: entry._asdict() for path, entry in sorted(files.items())}}
+    return data | {SEAL: record_digest(data)}
 
 
 def read_lines(path: Path, fields: dict[str, tuple[type, ...]] | None = None) -> tuple[list[dict[str, Any]], list[int]]:

@@ -5,8 +5,9 @@ an alias that moves between versions, by a promotion or by hand, and every move 
         versions/v1/             one promoted model, never changed after it is written:
             model.keras          the trained Keras model (uint8 pixels in, the fitted transform inside)
             export/              the exported inference artifact (a TensorFlow SavedModel, see export.py)
-            version.json         who it is: model sha256, preset, run, accuracy, dataset version, decision
-                                 (read as a typed `VersionRecord`, see records.py)
+            version.json         who it is: model sha256, preset, run, accuracy, dataset version, decision,
+                                 the size and sha256 of every other file (`files`), sealed by its own
+                                 sha256 (read as a typed `VersionRecord`, see records.py)
             metrics.json         its evaluation metrics
             predictions.npy      its predicted label for every test image (int16), for McNemar's test
             labels.npy           the true labels of that test set (int16)
@@ -18,11 +19,13 @@ an alias that moves between versions, by a promotion or by hand, and every move 
                                  while champion.json is there
         aliases.jsonl            every move of the alias: when, from, to, by whom (promotion | hand), why
         decisions.jsonl          every champion/challenger decision, promoted or not (api.record_decision)
-        .staging/                versions being built; never read, cleared when the next one starts
+        .staging/                versions being built, each held by its process's lock (`<build>.lock`);
+                                 never read; a build nobody holds is removed by the next command
 
-A version directory appears whole (built in `.staging/`, then renamed), so a failed export or smoke
-test leaves nothing behind. Nothing in the registry names an absolute path: the data directory can
-be moved, copied or restored elsewhere.
+A version directory appears whole (built in `.staging/`, sealed, then renamed), so a failed export or
+smoke test leaves nothing behind, and a kill leaves a build that the next command (`recover`: the
+pipeline's start, `registry.py list` and `promote`) removes, saying so. Nothing in the registry names
+an absolute path: the data directory can be moved, copied or restored elsewhere.
 
 **Moves.** A move is one atomic rename of champion.json, which carries the move's record; the record
 is then appended to aliases.jsonl (a kill in between is completed by `alias_moves`). So a move that
@@ -35,9 +38,11 @@ which version is the champion, and the next move or pipeline run (`repair_alias`
 Registries written before champion.json (only the link) are read through the link, or through the
 copy's version.json when a backup made it a folder, and converted by the next pipeline run.
 
-**Damage.** Every registry file is read in one place (`records.py`): an empty, cut-short, missing or
-hand-edited file raises `RegistryDamaged`, which names the file and what to do (restore it, move the
-version aside, or choose the champion again with `registry.py promote`). `scan` returns the healthy
+**Damage.** Every registry file is read in one place (`records.py`), and every file of a version is
+compared with the size and sha256 recorded when it was committed (`versions.file_damage`): an empty,
+cut-short, changed, missing or hand-edited file raises `RegistryDamaged`, which names the file and
+what to do (restore it, move the version aside, or choose the champion again with `registry.py
+promote`). `scan` returns the healthy
 versions beside the damaged ones; "no champion yet" (None) and "champion damaged" (RegistryDamaged)
 are told apart.
 
@@ -58,6 +63,7 @@ from cifarflow.registry.alias import (
     alias_lock,
     alias_moves,
     alias_path,
+    champion_damage,
     champion_name,
     check_link_place,
     copy_of,
@@ -67,6 +73,7 @@ from cifarflow.registry.alias import (
     problems,
     read_champion_version,
     read_pointer,
+    recover,
     repair_alias,
 )
 from cifarflow.registry.records import RegistryDamaged, RegistryError, VersionRecord, append_line
@@ -76,7 +83,10 @@ from cifarflow.registry.versions import (
     Results,
     Scan,
     Version,
+    clear_abandoned,
     commit_version,
+    discard_staging,
+    file_damage,
     is_whole,
     list_versions,
     load_version,
@@ -108,9 +118,13 @@ __all__ = [
     "alias_moves",
     "alias_path",
     "append_line",
+    "champion_damage",
     "champion_name",
     "check_link_place",
+    "clear_abandoned",
     "commit_version",
+    "discard_staging",
+    "file_damage",
     "copy_of",
     "is_whole",
     "link_text",
@@ -125,6 +139,7 @@ __all__ = [
     "read_pointer",
     "read_results",
     "read_version",
+    "recover",
     "repair_alias",
     "scan",
     "staging_dir",

@@ -4,8 +4,10 @@ at the start of every run, under the data directory's lock:
 - `adopt_legacy_champion`: registries written before versions existed kept the champion as a plain
   `champion/` directory (and earlier champions in `history/`); that champion becomes the next version
   and the alias points at it, so an upgrade keeps the champion a challenger must beat;
-- `store.repair_alias`: the alias recorded in champion.json (registries from before it kept only the
-  `champion` link), and the link put back where a backup turned it into a folder or dropped it;
+- `store.recover`: what a killed run left finished or undone (a version half built removed, a move
+  missing from aliases.jsonl recorded), the alias recorded in champion.json (registries from before
+  it kept only the `champion` link), and the link put back where a backup turned it into a folder or
+  dropped it;
 - whatever is damaged is logged, naming the file and what to do; the run goes on, and the promote
   stage stops with the same message if it needs the damaged champion.
 
@@ -40,7 +42,7 @@ def upgrade_registry(registry: Path, log: Callable[[str], None] = print) -> None
     """Adopt a legacy champion, repair the alias, and log what is damaged (see the module docstring)."""
     adopt_legacy_champion(registry, log)
     try:
-        store.repair_alias(registry, log)
+        store.recover(registry, log)
     except store.RegistryDamaged:
         pass  # logged with the rest just below
     for damage in store.problems(registry):
@@ -80,7 +82,7 @@ def register_legacy(registry: Path, source: Path, record: dict) -> store.Version
     from cifarflow.registry.export import export_model
 
     name = store.next_name(registry)
-    staging = store.new_staging(registry)
+    staging = store.new_staging(registry, name)
     try:
         shutil.copytree(source, staging, dirs_exist_ok=True)
         (staging / "champion.json").unlink()
@@ -91,6 +93,6 @@ def register_legacy(registry: Path, source: Path, record: dict) -> store.Version
             record | {"version": name, "label_names": label_names, "smoke": None, "note": NOTE},
         )
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        store.discard_staging(staging)
         raise
     return store.commit_version(registry, staging, name)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cifarflow.files import atomic_directory, atomic_path, file_digest, point_symlink, read_json, write_json
+from cifarflow.markdown import escape, join_wrapped
 from cifarflow.outputs import StageOutput
 
 if TYPE_CHECKING:  # the upstream stages' output types, for annotations only: their code is not the report's
@@ -118,12 +119,24 @@ def describe_lineage(lineage: dict[str, Any]) -> str:
     return f"{lineage['train_images']:,}: ingested {lineage['base']['images']:,}{added}"
 
 
+def describe_temperature(calibration: dict[str, Any]) -> str:
+    """The model card's temperature row: the one in the exported model, and whether it is the fit."""
+    if not calibration["unsupported"]:
+        return f"{calibration['temperature']:.4f} (fitted; in the exported model)"
+    return (
+        f"{calibration['temperature']:.4f} (in the exported model: the network's own probabilities; the fitted "
+        f"{calibration['fitted']['temperature']:.4f} is unsupported: {'; '.join(calibration['unsupported'])})"
+    )
+
+
 def describe_warm_start(warm: dict[str, Any] | None) -> str:
     if not warm or warm.get("requested") in (None, "none"):
         return "no (trained from scratch)"
     if warm.get("applied"):
-        return f"from the champion `{warm['champion_id'][:12]}`"
-    return f"requested, trained from scratch: {warm['reason']}"
+        version = warm.get("champion_version")  # recorded since versions were named in the model card
+        sha = f"`{warm['champion_id'][:12]}`"
+        return f"from the champion {version} (model sha256 {sha})" if version else f"from the champion {sha}"
+    return f"requested, trained from scratch: {escape(warm['reason'])}"
 
 
 def corruption_table(summary: dict[str, Any]) -> str:
@@ -142,6 +155,26 @@ def corruption_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def temperature_verdict(calibration: dict[str, Any]) -> str:
+    """What the exported model does with its probabilities, in the report's words: the fitted T, or,
+    when calibration.json lists why the fit is `unsupported`, that it was not deployed and why."""
+    images, errors = calibration["images"], calibration["errors"]
+    if not calibration["unsupported"]:
+        return (
+            f"The exported model (what the service and batch prediction run) scales the network's probabilities by "
+            f"a temperature **T = {calibration['temperature']:.3f}** (temperature scaling, Guo et al. 2017), "
+            f"fitted by minimising NLL on the {images:,} test images ({errors:,} misclassified)."
+        )
+    why = "".join(f"\n- {reason}" for reason in calibration["unsupported"])
+    return (
+        f"**Temperature not deployed: the {images:,} test images ({errors:,} misclassified) cannot support "
+        f"a fit.** Minimising NLL found T = {calibration['fitted']['temperature']:.3f}, but{why}\n\n"
+        f"The exported model keeps **T = {calibration['temperature']:g}**: the network's own probabilities, "
+        "uncalibrated. Calibrate on a test set with more errors (more images, or a model that is not right "
+        "on all of them) to fit one."
+    )
+
+
 def calibration_section(calibration: dict[str, Any], plot_prefix: str = "") -> str:
     before, after = calibration["before"], calibration["after"]
     rows = "\n".join(
@@ -154,15 +187,13 @@ def calibration_section(calibration: dict[str, Any], plot_prefix: str = "") -> s
             ("accuracy", "accuracy"),
         )
     )
-    halves = calibration["halves"]
+    halves, fitted = calibration["halves"], calibration["fitted"]
     return f"""## Calibration
 
-The exported model (what the service and batch prediction run) scales the network's probabilities by
-a temperature **T = {calibration["temperature"]:.3f}** (temperature scaling, Guo et al. 2017), fitted by
-minimising NLL on the {calibration["images"]:,} test images. "Before" scores the network's own
-probabilities; "after" is {calibration["after_is"]} (halves of {halves["A"]:,} and {halves["B"]:,} images,
-by pixel hash; T = {calibration["half_temperatures"]["A"]:.3f} and {calibration["half_temperatures"]["B"]:.3f}).
-{"**T is at a bound of the search: the test set did not pin it down.**" if calibration.get("at_bound") else ""}
+{temperature_verdict(calibration)}
+"Before" scores the network's own probabilities; "after" is {calibration["after_is"]} (halves of
+{halves["A"]:,} and {halves["B"]:,} images, by pixel hash; fitted T = {fitted["half_temperatures"]["A"]:.3f} and
+{fitted["half_temperatures"]["B"]:.3f}).
 
 | score | before | after |
 |---|---|---|
@@ -170,6 +201,16 @@ by pixel hash; T = {calibration["half_temperatures"]["A"]:.3f} and {calibration[
 
 ![reliability diagram]({plot_prefix}{RELIABILITY})
 """
+
+
+def temperature_facts(calibration: dict[str, Any]) -> dict[str, Any]:
+    """The model card's record of the temperature: the one exported, the one fitted, and why the fit is
+    unsupported (empty: it is the one exported)."""
+    return {
+        "exported": calibration["temperature"],
+        "fitted": calibration["fitted"]["temperature"],
+        "unsupported": calibration["unsupported"],
+    }
 
 
 def render_markdown(
@@ -182,7 +223,7 @@ def render_markdown(
     versions = ", ".join(f"{k} {v}" for k, v in card["libraries"].items())
     delta = metrics["test_accuracy"] - SEED_PUBLISHED_ACCURACY
     report = metrics["classification_report"]
-    return f"""# CIFAR-10 run `{card["run_name"]}`
+    markdown = f"""# CIFAR-10 run `{card["run_name"]}`
 
 **Test accuracy {metrics["test_accuracy"]:.4f}** (loss {metrics["test_loss"]:.4f}) with model `{card["model"]}`;
 the classic notebook's published seed is {SEED_PUBLISHED_ACCURACY:.3f} ({delta:+.3f}).
@@ -217,18 +258,19 @@ Macro F1 {report["macro avg"]["f1-score"]:.4f}; weighted F1 {report["weighted av
 | epochs / batch size / learning rate | {card["epochs"]} / {card["batch_size"]} / {card["learning_rate"]} |
 | seed | {card["seed"]} |
 | normalization | {describe_normalization(card["normalization"])} |
-| temperature | {metrics["temperature"]:.4f} (in the exported model) |
+| temperature | {describe_temperature(metrics["calibration"])} |
 | training time | {card["train_seconds"]:.1f} s |
 | dataset version | `{card["dataset_version"]}` |
 | training images | {describe_lineage(card["lineage"])} |
 | warm start | {describe_warm_start(card.get("warm_start"))} |
-| data source | `{card["source"]}` |
+| data source | {escape(card["source"])} |
 | source sha256 | `{card["source_sha256"]}` |
 | dataset sha256 (shards) | `{card["dataset_sha256"]}` |
 | model sha256 | `{card["model_sha256"]}` |
 | created | {card["created"]} |
 | libraries | {versions} |
 """
+    return join_wrapped(markdown)
 
 
 def write_report(
@@ -249,7 +291,7 @@ def write_report(
             shutil.copy2(evaluation_dir / plot, staging / plot)
         shutil.copy2(calibration_dir / RELIABILITY, staging / RELIABILITY)
         write_json(staging / "metrics.json", metrics)
-        write_json(staging / "model_card.json", card)
+        write_json(staging / "model_card.json", card | {"temperature": temperature_facts(calibration)})
         with atomic_path(staging / "report.md") as tmp:
             tmp.write_text(render_markdown(metrics, card, data_section))
     point_latest(reports_dir / "latest", target)

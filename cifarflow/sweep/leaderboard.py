@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cifarflow.files import atomic_path, write_json
+from cifarflow.markdown import escape
 from cifarflow.sweep.space import NAMED_AXES, Trial
 
 
@@ -61,14 +62,11 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 
 def render_leaderboard(name: str, rows: list[dict[str, Any]], plot_file: str | None) -> str:
     finished = [r for r in rows if r["status"] != "failed"]
-    lines = [
-        f"# Sweep `{name}`",
-        "",
-        f"{len(rows)} trials: {len(finished)} finished, {len(rows) - len(finished)} failed.",
-    ]
-    if finished:
+    counts = f"{len(rows)} trials: {len(finished)} finished, {len(rows) - len(finished)} failed."
+    if finished:  # one paragraph, one line: a line break in it shows as a ragged short line in the UI
         best = finished[0]
-        lines.append(f"Best: **{best['trial']}**, test accuracy {best['test_accuracy']:.4f}.")
+        counts += f" Best: **{escape(best['trial'])}**, test accuracy {best['test_accuracy']:.4f}."
+    lines = [f"# Sweep {escape(name)}", "", counts]
     lines += [
         "",
         "| rank | trial | status | test accuracy | test loss | train s | model | epochs | batch | lr | seed | report |",
@@ -82,13 +80,13 @@ def render_leaderboard(name: str, rows: list[dict[str, Any]], plot_file: str | N
         report = f"[{Path(r['report']).name}]({r['report']})" if r["report"] else "–"
         status = r["status"] if r["status"] != "failed" else "**failed**"
         lines.append(
-            f"| {show(r['rank'])} | {r['trial']} | {status} | {show(r['test_accuracy'], '{:.4f}')} "
+            f"| {show(r['rank'])} | {escape(r['trial'])} | {status} | {show(r['test_accuracy'], '{:.4f}')} "
             f"| {show(r['test_loss'], '{:.4f}')} | {show(r['train_seconds'], '{:.1f}')} | {r['model']} | {r['epochs']} "
             f"| {r['batch_size']} | {r['learning_rate']:g} | {r['seed']} | {report} |"
         )
     errors = [r for r in rows if r["error"]]
     if errors:
-        lines += ["", "## Failed trials", ""] + [f"- `{r['trial']}`: {r['error']}" for r in errors]
+        lines += ["", "## Failed trials", ""] + [f"- {escape(r['trial'])}: {escape(r['error'])}" for r in errors]
     if plot_file:
         lines += ["", f"![accuracy against training time]({plot_file})"]
     lines.append(

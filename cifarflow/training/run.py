@@ -87,8 +87,8 @@ def train_model(
         EpochRecorder(journal, settings.epochs, on_epoch),
         AtomicBackupAndRestore(str(work / "backup")),
     ]
-    if verbose is None:  # a live progress bar on a terminal; one line per epoch in logs and CI
-        verbose = 1 if sys.stdout.isatty() else 2
+    if verbose is None:  # one line per epoch: the caller's (`on_epoch`) or else Keras' own (a bar on a terminal)
+        verbose = 0 if on_epoch else 1 if sys.stdout.isatty() else 2
     model = settings.preset.train(settings, features_dir, callbacks, verbose)
     history = read_journal(journal)
     with atomic_directory(model_dir) as staging:

@@ -5,19 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from cifarflow.data.versions import DatasetVersion
+from cifarflow.markdown import escape, join_wrapped
 from cifarflow.validation.checks import DRIFT_PSI, IMBALANCE_RATIO
 
 
 def render_markdown(version: DatasetVersion, stats: dict[str, Any]) -> str:
     """The section as Markdown: the version's size, a table of its parts, the warnings."""
     rows = "\n".join(
-        f"| {p['name']} | {p['images']:,} | {min(p['class_counts'])}–{max(p['class_counts'])} | "
+        f"| {escape(p['name'])} | {p['images']:,} | {min(p['class_counts'])}–{max(p['class_counts'])} | "
         f"{', '.join(f'{v:.3f}' for v in p['channel_mean'])} | "
         f"{'—' if p['drift_psi'] is None else format(p['drift_psi'], '.3f')} |"
         for p in stats["parts"]
     )
-    warnings = "\n".join(f"- ⚠ {w}" for w in stats["warnings"]) or "- none"
-    return f"""## Data
+    warnings = "\n".join(f"- ⚠ {escape(w)}" for w in stats["warnings"]) or "- none"
+    markdown = f"""## Data
 
 Dataset version `{version.version}`: **{version.train_images:,} training images** ({version.base_train_images:,}
 ingested + {len(version.batches)} added batches), {version.test_images:,} test images (the official test set).
@@ -30,3 +31,4 @@ Validation warnings (imbalance over {IMBALANCE_RATIO}×, drift PSI over {DRIFT_P
 
 {warnings}
 """
+    return join_wrapped(markdown)

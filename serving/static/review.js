@@ -112,7 +112,9 @@ function startReviewPage() {
   const cards = () => [...grid.querySelectorAll(".card:not([hidden])")];
   const selected = () => grid.querySelector(".card.selected");
 
-  function select(card) {
+  // `scroll`: bring the card into view (keyboard moves); a page load selects without scrolling, so the page
+  // opens at its top, heading and key legend shown
+  function select(card, scroll = true) {
     const previous = selected();
     if (previous) {
       previous.classList.remove("selected");
@@ -122,7 +124,7 @@ function startReviewPage() {
     card.classList.add("selected");
     card.setAttribute("aria-selected", "true");
     grid.setAttribute("aria-activedescendant", card.id);
-    card.scrollIntoView({ block: "nearest" });
+    if (scroll) card.scrollIntoView({ block: "nearest" });
   }
 
   function showCount() {
@@ -183,7 +185,7 @@ function startReviewPage() {
       unanswered = body.unanswered;
       [...grid.children].forEach(dropCard);
       grid.append(...body.items.map(makeCard));
-      select(cards()[0]);
+      select(cards()[0], false);
       showCount();
     } catch (error) {
       showError(`The service did not answer: ${error.message}`);
@@ -273,11 +275,11 @@ function startReviewPage() {
       const label = $("filter").value;
       history.replaceState(null, "", label ? `?label=${encodeURIComponent(label)}` : location.pathname);
       loadQueue();
-      grid.focus(); // the keys label the grid again, not the select
+      grid.focus({ preventScroll: true }); // the keys label the grid again, not the select
     });
     document.addEventListener("keydown", onKey);
     await loadQueue();
-    grid.focus();
+    grid.focus({ preventScroll: true }); // focus would scroll the grid's top into view otherwise
   }
 
   start();

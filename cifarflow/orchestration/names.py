@@ -1,0 +1,25 @@
+"""Flow run names, short and meaningful in the UI's run list: never an absolute path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import PurePath
+
+
+def last_part(value: object) -> str:
+    """The last part of a path or name, without a `.keras` suffix: `/srv/cifar/data` → `data`,
+    `models/best.keras` → `best`, `v2` → `v2`."""
+    return PurePath(str(value)).name.removesuffix(".keras") or str(value)
+
+
+def run_name(prefix: str, parameter: str, default: str) -> Callable[[], str]:
+    """A flow's `flow_run_name`: `<prefix>-<last part of the run's parameter>` (`monitor-data`, `predict-v2`);
+    `default` when the run was not given the parameter (its default applies)."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        return f"{prefix}-{last_part(flow_run.parameters.get(parameter) or default)}"
+
+    name.__name__ = f"{prefix}_run_name"
+    return name
