@@ -40,6 +40,12 @@ from tasks.robustness import robustness
 from tasks.train import train
 from tasks.validate import validate
 
+REUSED_HINT = (
+    "the model was reused, not trained (its inputs have not changed: the stages show as Cached, nothing to watch); "
+    'to train again, and watch it in the UI: --refresh train (make run ARGS="--refresh train"); '
+    "every stage: --refresh"
+)
+
 
 def _run_name() -> str:
     config = flow_run.parameters.get("config") or {}
@@ -79,6 +85,8 @@ def cifar_pipeline(
         logger.info("report: %s", run_report.report_path)
     if decision is not None:  # beside the promotion decision, among the run's artifacts
         publish_registry(config.layout.registry)
+    if "train" in run.cached:
+        logger.info(REUSED_HINT)
     return run.locations()
 
 

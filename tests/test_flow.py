@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 
 import numpy as np
@@ -53,14 +55,33 @@ def test_end_to_end_then_cached_then_downstream_only(tiny_config, capfd):
     assert "keras" in card["libraries"]
     check_calibration_and_robustness(tiny_config, latest, metrics)
 
-    state, second = run_flow(tiny_config)
+    with flow_log() as logged:
+        state, second = run_flow(tiny_config)
     assert state.is_completed()
     assert second == rerun_states()
+    assert any("nothing to watch" in line and "--refresh train" in line for line in logged)  # says how to force it
 
     state, third = run_flow(tiny_config.model_copy(update={"epochs": 2}))
     assert third == rerun_states("train")
     assert read_json(tiny_config.layout.latest_report / "metrics.json")["epochs"] == 2
     assert metrics["train_images"] == 300 and metrics["dataset_version"] == card["dataset_version"]
+
+
+@contextlib.contextmanager
+def flow_log():
+    """The flow runs' log lines at INFO and above while inside (the tests' Prefect logs only warnings)."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("prefect.flow_runs")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def check_calibration_and_robustness(config, report_dir, metrics):

@@ -149,6 +149,7 @@ class StageRunner:
         self.last = max(STAGES.index(stage) for stage in self.selected)
         self.outputs: dict[str, StageOutput] = dict(outputs or {})
         self.record = record
+        self.cached: set[str] = set()  # the selected stages whose output was reused (`Cached`)
 
     def __call__(self, task: Task, **options: Any) -> Any:
         stage = task.name
@@ -182,6 +183,8 @@ class StageRunner:
         stages that read it, and its key recorded for `--plan`."""
         result = settle(state, prepared.found)
         self.outputs[prepared.stage] = result
+        if state.name == "Cached":
+            self.cached.add(prepared.stage)
         if self.record:
             record_stage(
                 self.config.layout.stage_state, prepared.stage, prepared.parts, {"fingerprint": result.fingerprint}
