@@ -65,9 +65,13 @@ monitor: install  ## compare what the champion was asked lately with its test se
 feedback: install  ## the reviewers' new answers into the training data: one screened batch (ARGS="--data-dir D")
 	$(BIN)/python flows/feedback_flow.py $(ARGS)
 
+# The benchmarks read an archive file: with ../shared beside the repo it is built into data/cache first,
+# after which the one rule (default_source) names it; elsewhere the rule gives the official URL.
+BENCH_SOURCE = $(or $(SOURCE),$(shell $(BIN)/python -c 'from cifarflow.data.archive import default_source; print(default_source("data"))'))
+
 bench: install $(if $(wildcard $(SHARED_JPEG)),$(LOCAL_ARCHIVE))  ## measure speed and memory (writes benchmarks/results.md)
-	$(BIN)/python benchmarks/bench_pipeline.py --source $(or $(SOURCE),$(LOCAL_ARCHIVE)) --out benchmarks/results.md
-	$(BIN)/python benchmarks/bench_serving.py --source $(or $(SOURCE),$(LOCAL_ARCHIVE)) --out benchmarks/serving.md
+	$(BIN)/python benchmarks/bench_pipeline.py --source $(BENCH_SOURCE) --out benchmarks/results.md
+	$(BIN)/python benchmarks/bench_serving.py --source $(BENCH_SOURCE) --out benchmarks/serving.md
 
 clean-data:  ## delete generated data (shards, features, models, reports, caches); keeps added image batches, the model registry, the prediction log and the reviewers' answers
 	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep ! -name batches ! -name batches-withdrawn ! -name registry ! -name monitoring ! -name feedback -exec rm -rf {} +

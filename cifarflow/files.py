@@ -129,3 +129,29 @@ def point_symlink(link: str | Path, target: str | Path) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(os.path.relpath(target, link.parent), tmp)
     os.replace(tmp, link)
+
+
+def field_problem(data: Any, fields: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> str | None:
+    """Why `data` is not a record of `fields` (a missing required field, a wrong type), or None."""
+    if not isinstance(data, dict):
+        return f"not a JSON object but {_kind(data)}"
+    for name in required:
+        if name not in data:
+            return f"no `{name}` field"
+    for name, types in fields.items():
+        if name in data and (not isinstance(data[name], types) or isinstance(data[name], bool)):
+            words = ("null" if t is type(None) else _TYPE_WORDS.get(t, t.__name__) for t in types)
+            wanted = " or ".join(dict.fromkeys(words))
+            return f"`{name}` is {_kind(data[name])}, not {wanted}"
+    return None
+
+
+_TYPE_WORDS = {str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    return _TYPE_WORDS.get(type(value), type(value).__name__)

@@ -31,21 +31,30 @@ def begin(path: Path, record: dict[str, Any]) -> None:
     write_json(path, record)
 
 
-def unfinished(path: Path) -> dict[str, Any] | None:
-    """The journal a killed run left, or None. PipelineInputError, naming the file, if it is damaged
-    (it is written atomically, so only a hand or a failing disk damages it)."""
+def unfinished(path: Path, fields: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The journal a killed run left, or None. PipelineInputError, naming the file (`damaged`), if it is
+    not a JSON object holding every one of `fields` (it is written atomically, so only a hand or a
+    failing disk damages it)."""
     if not path.exists():
         return None
     try:
         record = read_json(path)
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as error:
-        raise PipelineInputError(
-            f"{path} is damaged ({error}): it records a run that was killed mid-way; delete it to go on "
-            "without finishing that run (check its output by hand)"
-        ) from None
+    except (OSError, ValueError) as error:
+        raise damaged(path, f"{type(error).__name__}: {error}") from None
+    if not isinstance(record, dict):
+        raise damaged(path, "not a JSON object")
+    missing = [name for name in fields if name not in record]
+    if missing:
+        raise damaged(path, f"no `{missing[0]}` field")
     return record
+
+
+def damaged(path: Path, problem: str) -> PipelineInputError:
+    """The error for a journal that cannot be followed: it names the file, what is wrong and what to do."""
+    return PipelineInputError(
+        f"{path} is damaged ({problem}): it records a run that was killed mid-way; delete it to go on "
+        "without finishing that run (check its output by hand)"
+    )
 
 
 def end(path: Path) -> None:

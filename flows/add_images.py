@@ -25,7 +25,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, print_problems, run_cli, run_command
-from cifarflow.data.versions import active_batch_dir, batch_with_origin, current_version, new_batch_id
+from cifarflow.data.versions import (
+    active_batch_dir,
+    batch_with_origin,
+    current_version,
+    is_withdrawn,
+    new_batch_id,
+)
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import ensure_writable, read_json, text_digest
 from cifarflow.intake.summary import build_summary
@@ -54,7 +60,8 @@ def add_images(inbox: Path, data_dir: Path = Path("data"), origin: dict | None =
     """Scan INBOX/<class>/…, screen every image, write the new ones as a batch, publish the summary.
     `origin`: where the images came from, kept in the batch record and the summary (the feedback flow
     gives its export, prediction ids and reviewers); a batch with this origin already in the training
-    data (a killed feedback export, resumed) is not screened again: its summary is returned.
+    data, or withdrawn from it since (a killed feedback export, resumed) is not screened again: its
+    summary is returned.
     Returns the path of summary.json.
 
     The batch, its report and its event are one journaled write (cifarflow/journal.py): a run killed
@@ -66,7 +73,8 @@ def add_images(inbox: Path, data_dir: Path = Path("data"), origin: dict | None =
     with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=logger.info, holder_kind=INTAKE):
         recovered = finish_killed_run(layout)
         if origin and (earlier := batch_with_origin(layout, origin)):
-            logger.info("the images of this origin are batch %s already: its summary stands", earlier.batch_id)
+            withdrawn = " (withdrawn since: not added again)" if is_withdrawn(layout, earlier) else ""
+            logger.warning("the images of this origin are batch %s%s: its summary stands", earlier.batch_id, withdrawn)
             return str(layout.additions_reports / earlier.batch_id / "summary.json")
         before = read_version(layout)
         found = scan(inbox, before.label_names)

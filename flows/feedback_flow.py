@@ -34,7 +34,7 @@ from cifarflow.data.versions import current_version
 from cifarflow.errors import PipelineInputError
 from cifarflow.feedback.export import LOST, VERDICTS, ExportPlan, new_export_id, read_exported
 from cifarflow.files import ensure_writable, read_json
-from cifarflow.journal import begin, end, kill_point, unfinished
+from cifarflow.journal import begin, damaged, end, kill_point, unfinished
 from cifarflow.layout import DataLayout
 from cifarflow.lock import data_dir_lock
 from cifarflow.orchestration.names import run_name
@@ -64,9 +64,14 @@ def export_feedback(data_dir: Path = Path("data")) -> dict[str, Any]:
     layout = DataLayout(Path(from_printable(str(data_dir))).resolve())
     logger = get_run_logger()
     with data_dir_lock(layout.feedback_lock, LOCK_TIMEOUT_S, log=logger.info, holder_kind="feedback export"):
-        killed = unfinished(layout.feedback_journal)
+        killed = unfinished(layout.feedback_journal, ("export_id", "plan"))
         if killed:
-            export_id, plan = killed["export_id"], ExportPlan.from_json(killed["plan"])
+            try:
+                export_id, plan = str(killed["export_id"]), ExportPlan.from_json(killed["plan"])
+            except (KeyError, TypeError, AttributeError) as error:
+                raise damaged(
+                    layout.feedback_journal, f"its `plan` is not one: {type(error).__name__}: {error}"
+                ) from None
             exported = read_exported(layout.feedback_exported, layout.feedback_exports)
             logger.warning("finishing export %s, which a killed run left unfinished", export_id)
         else:

@@ -146,6 +146,11 @@ class Prediction(BaseModel):
 class Health(BaseModel):
     status: str = Field(description="`ok`, or `no model` (503)")
     model_version: str | None = None
+    damage: str | None = Field(
+        None,
+        description="200 only: a file of the served version damaged on disk since it was loaded, and the fix "
+        "(the model in memory still serves; a restart would not load it)",
+    )
     error: str | None = Field(
         None, description="503 only: why there is no model (a damaged registry file is named, with what to do)"
     )
@@ -491,7 +496,7 @@ def create_app(
         predictor = live.predictor
         if predictor is None:
             return JSONResponse({"status": "no model", "error": live.problem}, status_code=503)
-        return {"status": "ok", "model_version": predictor.version}
+        return {"status": "ok", "model_version": predictor.version, "damage": live.damage}
 
     @app.get("/model", response_model=ModelRecord, response_model_exclude_none=True, responses=documented(503))
     def model_info():
@@ -588,7 +593,11 @@ def create_app(
             prediction_log.flush(timeout=2)  # an image scored a moment ago is in the queue too
         index.refresh()
         ids, times, versions, probabilities = index.rows(classes=len(label_names))  # the serving label set's
-        ranked = queue_order(ids, probabilities, set(answers.refresh()), label_names, label, order=order)
+        try:
+            answered = set(answers.refresh())
+        except OSError as error:  # the feedback log is a directory, or unreadable: say which file
+            raise BadInput(503, error.strerror or str(error)) from None
+        ranked = queue_order(ids, probabilities, answered, label_names, label, order=order)
         chosen = ranked[:n]
         items = [
             {

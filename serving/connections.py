@@ -7,8 +7,10 @@ service answering others:
 
 - **Head and body timeout.** A request head must be complete within `header_timeout_s` of the
   connection opening (or of the previous answer on a kept-alive connection), and each piece of a body
-  must follow the previous one within that time; otherwise the client gets 408 and the connection is
-  closed. Trickling bytes does not restart the head's clock.
+  must follow the previous one within that time (while the service itself has paused reading a body, the
+  check waits), also the rest of a body the service has already answered (400, 413); otherwise the
+  client gets 408 (or, already answered, nothing more) and the connection is closed. Trickling bytes
+  does not restart the head's clock.
 - **A connection cap below the open-file limit** (`connection_cap`): when a new connection would pass
   it, the connection that has waited longest for its client (head or body still due) is closed with 408
   to make room; when none is waiting, the new one gets 503 with Retry-After and is closed. The service
@@ -93,8 +95,8 @@ class GuardedH11Protocol(H11Protocol):
         super().data_received(data)
         if self.transport.is_closing():
             return
-        if self._receiving_body():
-            self._arm()  # each piece of a body restarts its clock
+        if self._in_body():
+            self._arm()  # each piece of a body restarts its clock (also one that made the service pause)
         elif self.conn.their_state is not h11.IDLE:
             self._disarm()  # the request is in: the rest is the service's time, not the client's
 
@@ -108,15 +110,16 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def waiting_on_client(self) -> bool:
-        """Whether the client owes the service bytes: a request head, or a body the service is reading."""
+        """Whether the client owes the service bytes: a request head, or a body (`_in_body`) not paused by us."""
         return not self.transport.is_closing() and (self.conn.their_state is h11.IDLE or self._receiving_body())
 
+    def _in_body(self) -> bool:
+        """Whether the client is sending a request body: one the service reads, or the rest of one it has
+        already answered (a 400, a 413: the connection waits for that rest before it can take a next request)."""
+        return self.conn.their_state is h11.SEND_BODY and self.conn.our_state in (h11.SEND_RESPONSE, h11.DONE)
+
     def _receiving_body(self) -> bool:
-        return (
-            self.conn.their_state is h11.SEND_BODY
-            and self.conn.our_state is h11.SEND_RESPONSE
-            and not self.flow.read_paused  # paused by the service itself: not the client's delay
-        )
+        return self._in_body() and not self.flow.read_paused  # paused by the service itself: not the client's delay
 
     def _arm(self) -> None:
         self._disarm()
@@ -132,9 +135,12 @@ class GuardedH11Protocol(H11Protocol):
         self._timer = None
         if self.waiting_on_client():
             self._close(f"the request did not arrive within {self.header_timeout_s:g} s")
+        elif self._in_body():  # the service has paused reading the body (its delay, not the client's): look again later
+            self._arm()
 
     def _close(self, why: str) -> None:
-        self.transport.write(canned(408, "Request Timeout", why))
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # not answered yet: say why
+            self.transport.write(canned(408, "Request Timeout", why))
         self.transport.close()
 
     def _make_room(self) -> None:

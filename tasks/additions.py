@@ -28,7 +28,7 @@ from cifarflow.data.versions import (
 from cifarflow.intake.inbox import Inbox, scan_inbox
 from cifarflow.intake.screen import Screening, batch_table, load_reference, screen_inbox
 from cifarflow.intake.summary import write_summary
-from cifarflow.journal import end, unfinished
+from cifarflow.journal import damaged, end, unfinished
 from cifarflow.layout import DataLayout
 from cifarflow.orchestration.artifacts import publish_addition
 from cifarflow.orchestration.events import emit_dataset_updated
@@ -100,9 +100,12 @@ def finish_killed_run(layout: DataLayout) -> str | None:
     its report written and cifar10.dataset.updated emitted; a withdrawal: the event emitted), undone
     when it had not. Returns the sentence saying which (also logged), None when no run was killed."""
     remove_unfinished(layout)
-    killed = unfinished(layout.intake_journal)
+    killed = unfinished(layout.intake_journal, ("run", "batch_id"))
     if killed is None:
         return None
+    needs = {"add-images": "summary", "withdraw": "previous_dataset_version"}.get(str(killed["run"]))
+    if needs not in killed:  # None: a run of no known kind
+        raise damaged(layout.intake_journal, f"no `{needs}` field" if needs else f"`run` is {killed['run']!r}")
     batch_id = killed["batch_id"]
     active = (layout.batch_dir(batch_id) / BATCH_FILE).is_file()
     if killed["run"] == "withdraw" and active:

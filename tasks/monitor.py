@@ -90,7 +90,8 @@ def check_window(
     notes: list[str],
     max_images: int = MAX_IMAGES,
 ) -> MonitorSummary:
-    """Read the window, score it with the champion, compute the signals, write the report folder `out`."""
+    """Read the window's pixels (not the logged probabilities: rows served by a model with another label
+    set are judged too), score them with the champion, compute the signals, write the report folder `out`."""
     logger = get_run_logger()
     earlier, notes = notes, list(notes)
     if bounds.incremental:
@@ -100,7 +101,8 @@ def check_window(
             left_out = sorted(set(files) - set(kept))
             notes.append(f"{len(left_out):,} unreadable log files left out and counted as judged (first: "
                          f"{printable(left_out[0])})")  # fmt: skip
-        window, times = read_files(kept, max_images, int(text_digest(bounds.files)[:8], 16), logger.warning)
+        seed = int(text_digest(bounds.files)[:8], 16)
+        window, times = read_files(kept, max_images, seed, logger.warning, probabilities=False)  # pixels re-scored
         late = late_rows(times, state.newest if state else None)
         notes += [late] if late else []
         if len(window) < len(times):
@@ -108,7 +110,7 @@ def check_window(
                          "(--max-images); all of them count as judged")  # fmt: skip
     else:
         window = read_window(
-            layout.prediction_log, bounds.since, bounds.last or max_images, bounds.until, logger.warning
+            layout.prediction_log, bounds.since, bounds.last or max_images, bounds.until, logger.warning, False
         )
         times = window.times
     for note in notes[len(earlier) :]:

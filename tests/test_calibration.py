@@ -225,6 +225,18 @@ def test_halves_that_disagree_are_not_deployed():
     assert any("the halves disagree" in reason for reason in fit.unsupported), fit.unsupported
 
 
+def test_a_fit_that_lowers_the_nll_but_raises_the_held_out_ece_is_not_deployed():
+    """A few images saturated to probability exactly 1 (some wrong) pull the NLL's T up to about 1.5: the
+    NLL falls, but every other image is flattened, and the held-out ECE more than doubles."""
+    probabilities, labels = calibrated_sample(2_000, seed=0, sharpness=2.5)
+    saturated = np.random.default_rng(1).random(2_000) < 0.02
+    probabilities[saturated] = np.eye(CLASSES)[probabilities[saturated].argmax(axis=1)]
+    fit = cross_fit(probabilities, labels, np.arange(2_000) % 2 == 0)
+    assert 1.2 < fit.fitted < 2.5  # an interior minimum of the NLL, not a bound
+    assert fit.temperature == 1.0
+    assert [reason for reason in fit.unsupported if "raises the ECE" in reason], fit.unsupported
+
+
 def test_an_all_right_calibration_set_is_flagged_in_the_report_and_model_card(tmp_path):
     """The flow's path: calibrate_model on an evaluation and features directory whose model is right on
     every test image, then the report the report stage writes from it."""

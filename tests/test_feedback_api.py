@@ -316,6 +316,31 @@ def test_answers_withdrawn_by_rewriting_the_log_are_seen_by_the_running_service(
     assert withdrawn not in queued(service)
 
 
+def test_a_feedback_log_replaced_by_a_directory_is_a_503_naming_it_until_fixed(service, data_dir):
+    """answers.jsonl replaced by a directory under the running service: the queue and an answer are 503
+    naming the file and the fix; once it is a file again both work. Before: the queue was a bare 500."""
+    from cifarflow.layout import DataLayout
+
+    prediction_id = predict(service, 43)["prediction_id"]
+    path = DataLayout(data_dir).feedback_answers
+    kept = path.read_bytes() if path.exists() else b""
+    path.unlink(missing_ok=True)
+    path.mkdir()
+    try:
+        for response in (
+            service.get("/review/queue", headers=bearer()),
+            service.post("/feedback", json={"prediction_id": prediction_id, "label": "cat"}, headers=bearer()),
+        ):
+            assert response.status_code == 503, response.text
+            assert (
+                f"the feedback log {path} cannot be used (Is a directory): make it a file" in response.json()["error"]
+            )
+    finally:
+        path.rmdir()
+        path.write_bytes(kept)
+    assert prediction_id in queued(service) and answer(service, prediction_id) == "recorded"
+
+
 ANSWERS, ROUNDS = 24, 3
 
 

@@ -5,6 +5,9 @@ holds is reported lost; the command's last line."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,8 +19,10 @@ from cifarflow.data.shards import read_split
 from cifarflow.data.versions import current_version
 from cifarflow.feedback.answers import append_answer, new_answer, read_answers
 from cifarflow.files import read_json
+from cifarflow.journal import KILL_AT
 from cifarflow.layout import DataLayout
 from cifarflow.monitoring.log import log_table, new_ids, write_log_file
+from tests.live_server import REPO_ROOT
 from tests.synthetic import CLASSES
 from tests.test_growth import smooth_images
 
@@ -184,3 +189,63 @@ def test_a_damaged_or_missing_record_of_what_was_exported_stops_the_export(prefe
     assert main(["--data-dir", str(data_dir)]) == 1
     assert "exported.json is missing, but 1 earlier exports" in capsys.readouterr().out.strip().splitlines()[-1]
     assert len(current_version(layout).batches) == 1
+
+
+# what a hand or a failing disk left as the export's journal → what the message says (cut short, not an
+# object: tests/test_feedback_units.py)
+JOURNAL_DAMAGE = {
+    "no plan": ('{"export_id": "20260101T000000Z-abcdef12"}', "no `plan` field"),
+    "a plan of another shape": ('{"export_id": "x", "plan": {"ready": []}}', "its `plan` is not one: KeyError"),
+}
+
+
+@pytest.mark.parametrize("damage", JOURNAL_DAMAGE)
+def test_a_damaged_export_journal_stops_the_export_naming_it_and_deleting_it_goes_on(
+    prefect_server, data_dir, capsys, damage
+):
+    """The journal a killed export left, damaged: the next run stops, naming the file, what is wrong and
+    what to do (not a bare KeyError); once deleted as it says, the export runs."""
+    from flows.feedback_flow import main
+
+    layout = DataLayout(data_dir)
+    (pid,) = serve(data_dir, smooth_images(1, 56))
+    answer(data_dir, pid, "cat")
+    text, problem = JOURNAL_DAMAGE[damage]
+    layout.feedback_journal.parent.mkdir(parents=True, exist_ok=True)
+    layout.feedback_journal.write_text(text)
+    assert main(["--data-dir", str(data_dir)]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"error: {layout.feedback_journal} is damaged ("), last
+    assert problem in last and last.endswith("delete it to go on without finishing that run (check its output by hand)")
+    layout.feedback_journal.unlink()
+    assert main(["--data-dir", str(data_dir)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("done: 1 answers: 1 added as batch ")
+
+
+def test_a_batch_withdrawn_after_its_export_was_killed_is_not_added_again(prefect_server, cli_env, data_dir, capsys):
+    """An export SIGKILLed after its batch was written, the batch then withdrawn by hand, the export
+    resumed: its answers stand as `added` to that batch (recognised by its origin among the withdrawn),
+    and the withdrawn images are not written again as a new batch."""
+    from flows.add_images import main as add_images_main
+    from flows.feedback_flow import main
+
+    layout = DataLayout(data_dir)
+    for number, prediction_id in enumerate(serve(data_dir, smooth_images(4, 57))):
+        answer(data_dir, prediction_id, ("cat", "ship")[number % 2])
+    killed = subprocess.run(
+        [sys.executable, "flows/feedback_flow.py", "--data-dir", str(data_dir)],
+        cwd=REPO_ROOT,
+        env=cli_env | {KILL_AT: "feedback:batch-added"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    (batch,) = current_version(layout).batches
+    assert add_images_main(["--withdraw", batch.batch_id, "--data-dir", str(data_dir)]) == 0
+
+    assert main(["--data-dir", str(data_dir)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith(f"done: 4 answers: 4 added as batch {batch.batch_id} ") and "resumed export" in last, last
+    assert current_version(layout).batches == []  # withdrawn, and not added again
+    assert {v["verdict"] for v in read_json(layout.feedback_exported)["answers"].values()} == {"added"}

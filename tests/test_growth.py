@@ -4,12 +4,16 @@ goes back to the previous version; validation stops a bad batch; the promotion f
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.shards import read_split, rows_table
 from cifarflow.data.versions import current_version, write_batch
 from cifarflow.files import read_json
@@ -123,6 +127,75 @@ def test_a_batch_that_fails_validation_stops_the_run_before_preprocess(prefect_s
     assert state.is_failed() and states["validate"] == "Failed" and "preprocess" not in states
     with pytest.raises(Exception, match=r"labels up to 12 \(must be 0..9\)"):
         state.result()
+
+
+def one_image_inbox(root: Path) -> Path:
+    (root / "cat").mkdir(parents=True)
+    Image.fromarray(smooth_images(1, 6)[0]).save(root / "cat" / "new.png")
+    return root
+
+
+def without_shards(path: Path) -> None:
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "shards"}))
+
+
+BATCH_DAMAGE = {  # how a batch's batch.json is damaged → what the message says is wrong
+    "emptied": (lambda p: p.write_text(""), "JSONDecodeError"),
+    "a key removed by hand": (without_shards, "no `shards` field"),
+    "deleted": (Path.unlink, "missing"),
+}
+
+
+@pytest.mark.parametrize("damage", BATCH_DAMAGE)
+def test_a_damaged_batch_record_is_named_with_the_fix_and_following_it_works(
+    prefect_server, tiny_config, synthetic_archive, tmp_path, capsys, damage
+):
+    """A dataset version's batch.json damaged: add_images (like every reader of the dataset version)
+    stops naming the file and what to do, not a bare JSONDecodeError or KeyError, nor does it drop the
+    batch from the training data unsaid; the command it gives takes the batch out, and the next run works."""
+    layout = tiny_config.layout
+    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    table = rows_table(["a", "b"], ["x", "y"], np.array([3, 8], np.uint8), CLASSES, smooth_images(2, 1))
+    write_batch(layout, "20260101T000000Z-mine", table, {"class_counts": {"cat": 1, "ship": 1}})
+    record = layout.batch_dir("20260101T000000Z-mine") / "batch.json"
+    harm, problem = BATCH_DAMAGE[damage]
+    harm(record)
+    inbox = one_image_inbox(tmp_path / "inbox")
+
+    code, out, err = add(capsys, inbox, "--data-dir", tiny_config.data_dir)
+    last = out.strip().splitlines()[-1]
+    assert code == 2 and last.startswith(f"error: {record} is damaged (") and problem in last, out + err
+    assert "Traceback" not in err and "restore it from a backup" in last
+    subprocess.run(["sh", "-c", re.findall(r"`([^`]+)`", last)[-1]], check=True)  # the fix, as said
+    code, out, _ = add(capsys, inbox, "--data-dir", tiny_config.data_dir)
+    assert code == 0 and out.strip().splitlines()[-1].startswith("done: summary at ")
+    assert len(current_version(layout).batches) == 1 and (layout.withdrawn_batches / "20260101T000000Z-mine").is_dir()
+
+
+INTAKE_JOURNAL_DAMAGE = {  # the journal a killed add_images or withdraw left, edited → what the message says
+    "no batch": ('{"run": "add-images"}', "no `batch_id` field"),
+    "an addition without its summary": ('{"run": "add-images", "batch_id": "20260101T000000Z-ab"}', "no `summary`"),
+    "a run of no known kind": ('{"run": "merge", "batch_id": "20260101T000000Z-ab"}', "`run` is 'merge'"),
+}
+
+
+@pytest.mark.parametrize("damage", INTAKE_JOURNAL_DAMAGE)
+def test_a_damaged_intake_journal_stops_add_images_naming_it(
+    prefect_server, tiny_config, synthetic_archive, tmp_path, capsys, damage
+):
+    """Not a bare KeyError: the file, what is wrong and what to do; once deleted as it says, the run goes on."""
+    layout = tiny_config.layout
+    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    text, problem = INTAKE_JOURNAL_DAMAGE[damage]
+    layout.intake_journal.write_text(text)
+    inbox = one_image_inbox(tmp_path / "inbox")
+    code, out, _ = add(capsys, inbox, "--data-dir", tiny_config.data_dir)
+    last = out.strip().splitlines()[-1]
+    assert code == 1 and last.startswith(f"error: {layout.intake_journal} is damaged (") and problem in last, last
+    assert last.endswith("delete it to go on without finishing that run (check its output by hand)")
+    layout.intake_journal.unlink()
+    code, out, _ = add(capsys, inbox, "--data-dir", tiny_config.data_dir)
+    assert code == 0 and len(current_version(layout).batches) == 1
 
 
 def test_a_challenger_below_the_floor_is_not_promoted(prefect_server, tiny_config):

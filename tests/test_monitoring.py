@@ -303,6 +303,46 @@ def test_a_window_over_max_images_is_judged_on_a_sample_and_all_its_rows_count(
     assert summary["images"] == 0 and len(judged(layout)) == 2  # the 130 not in the sample are not judged again
 
 
+def test_a_window_served_by_models_with_two_label_sets_is_judged_not_stuck(
+    prefect_server, data_dir, test_images, capsys, tmp_path
+):
+    """Rows served by a 10-class and an 11-class champion in one window: the monitor scores the pixels
+    with today's champion, so it judges all of them once. Before: every run failed ("the window mixes
+    models with 10 and 11 classes"), the files stayed unjudged and the incremental monitor was stuck."""
+    layout = private_copy(data_dir, tmp_path)
+    log_earlier(layout, test_images)
+    at = datetime.now(UTC) - timedelta(seconds=30)
+    eleven = log_table(new_ids(100), "service", "v9", np.full((100, 11), 1 / 11), test_images, at)
+    write_log_file(layout.prediction_log, eleven, "eleven-classes.parquet")
+    code, lines, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert code == 0 and summary["images"] == 200 and summary["drift"] is not None, lines
+    assert summary["window"]["model_versions"] == {"v2": 100, "v9": 100}
+    code, lines, summary = run_monitor(capsys, "--data-dir", layout.root, "--last", "150")  # a look reads too
+    assert code == 0 and summary["images"] == 150, lines
+    code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert summary["images"] == 0 and len(judged(layout)) == 2
+
+
+def test_days_a_shorter_keep_days_deleted_are_not_called_deleted_by_hand(
+    prefect_server, data_dir, test_images, capsys, tmp_path
+):
+    """A run with --keep-days 7 deletes a judged day 10 days old; the next run (default 30 days) finds its
+    files gone and says nothing: retention took the whole day. Files gone from a day still there are
+    named. Before: the next run said "1 judged log files are gone … deleted by hand?"."""
+    layout = private_copy(data_dir, tmp_path)
+    log_earlier(layout, test_images[:50], ago=timedelta(days=10))
+    (by_hand,) = log_earlier(layout, test_images[50:], ago=timedelta(days=2))
+    assert run_monitor(capsys, "--data-dir", layout.root)[2]["images"] == 100
+    code, _, summary = run_monitor(capsys, "--data-dir", layout.root, "--keep-days", "7")
+    assert code == 0 and summary["notes"] == [] and len(list(layout.prediction_log.glob("day=*"))) == 1
+    code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert code == 0 and summary["notes"] == [] and summary["images"] == 0
+    by_hand.unlink()
+    code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
+    (note,) = summary["notes"]
+    assert note.startswith("1 judged log files are gone that neither retention nor a merge removed (first: day=")
+
+
 @pytest.mark.parametrize(
     ("point", "outcome"),
     [

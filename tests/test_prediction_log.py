@@ -477,6 +477,8 @@ def test_a_window_that_mixes_label_sets_is_refused_naming_them(tmp_path):
     write_log_file(tmp_path, log_table(["b"], "batch", "v9", thirty, images(1), T0), "thirty.parquet")
     with pytest.raises(ValueError, match="mixes models with 10 and 30 classes"):
         read_window(tmp_path)
+    window = read_window(tmp_path, probabilities=False)  # the monitor's read: it scores the pixels itself
+    assert list(window.ids) == ["a", "b"] and window.probabilities.shape == (2, 0) and window.pixels.shape[0] == 2
 
 
 def test_a_second_merge_while_one_runs_is_skipped_and_loses_nothing(tmp_path):

@@ -1052,6 +1052,59 @@ def test_the_service_keeps_serving_through_a_damaged_alias_and_follows_the_repai
     assert live.refresh() and live.version == "v1" and live.problem is None
 
 
+def test_damage_to_the_version_being_served_is_logged_once_naming_the_file_and_the_fix(registry):
+    """The champion's files damaged while the service holds it in memory: it keeps serving, and its
+    periodic check (every `verify_s`) logs the damaged file and what to do, once; the fix followed, the
+    service serves v1 and says nothing more."""
+    from cifarflow.inference.live import LiveModel
+
+    logged = []
+    live = LiveModel(registry, log=logged.append, verify_s=0)
+    assert live.refresh() and live.version == "v2"
+    assert not live.refresh() and logged == ["serving model v2"]  # whole: nothing said
+    problem = cut(registry / "versions" / "v2" / "export" / "saved_model.pb")
+    assert not live.refresh() and not live.refresh() and live.version == "v2"
+    named = f"{registry / 'versions' / 'v2' / 'export' / 'saved_model.pb'} is damaged ({problem})"
+    fix = 'make v1 the champion: `python flows/registry.py promote v1 --reason "v2 is damaged"`'
+    assert len(logged) == 2 and named in logged[1] and fix in logged[1] and live.damage in logged[1]
+    assert logged[1].endswith("; still serving v2 from memory, but a restart would not load it")
+    store.move_alias(registry, "v1", by="hand", reason="v2 is damaged")
+    assert live.refresh() and live.version == "v1" and live.damage is None
+    assert not live.refresh() and logged[2:] == ["serving model v1 (was v2)"]
+
+
+def test_health_names_damage_to_the_version_being_served(registry, monkeypatch):
+    """The service keeps serving v2 from memory after its files are damaged on disk, and /health (still
+    200: requests are answered) names the file and the fix, so a probe sees it before a restart fails."""
+    import asyncio
+
+    import httpx
+
+    import cifarflow.inference.live
+    from serving.app import create_app
+
+    monkeypatch.setattr(cifarflow.inference.live, "VERIFY_S", 0.0)
+    app = create_app(registry.parent, log_predictions=False, poll_s=0.05)
+    named = f"{registry / 'versions' / 'v2' / 'export' / 'saved_model.pb'} is damaged"
+
+    async def ask() -> tuple[dict, dict]:
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service") as client:
+                whole = (await client.get("/health")).json()
+                cut(registry / "versions" / "v2" / "export" / "saved_model.pb")
+                for _ in range(100):
+                    answer = await client.get("/health")
+                    if answer.status_code == 200 and "damage" in answer.json():
+                        break
+                    await asyncio.sleep(0.05)
+                return whole, answer.json()
+
+    whole, damaged = asyncio.run(ask())
+    assert whole == {"status": "ok", "model_version": "v2"}
+    assert damaged["status"] == "ok" and damaged["model_version"] == "v2"
+    assert named in damaged["damage"] and "flows/registry.py promote v1" in damaged["damage"]
+
+
 # ------------------------------------ the typed version record ------------------------------
 
 

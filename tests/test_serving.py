@@ -659,8 +659,10 @@ def test_slow_clients_past_the_open_file_limit_leave_health_answering_and_are_cl
     """300 connections sending their head one line at a time, against a service limited to 256 open files
     (`ulimit -n`; the issue's 1,100 against 1,024, scaled down): /health keeps answering another client
     within a second, the descriptors never run out, and every slow connection is closed with 408, the
-    last ones `--header-timeout` (2 s) after they opened; a body that stalls the same. Before: the
-    service stopped accepting (EMFILE), /health timed out, and no slow connection was ever closed."""
+    last ones `--header-timeout` (2 s) after they opened; a body that stalls the same, also one that stalls
+    after 300 KB sent at once (the service had paused reading it) and the rest of a body already answered
+    400 (before: both held open for good, and never chosen to make room). Before: the service stopped
+    accepting (EMFILE), /health timed out, and no slow connection was ever closed."""
     timeout, slow_count = 2.0, 300
     options = ["--header-timeout", str(timeout)]
     with serving_process(data_dir, tmp_path / "serving.log", options=options, open_files=256) as server:
@@ -685,17 +687,32 @@ def test_slow_clients_past_the_open_file_limit_leave_health_answering_and_are_cl
         assert None not in answers, f"{answers.count(None)} slow connections still open {timeout + 1.5:g} s on"
         assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers if a), {a[:40] for a in answers}
 
-        alone = socket.create_connection(("127.0.0.1", server.port))  # a service no longer crowded: the timeout alone
-        stalled = socket.create_connection(("127.0.0.1", server.port))
-        started = time.monotonic()
-        alone.sendall(b"GET /health HTTP/1.1\r\n")
         form = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-        stalled.sendall(form + b"Content-Length: 1000\r\n\r\n--b\r\n")
-        for sock in (alone, stalled):
-            answer = closed_by_server(sock, timeout + 2)
+        part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        requests = {  # a service no longer crowded: the timeout alone
+            "head": (b"GET /health HTTP/1.1\r\n", b"HTTP/1.1 408 "),
+            "body": (form + b"Content-Length: 1000\r\n\r\n--b\r\n", b"HTTP/1.1 408 "),
+            # 300 KB at once: past uvicorn's 64 KiB read-ahead, the service pauses reading, then the client stalls
+            "body past the read-ahead": (
+                form + b"Content-Length: 5000000\r\n\r\n" + part + b"\0" * 300_000,
+                b"HTTP/1.1 408 ",
+            ),
+            # a malformed form answered 400 at once: the client still owes the rest of its body, and stalls
+            "body answered early": (
+                form + b"Content-Length: 5000000\r\n\r\n--b\r\n" + b"\0" * 300_000,
+                b"HTTP/1.1 400 ",
+            ),
+        }
+        socks = {name: socket.create_connection(("127.0.0.1", server.port)) for name in requests}
+        started = time.monotonic()
+        for name, (data, _) in requests.items():
+            socks[name].sendall(data)
+        for name, (_, status) in requests.items():
+            answer = closed_by_server(socks[name], max(0.01, started + timeout + 1.5 - time.monotonic()))
             took = time.monotonic() - started
-            assert answer is not None and answer.startswith(b"HTTP/1.1 408 "), answer
-            assert f"within {timeout:g} s".encode() in answer and timeout - 0.1 < took < timeout + 1.5, took
+            assert answer is not None and answer.startswith(status), (name, answer)
+            assert answer.count(b"HTTP/1.1 ") == 1 and timeout - 0.1 < took < timeout + 1.5, (name, answer, took)
+            assert status != b"HTTP/1.1 408 " or f"within {timeout:g} s".encode() in answer, (name, answer)
         assert httpx.get(f"{server.url}/health", timeout=5).status_code == 200
     assert "Too many open files" not in server.log.read_text()
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from cifarflow.calibration.diagram import reliability_diagram
 from cifarflow.calibration.halves import half_of
-from cifarflow.calibration.scores import BINS, calibration_scores, negative_log_likelihood
+from cifarflow.calibration.scores import BINS, CalibrationScores, calibration_scores
 from cifarflow.calibration.temperature import BOUNDS, TemperatureFit, apply_temperature, fit_temperature
 from cifarflow.data.transform import load_split
 from cifarflow.files import atomic_directory, file_digest, read_json, write_json
@@ -88,11 +88,14 @@ def held_out_temperatures(in_a: np.ndarray, half_temperatures: tuple[float, floa
 
 
 def unsupported_reasons(
-    whole: TemperatureFit, halves: tuple[TemperatureFit, TemperatureFit] | None, nll_raw: float, nll_crossed: float
+    whole: TemperatureFit,
+    halves: tuple[TemperatureFit, TemperatureFit] | None,
+    raw: CalibrationScores,
+    crossed: CalibrationScores,
 ) -> tuple[str, ...]:
     """Why a temperature fit is not to be deployed, one sentence each (empty: it is supported): the
-    fit on every image (`whole`), on each half (None: a half under MIN_HALF images), and the NLL (nats)
-    of the raw and of the cross-fitted probabilities."""
+    fit on every image (`whole`), on each half (None: a half under MIN_HALF images), and the scores of
+    the raw and of the cross-fitted probabilities (a T that raises the held-out NLL or ECE is refused)."""
     low, high = BOUNDS
 
     def edge(fit: TemperatureFit, where: str) -> str | None:
@@ -122,10 +125,13 @@ def unsupported_reasons(
             reasons.append(
                 f"the halves disagree: T = {t_a:.3f} on half A, {t_b:.3f} on half B (over a factor {MAX_HALF_RATIO:g})"
             )
-        if nll_crossed > nll_raw:
-            reasons.append(
-                f"on held-out images it raises the NLL ({nll_raw:.4f} → {nll_crossed:.4f}): it does not carry over"
-            )
+        for score in ("nll", "ece"):  # what scaling is for: both must not get worse on images T did not see
+            before, after = getattr(raw, score), getattr(crossed, score)
+            if after > before:
+                reasons.append(
+                    f"on held-out images it raises the {score.upper()} ({before:.4f} → {after:.4f}): "
+                    "it does not carry over"
+                )
     return tuple(reason for reason in reasons if reason)
 
 
@@ -147,7 +153,7 @@ def cross_fit(probabilities: np.ndarray, labels: np.ndarray, in_a: np.ndarray) -
     scored = held_out_temperatures(in_a, fitted_halves) if halves else fitted
     cross_fitted = apply_temperature(probabilities, scored)
     reasons = unsupported_reasons(
-        whole, halves, negative_log_likelihood(probabilities, labels), negative_log_likelihood(cross_fitted, labels)
+        whole, halves, calibration_scores(probabilities, labels), calibration_scores(cross_fitted, labels)
     )
     if reasons:
         safe = SAFE_TEMPERATURE

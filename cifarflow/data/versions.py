@@ -4,6 +4,9 @@ A batch is a directory `batches/<batch id>/` holding Parquet shard(s) in the ing
 `batch.json` (its rows, class counts, shard sha256s, where the images came from). It is written
 whole under a hidden name and renamed into place, so it exists completely or not at all, and it is
 never changed afterwards. Withdrawing a batch moves it to `batches-withdrawn/` (kept, not deleted).
+A batch.json that is missing, empty, cut short or edited into something else stops every command that
+reads the dataset version with a PipelineInputError naming the file and what to do (`read_record`);
+the validate stage checks each shard against the sha256 batch.json records.
 
 A dataset version is the content hash of the list [ingested shards, batch 1, batch 2, …] (batches
 in the order they were added): adding or withdrawing a batch moves it, nothing else does. The test
@@ -23,10 +26,26 @@ import pyarrow.parquet as pq
 
 from cifarflow.data.shards import shard_files
 from cifarflow.errors import PipelineInputError
-from cifarflow.files import atomic_directory, atomic_path, file_digest, read_json, text_digest, write_json
+from cifarflow.files import (
+    atomic_directory,
+    atomic_path,
+    field_problem,
+    file_digest,
+    read_json,
+    text_digest,
+    write_json,
+)
 from cifarflow.layout import DataLayout
 
 BATCH_FILE = "batch.json"
+# batch.json's fields that are read: name → accepted types (each shard: `path`, `sha256`, `rows`)
+BATCH_FIELDS: dict[str, tuple[type, ...]] = {
+    "batch_id": (str,),
+    "rows": (int,),
+    "class_counts": (dict,),
+    "shards": (list,),
+}
+SHARD_FIELDS: dict[str, tuple[type, ...]] = {"path": (str,), "sha256": (str,), "rows": (int,)}
 
 
 @dataclass(frozen=True)
@@ -65,8 +84,31 @@ def write_batch(layout: DataLayout, batch_id: str, table, record: dict[str, Any]
     return read_batch(target)
 
 
+def read_record(directory: Path) -> dict[str, Any]:
+    """The batch's batch.json, checked for the fields that are read. PipelineInputError, naming the file
+    and what to do, when it is missing, unreadable, not JSON, or lacks a field or has one of another type."""
+    path = Path(directory) / BATCH_FILE
+    try:
+        record = read_json(path)
+        problem = field_problem(record, BATCH_FIELDS, tuple(BATCH_FIELDS))
+        if problem is None:
+            shards = (field_problem(shard, SHARD_FIELDS, tuple(SHARD_FIELDS)) for shard in record["shards"])
+            problem = next((f"a shard entry: {wrong}" for wrong in shards if wrong), None)
+    except FileNotFoundError:
+        problem = "missing"
+    except (OSError, ValueError) as error:  # unreadable; not JSON (JSONDecodeError, UnicodeDecodeError)
+        problem = f"{type(error).__name__}: {error}"
+    if problem is not None:
+        withdrawn = Path(directory).parent.with_name("batches-withdrawn")
+        raise PipelineInputError(
+            f"{path} is damaged ({problem}): restore it from a backup, or take the batch out of the training data "
+            f"by hand: `mkdir -p {withdrawn} && mv {directory} {withdrawn}/`"
+        )
+    return record
+
+
 def read_batch(directory: Path) -> BatchInfo:
-    record = read_json(directory / BATCH_FILE)
+    record = read_record(directory)
     return BatchInfo(
         batch_id=record["batch_id"],
         rows=record["rows"],
@@ -78,16 +120,18 @@ def read_batch(directory: Path) -> BatchInfo:
 
 def batch_shards(batch: BatchInfo) -> list[dict[str, Any]]:
     """The batch's shard entries with absolute paths."""
-    shards = read_json(batch.directory / BATCH_FILE)["shards"]
+    shards = read_record(batch.directory)["shards"]
     return [s | {"path": str(batch.directory / s["path"])} for s in shards]
 
 
 def active_batches(layout: DataLayout) -> list[BatchInfo]:
-    """The batches in the training data, oldest first. Hidden entries are unfinished writes."""
+    """The batches in the training data, oldest first. Hidden entries are unfinished writes; any other
+    folder is a batch (written whole, then renamed into place), so one without a whole batch.json is
+    damaged (`read_record`)."""
     if not layout.batches.is_dir():
         return []
     directories = sorted(d for d in layout.batches.iterdir() if d.is_dir() and not d.name.startswith("."))
-    return [read_batch(d) for d in directories if (d / BATCH_FILE).is_file()]
+    return [read_batch(d) for d in directories]
 
 
 @dataclass(frozen=True)
@@ -157,10 +201,22 @@ def remove_unfinished(layout: DataLayout) -> None:
 
 
 def batch_with_origin(layout: DataLayout, origin: dict[str, Any]) -> BatchInfo | None:
-    """The active batch whose record names `origin` (as `add_images` was given it), or None."""
-    return next(
-        (b for b in active_batches(layout) if read_json(b.directory / BATCH_FILE).get("origin") == origin), None
-    )
+    """The batch whose record names `origin` (as `add_images` was given it), in the training data or
+    withdrawn from it (`is_withdrawn`), or None. A withdrawn batch whose batch.json cannot be read is
+    passed over (it is in no dataset version)."""
+    found = next((b for b in active_batches(layout) if read_record(b.directory).get("origin") == origin), None)
+    withdrawn = sorted(layout.withdrawn_batches.iterdir()) if layout.withdrawn_batches.is_dir() else []
+    for directory in withdrawn if found is None else []:
+        try:
+            if read_record(directory).get("origin") == origin:
+                return read_batch(directory)
+        except PipelineInputError:
+            continue
+    return found
+
+
+def is_withdrawn(layout: DataLayout, batch: BatchInfo) -> bool:
+    return batch.directory.parent == layout.withdrawn_batches
 
 
 def active_batch_dir(layout: DataLayout, batch_id: str) -> Path:

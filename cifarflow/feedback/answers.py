@@ -85,7 +85,10 @@ def open_locked(path: Path) -> int:
     that is at `path` once the lock is held (one replaced meanwhile by a rename is left for the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        except (IsADirectoryError, PermissionError) as error:
+            raise unusable(path, error) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             held, now = os.fstat(fd), os.stat(path)
@@ -98,6 +101,12 @@ def open_locked(path: Path) -> int:
         if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
             return fd
         os.close(fd)
+
+
+def unusable(path: Path, error: OSError) -> OSError:
+    """`error` (its errno kept) restated to name the feedback log and the fix."""
+    return OSError(error.errno, f"the feedback log {path} cannot be used ({error.strerror}): make it a file "
+                                "this service can read and write")  # fmt: skip
 
 
 def write_line(fd: int, answer: Answer) -> None:
@@ -156,15 +165,20 @@ class AnswerBook:
         self._lock = threading.Lock()
 
     def refresh(self) -> dict[str, Answer]:
-        """prediction_id → its last answer, as the file stands now (a copy)."""
+        """prediction_id → its last answer, as the file stands now (a copy). OSError naming the file and the
+        fix while it cannot be read (a directory, no permission), again at each call until it is fixed."""
         with self._lock:
             try:
                 fd = os.open(self.path, os.O_RDONLY)
             except FileNotFoundError:
                 self._file, self._offset, self._last_line, self._latest = None, 0, b"", {}
                 return {}
+            except (IsADirectoryError, PermissionError) as error:
+                raise unusable(self.path, error) from None
             try:
                 self._catch_up(fd)
+            except IsADirectoryError as error:
+                raise unusable(self.path, error) from None
             finally:
                 os.close(fd)
             return dict(self._latest)

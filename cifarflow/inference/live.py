@@ -6,6 +6,10 @@ assignment: a request already running finishes on the model it started with, the
 new model, and no request waits for a load. A version that fails to load is logged, the old model
 keeps serving, and the load is tried again every `RETRY_S` seconds. A damaged alias is logged once
 (and is the `problem` /health reports while no model is loaded); the old model keeps serving.
+The files of the version being served are checked against what was registered every `VERIFY_S`
+seconds (a few ms: `store.read_version`): damage since it was loaded is logged once, naming the file
+and the fix (`damage`, which /health shows); the model in memory keeps serving, but a restart would not
+load it.
 """
 
 from __future__ import annotations
@@ -20,14 +24,24 @@ from cifarflow.registry import store
 
 POLL_S = 1.0
 RETRY_S = 30.0  # a version that failed to load is tried again after this long (a disk hiccup, say)
+VERIFY_S = 30.0  # the served version's files are checked against their registered sha256 this often
 UNTRIED = object()  # no target tried yet (None is a target: "no champion")
 
 
 class LiveModel:
-    def __init__(self, registry: Path, spec: str = store.ALIAS, poll_s: float = POLL_S, log: Callable = print):
+    def __init__(
+        self,
+        registry: Path,
+        spec: str = store.ALIAS,
+        poll_s: float = POLL_S,
+        log: Callable = print,
+        verify_s: float | None = None,
+    ):
         self.registry, self.spec, self.poll_s, self.log = Path(registry), spec, poll_s, log
         self.predictor: Predictor | None = None  # read by request threads; replaced whole, never mutated
         self.problem: str | None = None  # why there is no model, for /health
+        self.damage: str | None = None  # what is damaged on disk in the version being served, and the fix
+        self.verify_s, self._verified_at = VERIFY_S if verify_s is None else verify_s, time.monotonic()
         self._target: object = UNTRIED  # the alias target last tried
         self._failed_at: float | None = None  # when loading `_target` last failed
         self._stop = threading.Event()
@@ -50,6 +64,7 @@ class LiveModel:
         if target == self._target and not retry:
             if self._failed_at is None and self.predictor is not None:
                 self.problem = None  # a damaged alias was repaired, pointing where it did
+                self._verify()
             return False
         self._target, self._failed_at = target, None
         if target is None:
@@ -62,9 +77,32 @@ class LiveModel:
             self.problem = f"{target} could not be loaded: {type(error).__name__}: {error}"
             self.log(f"model {target} could not be loaded ({error}); still serving {self.version or 'nothing'}")
             return False
-        previous, self.predictor, self.problem = self.version, predictor, None
+        previous, self.predictor, self.problem, self.damage = self.version, predictor, None, None
+        self._verified_at = time.monotonic()
         self.log(f"serving model {predictor.version}" + (f" (was {previous})" if previous else ""))
         return True
+
+    def _verify(self) -> None:
+        """Every `verify_s`, following the alias: check the served version's files; log damage once, and its
+        repair."""
+        predictor = self.predictor
+        if not self.follows_alias or predictor is None or time.monotonic() - self._verified_at < self.verify_s:
+            return
+        self._verified_at = time.monotonic()
+        try:
+            store.read_version(self.registry, predictor.version)
+            damage = None
+        except store.RegistryDamaged as found:
+            damage = str(store.champion_damage(self.registry, found))
+        except store.RegistryError as error:  # the folder is gone
+            damage = str(error)
+        if damage != self.damage:
+            self.damage = damage
+            self.log(
+                f"{damage}; still serving {predictor.version} from memory, but a restart would not load it"
+                if damage
+                else f"the files of {predictor.version} are whole again"
+            )
 
     @property
     def version(self) -> str | None:

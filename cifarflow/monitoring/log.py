@@ -258,7 +258,7 @@ class PredictionLog:
 @dataclass(frozen=True)
 class LogWindow:
     """Logged rows in time order: (N,) ids, times (numpy datetime64[us], UTC), model versions and sources;
-    (N, classes) float32 probabilities; (N, 32, 32, 3) uint8 pixels."""
+    (N, classes) float32 probabilities ((N, 0) when not read); (N, 32, 32, 3) uint8 pixels."""
 
     ids: np.ndarray
     times: np.ndarray
@@ -334,10 +334,13 @@ def read_window(
     last: int | None = None,
     until: datetime | None = None,
     warn: Callable = log.warning,
+    probabilities: bool = True,
 ) -> LogWindow:
     """Logged rows with `since` < time ≤ `until` (either open), in time order, each prediction once; with
     `last`, only the `last` most recent of them. Only the day folders the bounds allow are opened; a
-    damaged file is left out with a warning. ValueError for a `last` below 1 or a naive datetime."""
+    damaged file is left out with a warning. `probabilities=False` leaves them unread ((N, 0)), so rows
+    of models with different label sets read together. ValueError for a `last` below 1, a naive
+    datetime, or (with probabilities) rows of different label sets."""
     for moment in (since, until):
         if moment is not None and moment.tzinfo is None:
             raise ValueError(f"{moment.isoformat()} has no time zone: give UTC times (…Z or +00:00)")
@@ -359,19 +362,20 @@ def read_window(
             cut = pc.sort_indices(times, sort_keys=[("", "descending")])[last - 1]
             lower = ds.field("time") >= times[cut.as_py()]
             condition = lower if condition is None else condition & lower
-    table = once_each(read_table(files, condition, warn=warn)).sort_by([("time", "ascending")])  # stable
+    table = once_each(read_table(files, condition, window_columns(probabilities), warn))
+    table = table.sort_by([("time", "ascending")])  # stable
     if last is not None and table.num_rows > last:
         table = table.slice(table.num_rows - last)
     return _window(table)
 
 
 def read_files(
-    files: list[Path], most: int | None = None, seed: int = 0, warn: Callable = log.warning
+    files: list[Path], most: int | None = None, seed: int = 0, warn: Callable = log.warning, probabilities: bool = True
 ) -> tuple[LogWindow, np.ndarray]:
     """Every row of `files`, each prediction once, in time order, and (N,) datetime64[us] the times of all
     of them; with `most`, the window is a random sample (seeded by `seed`) of `most` of those rows, read
-    from ids and times first so only the sample's pixels are loaded. Unreadable files are for the caller
-    to leave out (`readable`)."""
+    from ids and times first so only the sample's pixels are loaded. `probabilities` as for `read_window`.
+    Unreadable files are for the caller to leave out (`readable`)."""
     if not files:
         return _window(SCHEMA.empty_table()), np.zeros(0, "datetime64[us]")
     keys = once_each(read_table(files, columns=["prediction_id", "time"], warn=warn))
@@ -380,8 +384,13 @@ def read_files(
     if most is not None and keys.num_rows > most:
         chosen = np.random.default_rng(seed).choice(keys.num_rows, most, replace=False)
         condition = ds.field("prediction_id").isin(keys["prediction_id"].take(pa.array(np.sort(chosen))))
-    table = once_each(read_table(files, condition, warn=warn)).sort_by([("time", "ascending")])
-    return _window(table), np.sort(times)
+    table = once_each(read_table(files, condition, window_columns(probabilities), warn))
+    return _window(table.sort_by([("time", "ascending")])), np.sort(times)
+
+
+def window_columns(probabilities: bool) -> list[str]:
+    """The log's columns, less the probabilities unless asked for."""
+    return [name for name in SCHEMA.names if probabilities or name != "probabilities"]
 
 
 def once_each(table: pa.Table) -> pa.Table:
@@ -397,11 +406,13 @@ def once_each(table: pa.Table) -> pa.Table:
 
 def _window(table: pa.Table) -> LogWindow:
     count = table.num_rows
+    if "probabilities" not in table.column_names:  # not read: (N, 0)
+        table = table.append_column("probabilities", pa.array([[]] * count, SCHEMA.field("probabilities").type))
     classes = pc.unique(pc.list_value_length(table["probabilities"])).to_pylist() if count else []
     if len(classes) > 1:
         raise ValueError(
             f"the window mixes models with {' and '.join(map(str, sorted(classes)))} classes: "
-            "choose a window (--since, --last) that holds one label set"
+            "read a window that holds one label set, or the rows without probabilities (probabilities=False)"
         )
     column = table["pixels"].combine_chunks()
     pixels = (
@@ -413,7 +424,7 @@ def _window(table: pa.Table) -> LogWindow:
         times=table["time"].to_numpy().astype("datetime64[us]") if count else np.zeros(0, "datetime64[us]"),
         sources=np.asarray(table["source"].to_pylist(), dtype=object),
         model_versions=np.asarray(table["model_version"].to_pylist(), dtype=object),
-        probabilities=probabilities.astype(np.float32).reshape(count, -1) if count else np.zeros((0, 0), np.float32),
+        probabilities=probabilities.astype(np.float32).reshape(count, classes[0] if classes else 0),
         pixels=np.asarray(pixels, np.uint8).reshape(count, *IMAGE_SHAPE),
     )
 

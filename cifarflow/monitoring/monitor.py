@@ -114,7 +114,7 @@ class MonitorState:
 def read_state(layout: DataLayout, warn: Callable[[str], None]) -> MonitorState:
     """The judged files. A first run: none. The earlier form ({"until": T}, judged by time) and a damaged
     file are read as "the small files whose rows all precede T are judged": T the earlier form's, or for a
-    damaged file the newest row the latest incremental report judged (none: nothing is judged). Either
+    damaged file the newest row any incremental report judged (none: nothing is judged). Either
     is said in a warning; the next commit writes the file anew."""
     path = layout.monitor_state
     if not path.exists():
@@ -133,12 +133,12 @@ def read_state(layout: DataLayout, warn: Callable[[str], None]) -> MonitorState:
         state = judged_up_to(layout, until) if until else MonitorState()
         if until:
             decided = (f"the {len(state.judged):,} log files whose rows all precede the newest row the "
-                       f"latest report judged ({until.isoformat()}) count as judged, every other file is "
+                       f"incremental reports judged ({until.isoformat()}) count as judged, every other file is "
                        "judged now")  # fmt: skip
         else:
             decided = "no incremental report says what was judged: every log file is judged now"
         warn(f"{path} cannot be read ({type(error).__name__}: {error}); {decided}. "
-             "Rows that came late before the damage may be judged twice; none is skipped")  # fmt: skip
+             "No file is judged twice; a file that came late, with rows older than that, is skipped")  # fmt: skip
         return state
 
 
@@ -158,16 +158,19 @@ def judged_up_to(layout: DataLayout, until: datetime) -> MonitorState:
 
 
 def newest_reported(layout: DataLayout) -> datetime | None:
-    """The newest scoring time the latest incremental report with a verdict judged; None without one."""
-    for report in sorted(layout.monitor_reports.glob("*/monitor.json"), reverse=True):  # names start with a stamp
+    """The newest scoring time any incremental report with a verdict judged (every row of its window, not
+    only a sample's); None without one. Every file an incremental run judged holds rows up to it at most."""
+    newest = None
+    for report in layout.monitor_reports.glob("*/monitor.json"):
         try:
             summary = read_json(report)
             window = summary["window"]
             if window.get("incremental") and summary["drift"] is not None and window["last_logged"]:
-                return parse_time(window["last_logged"])
+                moment = parse_time(window["last_logged"])
+                newest = moment if newest is None else max(newest, moment)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, PipelineInputError):
             continue
-    return None
+    return newest
 
 
 def write_state(layout: DataLayout, state: MonitorState) -> None:
@@ -239,8 +242,8 @@ def end_run(layout: DataLayout, state: MonitorState, result: MonitorSummary, fil
 
 def odd_bookmark(layout: DataLayout, state: MonitorState, now: datetime, keep_days: int) -> list[str]:
     """What is odd about the bookmark before a run (each a sentence; [] for nothing): a clock earlier than
-    the previous run's, judged files gone that neither retention (a day older than `keep_days`) nor a
-    merge explains. Gone files are forgotten (the caller writes the state)."""
+    the previous run's, judged files gone that neither retention (a day folder gone whole, or a day older
+    than `keep_days`) nor a merge explains. Gone files are forgotten (the caller writes the state)."""
     notes = []
     if state.run and now < state.run:
         notes.append(f"the clock ({now.isoformat(timespec='seconds')}) reads earlier than the previous run's start "
@@ -249,7 +252,8 @@ def odd_bookmark(layout: DataLayout, state: MonitorState, now: datetime, keep_da
     present = {file_key(path) for path in log_files(layout.prediction_log)}
     gone = sorted(state.judged - present)
     oldest_kept = now.date() - timedelta(days=keep_days - 1)
-    unexplained = [key for key in gone if not day_before(key, oldest_kept)]
+    root = layout.prediction_log  # retention deletes whole days, whatever --keep-days an earlier run had
+    unexplained = [key for key in gone if (root / key).parent.is_dir() and not day_before(key, oldest_kept)]
     state.judged -= set(gone)
     if unexplained:
         notes.append(f"{len(unexplained):,} judged log files are gone that neither retention nor a merge "

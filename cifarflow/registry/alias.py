@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cifarflow.files import point_symlink, storage_errors, write_json
+from cifarflow.files import field_problem, point_symlink, storage_errors, write_json
 from cifarflow.registry.records import (
     CHOOSE_CHAMPION,
     MOVE_FIELDS,
@@ -23,7 +23,6 @@ from cifarflow.registry.records import (
     RegistryError,
     append_line,
     bad_lines_damage,
-    field_problem,
     read_json_file,
     read_lines,
     read_version_record,

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cifarflow.errors import PipelineInputError
+from cifarflow.files import field_problem
 
 CHOOSE_CHAMPION = (
     "choose the champion again with `python flows/registry.py promote vN --reason …` "
@@ -186,21 +187,6 @@ def read_json_file(path: Path, fix: str, version: str | None = None) -> Any:
         raise RegistryDamaged(path, "not JSON text (binary data)", fix, version) from None
 
 
-def field_problem(data: Any, fields: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> str | None:
-    """Why `data` is not a record of `fields` (a missing required field, a wrong type), or None."""
-    if not isinstance(data, dict):
-        return f"not a JSON object but {_kind(data)}"
-    for name in required:
-        if name not in data:
-            return f"no `{name}` field"
-    for name, types in fields.items():
-        if name in data and (not isinstance(data[name], types) or isinstance(data[name], bool)):
-            words = ("null" if t is type(None) else _TYPE_WORDS.get(t, t.__name__) for t in types)
-            wanted = " or ".join(dict.fromkeys(words))
-            return f"`{name}` is {_kind(data[name])}, not {wanted}"
-    return None
-
-
 def read_version_record(path: Path, name: str | None) -> VersionRecord:
     """A version's version.json as a typed record, checked against VERSION_FIELDS and its seal (and,
     given its `name`, that it says it is that version); RegistryDamaged says what is wrong."""
@@ -298,14 +284,3 @@ def append_line(path: Path, entry: dict[str, Any]) -> None:
         os.write(fd, (json.dumps(entry, sort_keys=True, default=str) + "\n").encode())
     finally:
         os.close(fd)
-
-
-_TYPE_WORDS = {str: "text", int: "a number", float: "a number", list: "a list", dict: "an object"}
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true/false"
-    return _TYPE_WORDS.get(type(value), type(value).__name__)

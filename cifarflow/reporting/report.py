@@ -213,6 +213,13 @@ def temperature_facts(calibration: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def served_as(calibration: dict[str, Any]) -> str:
+    """How the served probabilities came to be, in a few words: calibrated, or the network's own."""
+    if calibration.get("unsupported"):
+        return "the network's own (the fitted temperature is not deployed: see Calibration)"
+    return "calibrated"
+
+
 def render_markdown(
     metrics: dict[str, Any], card: dict[str, Any], data_section: str = "", plot_prefix: str = ""
 ) -> str:
@@ -228,8 +235,9 @@ def render_markdown(
 **Test accuracy {metrics["test_accuracy"]:.4f}** (loss {metrics["test_loss"]:.4f}) with model `{card["model"]}`;
 the classic notebook's published seed is {SEED_PUBLISHED_ACCURACY:.3f} ({delta:+.3f}).
 Test-time augmentation: {metrics.get("tta", "none")}. The loss is the network's own; its probabilities as
-served are calibrated (T = {metrics["temperature"]:.3f}): ECE {metrics["ece"]:.4f}, NLL {metrics["nll"]:.4f},
-Brier {metrics["brier"]:.4f}. Mean accuracy under corruption {metrics["mean_corruption_accuracy"]:.4f}.
+served are {served_as(metrics["calibration"])} (T = {metrics["temperature"]:.3f}): ECE {metrics["ece"]:.4f},
+NLL {metrics["nll"]:.4f}, Brier {metrics["brier"]:.4f}.
+Mean accuracy under corruption {metrics["mean_corruption_accuracy"]:.4f}.
 
 ## Per-class metrics (test set)
 
