@@ -131,6 +131,16 @@ def point_symlink(link: str | Path, target: str | Path) -> None:
     os.replace(tmp, link)
 
 
+def file_signature(path: Path) -> tuple[int, int, int, int] | None:
+    """(device, inode, bytes, mtime in ns): what changes when a file is replaced, cut or rewritten; None when
+    it is gone (or cannot be looked at)."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def field_problem(data: Any, fields: dict[str, tuple[type, ...]], required: tuple[str, ...]) -> str | None:
     """Why `data` is not a record of `fields` (a missing required field, a wrong type), or None."""
     if not isinstance(data, dict):

@@ -8,6 +8,8 @@ says which (a log line and its summary).
 
     <data dir>/.intake-journal.json              an add_images or withdraw run (flows/add_images.py)
     <data dir>/feedback/.export-journal.json     a feedback export (flows/feedback_flow.py)
+    <data dir>/monitoring/.run-journal.json      an incremental monitor run (cifarflow/monitoring/monitor.py)
+    <data dir>/monitoring/.merge-journal.json    a merge of judged log files (the same)
 
 Test hook: `CIFARFLOW_KILL_AT=<point>` makes the process SIGKILL itself at that `kill_point` (the
 points are named where they are called), so tests can kill a real run between two of its writes.

@@ -38,10 +38,10 @@ from cifarflow.intake.summary import build_summary
 from cifarflow.journal import begin, end, kill_point
 from cifarflow.layout import DataLayout
 from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock
-from cifarflow.orchestration.events import emit_dataset_updated
 from cifarflow.orchestration.names import run_name
 from cifarflow.paths import from_printable, printable
 from tasks.additions import (
+    announce_withdrawal,
     finish_killed_run,
     publish_addition_report,
     read_version,
@@ -125,15 +125,7 @@ def withdraw_images(
             moved = withdraw(layout, batch_id)
             kill_point("withdraw:batch-moved")
             after = current_version(layout)
-        emit_dataset_updated(
-            str(layout.root),
-            {
-                "dataset_version": after.version,
-                "previous_dataset_version": before.version,
-                "withdrawn": batch_id,
-                "train_images": after.train_images,
-            },
-        )
+        announce_withdrawal(layout, batch_id, before.version, after)
         end(layout.intake_journal)
     return {
         "kept_in": str(moved),

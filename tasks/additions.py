@@ -93,6 +93,12 @@ def publish_addition_report(layout: DataLayout, summary: dict, added_images: lis
     return path
 
 
+def announce_withdrawal(layout: DataLayout, batch_id: str, previous_version: str, after: DatasetVersion) -> None:
+    """cifar10.dataset.updated for the withdrawal of `batch_id`, which moved the data from `previous_version`."""
+    facts = {"dataset_version": after.version, "previous_dataset_version": previous_version, "withdrawn": batch_id}
+    emit_dataset_updated(str(layout.root), facts | {"train_images": after.train_images})
+
+
 @task(name="finish-killed-run", cache_policy=NO_CACHE)
 def finish_killed_run(layout: DataLayout) -> str | None:
     """Settle what a killed add_images or withdraw run left (call it holding the intake lock): hidden
@@ -111,11 +117,7 @@ def finish_killed_run(layout: DataLayout) -> str | None:
     if killed["run"] == "withdraw" and active:
         message = f"undid the withdrawal of {batch_id} killed before the batch moved: it is still in the training data"
     elif killed["run"] == "withdraw":
-        after = current_version(layout)
-        facts = {"previous_dataset_version": killed["previous_dataset_version"], "withdrawn": batch_id}
-        emit_dataset_updated(
-            str(layout.root), facts | {"dataset_version": after.version, "train_images": after.train_images}
-        )
+        announce_withdrawal(layout, batch_id, killed["previous_dataset_version"], current_version(layout))
         message = (
             f"finished the withdrawal of {batch_id} killed before it was announced: cifar10.dataset.updated emitted"
         )

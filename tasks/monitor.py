@@ -10,10 +10,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from cifarflow import journal
-from cifarflow.files import text_digest
 from cifarflow.layout import DataLayout
 from cifarflow.monitoring.embedding import load_embedder, load_scored, score
-from cifarflow.monitoring.log import delete_older, read_files, read_window, readable
+from cifarflow.monitoring.log import delete_older, read_window
 from cifarflow.monitoring.monitor import (
     MAX_IMAGES,
     MonitorState,
@@ -23,10 +22,10 @@ from cifarflow.monitoring.monitor import (
     build_reference,
     drift_emitted,
     end_run,
-    late_rows,
     merge_judged,
     odd_bookmark,
     read_state,
+    read_unjudged,
     resume_merge,
     resume_run,
     summarize,
@@ -93,28 +92,16 @@ def check_window(
     """Read the window's pixels (not the logged probabilities: rows served by a model with another label
     set are judged too), score them with the champion, compute the signals, write the report folder `out`."""
     logger = get_run_logger()
-    earlier, notes = notes, list(notes)
     if bounds.incremental:
-        files = [layout.prediction_log / key for key in bounds.files]
-        kept = readable(files, warn=logger.warning)
-        if len(kept) < len(files):
-            left_out = sorted(set(files) - set(kept))
-            notes.append(f"{len(left_out):,} unreadable log files left out and counted as judged (first: "
-                         f"{printable(left_out[0])})")  # fmt: skip
-        seed = int(text_digest(bounds.files)[:8], 16)
-        window, times = read_files(kept, max_images, seed, logger.warning, probabilities=False)  # pixels re-scored
-        late = late_rows(times, state.newest if state else None)
-        notes += [late] if late else []
-        if len(window) < len(times):
-            notes.append(f"{len(times):,} rows in the window: a random sample of {len(window):,} was judged "
-                         "(--max-images); all of them count as judged")  # fmt: skip
+        window, times, found = read_unjudged(layout, bounds.files, state, max_images, logger.warning)
+        for note in found:
+            logger.warning("%s", note)
+        notes = [*notes, *found]
     else:
         window = read_window(
             layout.prediction_log, bounds.since, bounds.last or max_images, bounds.until, logger.warning, False
         )
         times = window.times
-    for note in notes[len(earlier) :]:
-        logger.warning("%s", note)
     logger.info("window: %d logged images", len(window))
     baseline = load_scored(reference)
     scored = score(load_embedder(champion.preset, champion.model_path), window.pixels) if len(window) else None

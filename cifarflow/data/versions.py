@@ -204,15 +204,17 @@ def batch_with_origin(layout: DataLayout, origin: dict[str, Any]) -> BatchInfo |
     """The batch whose record names `origin` (as `add_images` was given it), in the training data or
     withdrawn from it (`is_withdrawn`), or None. A withdrawn batch whose batch.json cannot be read is
     passed over (it is in no dataset version)."""
-    found = next((b for b in active_batches(layout) if read_record(b.directory).get("origin") == origin), None)
+    for batch in active_batches(layout):
+        if read_record(batch.directory).get("origin") == origin:
+            return batch
     withdrawn = sorted(layout.withdrawn_batches.iterdir()) if layout.withdrawn_batches.is_dir() else []
-    for directory in withdrawn if found is None else []:
+    for directory in withdrawn:
         try:
             if read_record(directory).get("origin") == origin:
                 return read_batch(directory)
         except PipelineInputError:
             continue
-    return found
+    return None
 
 
 def is_withdrawn(layout: DataLayout, batch: BatchInfo) -> bool:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cifarflow.errors import PipelineInputError
+from cifarflow.files import file_signature
 
 TOKEN_ENV = "CIFARFLOW_REVIEW_TOKEN"
 MIN_TOKEN_CHARS = 16
@@ -125,11 +126,7 @@ class TokenFile:
         """The file's reviewers as it stands now; PipelineInputError (read_token_file's) while it cannot be
         used, again at each call until it is fixed."""
         with self._lock:
-            try:
-                stat = self.path.stat()
-                seen = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-            except OSError:
-                seen = None
+            seen = file_signature(self.path)
             if seen is None or seen != self._seen:
                 self._reviewers, self._seen = read_token_file(self.path), seen
             return self._reviewers

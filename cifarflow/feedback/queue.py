@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from cifarflow.files import file_signature
 from cifarflow.monitoring.log import log_files, read_table
 
 log = logging.getLogger(__name__)
@@ -94,14 +95,14 @@ class LogIndex:
     def __init__(self, root: Path, warn: Callable = log.warning):
         self.root, self.warn = Path(root), warn
         self._files: dict[Path, dict[int, _FileRows]] = {}  # path → classes → rows
-        self._seen: dict[Path, tuple[int, int, int]] = {}  # path → the (inode, size, mtime) that was read
+        self._seen: dict[Path, tuple[int, int, int, int]] = {}  # path → the `file_signature` that was read
         self._lock = threading.Lock()
 
     def refresh(self) -> None:
         """Read the files written or replaced since the last refresh (a day merged again rewrites its
         `day.parquet` in place: a new inode); forget those removed."""
         with self._lock:
-            present = {path: signature(path) for path in log_files(self.root)}
+            present = {path: file_signature(path) for path in log_files(self.root)}
             for gone in set(self._files) - set(present):
                 del self._files[gone]
                 del self._seen[gone]
@@ -159,15 +160,6 @@ class LogIndex:
             np.concatenate([p.versions for p in parts])[keep],
             np.concatenate([p.probabilities for p in parts])[keep],
         )
-
-
-def signature(path: Path) -> tuple[int, int, int] | None:
-    """(inode, bytes, mtime in ns): what changes when a file is replaced; None when it is gone meanwhile."""
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _logged(rows: _FileRows, i: int) -> Logged:

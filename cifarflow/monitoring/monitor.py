@@ -42,9 +42,10 @@ from cifarflow.errors import PipelineInputError
 from cifarflow.files import read_json, text_digest, write_json
 from cifarflow.layout import DataLayout
 from cifarflow.monitoring.embedding import load_embedder, load_scored, save_scored, score
-from cifarflow.monitoring.log import COMPACTED, FLUSH_S, LogWindow, compact_days, log_files
+from cifarflow.monitoring.log import COMPACTED, FLUSH_S, LogWindow, compact_days, log_files, read_files, readable
 from cifarflow.monitoring.signals import FAMILY_ALPHA, MIN_WINDOW, Signal
 from cifarflow.outputs import read_whole
+from cifarflow.paths import printable
 from cifarflow.registry.versions import Version
 
 MAX_IMAGES = 10_000  # the most images a window is judged on (a random sample of a bigger one)
@@ -321,6 +322,34 @@ def late_rows(times: np.ndarray, newest: datetime | None) -> str | None:
     behind = (np.datetime64(newest.replace(tzinfo=None), "us") - late.min()) / np.timedelta64(1, "s")
     return (f"{len(late):,} rows arrived late, scored up to {timedelta(seconds=round(float(behind)))} before the "
             f"newest row judged earlier ({newest.isoformat()}); judged now")  # fmt: skip
+
+
+def read_unjudged(
+    layout: DataLayout,
+    files: tuple[str, ...],
+    state: MonitorState | None,
+    max_images: int,
+    warn: Callable[[str], None],
+) -> tuple[LogWindow, np.ndarray, list[str]]:
+    """An incremental window: the rows of the log `files` (keys) without their probabilities (the champion
+    scores the pixels itself, so rows of models with other label sets are judged too), a seeded random
+    sample of `max_images` of them when there are more; (N,) datetime64[us] the times of all the rows; and
+    the notes it found: unreadable files (left out, counted as judged), late rows, the sample."""
+    paths = [layout.prediction_log / key for key in files]
+    kept = readable(paths, warn=warn)
+    notes = []
+    if len(kept) < len(paths):
+        left_out = sorted(set(paths) - set(kept))
+        notes.append(f"{len(left_out):,} unreadable log files left out and counted as judged (first: "
+                     f"{printable(left_out[0])})")  # fmt: skip
+    seed = int(text_digest(files)[:8], 16)
+    window, times = read_files(kept, max_images, seed, warn, probabilities=False)
+    late = late_rows(times, state.newest if state else None)
+    notes += [late] if late else []
+    if len(window) < len(times):
+        notes.append(f"{len(times):,} rows in the window: a random sample of {len(window):,} was judged "
+                     "(--max-images); all of them count as judged")  # fmt: skip
+    return window, times, notes
 
 
 def window_bounds(last: int | None, since: datetime | None, now: datetime, files: tuple[str, ...]) -> WindowBounds:
