@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from cifarflow.feedback.answers import latest, read_answers
@@ -31,6 +31,7 @@ from cifarflow.feedback.report import render_report
 from cifarflow.files import atomic_path, write_json
 from cifarflow.layout import DataLayout
 from cifarflow.monitoring.log import log_files, merges_paused, readable
+from cifarflow.orchestration.artifacts import publish_table
 
 
 @task(name="gather-answers", cache_policy=NO_CACHE)
@@ -101,5 +102,5 @@ def publish_feedback_report(directory: Path, summary: dict[str, Any]) -> Path:
         tmp.write_text(markdown)
     create_markdown_artifact(markdown=markdown, key="cifar10-feedback-export", description=summary["headline"])
     rows = [{"verdict": verdict, "answers": count} for verdict, count in summary["counts"].items()]
-    create_table_artifact(table=rows, key="cifar10-feedback-verdicts", description=summary["headline"])
+    publish_table(table=rows, key="cifar10-feedback-verdicts", description=summary["headline"])
     return directory / "summary.json"

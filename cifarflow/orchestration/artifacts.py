@@ -21,6 +21,12 @@ from cifarflow.reporting.report import Report, per_class_rows
 EMBED_MAX_BYTES = 400_000  # per image; larger plots are linked (file://) instead of embedded
 
 
+def publish_table(table: list[dict[str, Any]], key: str, description: str | None = None) -> None:
+    """A table artifact with every text cell and the description escaped (`cifarflow.markdown`): the Prefect
+    UI renders both as Markdown. Every table artifact goes through here."""
+    create_table_artifact(table=escaped_rows(table), key=key, description=description and escape(description))
+
+
 def embed_images(markdown: str, directory: Path, max_bytes: int = EMBED_MAX_BYTES) -> str:
     """Inline the report's relative PNG links as data: URIs, which the Prefect UI renders (it
     cannot load files from the worker's disk); an image too large to inline becomes a file:// link."""
@@ -43,8 +49,8 @@ def publish_report(report: Report, model: str) -> None:
         key=f"cifar10-report-{model}",
         description=f"Run {report.run_name}: test accuracy {metrics['test_accuracy']:.4f}",
     )
-    create_table_artifact(
-        table=escaped_rows(per_class_rows(metrics)),
+    publish_table(
+        table=per_class_rows(metrics),
         key=f"cifar10-per-class-{model}",
         description=f"Per-class precision / recall / F1 of {report.run_name}",
     )
@@ -87,10 +93,9 @@ def publish_addition(summary: dict, summary_path: Path) -> None:
         f"{len(summary['rejected'])} rejected",
     )
     counts = [{"class": name, "added": count} for name, count in summary["class_counts"].items()]
-    counts = escaped_rows(counts or [{"class": "(none)", "added": 0}])
-    create_table_artifact(table=counts, key="cifar10-images-added-per-class")
+    publish_table(table=counts or [{"class": "(none)", "added": 0}], key="cifar10-images-added-per-class")
     if summary["rejected"]:
-        create_table_artifact(table=escaped_rows(summary["rejected"]), key="cifar10-images-rejected")
+        publish_table(table=summary["rejected"], key="cifar10-images-rejected")
 
 
 REGISTRY_ARTIFACT = "cifar10-model-registry"
@@ -108,10 +113,10 @@ def publish_registry(registry: Path) -> None:
         if moves
         else ""
     )
-    create_table_artifact(
-        table=escaped_rows(rows or [{"version": "(none yet)"}]),
+    publish_table(
+        table=rows or [{"version": "(none yet)"}],
         key=REGISTRY_ARTIFACT,
-        description=escape(f"Model registry: {len(rows)} versions, champion {champion}{latest}"[:1000]),
+        description=f"Model registry: {len(rows)} versions, champion {champion}{latest}"[:1000],
     )
 
 
@@ -149,16 +154,14 @@ def publish_predictions(result) -> None:
         }
         for row in rows
     ]
-    create_table_artifact(
-        table=escaped_rows(table), key="cifar10-predictions-table", description=f"first {len(table)} rows"
-    )
+    publish_table(table=table, key="cifar10-predictions-table", description=f"first {len(table)} rows")
 
 
 def publish_leaderboard(name: str, rows: list[dict[str, Any]], files: dict[str, Path]) -> None:
     """A sweep's leaderboard as a table artifact (best first) and its Markdown with the plot linked."""
     table = [{k: ("" if v is None else v) for k, v in row.items()} for row in rows]
-    create_table_artifact(
-        table=escaped_rows(table),
+    publish_table(
+        table=table,
         key=f"sweep-{name}-leaderboard"[:100],
         description=f"Sweep {name}: {len(rows)} trials, best first",
     )
@@ -180,10 +183,8 @@ def publish_monitor(summary: MonitorSummary, directory: Path) -> None:
         {"signal": s.name, "statistic": s.statistic, "p_value": s.p_value, "threshold": s.threshold, "drift": s.drift}
         for s in summary.signals
     ]
-    create_table_artifact(
-        table=escaped_rows(
-            rows or [{"signal": "(none)", "statistic": None, "p_value": None, "threshold": None, "drift": None}]
-        ),
+    publish_table(
+        table=rows or [{"signal": "(none)", "statistic": None, "p_value": None, "threshold": None, "drift": None}],
         key="cifar10-monitor-signals",
         description=summary.verdict,
     )
