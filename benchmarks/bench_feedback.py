@@ -72,7 +72,7 @@ from cifarflow.feedback.queue import DEFAULT_MEASURE, MEASURES, least_confident_
 from cifarflow.files import read_json, write_json
 from cifarflow.inference.predictor import ModelNotFound, locate
 from cifarflow.layout import DataLayout
-from cifarflow.models.registry import PRESETS, get_preset
+from cifarflow.models.presets import PRESETS, get_preset
 from cifarflow.registry import store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -593,7 +593,7 @@ def queue_markdown(result: dict) -> str:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="an ingested data dir")
-    parser.add_argument("--model", default="seed", choices=sorted(PRESETS), help="part 1's preset (default seed)")
+    parser.add_argument("--model", default="classic", choices=sorted(PRESETS), help="part 1's preset (default classic)")
     parser.add_argument("--train", type=int, default=40_000, help="training images of the champion")
     parser.add_argument("--traffic", type=int, default=10_000, help="training images served as traffic")
     parser.add_argument("--label", type=int, default=1_000, help="of the traffic, how many are labeled")

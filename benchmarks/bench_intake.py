@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from cifarflow.data.dataset_versions import current_version, new_batch_id, write_batch
 from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.shards import read_split
-from cifarflow.data.versions import current_version, new_batch_id, write_batch
 from cifarflow.files import read_json, text_digest
 from cifarflow.intake.inbox import scan_inbox
 from cifarflow.intake.leaks import NEAR_RMS, LeakIndex

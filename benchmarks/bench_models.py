@@ -52,7 +52,7 @@ def pipeline_overhead(model: str, features: Path, steps: int, batch_size: int) -
 
     from cifarflow.data.transform import load_split, read_features
     from cifarflow.models.precision import choose_policy, configure_threads, dtype_policy
-    from cifarflow.models.registry import get_preset
+    from cifarflow.models.presets import get_preset
     from cifarflow.training import airbench_loop
     from cifarflow.training.settings import TrainSettings
 
@@ -75,7 +75,7 @@ def worker(model: str, features: Path, epochs: int | None, pipeline_steps: int) 
     import numpy as np
 
     from cifarflow.data.transform import load_split
-    from cifarflow.models.registry import get_preset
+    from cifarflow.models.presets import get_preset
     from cifarflow.training.run import train_model
     from cifarflow.training.settings import TrainSettings
 
@@ -132,7 +132,7 @@ def markdown(rows: list[dict], note: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--features", type=Path, default=REPO / "data" / "features" / "unit")
-    from cifarflow.models.registry import PRESETS  # no TensorFlow: the registry resolves references lazily
+    from cifarflow.models.presets import PRESETS  # no TensorFlow: the registry resolves references lazily
 
     parser.add_argument("--models", nargs="+", default=list(PRESETS))
     parser.add_argument("--epochs", nargs="*", default=[], metavar="MODEL=N", help="override a preset's epochs")

@@ -81,11 +81,11 @@ def register(registry: Path, preset_name: str, label_names: list[str], canary: n
 
     from cifarflow.data.transform import Normalization
     from cifarflow.models.precision import choose_policy
-    from cifarflow.models.registry import get_preset
+    from cifarflow.models.presets import get_preset
 
     preset = get_preset(preset_name)
     mean, std = NORMALIZATION[preset.normalization]
-    keras.mixed_precision.set_global_policy(choose_policy() if preset_name != "seed" else "float32")
+    keras.mixed_precision.set_global_policy(choose_policy() if preset_name != "classic" else "float32")
     model = preset.build(Normalization(preset.normalization, mean, std), seed=0)
     keras.mixed_precision.set_global_policy("float32")
     path = scratch / preset_name / "model.keras"
@@ -134,7 +134,7 @@ def throughput(preset_name: str, version: str, registry: Path, pixels: np.ndarra
     from cifarflow.inference.batch import BATCH_SIZE, DECODE_THREADS, predict_files
     from cifarflow.inference.predictor import load_predictor
     from cifarflow.intake.images import convert_image
-    from cifarflow.models.registry import get_preset
+    from cifarflow.models.presets import get_preset
     from flows.predict_flow import predict
 
     files = sorted(folder.glob("*.png"))
@@ -354,7 +354,8 @@ def main() -> None:
     folders["fast"].mkdir()
     for path in sorted(folder.glob("*.png"))[: args.fast_images]:
         os.link(path, folders["fast"] / path.name)
-    versions = {name: register(registry, name, label_names, pixels[:200], work / "models") for name in ("seed", "fast")}
+    names = ("classic", "fast")
+    versions = {name: register(registry, name, label_names, pixels[:200], work / "models") for name in names}
 
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d} on {platform.machine()}, {os.cpu_count()} cores "

@@ -27,7 +27,7 @@ from cifarflow.calibration.calibrate import calibrate_model
 from cifarflow.data.transform import load_split
 from cifarflow.inference.predictor import locate
 from cifarflow.layout import DataLayout
-from cifarflow.models.registry import get_preset
+from cifarflow.models.presets import get_preset
 from cifarflow.promotion.decision import test_set_id
 from cifarflow.robustness.robustness import measure_robustness
 

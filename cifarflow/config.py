@@ -13,7 +13,7 @@ from cifarflow.data.archive import default_source, is_url, local_path
 from cifarflow.data.shards import ROWS_PER_SHARD
 from cifarflow.data.transform import NormalizationKind
 from cifarflow.layout import DataLayout
-from cifarflow.models.registry import PRESETS, Preset, get_preset
+from cifarflow.models.presets import PRESETS, Preset, get_preset, preset_name
 from cifarflow.paths import printable
 
 
@@ -31,7 +31,7 @@ class PipelineConfig(BaseModel):
     sha256: str | None = Field(None, description="expected sha256 of the archive (optional)")
     md5: str | None = Field(None, description="expected md5 of the archive (the official URL's is built in)")
     data_dir: Path = Field(Path("data"), description="where shards, features, models and reports go")
-    model: str = Field("seed", description=f"model preset: {', '.join(sorted(PRESETS))}")
+    model: str = Field("classic", description=f"model preset: {', '.join(sorted(PRESETS))}")
     epochs: int | None = Field(None, gt=0, le=1000, description="training epochs (default: the preset's)")
     batch_size: int | None = Field(None, gt=0, le=65536, description="batch size (default: the preset's)")
     learning_rate: float | None = Field(None, gt=0, lt=10, description="learning rate (default: the preset's)")
@@ -97,8 +97,7 @@ class PipelineConfig(BaseModel):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        get_preset(value)
-        return value
+        return preset_name(value)
 
     @model_validator(mode="after")
     def _source_exists(self) -> PipelineConfig:

@@ -25,7 +25,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, print_problems, run_cli, run_command
-from cifarflow.data.versions import (
+from cifarflow.data.dataset_versions import (
     active_batch_dir,
     batch_with_origin,
     current_version,
@@ -34,7 +34,7 @@ from cifarflow.data.versions import (
 )
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import ensure_writable, read_json, text_digest
-from cifarflow.intake.summary import build_summary
+from cifarflow.intake.batch_report import build_summary
 from cifarflow.journal import begin, end, kill_point
 from cifarflow.layout import DataLayout
 from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock

@@ -3,7 +3,7 @@ calibrate → robustness → report → promote.
 
     python flows/cifar_flow.py                                     # the default source (--help says which)
     python flows/cifar_flow.py --source data/cache/cifar-10-python.tar.gz
-    python flows/cifar_flow.py --model seed --epochs 20 --plan     # what would run, and why
+    python flows/cifar_flow.py --model classic --epochs 20 --plan     # what would run, and why
     python flows/cifar_flow.py --stages evaluate,report,promote    # only these, reusing the rest
 
 Runs on Prefect's temporary local server when no PREFECT_API_URL is set, or against a
@@ -24,7 +24,7 @@ from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli, run
 from cifarflow.config import PipelineConfig, add_data_arguments, data_settings
 from cifarflow.files import ensure_writable
 from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock
-from cifarflow.models.registry import PRESETS
+from cifarflow.models.presets import PRESETS
 from cifarflow.orchestration.artifacts import publish_registry, publish_report
 from cifarflow.orchestration.plan import plan_stages
 from cifarflow.orchestration.runner import StageRunner, parse_stage_list
@@ -50,7 +50,7 @@ REUSED_HINT = (
 def _run_name() -> str:
     config = flow_run.parameters.get("config") or {}
     config = config if isinstance(config, dict) else config.model_dump()
-    model = config.get("model", "seed")
+    model = config.get("model", "classic")
     epochs = config.get("epochs") or (PRESETS[model].epochs if model in PRESETS else None)
     return f"{model}-e{epochs}-{flow_run.scheduled_start_time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = PipelineConfig.model_fields
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser)
-    parser.add_argument("--model", default="seed", help=f"model preset ({', '.join(PRESETS)}); default seed")
+    parser.add_argument("--model", default="classic", help=f"model preset ({', '.join(PRESETS)}); default classic")
     parser.add_argument("--epochs", type=int, help=defaults["epochs"].description)
     parser.add_argument("--batch-size", type=int, help=defaults["batch_size"].description)
     parser.add_argument("--learning-rate", type=float, help=defaults["learning_rate"].description)

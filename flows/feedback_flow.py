@@ -10,7 +10,7 @@ are skipped, and the new ones become one batch whose record names its origin (th
 prediction ids, the reviewers). A new batch emits `cifar10.dataset.updated`, which starts the
 retraining deployment. One image given different classes by two answers is held back, and listed,
 until a new answer makes them agree. Running it again adds nothing: each answer is handled once
-(`cifarflow.feedback.export`). The report lands in <data dir>/feedback/exports/<id>/ and the UI; the
+(`cifarflow.feedback.corrections`). The report lands in <data dir>/feedback/exports/<id>/ and the UI; the
 last line is `done: …`.
 
 Exit status: 0 when the run completed (even when nothing was new or every answer was refused), 2 for
@@ -30,9 +30,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, print_problems, run_cli, run_command
-from cifarflow.data.versions import current_version
+from cifarflow.data.dataset_versions import current_version
 from cifarflow.errors import PipelineInputError
-from cifarflow.feedback.export import LOST, VERDICTS, ExportPlan, new_export_id, read_exported
+from cifarflow.feedback.corrections import LOST, VERDICTS, ExportPlan, new_export_id, read_exported
 from cifarflow.files import ensure_writable, read_json
 from cifarflow.journal import begin, damaged, end, kill_point, unfinished
 from cifarflow.layout import DataLayout

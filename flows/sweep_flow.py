@@ -4,8 +4,8 @@ publish a leaderboard. (Each trial measures its robustness too: 7 s for `seed`, 
 
     python flows/sweep_flow.py --source data/cache/cifar-10-python.tar.gz \\
         --learning-rates 0.001,0.0003 --batch-sizes 32,64 --epochs 5
-    python flows/sweep_flow.py --space sweeps/seed-lr-scan.yaml --dask-address tcp://scheduler:8786
-    python flows/sweep_flow.py --space sweeps/seed-lr-scan.yaml --dry-run    # list the trials only
+    python flows/sweep_flow.py --space sweeps/classic-lr-scan.yaml --dask-address tcp://scheduler:8786
+    python flows/sweep_flow.py --space sweeps/classic-lr-scan.yaml --dry-run    # list the trials only
 
 Without --dask-address a `distributed.LocalCluster` is started for the run: one single-threaded
 worker process per core (TensorFlow limited to one thread per worker, so trials do not fight over

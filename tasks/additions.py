@@ -13,8 +13,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from cifarflow.data.shards import read_shards, shard_files
-from cifarflow.data.versions import (
+from cifarflow.data.dataset_versions import (
     BATCH_FILE,
     BatchInfo,
     DatasetVersion,
@@ -25,9 +24,10 @@ from cifarflow.data.versions import (
     withdraw_batch,
     write_batch,
 )
+from cifarflow.data.shards import read_shards, shard_files
+from cifarflow.intake.batch_report import write_summary
 from cifarflow.intake.inbox import Inbox, scan_inbox
 from cifarflow.intake.screen import Screening, batch_table, load_reference, screen_inbox
-from cifarflow.intake.summary import write_summary
 from cifarflow.journal import damaged, end, unfinished
 from cifarflow.layout import DataLayout
 from cifarflow.orchestration.artifacts import publish_addition

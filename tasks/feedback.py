@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from cifarflow.feedback.answers import latest, read_answers
-from cifarflow.feedback.export import (
+from cifarflow.feedback.corrections import (
     ExportPlan,
     Ready,
     pending,
@@ -26,8 +26,8 @@ from cifarflow.feedback.export import (
     unfinished_exports,
     write_inbox,
 )
+from cifarflow.feedback.corrections_report import render_report
 from cifarflow.feedback.queue import read_pixels
-from cifarflow.feedback.report import render_report
 from cifarflow.files import atomic_path, write_json
 from cifarflow.layout import DataLayout
 from cifarflow.monitoring.log import log_files, merges_paused, readable

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from cifarflow import journal
 from cifarflow.layout import DataLayout
+from cifarflow.monitoring.drift_report import write_monitor_report
 from cifarflow.monitoring.embedding import load_embedder, load_scored, score
 from cifarflow.monitoring.log import delete_older, read_window
 from cifarflow.monitoring.monitor import (
@@ -33,12 +34,11 @@ from cifarflow.monitoring.monitor import (
     window_bounds,
     write_state,
 )
-from cifarflow.monitoring.report import write_monitor_report
 from cifarflow.monitoring.signals import MIN_WINDOW, drift_signals
 from cifarflow.orchestration.artifacts import publish_monitor
 from cifarflow.orchestration.events import MONITOR_DRIFT, emit_monitor_drift
 from cifarflow.paths import printable
-from cifarflow.registry.versions import Version
+from cifarflow.registry.model_versions import Version
 
 
 @task(name="open-bookmark", cache_policy=NO_CACHE)

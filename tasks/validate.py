@@ -4,8 +4,8 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from cifarflow.config import PipelineConfig
+from cifarflow.data.dataset_versions import DatasetVersion
 from cifarflow.data.ingest import IngestResult
-from cifarflow.data.versions import DatasetVersion
 from cifarflow.orchestration.runner import stage_task
 from cifarflow.validation.validate import ValidatedData, validate_dataset
 

@@ -1,5 +1,5 @@
 """A model registry built the way a promotion builds it (stage → export → smoke test in a fresh
-process → commit → move the alias), from tiny random-weight `seed` networks: seconds, not a training run.
+process → commit → move the alias), from tiny random-weight `classic` networks: seconds, not a training run.
 
 Each version's network has its own seed, so two versions predict differently; `canary_pixels` are
 the images whose probabilities the smoke test compares."""
@@ -22,14 +22,14 @@ def canary_pixels(seed: int = 0, count: int = CANARY) -> np.ndarray:
 
 
 def tiny_model_file(path: Path, seed: int) -> Path:
-    """A `seed`-preset network with random weights (uint8 pixels in, the unit normalization inside)."""
+    """A `classic`-preset network with random weights (uint8 pixels in, the unit normalization inside)."""
     import keras
 
     from cifarflow.data.transform import Normalization
-    from cifarflow.models.registry import get_preset
+    from cifarflow.models.presets import get_preset
 
     keras.utils.set_random_seed(seed)
-    model = get_preset("seed").build(Normalization("unit", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)), seed=seed)
+    model = get_preset("classic").build(Normalization("unit", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)), seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return path
@@ -39,7 +39,7 @@ def version_inputs(model_path: Path, seed: int, test_images: int = 100):
     """(record, metrics, predictions, labels, canary) for `stage_version`, as a promotion would pass them
     (`record` a `VersionRecord`)."""
     from cifarflow.files import file_digest
-    from cifarflow.models.registry import get_preset
+    from cifarflow.models.presets import get_preset
     from cifarflow.registry.build import Canary
     from cifarflow.registry.records import VersionRecord
 
@@ -48,12 +48,12 @@ def version_inputs(model_path: Path, seed: int, test_images: int = 100):
     predictions = np.where(rng.random(test_images) < 0.5, labels, rng.integers(0, 10, test_images))
     accuracy = float(np.mean(predictions == labels))
     pixels = canary_pixels(seed)
-    preset = get_preset("seed")
+    preset = get_preset("classic")
     probabilities = preset.predict(preset.load(model_path), pixels)
     record = VersionRecord(
         model_id=file_digest(model_path),
         run_name=f"test-run-{seed}",
-        preset="seed",
+        preset="classic",
         accuracy=accuracy,
         label_names=tuple(CLASSES),
         dataset_version=f"dataset-{seed}",

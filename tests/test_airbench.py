@@ -13,10 +13,10 @@ import pytest
 import tensorflow as tf
 
 from cifarflow.data.transform import Normalization
-from cifarflow.evaluation import predict
+from cifarflow.evaluation import scoring
 from cifarflow.models import airbench, precision
+from cifarflow.models.presets import PRESETS, get_preset
 from cifarflow.models.recipes import AirbenchRecipe
-from cifarflow.models.registry import PRESETS, get_preset
 from cifarflow.training import airbench_loop, augment, muon
 from cifarflow.training.callbacks import AtomicBackupAndRestore, WarmStart
 from cifarflow.training.settings import TrainSettings
@@ -167,15 +167,15 @@ def test_tta_averages_the_flipped_and_translated_views(tmp_path):
     expected = 0.5 * mirrored[0] + 0.25 * mirrored[1] + 0.25 * mirrored[2]
     # float32 sums in another order: relative tolerance, plus an absolute one for logits near zero
     np.testing.assert_allclose(
-        predict.tta_average(model, pixels, level=2, batch_size=2), expected, rtol=1e-5, atol=1e-6
+        scoring.tta_average(model, pixels, level=2, batch_size=2), expected, rtol=1e-5, atol=1e-6
     )
-    np.testing.assert_allclose(predict.tta_average(model, pixels, level=1), mirrored[0], rtol=1e-5)
-    np.testing.assert_allclose(predict.tta_average(model, pixels, level=0), f(pixels), rtol=1e-5)
+    np.testing.assert_allclose(scoring.tta_average(model, pixels, level=1), mirrored[0], rtol=1e-5)
+    np.testing.assert_allclose(scoring.tta_average(model, pixels, level=0), f(pixels), rtol=1e-5)
     assert sum(w for w, *_ in augment.tta_views(level=2)) == pytest.approx(1.0)
 
-    probabilities = predict.predict_tta(model, pixels, outputs="logits")
+    probabilities = scoring.predict_tta(model, pixels, outputs="logits")
     assert probabilities.shape == (5, 10)
-    np.testing.assert_allclose(probabilities, predict.softmax(expected), rtol=1e-5)
+    np.testing.assert_allclose(probabilities, scoring.softmax(expected), rtol=1e-5)
 
 
 def _settings(model: str, epochs: int, batch_size: int) -> TrainSettings:
@@ -302,7 +302,7 @@ def test_resumed_training_matches_an_unbroken_run(tmp_path):
 
 
 def test_every_preset_is_one_complete_registry_entry():
-    from cifarflow.models.registry import resolve
+    from cifarflow.models.presets import resolve
 
     for name, preset in PRESETS.items():
         for reference in (preset.builder, preset.loader, preset.trainer, preset.predictor, preset.serving):

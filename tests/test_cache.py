@@ -53,7 +53,7 @@ def test_each_stage_key_covers_all_library_code_its_task_runs():
     functions included) plus the modules the preset registry names, lies within the stage's `code`."""
     import ast
 
-    from cifarflow.models.registry import PRESETS
+    from cifarflow.models.presets import PRESETS
     from cifarflow.orchestration.stages import SPECS
 
     def imports(module: str) -> set[str]:
@@ -69,7 +69,7 @@ def test_each_stage_key_covers_all_library_code_its_task_runs():
 
     entry = {  # the library module each task calls, and what the preset registry names for the stage
         "ingest": {"cifarflow.data.ingest"},
-        "validate": {"cifarflow.validation.validate", "cifarflow.data.versions"},
+        "validate": {"cifarflow.validation.validate", "cifarflow.data.dataset_versions"},
         "preprocess": {"cifarflow.data.transform"},
         "train": {"cifarflow.training.run"},
         "evaluate": {"cifarflow.evaluation.evaluate"},

@@ -36,7 +36,7 @@ def test_bad_values_are_rejected(synthetic_archive, changes, message):
 
 def test_preset_defaults_fill_unset_values(synthetic_archive):
     config = PipelineConfig(source=str(synthetic_archive))
-    assert (config.model, config.train_epochs, config.train_batch_size) == ("seed", 15, 32)
+    assert (config.model, config.train_epochs, config.train_batch_size) == ("classic", 15, 32)
     assert config.preset.recipe.optimizer == "rmsprop"
     assert config.resolved_normalization == "unit"
     assert PipelineConfig(source=str(synthetic_archive), model="quick").resolved_normalization == "standardize"

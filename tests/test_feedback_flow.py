@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cifarflow.data.dataset_versions import current_version
 from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.shards import read_split
-from cifarflow.data.versions import current_version
 from cifarflow.feedback.answers import append_answer, new_answer, read_answers
 from cifarflow.files import read_json
 from cifarflow.journal import KILL_AT
@@ -81,8 +81,8 @@ def test_new_answers_become_one_batch_and_a_second_run_adds_nothing(prefect_serv
     assert record["origin"]["reviewers"] == ["alice", "bob"]
     assert batch.class_counts == {"cat": 3, "dog": 1, "ship": 4}
     shard = read_split(layout.shard_manifest, "train")  # the batch's pixels are exactly the logged ones
+    from cifarflow.data.dataset_versions import batch_shards
     from cifarflow.data.shards import read_shards, shard_files
-    from cifarflow.data.versions import batch_shards
 
     stored, labels = read_shards(*shard_files(batch.directory, batch_shards(batch)))
     assert {img.tobytes() for img in stored} == {img.tobytes() for img in images}

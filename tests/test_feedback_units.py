@@ -17,7 +17,7 @@ from hypothesis.extra.numpy import arrays
 from cifarflow.errors import PipelineInputError
 from cifarflow.feedback.access import AccessDenied, ReviewAccess, load_reviewers, parse_reviewers
 from cifarflow.feedback.answers import AnswerBook, append_answer, latest, new_answer, read_answers
-from cifarflow.feedback.export import ExportPlan, plan_export, screening_verdicts, unfinished_exports
+from cifarflow.feedback.corrections import ExportPlan, plan_export, screening_verdicts, unfinished_exports
 from cifarflow.feedback.queue import LogIndex, least_confident_first, queue_order, read_pixels, uncertainty
 from cifarflow.journal import unfinished
 from cifarflow.monitoring.log import PredictionLog, log_files, log_table, new_ids, write_log_file

@@ -43,7 +43,7 @@ def test_end_to_end_then_cached_then_downstream_only(tiny_config, capfd):
     assert not os.path.isabs(os.readlink(latest))  # relative: the data dir can move (tests/test_portable_data_dir.py)
     metrics = read_json(latest / "metrics.json")
     assert CONTRACT_KEYS <= metrics.keys()
-    assert metrics["model"] == "seed" and metrics["epochs"] == 1
+    assert metrics["model"] == "classic" and metrics["epochs"] == 1
     assert len(metrics["confusion_matrix"]) == 10 and all(len(row) == 10 for row in metrics["confusion_matrix"])
     assert sum(map(sum, metrics["confusion_matrix"])) == 100
     assert metrics["class_names"][0] == "airplane" and "macro avg" in metrics["classification_report"]

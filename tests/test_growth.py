@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cifarflow.data.dataset_versions import current_version, write_batch
 from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.shards import read_split, rows_table
-from cifarflow.data.versions import current_version, write_batch
 from cifarflow.files import read_json
 from flows.add_images import main as add_images_main
 from tests.flow_helpers import rerun_states, run_flow

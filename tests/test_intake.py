@@ -28,11 +28,11 @@ import pytest
 from PIL import Image
 
 from cifarflow.data.shards import SCHEMA, pixel_digest
+from cifarflow.intake.batch_report import build_summary, write_summary
 from cifarflow.intake.images import BACKGROUND, MAX_PIXELS, MIN_SIDE, ImageRejected, convert_image, open_checked
 from cifarflow.intake.inbox import scan_inbox
 from cifarflow.intake.leaks import MAX_SHIFT, NEAR_RMS, LeakIndex
 from cifarflow.intake.screen import Reference, Screening, batch_table, screen_inbox
-from cifarflow.intake.summary import build_summary, write_summary
 from cifarflow.markdown import escape, join_wrapped
 from tests.markdown_check import inline_tags, table_cells, wrapped_lines
 from tests.synthetic import CLASSES

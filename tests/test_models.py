@@ -1,4 +1,4 @@
-"""The seed model: exact architecture behind the fitted input transform, and it learns."""
+"""The classic model: exact architecture behind the fitted input transform, and it learns."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from cifarflow.data.transform import Normalization
-from cifarflow.models.registry import PRESETS, get_preset
-from cifarflow.models.seed import make_seed_model
+from cifarflow.models.classic import make_classic_model
+from cifarflow.models.presets import PRESETS, get_preset
 from cifarflow.training.keras_fit import make_optimizer
 
 UNIT = Normalization("unit", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -16,7 +16,7 @@ FITTED = Normalization("standardize", (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 
 
 def test_seed_model_matches_the_notebook():
-    model = make_seed_model(UNIT)
+    model = make_classic_model(UNIT)
     assert model.count_params() == 394_970
     assert [type(layer).__name__ for layer in model.layers] == [
         "InputLayer",
@@ -54,7 +54,7 @@ def test_each_preset_names_its_penultimate_layer_the_one_its_head_reads(preset):
     assert head.input is model.get_layer(get_preset(preset).features).output
 
 
-@pytest.mark.parametrize("preset", ["seed", "quick"])  # a softmax head and a logits head (fast: quick's, wider)
+@pytest.mark.parametrize("preset", ["classic", "quick"])  # a softmax head and a logits head (fast: quick's, wider)
 def test_the_embedder_gives_features_and_the_networks_own_probabilities(preset, tmp_path):
     from cifarflow.monitoring.embedding import load_embedder
 
@@ -83,7 +83,7 @@ def test_seed_training_steps_lower_the_loss():
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
     y = keras.utils.to_categorical(rng.integers(0, 10, 64), 10)
-    model = make_seed_model(UNIT)
+    model = make_classic_model(UNIT)
     model.compile(optimizer=make_optimizer("rmsprop", 1e-3), loss="categorical_crossentropy")
     before = model.evaluate(x, y, verbose=0)
     model.fit(x, y, epochs=5, batch_size=32, verbose=0)

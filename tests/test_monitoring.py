@@ -2,7 +2,7 @@
 append what they score to the prediction log, and the monitor flow compares a window of it with the
 champion's reference (the ingested test set), writes its report and says whether it drifted.
 
-The data dir holds the two-version registry (tiny random `seed` networks) and the synthetic archive's
+The data dir holds the two-version registry (tiny random `classic` networks) and the synthetic archive's
 test split (100 images) as the reference; the flows run in-process on the session's Prefect server."""
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ def test_an_unusable_command_line_ends_with_an_error_line_on_stdout(capsys):
         ["flows/cifar_flow.py", "--epochs", "zero"],
         ["flows/predict_flow.py"],
         ["flows/add_images.py", "--list", "--data-dir", "{tmp}/nothing-here"],
-        ["flows/registry.py", "promote"],
+        ["flows/registry_flow.py", "promote"],
         ["flows/sweep_flow.py", "--workers", "-"],
     ],
     ids=["pipeline", "predict", "add_images", "registry", "sweep"],

@@ -4,7 +4,7 @@ path reported lies under the new location, the original is left alone, and nothi
 names the old location (Prefect's own cache records aside: a `Cached` stage hands on the output the
 runner found and verified where the data dir is now, not the object Prefect pickled).
 
-One pipeline run (tiny synthetic archive, `seed` preset, 1 epoch) per module; each test reruns the
+One pipeline run (tiny synthetic archive, `classic` preset, 1 epoch) per module; each test reruns the
 command line, in this process, on a moved or copied data dir."""
 
 from __future__ import annotations

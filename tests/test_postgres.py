@@ -169,7 +169,7 @@ def test_pipeline_run_is_recorded_by_a_server_on_postgres(
     assert {t["name"] for t in task_runs} >= {
         "ingest",
         "preprocess-unit",
-        "train-seed-e1",
+        "train-classic-e1",
         "evaluate-seed",
         "report-seed",
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cifarflow.data.dataset_versions import current_version
 from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.transform import (
     Normalization,
@@ -16,7 +17,6 @@ from cifarflow.data.transform import (
     one_hot,
     verify_features,
 )
-from cifarflow.data.versions import current_version
 from cifarflow.errors import FeatureError
 from cifarflow.layout import DataLayout
 from cifarflow.validation.validate import validate_dataset

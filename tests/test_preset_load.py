@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from cifarflow.calibration.temperature import apply_temperature
-from cifarflow.models.registry import PRESETS, Preset
+from cifarflow.models.presets import PRESETS, Preset
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.flow
@@ -38,7 +38,7 @@ import keras
 import numpy as np
 
 from cifarflow.inference.predictor import CIFAR10_LABEL_NAMES, load_predictor
-from cifarflow.models.registry import PRESETS
+from cifarflow.models.presets import PRESETS
 from cifarflow.registry.export import export_model, load_export
 
 work = Path(sys.argv[1])

@@ -52,7 +52,7 @@ def make_score(
     return Score(
         model_id=model_id,
         run_name=run,
-        preset="seed",
+        preset="classic",
         dataset_version=dataset,
         test_set_sha256=labels_digest(labels),
         predictions=np.asarray(predicted),
@@ -307,19 +307,20 @@ def warm_start_source(registry, preset, normalization, batch_ids):
 
 def test_warm_start_serves_only_a_champion_that_fits(tmp_path, labels):
     registry = tmp_path / "registry"
-    assert warm_start_source(registry, "seed", "unit", ())[1]["reason"] == "no champion yet"
+    assert warm_start_source(registry, "classic", "unit", ())[1]["reason"] == "no champion yet"
     model, model_id = write_model(tmp_path / "m" / "model.keras", b"weights")
     score = replace(make_score(labels, labels, model_id), batch_ids=("b1",), normalization="unit")
     register_fake(registry, model, score, decide(score, None))
-    source, note = warm_start_source(registry, "seed", "unit", ("b1", "b2"))
+    source, note = warm_start_source(registry, "classic", "unit", ("b1", "b2"))
     assert source == str(registry / "versions" / "v1" / "model.keras") and note["champion_id"] == model_id
-    assert "`seed` model, this run trains `fast`" in warm_start_source(registry, "fast", "unit", ("b1",))[1]["reason"]
-    assert "normalized as `unit`" in warm_start_source(registry, "seed", "standardize", ("b1",))[1]["reason"]
-    assert "withdrawn batch b1" in warm_start_source(registry, "seed", "unit", ())[1]["reason"]
-    plan = plan_warm_start(True, registry, "seed", "unit", ("b1",))  # what enters the train key: the champion
+    refused = warm_start_source(registry, "fast", "unit", ("b1",))[1]["reason"]
+    assert "`classic` model, this run trains `fast`" in refused
+    assert "normalized as `unit`" in warm_start_source(registry, "classic", "standardize", ("b1",))[1]["reason"]
+    assert "withdrawn batch b1" in warm_start_source(registry, "classic", "unit", ())[1]["reason"]
+    plan = plan_warm_start(True, registry, "classic", "unit", ("b1",))  # what enters the train key: the champion
     assert plan.fingerprint == model_id
     assert plan_warm_start(True, registry, "fast", "unit", ("b1",)).fingerprint.startswith("none: the champion is")
-    assert plan_warm_start(False, registry, "seed", "unit", ("b1",)) == WarmStartPlan()  # not asked: not read
+    assert plan_warm_start(False, registry, "classic", "unit", ("b1",)) == WarmStartPlan()  # not asked: not read
 
 
 def test_a_version_is_not_staged_from_a_model_file_that_is_not_the_challenger(tmp_path, labels):
@@ -331,7 +332,7 @@ def test_a_version_is_not_staged_from_a_model_file_that_is_not_the_challenger(tm
     registry = tmp_path / "registry"
     staging = store.new_staging(registry)
     canary = Canary(np.zeros((1, 32, 32, 3), np.uint8), np.full((1, 10), 0.1))
-    record = VersionRecord("f" * 64, "seed", 0.5, "run", DATASET, "t")
+    record = VersionRecord("f" * 64, "classic", 0.5, "run", DATASET, "t")
     with pytest.raises(ValueError, match="no longer has the sha256"):
         stage_version(staging, "v1", model, record, {}, labels, labels, canary)
     assert not staging.exists() and champion_score(registry) is None  # nothing half-registered
@@ -341,7 +342,7 @@ def test_score_from_evaluation_uses_argmax_of_saved_probabilities(tmp_path, labe
     predicted = with_accuracy(labels, np.arange(1000) % 4 != 0)
     np.save(tmp_path / "probabilities.npy", one_hot(predicted))
     (tmp_path / "metrics.json").write_text(json.dumps(compute_metrics(labels, one_hot(predicted), CLASSES)))
-    facts = {"model_id": "a", "run_name": "r", "preset": "seed", "dataset_version": DATASET, "test_set_sha256": "t"}
+    facts = {"model_id": "a", "run_name": "r", "preset": "classic", "dataset_version": DATASET, "test_set_sha256": "t"}
     score = score_from_evaluation(tmp_path, tmp_path / "metrics.json", labels, **facts)
     assert score.accuracy == pytest.approx(0.75)
     with pytest.raises(ValueError, match="predictions for"):
@@ -403,7 +404,7 @@ def test_flow_promotes_first_then_is_cached_then_judges_a_new_model(prefect_serv
     first = cifar_pipeline(config=tiny_config, return_state=True)
     assert first.is_completed()
     states = _task_states(first.state_details.flow_run_id)
-    assert states["promote-seed"] == "Completed"
+    assert states["promote-classic"] == "Completed"
     champion = champion_id(registry)
     assert champion != NO_CHAMPION
     report_dir = Path(first.result()["report"])
@@ -421,13 +422,13 @@ def test_flow_promotes_first_then_is_cached_then_judges_a_new_model(prefect_serv
 
     shutil.rmtree(registry)
     third = cifar_pipeline(config=tiny_config, return_state=True)
-    assert _task_states(third.state_details.flow_run_id)["promote-seed"] == "Completed"
+    assert _task_states(third.state_details.flow_run_id)["promote-classic"] == "Completed"
     assert champion_id(registry) == champion
 
     # a new challenger (another seed) is judged against the champion on the same test images
     challenger_config = tiny_config.model_copy(update={"seed": 7, "epochs": 2})
     fourth = cifar_pipeline(config=challenger_config, return_state=True)
-    assert _task_states(fourth.state_details.flow_run_id)["promote-seed"] == "Completed"
+    assert _task_states(fourth.state_details.flow_run_id)["promote-classic"] == "Completed"
     decision = json.loads((Path(fourth.result()["report"]) / "promotion.json").read_text())["decision"]
     assert decision["reason"] in {"better", "not-better"} and decision["champion_id"] == champion
     assert decision["summary"].startswith(("promoted: ", "kept champion: difference "))

@@ -1,4 +1,4 @@
-"""The model registry (cifarflow/registry, cifarflow/promotion, flows/registry.py): numbered versions
+"""The model registry (cifarflow/registry, cifarflow/promotion, flows/registry_flow.py): numbered versions
 and the `champion` alias with every move recorded; the exported SavedModel scoring like the `.keras`
 model in a process that never imports this package; a failed export or smoke test leaving the
 registry byte for byte as it was; rollbacks the nightly run respects; the upgrade of a pre-version
@@ -29,7 +29,7 @@ from cifarflow.promotion.rollback import demoted_by_hand
 from cifarflow.registry import alias, store
 from cifarflow.registry.build import Canary, VersionRejected, stage_version
 from flows.predict_flow import main as predict_command
-from flows.registry import main as registry_command
+from flows.registry_flow import main as registry_command
 from tests.conftest import REPO_ROOT
 from tests.registry_helpers import canary_pixels, snapshot, tiny_model_file, unseal, version_inputs
 from tests.synthetic import CLASSES
@@ -72,9 +72,9 @@ def assert_unchanged(registry: Path, before: dict[str, tuple]) -> None:
 
 
 def keras_probabilities(model_path: Path, pixels: np.ndarray) -> np.ndarray:
-    from cifarflow.models.registry import get_preset
+    from cifarflow.models.presets import get_preset
 
-    preset = get_preset("seed")
+    preset = get_preset("classic")
     return preset.predict(preset.load(model_path), pixels)
 
 
@@ -200,7 +200,7 @@ def test_the_export_scores_like_the_keras_model_in_another_process(registry, tmp
     assert np.abs(served - other).max() > 1e-4
 
     metadata = json.loads((version.export_dir / "cifarflow.json").read_text())
-    assert metadata["endpoint"] == "serve" and metadata["label_names"] == CLASSES and metadata["preset"] == "seed"
+    assert metadata["endpoint"] == "serve" and metadata["label_names"] == CLASSES and metadata["preset"] == "classic"
     assert metadata["input"] == {"name": "pixels", "dtype": "uint8", "shape": [None, 32, 32, 3]}
     smoke = json.loads((version.directory / "smoke.json").read_text())
     assert smoke["passed"] and smoke["images"] == 20 and smoke["max_difference"] <= smoke["tolerance"]
@@ -258,7 +258,7 @@ def challenger_score(inputs, model_id: str, test_set: str = "a-new-test-set"):
     return Score(
         model_id=model_id,
         run_name="nightly",
-        preset="seed",
+        preset="classic",
         dataset_version="d" * 64,
         test_set_sha256=test_set,
         predictions=np.asarray(predictions, np.int64),
@@ -304,7 +304,7 @@ def test_a_model_rolled_back_by_hand_is_not_promoted_again(registry, built, tmp_
     assert recorded["reason"] == "rolled-back" and not recorded["promoted"]
     summary = recorded["summary"]
     assert "this model is v2, which was rolled back by hand" in summary and "v2 misreads night photos" in summary
-    assert "`python flows/registry.py promote v2`" in summary
+    assert "`python flows/registry_flow.py promote v2`" in summary
     assert store.champion_name(registry) == "v1" and store.alias_moves(registry) == moves
     assert [v.name for v in store.list_versions(registry)] == ["v1", "v2"]
     assert read_decisions(registry)[-1]["reason"] == "rolled-back"
@@ -465,8 +465,8 @@ def test_cli_lists_the_versions_and_marks_the_champion(registry):
     ]
     rows = {line.split()[0]: line.split() for line in lines[1:3]}
     v1, v2 = store.list_versions(registry)
-    assert rows["v1"][1:4] == ["seed", f"{round(v1.accuracy, 4)}", "dataset-1"] and "champion" not in rows["v1"]
-    assert rows["v2"][1:5] == ["champion", "seed", f"{round(v2.accuracy, 4)}", "dataset-2"]
+    assert rows["v1"][1:4] == ["classic", f"{round(v1.accuracy, 4)}", "dataset-1"] and "champion" not in rows["v1"]
+    assert rows["v2"][1:5] == ["champion", "classic", f"{round(v2.accuracy, 4)}", "dataset-2"]
     assert rows["v2"][-2] == v2.model_id[:12] and rows["v1"][-2] == v1.model_id[:12]
     assert rows["v1"][-1] == rows["v2"][-1] == "verified"
     assert "latest moves of the champion alias:" in result.stdout
@@ -751,12 +751,12 @@ def test_a_damaged_version_is_named_by_every_command(registry, capsys, image, da
     harm, file = VERSION_DAMAGE[damage]
     problem = harm(registry / "versions" / "v2")  # the champion
     named = str(registry / "versions" / "v2" / file)
-    fix = 'make v1 the champion: `python flows/registry.py promote v1 --reason "v2 is damaged"`'
+    fix = 'make v1 the champion: `python flows/registry_flow.py promote v1 --reason "v2 is damaged"`'
 
     code, out, err = registry_main(capsys, registry.parent, "list")
     assert code == 0 and "Traceback" not in err
     rows = {line.split()[0]: line.split() for line in out.splitlines()[1:3]}
-    assert rows["v1"][1] == "seed" and rows["v1"][-1] == "verified"  # the healthy one is shown
+    assert rows["v1"][1] == "classic" and rows["v1"][-1] == "verified"  # the healthy one is shown
     assert rows["v2"][1:] == ["champion", "DAMAGED", file]
     assert f"{named} is damaged ({problem}" in out and "restore it from a backup" in out and fix in out
     assert out.strip().splitlines()[-1] == "done: 1 version, champion v2; 1 damaged (see above)"
@@ -792,9 +792,9 @@ def test_a_damaged_champion_alias_is_named_and_a_move_by_hand_repairs_it(registr
 
     code, out, err = registry_main(capsys, registry.parent, "list")
     assert code == 0 and "Traceback" not in err
-    assert [line.split()[:2] for line in out.splitlines()[1:3]] == [["v1", "seed"], ["v2", "seed"]]  # no champion
+    assert [line.split()[:2] for line in out.splitlines()[1:3]] == [["v1", "classic"], ["v2", "classic"]]  # no champion
     assert f"{named} is damaged ({problem}" in out
-    assert "): choose the champion again with `python flows/registry.py promote vN --reason …`" in out
+    assert "): choose the champion again with `python flows/registry_flow.py promote vN --reason …`" in out
     assert out.strip().splitlines()[-1] == "done: 2 versions, champion (none); 1 damaged (see above)"
 
     assert_refused_naming(predict_main(capsys, registry.parent, image), named, problem)
@@ -889,12 +889,12 @@ KILLED_REGISTRATION = textwrap.dedent(
         alias.append_line = pause  # champion.json replaced, its record not yet in aliases.jsonl
         alias.move_alias(registry, "v1", by="hand", reason="v2 misreads night photos")
     from cifarflow.files import file_digest
-    from cifarflow.registry import api, build, versions
+    from cifarflow.registry import api, build, model_versions as versions
     from cifarflow.registry.records import VersionRecord
 
     model = registry.parent / "model.keras"
     model.write_bytes(b"a network")
-    record = VersionRecord(file_digest(model), "seed", 0.5, "run-3", "dataset-3", "t" * 64, label_names=("a", "b"))
+    record = VersionRecord(file_digest(model), "classic", 0.5, "run-3", "dataset-3", "t" * 64, label_names=("a", "b"))
     if point == "exporting":
         def export_half(model_path, preset, label_names, out_dir, temperature=None):
             Path(out_dir).mkdir()
@@ -983,7 +983,7 @@ def test_the_service_started_on_a_damaged_champion_names_the_file_and_follows_th
         answer = httpx.get(f"{server.url}/health", timeout=10)
         assert answer.status_code == 503 and named in answer.json()["error"]
         assert (
-            'make v1 the champion: `python flows/registry.py promote v1 --reason "v2 is damaged"`'
+            'make v1 the champion: `python flows/registry_flow.py promote v1 --reason "v2 is damaged"`'
             in (answer.json()["error"])
         )
         assert named in server.log_tail()
@@ -1065,7 +1065,7 @@ def test_damage_to_the_version_being_served_is_logged_once_naming_the_file_and_t
     problem = cut(registry / "versions" / "v2" / "export" / "saved_model.pb")
     assert not live.refresh() and not live.refresh() and live.version == "v2"
     named = f"{registry / 'versions' / 'v2' / 'export' / 'saved_model.pb'} is damaged ({problem})"
-    fix = 'make v1 the champion: `python flows/registry.py promote v1 --reason "v2 is damaged"`'
+    fix = 'make v1 the champion: `python flows/registry_flow.py promote v1 --reason "v2 is damaged"`'
     assert len(logged) == 2 and named in logged[1] and fix in logged[1] and live.damage in logged[1]
     assert logged[1].endswith("; still serving v2 from memory, but a restart would not load it")
     store.move_alias(registry, "v1", by="hand", reason="v2 is damaged")
@@ -1102,7 +1102,7 @@ def test_health_names_damage_to_the_version_being_served(registry, monkeypatch):
     whole, damaged = asyncio.run(ask())
     assert whole == {"status": "ok", "model_version": "v2"}
     assert damaged["status"] == "ok" and damaged["model_version"] == "v2"
-    assert named in damaged["damage"] and "flows/registry.py promote v1" in damaged["damage"]
+    assert named in damaged["damage"] and "flows/registry_flow.py promote v1" in damaged["damage"]
 
 
 # ------------------------------------ the typed version record ------------------------------
@@ -1119,7 +1119,7 @@ def test_version_json_is_read_as_a_typed_record_and_written_back_the_same(tmp_pa
     assert {f.name for f in fields(VersionRecord)} == {attribute for attribute, _ in VERSION_FIELDS.values()}
     written = {
         "id": "a" * 64,
-        "model": "seed",
+        "model": "classic",
         "accuracy": 0.5,
         "run_name": "nightly",
         "dataset_sha256": "dataset-version-id",
@@ -1137,7 +1137,7 @@ def test_version_json_is_read_as_a_typed_record_and_written_back_the_same(tmp_pa
     }
     (tmp_path / "version.json").write_text(json.dumps(written))
     record = read_version_record(tmp_path / "version.json", "v1")
-    assert (record.preset, record.dataset_version, record.model_id) == ("seed", "dataset-version-id", "a" * 64)
+    assert (record.preset, record.dataset_version, record.model_id) == ("classic", "dataset-version-id", "a" * 64)
     assert record.batch_ids == ("b1",) and record.label_names == tuple(CLASSES)
     assert record.to_json() == written
 

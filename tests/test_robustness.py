@@ -76,7 +76,7 @@ def score_with(robustness: dict | None, model_id: str):
     from cifarflow.promotion.decision import Score
 
     metrics = {} if robustness is None else {"robustness": robustness}
-    return Score(model_id, "run", "seed", "d", "t", np.zeros(1), np.zeros(1), metrics)
+    return Score(model_id, "run", "classic", "d", "t", np.zeros(1), np.zeros(1), metrics)
 
 
 def test_promotion_section_sets_both_models_robustness_side_by_side():

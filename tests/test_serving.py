@@ -120,7 +120,7 @@ def test_health_and_model_name_the_champion(service):
     assert model.status_code == 200
     record = store.read_version(service.registry, "v2").record
     info = model.json()
-    assert info["version"] == "v2" and info["model"] == "seed" and info["run_name"] == "test-run-2"
+    assert info["version"] == "v2" and info["model"] == "classic" and info["run_name"] == "test-run-2"
     assert info["accuracy"] == pytest.approx(record.accuracy) and 0 <= info["accuracy"] <= 1
     assert info["label_names"] == CLASSES
     assert info["id"] == record.model_id  # the model file's sha256: this is the registered model

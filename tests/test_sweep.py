@@ -56,7 +56,7 @@ def test_bad_spaces_are_rejected_with_a_reason(space, message):
 def test_trials_are_validated_configs_with_stable_names(synthetic_archive, tmp_path):
     base = PipelineConfig(source=str(synthetic_archive), data_dir=tmp_path / "data")
     trials = build_trials(base, merge_space(None, {"learning_rate": ["0.01", 0.02], "epochs": [3]}))
-    assert [t.name for t in trials] == ["01-seed-lr0.01-e3-b32-s42", "02-seed-lr0.02-e3-b32-s42"]
+    assert [t.name for t in trials] == ["01-classic-lr0.01-e3-b32-s42", "02-classic-lr0.02-e3-b32-s42"]
     assert trials[0].config.learning_rate == 0.01 and trials[0].config.data_dir == base.data_dir
     assert sweep_name(None, trials) == sweep_name(
         None, build_trials(base, merge_space(None, {"learning_rate": ["0.01", 0.02], "epochs": [3]}))
@@ -73,7 +73,7 @@ SPACE = {
     "grid": {"learning_rate": [0.001, 0.003, 9.0], "batch_size": [64]},
     "trials": [{"learning_rate": 0.001, "batch_size": 32}],
 }
-DIVERGING = "03-seed-lr9-e1-b64-s42"
+DIVERGING = "03-classic-lr9-e1-b64-s42"
 
 
 def _task_run_states(flow_run_id: str) -> dict[str, str]:

@@ -22,9 +22,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from cifarflow.data.dataset_versions import current_version
 from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.shards import read_split
-from cifarflow.data.versions import current_version
 from cifarflow.files import read_json
 from cifarflow.journal import KILL_AT
 from cifarflow.layout import DataLayout

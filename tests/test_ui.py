@@ -59,7 +59,7 @@ def test_api_shows_states_artifacts_and_epoch_logs(finished_runs):
     )
 
     server, flow_run, _, _ = finished_runs
-    assert flow_run.state.is_completed() and flow_run.name.startswith("seed-e1-")
+    assert flow_run.state.is_completed() and flow_run.name.startswith("classic-e1-")
     runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
     with server.client_settings(), get_client(sync_client=True) as client:
         tasks = {t.name: t.state.name for t in client.read_task_runs(flow_run_filter=runs)}
@@ -70,12 +70,12 @@ def test_api_shows_states_artifacts_and_epoch_logs(finished_runs):
             "ingest",
             "validate",
             "preprocess-unit",
-            "train-seed-e1",
+            "train-classic-e1",
             "evaluate-seed",
             "calibrate-seed",
             "robustness-seed",
             "report-seed",
-            "promote-seed",
+            "promote-classic",
         ],
         "Completed",
     )
@@ -102,7 +102,7 @@ def test_api_shows_the_second_run_judged_against_the_champion(finished_runs):
         tasks = {t.name: t.state.name for t in client.read_task_runs(flow_run_filter=runs)}
         artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=runs)}
     assert tasks["ingest"] == "Cached"
-    assert tasks["train-seed-e2"] == "Completed" and tasks["promote-seed"] == "Completed"
+    assert tasks["train-classic-e2"] == "Completed" and tasks["promote-classic"] == "Completed"
     summary = artifacts["cifar10-promotion-seed"].description
     assert summary.startswith(("promoted: 0.", "kept champion: difference ")), summary
     report = artifacts["cifar10-report-seed"].data
@@ -122,7 +122,7 @@ def test_browser_shows_completed_run_and_report_artifact(finished_runs):
         header = page.get_by_text(flow_run.name, exact=True).first
         playwright.expect(header).to_be_visible(timeout=30_000)
         playwright.expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=30_000)
-        playwright.expect(page.get_by_text("promote-seed").first).to_be_visible(timeout=30_000)  # run graph
+        playwright.expect(page.get_by_text("promote-classic").first).to_be_visible(timeout=30_000)  # run graph
         page.screenshot(path=shots / "flow-run.png")
 
         page.get_by_text("Artifacts", exact=True).first.click()

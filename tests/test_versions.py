@@ -15,9 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cifarflow.data.ingest import ingest_archive
-from cifarflow.data.shards import read_split, rows_table
-from cifarflow.data.versions import (
+from cifarflow.data.dataset_versions import (
     active_batches,
     current_version,
     new_batch_id,
@@ -25,6 +23,8 @@ from cifarflow.data.versions import (
     withdraw_batch,
     write_batch,
 )
+from cifarflow.data.ingest import ingest_archive
+from cifarflow.data.shards import read_split, rows_table
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import file_digest
 from cifarflow.layout import DataLayout
@@ -100,7 +100,7 @@ def test_a_kill_during_the_batch_write_leaves_the_dataset_unchanged(layout):
         from pathlib import Path
         import numpy as np
         import pyarrow.parquet as pq
-        from cifarflow.data import versions
+        from cifarflow.data import dataset_versions as versions
         from cifarflow.data.shards import rows_table
         from cifarflow.layout import DataLayout
 

@@ -19,9 +19,9 @@ from typing import Literal
 import numpy as np
 
 from cifarflow.data.archive import NUM_CLASSES
+from cifarflow.data.dataset_versions import dataset_shards
 from cifarflow.data.shards import SPLITS, read_shards
 from cifarflow.data.statistics import channel_stats
-from cifarflow.data.versions import dataset_shards
 from cifarflow.errors import FeatureError
 from cifarflow.files import atomic_directory, file_digest, read_json, text_digest, write_json
 from cifarflow.outputs import StageOutput, read_whole

@@ -10,7 +10,7 @@ import numpy as np
 from cifarflow.data.transform import load_split, read_features
 from cifarflow.evaluation.metrics import compute_metrics
 from cifarflow.files import atomic_directory, file_digest, read_json, write_json
-from cifarflow.models.registry import get_preset
+from cifarflow.models.presets import get_preset
 from cifarflow.outputs import StageOutput, read_whole
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import file_digest, read_json
-from cifarflow.models.registry import PRESETS
+from cifarflow.models.presets import PRESETS, RENAMED, get_preset
 from cifarflow.outputs import read_whole
 from cifarflow.registry import store
 from cifarflow.registry.export import is_export, load_export
@@ -146,12 +146,12 @@ def from_keras_file(path: Path) -> Predictor:
     import tensorflow as tf
 
     name = read_whole(lambda: read_json(path.parent / "train.json")["settings"]["model"])
-    if not isinstance(name, str) or name not in PRESETS:
+    if not isinstance(name, str) or name not in (*PRESETS, *RENAMED):
         raise ModelNotFound(
             f"{path}: no train.json beside it says which preset made it (one of {', '.join(PRESETS)}); "
             "pass its registry version or export instead"
         )
-    preset = PRESETS[name]
+    preset = get_preset(name)
     graph = tf.function(preset.serving_function(preset.load(path)), reduce_retracing=True)
 
     def probabilities(pixels: np.ndarray) -> np.ndarray:

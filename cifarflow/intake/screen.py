@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cifarflow.data.dataset_versions import active_batches, batch_shards
 from cifarflow.data.shards import pixel_digest, read_shards, rows_table, shard_files
-from cifarflow.data.versions import active_batches, batch_shards
 from cifarflow.files import read_json
 from cifarflow.intake.images import ImageRejected, convert_image
 from cifarflow.intake.inbox import Candidate, Inbox, Rejection

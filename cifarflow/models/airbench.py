@@ -1,5 +1,5 @@
 """The airbench network (Keller Jordan, https://github.com/KellerJordan/cifar10-airbench) in Keras 3.
-Its training loop: `cifarflow/training/airbench_loop.py`; its TTA: `cifarflow/evaluation/predict.py`.
+Its training loop: `cifarflow/training/airbench_loop.py`; its TTA: `cifarflow/evaluation/scoring.py`.
 
 airbench94's network: the input layer applying the fitted normalization (`cifarflow.models.inputs`), a
 frozen 2×2 *patch-whitening* conv (weights from the eigen-decomposition of the training-patch
@@ -10,7 +10,7 @@ scale. Convs are bias-free and identity ("dirac") initialized on their first `in
 BatchNorm has no scale, momentum 0.6, eps 1e-12. The stem (normalize, whitening) always runs in float32.
 
 The model takes uint8 pixels and outputs *logits* (the presets declare `outputs="logits"`), which
-`cifarflow.evaluation.predict.predict_tta` turns into TTA-averaged probabilities. `load_airbench_net`
+`cifarflow.evaluation.scoring.predict_tta` turns into TTA-averaged probabilities. `load_airbench_net`
 loads a saved one in any process.
 """
 

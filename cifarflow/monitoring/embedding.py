@@ -1,7 +1,7 @@
 """What the champion makes of images, for the drift signals: its penultimate-layer features and its
 probabilities from one forward pass, plus the images' pixel-value counts.
 
-The features are the output of the layer the preset names (`Preset.features`: the seed CNN's Dense(128),
+The features are the output of the layer the preset names (`Preset.features`: the classic CNN's Dense(128),
 airbench's pooled last block). The probabilities come from the same pass without test-time
 augmentation, for the window and the reference alike, so the prediction and confidence signals compare
 like with like whichever version served the logged images.
@@ -16,7 +16,7 @@ import numpy as np
 
 from cifarflow.data.statistics import pixel_value_counts
 from cifarflow.files import atomic_path
-from cifarflow.models.registry import get_preset
+from cifarflow.models.presets import get_preset
 from cifarflow.monitoring.signals import Scored
 
 BATCH_SIZE = 500
@@ -29,7 +29,7 @@ def load_embedder(preset_name: str, model_path: Path) -> Embed:
     `.keras` file at `model_path` built by the preset `preset_name`."""
     import keras
 
-    from cifarflow.evaluation.predict import softmax
+    from cifarflow.evaluation.scoring import softmax
 
     preset = get_preset(preset_name)
     model = preset.load(model_path)

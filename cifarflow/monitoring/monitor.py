@@ -46,7 +46,7 @@ from cifarflow.monitoring.log import COMPACTED, FLUSH_S, LogWindow, compact_days
 from cifarflow.monitoring.signals import FAMILY_ALPHA, MIN_WINDOW, Signal
 from cifarflow.outputs import read_whole
 from cifarflow.paths import printable
-from cifarflow.registry.versions import Version
+from cifarflow.registry.model_versions import Version
 
 MAX_IMAGES = 10_000  # the most images a window is judged on (a random sample of a bigger one)
 LATE_S = 2 * FLUSH_S  # rows behind the newest judged row by more than a writer's buffer: a late arrival

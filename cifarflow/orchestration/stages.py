@@ -15,9 +15,9 @@ from typing import Any
 from cifarflow.calibration.calibrate import find_calibration
 from cifarflow.config import PipelineConfig
 from cifarflow.data.archive import is_url, local_path
+from cifarflow.data.dataset_versions import DatasetVersion, current_version
 from cifarflow.data.ingest import find_shards
 from cifarflow.data.transform import find_features
-from cifarflow.data.versions import DatasetVersion, current_version
 from cifarflow.evaluation.evaluate import find_evaluation
 from cifarflow.orchestration.cache import StageSpec, source_identity
 from cifarflow.promotion.champions import baseline_id

@@ -33,5 +33,5 @@ def respect_rollback(decision: Decision, registry: Path) -> Decision:
         promoted=False,
         reason="rolled-back",
         summary=f"kept champion: this model is {name}, which was rolled back by hand on {demotion['at']} "
-        f"({demotion['reason']}); `python flows/registry.py promote {name}` makes it the champion again",
+        f"({demotion['reason']}); `python flows/registry_flow.py promote {name}` makes it the champion again",
     )

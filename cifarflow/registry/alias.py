@@ -16,6 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from cifarflow.files import field_problem, point_symlink, storage_errors, write_json
+from cifarflow.registry.model_versions import (
+    VERSION_NAME,
+    Version,
+    clear_abandoned,
+    list_versions,
+    read_version,
+    scan,
+    versions_dir,
+)
 from cifarflow.registry.records import (
     CHOOSE_CHAMPION,
     MOVE_FIELDS,
@@ -26,15 +35,6 @@ from cifarflow.registry.records import (
     read_json_file,
     read_lines,
     read_version_record,
-)
-from cifarflow.registry.versions import (
-    VERSION_NAME,
-    Version,
-    clear_abandoned,
-    list_versions,
-    read_version,
-    scan,
-    versions_dir,
 )
 
 ALIAS = "champion"
@@ -138,7 +138,7 @@ def champion_damage(registry: Path, damage: RegistryDamaged) -> RegistryDamaged:
         return damage
     healthy = [v.name for v in scan(registry).versions]
     fix = (
-        f"restore it from a backup, or make {healthy[-1]} the champion: `python flows/registry.py promote "
+        f"restore it from a backup, or make {healthy[-1]} the champion: `python flows/registry_flow.py promote "
         f'{healthy[-1]} --reason "{damage.version} is damaged"`'
         if healthy
         else "restore it from a backup, or run the pipeline to register a new champion"

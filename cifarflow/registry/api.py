@@ -39,9 +39,7 @@ from cifarflow.registry.alias import (
     read_champion_version,
 )
 from cifarflow.registry.build import Canary, StagedVersion, VersionRejected, stage_version
-from cifarflow.registry.records import RegistryDamaged, VersionRecord, append_line, read_lines
-from cifarflow.registry.smoke import canary_indices
-from cifarflow.registry.versions import (
+from cifarflow.registry.model_versions import (
     Results,
     Version,
     commit_version,
@@ -50,6 +48,8 @@ from cifarflow.registry.versions import (
     read_results,
     version_of_model,
 )
+from cifarflow.registry.records import RegistryDamaged, VersionRecord, append_line, read_lines
+from cifarflow.registry.smoke import canary_indices
 
 DECISIONS = "decisions.jsonl"
 

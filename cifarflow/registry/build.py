@@ -14,9 +14,9 @@ import numpy as np
 
 from cifarflow.files import file_digest, write_json
 from cifarflow.registry.export import export_model
+from cifarflow.registry.model_versions import discard_staging
 from cifarflow.registry.records import VersionRecord
 from cifarflow.registry.smoke import SmokeResult, smoke_test
-from cifarflow.registry.versions import discard_staging
 
 
 @dataclass(frozen=True)

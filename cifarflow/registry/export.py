@@ -36,7 +36,7 @@ def export_model(
     import tensorflow as tf
 
     from cifarflow.calibration.scores import TINY
-    from cifarflow.models.registry import get_preset
+    from cifarflow.models.presets import get_preset
 
     model = get_preset(preset).load(model_path)
     probabilities = get_preset(preset).serving_function(model)

@@ -8,7 +8,7 @@ attributes; only `VersionRecord.from_json` and `to_json` know the JSON names. Tw
 historical and stay as they are, so registries written before and after read the same and the
 service's `/model` answer keeps its shape: `model` holds the preset (`VersionRecord.preset`) and
 `dataset_sha256` the dataset *version* id (`VersionRecord.dataset_version`: a digest over the
-ingested shards and the added batches, `cifarflow.data.versions`). New files write the old names, and
+ingested shards and the added batches, `cifarflow.data.dataset_versions`). New files write the old names, and
 only them: one name per field on disk, readable by older code too; nothing needs upgrading.
 
 **Seal.** A version registered since file digests were recorded carries `files`, the size and sha256
@@ -34,8 +34,8 @@ from cifarflow.errors import PipelineInputError
 from cifarflow.files import field_problem
 
 CHOOSE_CHAMPION = (
-    "choose the champion again with `python flows/registry.py promote vN --reason …` "
-    "(`python flows/registry.py list` shows the versions)"
+    "choose the champion again with `python flows/registry_flow.py promote vN --reason …` "
+    "(`python flows/registry_flow.py list` shows the versions)"
 )
 
 # version.json: JSON field → (VersionRecord attribute, accepted types; None: may be null). The first six

@@ -48,7 +48,7 @@ are told apart.
 
 This module names the registry's parts: the versions live in `versions.py`, the alias and its moves
 in `alias.py`, the parsing of every file in `records.py`, the building of a version in `build.py`.
-The registry's own tools (the upgrade, the listing, `flows/registry.py`, batch prediction and the
+The registry's own tools (the upgrade, the listing, `flows/registry_flow.py`, batch prediction and the
 service) use these names. Promotion uses only the few verbs of `api.py`: read the champion and a
 version's results, find a model's version, read the alias moves, stage the next version, commit it
 and make it the champion, and the decision log.
@@ -76,8 +76,7 @@ from cifarflow.registry.alias import (
     recover,
     repair_alias,
 )
-from cifarflow.registry.records import RegistryDamaged, RegistryError, VersionRecord, append_line
-from cifarflow.registry.versions import (
+from cifarflow.registry.model_versions import (
     VERSION_FILES,
     VERSION_NAME,
     Results,
@@ -99,6 +98,7 @@ from cifarflow.registry.versions import (
     version_of_model,
     versions_dir,
 )
+from cifarflow.registry.records import RegistryDamaged, RegistryError, VersionRecord, append_line
 
 __all__ = [
     "ALIAS",

@@ -116,7 +116,7 @@ def measure_robustness(
     (`cifarflow.calibration.calibrate.held_out_temperatures`), so no ECE here is in-sample."""
     import tensorflow as tf
 
-    from cifarflow.models.registry import get_preset
+    from cifarflow.models.presets import get_preset
 
     started = time.perf_counter()
     preset = get_preset(preset_name)

@@ -7,7 +7,7 @@ A search space is a YAML or JSON file (or the same thing built from command-line
     base:                      # optional: fixed PipelineConfig fields for every trial
       epochs: 2
     grid:                      # every combination of these values is a trial
-      model: [seed]
+      model: [classic]
       learning_rate: [0.001, 0.0003]
       batch_size: [32, 64]
       seed: [42]

@@ -12,7 +12,7 @@ import numpy as np
 
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import atomic_path
-from cifarflow.models.registry import Preset
+from cifarflow.models.presets import Preset
 from cifarflow.training.settings import EpochHook
 
 

@@ -1,4 +1,4 @@
-"""The classic `model.fit` loop (the seed preset): uint8 pixels and one-hot labels in, batch by batch,
+"""The classic `model.fit` loop (the classic preset): uint8 pixels and one-hot labels in, batch by batch,
 with a stock Keras optimizer named by the recipe (`KerasFitRecipe.optimizer`)."""
 
 from __future__ import annotations

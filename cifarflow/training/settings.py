@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cifarflow.models.registry import Preset, get_preset
+from cifarflow.models.presets import Preset, get_preset
 
 EpochHook = Callable[[int, int, dict[str, float]], None]  # (epoch (1-based), total, metrics)
 

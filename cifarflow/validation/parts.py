@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cifarflow.data.dataset_versions import DatasetVersion, batch_shards
 from cifarflow.data.shards import SCHEMA, pixel_digest
 from cifarflow.data.statistics import pixel_value_counts
-from cifarflow.data.versions import DatasetVersion, batch_shards
 from cifarflow.files import file_digest, read_json
 from cifarflow.layout import DataLayout
 from cifarflow.validation.checks import label_out_of_range, mismatched_label_names

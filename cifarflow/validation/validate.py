@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cifarflow.data.versions import DatasetVersion
+from cifarflow.data.dataset_versions import DatasetVersion
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import atomic_directory, atomic_path, file_digest, read_json, text_digest, write_json
 from cifarflow.layout import DataLayout
 from cifarflow.outputs import StageOutput, read_whole
 from cifarflow.validation.checks import copies
+from cifarflow.validation.data_section import render_markdown
 from cifarflow.validation.parts import read_part, version_shards
-from cifarflow.validation.report import render_markdown
 from cifarflow.validation.summary import dataset_statistics
 
 OUTPUT_FILES = ("dataset.json", "validation.json", "validation.md")

@@ -25,6 +25,7 @@ network's penultimate representation, the embedding the drift monitor compares (
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
@@ -84,15 +85,15 @@ class Preset:
 AIRBENCH_TTA = "mirror + ±1px translations, 6 views, logits averaged (airbench level 2)"
 
 PRESETS: dict[str, Preset] = {
-    "seed": Preset(
-        name="seed",
+    "classic": Preset(
+        name="classic",
         description="The classic notebook's CNN: Conv2D(12) → MaxPool → Dense(128) → Dense(10); "
         "RMSprop, categorical cross-entropy, 15 epochs, batch 32 (≈61.5% on official data).",
-        builder="cifarflow.models.seed:make_seed_model",
-        loader="cifarflow.models.seed:load_seed_model",
+        builder="cifarflow.models.classic:make_classic_model",
+        loader="cifarflow.models.classic:load_classic_model",
         trainer="cifarflow.training.keras_fit:fit_keras",
-        predictor="cifarflow.evaluation.predict:predict_plain",
-        serving="cifarflow.evaluation.predict:serve_plain",
+        predictor="cifarflow.evaluation.scoring:predict_plain",
+        serving="cifarflow.evaluation.scoring:serve_plain",
         outputs="probabilities",  # a softmax head
         features="hidden",  # Dense(128), before the softmax head
         tta="none",
@@ -113,8 +114,8 @@ PRESETS: dict[str, Preset] = {
         builder="cifarflow.models.airbench:make_airbench_net",
         loader="cifarflow.models.airbench:load_airbench_net",
         trainer="cifarflow.training.airbench_loop:fit_airbench",
-        predictor="cifarflow.evaluation.predict:predict_tta",
-        serving="cifarflow.evaluation.predict:serve_tta",
+        predictor="cifarflow.evaluation.scoring:predict_tta",
+        serving="cifarflow.evaluation.scoring:serve_tta",
         outputs="logits",
         features="flatten",  # the pooled last block, before the linear head
         tta=AIRBENCH_TTA,
@@ -140,8 +141,20 @@ PRESETS["quick"] = replace(
 )
 
 
+# old preset names, still accepted for now: each use prints a one-line deprecation notice
+RENAMED = {"seed": "classic"}
+
+
+def preset_name(name: str) -> str:
+    """`name`, or the current name of a renamed preset (with a notice on stderr). ValueError if unknown."""
+    if name in RENAMED:
+        print(f"note: the preset {name!r} is now {RENAMED[name]!r}; the old name will be removed", file=sys.stderr)
+        return RENAMED[name]
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(PRESETS))}")
+    return name
+
+
 def get_preset(name: str) -> Preset:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(PRESETS))}") from None
+    """The preset called `name` (an old name is accepted: `preset_name`). ValueError if unknown."""
+    return PRESETS[preset_name(name)]

@@ -14,7 +14,7 @@ from cifarflow.models.inputs import normalize, pixel_input
 from cifarflow.models.recipes import KerasFitRecipe
 
 
-def make_seed_model(
+def make_classic_model(
     normalization: Normalization,
     recipe: KerasFitRecipe | None = None,
     *,
@@ -31,9 +31,9 @@ def make_seed_model(
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(128, activation="relu", name="hidden")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="seed")
+    return keras.Model(inputs, outputs, name="classic")
 
 
-def load_seed_model(path: str | Path) -> keras.Model:
+def load_classic_model(path: str | Path) -> keras.Model:
     """A saved seed network without its optimizer state: stock Keras layers, nothing to register."""
     return keras.models.load_model(path, compile=False)

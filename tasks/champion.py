@@ -1,4 +1,4 @@
-"""Tasks of the registry flow (flows/registry.py): move the champion alias by hand, publish the registry."""
+"""Tasks of the registry flow (flows/registry_flow.py): move the champion alias by hand, publish the registry."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Predictors: a trained model + uint8 pixels → class probabilities. The presets name theirs
-(`cifarflow.models.registry`) and pass what their network outputs (`outputs`: logits, turned into
+(`cifarflow.models.presets`) and pass what their network outputs (`outputs`: logits, turned into
 probabilities by a softmax, or probabilities, used as they are), so no predictor assumes a head. The
 fitted normalization is inside every model, so none of them preprocesses anything.
 
@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from cifarflow.models.precision import configure_threads
-from cifarflow.models.registry import NetworkOutput
+from cifarflow.models.presets import NetworkOutput
 from cifarflow.training import augment
 
 TTA_LEVEL = 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cifarflow.data.versions import DatasetVersion
+from cifarflow.data.dataset_versions import DatasetVersion
 from cifarflow.markdown import escape, join_wrapped
 from cifarflow.validation.checks import DRIFT_PSI, IMBALANCE_RATIO
 
