@@ -15,7 +15,7 @@ ARGS ?=
 # them (the flows, benchmarks and tests import it first), and the Prefect CLI runs through it.
 WITH_DEFAULTS := $(BIN)/python -m cifarflow.environment
 
-.PHONY: help install run test test-fast lint format system-deps server serve predict monitor feedback bench clean-data
+.PHONY: help install run test test-fast lint format system-deps server schedule serve predict monitor feedback bench clean-data
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,6 +53,11 @@ system-deps:  ## Debian packages the browser and PostgreSQL tests use (run as ro
 server: install  ## start the Prefect server and UI on http://127.0.0.1:4200
 	$(WITH_DEFAULTS) $(BIN)/prefect server start --host 127.0.0.1 --port 4200
 
+schedule: install  ## deploy deployments/prefect.yaml and run a worker for it (needs PREFECT_API_URL, e.g. make server)
+	PREFECT_CLI_PROMPT=false $(WITH_DEFAULTS) $(BIN)/prefect work-pool create cifar-process --type process --overwrite
+	PREFECT_CLI_PROMPT=false $(WITH_DEFAULTS) $(BIN)/prefect deploy --prefect-file deployments/prefect.yaml --all
+	$(WITH_DEFAULTS) $(BIN)/prefect worker start --pool cifar-process
+
 serve: install  ## serve the champion over HTTP with its page on http://127.0.0.1:8000 (ARGS="--port 8080")
 	$(BIN)/python serving/app.py $(ARGS)
 
@@ -74,4 +79,4 @@ bench: install $(if $(wildcard $(SHARED_JPEG)),$(LOCAL_ARCHIVE))  ## measure spe
 	$(BIN)/python benchmarks/bench_serving.py --source $(BENCH_SOURCE) --out benchmarks/serving.md
 
 clean-data:  ## delete generated data (shards, features, models, reports, caches); keeps added image batches, the model registry, the prediction log and the reviewers' answers
-	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep ! -name batches ! -name batches-withdrawn ! -name registry ! -name monitoring ! -name feedback -exec rm -rf {} +
+	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep ! -name batches ! -name batches-withdrawn ! -name registry ! -name log ! -name monitoring ! -name feedback -exec rm -rf {} +

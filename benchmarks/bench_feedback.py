@@ -64,7 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifarflow.cli import ArgumentParser, comma_list, done, run_cli, run_command
+from cifarflow.cli import ArgumentParser, comma_list, done, run_cli
 from cifarflow.data.shards import read_split
 from cifarflow.data.transform import Normalization, fit_normalization, one_hot
 from cifarflow.errors import PipelineInputError
@@ -203,7 +203,7 @@ def retrain(settings, data: Data, train_at: np.ndarray, normalization: Normaliza
 
 
 def retrain_part(args: argparse.Namespace, data: Data, work: Path) -> dict:
-    from cifarflow.training.settings import TrainSettings
+    from cifarflow.training.run import TrainSettings
 
     started = time.perf_counter()
     preset = get_preset(args.model)
@@ -386,7 +386,7 @@ def service(data_dir: Path, model: str, log: Path, startup_timeout: float = 300)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "serving/app.py", "--data-dir", str(data_dir), "--port", str(port), "--model", model]
-    # no review token: on loopback the review endpoints then answer without one (cifarflow.feedback.access)
+    # no review token: on loopback the review endpoints then answer without one (serving.access)
     env = {name: value for name, value in os.environ.items() if name != "CIFARFLOW_REVIEW_TOKEN"}
     with open(log, "w") as handle:
         process = subprocess.Popen(
@@ -502,18 +502,18 @@ def read_logged(log_root: Path, ids: list[str], data: Data) -> Logged:
     """The log's rows of the served images (`ids[i]`: test image i), joined by prediction id."""
     from cifarflow.monitoring.log import read_window
 
-    window = read_window(log_root)
     position = {id_: i for i, id_ in enumerate(ids)}
-    ours = np.asarray([id_ in position for id_ in window.ids], bool)
-    if ours.sum() != len(ids):
-        raise RuntimeError(f"the prediction log holds {ours.sum()} of the {len(ids)} served images")
-    at = np.asarray([position[id_] for id_ in window.ids[ours]])
+    rows = [row for row in read_window(log_root) if row.prediction_id in position]
+    if len(rows) != len(ids):
+        raise RuntimeError(f"the prediction log holds {len(rows)} of the {len(ids)} served images")
+    at = np.asarray([position[row.prediction_id] for row in rows])
+    pixels = np.stack([row.pixels for row in rows])
     return Logged(
-        ids=window.ids[ours].astype(str),
-        probabilities=window.probabilities[ours],
+        ids=np.asarray([row.prediction_id for row in rows]),
+        probabilities=np.stack([row.probabilities for row in rows]),
         labels=data.test_labels[at],
-        versions=sorted(set(window.model_versions[ours])),
-        pixels_differ=int((window.pixels[ours] != data.test_images[at]).any(axis=(1, 2, 3)).sum()),
+        versions=sorted({row.model_version for row in rows}),
+        pixels_differ=int((pixels != data.test_images[at]).any(axis=(1, 2, 3)).sum()),
     )
 
 
@@ -681,4 +681,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(main())

@@ -28,9 +28,7 @@ from cifarflow.data.dataset_versions import current_version, new_batch_id, write
 from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.shards import read_split
 from cifarflow.files import read_json, text_digest
-from cifarflow.intake.inbox import scan_inbox
-from cifarflow.intake.leaks import NEAR_RMS, LeakIndex
-from cifarflow.intake.screen import batch_table, load_reference, screen_inbox
+from cifarflow.intake.screen import NEAR_RMS, LeakIndex, batch_table, load_reference, scan_inbox, screen_inbox
 from cifarflow.layout import DataLayout
 from cifarflow.validation.validate import validate_dataset
 

@@ -54,7 +54,7 @@ def pipeline_overhead(model: str, features: Path, steps: int, batch_size: int) -
     from cifarflow.models.precision import choose_policy, configure_threads, dtype_policy
     from cifarflow.models.presets import get_preset
     from cifarflow.training import airbench_loop
-    from cifarflow.training.settings import TrainSettings
+    from cifarflow.training.run import TrainSettings
 
     settings = TrainSettings(model, 1000, batch_size, get_preset(model).learning_rate, 0)
     pixels = np.ascontiguousarray(load_split(features, "train", "pixels"))
@@ -76,8 +76,7 @@ def worker(model: str, features: Path, epochs: int | None, pipeline_steps: int) 
 
     from cifarflow.data.transform import load_split
     from cifarflow.models.presets import get_preset
-    from cifarflow.training.run import train_model
-    from cifarflow.training.settings import TrainSettings
+    from cifarflow.training.run import TrainSettings, train_model
 
     preset = get_preset(model)
     airbench = preset.trainer.endswith(":fit_airbench")  # drops the last partial batch; has a tf.data pipeline

@@ -113,7 +113,6 @@ def speed(data_dir: Path, images: np.ndarray, version: str, count: int) -> dict:
                 log.append(
                     new_ids(len(window[start:end])), "service", version, probabilities[start:end], window[start:end]
                 )
-        time.sleep(3)  # past the monitor's settle time, so every row is in its window
         env = os.environ | {"PREFECT_HOME": str(Path(root) / "prefect-home")}
         timings = {}
         for run in ("cold", "warm"):

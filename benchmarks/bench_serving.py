@@ -28,7 +28,7 @@ registered as a real registry version (export + smoke test), as a promotion woul
    one run. The service: as in 2 with micro-batching, a fresh process per measurement, on then off in
    odd rounds and off then on in even ones (`--log-rounds`), medians over the rounds; targets: log on
    keeps ≥ 90% of the requests/s and a p99 latency within +10%. After each log-on run the service is
-   stopped with SIGTERM (its writer flushes) and the log read back (`read_window`): each network's
+   stopped with SIGTERM (its writer commits what waits) and the log read back (`read_window`): each network's
    measured requests must give one row per answer (200), every id distinct, exactly the
    `prediction_id`s the clients received. The batch flow: 1d against 1d′ (target: log on keeps ≥ 90%
    of the images/s).
@@ -59,9 +59,9 @@ from PIL import Image
 from cifarflow.data.archive import local_path, read_archive
 from cifarflow.files import file_digest
 from cifarflow.layout import DataLayout
-from cifarflow.monitoring.log import read_window
+from cifarflow.monitoring.log import read_window, window_keys
 from cifarflow.registry import store
-from cifarflow.registry.build import Canary, stage_version
+from cifarflow.registry.build import Canary, make_champion, stage_next_version
 
 # For this process and the services it starts (none of the imports above imports Prefect).
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="bench-serving-prefect-"))
@@ -103,14 +103,9 @@ def register(registry: Path, preset_name: str, label_names: list[str], canary: n
         test_images=0,
         decision="benchmark",
     )
-    name = store.next_name(registry)
     labels = np.zeros(1, np.int64)
-    staged = stage_version(
-        store.new_staging(registry), name, path, record, {}, labels, labels, Canary(canary, probabilities)
-    )
-    store.commit_version(registry, staged.directory, name)
-    store.move_alias(registry, name, by="promotion", reason=f"benchmark: {preset_name}")
-    return name
+    staged = stage_next_version(registry, path, record, {}, labels, labels, Canary(canary, probabilities))
+    return make_champion(registry, staged, reason=f"benchmark: {preset_name}").name
 
 
 def write_pngs(pixels: np.ndarray, folder: Path) -> list[Path]:
@@ -236,7 +231,7 @@ def service(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_root = DataLayout(registry.parent).prediction_log
-    shutil.rmtree(log_root, ignore_errors=True)
+    shutil.rmtree(log_root.parent, ignore_errors=True)
     command = [sys.executable, "serving/app.py", "--data-dir", str(registry.parent), "--port", str(port)]
     command += ["--max-batch", str(max_batch)] + ([] if log else ["--no-log"])
     windows = {}  # preset name: (since, until) of its measured requests
@@ -266,14 +261,14 @@ def service(
         process.wait(timeout=30)
     if log:
         for preset_name, (since, until) in windows.items():
-            window = read_window(log_root, since, until=until)
+            window = read_window(log_root, window_keys(log_root, since=since, until=until)[0])
             returned = results[preset_name]["ids"]
             results[preset_name]["log"] = {
                 "rows": len(window),
-                "distinct": len(set(window.ids)),
+                "distinct": len({row.prediction_id for row in window}),
                 "answered": len(returned),
-                "all_logged": set(window.ids) == set(returned) and len(window) == len(returned),
-                "versions": set(window.model_versions) <= {versions[preset_name]},
+                "all_logged": {row.prediction_id for row in window} == set(returned) and len(window) == len(returned),
+                "versions": {row.model_version for row in window} <= {versions[preset_name]},
             }
     return results
 

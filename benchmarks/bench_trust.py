@@ -48,7 +48,7 @@ def features_for(layout: DataLayout, test_set: str) -> Path:
 def measure(data_dir: Path, model: str) -> tuple[str, str]:
     layout = DataLayout(data_dir)
     version = locate(model, layout.registry)
-    record = version.record
+    record = version
     features = features_for(layout, record.test_set_sha256)
     preset = get_preset(record.preset)
     with tempfile.TemporaryDirectory(prefix="bench-trust-") as scratch:

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from cifarflow.data.archive import default_source, is_url, local_path
 from cifarflow.data.shards import ROWS_PER_SHARD
@@ -46,11 +46,7 @@ class PipelineConfig(BaseModel):
         0.05, gt=0, lt=1, description="promote a new model over the champion only if McNemar's p is below this"
     )
     min_accuracy: float | None = Field(
-        None,
-        ge=0,
-        le=1,
-        description="never promote a model below this test accuracy, however it compares with the champion "
-        "(default: the preset's floor; 0 turns it off)",
+        None, ge=0, le=1, description="never promote a model below this test accuracy (default: the preset's; 0: none)"
     )
     warm_start: Literal["none", "champion"] = Field(
         "none",
@@ -61,19 +57,17 @@ class PipelineConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _default_source(cls, data: Any) -> Any:
-        """No source named (or None): the one rule, `cifarflow.data.archive.default_source`, for this data dir."""
         if isinstance(data, dict) and data.get("source") is None:
-            data = {
-                **data,
-                "source": default_source(Path(data.get("data_dir") or cls.model_fields["data_dir"].default)),
-            }
+            data_dir = Path(data.get("data_dir") or cls.model_fields["data_dir"].default)
+            data = data | {"source": default_source(data_dir)}
         return data
 
-    @field_validator("sha256")
+    @field_validator("sha256", "md5")
     @classmethod
-    def _sha256_hex(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
-            raise ValueError("sha256 must be 64 hex characters")
+    def _hex_digest(cls, value: str | None, info: ValidationInfo) -> str | None:
+        length = {"sha256": 64, "md5": 32}[info.field_name]
+        if value is not None and not re.fullmatch(f"[0-9a-fA-F]{{{length}}}", value):
+            raise ValueError(f"{info.field_name} must be {length} hex characters")
         return value.lower() if value else value
 
     @field_validator("source", "data_dir")
@@ -87,13 +81,6 @@ class PipelineConfig(BaseModel):
             )
         return value
 
-    @field_validator("md5")
-    @classmethod
-    def _md5_hex(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", value):
-            raise ValueError("md5 must be 32 hex characters")
-        return value.lower() if value else value
-
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
@@ -101,14 +88,11 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _source_exists(self) -> PipelineConfig:
-        parsed_is_url = is_url(self.source)
-        if not parsed_is_url or self.source.startswith("file:"):
-            path = local_path(self.source)
-            if not path.is_file():
-                raise ValueError(
-                    f"source {self.source!r} is not an existing file. Pass the path or URL of "
-                    "cifar-10-python.tar.gz; README 'Getting the data' shows how to build one offline."
-                )
+        if (not is_url(self.source) or self.source.startswith("file:")) and not local_path(self.source).is_file():
+            raise ValueError(
+                f"source {self.source!r} is not an existing file. Pass the path or URL of "
+                "cifar-10-python.tar.gz; README 'Getting the data' shows how to build one offline."
+            )
         return self
 
     @property
@@ -141,30 +125,16 @@ class PipelineConfig(BaseModel):
         return self.learning_rate or self.preset.learning_rate
 
 
+DATA_OPTIONS = {"source": str, "sha256": str, "md5": str, "data_dir": Path, "normalization": str, "rows_per_shard": int}
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that say where the data comes from and how it is stored, shared by every command
-    line that builds a `PipelineConfig` (the pipeline and the sweep)."""
-    fields = PipelineConfig.model_fields
-    parser.add_argument("--source", help=fields["source"].description)
-    parser.add_argument("--sha256", help=fields["sha256"].description)
-    parser.add_argument("--md5", help=fields["md5"].description)
-    parser.add_argument("--data-dir", default=str(fields["data_dir"].default), help=fields["data_dir"].description)
-    parser.add_argument("--normalization", help=fields["normalization"].description)
-    parser.add_argument(
-        "--rows-per-shard",
-        type=int,
-        default=fields["rows_per_shard"].default,
-        help=fields["rows_per_shard"].description,
-    )
+    """The options saying where the data comes from and how it is stored (the pipeline's and the sweep's)."""
+    for name, kind in DATA_OPTIONS.items():
+        field = PipelineConfig.model_fields[name]
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=field.default, help=field.description)
 
 
 def data_settings(args: argparse.Namespace) -> dict:
     """`PipelineConfig` fields from the options `add_data_arguments` defined."""
-    return {
-        "source": args.source,
-        "sha256": args.sha256,
-        "md5": args.md5,
-        "data_dir": Path(args.data_dir),
-        "normalization": args.normalization,
-        "rows_per_shard": args.rows_per_shard,
-    }
+    return {name: getattr(args, name) for name in DATA_OPTIONS}

@@ -1,19 +1,5 @@
-"""Writes of several steps that a kill cannot leave half-judged: an intent record (the journal).
-
-A run writes the journal (atomically) before its first step, naming what it is about to do and all
-the next run needs to finish it; each step is idempotent; the last step removes the journal. A run
-that starts under the same lock and finds a journal was preceded by a killed (or failed) run: it
-finishes what the journal names, or undoes it where the first lasting step had not happened, and
-says which (a log line and its summary).
-
-    <data dir>/.intake-journal.json              an add_images or withdraw run (flows/add_images.py)
-    <data dir>/feedback/.export-journal.json     a feedback export (flows/feedback_flow.py)
-    <data dir>/monitoring/.run-journal.json      an incremental monitor run (cifarflow/monitoring/monitor.py)
-    <data dir>/monitoring/.merge-journal.json    a merge of judged log files (the same)
-
-Test hook: `CIFARFLOW_KILL_AT=<point>` makes the process SIGKILL itself at that `kill_point` (the
-points are named where they are called), so tests can kill a real run between two of its writes.
-"""
+"""An intent record (`DataLayout.*_journal`) for writes of several idempotent steps: `begin` before the first, `end`
+after the last; the next run under the same lock finishes or undoes what `unfinished` returns."""
 
 from __future__ import annotations
 
@@ -34,9 +20,7 @@ def begin(path: Path, record: dict[str, Any]) -> None:
 
 
 def unfinished(path: Path, fields: tuple[str, ...] = ()) -> dict[str, Any] | None:
-    """The journal a killed run left, or None. PipelineInputError, naming the file (`damaged`), if it is
-    not a JSON object holding every one of `fields` (it is written atomically, so only a hand or a
-    failing disk damages it)."""
+    """The journal a killed run left, or None; PipelineInputError if it is not a JSON object with `fields`."""
     if not path.exists():
         return None
     try:
@@ -52,7 +36,6 @@ def unfinished(path: Path, fields: tuple[str, ...] = ()) -> dict[str, Any] | Non
 
 
 def damaged(path: Path, problem: str) -> PipelineInputError:
-    """The error for a journal that cannot be followed: it names the file, what is wrong and what to do."""
     return PipelineInputError(
         f"{path} is damaged ({problem}): it records a run that was killed mid-way; delete it to go on "
         "without finishing that run (check its output by hand)"
@@ -65,6 +48,6 @@ def end(path: Path) -> None:
 
 
 def kill_point(name: str) -> None:
-    """A point between two writes; the process SIGKILLs itself here when $CIFARFLOW_KILL_AT names it."""
+    """A point between two writes; the process SIGKILLs itself here when $CIFARFLOW_KILL_AT names it (tests)."""
     if os.environ.get(KILL_AT) == name:
         os.kill(os.getpid(), signal.SIGKILL)

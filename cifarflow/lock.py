@@ -1,9 +1,10 @@
-"""One pipeline at a time per data directory: an advisory lock file held for the whole run."""
+"""One run at a time: an exclusive advisory lock (flock) on a file, held for the whole run."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -24,30 +25,26 @@ def data_dir_lock(
     poll_s: float = 1.0,
     holder_kind: str = "pipeline run",
 ) -> Iterator[None]:
-    """Hold an exclusive lock on `lock_file`; wait up to `timeout_s` for another holder to finish.
-
-    The kernel drops the lock when its holder dies, so a killed run never blocks the next one.
-    """
+    """Hold an exclusive lock on `lock_file`, waiting up to `timeout_s` (saying so once through `log`);
+    DataDirLocked after that. The kernel drops the lock when its holder dies: a killed run blocks nobody."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "a+") as handle:
         deadline = time.monotonic() + timeout_s
-        announced = False
-        while True:
+        for attempt in itertools.count():
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "unknown"
-                if time.monotonic() >= deadline:
-                    raise DataDirLocked(
-                        f"{lock_file.parent} is in use by another {holder_kind} ({holder}); waited {timeout_s:.0f} s. "
-                        "Wait for it to finish, or use another --data-dir."
-                    ) from None
-                if not announced:
-                    log(f"waiting for the {holder_kind} holding {lock_file} ({holder})")
-                    announced = True
-                time.sleep(poll_s)
+            if time.monotonic() >= deadline:
+                raise DataDirLocked(
+                    f"{lock_file.parent} is in use by another {holder_kind} ({holder}); waited {timeout_s:.0f} s. "
+                    "Wait for it to finish, or use another --data-dir."
+                )
+            if attempt == 0:
+                log(f"waiting for the {holder_kind} holding {lock_file} ({holder})")
+            time.sleep(poll_s)
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}")

@@ -4,6 +4,7 @@ report.md and every Prefect artifact, whose UI renders Markdown (table cells and
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 _ESCAPES = str.maketrans(
@@ -19,14 +20,13 @@ _ESCAPES = str.maketrans(
 
 
 def escape(text: Any) -> str:
-    """`str(text)` as inline Markdown that renders as exactly that text (outside code spans: put data in
-    plain text, never between backticks, where a backslash would show)."""
+    """`str(text)` as inline Markdown that renders as exactly that text, outside code spans."""
     return str(text).translate(_ESCAPES)
 
 
-def escaped_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A table artifact's rows with every text cell escaped (the Prefect UI renders text cells as Markdown)."""
-    return [{key: escape(value) if isinstance(value, str) else value for key, value in row.items()} for row in rows]
+def table(header: Sequence[Any], *rows: Sequence[Any]) -> list[str]:
+    """A Markdown table's lines: `header`, its rule, then `rows`; cells are Markdown already (escape data first)."""
+    return [f"| {' | '.join(map(str, row))} |" for row in (header, ["---"] * len(header), *rows)]
 
 
 _BLOCK_START = re.compile(r"\s*([|#>!<]|[-*+] |\d+[.)] |```|---|\s{4})")  # not a paragraph's running text
@@ -34,9 +34,8 @@ _LIST_ITEM = re.compile(r"\s*([-*+]|\d+[.)]) ")
 
 
 def join_wrapped(markdown: str) -> str:
-    """`markdown` with every paragraph (and list item) on one line: a line that continues one is joined to
-    the line before with a space, which is what Markdown makes of the line break anyway, except the Prefect
-    UI, which shows it as a ragged short line. Tables, headings, images, quotes and code keep their lines."""
+    """`markdown` with every paragraph and list item on one line (the Prefect UI shows a wrapped line ragged);
+    tables, headings, images, quotes and code keep their lines."""
     lines: list[str] = []
     joinable, fenced = False, False  # whether the last line kept is running text a next line continues
     for line in markdown.split("\n"):

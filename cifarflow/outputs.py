@@ -1,9 +1,5 @@
-"""What every stage's output is, for the runner and every stage that reads one (types only).
-
-Each stage's output type derives from `StageOutput`: where it lives and its content fingerprint,
-from which downstream cache keys are built. Each stage's `find_*` reads its output back through
-`read_whole`, which tells "on disk and whole" from anything else.
-"""
+"""What every stage's output is (`StageOutput`: where it lives, its content fingerprint) and how a stage's
+`find_*` reads one back (`read_whole`: on disk and whole, or None)."""
 
 from __future__ import annotations
 
@@ -19,8 +15,7 @@ NOT_WHOLE: tuple[type[Exception], ...] = (OSError, ValueError, KeyError, TypeErr
 
 
 class StageOutput(ABC):
-    """A stage's output: `location` (the file or folder it lives in, under the data dir) and
-    `fingerprint` (a digest of its content: equal fingerprints, equal outputs)."""
+    """`location`: the file or folder it lives in, under the data dir; `fingerprint`: a digest of its content."""
 
     @property
     @abstractmethod
@@ -32,8 +27,7 @@ class StageOutput(ABC):
 
 
 def read_whole(read: Callable[[], T | None], *errors: type[Exception]) -> T | None:
-    """`read()`'s output, or None when it is not on disk whole: `read` raised one of `NOT_WHOLE` or
-    `errors` (a stage's own verification error), or returned None itself."""
+    """`read()`'s output, or None when it raised one of `NOT_WHOLE` or `errors` (a stage's verification error)."""
     try:
         return read()
     except (*NOT_WHOLE, *errors):

@@ -5,13 +5,9 @@
     python flows/add_images.py --withdraw 20261126T120000Z-1a2b3c4d   # take a batch out again
     python flows/add_images.py --list                    # the batches in the training data
 
-Every file is accounted for in `<data-dir>/reports/additions/<id>/summary.json`: added, already
-present (duplicates) or rejected with its reason (does not decode, not a CIFAR-10 class, absurd
-size, a copy of a test image). The inbox is only read. A new batch emits `cifar10.dataset.updated`,
-which starts the retraining deployment when a Prefect server runs (see the README).
-
-Exit status: 0 when the run completed (even if files were rejected or nothing was new), 2 for
-unusable arguments, 1 on failure.
+Every file is accounted for in `<data-dir>/reports/additions/<id>/summary.json`: added, a duplicate, or
+rejected with its reason. The inbox is only read. A new batch emits `cifar10.dataset.updated`.
+Exit status: 0 when the run completed (even with files rejected), 2 for unusable arguments, 1 on failure.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, print_problems, run_cli, run_command
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, print_problems, run_cli
 from cifarflow.data.dataset_versions import (
     active_batch_dir,
     batch_with_origin,
@@ -44,7 +40,6 @@ from tasks.additions import (
     announce_withdrawal,
     finish_killed_run,
     publish_addition_report,
-    read_version,
     scan,
     screen_images,
     withdraw,
@@ -57,16 +52,9 @@ INTAKE = "add_images or withdraw run"
 
 @flow(name="add-images", flow_run_name=run_name("add", "inbox", "inbox"), log_prints=True)
 def add_images(inbox: Path, data_dir: Path = Path("data"), origin: dict | None = None) -> str:
-    """Scan INBOX/<class>/…, screen every image, write the new ones as a batch, publish the summary.
-    `origin`: where the images came from, kept in the batch record and the summary (the feedback flow
-    gives its export, prediction ids and reviewers); a batch with this origin already in the training
-    data, or withdrawn from it since (a killed feedback export, resumed) is not screened again: its
-    summary is returned.
-    Returns the path of summary.json.
-
-    The batch, its report and its event are one journaled write (cifarflow/journal.py): a run killed
-    between them is finished (or undone, if its batch was not in place) by the next run, which says so
-    in its log and its summary (`recovered`)."""
+    """Scan INBOX/<class>/…, screen every image, write the new ones as a batch, publish the summary (one journaled
+    write); returns the path of summary.json. `origin` is kept in the batch record; a batch of the same origin,
+    active or withdrawn, is not added again: its summary is returned."""
     inbox = Path(from_printable(str(inbox)))  # names arrive as printable text (Prefect's parameters are UTF-8)
     layout = DataLayout(Path(from_printable(str(data_dir))).resolve())
     logger = get_run_logger()
@@ -76,11 +64,10 @@ def add_images(inbox: Path, data_dir: Path = Path("data"), origin: dict | None =
             withdrawn = " (withdrawn since: not added again)" if is_withdrawn(layout, earlier) else ""
             logger.warning("the images of this origin are batch %s%s: its summary stands", earlier.batch_id, withdrawn)
             return str(layout.additions_reports / earlier.batch_id / "summary.json")
-        before = read_version(layout)
+        before = current_version(layout)
         found = scan(inbox, before.label_names)
         screening = screen_images(found, layout)
-        digest = text_digest([a.digest for a in screening.accepted]) if screening.accepted else None
-        batch_id = new_batch_id(digest) if digest else None
+        batch_id = new_batch_id(text_digest([a.digest for a in screening.accepted])) if screening.accepted else None
         summary = build_summary(
             addition_id=batch_id or new_batch_id(text_digest(str(inbox.resolve()), found.files)),
             batch_id=batch_id,
@@ -88,16 +75,12 @@ def add_images(inbox: Path, data_dir: Path = Path("data"), origin: dict | None =
             files=found.files,
             screening=screening,
             previous_version=before.version,
-            dataset_version=before.version,
-            train_images=before.train_images,
         ) | ({"origin": origin} if origin else {})
         if batch_id:
             begin(layout.intake_journal, {"run": "add-images", "batch_id": batch_id, "summary": summary})
             kill_point("add-images:journal-written")
             write(layout, batch_id, screening, before.label_names, inbox, origin)
             kill_point("add-images:batch-written")
-            after = current_version(layout)
-            summary |= {"dataset_version": after.version, "train_images": after.train_images}
         summary |= {"recovered": recovered} if recovered else {}
         path = publish_addition_report(layout, summary, [a.pixels for a in screening.accepted])
         end(layout.intake_journal)
@@ -108,9 +91,7 @@ def add_images(inbox: Path, data_dir: Path = Path("data"), origin: dict | None =
 def withdraw_images(
     batch_id: str, data_dir: Path = Path("data"), lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
 ) -> dict[str, str]:
-    """Take a batch out of the training data (moved to batches-withdrawn/, not deleted). Waits for a
-    pipeline run on the data dir to finish first: it may be reading the batch's shards. The move and
-    its event are journaled like an addition (`recovered`: what the run finished or undid first)."""
+    """Move a batch to batches-withdrawn/ under the pipeline's lock (a run may read it), journaled like an addition."""
     layout = DataLayout(Path(data_dir).resolve())
     log = get_run_logger().info
     with data_dir_lock(layout.intake_lock, LOCK_TIMEOUT_S, log=log, holder_kind=INTAKE):
@@ -118,10 +99,8 @@ def withdraw_images(
         with data_dir_lock(layout.lock_file, lock_timeout_s, log=log):
             before = current_version(layout)
             active_batch_dir(layout, batch_id)  # an unknown batch: refused before the journal names it
-            begin(
-                layout.intake_journal,
-                {"run": "withdraw", "batch_id": batch_id, "previous_dataset_version": before.version},
-            )
+            intent = {"run": "withdraw", "batch_id": batch_id, "previous_dataset_version": before.version}
+            begin(layout.intake_journal, intent)
             moved = withdraw(layout, batch_id)
             kill_point("withdraw:batch-moved")
             after = current_version(layout)
@@ -201,4 +180,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(main())

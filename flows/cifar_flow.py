@@ -1,13 +1,10 @@
-"""The CIFAR-10 pipeline as one Prefect flow: ingest → validate → preprocess → train → evaluate →
-calibrate → robustness → report → promote.
+"""The CIFAR-10 pipeline as one Prefect flow (`--plan` lists its stages and what each would do).
 
-    python flows/cifar_flow.py                                     # the default source (--help says which)
-    python flows/cifar_flow.py --source data/cache/cifar-10-python.tar.gz
+    python flows/cifar_flow.py --source data/cache/cifar-10-python.tar.gz    # default: --help says which
     python flows/cifar_flow.py --model classic --epochs 20 --plan     # what would run, and why
     python flows/cifar_flow.py --stages evaluate,report,promote    # only these, reusing the rest
 
-Runs on Prefect's temporary local server when no PREFECT_API_URL is set, or against a
-running `prefect server start` when it is.
+Runs against the Prefect server in PREFECT_API_URL, else on Prefect's temporary local server.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ import sys
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli, run_command
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli
 from cifarflow.config import PipelineConfig, add_data_arguments, data_settings
 from cifarflow.files import ensure_writable
 from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock
@@ -29,7 +26,6 @@ from cifarflow.orchestration.artifacts import publish_registry, publish_report
 from cifarflow.orchestration.plan import plan_stages
 from cifarflow.orchestration.runner import StageRunner, parse_stage_list
 from cifarflow.orchestration.stages import STAGES
-from cifarflow.registry.upgrade import upgrade_registry
 from tasks.calibrate import calibrate
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
@@ -42,8 +38,7 @@ from tasks.validate import validate
 
 REUSED_HINT = (
     "the model was reused, not trained (its inputs have not changed: the stages show as Cached, nothing to watch); "
-    'to train again, and watch it in the UI: --refresh train (make run ARGS="--refresh train"); '
-    "every stage: --refresh"
+    'to train again, and watch it in the UI: --refresh train (make run ARGS="--refresh train"); every stage: --refresh'
 )
 
 
@@ -62,24 +57,21 @@ def cifar_pipeline(
     refresh: list[str] | None = None,
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
 ) -> dict:
-    """ingest → validate → preprocess → train → evaluate → calibrate → robustness → report → promote
-    for `config`. `stages` selects some (default all; the others are reused from disk where a
-    selected one needs them); `refresh` names stages to recompute even when their output is cached.
-    Returns where each stage's output lives."""
+    """Every stage for `config`, or the `stages` selected (the others read from disk where needed);
+    `refresh`: stages to recompute even when their output is on disk. Returns where each output lives."""
     logger = get_run_logger()
     ensure_writable(config.layout.root)
     run = StageRunner(config, parse_stage_list(stages, "stages"), parse_stage_list(refresh, "refresh"))
     with data_dir_lock(config.layout.lock_file, lock_timeout_s, log=logger.info):
-        upgrade_registry(config.layout.registry, logger.info)  # an older, restored or damaged registry
-        run(ingest)  # the archive → Parquet shards
-        run(validate)  # the dataset version (shards + added batches), checked
-        run(preprocess)  # the fitted transform and training-ready arrays
-        run(train)  # the preset's network, trained
-        run(evaluate)  # test-set predictions, metrics and plots
-        run(calibrate)  # the temperature that makes its probabilities honest
-        run(robustness)  # accuracy under corrupted images
-        run_report = run(report)  # report.md, metrics.json, the model card
-        decision = run(promote)  # champion/challenger; the winner becomes the next registry version
+        shards = run(ingest)  # the archive → Parquet shards
+        dataset = run(validate, shards)  # the dataset version (shards + added batches), checked
+        features = run(preprocess, dataset)  # the fitted transform and training-ready arrays
+        model = run(train, features)
+        evaluation = run(evaluate, features, model)  # test-set predictions, metrics and plots
+        calibration = run(calibrate, features, evaluation)  # the temperature that makes probabilities honest
+        corruption = run(robustness, features, model, evaluation, calibration)  # accuracy on corrupted images
+        run_report = run(report, shards, dataset, features, model, evaluation, calibration, corruption)
+        decision = run(promote, dataset, features, model, evaluation, calibration, run_report)  # the next champion?
     if run_report is not None and "report" in run.selected:
         publish_report(run_report, config.model)
         logger.info("report: %s", run_report.report_path)
@@ -90,21 +82,18 @@ def cifar_pipeline(
     return run.locations()
 
 
+# PipelineConfig fields with an option of the same name, their help its field description
+CONFIG_OPTIONS = {"epochs": int, "batch_size": int, "learning_rate": float, "seed": int, "promotion_alpha": float}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    defaults = PipelineConfig.model_fields
+    fields = PipelineConfig.model_fields
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(parser)
     parser.add_argument("--model", default="classic", help=f"model preset ({', '.join(PRESETS)}); default classic")
-    parser.add_argument("--epochs", type=int, help=defaults["epochs"].description)
-    parser.add_argument("--batch-size", type=int, help=defaults["batch_size"].description)
-    parser.add_argument("--learning-rate", type=float, help=defaults["learning_rate"].description)
-    parser.add_argument("--seed", type=int, default=defaults["seed"].default, help=defaults["seed"].description)
-    parser.add_argument(
-        "--promotion-alpha",
-        type=float,
-        default=defaults["promotion_alpha"].default,
-        help=defaults["promotion_alpha"].description,
-    )
+    for name, kind in CONFIG_OPTIONS.items():
+        option = "--" + name.replace("_", "-")
+        parser.add_argument(option, type=kind, default=fields[name].default, help=fields[name].description)
     parser.add_argument(
         "--min-accuracy",
         type=float,
@@ -113,47 +102,25 @@ def build_parser() -> argparse.ArgumentParser:
         + "; 0 turns it off)",
     )
     parser.add_argument(
-        "--warm-start",
-        choices=["none", "champion"],
-        default="none",
-        help=defaults["warm_start"].description,
+        "--warm-start", choices=["none", "champion"], default="none", help=fields["warm_start"].description
     )
     parser.add_argument("--stages", help=f"comma-separated stages to run (default all): {','.join(STAGES)}")
     parser.add_argument(
         "--refresh",
         nargs="?",
         const="all",
-        default=None,
         help="recompute these stages even if cached (comma-separated; no value = all)",
     )
     parser.add_argument("--plan", action="store_true", help="print what each stage would do, and why; run nothing")
-    parser.add_argument(
-        "--lock-timeout",
-        type=float,
-        default=DEFAULT_LOCK_TIMEOUT_S,
-        help=f"seconds to wait for another run on the same data dir (default {DEFAULT_LOCK_TIMEOUT_S:.0f})",
-    )
+    waits = f"seconds to wait for another run on the same data dir (default {DEFAULT_LOCK_TIMEOUT_S:.0f})"
+    parser.add_argument("--lock-timeout", type=float, default=DEFAULT_LOCK_TIMEOUT_S, help=waits)
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    return PipelineConfig(
-        **data_settings(args),
-        model=args.model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        promotion_alpha=args.promotion_alpha,
-        min_accuracy=args.min_accuracy,
-        warm_start=args.warm_start,
-    )
-
-
 def check_arguments(args: argparse.Namespace) -> tuple[PipelineConfig, list[str], list[str]]:
-    """The config and the stages to run and to refresh; a bad value raises ValidationError or
-    PipelineInputError (exit 2) before any work."""
-    config = config_from_args(args)
+    """The config and the stages to run and refresh; ValidationError or PipelineInputError (exit 2) first."""
+    chosen = {name: getattr(args, name) for name in [*CONFIG_OPTIONS, "model", "min_accuracy", "warm_start"]}
+    config = PipelineConfig(**data_settings(args), **chosen)
     stages = parse_stage_list(args.stages, "--stages")
     refresh = parse_stage_list(args.refresh, "--refresh")
     ensure_writable(config.layout.root)
@@ -179,4 +146,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(main())

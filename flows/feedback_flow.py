@@ -1,20 +1,9 @@
 """Corrections into the training data: the reviewers' new answers become a screened batch.
 
-    python flows/feedback_flow.py                      # the data dir ./data
-    python flows/feedback_flow.py --data-dir /srv/cifar
+    python flows/feedback_flow.py [--data-dir /srv/cifar]
 
-Takes each logged prediction's current answer (POST /feedback, the review page) that no earlier run
-handled, writes the exact pixels the model saw as an inbox (`<class>/<prediction_id>.png`) and runs
-the add-images flow on it: copies of test images are refused as leaks, images the training data holds
-are skipped, and the new ones become one batch whose record names its origin (the export, the
-prediction ids, the reviewers). A new batch emits `cifar10.dataset.updated`, which starts the
-retraining deployment. One image given different classes by two answers is held back, and listed,
-until a new answer makes them agree. Running it again adds nothing: each answer is handled once
-(`cifarflow.feedback.corrections`). The report lands in <data dir>/feedback/exports/<id>/ and the UI; the
-last line is `done: …`.
-
-Exit status: 0 when the run completed (even when nothing was new or every answer was refused), 2 for
-unusable arguments, 1 on failure.
+The report lands in <data dir>/feedback/exports/<id>/. Exit status: 0 when the run completed (even with
+nothing new), 2 for unusable arguments, 1 on failure.
 """
 
 from __future__ import annotations
@@ -23,16 +12,15 @@ import cifarflow.environment  # the defaults, before Prefect is imported
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
-from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, print_problems, run_cli, run_command
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, print_problems, run_cli
 from cifarflow.data.dataset_versions import current_version
 from cifarflow.errors import PipelineInputError
-from cifarflow.feedback.corrections import LOST, VERDICTS, ExportPlan, new_export_id, read_exported
+from cifarflow.feedback.corrections import ExportPlan, new_export_id, read_exported
 from cifarflow.files import ensure_writable, read_json
 from cifarflow.journal import begin, damaged, end, kill_point, unfinished
 from cifarflow.layout import DataLayout
@@ -54,13 +42,8 @@ LOCK_TIMEOUT_S = 600.0  # for another feedback export on the same data dir
 
 @flow(name="feedback", flow_run_name=run_name("feedback", "data_dir", "data"), log_prints=True)
 def export_feedback(data_dir: Path = Path("data")) -> dict[str, Any]:
-    """The new answers → an inbox → the add-images screening → one batch; the export's summary
-    (also in <data dir>/feedback/exports/<id>/summary.json; `path` says where).
-
-    From the inbox on, an export is journaled (cifarflow/journal.py): a run that finds an export a kill
-    left unfinished finishes that one, with the same answers and id (its batch is recognised by its
-    origin, so its answers are `added`, and its event is emitted if it was not), and says so
-    (`resumed`); an export folder a kill left before its journal was written is removed."""
+    """The new answers → an inbox → the add-images screening → one batch; the export's summary (`path`: its
+    summary.json). Journaled from the inbox on: the next run finishes one a kill left (`resumed`)."""
     layout = DataLayout(Path(from_printable(str(data_dir))).resolve())
     logger = get_run_logger()
     with data_dir_lock(layout.feedback_lock, LOCK_TIMEOUT_S, log=logger.info, holder_kind="feedback export"):
@@ -77,7 +60,7 @@ def export_feedback(data_dir: Path = Path("data")) -> dict[str, Any]:
         else:
             plan, exported = gather_answers(layout)
             remove_unfinished_exports(layout, exported)
-            if not (plan.ready or plan.lost or plan.held or plan.waiting):
+            if not (plan.ready or plan.lost or plan.held):
                 return {"export_id": None, "headline": "no new answers since the last export", "path": None}
             export_id = new_export_id(plan.ready)
             if plan.ready:
@@ -86,12 +69,13 @@ def export_feedback(data_dir: Path = Path("data")) -> dict[str, Any]:
         directory = layout.feedback_exports / export_id
         addition = None
         if plan.ready:
-            addition = read_json(
-                add_images(Path(printable(directory / "inbox")), Path(printable(layout.root)), origin(export_id, plan))
-            )
+            inbox, root = Path(printable(directory / "inbox")), Path(printable(layout.root))
+            reviewers = sorted({r.answer.reviewer for r in plan.ready})
+            ids = [r.answer.prediction_id for r in plan.ready]
+            origin = {"kind": "feedback", "export_id": export_id, "prediction_ids": ids, "reviewers": reviewers}
+            addition = read_json(add_images(inbox, root, origin))
         kill_point("feedback:batch-added")
-        verdicts = record_outcome(layout, exported, export_id, plan, addition)
-        summary = export_summary(export_id, plan, verdicts, addition)
+        summary = record_outcome(layout, exported, export_id, plan, addition)
         if killed:
             summary["resumed"] = f"resumed export {export_id}, which a killed run had left unfinished"
         summary["path"] = str(publish_feedback_report(directory, summary))
@@ -99,63 +83,9 @@ def export_feedback(data_dir: Path = Path("data")) -> dict[str, Any]:
         return summary
 
 
-def origin(export_id: str, plan: ExportPlan) -> dict[str, Any]:
-    """What the batch record keeps of where its images came from."""
-    return {
-        "kind": "feedback",
-        "export_id": export_id,
-        "prediction_ids": [r.answer.prediction_id for r in plan.ready],
-        "reviewers": sorted({r.answer.reviewer for r in plan.ready}),
-    }
-
-
-def export_summary(
-    export_id: str, plan: ExportPlan, verdicts: dict[str, tuple[str, str]], addition: dict[str, Any] | None
-) -> dict[str, Any]:
-    answers = [
-        {"prediction_id": r.answer.prediction_id, "label": r.answer.label, "reviewer": r.answer.reviewer}
-        | dict(zip(("verdict", "reason"), verdicts[r.answer.prediction_id]))
-        for r in plan.ready
-    ] + [
-        {
-            "prediction_id": a.prediction_id,
-            "label": a.label,
-            "reviewer": a.reviewer,
-            "verdict": "lost",
-            "reason": LOST,
-        }
-        for a in plan.lost
-    ]
-    tally = Counter(a["verdict"] for a in answers)
-    counts = {verdict: tally.get(verdict, 0) for verdict in VERDICTS}
-    counts["held"] = sum(a["new"] for c in plan.held for a in c["answers"])  # this run's answers only
-    counts["waiting"] = len(plan.waiting)
-    moved = addition is not None and addition["dataset_version"] != addition["previous_dataset_version"]
-    batch = f"batch {addition['batch_id']} (dataset version {addition['dataset_version']})" if moved else "no batch"
-    total = len(answers) + counts["held"] + counts["waiting"]
-    headline = (
-        f"{total} answers: {counts['added']} added as {batch}, {counts['duplicate']} "
-        f"already in the training data, {counts['conflict']} contradicting it, {counts['refused']} refused, "
-        f"{counts['held']} held back (conflicting), {counts['lost']} lost"
-    ) + (f", {counts['waiting']} waiting (a prediction log file could not be read)" if plan.waiting else "")
-    return {
-        "export_id": export_id,
-        "headline": headline,
-        "waiting": [a.prediction_id for a in plan.waiting],
-        "counts": counts,
-        "batch_id": addition["batch_id"] if moved else None,
-        "dataset_version": addition["dataset_version"] if addition else None,
-        "addition": addition and addition["addition_id"],
-        "answers": answers,
-        "held": plan.held,
-    }
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path("data"), help="the pipeline's data directory (default data)"
-    )
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="the pipeline's data directory")
     return parser
 
 
@@ -189,4 +119,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(main())

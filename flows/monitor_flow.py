@@ -1,20 +1,10 @@
-"""Drift monitoring: what the champion was asked lately, against held-out data it did not train on.
+"""Drift monitoring: a window of the prediction log against the champion's view of the test set.
 
-    python flows/monitor_flow.py                          # since the previous monitor run
-    python flows/monitor_flow.py --last 5000              # the 5,000 most recent logged images
+    python flows/monitor_flow.py                          # the rows no earlier run judged
+    python flows/monitor_flow.py --last 5000              # or only look: the 5,000 most recent
     python flows/monitor_flow.py --since 2026-11-30T08:00Z --data-dir /srv/cifar --keep-days 7
 
-The window is read from the prediction log (<data dir>/monitoring/log/, written by the service and
-the predict flow): every logged row no earlier run judged, however late it reached the log (judged
-by file: `cifarflow.monitoring.monitor`; a window too small to judge stays open for the next run; one
-over --max-images is judged on a random sample of that many), or the last N, or since a time (UTC when
-no zone is given): those two only look. One monitor run at a time per data dir (a second waits); a run
-finishes or undoes what a killed one left, and says which. The reference is the test
-set, scored by the champion once per model. Four signals (input PSI, embedding MMD, prediction
-chi-square, confidence KS: `cifarflow.monitoring.signals`) give the verdict; a window of fewer than 100
-images gets none. The report lands in <data dir>/monitoring/reports/<time>/ (monitor.json, report.md,
-plots) and in the Prefect UI; on drift the flow emits the event `cifar10.monitor.drift`. Log days older
-than --keep-days are deleted. The last line is `done: monitoring report at <dir>`.
+The report lands in <data dir>/monitoring/reports/<time>/; on drift the event `cifar10.monitor.drift`.
 """
 
 from __future__ import annotations
@@ -29,28 +19,19 @@ from pathlib import Path
 
 from prefect import flow
 
-from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli, run_command
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli
 from cifarflow.errors import PipelineInputError
 from cifarflow.inference.predictor import locate
+from cifarflow.journal import begin
 from cifarflow.layout import DataLayout
 from cifarflow.lock import data_dir_lock
-from cifarflow.monitoring.log import KEEP_DAYS
-from cifarflow.monitoring.monitor import MAX_IMAGES, MonitorSummary, parse_time, test_shards
+from cifarflow.monitoring.log import KEEP_DAYS, last_seq
+from cifarflow.monitoring.monitor import MAX_IMAGES, MonitorSummary, WindowBounds, parse_time, test_shards
 from cifarflow.monitoring.signals import MIN_WINDOW
 from cifarflow.orchestration.names import run_name
 from cifarflow.paths import from_printable, printable
 from cifarflow.registry import store
-from tasks.monitor import (
-    begin,
-    check_window,
-    choose_window,
-    commit_window,
-    emit_drift,
-    open_bookmark,
-    prepare_reference,
-    prune_log,
-    publish_monitor_artifacts,
-)
+from tasks.monitor import check_window, commit_window, emit_drift, open_bookmark, prepare_reference, prune_log
 
 
 @flow(name="monitor", flow_run_name=run_name("monitor", "data_dir", "data"), log_prints=True)
@@ -70,18 +51,21 @@ def monitor(
     with data_dir_lock(layout.monitor_lock, log=print, holder_kind="monitor run"):
         now = datetime.now(UTC)
         out = layout.monitor_reports / f"{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
-        state, notes = open_bookmark(layout, now, keep_days) if incremental else (None, [])  # a killed run: done
-        bounds = choose_window(layout, state, last, parse_time(since) if since else None, now)  # files not judged
         if incremental:
-            begin(layout, out, bounds)  # the run's journal
-        reference = prepare_reference(layout, champion)  # the champion's view of the test set
-        result = check_window(layout, champion, reference, bounds, out, state, notes, max_images)  # the report
-        publish_monitor_artifacts(result, out)
+            state, notes = open_bookmark(layout, now)
+            bounds = WindowBounds(None, now, after_seq=state.seq, upto_seq=last_seq(layout.prediction_log))
+            # a kill from here on is finished or undone by the next run (monitor.resume_run)
+            begin(layout.monitor_journal, {"report": out.name, "upto_seq": bounds.upto_seq, "emitted": False})
+        else:
+            state, notes = None, []
+            bounds = WindowBounds(parse_time(since) if since else None, now, last)
+        reference = prepare_reference(layout, champion)
+        result = check_window(layout, champion, reference, bounds, out, state, notes, max_images)
         if result.drift:
-            emit_drift(layout, result, incremental)  # cifar10.monitor.drift, for automations
+            emit_drift(layout, result, incremental)
         if incremental:
-            commit_window(layout, state, result, bounds, now)  # the window's files judged
-        prune_log(layout, keep_days, now, state)  # retention, and finished days' judged files merged
+            commit_window(layout, state, result, bounds, now)
+        prune_log(layout, keep_days, now)
     return result
 
 
@@ -91,18 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     window = parser.add_mutually_exclusive_group()
     window.add_argument("--last", type=int, metavar="N", help="the N most recent logged images")
     window.add_argument("--since", metavar="ISO-TIME", help="the images logged after this time (UTC if no zone)")
-    parser.add_argument(
-        "--keep-days",
-        type=int,
-        default=KEEP_DAYS,
-        help=f"delete prediction-log days older than this (default {KEEP_DAYS})",
-    )
-    parser.add_argument(
-        "--max-images",
-        type=int,
-        default=MAX_IMAGES,
-        help=f"judge a bigger window on a random sample of this many images (default {MAX_IMAGES:,})",
-    )
+    parser.add_argument("--keep-days", type=int, default=KEEP_DAYS, help="keep judged rows N days (%(default)s)")
+    parser.add_argument("--max-images", type=int, default=MAX_IMAGES, help="judge more on a sample (%(default)s)")
     return parser
 
 
@@ -135,4 +109,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(main())

@@ -1,19 +1,10 @@
 """Batch prediction: score image files with the champion (or any registry version or model file).
 
     python flows/predict_flow.py photos/ more/*.jpg one.png
-    python flows/predict_flow.py photos/ --model v2 --out scored.parquet --data-dir /srv/cifar
-    python flows/predict_flow.py photos/ --no-log      # keep these images out of the prediction log
+    python flows/predict_flow.py photos/ --model v2 --out scored.parquet --data-dir /srv/cifar [--no-log]
 
-PATH is any mix of image files, folders (searched recursively for .png .jpg .jpeg .webp .bmp) and
-glob patterns. Images are decoded as everywhere in the product: any size (centre square, resized to
-32×32), grayscale, palette and RGBA made RGB. The output is a Parquet file with one row per file
-(path, label, probability, top: the three most probable classes, model_version, error) and a contact
-sheet PNG beside it; a file that cannot be scored gets a row with its error, and the others go on.
-Every scored image is also appended to the prediction log (<data dir>/monitoring/log/, what the
-monitor flow reads), with its `prediction_id` in the row; `--no-log` turns that off.
-
-Exit status: 0 when at least one file was scored, 1 when none could be, 2 for unusable arguments.
-The last line is `done: predictions at <path>`.
+Writes a Parquet file, one row per file, and a contact sheet beside it. Exit status: 0 when at least one
+file was scored, 1 when none could be, 2 for unusable arguments.
 """
 
 from __future__ import annotations
@@ -28,16 +19,16 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, fail, print_problems, run_cli, run_command
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, fail, print_problems, run_cli
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import ensure_writable
 from cifarflow.inference.batch import BATCH_SIZE, BatchResult
 from cifarflow.inference.predictor import locate
-from cifarflow.inference.sources import expand_paths
+from cifarflow.inference.sources import select_files
 from cifarflow.layout import DataLayout
 from cifarflow.orchestration.names import run_name
 from cifarflow.paths import from_printable, printable
-from tasks.predict import find_images, publish_prediction_artifacts, score_images
+from tasks.predict import find_images, score_images
 
 
 class NothingScored(RuntimeError):
@@ -63,9 +54,7 @@ def predict(
     batch_size: int = BATCH_SIZE,
     log_predictions: bool = True,
 ) -> BatchResult | None:
-    """Score every image file under `paths` with `model` into a Parquet file and a contact sheet, and
-    append them to the prediction log unless `log_predictions` is off (None when the folders hold no
-    images: a scheduled run on an empty folder completes)."""
+    """Score every image file under `paths` with `model` (None: no files); NothingScored when none could be."""
     layout = DataLayout(Path(from_printable(str(data_dir))).resolve())  # names arrive as printable text
     out = Path(from_printable(str(out))).resolve() if out else default_out(layout, model)
     files = find_images(paths)
@@ -75,11 +64,14 @@ def predict(
     result = score_images(
         files, model, layout.registry, out, batch_size, layout.prediction_log if log_predictions else None
     )
-    publish_prediction_artifacts(result)
     get_run_logger().info(
-        "%d of %d files scored by %s, %d could not be: %s", result.scored, result.files, result.model_version,
-        result.failed, printable(result.out),
-    )  # fmt: skip
+        "%d of %d files scored by %s, %d could not be: %s",
+        result.scored,
+        result.files,
+        result.model_version,
+        result.failed,
+        printable(result.out),
+    )
     if result.scored == 0:
         raise NothingScored(f"none of the {result.files} files could be scored; {result.out} says why", result.out)
     return result
@@ -89,9 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders and glob patterns")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="the pipeline's data directory")
-    parser.add_argument(
-        "--model", default="champion", help="champion (default), a version (v1, v2, …), or a model path"
-    )
+    parser.add_argument("--model", default="champion", help="champion (default), a version (v1, …) or a model path")
     parser.add_argument("--out", type=Path, help="the Parquet file to write (default data/predictions/<run>/)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"images per batch (default {BATCH_SIZE})")
     parser.add_argument("--no-log", action="store_true", help="do not append the scored images to the prediction log")
@@ -105,7 +95,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.out is not None and args.out.suffix != ".parquet":
         raise PipelineInputError(f"--out must name a .parquet file, got {args.out}")
     try:
-        expand_paths(args.paths)
+        select_files(args.paths)  # UnusableArguments for a PATH that names nothing
         layout = DataLayout(args.data_dir.resolve())
         locate(args.model, layout.registry)  # ModelNotFound, before TensorFlow loads
         ensure_writable(args.out.resolve().parent if args.out else layout.predictions)  # StorageError
@@ -114,7 +104,6 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def run_prediction(args: argparse.Namespace, _: None) -> int:
-    """Score the files in a Prefect flow run; exit 1 when not one could be scored (the Parquet file says why)."""
     out = args.out.resolve() if args.out else None
     ensure_prefect_api()
     paths, data_dir, out = [printable(p) for p in args.paths], printable(args.data_dir), out and printable(out)
@@ -139,4 +128,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(main())

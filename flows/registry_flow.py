@@ -1,19 +1,12 @@
-"""The model registry: list its versions, move the champion by hand.
+"""The model registry: list its versions, print a version's SavedModel folder, move the champion by hand.
 
     python flows/registry_flow.py list                                  # the versions, as a table
+    python flows/registry_flow.py path [champion|v2]                    # the folder tf.saved_model.load reads
     python flows/registry_flow.py promote v2 --reason "v3 misreads night photos"   # roll back (or forward)
 
-Every promoted model is a version (v1, v2, …) that keeps its number; `champion` is the alias the
-pipeline, batch prediction and the service use. A move by hand is a Prefect flow run (visible in the
-UI) and is recorded in registry/aliases.jsonl with its reason; the nightly run does not promote a
-model a person rolled back from again. The service switches to the new champion without a restart.
-`list` also names every damaged registry file and what to do about it (every file of a version is
-checked against the sha256 recorded when it was registered); `promote` is how a damaged or lost
-champion alias is chosen again. Both first finish or undo what a killed command left (a version half
-built, a move half recorded) and say which.
-
-Exit status: 0 on success, 2 for unusable arguments (an unknown or damaged version, no reason), 1 on
-failure. The last line on stdout is `done: …` or `error: …`.
+A move by hand is a Prefect flow run, recorded in registry/aliases.jsonl with its reason; the nightly run does
+not promote a model rolled back from. Exit status: 0 done, 2 unusable arguments (an unknown or damaged version,
+no reason, no champion yet), 1 failure; the last line on stdout is `done: …` or `error: …`.
 """
 
 from __future__ import annotations
@@ -21,12 +14,13 @@ from __future__ import annotations
 import cifarflow.environment  # the defaults, before Prefect is imported
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
 from prefect import flow
 
-from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli, run_command
+from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli
 from cifarflow.errors import PipelineInputError, StorageError
 from cifarflow.layout import DataLayout
 from cifarflow.orchestration.names import run_name
@@ -49,38 +43,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="the pipeline's data directory")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     listing = commands.add_parser("list", help="the versions as a table, and the latest moves of the alias")
-    listing.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="the pipeline's data directory")
+    path = commands.add_parser("path", help="print the SavedModel folder of the champion or a version")
+    path.add_argument("version", nargs="?", default=store.ALIAS, help="champion (default), v1, v2, …")
     promote = commands.add_parser("promote", help="make a version the champion (a rollback or roll-forward)")
     promote.add_argument("version", help="v1, v2, …")
     promote.add_argument("--reason", required=True, help="why; recorded with the move")
-    promote.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="the pipeline's data directory")
+    for command in (listing, path, promote):
+        command.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS, help="the pipeline's data directory")
     return parser
 
 
-def recover(registry: Path) -> None:
-    """Finish or undo what a killed command left in the registry, saying which (`store.recover`); a
-    damaged alias is left for `list` to name and `promote` to repair, a read-only registry as it is."""
-    try:
-        store.recover(registry)
-    except (store.RegistryDamaged, StorageError):
-        pass
-
-
 def list_registry(registry: Path) -> int:
-    """Print what was finished or undone, the table, what is damaged (file and fix), and the latest
-    moves; exit 0 even when damaged."""
-    recover(registry)
+    """Print the table, what is damaged (file and fix), the latest moves; exit 0 even when damaged."""
+    with contextlib.suppress(StorageError):  # a read-only registry is listed as it is
+        store.recover(registry)
     rows = version_rows(registry)
     print(format_table(rows))
     problems = store.problems(registry)
     if problems:
         print("\ndamaged (not used until repaired):")
-        for damage in problems:
-            print(f"  {damage}")
-    try:
-        moves = alias_rows(registry, last=5)
-    except store.RegistryDamaged:
-        moves = []  # named among the problems above
+        print("\n".join(f"  {damage}" for damage in problems))
+    moves = alias_rows(registry, last=5)
     if moves:
         print("\nlatest moves of the champion alias:")
         for move in moves:
@@ -92,41 +75,39 @@ def list_registry(registry: Path) -> int:
 
 
 def check_arguments(args: argparse.Namespace) -> Path:
-    """The registry folder. For `promote`, unusable arguments (no reason, an unknown or damaged version,
-    a place where the champion link cannot go) raise PipelineInputError (exit 2) before any flow starts."""
+    """The registry folder; PipelineInputError (exit 2) for an empty reason, an unknown or damaged version."""
     registry = DataLayout(args.data_dir.resolve()).registry
+    if args.command == "promote" and not args.reason.strip():
+        raise PipelineInputError("--reason is empty; say why the champion moves (it is recorded)")
     if args.command == "promote":
-        if not args.reason.strip():
-            raise PipelineInputError("--reason is empty; say why the champion moves (it is recorded)")
         store.read_version(registry, args.version)
-        store.check_link_place(registry)
+    if args.command == "path":
+        champion = args.version == store.ALIAS
+        args.found = store.read_champion_version(registry) if champion else store.read_version(registry, args.version)
+        if args.found is None:
+            raise PipelineInputError(f"no champion in {registry} yet: run the pipeline first")
     return registry
 
 
 def run_registry(args: argparse.Namespace, registry: Path) -> int:
-    """`list`, or `promote` in a Prefect flow run (nothing to do when the version is the champion already)."""
+    """`list`, `path`, or `promote` in a Prefect flow run (nothing to do when the version is the champion)."""
     if args.command == "list":
         return list_registry(registry)
-    try:
-        current = store.champion_name(registry)
-    except store.RegistryDamaged:
-        current = None  # a damaged alias is what a move by hand repairs
-    recover(registry)
-    if current == args.version:
+    if args.command == "path":
+        print(args.found.export_dir)
+        return done(f"{args.found.name}'s SavedModel, the folder above: tf.saved_model.load(…) reads it")
+    store.recover(registry)
+    if store.readable_champion(registry) == args.version:  # a damaged alias is what a move by hand repairs
         return done(f"{args.version} is the champion already; nothing to do")
     ensure_prefect_api()
     move = promote_version(args.version, args.reason, args.data_dir)
     return done(f"champion {move['from'] or '(none)'} → {move['to']} ({move['reason']})")
 
 
-def action(args: argparse.Namespace) -> str:
-    """What the command was doing, for `error: <action> failed: …`."""
-    return "listing the registry" if args.command == "list" else "moving the champion"
-
-
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser(), check_arguments, run_registry, argv, what=action)
+    what = {"list": "listing the registry", "path": "finding the version", "promote": "moving the champion"}
+    return run_cli(build_parser(), check_arguments, run_registry, argv, what=lambda args: what[args.command])
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(main())

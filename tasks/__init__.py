@@ -1,6 +1,5 @@
-"""The pipeline's Prefect tasks, one module per stage: thin wrappers over `cifarflow`'s plain functions.
-Each is called through `cifarflow.orchestration.runner.StageRunner`, which hands it the stage's cache key
-and exactly the inputs its spec declares. A stage's task is `tasks/<stage>.py`'s function `<stage>`."""
+"""The pipeline's Prefect tasks, one module per stage (`tasks/<stage>.py`'s function `<stage>`), thin
+wrappers over `cifarflow`'s plain functions, made by `cifarflow.orchestration.runner.stage_task`."""
 
 from __future__ import annotations
 

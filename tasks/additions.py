@@ -1,8 +1,5 @@
-"""The tasks of `flows/add_images.py`: scan the inbox, screen its images, write the batch, publish.
-
-They read and write the data directory's current state (batches, the dataset version), so none of
-them is cached: every run looks again. Screening retries nothing: a bad image is a result, not an error.
-"""
+"""The tasks of `flows/add_images.py`, none cached (each reads the data dir's current state) nor retried (a bad
+image is a result, not an error)."""
 
 from __future__ import annotations
 
@@ -26,8 +23,7 @@ from cifarflow.data.dataset_versions import (
 )
 from cifarflow.data.shards import read_shards, shard_files
 from cifarflow.intake.batch_report import write_summary
-from cifarflow.intake.inbox import Inbox, scan_inbox
-from cifarflow.intake.screen import Screening, batch_table, load_reference, screen_inbox
+from cifarflow.intake.screen import Inbox, Screening, batch_table, load_reference, scan_inbox, screen_inbox
 from cifarflow.journal import damaged, end, unfinished
 from cifarflow.layout import DataLayout
 from cifarflow.orchestration.artifacts import publish_addition
@@ -72,8 +68,7 @@ def write(
     inbox: Path,
     origin: dict | None = None,
 ) -> BatchInfo:
-    """Write the accepted images as the immutable batch `batch_id` (whole or not at all). `origin`, when
-    given, is kept in the batch record."""
+    """Write the accepted images as the immutable batch `batch_id`, whole or not at all, with `origin`."""
     record = {"inbox": printable(inbox.resolve()), "class_counts": screening.class_counts}
     record |= {"origin": origin} if origin else {}
     batch = write_batch(layout, batch_id, batch_table(screening.accepted, label_names), record)
@@ -83,8 +78,10 @@ def write(
 
 @task(name="publish-addition", cache_policy=NO_CACHE)
 def publish_addition_report(layout: DataLayout, summary: dict, added_images: list[np.ndarray]) -> Path:
-    """Write summary.json + report.md (with a grid of `added_images`), publish them to the UI, and
-    announce a new dataset version (when the summary's version moved)."""
+    """Write summary.json (with the data's current version) and report.md, publish them, and announce a new
+    dataset version."""
+    after = current_version(layout)
+    summary = summary | {"dataset_version": after.version, "train_images": after.train_images}
     path = write_summary(layout.additions_reports / summary["addition_id"], summary, added_images)
     publish_addition(summary, path)
     if summary["dataset_version"] != summary["previous_dataset_version"]:
@@ -101,10 +98,8 @@ def announce_withdrawal(layout: DataLayout, batch_id: str, previous_version: str
 
 @task(name="finish-killed-run", cache_policy=NO_CACHE)
 def finish_killed_run(layout: DataLayout) -> str | None:
-    """Settle what a killed add_images or withdraw run left (call it holding the intake lock): hidden
-    staging is removed; the run its journal names is finished when its batch had moved (an addition:
-    its report written and cifar10.dataset.updated emitted; a withdrawal: the event emitted), undone
-    when it had not. Returns the sentence saying which (also logged), None when no run was killed."""
+    """Under the intake lock: finish the killed run the journal names if its batch had moved, else undo it; the
+    sentence saying which, None when no run was killed; PipelineInputError for a damaged journal."""
     remove_unfinished(layout)
     killed = unfinished(layout.intake_journal, ("run", "batch_id"))
     if killed is None:
@@ -124,11 +119,9 @@ def finish_killed_run(layout: DataLayout) -> str | None:
     elif not active:
         message = f"undid the add_images run killed before its batch {batch_id} was in place: nothing of it was added"
     else:
-        after = current_version(layout)
-        summary = killed["summary"] | {"dataset_version": after.version, "train_images": after.train_images}
         batch = read_batch(layout.batch_dir(batch_id))
         images, _ = read_shards(*shard_files(batch.directory, batch_shards(batch)))
-        publish_addition_report.fn(layout, summary, list(images))
+        publish_addition_report.fn(layout, killed["summary"], list(images))
         message = (
             f"finished the add_images run killed after writing batch {batch_id}: its report written, "
             "cifar10.dataset.updated emitted"
@@ -136,12 +129,6 @@ def finish_killed_run(layout: DataLayout) -> str | None:
     get_run_logger().warning(message)
     end(layout.intake_journal)
     return message
-
-
-@task(name="read-dataset-version", cache_policy=NO_CACHE)
-def read_version(layout: DataLayout) -> DatasetVersion:
-    """The dataset version before this run changes anything."""
-    return current_version(layout)
 
 
 @task(name="withdraw-batch", cache_policy=NO_CACHE)

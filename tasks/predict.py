@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -21,9 +22,7 @@ SKIPPED_LOGGED = 100  # files in the folders that are not scored, each logged wi
 
 @task(name="find-images", cache_policy=NO_CACHE)
 def find_images(paths: list[str]) -> list[Path]:
-    """PATH arguments → the files to score (folders recursively, glob patterns expanded). A path that
-    does not exist fails the run; folders with no images in them leave nothing to score. Files in the
-    folders that are not scored (hidden, not an image, a broken link) are logged with the reason."""
+    """PATH arguments → the files to score; files in the folders not scored are logged with the reason."""
     logger = get_run_logger()
     selection = select_files([from_printable(path) for path in paths], allow_empty=True)  # printable: see paths
     logger.info("%d files to score in %s", len(selection.files), printable(", ".join(paths)))
@@ -38,8 +37,7 @@ def find_images(paths: list[str]) -> list[Path]:
 def score_images(
     files: list[Path], model: str, registry: Path, out: Path, batch_size: int, prediction_log: Path | None
 ) -> BatchResult:
-    """Load the model, score every file into `out` (Parquet) and a contact sheet beside it, and append
-    each scored image to the prediction log at `prediction_log` (None: no log)."""
+    """Score every file with `model` into `out` and a contact sheet, logging to `prediction_log` (None: no log)."""
     logger = get_run_logger()
     predictor = load_predictor(model, registry)
     logger.info("model %s (%s)", predictor.version, predictor.preset)
@@ -50,14 +48,7 @@ def score_images(
         if log_progress(done, total, failed):  # an API call per batch would cost more than small batches take
             update_progress_artifact(artifact, 100 * done / total)
 
-    sheet = out.with_suffix(".png")
-    if prediction_log is None:
-        return predict_files(files, predictor, out, sheet, batch_size, on_progress)
-    with PredictionLog(prediction_log, warn=logger.warning) as log:  # closing it writes the last rows
-        return predict_files(files, predictor, out, sheet, batch_size, on_progress, log)
-
-
-@task(name="publish-predictions", cache_policy=NO_CACHE)
-def publish_prediction_artifacts(result: BatchResult) -> None:
-    """The predictions as Prefect artifacts: a summary with the contact sheet, and a table."""
-    publish_predictions(result)
+    with PredictionLog(prediction_log, logger.warning) if prediction_log else nullcontext() as log:  # close: commit
+        result = predict_files(files, predictor, out, out.with_suffix(".png"), batch_size, on_progress, log)
+    publish_predictions(result)  # a summary with the contact sheet, and a table
+    return result

@@ -14,7 +14,7 @@ from cifarflow.training.run import TrainResult
 from cifarflow.validation.validate import ValidatedData
 
 
-@stage_task("promote", retries=1, delay=2, task_run_name="promote-{config.model}", tags=["champion-challenger"])
+@stage_task("promote", retries=1, delay=2, task_run_name="promote-{config.model}")
 def promote(
     config: PipelineConfig,
     key: str,
@@ -25,9 +25,8 @@ def promote(
     calibrate: Calibration,
     report: Report,
 ) -> Promotion:
-    """Champion/challenger: promote this run's model if it is significantly better (McNemar's test) and
-    its exported artifact (the temperature traced in) passes the smoke test; it then becomes the
-    registry's next version. The corruption table comes with the report's metrics."""
+    """Champion/challenger: this run's model becomes the registry's next version if it is significantly
+    better (McNemar's test) and its export (temperature traced in) passes the smoke test."""
     challenger = challenger_score(evaluate.directory, preprocess, train, report, config.model, validate.dataset_version)
     return promote_challenger(
         challenger,

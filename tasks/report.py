@@ -27,14 +27,9 @@ def report(
     robustness: Robustness,
 ) -> Report:
     """Write data/reports/<run-name>/ (report.md, metrics.json, plots, model card) and `latest`."""
-    card = model_card(
-        run_name=run_name_for(config.model, train.epochs, key),
-        config=config,
-        train=train,
-        ingest=ingest,
-        dataset=validate,
-        features=preprocess,
-    ) | {"cache_key": key}
+    name = run_name_for(config.model, train.epochs, key)
+    card = model_card(run_name=name, config=config, train=train, ingest=ingest, dataset=validate, features=preprocess)
+    card |= {"cache_key": key}
     data_section = (validate.directory / "validation.md").read_text()
     result = write_report(
         evaluate.directory, calibrate.directory, robustness.directory, card, config.layout.reports, data_section

@@ -6,15 +6,13 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from cifarflow.config import PipelineConfig
 from cifarflow.data.transform import Features
 from cifarflow.orchestration.runner import stage_task
-from cifarflow.training.run import TrainResult, train_model
-from cifarflow.training.settings import TrainSettings
+from cifarflow.training.run import TrainResult, TrainSettings, train_model
 from cifarflow.training.warm_start import WarmStartPlan
 
 
 @stage_task("train", retries=1, delay=5, task_run_name="train-{config.model}-e{config.train_epochs}")
 def train(config: PipelineConfig, key: str, preprocess: Features, warm_start_from: WarmStartPlan) -> TrainResult:
-    """Train the chosen preset (from the weights `warm_start_from` names, if any); logs every epoch
-    and updates a progress artifact in the UI."""
+    """Train the preset (from `warm_start_from`'s weights, if any); each epoch logged and in a UI progress bar."""
     logger = get_run_logger()
     settings = TrainSettings(
         config.model,

@@ -12,8 +12,7 @@ from cifarflow.validation.validate import ValidatedData, validate_dataset
 
 @stage_task("validate", retries=1, delay=1, task_run_name="validate")
 def validate(config: PipelineConfig, key: str, ingest: IngestResult, dataset_version: DatasetVersion) -> ValidatedData:
-    """Check the current dataset version (ingested shards + added batches): hard problems fail the
-    run, warnings go to the log, the report and a UI artifact."""
+    """Check the dataset version (shards + added batches): problems fail the run, warnings go to log and UI."""
     logger = get_run_logger()
     version = dataset_version
     logger.info(

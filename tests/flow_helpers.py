@@ -7,16 +7,32 @@ import time
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-from cifarflow.orchestration.stages import STAGES, downstream
 from flows.cifar_flow import cifar_pipeline
 
-
-def rerun_states(*changed: str) -> dict[str, str]:
-    """The task-run states a rerun should show when the output of each `changed` stage changes (or it
-    is refreshed): those stages and every stage reading them, per the declared stage graph, run
-    (`Completed`); the rest are reused (`Cached`). No argument: everything is reused."""
-    reran = {stage for name in changed for stage in downstream(name)}
-    return {stage: "Completed" if stage in reran else "Cached" for stage in STAGES}
+# Every stage's task-run state when every stage runs, and when every output is reused (written out, not
+# derived from the stage graph: a wrong declaration must not change the expectation with the behaviour).
+ALL_COMPLETED = {
+    "ingest": "Completed",
+    "validate": "Completed",
+    "preprocess": "Completed",
+    "train": "Completed",
+    "evaluate": "Completed",
+    "calibrate": "Completed",
+    "robustness": "Completed",
+    "report": "Completed",
+    "promote": "Completed",
+}
+ALL_CACHED = {
+    "ingest": "Cached",
+    "validate": "Cached",
+    "preprocess": "Cached",
+    "train": "Cached",
+    "evaluate": "Cached",
+    "calibrate": "Cached",
+    "robustness": "Cached",
+    "report": "Cached",
+    "promote": "Cached",
+}
 
 
 def run_flow(config, **kwargs):

@@ -36,12 +36,12 @@ def tiny_model_file(path: Path, seed: int) -> Path:
 
 
 def version_inputs(model_path: Path, seed: int, test_images: int = 100):
-    """(record, metrics, predictions, labels, canary) for `stage_version`, as a promotion would pass them
+    """(record, metrics, predictions, labels, canary) for `stage_next_version`, as a promotion would pass them
     (`record` a `VersionRecord`)."""
     from cifarflow.files import file_digest
     from cifarflow.models.presets import get_preset
     from cifarflow.registry.build import Canary
-    from cifarflow.registry.records import VersionRecord
+    from cifarflow.registry.store import VersionRecord
 
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, test_images)
@@ -71,7 +71,7 @@ def version_inputs(model_path: Path, seed: int, test_images: int = 100):
 
 def evaluation_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict:
     """metrics.json as evaluation writes it, for these predicted labels (a promotion's report reads it)."""
-    from cifarflow.evaluation.metrics import compute_metrics
+    from cifarflow.evaluation.evaluate import compute_metrics
 
     probabilities = np.full((len(predictions), 10), 0.01, np.float32)
     probabilities[np.arange(len(predictions)), predictions] = 0.91
@@ -87,7 +87,7 @@ def build_two_versions(data_dir: Path) -> Path:
 
 
 def copy_data_dir(template: Path, target: Path) -> Path:
-    """A private copy of a fixture data dir (the alias stays a relative symlink), safe to change."""
+    """A private copy of a fixture data dir, safe to change."""
     import shutil
 
     shutil.copytree(template, target, symlinks=True)
@@ -96,28 +96,28 @@ def copy_data_dir(template: Path, target: Path) -> Path:
 
 def add_version(registry: Path, seed: int, scratch: Path, reason: str = "promoted: test fixture"):
     """Register a new version built from a fresh random network and make it the champion."""
-    from cifarflow.registry import store
-    from cifarflow.registry.build import stage_version
+    from cifarflow.registry.build import make_champion, stage_next_version
 
     model_path = tiny_model_file(scratch / f"model-{seed}" / "model.keras", seed)
-    record, metrics, predictions, labels, canary = version_inputs(model_path, seed)
-    name = store.next_name(registry)
-    staged = stage_version(
-        store.new_staging(registry), name, model_path, record, metrics, predictions, labels, canary, log=lambda _: None
-    )
-    version = store.commit_version(registry, staged.directory, staged.name)
-    store.move_alias(registry, version.name, by="promotion", reason=reason)
-    return version
+    staged = stage_next_version(registry, model_path, *version_inputs(model_path, seed), log=lambda _: None)
+    return make_champion(registry, staged, reason=reason)
 
 
-def unseal(version: Path) -> None:
-    """Make a version look registered before file digests were recorded (no `files`, no seal):
-    an unverified version."""
+def reseal(version: Path) -> None:
+    """Seal a version's files as they are now (`files` and `record_sha256`): damage no file check sees, as
+    if it was registered so, which only loading the export finds."""
     import json
 
+    from cifarflow.files import file_digest
+    from cifarflow.registry import store
+
     record = json.loads((version / "version.json").read_text())
-    del record["files"], record["record_sha256"]
-    (version / "version.json").write_text(json.dumps(record))
+    record["files"] = {
+        path.relative_to(version).as_posix(): {"size": path.stat().st_size, "sha256": file_digest(path)}
+        for path in sorted(version.rglob("*"))
+        if path.is_file() and path.name != "version.json"
+    }
+    (version / "version.json").write_text(json.dumps(record | {"record_sha256": store.record_digest(record)}))
 
 
 def snapshot(root: Path, mtimes: bool = False) -> dict[str, tuple]:

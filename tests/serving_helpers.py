@@ -113,6 +113,13 @@ def serving_in_thread(app, startup_timeout: float = 120) -> Iterator[str]:
         thread.join(30)
 
 
+def app_routes(app) -> list:
+    """Every route of a FastAPI app, those of its included routers too (FastAPI ≥ 0.150 nests them)."""
+    from fastapi.routing import iter_route_contexts
+
+    return [context.original_route for context in iter_route_contexts(app.routes)]
+
+
 def flat_png(width: int, height: int) -> bytes:
     """A white RGBA PNG of width × height: a few hundred KB however many pixels (7,000 × 7,000 is
     208 KB), the costliest kind to decode (RGBA, composited on white): a decompression-heavy upload."""

@@ -13,13 +13,11 @@ import pytest
 import tensorflow as tf
 
 from cifarflow.data.transform import Normalization
-from cifarflow.evaluation import scoring
-from cifarflow.models import airbench, precision
-from cifarflow.models.presets import PRESETS, get_preset
-from cifarflow.models.recipes import AirbenchRecipe
+from cifarflow.models import airbench, precision, scoring
+from cifarflow.models.presets import PRESETS, AirbenchRecipe, get_preset
 from cifarflow.training import airbench_loop, augment, muon
 from cifarflow.training.callbacks import AtomicBackupAndRestore, WarmStart
-from cifarflow.training.settings import TrainSettings
+from cifarflow.training.run import TrainSettings
 from tests.synthetic import write_features
 
 CIFAR = Normalization("standardize", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
@@ -165,17 +163,19 @@ def test_tta_averages_the_flipped_and_translated_views(tmp_path):
     views = [pixels, padded[:, 0:32, 0:32], padded[:, 2:34, 2:34]]  # airbench: as is, shifted ±1 px
     mirrored = [(f(v) + f(v[:, :, ::-1])) / 2 for v in views]
     expected = 0.5 * mirrored[0] + 0.25 * mirrored[1] + 0.25 * mirrored[2]
+
+    def averaged(level: int) -> np.ndarray:  # the views' outputs averaged, without the softmax
+        return scoring.predict_in_batches(scoring.serve_tta(model, outputs="probabilities", level=level), pixels, 2)
+
     # float32 sums in another order: relative tolerance, plus an absolute one for logits near zero
-    np.testing.assert_allclose(
-        scoring.tta_average(model, pixels, level=2, batch_size=2), expected, rtol=1e-5, atol=1e-6
-    )
-    np.testing.assert_allclose(scoring.tta_average(model, pixels, level=1), mirrored[0], rtol=1e-5)
-    np.testing.assert_allclose(scoring.tta_average(model, pixels, level=0), f(pixels), rtol=1e-5)
+    np.testing.assert_allclose(averaged(2), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(averaged(1), mirrored[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(averaged(0), f(pixels), rtol=1e-5, atol=1e-6)
     assert sum(w for w, *_ in augment.tta_views(level=2)) == pytest.approx(1.0)
 
-    probabilities = scoring.predict_tta(model, pixels, outputs="logits")
-    assert probabilities.shape == (5, 10)
-    np.testing.assert_allclose(probabilities, scoring.softmax(expected), rtol=1e-5)
+    probabilities = scoring.predict_in_batches(scoring.serve_tta(model, outputs="logits"), pixels, batch_size=2)
+    assert probabilities.shape == (5, 10) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, scoring.softmax(expected), rtol=1e-5, atol=1e-7)
 
 
 def _settings(model: str, epochs: int, batch_size: int) -> TrainSettings:
@@ -305,6 +305,6 @@ def test_every_preset_is_one_complete_registry_entry():
     from cifarflow.models.presets import resolve
 
     for name, preset in PRESETS.items():
-        for reference in (preset.builder, preset.loader, preset.trainer, preset.predictor, preset.serving):
+        for reference in (preset.builder, preset.trainer, preset.serving):
             assert callable(resolve(reference)), f"{name}: {reference}"
         assert preset.build(CIFAR).count_params() == preset.params, name

@@ -80,15 +80,16 @@ def test_each_stage_key_covers_all_library_code_its_task_runs():
     }
     for preset in PRESETS.values():
         entry["train"] |= {preset.builder.split(":")[0], preset.trainer.split(":")[0]}
-        entry["evaluate"] |= {preset.builder.split(":")[0], preset.predictor.split(":")[0]}
+        entry["evaluate"] |= {preset.builder.split(":")[0], preset.serving.split(":")[0]}
         entry["promote"] |= {preset.builder.split(":")[0], preset.serving.split(":")[0]}  # the export traces these
         entry["robustness"] |= {preset.builder.split(":")[0], preset.serving.split(":")[0]}  # scored as exported
     shared = {
         "cifarflow",
         "cifarflow.errors",
         "cifarflow.layout",
+        "cifarflow.lock",
         "cifarflow.outputs",
-    }  # no arithmetic: types and messages
+    }  # no arithmetic: types, messages, paths and locks
     for stage, spec in SPECS.items():
         seen, todo = set(), set(entry[stage])
         while todo:
@@ -154,29 +155,51 @@ def test_local_source_is_keyed_by_content_not_path(synthetic_archive, tmp_path):
     assert identity(copy.as_uri()) == original
     copy.write_bytes(copy.read_bytes() + b"\0")  # a new mtime and size: hashed again, not remembered
     assert identity(copy) != original
-    assert str(copy.resolve()) in (tmp_path / "data" / ".stage-state" / "sources.json").read_text()
+    assert str(copy.resolve()) in (tmp_path / "data" / ".stage-state" / "digests.json").read_text()
 
 
-def test_a_source_inside_the_data_dir_is_remembered_after_the_data_dir_moves(tmp_path, monkeypatch):
+@pytest.fixture
+def hashed(monkeypatch) -> list[str]:
+    """The files `cifarflow.files.file_digest` really reads from now on."""
+    import cifarflow.files
+
+    read, new = [], cifarflow.files.hashlib.new
+    monkeypatch.setattr(cifarflow.files.hashlib, "new", lambda name: read.append(name) or new(name))
+    return read
+
+
+def remembered(path: Path, root: Path) -> str:
+    from cifarflow.files import file_digest, remembered_digests
+
+    with remembered_digests(root / ".stage-state" / "digests.json", root):
+        return file_digest(path)
+
+
+def test_a_remembered_digest_is_trusted_only_while_inode_size_and_mtime_are_unchanged(tmp_path, hashed):
     from cifarflow.files import file_digest
 
     root = tmp_path / "data"
-    archive = root / "cache" / "cifar-10-python.tar.gz"
-    archive.parent.mkdir(parents=True)
-    archive.write_bytes(b"an archive")
-    memo = root / ".stage-state" / "sources.json"
-    digest = cache.remembered_digest(archive, memo, root)
-    assert digest == file_digest(archive) and '"cache/cifar-10-python.tar.gz"' in memo.read_text()
+    output = root / "features" / "x_train.npy"
+    output.parent.mkdir(parents=True)
+    output.write_bytes(b"an output of many bytes")
+    digest = remembered(output, root)
+    assert (
+        digest == file_digest(output) and '"features/x_train.npy"' in (root / ".stage-state/digests.json").read_text()
+    )
+    hashed.clear()
 
-    moved = tmp_path / "moved"
-    root.rename(moved)  # `mv`: same inode, size and time stamp
+    root.rename(tmp_path / "moved")  # `mv`: same inode, size and time stamp: remembered
+    root = tmp_path / "moved"
+    output = root / "features" / "x_train.npy"
+    assert remembered(output, root) == digest and hashed == []
 
-    def rehashed(path):
-        raise AssertionError(f"{path} was hashed again")
-
-    monkeypatch.setattr(cache, "file_digest", rehashed)
-    moved_memo = moved / ".stage-state" / "sources.json"
-    assert cache.remembered_digest(moved / "cache" / archive.name, moved_memo, moved) == digest
+    data = bytearray(output.read_bytes())
+    data[3] ^= 1
+    output.write_bytes(bytes(data))  # a flipped byte, written: a new mtime
+    assert remembered(output, root) != digest and len(hashed) == 1
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)  # copy2: same size and mtime, a new inode
+    assert remembered(copy / "features" / "x_train.npy", copy) == file_digest(output) and len(hashed) == 3
 
 
 @pytest.mark.parametrize("text", ["", '{"key": "abc", "par', '["a list"]', '{"key": "abc", "params": 3}'])
@@ -185,10 +208,10 @@ def test_a_damaged_stage_record_reads_as_none_and_a_damaged_memo_as_empty(tmp_pa
     state_dir.mkdir()
     (state_dir / "train.json").write_text(text)
     assert cache.last_state(state_dir, "train") is None  # --plan then says "never ran", no traceback
-    (state_dir / "sources.json").write_text(text)
+    (state_dir / "digests.json").write_text(text)
     source = tmp_path / "archive.tar.gz"
     source.write_bytes(b"bytes")
-    assert len(cache.remembered_digest(source, state_dir / "sources.json")) == 64
+    assert len(remembered(source, tmp_path)) == 64
 
 
 def test_an_archive_inside_the_data_dir_keys_the_report_by_its_place_there(synthetic_archive, tmp_path):

@@ -11,8 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from cifarflow.calibration.calibrate import SAFE_TEMPERATURE, calibrate_model, check_probabilities, cross_fit
-from cifarflow.calibration.halves import half_of
+from cifarflow.calibration.calibrate import (
+    SAFE_TEMPERATURE,
+    apply_temperature,
+    calibrate_model,
+    check_probabilities,
+    cross_fit,
+    fit_temperature,
+    half_of,
+)
 from cifarflow.calibration.scores import (
     brier_score,
     calibration_scores,
@@ -20,7 +27,6 @@ from cifarflow.calibration.scores import (
     negative_log_likelihood,
     reliability_bins,
 )
-from cifarflow.calibration.temperature import apply_temperature, fit_temperature
 
 pytestmark = pytest.mark.unit
 

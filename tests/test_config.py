@@ -26,6 +26,8 @@ from cifarflow.files import file_digest
         ({"normalization": "minmax"}, "'unit' or 'standardize'"),
         ({"source": "/nowhere/cifar.tar.gz"}, "is not an existing file"),
         ({"learning_rate": -1.0}, "greater than 0"),
+        ({"promotion_alpha": 1.5}, "less than 1"),
+        ({"promotion_alpha": 0}, "greater than 0"),
         ({"colour": "blue"}, "Extra inputs are not permitted"),
     ],
 )

@@ -15,7 +15,6 @@ from threadpoolctl import threadpool_limits
 from cifarflow.data.statistics import pixel_value_counts
 from cifarflow.monitoring.signals import (
     ALPHA,
-    FAMILY_ALPHA,
     INPUT_PSI,
     SIGNAL_NAMES,
     Scored,
@@ -63,9 +62,16 @@ def top_probabilities(rng: np.random.Generator, count: int, a: float = 8, b: flo
     return 0.1 + 0.9 * rng.beta(a, b, count)  # a ten-class model's top probability lies in [0.1, 1]
 
 
-def test_the_family_wise_rate_is_shared_by_bonferroni():
-    assert ALPHA * len(SIGNAL_NAMES) == pytest.approx(FAMILY_ALPHA)
-    assert false_alarm_bound(MMD_REPEATS) == 4 and false_alarm_bound(REPEATS) == 9  # the bounds used below
+@pytest.mark.parametrize(
+    ("predicted_zero", "p_value", "fires"), [(124, 0.0205, False), (125, 0.0156, False), (127, 0.0087, True)]
+)
+def test_a_test_fires_below_a_quarter_of_the_five_percent_family_rate(predicted_zero, p_value, fires):
+    """Four signals share 5% (Bonferroni): a chi-square p of 0.02, which an uncorrected 5% test would call
+    drift, does not fire; below 0.0125 it does. The p-values are scipy's for 100/100 against n/(200 − n)."""
+    reference = np.repeat([0, 1], [100, 100])
+    window = np.repeat([0, 1], [predicted_zero, 200 - predicted_zero])
+    signal = prediction_drift(reference, window, classes=2)
+    assert signal.p_value == pytest.approx(p_value, abs=1e-4) and signal.drift is fires
 
 
 def test_pixel_value_counts_counts_each_channel_exactly():

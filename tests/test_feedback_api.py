@@ -5,13 +5,11 @@ at once. The page and the review grid are driven in Chromium by tests/test_feedb
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
-import json
 import multiprocessing
-import os
+import sqlite3
 import subprocess
+import sys
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.registry_helpers import copy_data_dir
-from tests.serving_helpers import encode, scene, serving_in_thread, wait_until
+from tests.serving_helpers import app_routes, encode, scene, serving_in_thread
 
 pytestmark = pytest.mark.server  # a real uvicorn server and the session's registry
 
@@ -61,8 +59,12 @@ def predict(client: httpx.Client, seed: int) -> dict:
 def answers_on_disk(data_dir) -> list[dict]:
     from cifarflow.layout import DataLayout
 
-    path = DataLayout(data_dir).feedback_answers
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    path = DataLayout(data_dir).prediction_log
+    if not path.exists():
+        return []
+    db = sqlite3.connect(path)
+    db.row_factory = sqlite3.Row
+    return [dict(row) for row in db.execute("SELECT * FROM answers ORDER BY seq")]
 
 
 def test_an_answer_right_after_the_prediction_is_recorded_and_a_second_replaces_it(service, data_dir):
@@ -87,8 +89,10 @@ def test_an_answer_right_after_the_prediction_is_recorded_and_a_second_replaces_
     assert (second.json()["status"], second.json()["label"], second.json()["reviewer"]) == ("replaced", "cat", "bob")
     mine = [a for a in answers_on_disk(data_dir) if a["prediction_id"] == prediction["prediction_id"]]
     assert [(a["label"], a["reviewer"]) for a in mine] == [("ship", "alice"), ("cat", "bob")]
-    on_disk = (data_dir / "feedback" / "answers.jsonl").read_text()
-    assert TOKEN not in on_disk and OTHER not in on_disk
+    on_disk = (data_dir / "log" / "predictions.sqlite").read_bytes() + (
+        data_dir / "log" / "predictions.sqlite-wal"
+    ).read_bytes()
+    assert TOKEN.encode() not in on_disk and OTHER.encode() not in on_disk
 
 
 @pytest.mark.parametrize(
@@ -114,6 +118,28 @@ def test_without_a_right_token_nobody_answers_or_reads_the_queue(service, data_d
     assert len(answers_on_disk(data_dir)) == before
     junk = service.post("/feedback", content=b"\xff" * 1000, headers=headers | {"Content-Type": "application/json"})
     assert junk.status_code == 401  # the token first: a stranger's body is never parsed or judged
+
+
+# what anyone may use: they read nothing of the reviewers' and teach the model nothing
+PUBLIC = {"/", "/health", "/model", "/limits", "/predict", "/predict/batch", "/review", "/static"}
+PUBLIC |= {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+
+def test_every_route_but_the_public_ones_requires_a_reviewer(service, data_dir):
+    """Walking the app's routes (not a list of them): each route outside PUBLIC declares
+    Depends(require_reviewer) and, asked without a token, answers 401 on the real server, whatever its
+    method; so a new route writing answers cannot be added without the dependency."""
+    import serving.app
+    from serving.access import requires_reviewer
+
+    routes = app_routes(serving.app.create_app(data_dir))
+    guarded = [route for route in routes if route.path not in PUBLIC]
+    assert {"/feedback", "/review/queue", "/review/image/{prediction_id}.png"} <= {route.path for route in guarded}
+    assert [route.path for route in routes if requires_reviewer(route)] == [route.path for route in guarded]
+    for route in guarded:
+        for method in sorted(route.methods):
+            response = service.request(method, route.path.format(prediction_id="0" * 32), json={})
+            assert (response.status_code, response.headers.get("www-authenticate")) == (401, "Bearer"), route.path
 
 
 @pytest.mark.parametrize(
@@ -253,7 +279,7 @@ def test_a_service_without_the_log_says_why_an_id_is_unknown(data_dir):
         ("alice:short\n", "at least 16"),
         ("just-a-token-with-no-name-0123\n", "expected `name:token`"),
         ("al ice:0123456789abcdefgh\n", "reviewer name"),
-        ("# only a comment\n", "has no `name:token` line"),
+        ("# only a comment\n", "has no `name:token` entry"),
     ],
 )
 def test_an_unusable_token_file_stops_the_service_before_it_serves(tmp_path, capsys, content, says):
@@ -291,86 +317,38 @@ def queued(client: httpx.Client) -> set[str]:
     return {item["prediction_id"] for item in response.json()["items"]}
 
 
-WITHDRAW = {  # remove the lines naming $1 from the feedback log $2, as an operator does
-    "replaced by mv, under the file's lock": 'flock "$2" sh -c \'grep -v "$1" "$2" > "$2.new" && mv "$2.new" "$2"\' sh "$@"',  # noqa: E501
-    "rewritten in place": 'grep -v "$1" "$2" > "$2.new" && cat "$2.new" > "$2" && rm "$2.new"',
-}
+WITHDRAW = (  # the README's command
+    "import sqlite3; db = sqlite3.connect('data/log/predictions.sqlite'); "
+    "db.execute(\"DELETE FROM answers WHERE reviewer = 'mallory'\"); db.commit()"
+)
 
 
-@pytest.mark.parametrize("how", list(WITHDRAW))
-def test_answers_withdrawn_by_rewriting_the_log_are_seen_by_the_running_service(service, data_dir, how):
-    """An operator withdraws a poisoned answer by rewriting answers.jsonl while the service runs: the image is
-    back in the queue, and answering it again is `recorded`; an answer left in the file still says `replaced`.
-    Before: the service kept its byte offset into the old file until a restart."""
+def test_answers_withdrawn_with_sql_are_seen_by_the_running_service(service, data_dir):
+    """An operator withdraws a poisoned answer with the README's command while the service runs: the image is
+    back in the queue, and answering it again is `recorded`; an answer left in place still says `replaced`."""
     from cifarflow.layout import DataLayout
 
     withdrawn, kept = predict(service, 40)["prediction_id"], predict(service, 41)["prediction_id"]
     assert (answer(service, withdrawn), answer(service, kept)) == ("recorded", "recorded")
     assert not {withdrawn, kept} & queued(service)
-    path = DataLayout(data_dir).feedback_answers
-    subprocess.run(["sh", "-c", WITHDRAW[how], "sh", withdrawn, str(path)], check=True, timeout=30)
-    assert withdrawn not in path.read_text() and kept in path.read_text()
+    command = WITHDRAW.replace("data/log/predictions.sqlite", str(DataLayout(data_dir).prediction_log))
+    subprocess.run(
+        [sys.executable, "-c", command.replace("reviewer = 'mallory'", f"prediction_id = '{withdrawn}'")], check=True
+    )
     in_queue = queued(service)
     assert withdrawn in in_queue and kept not in in_queue
     assert (answer(service, withdrawn), answer(service, kept)) == ("recorded", "replaced")
     assert withdrawn not in queued(service)
 
 
-def test_a_feedback_log_replaced_by_a_directory_is_a_503_naming_it_until_fixed(service, data_dir):
-    """answers.jsonl replaced by a directory under the running service: the queue and an answer are 503
-    naming the file and the fix; once it is a file again both work. Before: the queue was a bare 500."""
-    from cifarflow.layout import DataLayout
-
-    prediction_id = predict(service, 43)["prediction_id"]
-    path = DataLayout(data_dir).feedback_answers
-    kept = path.read_bytes() if path.exists() else b""
-    path.unlink(missing_ok=True)
-    path.mkdir()
-    try:
-        for response in (
-            service.get("/review/queue", headers=bearer()),
-            service.post("/feedback", json={"prediction_id": prediction_id, "label": "cat"}, headers=bearer()),
-        ):
-            assert response.status_code == 503, response.text
-            assert (
-                f"the feedback log {path} cannot be used (Is a directory): make it a file" in response.json()["error"]
-            )
-    finally:
-        path.rmdir()
-        path.write_bytes(kept)
-    assert prediction_id in queued(service) and answer(service, prediction_id) == "recorded"
-
-
 ANSWERS, ROUNDS = 24, 3
 
 
-@contextlib.contextmanager
-def held_lock(path: Path, waiters: int):
-    """Hold `path`'s flock (as `flock FILE …` does) until `waiters` other descriptors wait for it in the
-    kernel (/proc/locks), then let them go: the answers meant to be concurrent are all in flight at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as holder:
-        fcntl.flock(holder, fcntl.LOCK_EX)
-        inode = os.fstat(holder.fileno()).st_ino
-
-        def waiting() -> bool:
-            lines = Path("/proc/locks").read_text().splitlines()
-            return sum("->" in line and f":{inode} " in line for line in lines) >= waiters
-
-        yield lambda: wait_until(waiting, 30, interval=0.02, what=f"{waiters} writers waiting for {path}")
-    # closing `holder` released the lock
-
-
 def test_of_concurrent_answers_to_one_prediction_exactly_one_is_recorded(service, data_dir):
-    """24 answers to one prediction in flight at once (all waiting on the feedback log's lock): one is
-    `recorded`, 23 `replaced`. Before: each looked for an earlier answer before taking the lock, so all 24
-    were told `recorded`."""
-    from cifarflow.layout import DataLayout
-
+    """24 answers to one prediction in flight at once: one is `recorded`, 23 `replaced`."""
     prediction_id = predict(service, 42)["prediction_id"]
-    with ThreadPoolExecutor(ANSWERS) as pool, held_lock(DataLayout(data_dir).feedback_answers, ANSWERS) as all_waiting:
+    with ThreadPoolExecutor(ANSWERS) as pool:
         statuses = [pool.submit(answer, service, prediction_id) for _ in range(ANSWERS)]
-        all_waiting()
     assert Counter(status.result() for status in statuses) == {"recorded": 1, "replaced": ANSWERS - 1}
 
 
@@ -396,7 +374,7 @@ def answer_rounds(path: Path, rounds: int, go, results) -> None:
 def test_of_concurrent_answers_from_two_processes_exactly_one_is_recorded(tmp_path):
     """Two processes on one feedback log (two services on one data dir), 24 answers to one prediction in
     flight at once, 3 rounds: each round one `recorded`, 23 `replaced`, every line kept whole."""
-    path = tmp_path / "feedback" / "answers.jsonl"
+    path = tmp_path / "log" / "predictions.sqlite"
     spawn = multiprocessing.get_context("spawn")
     go, results = spawn.Barrier(3), spawn.Queue()
     processes = [spawn.Process(target=answer_rounds, args=(path, ROUNDS, go, results)) for _ in range(2)]
@@ -404,13 +382,11 @@ def test_of_concurrent_answers_from_two_processes_exactly_one_is_recorded(tmp_pa
         process.start()
     got = []
     for _ in range(ROUNDS):
-        with held_lock(path, ANSWERS) as all_waiting:
-            go.wait(60)
-            all_waiting()
+        go.wait(60)
         got += [results.get(timeout=60) for _ in range(ANSWERS)]
     for process in processes:
         process.join(60)
     recorded = Counter(round_ for round_, replaced in got if not replaced)
     assert [recorded[r] for r in range(ROUNDS)] == [1] * ROUNDS, f"`recorded` per round: {recorded}"
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert Counter(line["prediction_id"] for line in lines) == {f"{r:032x}": ANSWERS for r in range(ROUNDS)}
+    kept = sqlite3.connect(path).execute("SELECT prediction_id, COUNT(*) FROM answers GROUP BY prediction_id")
+    assert dict(kept.fetchall()) == {f"{r:032x}": ANSWERS for r in range(ROUNDS)}

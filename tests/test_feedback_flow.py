@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,11 @@ import pytest
 from cifarflow.data.dataset_versions import current_version
 from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.shards import read_split
-from cifarflow.feedback.answers import append_answer, new_answer, read_answers
+from cifarflow.feedback.answers import AnswerBook, new_answer
 from cifarflow.files import read_json
 from cifarflow.journal import KILL_AT
 from cifarflow.layout import DataLayout
-from cifarflow.monitoring.log import log_table, new_ids, write_log_file
+from cifarflow.monitoring.log import PredictionLog, new_ids
 from tests.live_server import REPO_ROOT
 from tests.synthetic import CLASSES
 from tests.test_growth import smooth_images
@@ -39,16 +38,13 @@ def serve(data_dir: Path, pixels: np.ndarray, predicted: int = 0) -> list[str]:
     ids = new_ids(len(pixels))
     probabilities = np.full((len(pixels), len(CLASSES)), 0.02, np.float32)
     probabilities[:, predicted] = 1 - 0.02 * (len(CLASSES) - 1)
-    write_log_file(
-        DataLayout(data_dir).prediction_log,
-        log_table(ids, "service", "v1", probabilities, pixels, datetime.now(UTC)),
-        f"{ids[0]}.parquet",
-    )
+    with PredictionLog(DataLayout(data_dir).prediction_log) as prediction_log:
+        prediction_log.append(ids, "service", "v1", probabilities, pixels)
     return ids
 
 
 def answer(data_dir: Path, prediction_id: str, label: str, reviewer: str = "alice") -> None:
-    append_answer(DataLayout(data_dir).feedback_answers, new_answer(prediction_id, label, CLASSES[0], "v1", reviewer))
+    AnswerBook(DataLayout(data_dir).prediction_log).record(new_answer(prediction_id, label, CLASSES[0], "v1", reviewer))
 
 
 def export(data_dir: Path) -> dict:
@@ -151,7 +147,7 @@ def test_an_answer_whose_image_left_the_log_is_reported_lost(prefect_server, dat
     summary = export(data_dir)
     assert summary["counts"]["lost"] == 1 and summary["batch_id"] is None
     assert "retention" in summary["answers"][0]["reason"]
-    assert read_answers(layout.feedback_answers)[0].label == "cat"  # the answer itself is kept
+    assert AnswerBook(layout.prediction_log).refresh()["0123456789abcdef0123456789abcdef"].label == "cat"  # kept
     assert export(data_dir)["export_id"] is None
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,10 +57,12 @@ class Service:
         return self.server.url
 
     def answers(self) -> list[dict]:
-        """Every line of the feedback log (fsynced before the service says it recorded one)."""
+        """Every answer in the log database (committed before the service says it recorded one)."""
         if not self.answers_file.exists():
             return []
-        return [json.loads(line) for line in self.answers_file.read_text().splitlines() if line.strip()]
+        db = sqlite3.connect(self.answers_file)
+        db.row_factory = sqlite3.Row
+        return [dict(row) for row in db.execute("SELECT * FROM answers ORDER BY seq")]
 
     def queue(self, **params) -> dict:
         response = httpx.get(
@@ -82,7 +85,7 @@ def service(two_versions, tmp_path_factory):
     tokens.write_text("# name:token\n" + "".join(f"{name}:{token}\n" for name, token in (ALICE, BOB)))
     options = ["--review-token-file", str(tokens)]
     with serving_process(data_dir, tmp / "serving.log", options=options) as server:
-        yield Service(server, DataLayout(data_dir).feedback_answers, tmp)
+        yield Service(server, DataLayout(data_dir).prediction_log, tmp)
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +261,8 @@ def test_the_page_asks_for_the_token_on_the_first_401_and_keeps_it(service, visi
     expect(form).to_have_count(0)
     answer = service.answers()[-1]
     assert (answer["prediction_id"], answer["label"], answer["reviewer"]) == (result["prediction_id"], right, "bob")
-    assert BOB[1] not in service.answers_file.read_text()  # the name is recorded, never the token
+    on_disk = b"".join(p.read_bytes() for p in service.answers_file.parent.glob(f"{service.answers_file.name}*"))
+    assert BOB[1].encode() not in on_disk  # the name is recorded, never the token (database and its WAL)
 
     page.click("#confirm")  # asked once: the next answer goes with the kept token
     expect(page.locator("#feedback-status")).to_have_text(f"Thanks: answer replaced, now {result['label']}")

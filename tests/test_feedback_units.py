@@ -1,12 +1,14 @@
-"""The feedback library without a server: who may answer (tokens), the append-only feedback log, the
-uncertainty measures and the queue's order, the log index, and the export's plan (conflicts, lost)."""
+"""The feedback library without a server: who may answer (tokens), the answers (kept across processes and
+kills), the uncertainty measures and the queue's order, and the export's plan (conflicts, lost)."""
 
 from __future__ import annotations
 
 import json
-import multiprocessing
-import threading
-from datetime import UTC, datetime
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,12 +17,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from cifarflow.errors import PipelineInputError
-from cifarflow.feedback.access import AccessDenied, ReviewAccess, load_reviewers, parse_reviewers
-from cifarflow.feedback.answers import AnswerBook, append_answer, latest, new_answer, read_answers
+from cifarflow.feedback.answers import AnswerBook, new_answer
 from cifarflow.feedback.corrections import ExportPlan, plan_export, screening_verdicts, unfinished_exports
-from cifarflow.feedback.queue import LogIndex, least_confident_first, queue_order, read_pixels, uncertainty
+from cifarflow.feedback.queue import least_confident_first, unanswered, uncertainty
 from cifarflow.journal import unfinished
-from cifarflow.monitoring.log import PredictionLog, log_files, log_table, new_ids, write_log_file
+from cifarflow.monitoring.log import PredictionLog
+from serving.access import AccessDenied, ReviewAccess, load_reviewers, parse_reviewers
+from tests.conftest import REPO_ROOT
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 ALICE, BOB = "alice-token-0123456789abcdef", "bob-token-0123456789abcdefgh"
@@ -69,14 +72,14 @@ def test_without_tokens_only_a_loopback_service_takes_answers_from_this_machine(
 
 
 def test_only_a_loopback_address_counts_as_this_machine_only():
-    from cifarflow.feedback.access import listens_on_loopback
+    from serving.access import listens_on_loopback
 
     assert [listens_on_loopback(h) for h in ("127.0.0.1", "::1", "[::1]", "localhost")] == [True] * 4
     assert [listens_on_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.org")] == [False] * 4
 
 
 def test_every_token_is_compared_whichever_matches(monkeypatch):
-    import cifarflow.feedback.access as access
+    import serving.access as access
 
     calls = []
     real = access.hmac.compare_digest
@@ -126,58 +129,52 @@ def test_tokens_come_from_the_file_and_the_environment_and_bad_ones_are_refused(
         load_reviewers(tmp_path / "missing", {})
 
 
-# --- the feedback log --------------------------------------------------------------------------------------
+# --- the answers ---------------------------------------------------------------------------------------------
 
 
 def test_the_last_answer_counts_and_every_answer_is_kept(tmp_path):
-    path = tmp_path / "feedback" / "answers.jsonl"
-    for label in ("cat", "dog", "ship"):
-        append_answer(path, new_answer("a" * 32, label, "cat", "v1", "alice"))
-    append_answer(path, new_answer("b" * 32, "cat", "cat", "v1", "bob"))
-    answers = read_answers(path)
-    assert [a.label for a in answers] == ["cat", "dog", "ship", "cat"]
-    assert {pid: a.label for pid, a in latest(answers).items()} == {"a" * 32: "ship", "b" * 32: "cat"}
-    assert latest(answers)["a" * 32].corrects and not latest(answers)["b" * 32].corrects
-
-
-def test_a_line_cut_short_is_skipped_and_the_next_answer_starts_a_fresh_line(tmp_path):
-    path = tmp_path / "answers.jsonl"
-    append_answer(path, new_answer("a" * 32, "cat", "dog", "v1", "alice"))
-    with open(path, "ab") as handle:
-        handle.write(b'{"answer_id": "half a li')  # a crash mid-write
-    append_answer(path, new_answer("b" * 32, "ship", "dog", "v1", "alice"))
-    warnings: list[str] = []
-    answers = read_answers(path, warn=warnings.append)
-    assert [a.prediction_id for a in answers] == ["a" * 32, "b" * 32]
-    assert len(warnings) == 1 and "line 2" in warnings[0]
-
-
-def _append_many(path, worker: int, count: int) -> None:
-    for i in range(count):
-        append_answer(path, new_answer(f"{worker:02d}{i:030d}", "cat", "dog", "v1", f"w{worker}"))
-
-
-def test_concurrent_writers_in_threads_and_processes_never_interleave(tmp_path):
-    path = tmp_path / "answers.jsonl"
-    processes = [multiprocessing.get_context("spawn").Process(target=_append_many, args=(path, w, 50)) for w in (1, 2)]
-    threads = [threading.Thread(target=_append_many, args=(path, w, 50)) for w in (3, 4)]
-    for worker in processes + threads:
-        worker.start()
-    for worker in processes + threads:
-        worker.join(60)
-    lines = path.read_text().splitlines()
-    assert len(lines) == 200 and all(json.loads(line)["label"] == "cat" for line in lines)
-
-
-def test_the_answer_book_reads_only_what_was_appended_and_waits_for_a_whole_line(tmp_path):
-    path = tmp_path / "answers.jsonl"
-    book = AnswerBook(path)
+    book = AnswerBook(tmp_path / "log.sqlite")
     assert book.refresh() == {}
-    assert book.record(new_answer("a" * 32, "cat", "dog", "v1", "alice")) is False
-    assert book.record(new_answer("a" * 32, "dog", "dog", "v1", "bob")) is True
-    with open(path, "ab") as handle:
-        handle.write(json.dumps({"prediction_id": "b" * 32})[:-3].encode())  # a writer mid-line
-    assert set(book.refresh()) == {"a" * 32} and book.refresh()["a" * 32].label == "dog"
+    assert [book.record(new_answer("a" * 32, label, "cat", "v1", "alice")) for label in ("cat", "dog", "ship")] == [
+        False,
+        True,
+        True,
+    ]
+    book.record(new_answer("b" * 32, "cat", "cat", "v1", "bob"))
+    latest = book.refresh()
+    assert {pid: a.label for pid, a in latest.items()} == {"a" * 32: "ship", "b" * 32: "cat"}
+    assert (latest["a" * 32].predicted, latest["b" * 32].predicted) == ("cat", "cat")
+    assert sqlite3.connect(tmp_path / "log.sqlite").execute("SELECT COUNT(*) FROM answers").fetchone() == (4,)
+
+
+ANSWERER = """
+import sys
+from cifarflow.feedback.answers import AnswerBook, new_answer
+book = AnswerBook(sys.argv[1])
+for i in range(40):
+    book.record(new_answer(f"{sys.argv[2]}{i:030d}", "cat", "dog", "v1", "w"))
+    print(i, flush=True)
+    if i == 20:
+        sys.stdin.readline()  # killed here
+"""
+
+
+def test_answers_from_processes_at_once_are_all_kept_and_a_kill_loses_none_acknowledged(tmp_path):
+    """Two processes answer at once; one is SIGKILLed after its 21st answer: each answer a process was told
+    was recorded is there, whole."""
+    path = tmp_path / "log.sqlite"
+    steady = subprocess.Popen([sys.executable, "-c", ANSWERER, str(path), "01"], cwd=REPO_ROOT, stdout=subprocess.PIPE)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", ANSWERER, str(path), "02"], cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    acknowledged = [killed.stdout.readline() for _ in range(21)]
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert steady.wait(60) == 0 and acknowledged[-1].strip() == b"20"
+    answers = AnswerBook(path).refresh()
+    assert {pid for pid in answers if pid.startswith("01")} == {f"01{i:030d}" for i in range(40)}
+    assert {pid for pid in answers if pid.startswith("02")} == {f"02{i:030d}" for i in range(21)}
+    assert {a.label for a in answers.values()} == {"cat"}
 
 
 # --- uncertainty and the queue -------------------------------------------------------------------------------
@@ -206,60 +203,36 @@ def test_least_confident_first_is_a_permutation_in_rising_confidence(raw, measur
     assert np.all(uncertainty(p, "top") <= 1 - 1 / 10 + 1e-9)
 
 
-def test_the_queue_leaves_out_answered_ones_and_filters_by_predicted_class():
-    ids = np.array(["a", "b", "c", "d"])
-    p = np.zeros((4, 10))
+def test_the_queue_is_unanswered_rows_of_the_label_set_least_confident_first(tmp_path):
+    path = tmp_path / "log.sqlite"
+    p = np.zeros((5, 10), np.float32)
     p[0, [3, 5]] = [0.55, 0.45]  # cat, close call
     p[1, [3, 5]] = [0.95, 0.05]  # cat, sure
     p[2, [8, 0]] = [0.5, 0.5]  # ship, a coin toss
     p[3, [8, 0]] = [0.7, 0.3]  # ship
-    assert list(ids[queue_order(ids, p, set(), CLASSES)]) == ["c", "a", "d", "b"]
-    assert list(ids[queue_order(ids, p, {"c"}, CLASSES)]) == ["a", "d", "b"]
-    assert list(ids[queue_order(ids, p, set(), CLASSES, label="cat")]) == ["a", "b"]
-    assert list(ids[queue_order(ids, p, {"b"}, CLASSES, order="random")]) == ["a", "c", "d"]  # by (random) id
-    with pytest.raises(ValueError, match="not a class"):
-        queue_order(ids, p, set(), CLASSES, label="kat")
+    p[4, [8, 0]] = [0.5, 0.5]  # ship, a coin toss logged later: ties keep log order
+    ids = ["c" * 32, "a" * 32, "e" * 32, "d" * 32, "b" * 32]
+    eleven = np.full((1, 11), 1 / 11, np.float32)  # another label set: never in this queue
+    with PredictionLog(path) as prediction_log:
+        prediction_log.append(ids, "service", "v1", p, np.zeros((5, 32, 32, 3), np.uint8))
+        prediction_log.append(["f" * 32], "service", "v9", eleven, np.zeros((1, 32, 32, 3), np.uint8))
+    queued = lambda **kw: [row.prediction_id[0] for row in unanswered(path, 10, 10, **kw)[1]]  # noqa: E731
+    assert queued() == ["e", "b", "c", "d", "a"]
+    AnswerBook(path).record(new_answer("e" * 32, "ship", "ship", "v1", "alice"))
+    assert unanswered(path, 10, 2)[0] == 4 and queued() == ["b", "c", "d", "a"]
+    assert queued(label=3) == ["c", "a"] and queued(order="random") == ["a", "b", "c", "d"]  # random: by id
+    (row,) = unanswered(path, 10, 1)[1]
+    assert np.array_equal(row.probabilities, p[4]) and row.model_version == "v1"
     with pytest.raises(ValueError, match="unknown order"):
-        queue_order(ids, p, set(), CLASSES, order="best")
-
-
-def log_some(root, count: int, seed: int):
-    rng = np.random.default_rng(seed)
-    ids = new_ids(count)
-    probabilities = rng.dirichlet(np.ones(10), count).astype(np.float32)
-    pixels = rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
-    table = log_table(ids, "service", "v1", probabilities, pixels, datetime.now(UTC))
-    return ids, probabilities, pixels, write_log_file(root, table, f"{ids[0]}.parquet")
-
-
-def test_the_log_index_reads_new_files_finds_ids_and_forgets_removed_files(tmp_path):
-    root = tmp_path / "log"
-    index = LogIndex(root)
-    index.refresh()
-    assert len(index.rows(10)[0]) == 0 and index.find("x") is None
-    first_ids, first_p, first_pixels, (first_file,) = log_some(root, 5, 1)
-    second_ids, *_ = log_some(root, 3, 2)
-    index.refresh()
-    ids, _, versions, probabilities = index.rows(10)
-    assert set(ids) == set(first_ids + second_ids) and set(versions) == {"v1"}
-    path, row = index.find(first_ids[2])
-    assert path == first_file and np.allclose(row.probabilities, first_p[2])
-    assert np.array_equal(read_pixels([path], [first_ids[2]])[first_ids[2]], first_pixels[2])
-    first_file.unlink()  # retention or compaction removed it
-    index.refresh()
-    assert set(index.rows(10)[0]) == set(second_ids) and index.find(first_ids[2]) is None
-
-
-def test_flush_puts_what_waits_on_disk_now(tmp_path):
-    root = tmp_path / "log"
-    with PredictionLog(root, flush_s=3600) as log:  # the interval alone would not write it this hour
-        log.append(new_ids(2), "service", "v1", np.full((2, 10), 0.1, np.float32), np.zeros((2, 32, 32, 3), np.uint8))
-        assert log.flush(timeout=10)
-        assert len(log_files(root)) == 1 and log.written == 2
-        assert log.flush(timeout=10)  # nothing waiting: at once
+        unanswered(path, 10, 1, order="best")
 
 
 # --- the export's plan ---------------------------------------------------------------------------------------------
+
+
+def latest(answers: list) -> dict:
+    """prediction_id → its last answer."""
+    return {answer.prediction_id: answer for answer in answers}
 
 
 def test_one_image_with_two_labels_is_held_and_agreeing_answers_are_ready():
@@ -332,7 +305,7 @@ def test_the_plan_in_the_journal_names_the_same_answers_without_pixels():
     plan = plan_export(latest(answers), {}, {"a" * 32: image})
     back = ExportPlan.from_json(json.loads(json.dumps(plan.to_json())))
     assert [(r.answer, r.digest, r.pixels) for r in back.ready] == [(answers[0], plan.ready[0].digest, None)]
-    assert back.lost == [answers[1]] and back.held == [] and back.waiting == []
+    assert back.lost == [answers[1]] and back.held == []
 
 
 def test_a_damaged_journal_stops_the_run_naming_the_file(tmp_path):
@@ -343,114 +316,9 @@ def test_a_damaged_journal_stops_the_run_naming_the_file(tmp_path):
         unfinished(journal)
 
 
-def test_a_hand_edited_line_cannot_steer_a_file_name(tmp_path):
-    """The export names files `<label>/<prediction_id>.png`: a line whose id or label is a path is skipped."""
-    path = tmp_path / "answers.jsonl"
-    good = new_answer("a" * 32, "cat", "dog", "v1", "alice")
-    append_answer(path, good)
-    fields = {k: getattr(good, k) for k in ("answer_id", "predicted", "model_version", "reviewer", "time")}
-    with open(path, "a") as handle:
-        handle.write(json.dumps(fields | {"prediction_id": "../../escape" + "0" * 20, "label": "cat"}) + "\n")
-        handle.write(json.dumps(fields | {"prediction_id": "b" * 32, "label": "../../etc"}) + "\n")
-    warnings: list[str] = []
-    assert [a.prediction_id for a in read_answers(path, warn=warnings.append)] == ["a" * 32]
-    assert len(warnings) == 2
-
-
-def test_a_merged_day_with_two_label_sets_and_a_damaged_file_leave_the_rest_indexed(tmp_path):
-    """compact_days merges a day on which the champion's label set changed into one file; the index keeps
-    each label set apart and serves the one asked for; a file that does not read is left out, named."""
-    from datetime import timedelta
-
-    from cifarflow.monitoring.log import compact_days
-
-    root = tmp_path / "log"
-    yesterday = datetime.now(UTC) - timedelta(days=1)
-    ten, five = new_ids(4), new_ids(3)
-    pixels = np.zeros((4, 32, 32, 3), np.uint8)
-    write_log_file(
-        root, log_table(ten, "service", "v1", np.full((4, 10), 0.1, np.float32), pixels, yesterday), "a.parquet"
-    )
-    write_log_file(
-        root, log_table(five, "service", "v2", np.full((3, 5), 0.2, np.float32), pixels[:3], yesterday), "b.parquet"
-    )
-    assert len(compact_days(root)) == 1 and len(log_files(root)) == 1
-    (damaged,) = write_log_file(
-        root,
-        log_table(new_ids(1), "service", "v1", np.full((1, 10), 0.1, np.float32), pixels[:1], datetime.now(UTC)),
-        "c.parquet",
-    )
-    damaged.write_bytes(damaged.read_bytes()[:50])
-    warnings: list[str] = []
-    index = LogIndex(root, warn=warnings.append)
-    index.refresh()
-    assert set(index.rows(10)[0]) == set(ten) and index.rows(10)[3].shape == (4, 10)
-    assert set(index.rows(5)[0]) == set(five) and index.find(five[0])[1].model_version == "v2"
-    assert any("c.parquet" in w for w in warnings)
-
-
-def test_an_image_not_found_while_a_log_file_was_unreadable_waits_instead_of_being_lost():
-    current = latest([new_answer("a" * 32, "cat", "dog", "v1", "alice")])
-    assert [a.prediction_id for a in plan_export(current, {}, {}).lost] == ["a" * 32]
-    waiting = plan_export(current, {}, {}, whole_log=False)
-    assert waiting.lost == [] and [a.prediction_id for a in waiting.waiting] == ["a" * 32]
-
-
-def test_readers_pause_merges_and_a_merge_under_way_is_waited_for(tmp_path):
-    from datetime import timedelta
-
-    from cifarflow.monitoring.log import compact_days, merges_paused
-
-    root = tmp_path / "log"
-    yesterday = datetime.now(UTC) - timedelta(days=1)
-    for name in ("a", "b"):
-        table = log_table(
-            new_ids(2),
-            "service",
-            "v1",
-            np.full((2, 10), 0.1, np.float32),
-            np.zeros((2, 32, 32, 3), np.uint8),
-            yesterday,
-        )
-        write_log_file(root, table, f"{name}.parquet")
-    with merges_paused(root):
-        assert compact_days(root) == [] and len(log_files(root)) == 2  # the files a reader listed stay put
-    assert len(compact_days(root)) == 1 and len(log_files(root)) == 1
-
-
-def test_a_day_merged_again_is_read_again(tmp_path):
-    """A file that lands in a finished day after its merge (a flush just after midnight) is merged into
-    the same `day.parquet`, rewritten in place: the index reads it again, losing no prediction."""
-    from datetime import timedelta
-
-    from cifarflow.monitoring.log import compact_days
-
-    root = tmp_path / "log"
-    yesterday = datetime.now(UTC) - timedelta(days=1)
-    pixels = np.zeros((2, 32, 32, 3), np.uint8)
-    first, second, late = new_ids(2), new_ids(2), new_ids(2)
-    probabilities = np.full((2, 10), 0.1, np.float32)
-    for name, ids in (("a", first), ("b", second)):
-        write_log_file(root, log_table(ids, "service", "v1", probabilities, pixels, yesterday), f"{name}.parquet")
-    compact_days(root)
-    index = LogIndex(root)
-    index.refresh()
-    assert set(index.rows(10)[0]) == set(first + second)
-    write_log_file(root, log_table(late, "service", "v1", probabilities, pixels, yesterday), "c.parquet")
-    compact_days(root)
-    index.refresh()
-    assert set(index.rows(10)[0]) == set(first + second + late) and index.find(late[0]) is not None
-
-
-def test_flush_says_at_once_when_the_log_cannot_be_written(tmp_path):
-    import time
-
-    blocked = tmp_path / "not-a-folder"
-    blocked.write_text("a file where the log's folder should be")
-    warnings: list[str] = []
-    with PredictionLog(blocked, flush_s=3600, warn=warnings.append) as log:
-        log.append(new_ids(1), "service", "v1", np.full((1, 10), 0.1, np.float32), np.zeros((1, 32, 32, 3), np.uint8))
-        assert log.flush(timeout=10) is False
-        started = time.monotonic()
-        assert log.flush(timeout=10) is False and time.monotonic() - started < 2  # failing: no retry per call
-    assert warnings
+def test_an_id_or_label_that_is_a_path_is_no_answer():
+    """The export names files `<label>/<prediction_id>.png`: an answer whose id or label is a path is refused."""
+    with pytest.raises(ValueError, match="32 hex digits"):
+        new_answer("../../escape" + "0" * 20, "cat", "dog", "v1", "alice")
+    with pytest.raises(ValueError, match="not a class name"):
+        new_answer("b" * 32, "../../etc", "dog", "v1", "alice")

@@ -27,7 +27,7 @@ from cifarflow.data.ingest import ingest_archive
 from cifarflow.data.shards import pixel_digest, read_split
 from cifarflow.journal import KILL_AT
 from cifarflow.layout import DataLayout
-from cifarflow.monitoring.log import PredictionLog, log_table, new_ids, read_window, write_log_file
+from cifarflow.monitoring.log import INSERT, connect, log_rows, micros, new_ids, read_window, transaction
 from flows.monitor_flow import main as monitor_main
 from flows.predict_flow import main as predict_main
 from tests.conftest import REPO_ROOT
@@ -64,21 +64,29 @@ def private_copy(data_dir: Path, tmp_path: Path) -> DataLayout:
     """The module's data dir for one test: the registry and the test split, no log, no monitor state."""
     layout = DataLayout(copy_data_dir(data_dir, tmp_path / "data"))
     shutil.rmtree(layout.monitoring, ignore_errors=True)
+    shutil.rmtree(layout.prediction_log.parent, ignore_errors=True)
     return layout
 
 
 def log_earlier(
-    layout: DataLayout, images: np.ndarray, source: str = "service", ago: timedelta = timedelta(minutes=1)
-) -> list[Path]:
-    """Rows scored `ago` before now, written as one log file as a writer would; its paths."""
-    at = datetime.now(UTC) - ago
-    table = log_table(new_ids(len(images)), source, "v2", np.full((len(images), 10), 0.1), images, at)
-    return write_log_file(layout.prediction_log, table, f"earlier-{new_ids(1)[0]}.parquet")
+    layout: DataLayout,
+    images: np.ndarray,
+    source: str = "service",
+    ago: timedelta = timedelta(minutes=1),
+    classes: int = 10,
+    version: str = "v2",
+) -> list[str]:
+    """Rows scored `ago` before now, committed now in one transaction as a writer would; their ids."""
+    ids = new_ids(len(images))
+    scores = np.full((len(images), classes), 1 / classes)
+    with transaction(connect(layout.prediction_log)) as db:
+        db.executemany(INSERT, log_rows(ids, source, version, scores, images, micros(datetime.now(UTC) - ago)))
+    return ids
 
 
-def judged(layout: DataLayout) -> list[str]:
-    """The log files the state counts as judged."""
-    return json.loads(layout.monitor_state.read_text())["judged"]
+def judged(layout: DataLayout) -> int:
+    """The last seq the state counts as judged."""
+    return json.loads(layout.monitor_state.read_text())["seq"]
 
 
 def run_monitor(capsys, *args) -> tuple[int, list[str], dict | None]:
@@ -111,11 +119,11 @@ def test_the_service_logs_every_answer_and_the_monitor_finds_the_drift(
     # the service stopped (SIGTERM): its writer flushed what waited
 
     window = read_window(layout.prediction_log)
-    assert len(window) == CLIENTS * REQUESTS == len(set(window.ids)) == len(set(returned))
-    assert set(window.ids) == set(returned)
-    assert set(window.sources) == {"service"} and set(window.model_versions) == {"v2"}
+    ids = {row.prediction_id for row in window}
+    assert len(window) == CLIENTS * REQUESTS == len(ids) == len(set(returned)) and ids == set(returned)
+    assert {row.source for row in window} == {"service"} and {row.model_version for row in window} == {"v2"}
     darkened = {pixel_digest(image // 2) for image in test_images[:50]}
-    assert {pixel_digest(image) for image in window.pixels} == darkened  # the pixels the model saw
+    assert {pixel_digest(row.pixels) for row in window} == darkened  # the pixels the model saw
 
     code, lines, summary = run_monitor(capsys, "--data-dir", data_dir)
     assert code == 0 and lines[-1].startswith("done: monitoring report at ")
@@ -150,11 +158,11 @@ def test_a_quiet_service_is_judged_once_enough_images_came(prefect_server, data_
     log_earlier(layout, test_images[:60])
     code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
     assert code == 0 and summary["images"] == 60 and summary["drift"] is None
-    assert judged(layout) == []
+    assert judged(layout) == 0
     log_earlier(layout, test_images[60:])
     code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
     assert code == 0 and summary["images"] == 100 and summary["drift"] is not None
-    assert len(judged(layout)) == 2 and summary["window"]["rows"] == 100
+    assert judged(layout) == 100 and summary["window"]["rows"] == 100
     # a damaged state file and a damaged reference are named, not fatal: the latest report says what was
     # judged, so nothing is judged twice
     layout.monitor_state.write_text("{not json")
@@ -164,7 +172,7 @@ def test_a_quiet_service_is_judged_once_enough_images_came(prefect_server, data_
     assert code == 0 and summary["images"] == 0 and summary["drift"] is None
     assert any(f"{layout.monitor_state} cannot be read" in line for line in lines), lines
     assert summary["notes"] and "count as judged" in summary["notes"][0]
-    assert len(judged(layout)) == 2  # written anew, whole
+    assert judged(layout) == 100  # written anew, whole
     assert len(np.load(reference)["features"]) == 100  # scored again, whole
 
 
@@ -182,8 +190,8 @@ def test_the_predict_flow_logs_what_it_scores_unless_told_not_to(
     assert predict_main([str(folder), "--data-dir", str(layout.root), "--out", str(out)]) == 0
     rows = pq.read_table(out).to_pylist()
     window = read_window(layout.prediction_log)
-    assert sorted(window.ids) == sorted(row["prediction_id"] for row in rows if row["error"] is None)
-    assert len(window) == 4 and set(window.sources) == {"batch"}
+    assert sorted(r.prediction_id for r in window) == sorted(row["prediction_id"] for row in rows if not row["error"])
+    assert len(window) == 4 and {r.source for r in window} == {"batch"}
     assert next(row for row in rows if row["error"])["prediction_id"] is None
 
     assert predict_main([str(folder), "--data-dir", str(layout.root), "--out", str(out), "--no-log"]) == 0
@@ -191,17 +199,19 @@ def test_the_predict_flow_logs_what_it_scores_unless_told_not_to(
     capsys.readouterr()
 
 
-def test_a_small_window_gets_no_verdict_and_old_log_days_are_deleted(
+def test_a_small_window_gets_no_verdict_and_only_judged_old_rows_are_deleted(
     prefect_server, data_dir, test_images, capsys, tmp_path
 ):
     layout = private_copy(data_dir, tmp_path)
-    log_earlier(layout, test_images[:60])
-    old_day = layout.prediction_log / f"day={(datetime.now(UTC) - timedelta(days=40)).date()}"
-    old_day.mkdir()
+    old = log_earlier(layout, test_images, ago=timedelta(days=40))
+    assert (
+        run_monitor(capsys, "--data-dir", layout.root, "--keep-days", "30")[2]["images"] == 100
+    )  # judged, then deleted
+    late = log_earlier(layout, test_images[:60], ago=timedelta(days=40))  # old, not judged yet: kept
     code, lines, summary = run_monitor(capsys, "--data-dir", layout.root, "--last", "1000", "--keep-days", "30")
     assert code == 0 and summary["images"] == 60 and summary["drift"] is None and summary["signals"] == {}
     assert "no verdict: 60 images in the window, fewer than 100" in lines[-2]
-    assert not old_day.exists() and len(read_window(layout.prediction_log)) == 60
+    assert {r.prediction_id for r in read_window(layout.prediction_log)} == set(late) and not set(old) & set(late)
 
 
 def test_the_service_keeps_no_log_with_no_log(data_dir, test_images, tmp_path):
@@ -237,8 +247,8 @@ def test_a_future_since_and_a_data_dir_without_test_set_exit_2(data_dir, tmp_pat
 def test_a_service_whose_log_folder_cannot_be_written_serves_without_a_log(tmp_path, caplog):
     from serving.app import start_prediction_log
 
-    (tmp_path / "monitoring").write_text("a file where the folder should be")
-    assert start_prediction_log(tmp_path / "monitoring" / "log") is None
+    (tmp_path / "data").write_text("a file where the data dir should be")
+    assert start_prediction_log(tmp_path / "data" / "log" / "predictions.sqlite") is None
     assert "the prediction log is off" in caplog.text
 
 
@@ -267,27 +277,6 @@ def test_rows_that_reach_the_log_out_of_clock_order_are_judged_by_the_next_run_a
     assert summary["images"] == 0 and "no verdict: 0 images" in lines[-2]  # nothing judged twice
 
 
-def test_rows_a_second_writer_held_longer_are_judged_once_they_land(
-    prefect_server, data_dir, test_images, capsys, tmp_path
-):
-    """Two writers on one log: the slow one's rows were scored first but land after a run judged the fast
-    one's; the next run judges them, and each row is judged by exactly one run."""
-    layout = private_copy(data_dir, tmp_path)
-    scores = np.full((100, 10), 0.1, np.float32)
-    slow = PredictionLog(layout.prediction_log, flush_s=600, flush_rows=10_000).start()
-    with PredictionLog(layout.prediction_log, flush_s=0.05) as fast:
-        slow.append(new_ids(100), "service", "v2", scores, test_images)
-        fast.append(new_ids(100), "batch", "v2", scores, test_images)
-    code, _, first = run_monitor(capsys, "--data-dir", layout.root)
-    assert code == 0 and first["images"] == 100 and first["window"]["sources"] == {"batch": 100}
-    slow.close()  # its rows land now, stamped before the rows already judged
-    code, _, second = run_monitor(capsys, "--data-dir", layout.root)
-    assert code == 0 and second["images"] == 100 and second["window"]["sources"] == {"service": 100}
-    assert second["window"]["first"] < first["window"]["last_logged"]
-    code, _, third = run_monitor(capsys, "--data-dir", layout.root)
-    assert third["images"] == 0 and len(judged(layout)) == 2
-
-
 def test_a_window_over_max_images_is_judged_on_a_sample_and_all_its_rows_count(
     prefect_server, data_dir, test_images, capsys, tmp_path
 ):
@@ -300,7 +289,7 @@ def test_a_window_over_max_images_is_judged_on_a_sample_and_all_its_rows_count(
     assert summary["window"]["first"] < summary["window"]["last_logged"]  # the oldest rows are in the window
     assert any("250 rows in the window: a random sample of 120 was judged" in note for note in summary["notes"])
     code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
-    assert summary["images"] == 0 and len(judged(layout)) == 2  # the 130 not in the sample are not judged again
+    assert summary["images"] == 0 and judged(layout) == 250  # the 130 not in the sample are not judged again
 
 
 def test_a_window_served_by_models_with_two_label_sets_is_judged_not_stuck(
@@ -311,36 +300,14 @@ def test_a_window_served_by_models_with_two_label_sets_is_judged_not_stuck(
     models with 10 and 11 classes"), the files stayed unjudged and the incremental monitor was stuck."""
     layout = private_copy(data_dir, tmp_path)
     log_earlier(layout, test_images)
-    at = datetime.now(UTC) - timedelta(seconds=30)
-    eleven = log_table(new_ids(100), "service", "v9", np.full((100, 11), 1 / 11), test_images, at)
-    write_log_file(layout.prediction_log, eleven, "eleven-classes.parquet")
+    log_earlier(layout, test_images, ago=timedelta(seconds=30), classes=11, version="v9")
     code, lines, summary = run_monitor(capsys, "--data-dir", layout.root)
     assert code == 0 and summary["images"] == 200 and summary["drift"] is not None, lines
     assert summary["window"]["model_versions"] == {"v2": 100, "v9": 100}
     code, lines, summary = run_monitor(capsys, "--data-dir", layout.root, "--last", "150")  # a look reads too
     assert code == 0 and summary["images"] == 150, lines
     code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
-    assert summary["images"] == 0 and len(judged(layout)) == 2
-
-
-def test_days_a_shorter_keep_days_deleted_are_not_called_deleted_by_hand(
-    prefect_server, data_dir, test_images, capsys, tmp_path
-):
-    """A run with --keep-days 7 deletes a judged day 10 days old; the next run (default 30 days) finds its
-    files gone and says nothing: retention took the whole day. Files gone from a day still there are
-    named. Before: the next run said "1 judged log files are gone … deleted by hand?"."""
-    layout = private_copy(data_dir, tmp_path)
-    log_earlier(layout, test_images[:50], ago=timedelta(days=10))
-    (by_hand,) = log_earlier(layout, test_images[50:], ago=timedelta(days=2))
-    assert run_monitor(capsys, "--data-dir", layout.root)[2]["images"] == 100
-    code, _, summary = run_monitor(capsys, "--data-dir", layout.root, "--keep-days", "7")
-    assert code == 0 and summary["notes"] == [] and len(list(layout.prediction_log.glob("day=*"))) == 1
-    code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
-    assert code == 0 and summary["notes"] == [] and summary["images"] == 0
-    by_hand.unlink()
-    code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
-    (note,) = summary["notes"]
-    assert note.startswith("1 judged log files are gone that neither retention nor a merge removed (first: day=")
+    assert summary["images"] == 0 and judged(layout) == 200
 
 
 @pytest.mark.parametrize(
@@ -348,16 +315,14 @@ def test_days_a_shorter_keep_days_deleted_are_not_called_deleted_by_hand(
     [
         ("monitor:report-written", "finished"),  # report whole, commit and drift event not yet
         ("monitor:report-half-written", "undone"),  # plots and report.md written, monitor.json not
-        ("monitor:merged", "merge finished"),  # yesterday's judged files merged, the state not yet told
     ],
 )
 def test_a_monitor_run_killed_mid_way_is_finished_or_undone_by_the_next(
     prefect_server, cli_env, data_dir, test_images, capsys, tmp_path, point, outcome
 ):
     layout = private_copy(data_dir, tmp_path)
-    ago = timedelta(days=1) if point == "monitor:merged" else timedelta(minutes=1)
-    log_earlier(layout, test_images[:50] // 2, ago=ago)  # darkened: drift
-    log_earlier(layout, test_images[50:] // 2, ago=ago)
+    log_earlier(layout, test_images[:50] // 2)  # darkened: drift
+    log_earlier(layout, test_images[50:] // 2)
     killed = subprocess.run(
         [sys.executable, "flows/monitor_flow.py", "--data-dir", str(layout.root)],
         cwd=REPO_ROOT, env=cli_env | {KILL_AT: point}, capture_output=True, text=True, timeout=300,
@@ -371,16 +336,12 @@ def test_a_monitor_run_killed_mid_way_is_finished_or_undone_by_the_next(
     assert len(notes) == 1 and notes == [f"note: {n}" for n in summary["notes"]], lines
     if outcome == "finished":
         assert f"the monitor run killed after its report ({folder.name}: drift" in notes[0]
-        assert "its 2 log files are now judged; its drift event, never sent, was emitted now" in notes[0]
+        assert "its rows up to seq 100 are now judged; its drift event, never sent, was emitted now" in notes[0]
         assert summary["images"] == 0 and (folder / "monitor.json").is_file()
-    elif outcome == "undone":
-        assert f"undone: its partial report {folder.name} was removed, its 2 log files are judged by this" in notes[0]
-        assert not folder.exists() and summary["images"] == 100 and summary["drift"] is True
     else:
-        assert "the merge of judged log files a kill cut short was finished: 2 of its 2 files" in notes[0]
-        assert summary["images"] == 0 and [p.name for p in layout.prediction_log.glob("*/*")] == ["day.parquet"]
-    assert len(judged(layout)) == (0 if outcome == "merge finished" else 2)
-    assert not layout.monitor_journal.exists() and not layout.monitor_merge_journal.exists()
+        assert f"undone: its partial report {folder.name} was removed, its rows are judged by this run" in notes[0]
+        assert not folder.exists() and summary["images"] == 100 and summary["drift"] is True
+    assert judged(layout) == 100 and not layout.monitor_journal.exists()
     code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
     assert summary["images"] == 0 and summary["notes"] == []  # nothing left to finish, nothing judged twice
 
@@ -422,7 +383,7 @@ def test_rows_held_through_a_full_disk_are_judged_once_and_answerable_meanwhile(
     the writer; a run meanwhile judges what reached the log; a review answer for a held row is taken (not
     404); once space is back the held rows land, stamped when scored, and the next run judges them."""
     layout = private_copy(data_dir, tmp_path)
-    log_disk, answers_disk = small_disk(layout.prediction_log), small_disk(layout.feedback)
+    log_disk = small_disk(layout.prediction_log.parent)
     batch = [("file", (f"{i}.png", png(image), "image/png")) for i, image in enumerate(test_images[:50])]
 
     def predict(http: httpx.Client, requests: int) -> list[str]:
@@ -437,20 +398,18 @@ def test_rows_held_through_a_full_disk_are_judged_once_and_answerable_meanwhile(
         during = predict(http, 2)  # 100 rows the writer holds: the disk refuses them
         wait_until(lambda: "rows not written yet" in server.log_tail(), 30, what="the writer's warning")
 
-        answers_full = fill(answers_disk)  # the answer itself cannot be written either: a clear 503
-        refused = http.post("/feedback", json={"prediction_id": during[0], "label": "cat"})
+        refused = http.post("/feedback", json={"prediction_id": during[0], "label": "cat"})  # found, not a 404
         assert refused.status_code == 503 and "could not be stored" in refused.json()["error"], refused.text
-        answers_full.unlink()
-        answer = http.post("/feedback", json={"prediction_id": during[0], "label": "cat"})
-        assert answer.status_code == 200 and answer.json()["status"] == "recorded", answer.text
         image = http.get(f"/review/image/{during[1]}.png")
         assert image.status_code == 200 and image.headers["content-type"] == "image/png"
 
         code, _, first = run_monitor(capsys, "--data-dir", layout.root)  # during the outage
         assert code == 0 and first["images"] == 100 and first["drift"] is not None
-        filler.unlink()  # space again: the writer writes what it held
+        filler.unlink()  # space again: the writer writes what it held, and the answer is taken
+        answer = http.post("/feedback", json={"prediction_id": during[0], "label": "cat"})
+        assert answer.status_code == 200 and answer.json()["status"] == "recorded", answer.text
         wait_until(lambda: len(read_window(layout.prediction_log)) == 200, 30, what="the held rows on disk")
-    assert set(read_window(layout.prediction_log).ids) == set(before) | set(during)
+    assert {r.prediction_id for r in read_window(layout.prediction_log)} == set(before) | set(during)
 
     code, lines, second = run_monitor(capsys, "--data-dir", layout.root)
     assert code == 0 and second["images"] == 100 and second["drift"] is not None, lines

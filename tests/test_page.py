@@ -141,7 +141,7 @@ def test_page_names_the_model_and_classifies_a_chosen_image(service, page):
 
     server, version, tmp = service
     accuracy = f"{100 * version.accuracy:.1f}%"
-    expect(page.locator("#model")).to_have_text(f"Model v2 (seed) · test accuracy {accuracy}")
+    expect(page.locator("#model")).to_have_text(f"Model v2 (classic) · test accuracy {accuracy}")
     expect(page.locator("#classes")).to_have_text(", ".join(CLASSES))
     expect(page.locator("#result")).to_be_hidden()
 

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarflow.cli import ArgumentParser, start_lock
+from cifarflow.cli import ArgumentParser
+from cifarflow.lock import data_dir_lock
 from tests.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.server  # the commands start Prefect's temporary servers of their own: not the unit tier
@@ -62,24 +63,24 @@ def test_commands_started_at_once_on_a_fresh_home_all_complete_on_a_busy_machine
         assert code == 0 and out.strip().splitlines()[-1].startswith("done: predictions at "), (out, err[-3000:])
         assert "Traceback" not in err and (tmp_path / f"scored-{n}.parquet").is_file()
     said = "".join(err for _, _, err in results)
-    assert "waiting for another command to start Prefect's temporary server" in said  # one waited, and said so
+    assert "waiting for the command that starts Prefect's temporary server" in said  # one waited, and said so
 
 
-def test_the_start_lock_lets_one_holder_in_at_a_time_and_says_that_it_waits(tmp_path):
+def test_the_lock_lets_one_holder_in_at_a_time_and_says_once_that_it_waits(tmp_path):
     lock, said, order = tmp_path / "start.lock", [], []
 
     def second():
-        with start_lock(lock, said.append):
+        with data_dir_lock(lock, 5, said.append, poll_s=0.05, holder_kind="command"):
             order.append("second")
 
-    with start_lock(lock, said.append):
+    with data_dir_lock(lock, 5, said.append, holder_kind="command"):
         waiter = threading.Thread(target=second)
         waiter.start()
         time.sleep(0.3)
         order.append("first done")
     waiter.join(timeout=5)
     assert order == ["first done", "second"]
-    assert said == [f"waiting for another command to start Prefect's temporary server ({lock})"]
+    assert said == [f"waiting for the command holding {lock} (pid {os.getpid()})"]
 
 
 def test_an_unusable_command_line_ends_with_an_error_line_on_stdout(capsys):

@@ -170,8 +170,8 @@ def test_pipeline_run_is_recorded_by_a_server_on_postgres(
         "ingest",
         "preprocess-unit",
         "train-classic-e1",
-        "evaluate-seed",
-        "report-seed",
+        "evaluate-classic",
+        "report-classic",
     }
     assert {t["state"]["type"] for t in task_runs} == {"COMPLETED"}
 

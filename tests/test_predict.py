@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from cifarflow.inference.batch import SCHEMA, predict_files
-from cifarflow.inference.sources import UnusableArguments, expand_paths
+from cifarflow.inference.sources import UnusableArguments, select_files
 from cifarflow.intake.images import convert_image
 from flows.predict_flow import main as predict_main
-from tests.registry_helpers import copy_data_dir, unseal
+from tests.registry_helpers import copy_data_dir, reseal
 from tests.synthetic import CLASSES
 
 
@@ -198,13 +198,13 @@ def test_exit_1_when_no_file_could_be_scored(prefect_server, data_dir, inbox, tm
 
 
 def test_an_export_that_does_not_load_ends_the_run_naming_it(prefect_server, two_versions, inbox, tmp_path, capsys):
-    """Damage the check before the run cannot see (an unverified version: registered before file
-    digests) ends the run with `error: <its export> is damaged (…)`, not TensorFlow's bare error."""
+    """Damage the check before the run cannot see (an export broken when it was registered, its files
+    sealed as they are) ends the run with `error: <its export> is damaged (…)`, not TensorFlow's bare error."""
     data = copy_data_dir(two_versions, tmp_path / "data")
     v1 = data / "registry" / "versions" / "v1"
-    unseal(v1)
     graph = v1 / "export" / "saved_model.pb"
     graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+    reseal(v1)
     _, good, _ = inbox
     code, out, err = predict(capsys, good[0], "--model", "v1", "--data-dir", data, "--no-log")
     assert code == 1, out
@@ -281,40 +281,42 @@ def test_batches_give_the_same_rows_and_report_progress(data_dir, inbox, tmp_pat
     assert not (tmp_path / "never.parquet").exists()
 
 
-def test_expand_paths_selects_each_file_once_in_the_order_given(inbox, monkeypatch):
+def test_select_files_selects_each_file_once_in_the_order_given(inbox, monkeypatch):
     root, good, bad = inbox
     photos = root / "photos"
     in_folder = sorted(p.absolute() for p in good + bad if photos in p.parents)
-    assert expand_paths([str(photos)]) == in_folder  # recursive, path order; .hidden.png, .cache/, readme.txt skipped
+    assert (
+        select_files([str(photos)]).files == in_folder
+    )  # recursive, path order; .hidden.png, .cache/, readme.txt skipped
     assert len(in_folder) == 10
 
     readme, rgb = photos / "readme.txt", photos / "rgb.png"
-    assert expand_paths([str(readme)]) == [readme.absolute()]  # named directly: kept, whatever its extension
+    assert select_files([str(readme)]).files == [readme.absolute()]  # named directly: kept, whatever its extension
     monkeypatch.chdir(photos)
-    selected = expand_paths(["rgb.png", str(root / "extra" / "*.jpg"), str(photos), str(rgb), "./rgb.png"])
+    selected = select_files(["rgb.png", str(root / "extra" / "*.jpg"), str(photos), str(rgb), "./rgb.png"]).files
     assert selected[0] == rgb.absolute()
     assert selected[1:3] == [(root / "extra" / "one.jpg").absolute(), (root / "extra" / "two.jpg").absolute()]
     assert selected[3:] == [p for p in in_folder if p != rgb.absolute()]
     assert len(selected) == len(set(selected)) == 12
 
 
-def test_expand_paths_refuses_what_names_nothing(tmp_path):
+def test_select_files_refuses_what_names_nothing(tmp_path):
     (tmp_path / "only-text").mkdir()
     (tmp_path / "only-text" / "a.txt").write_text("x")
     with pytest.raises(UnusableArguments, match="no such file or folder"):
-        expand_paths([str(tmp_path / "missing")])
+        select_files([str(tmp_path / "missing")])
     with pytest.raises(UnusableArguments, match="the pattern matches nothing"):
-        expand_paths([str(tmp_path / "*.png")])
+        select_files([str(tmp_path / "*.png")])
     with pytest.raises(UnusableArguments, match=r"no image files in .*only-text"):
-        expand_paths([str(tmp_path / "only-text")])
+        select_files([str(tmp_path / "only-text")])
 
 
 def test_a_pattern_contributes_only_image_files(inbox):
     root, _, _ = inbox
-    assert expand_paths([str(root / "extra" / "*")]) == [
+    assert select_files([str(root / "extra" / "*")]).files == [
         (root / "extra" / name).absolute() for name in ("one.jpg", "three.png", "two.jpg")
     ]
-    assert (root / "photos" / "readme.txt").absolute() not in expand_paths([str(root / "photos" / "*")])
+    assert (root / "photos" / "readme.txt").absolute() not in select_files([str(root / "photos" / "*")]).files
 
 
 def test_a_scheduled_run_on_a_folder_without_images_completes_with_nothing_to_score(prefect_server, data_dir, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifarflow.calibration.temperature import apply_temperature
+from cifarflow.calibration.calibrate import apply_temperature
 from cifarflow.models.presets import PRESETS, Preset
 from tests.conftest import REPO_ROOT
 
@@ -39,7 +39,7 @@ import numpy as np
 
 from cifarflow.inference.predictor import CIFAR10_LABEL_NAMES, load_predictor
 from cifarflow.models.presets import PRESETS
-from cifarflow.registry.export import export_model, load_export
+from cifarflow.registry.saved_model import export_model, load_export
 
 work = Path(sys.argv[1])
 pixels = np.load(work / "pixels.npy")
@@ -83,7 +83,7 @@ def untrained_network(preset: Preset, seed: int):
 
 def save_as_trained(model, preset: Preset, directory: Path) -> Path:
     """model.keras with the train.json the trainer writes beside it (it names the preset)."""
-    from cifarflow.training.settings import TrainSettings
+    from cifarflow.training.run import TrainSettings
 
     directory.mkdir(parents=True)
     model.save(directory / "model.keras")

@@ -113,7 +113,7 @@ def check_the_champion_in_use(config, tmp_path):
     assert predict([str(folder), "--data-dir", str(config.data_dir), "--out", str(out)]) == 0
     rows = {Path(row["path"]).name: row for row in pq.read_table(out).to_pylist()}
     assert len(rows) == 302 and rows["broken.png"]["error"] and rows["empty.jpg"]["error"]
-    names = config.layout.registry / "champion" / "version.json"
+    names = store.read_champion_version(config.layout.registry).directory / "version.json"
     label_names = read_json(names)["label_names"]
     predicted = np.array([label_names.index(rows[f"{n:03d}.{'jpg' if n % 2 else 'png'}"]["label"]) for n in range(300)])
     png = np.arange(300) % 2 == 0

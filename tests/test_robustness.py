@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
+from cifarflow.calibration.calibrate import apply_temperature
 from cifarflow.calibration.scores import expected_calibration_error
-from cifarflow.calibration.temperature import apply_temperature
 from cifarflow.data.corruptions import corrupt
 from cifarflow.robustness.robustness import SEVERITIES, corrupted_sets, score_corruptions
 
@@ -97,7 +97,7 @@ def test_promotion_section_sets_both_models_robustness_side_by_side():
 
 
 def test_decisions_are_counted_per_test_set(tmp_path):
-    from cifarflow.registry.api import decisions_on_test_set
+    from cifarflow.registry.store import decisions_on_test_set
 
     log = [
         {"test_set_sha256": "t1", "reason": "first"},

@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
     unsupported_method,
 )
 
-from cifarflow.feedback.access import Reviewer
+from serving.access import Reviewer
 from serving.app import create_app
 from tests.registry_helpers import copy_data_dir
 

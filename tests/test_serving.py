@@ -30,6 +30,7 @@ from tests.conftest import REPO_ROOT
 from tests.registry_helpers import add_version, copy_data_dir
 from tests.serving_helpers import (
     ServingProcess,
+    app_routes,
     encode,
     flat_png,
     scene,
@@ -118,12 +119,13 @@ def test_health_and_model_name_the_champion(service):
         model = client.get("/model")
     assert health.status_code == 200 and health.json() == {"status": "ok", "model_version": "v2"}
     assert model.status_code == 200
-    record = store.read_version(service.registry, "v2").record
+    record = store.read_version(service.registry, "v2")
     info = model.json()
     assert info["version"] == "v2" and info["model"] == "classic" and info["run_name"] == "test-run-2"
     assert info["accuracy"] == pytest.approx(record.accuracy) and 0 <= info["accuracy"] <= 1
     assert info["label_names"] == CLASSES
     assert info["id"] == record.model_id  # the model file's sha256: this is the registered model
+    assert info["smoke"]["passed"] and "files" not in info  # the record's fields, not the seal's file list
 
 
 class References(HTMLParser):
@@ -274,7 +276,7 @@ def test_a_text_field_where_the_file_belongs_is_422_saying_attach_a_file(service
 def test_validation_errors_with_objects_inside_still_serialise_to_json():
     """FastAPI's errors may carry exception objects (ctx) and the user's input (bytes, uploads):
     the answer keeps only where, what and which kind, so it always serialises."""
-    from serving.app import describe_problem, field_problems
+    from serving.http_errors import describe_problem, field_problems
 
     errors = [
         {"type": "value_error", "loc": ("body", "file", 0), "msg": "Expected UploadFile", "input": b"\xff" * 10},
@@ -355,7 +357,7 @@ def get_paths(app, filled: dict[str, str]) -> list[str]:
     from starlette.routing import Mount
 
     paths = []
-    for route in app.routes:
+    for route in app_routes(app):
         if isinstance(route, Mount):
             paths += [f"{route.path}/{f.name}" for f in sorted(Path(route.app.directory).iterdir()) if f.is_file()]
         elif "GET" in (getattr(route, "methods", None) or ()):
@@ -460,14 +462,14 @@ def test_any_exception_decoding_one_upload_is_415_for_that_request_alone(data_di
     naming it and the reason; the requests decoded and scored beside it get their answers."""
     import serving.app
 
-    real = serving.app.convert_image
+    real = serving.predict_routes.convert_image
 
     def convert_or_fail(data: bytes):
         if data == POISON:
             raise struct.error("unpack requires a buffer of 4 bytes")
         return real(data)
 
-    monkeypatch.setattr(serving.app, "convert_image", convert_or_fail)
+    monkeypatch.setattr(serving.predict_routes, "convert_image", convert_or_fail)
     images = [encode(scene(48, 48, seed=30 + i)) for i in range(6)]
     with serving_in_thread(serving.app.create_app(data_dir)) as url, httpx.Client(base_url=url, timeout=60) as client:
         singles = [post_image(client, data).json() for data in images]
@@ -511,13 +513,13 @@ def test_a_request_that_cannot_get_its_decode_budget_in_time_is_503_with_retry_a
     up after their 0.05 s wait: 503, Retry-After, the file named; the first is answered."""
     import serving.app
 
-    real = serving.app.convert_image
+    real = serving.predict_routes.convert_image
 
     def slow_convert(data: bytes):
         time.sleep(1.0)
         return real(data)
 
-    monkeypatch.setattr(serving.app, "convert_image", slow_convert)
+    monkeypatch.setattr(serving.predict_routes, "convert_image", slow_convert)
     image = encode(scene(1000, 1000, seed=5))
     app = serving.app.create_app(data_dir, decode_budget_pixels=1_000_000, decode_wait_s=0.05)
     start = threading.Barrier(4)

@@ -87,7 +87,7 @@ def _task_run_states(flow_run_id: str) -> dict[str, str]:
 
 @pytest.mark.usefixtures("prefect_server")
 def test_sweep_on_a_two_worker_local_cluster_reports_failures_and_reuses_cached_trials(tiny_config):
-    from cifarflow.registry.api import read_champion_version
+    from cifarflow.registry.store import read_champion_version
     from flows.sweep_flow import cifar_sweep
 
     config = tiny_config.model_copy(update={"epochs": None})

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarflow.intake.images import BACKGROUND, convert_image, on_white, resizable
+from cifarflow.intake.images import convert_image, on_white, resizable
 from tests.image_bytes import bmp_with_alpha, sixteen_bit_rgb_png, two_bit_grey_png
 
 SIDE = 40
@@ -117,10 +117,6 @@ FILES = {  # kind → (the file's bytes, the mode Pillow opens it in, the square
 
 
 # -------------------------------------------------------------------------------------------------- tests
-
-
-def test_the_background_is_white():
-    assert BACKGROUND == WHITE
 
 
 @pytest.mark.parametrize("kind", FILES)

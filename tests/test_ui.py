@@ -17,10 +17,10 @@ from tests.live_server import live_prefect_server
 
 SCREENSHOTS = Path("/tmp/ui-screenshots")
 FLOW_ARTIFACTS = {
-    "cifar10-report-seed",
-    "cifar10-per-class-seed",
-    "cifar10-report-dir-seed",
-    "cifar10-promotion-seed",
+    "cifar10-report-classic",
+    "cifar10-per-class-classic",
+    "cifar10-report-dir-classic",
+    "cifar10-promotion-classic",
     "cifar10-model-registry",
 }
 
@@ -71,22 +71,22 @@ def test_api_shows_states_artifacts_and_epoch_logs(finished_runs):
             "validate",
             "preprocess-unit",
             "train-classic-e1",
-            "evaluate-seed",
-            "calibrate-seed",
-            "robustness-seed",
-            "report-seed",
+            "evaluate-classic",
+            "calibrate-classic",
+            "robustness-classic",
+            "report-classic",
             "promote-classic",
         ],
         "Completed",
     )
     assert "Dataset version" in artifacts["cifar10-data-validation"].data  # the validate stage's table
     assert FLOW_ARTIFACTS <= set(artifacts)
-    report = artifacts["cifar10-report-seed"].data
+    report = artifacts["cifar10-report-classic"].data
     assert "# CIFAR-10 run" in report and "## Champion vs challenger" in report and "promoted: first champion" in report
     assert "](data:image/png;base64," in report and "](confusion_matrix.png)" not in report  # plots inlined
-    assert artifacts["cifar10-promotion-seed"].description.startswith("promoted: first champion")
-    assert artifacts["cifar10-per-class-seed"].type == "table"
-    progress = artifacts["training-progress-seed"]  # created by the train task, updated every epoch
+    assert artifacts["cifar10-promotion-classic"].description.startswith("promoted: first champion")
+    assert artifacts["cifar10-per-class-classic"].type == "table"
+    progress = artifacts["training-progress-classic"]  # created by the train task, updated every epoch
     assert progress.type == "progress" and float(progress.data) == 100.0
     assert any(m.startswith("epoch 1/1: accuracy") for m in logs)
     assert any(m.startswith("promoted: first champion") for m in logs)
@@ -101,11 +101,20 @@ def test_api_shows_the_second_run_judged_against_the_champion(finished_runs):
     with server.client_settings(), get_client(sync_client=True) as client:
         tasks = {t.name: t.state.name for t in client.read_task_runs(flow_run_filter=runs)}
         artifacts = {a.key: a for a in client.read_artifacts(flow_run_filter=runs)}
-    assert tasks["ingest"] == "Cached"
-    assert tasks["train-classic-e2"] == "Completed" and tasks["promote-classic"] == "Completed"
-    summary = artifacts["cifar10-promotion-seed"].description
+    assert tasks == {  # the data stages reused (their task runs end `Cached`), the model's retrained
+        "ingest": "Cached",
+        "validate": "Cached",
+        "preprocess-unit": "Cached",
+        "train-classic-e2": "Completed",
+        "evaluate-classic": "Completed",
+        "calibrate-classic": "Completed",
+        "robustness-classic": "Completed",
+        "report-classic": "Completed",
+        "promote-classic": "Completed",
+    }
+    summary = artifacts["cifar10-promotion-classic"].description
     assert summary.startswith(("promoted: 0.", "kept champion: difference ")), summary
-    report = artifacts["cifar10-report-seed"].data
+    report = artifacts["cifar10-report-classic"].data
     assert "### Per-class F1" in report and "![confusion matrix change](data:image/png;base64," in report
 
 
@@ -130,7 +139,7 @@ def test_browser_shows_completed_run_and_report_artifact(finished_runs):
             playwright.expect(page.get_by_text(key, exact=True).first).to_be_visible(timeout=30_000)
         page.screenshot(path=shots / "flow-run-artifacts.png")
 
-        page.get_by_text("cifar10-report-seed", exact=True).first.click()
+        page.get_by_text("cifar10-report-classic", exact=True).first.click()
         section = page.get_by_role("heading", name="Champion vs challenger")
         playwright.expect(section).to_be_visible(timeout=30_000)
         playwright.expect(page.get_by_role("heading", name="Per-class metrics (test set)")).to_be_visible()

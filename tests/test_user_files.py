@@ -14,7 +14,7 @@ from PIL import Image
 
 from cifarflow.files import read_json
 from cifarflow.inference.sources import select_files
-from cifarflow.intake.inbox import scan_inbox
+from cifarflow.intake.screen import scan_inbox
 from cifarflow.paths import from_printable, printable, walk
 from flows.add_images import main as add_images_main  # imported before a test captures output: Prefect's
 from flows.predict_flow import main as predict_main  # log handlers bind to the stderr of the moment they load

@@ -108,7 +108,7 @@ def test_a_kill_during_the_batch_write_leaves_the_dataset_unchanged(layout):
         def write_then_die(table, where, **kwargs):  # the shard is on disk, the batch not yet renamed
             real_write(table, where, **kwargs)
             os.kill(os.getpid(), signal.SIGKILL)
-        versions.pq.write_table = write_then_die
+        pq.write_table = write_then_die
         images = np.zeros((3, 32, 32, 3), np.uint8)
         table = rows_table(["a", "b", "c"], ["x"] * 3, np.zeros(3, np.uint8), {CLASSES!r}, images)
         layout = DataLayout(Path({str(layout.root)!r}))

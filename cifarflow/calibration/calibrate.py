@@ -1,41 +1,75 @@
-"""The calibrate stage: the evaluated test-set probabilities → one temperature that is part of the
-model from here on, the calibrated probabilities, and honest scores of both.
-
-How the test set is used (argued in the README, "Probabilities you can trust"): the model trained on
-none of it, so it is the only held-out data there is. The deployed temperature is fitted on all of it.
-The scores reported *after* scaling are cross-fitted, so no image is scored with a temperature its
-own label helped choose: the test set's two fixed halves (`halves.half_of`) each get the temperature
-fitted on the other. The scores *before* scaling are those of the raw probabilities.
-
-A fit the data cannot support (no minimum inside the search, too few errors, halves too small to
-check it or disagreeing, worse on held-out images: `unsupported_reasons`) is not deployed: the model
-keeps T = SAFE_TEMPERATURE, and calibration.json, the log, the report and the model card say why.
-"""
+"""The calibrate stage: a temperature fitted on every test image, scored cross-fitted over two fixed halves
+(`half_of`); a fit the data cannot support is not deployed. README: "Probabilities you can trust"."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from cifarflow.calibration.diagram import reliability_diagram
-from cifarflow.calibration.halves import half_of
-from cifarflow.calibration.scores import BINS, CalibrationScores, calibration_scores
-from cifarflow.calibration.temperature import BOUNDS, TemperatureFit, apply_temperature, fit_temperature
+from cifarflow.calibration.scores import BINS, TINY, CalibrationScores, calibration_scores
+from cifarflow.data.shards import pixel_digest
 from cifarflow.data.transform import load_split
 from cifarflow.files import atomic_directory, file_digest, read_json, write_json
 from cifarflow.outputs import StageOutput, read_whole
 
-METHOD = "temperature scaling (Guo et al. 2017): one T, fitted by minimising NLL"
+BOUNDS = (0.05, 20.0)  # the temperatures searched; a fit at a bound means the data could not pin T down
+
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    temperature: float  # the minimiser in BOUNDS; a bound itself when `interior` is False
+    interior: bool  # the NLL falls toward T from both ends of BOUNDS: a true minimum, not the search's edge
+    images: int
+    errors: int  # images whose top class is not their label: only these push T up (see `nll_slope`)
+
+
+def apply_temperature(probabilities: np.ndarray, temperature: float | np.ndarray) -> np.ndarray:
+    """(N, classes) probabilities → float64 softmax(log p / T), T one or (N,); ValueError for a T ≤ 0."""
+    temperature = np.asarray(temperature, np.float64)
+    if not np.all(temperature > 0):
+        raise ValueError(f"a temperature must be positive, got {temperature}")
+    divisor = temperature[:, None] if temperature.ndim == 1 else temperature
+    from scipy.special import softmax
+
+    return softmax(np.log(np.maximum(np.asarray(probabilities, np.float64), TINY)) / divisor, axis=1)
+
+
+def nll_slope(log_p: np.ndarray, labels: np.ndarray, inverse: float) -> float:
+    """d NLL / d(1/T) at 1/T = `inverse`: mean Σ_k q_k (log p_k − log p_label), q = softmax(log p / T)."""
+    from scipy.special import softmax
+
+    q = softmax(log_p * inverse, axis=1)
+    gaps = log_p - log_p[np.arange(len(labels)), labels][:, None]
+    return float(np.mean(np.sum(q * gaps, axis=1)))
+
+
+def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> TemperatureFit:
+    """Temperature scaling (Guo et al., 2017, §4.2): the T in BOUNDS minimising the NLL of softmax(log p / T), or
+    the bound the NLL keeps falling toward (not `interior`); T = 1.0, not interior, for no images."""
+    from scipy.optimize import brentq
+
+    labels = np.asarray(labels).astype(np.int64)
+    if len(labels) == 0:
+        return TemperatureFit(1.0, False, 0, 0)
+    log_p = np.log(np.maximum(np.asarray(probabilities, np.float64), TINY))
+    errors = int((log_p.argmax(axis=1) != labels).sum())
+    low, high = 1 / BOUNDS[1], 1 / BOUNDS[0]  # in 1/T
+    slope_low, slope_high = nll_slope(log_p, labels, low), nll_slope(log_p, labels, high)
+    if slope_low >= 0:  # rising from T = 20 on: no better than guessing, flatten as far as allowed
+        return TemperatureFit(BOUNDS[1], False, len(labels), errors)
+    if slope_high <= 0:  # still falling at T = 0.05: too few errors to stop the sharpening
+        return TemperatureFit(BOUNDS[0], False, len(labels), errors)
+    inverse = brentq(lambda b: nll_slope(log_p, labels, b), low, high, xtol=1e-9)
+    return TemperatureFit(float(1 / inverse), True, len(labels), errors)
+
+
 MIN_HALF = 10  # images a half needs for its own fit; below it, T cannot be checked on held-out images
 MIN_ERRORS = 10  # misclassified images the fit needs: only they hold T up (`temperature.nll_slope`)
 MAX_HALF_RATIO = 2.0  # the halves' temperatures may differ by at most this factor
-# The temperature exported when the data cannot support the fit: 1 leaves the network's own
-# probabilities as training made them, a claim of none but the network's; a bound of the search
-# would make every answer near 1.0 (T = 0.05) or near uniform (T = 20) on no evidence.
-SAFE_TEMPERATURE = 1.0
+SAFE_TEMPERATURE = 1.0  # exported when the data cannot support the fit: the network's own probabilities
 
 
 @dataclass(frozen=True)
@@ -44,29 +78,17 @@ class Calibration(StageOutput):
     temperature: float
     summary_sha256: str  # of calibration.json, which names the temperature and every score
 
-    @property
-    def location(self) -> Path:
-        return self.directory
-
-    @property
-    def fingerprint(self) -> str:
-        return self.summary_sha256
+    location = property(attrgetter("directory"))
+    fingerprint = property(attrgetter("summary_sha256"))
 
     @property
     def probabilities_path(self) -> Path:
-        """(N, classes) float32: the test set's probabilities with the temperature applied, what the
-        exported model returns for these images."""
+        """(N, classes) float32: the test set's probabilities with the deployed temperature."""
         return self.directory / "probabilities.npy"
 
     @property
-    def summary(self) -> dict[str, Any]:
-        return read_json(self.directory / "calibration.json")
-
-    @property
     def half_temperatures(self) -> tuple[float, float]:
-        """The temperatures half A's and half B's images are scored with, each fitted on the other
-        half (`halves.half_of`); both SAFE_TEMPERATURE when the fit is unsupported."""
-        halves = self.summary["half_temperatures"]
+        halves = read_json(self.directory / "calibration.json")["half_temperatures"]
         return float(halves["A"]), float(halves["B"])
 
 
@@ -80,9 +102,13 @@ class Fit:
     unsupported: tuple[str, ...] = ()  # why the data cannot support `fitted` (empty: it is deployed)
 
 
+def half_of(pixels: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) uint8 images → (N,) bool, True for half A: the parity of the pixels' sha256's first byte."""
+    return np.array([int(pixel_digest(image)[:2], 16) % 2 == 0 for image in pixels], bool).reshape(len(pixels))
+
+
 def held_out_temperatures(in_a: np.ndarray, half_temperatures: tuple[float, float]) -> np.ndarray:
-    """(N,) the temperature each image is scored with when no score may be in-sample: half A's
-    images get the temperature fitted on half B, and the other way round."""
+    """(N,) each image's held-out temperature: half A's get half B's, and the other way round."""
     t_a, t_b = half_temperatures
     return np.where(np.asarray(in_a, bool), t_b, t_a)
 
@@ -93,9 +119,7 @@ def unsupported_reasons(
     raw: CalibrationScores,
     crossed: CalibrationScores,
 ) -> tuple[str, ...]:
-    """Why a temperature fit is not to be deployed, one sentence each (empty: it is supported): the
-    fit on every image (`whole`), on each half (None: a half under MIN_HALF images), and the scores of
-    the raw and of the cross-fitted probabilities (a T that raises the held-out NLL or ECE is refused)."""
+    """Why a fit is not to be deployed, one sentence each (empty: it is); `halves` None: a half is under MIN_HALF."""
     low, high = BOUNDS
 
     def edge(fit: TemperatureFit, where: str) -> str | None:
@@ -136,19 +160,13 @@ def unsupported_reasons(
 
 
 def cross_fit(probabilities: np.ndarray, labels: np.ndarray, in_a: np.ndarray) -> Fit:
-    """The deployed temperature and cross-fitted probabilities for (N, classes) `probabilities`,
-    (N,) `labels` and the (N,) bool half-A mask. Temperatures are rounded to 6 digits, as
-    calibration.json and the export carry them. A fit the data cannot support (`unsupported_reasons`)
-    is not deployed: T = SAFE_TEMPERATURE, and every image is scored with it."""
+    """The fit for (N, classes) `probabilities`, (N,) `labels`, (N,) bool half-A mask; T rounded to 6 digits."""
     probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels).astype(np.int64)
     whole = fit_temperature(probabilities, labels)
     fitted = round(whole.temperature, 6)
     halves = None
     if min(in_a.sum(), (~in_a).sum()) >= MIN_HALF:
-        halves = (
-            fit_temperature(probabilities[in_a], labels[in_a]),
-            fit_temperature(probabilities[~in_a], labels[~in_a]),
-        )
+        halves = tuple(fit_temperature(probabilities[mask], labels[mask]) for mask in (in_a, ~in_a))
     fitted_halves = tuple(round(fit.temperature, 6) for fit in halves) if halves else (fitted, fitted)
     scored = held_out_temperatures(in_a, fitted_halves) if halves else fitted
     cross_fitted = apply_temperature(probabilities, scored)
@@ -162,8 +180,7 @@ def cross_fit(probabilities: np.ndarray, labels: np.ndarray, in_a: np.ndarray) -
 
 
 def check_probabilities(probabilities: np.ndarray, labels: np.ndarray, source: Path) -> None:
-    """ValueError naming `source` unless `probabilities` is (len(labels), classes), finite, in 0..1,
-    with rows summing to 1: a temperature fitted to anything else would be deployed silently."""
+    """ValueError naming `source` unless `probabilities` is (len(labels), classes) of finite distributions."""
     problem = None
     if probabilities.ndim != 2 or len(probabilities) != len(labels):
         problem = f"shape {probabilities.shape} for {len(labels)} test labels"
@@ -176,8 +193,9 @@ def check_probabilities(probabilities: np.ndarray, labels: np.ndarray, source: P
 
 
 def calibrate_model(evaluation_dir: Path, features_dir: Path, out_dir: Path, log=print) -> Calibration:
-    """Fit the temperature to evaluation's test probabilities and write out_dir whole:
-    calibration.json, probabilities.npy (calibrated), reliability.png (before and after)."""
+    """Write out_dir whole: calibration.json, probabilities.npy (calibrated), reliability.png."""
+    from cifarflow.evaluation.plots import reliability_diagram
+
     source = Path(evaluation_dir) / "probabilities.npy"
     raw = np.load(source)
     labels = np.asarray(load_split(features_dir, "test", "labels")).astype(np.int64)
@@ -188,8 +206,7 @@ def calibrate_model(evaluation_dir: Path, features_dir: Path, out_dir: Path, log
     if fit.unsupported:
         after_is = f"the network's own probabilities: the fitted T = {fit.fitted:.3f} is not deployed"
         log(
-            f"temperature {fit.fitted:.3f} NOT deployed, T = {SAFE_TEMPERATURE:g} instead: "
-            + "; ".join(fit.unsupported)
+            f"temperature {fit.fitted:.3f} NOT deployed, T = {SAFE_TEMPERATURE:g} instead: {'; '.join(fit.unsupported)}"
         )
     else:
         after_is = "cross-fitted: each half scaled with the temperature fitted on the other half"
@@ -198,13 +215,10 @@ def calibrate_model(evaluation_dir: Path, features_dir: Path, out_dir: Path, log
             f"NLL {before.nll:.4f} → {after.nll:.4f} (cross-fitted)"
         )
     summary = {
-        "method": METHOD,
+        "method": "temperature scaling (Guo et al. 2017): one T, fitted by minimising NLL",
         "temperature": fit.temperature,
-        "half_temperatures": {"A": fit.half_temperatures[0], "B": fit.half_temperatures[1]},
-        "fitted": {
-            "temperature": fit.fitted,
-            "half_temperatures": {"A": fit.fitted_halves[0], "B": fit.fitted_halves[1]},
-        },
+        "half_temperatures": dict(zip("AB", fit.half_temperatures)),
+        "fitted": {"temperature": fit.fitted, "half_temperatures": dict(zip("AB", fit.fitted_halves))},
         "unsupported": list(fit.unsupported),  # why the fit is not deployed; empty: it is
         "images": int(len(labels)),
         "errors": int((raw.argmax(axis=1) != labels).sum()),
@@ -216,15 +230,9 @@ def calibrate_model(evaluation_dir: Path, features_dir: Path, out_dir: Path, log
     }
     with atomic_directory(out_dir) as staging:
         np.save(staging / "probabilities.npy", apply_temperature(raw, fit.temperature).astype(np.float32))
-        reliability_diagram(
-            [
-                ("before scaling", raw),
-                (f"after (T = {fit.temperature:.2f}, {after_is.split(':')[0]})", fit.cross_fitted),
-            ],
-            labels,
-            staging / "reliability.png",
-            BINS,
-        )
+        after_title = f"after (T = {fit.temperature:.2f}, {after_is.split(':')[0]})"
+        panels = [("before scaling", raw), (after_title, fit.cross_fitted)]
+        reliability_diagram(panels, labels, staging / "reliability.png", BINS)
         write_json(staging / "calibration.json", summary)
     return find_calibration(out_dir)
 

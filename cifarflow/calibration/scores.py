@@ -1,6 +1,4 @@
-"""How honest predicted probabilities are: expected calibration error, negative log-likelihood and
-the Brier score, plus the reliability bins a diagram draws. Inputs are (N, classes) probabilities
-(rows summing to 1, any float dtype) and (N,) integer labels; every score is a Python float."""
+"""Calibration scores (ECE, NLL, Brier) and reliability bins of (N, classes) probabilities and (N,) labels."""
 
 from __future__ import annotations
 
@@ -9,15 +7,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 BINS = 15  # equal-width confidence bins, as in Guo et al. (2017), "On Calibration of Modern Neural Networks"
-# the smallest probability a log is taken of, here and in temperature scaling (so the fitted T minimises
-# the NLL reported): float32's smallest normal number, so the export's float32 graph takes the same log
+# the smallest probability a log is taken of, here, in temperature scaling and in the export's float32 graph
 TINY = float(np.finfo(np.float32).tiny)
 
 
 @dataclass(frozen=True)
 class ReliabilityBins:
-    """Per equal-width bin of the top probability (confidence): the bin's edges (BINS + 1,), its image
-    count, mean confidence and accuracy (NaN where a bin is empty)."""
+    """Per confidence bin: edges (bins + 1,), image count, mean confidence and accuracy (NaN: empty)."""
 
     edges: np.ndarray
     counts: np.ndarray
@@ -26,8 +22,7 @@ class ReliabilityBins:
 
 
 def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS) -> ReliabilityBins:
-    """Bin the top probability into `bins` equal-width bins over [0, 1] (right-closed; a confidence of
-    exactly 0 falls in the first)."""
+    """The top probability in `bins` equal-width, right-closed bins over [0, 1] (0 falls in the first)."""
     probabilities, labels = np.asarray(probabilities, np.float64), np.asarray(labels).astype(np.int64)
     confidence = probabilities.max(axis=1) if len(probabilities) else np.zeros(0)
     correct = (probabilities.argmax(axis=1) == labels) if len(probabilities) else np.zeros(0, bool)
@@ -41,8 +36,7 @@ def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, bins: int = 
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = BINS) -> float:
-    """ECE: the count-weighted mean over equal-width confidence bins of |accuracy − mean confidence|
-    (Naeini et al., 2015; Guo et al., 2017), in 0..1. 0 for no images."""
+    """The count-weighted mean over bins of |accuracy − mean confidence| (Naeini et al., 2015), 0..1."""
     binned = reliability_bins(probabilities, labels, bins)
     filled = binned.counts > 0
     if not filled.any():
@@ -82,15 +76,10 @@ class CalibrationScores:
 
 
 def calibration_scores(probabilities: np.ndarray, labels: np.ndarray) -> CalibrationScores:
-    """Every score above for one set of predictions."""
     probabilities = np.asarray(probabilities, np.float64)
     labels = np.asarray(labels).astype(np.int64)
     confidence = float(probabilities.max(axis=1).mean()) if len(labels) else 0.0
     accuracy = float((probabilities.argmax(axis=1) == labels).mean()) if len(labels) else 0.0
-    return CalibrationScores(
-        expected_calibration_error(probabilities, labels),
-        negative_log_likelihood(probabilities, labels),
-        brier_score(probabilities, labels),
-        confidence,
-        accuracy,
-    )
+    ece = expected_calibration_error(probabilities, labels)
+    nll, brier = negative_log_likelihood(probabilities, labels), brier_score(probabilities, labels)
+    return CalibrationScores(ece, nll, brier, confidence, accuracy)

@@ -1,12 +1,4 @@
-"""Obtain and read the official CIFAR-10 *python* archive.
-
-The archive holds `cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}`, each a
-Python-2 pickle (protocol 2, byte-string keys). The batches are unpickled with an allow-list,
-so a tampered archive cannot run code on the reader's machine.
-
-Where a run's archive comes from when none is named is decided here, once (`default_source`), for
-the command line, the flow's own default, `make run` and every deployment.
-"""
+"""Obtain and read the official CIFAR-10 python archive; an allow-list unpickler keeps a bad one from running code."""
 
 from __future__ import annotations
 
@@ -38,40 +30,27 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
 DOWNLOAD_TIMEOUT_SECONDS = 60
 LOCAL_ARCHIVE = Path("cache") / "cifar-10-python.tar.gz"  # in the data directory: an archive put there once
-# Offline machines keep a class-folder JPEG copy of CIFAR-10 beside the repository, with the script that
-# turns it into the official layout (../shared/datasets/README.md); `fetch_archive` builds from it.
+# offline machines: a class-folder JPEG copy and its builder to the official layout (../shared/datasets/README.md)
 SHARED_DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 JPEG_COPY, JPEG_BUILDER = "cifar10-jpeg.tar.gz", "make_cifar10_archive.py"
 
 
 def default_source(data_dir: Path, shared_datasets: Path = SHARED_DATASETS) -> str:
-    """The source a run uses when none is named, the first that exists of: `<data_dir>/cache/
-    cifar-10-python.tar.gz` (an archive put there once); the JPEG copy in `shared_datasets`, with its
-    builder (built into `<data_dir>/raw/` on first use, like a download); the official URL. Reads only
-    whether those files exist. Paths are returned as given (a relative data dir stays relative)."""
-    local = Path(data_dir) / LOCAL_ARCHIVE
-    if local.is_file():
-        return str(local)
-    if is_jpeg_copy(Path(shared_datasets) / JPEG_COPY):
-        return str(Path(shared_datasets) / JPEG_COPY)
-    return OFFICIAL_URL
+    """The first that exists of `<data_dir>/cache/cifar-10-python.tar.gz`, the JPEG copy, the official URL."""
+    local, jpeg_copy = Path(data_dir) / LOCAL_ARCHIVE, Path(shared_datasets) / JPEG_COPY
+    return str(local) if local.is_file() else str(jpeg_copy) if is_jpeg_copy(jpeg_copy) else OFFICIAL_URL
 
 
 def is_jpeg_copy(path: Path) -> bool:
-    """A class-folder JPEG copy of CIFAR-10 that can be built into the official layout: the file
-    `cifar10-jpeg.tar.gz` with `make_cifar10_archive.py` beside it."""
     return path.name == JPEG_COPY and path.is_file() and (path.parent / JPEG_BUILDER).is_file()
 
 
 class DownloadFailed(OSError):
-    """The archive could not be downloaded (no network, refused, timed out): retried by the ingest task,
-    unlike an ArchiveError, since the network may come back; the message names what else was looked at."""
+    """The archive could not be downloaded: retried, unlike an ArchiveError."""
 
 
 @dataclass(frozen=True)
 class Split:
-    """One split held once in memory: uint8 images in HWC order, labels, archive file names."""
-
     images: np.ndarray  # (N, 32, 32, 3) uint8
     labels: np.ndarray  # (N,) uint8 in 0..9
     filenames: list[str]
@@ -82,39 +61,24 @@ def is_url(source: str) -> bool:
 
 
 def local_path(source: str) -> Path:
-    """A plain path or a file:// URL as a local path."""
     parsed = urlparse(str(source))
-    if parsed.scheme == "file":
-        return Path(url2pathname(parsed.path))
-    return Path(source)
+    return Path(url2pathname(parsed.path)) if parsed.scheme == "file" else Path(source)
 
 
 def verify_checksums(path: Path, sha256: str | None = None, md5: str | None = None) -> str:
-    """Check the archive against the expected digests; return its sha256."""
-    actual_sha256 = file_digest(path, "sha256")
-    if sha256 and actual_sha256 != sha256.lower():
-        raise ArchiveError(
-            f"{path}: sha256 is {actual_sha256}, expected {sha256}. The file is corrupt or not the "
-            "archive you meant; download or rebuild it, or pass the right --sha256."
-        )
-    if md5:
-        actual_md5 = file_digest(path, "md5")
-        if actual_md5 != md5.lower():
+    """The archive's sha256; ArchiveError when it differs from `sha256` or its md5 from `md5`."""
+    actual = {"sha256": file_digest(path, "sha256"), "md5": file_digest(path, "md5") if md5 else None}
+    for algorithm, expected in (("sha256", sha256), ("md5", md5)):
+        if expected and actual[algorithm] != expected.lower():
             raise ArchiveError(
-                f"{path}: md5 is {actual_md5}, expected {md5}. The file is corrupt or not the "
-                "archive you meant; download or rebuild it, or pass the right --md5."
+                f"{path}: {algorithm} is {actual[algorithm]}, expected {expected}. The file is corrupt or not "
+                f"the archive you meant; download or rebuild it, or pass the right --{algorithm}."
             )
-    return actual_sha256
+    return actual["sha256"]
 
 
 def fetch_archive(source: str, raw_dir: Path, sha256: str | None = None, md5: str | None = None) -> tuple[Path, str]:
-    """Return a verified local copy of the archive and its sha256.
-
-    http(s) sources are downloaded into `raw_dir` by `keras.utils.get_file`, which shows progress,
-    checks the hash and re-downloads a partial or stale file. The official URL is always checked
-    against its published md5. Local paths and file:// URLs are read in place (raw data is
-    immutable; copying 170 MB buys nothing).
-    """
+    """A verified local copy of the archive and its sha256 (the official URL checked against its published md5)."""
     parsed = urlparse(str(source))
     if parsed.scheme in {"http", "https"}:
         if source == OFFICIAL_URL and not (sha256 or md5):
@@ -133,9 +97,7 @@ def fetch_archive(source: str, raw_dir: Path, sha256: str | None = None, md5: st
 
 
 def build_from_jpeg_copy(jpeg_copy: Path, raw_dir: Path) -> Path:
-    """The official-layout archive built from `jpeg_copy` by the builder beside it, into `raw_dir`
-    under a name carrying the copy's sha256 (built once; the build is byte-for-byte reproducible).
-    ArchiveError, in one line, when the builder fails."""
+    """The archive built once from `jpeg_copy` into `raw_dir`; ArchiveError when the builder fails."""
     target = raw_dir / f"cifar-10-python.{file_digest(jpeg_copy)[:16]}.tar.gz"
     if target.is_file():
         return target
@@ -163,12 +125,7 @@ def _download(url: str, raw_dir: Path, sha256: str | None, md5: str | None) -> P
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)  # urllib has no per-call timeout in get_file
     try:
         path = keras.utils.get_file(
-            fname=name,
-            origin=url,
-            file_hash=file_hash,
-            hash_algorithm=algorithm,
-            cache_dir=str(raw_dir),
-            cache_subdir=".",
+            name, url, file_hash=file_hash, hash_algorithm=algorithm, cache_dir=str(raw_dir), cache_subdir="."
         )
     except ValueError as error:  # get_file's word for a hash mismatch after download
         raise ArchiveError(f"download of {url} failed verification: {error}") from error
@@ -185,7 +142,7 @@ def _download(url: str, raw_dir: Path, sha256: str | None, md5: str | None) -> P
 
 
 class _BatchUnpickler(pickle.Unpickler):
-    """Allows only what the official batches contain: numpy arrays and dtypes."""
+    """Allows only numpy arrays and dtypes: all the official batches contain."""
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"),
@@ -235,7 +192,7 @@ def _batch_to_split(batch: dict[bytes, object], member: str) -> Split:
 
 
 def read_archive(path: Path) -> tuple[dict[str, Split], list[str]]:
-    """Parse the archive into {"train": Split, "test": Split} and the ten label names."""
+    """{"train": Split, "test": Split} and the ten label names; ArchiveError naming what is wrong."""
     wanted = {f"{ARCHIVE_DIR}/{name}" for name in (*TRAIN_BATCHES, *TEST_BATCHES, META_FILE)}
     blobs: dict[str, bytes] = {}
     try:

@@ -1,13 +1,4 @@
-"""Image corruptions: the shifts a deployed classifier meets (a darker camera, sensor noise, heavy
-compression, focus blur, black-and-white photos, a thumbnail enlarged), declared once for drift
-benchmarks and robustness evaluation alike.
-
-Each corruption maps (N, 32, 32, 3) uint8 images to new uint8 images of the same shape, deterministic
-for a given `seed`. Pixel arithmetic is numpy; compression, blur and grayscale are Pillow's own (JPEG
-encoder, `ImageFilter.GaussianBlur`, ITU-R 601-2 luma `convert("L")`). The kinds follow CIFAR-10-C
-(Hendrycks & Dietterich, 2019, "Benchmarking Neural Network Robustness to Common Corruptions"); the
-default severities are this project's, stated in each entry.
-"""
+"""Corruptions after CIFAR-10-C (Hendrycks & Dietterich, 2019): (N, H, W, 3) uint8 → the same, fixed by `seed`."""
 
 from __future__ import annotations
 
@@ -27,12 +18,11 @@ def _per_image(images: np.ndarray, change: Callable[[Image.Image], Image.Image])
 
 
 def brightness(images: np.ndarray, factor: float = 0.5, seed: int = 0) -> np.ndarray:
-    """Every pixel value times `factor` (0.5: half as bright), rounded and clipped to 0..255."""
     return np.clip(np.rint(images.astype(np.float32) * factor), 0, 255).astype(np.uint8)
 
 
 def gaussian_noise(images: np.ndarray, sigma: float = 20.0, seed: int = 0) -> np.ndarray:
-    """Independent normal noise of standard deviation `sigma` (in 0..255 units) on every value, clipped."""
+    """Normal noise of standard deviation `sigma` (0..255 units) on every value, clipped."""
     noise = np.random.default_rng(seed).normal(0.0, sigma, images.shape)
     return np.clip(np.rint(images + noise), 0, 255).astype(np.uint8)
 
@@ -54,18 +44,17 @@ def blur(images: np.ndarray, radius: float = 1.0, seed: int = 0) -> np.ndarray:
 
 
 def grayscale(images: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Each image made gray (Pillow's ITU-R 601-2 luma, L = 0.299 R + 0.587 G + 0.114 B) and back to 3 channels."""
+    """Pillow's ITU-R 601-2 luma, in 3 channels."""
     return _per_image(images, lambda image: image.convert("L"))
 
 
 def contrast(images: np.ndarray, factor: float = 0.5, seed: int = 0) -> np.ndarray:
-    """Pillow's `ImageEnhance.Contrast` at `factor` (0.5: each pixel halfway to the image's mean gray)."""
+    """Pillow's `ImageEnhance.Contrast` at `factor`."""
     return _per_image(images, lambda image: ImageEnhance.Contrast(image).enhance(factor))
 
 
 def pixelate(images: np.ndarray, scale: float = 0.5, seed: int = 0) -> np.ndarray:
-    """Each image shrunk to `scale` of its size and enlarged back, both with Pillow's box filter (as in
-    CIFAR-10-C): blocks of about 1/scale pixels."""
+    """Shrunk to `scale` and enlarged back, both with Pillow's box filter (as CIFAR-10-C)."""
 
     def coarsen(image: Image.Image) -> Image.Image:
         small = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
@@ -75,7 +64,6 @@ def pixelate(images: np.ndarray, scale: float = 0.5, seed: int = 0) -> np.ndarra
 
 
 def upside_down(images: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Each image turned by 180° (a camera mounted upside down); the shape stays, whatever it is."""
     return np.ascontiguousarray(images[:, ::-1, ::-1])
 
 
@@ -99,7 +87,6 @@ CORRUPTIONS: dict[str, Corruption] = {
         Corruption("jpeg", "quality 10", jpeg),
         Corruption("blur", "radius 1", blur),
         Corruption("grayscale", "ITU-R 601 luma", grayscale),
-        # beyond the monitor's listed shifts: what else a camera or a client gets wrong
         Corruption("contrast", "×0.5", contrast),
         Corruption("pixelate", "½ size", pixelate),
         Corruption("upside_down", "180°", upside_down),

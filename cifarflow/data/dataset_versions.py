@@ -1,17 +1,5 @@
-"""Added batches and dataset versions: the training data is the ingested shards plus every batch.
-
-A batch is a directory `batches/<batch id>/` holding Parquet shard(s) in the ingest schema and
-`batch.json` (its rows, class counts, shard sha256s, where the images came from). It is written
-whole under a hidden name and renamed into place, so it exists completely or not at all, and it is
-never changed afterwards. Withdrawing a batch moves it to `batches-withdrawn/` (kept, not deleted).
-A batch.json that is missing, empty, cut short or edited into something else stops every command that
-reads the dataset version with a PipelineInputError naming the file and what to do (`read_record`);
-the validate stage checks each shard against the sha256 batch.json records.
-
-A dataset version is the content hash of the list [ingested shards, batch 1, batch 2, …] (batches
-in the order they were added): adding or withdrawing a batch moves it, nothing else does. The test
-split is always the ingested (official) one, so every version's models are scored on the same images.
-"""
+"""Added batches (`batches/<batch id>/`: shards and `batch.json`, written whole, never changed; withdrawn by a
+move to `batches-withdrawn/`) and dataset versions: the hash of [ingested shards, batch 1, batch 2, …]."""
 
 from __future__ import annotations
 
@@ -19,33 +7,19 @@ import os
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from cifarflow.data.shards import shard_files
+from cifarflow.data.shards import SPLITS, write_shard
 from cifarflow.errors import PipelineInputError
-from cifarflow.files import (
-    atomic_directory,
-    atomic_path,
-    field_problem,
-    file_digest,
-    read_json,
-    text_digest,
-    write_json,
-)
+from cifarflow.files import atomic_directory, field_problem, read_json, text_digest, write_json
 from cifarflow.layout import DataLayout
 
 BATCH_FILE = "batch.json"
-# batch.json's fields that are read: name → accepted types (each shard: `path`, `sha256`, `rows`)
-BATCH_FIELDS: dict[str, tuple[type, ...]] = {
-    "batch_id": (str,),
-    "rows": (int,),
-    "class_counts": (dict,),
-    "shards": (list,),
-}
-SHARD_FIELDS: dict[str, tuple[type, ...]] = {"path": (str,), "sha256": (str,), "rows": (int,)}
+# batch.json's fields that are read, and each shard entry's: name → accepted types
+BATCH_FIELDS = {"batch_id": (str,), "rows": (int,), "class_counts": (dict,), "shards": (list,)}
+SHARD_FIELDS = {"path": (str,), "sha256": (str,), "rows": (int,)}
 
 
 @dataclass(frozen=True)
@@ -56,37 +30,25 @@ class BatchInfo:
     class_counts: dict[str, int]
     directory: Path
 
-    def lineage(self) -> dict[str, Any]:
-        return {"batch_id": self.batch_id, "images": self.rows, "sha256": self.batch_sha256}
-
 
 def new_batch_id(content_digest: str, now: datetime | None = None) -> str:
-    """Time first, so batches sort in the order they were added; content next, so ids never collide."""
+    """`20250101T120000Z-<8 hex>`: sorts in the order added; the content digest avoids collisions."""
     return f"{(now or datetime.now(UTC)).strftime('%Y%m%dT%H%M%SZ')}-{content_digest[:8]}"
 
 
 def write_batch(layout: DataLayout, batch_id: str, table, record: dict[str, Any]) -> BatchInfo:
-    """Write one batch (a table in the shard schema) whole, or not at all."""
+    """Write one batch (a table in the shard schema) whole, or not at all; FileExistsError if it exists."""
     target = layout.batch_dir(batch_id)
     if target.exists():
         raise FileExistsError(f"batch {batch_id} exists already; batches are immutable")
     with atomic_directory(target) as staging:
-        shard = staging / "part-00000.parquet"
-        with atomic_path(shard) as tmp:
-            pq.write_table(table, tmp, compression="zstd")
-        entry = {
-            "path": shard.name,
-            "rows": table.num_rows,
-            "sha256": file_digest(shard),
-            "bytes": shard.stat().st_size,
-        }
+        entry = write_shard(table, staging / "part-00000.parquet", "part-00000.parquet")
         write_json(staging / BATCH_FILE, record | {"batch_id": batch_id, "shards": [entry], "rows": table.num_rows})
     return read_batch(target)
 
 
 def read_record(directory: Path) -> dict[str, Any]:
-    """The batch's batch.json, checked for the fields that are read. PipelineInputError, naming the file
-    and what to do, when it is missing, unreadable, not JSON, or lacks a field or has one of another type."""
+    """The batch's batch.json; PipelineInputError naming the file and the fix when it is missing or damaged."""
     path = Path(directory) / BATCH_FILE
     try:
         record = read_json(path)
@@ -109,25 +71,17 @@ def read_record(directory: Path) -> dict[str, Any]:
 
 def read_batch(directory: Path) -> BatchInfo:
     record = read_record(directory)
-    return BatchInfo(
-        batch_id=record["batch_id"],
-        rows=record["rows"],
-        batch_sha256=text_digest([s["sha256"] for s in record["shards"]]),
-        class_counts=record["class_counts"],
-        directory=directory,
-    )
+    content = text_digest([s["sha256"] for s in record["shards"]])
+    return BatchInfo(record["batch_id"], record["rows"], content, record["class_counts"], directory)
 
 
 def batch_shards(batch: BatchInfo) -> list[dict[str, Any]]:
-    """The batch's shard entries with absolute paths."""
     shards = read_record(batch.directory)["shards"]
     return [s | {"path": str(batch.directory / s["path"])} for s in shards]
 
 
 def active_batches(layout: DataLayout) -> list[BatchInfo]:
-    """The batches in the training data, oldest first. Hidden entries are unfinished writes; any other
-    folder is a batch (written whole, then renamed into place), so one without a whole batch.json is
-    damaged (`read_record`)."""
+    """The batches in the training data, oldest first (hidden entries are unfinished writes)."""
     if not layout.batches.is_dir():
         return []
     directories = sorted(d for d in layout.batches.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -147,29 +101,20 @@ class DatasetVersion:
     def train_images(self) -> int:
         return self.base_train_images + sum(b.rows for b in self.batches)
 
-    @property
-    def fingerprint(self) -> str:
-        """The version id: what a stage that reads this version depends on."""
-        return self.version
+    fingerprint = property(attrgetter("version"))
 
     def lineage(self) -> dict[str, Any]:
-        """What a model trained on: the base data and each batch, with image counts."""
         return {
             "dataset_version": self.version,
             "base": {"dataset_sha256": self.base_sha256, "images": self.base_train_images},
-            "batches": [b.lineage() for b in self.batches],
+            "batches": [{"batch_id": b.batch_id, "images": b.rows, "sha256": b.batch_sha256} for b in self.batches],
             "train_images": self.train_images,
             "test_images": self.test_images,
         }
 
 
-def version_id(base_sha256: str, batches: list[BatchInfo]) -> str:
-    return text_digest(base_sha256, [b.batch_sha256 for b in batches])[:16]
-
-
 def current_version(layout: DataLayout) -> DatasetVersion:
-    """The dataset version on disk now: the ingested manifest plus the active batches (cheap: reads
-    only small JSON files; the validate stage checks the shards' content)."""
+    """The ingested manifest plus the active batches (JSON only); PipelineInputError when nothing is ingested."""
     if not layout.shard_manifest.is_file():
         raise PipelineInputError(
             f"no ingested data in {layout.root}; run `python flows/cifar_flow.py --data-dir {layout.root} "
@@ -177,33 +122,19 @@ def current_version(layout: DataLayout) -> DatasetVersion:
         )
     manifest = read_json(layout.shard_manifest)
     batches = active_batches(layout)
-    return DatasetVersion(
-        version=version_id(manifest["dataset_sha256"], batches),
-        base_sha256=manifest["dataset_sha256"],
-        base_train_images=manifest["splits"]["train"]["rows"],
-        test_images=manifest["splits"]["test"]["rows"],
-        batches=batches,
-        label_names=manifest["label_names"],
-    )
-
-
-def dataset_shards(dataset_path: Path, split: str) -> tuple[list[Path], list[int]]:
-    """The shard paths and row counts of one split of a validated dataset version (its dataset.json,
-    written by the validate stage)."""
-    return shard_files(dataset_path.parent, read_json(dataset_path)["splits"][split])
+    version = text_digest(manifest["dataset_sha256"], [b.batch_sha256 for b in batches])[:16]
+    train, test = (manifest["splits"][split]["rows"] for split in SPLITS)
+    return DatasetVersion(version, manifest["dataset_sha256"], train, test, batches, manifest["label_names"])
 
 
 def remove_unfinished(layout: DataLayout) -> None:
-    """Drop what a killed `add_images` left half-written (hidden staging directories); call it only
-    while holding the intake lock, so no live write is touched."""
+    """Drop the staging folders a killed `add_images` left; only under the intake lock."""
     for stale in layout.batches.glob(".*.part") if layout.batches.is_dir() else []:
         shutil.rmtree(stale, ignore_errors=True)
 
 
 def batch_with_origin(layout: DataLayout, origin: dict[str, Any]) -> BatchInfo | None:
-    """The batch whose record names `origin` (as `add_images` was given it), in the training data or
-    withdrawn from it (`is_withdrawn`), or None. A withdrawn batch whose batch.json cannot be read is
-    passed over (it is in no dataset version)."""
+    """The batch, active or withdrawn, whose batch.json names `origin`, or None (damaged withdrawn ones skipped)."""
     for batch in active_batches(layout):
         if read_record(batch.directory).get("origin") == origin:
             return batch
@@ -222,7 +153,7 @@ def is_withdrawn(layout: DataLayout, batch: BatchInfo) -> bool:
 
 
 def active_batch_dir(layout: DataLayout, batch_id: str) -> Path:
-    """The directory of an active batch, or an error that lists the active ones."""
+    """The directory of an active batch; PipelineInputError listing the active ones."""
     source = layout.batch_dir(batch_id)
     if batch_id.startswith(".") or "/" in batch_id or not (source / BATCH_FILE).is_file():
         known = ", ".join(b.batch_id for b in active_batches(layout)) or "none"
@@ -231,7 +162,7 @@ def active_batch_dir(layout: DataLayout, batch_id: str) -> Path:
 
 
 def withdraw_batch(layout: DataLayout, batch_id: str) -> Path:
-    """Move a batch out of the training data (one rename: the version moves only if it succeeds)."""
+    """Move a batch to `batches-withdrawn/` in one rename."""
     source = active_batch_dir(layout, batch_id)
     layout.withdrawn_batches.mkdir(parents=True, exist_ok=True)
     target = layout.withdrawn_batches / batch_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 from cifarflow.data.archive import fetch_archive, read_archive
@@ -20,22 +21,14 @@ class IngestResult(StageOutput):
     source_sha256: str
     rows: dict[str, int]
 
-    @property
-    def location(self) -> Path:
-        return self.manifest_path
+    location = property(attrgetter("manifest_path"))
 
-    @property
-    def fingerprint(self) -> str:
-        return f"{self.dataset_sha256}:{self.source_sha256}"
+    fingerprint = property(lambda self: f"{self.dataset_sha256}:{self.source_sha256}")
 
 
 def result_from_manifest(manifest_path: Path, manifest: dict) -> IngestResult:
-    return IngestResult(
-        manifest_path=manifest_path,
-        dataset_sha256=manifest["dataset_sha256"],
-        source_sha256=manifest["source"]["sha256"],
-        rows={s: manifest["splits"][s]["rows"] for s in SPLITS},
-    )
+    rows = {s: manifest["splits"][s]["rows"] for s in SPLITS}
+    return IngestResult(manifest_path, manifest["dataset_sha256"], manifest["source"]["sha256"], rows)
 
 
 def ingest_archive(
@@ -47,28 +40,20 @@ def ingest_archive(
     cache_key: str | None = None,
     log=print,
 ) -> IngestResult:
-    """Fetch and verify the archive, then write the shards and their manifest. Whether this is needed
-    at all is the stage runner's call (`cifarflow.orchestration.runner`), made once, from the cache key."""
+    """Fetch and verify the archive, then write the shards and their manifest (recording `cache_key`)."""
     archive_path, source_sha256 = fetch_archive(source, layout.raw, sha256=sha256, md5=md5)
     log(f"reading {archive_path}")
     splits, label_names = read_archive(archive_path)
-    source_info = {
-        "uri": str(source),
-        "path": str(archive_path),
-        "sha256": source_sha256,
-        "bytes": archive_path.stat().st_size,
-    }
-    # The whole parquet/ directory is staged and swapped in one rename: readers never see
-    # a mix of old and new shards, and a failure leaves the previous shards untouched.
+    source_info = {"uri": str(source), "path": str(archive_path), "sha256": source_sha256}
+    source_info["bytes"] = archive_path.stat().st_size
+    # one rename swaps the whole parquet/ folder: readers never see old and new shards mixed
     with atomic_directory(layout.parquet) as staging:
         shards = {}
         for split in SPLITS:
             shards[split] = write_split_shards(split, splits.pop(split), label_names, staging / split, rows_per_shard)
             log(f"wrote {len(shards[split])} {split} shards")
-        manifest = build_manifest(shards, label_names, source_info) | {
-            "rows_per_shard": rows_per_shard,
-            "cache_key": cache_key,
-        }
+        facts = {"rows_per_shard": rows_per_shard, "cache_key": cache_key}
+        manifest = build_manifest(shards, label_names, source_info) | facts
         write_json(staging / "manifest.json", manifest)
     return result_from_manifest(layout.shard_manifest, manifest)
 
@@ -78,7 +63,7 @@ def find_shards(layout: DataLayout, cache_key: str) -> IngestResult | None:
 
     def read() -> IngestResult | None:
         if read_json(layout.shard_manifest).get("cache_key") != cache_key:
-            return None  # made from another source, parameters or code
+            return None
         return result_from_manifest(layout.shard_manifest, verify_manifest(layout.shard_manifest))
 
     return read_whole(read, ShardError)

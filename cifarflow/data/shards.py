@@ -1,11 +1,5 @@
-"""Parquet shards of the raw images and the manifest that pins their content.
-
-One row per image: a stable `image_id` ("train-00042", the position in the archive), the
-archive `filename`, the `label` id and `label_name`, and the 3,072 uint8 `pixels` in HWC order
-as a fixed-size list. The manifest records each shard's row count and sha256, the schema and
-the source archive's checksum; `dataset_sha256` (a hash over the shard hashes) is what
-downstream cache keys use, so nothing downstream ever re-reads pixels to decide freshness.
-"""
+"""Parquet shards of the raw images (SCHEMA; `pixels`: 3,072 uint8 HWC) and the manifest that pins them:
+each shard's rows and sha256, and `dataset_sha256` over them, which downstream cache keys use."""
 
 from __future__ import annotations
 
@@ -57,40 +51,31 @@ def rows_table(
     )
 
 
-def split_table(
-    split_name: str, split: Split, label_names: list[str], start: int = 0, stop: int | None = None
-) -> pa.Table:
-    """Rows [start, stop) of a split as an Arrow table."""
-    stop = len(split.labels) if stop is None else stop
-    return rows_table(
-        [f"{split_name}-{i:05d}" for i in range(start, stop)],
-        split.filenames[start:stop],
-        split.labels[start:stop],
-        label_names,
-        split.images[start:stop],
-    )
-
-
 def write_split_shards(
     split_name: str, split: Split, label_names: list[str], out_dir: Path, rows_per_shard: int = ROWS_PER_SHARD
 ) -> list[dict[str, Any]]:
-    """Write `part-NNNNN.parquet` files (zstd) atomically; return their manifest entries."""
+    """Write `part-NNNNN.parquet` files; return their manifest entries."""
     out_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for number, start in enumerate(range(0, len(split.labels), rows_per_shard)):
         stop = min(start + rows_per_shard, len(split.labels))
         path = out_dir / f"part-{number:05d}.parquet"
-        with atomic_path(path) as tmp:
-            pq.write_table(split_table(split_name, split, label_names, start, stop), tmp, compression="zstd")
-        entries.append(
-            {
-                "path": f"{split_name}/{path.name}",
-                "rows": stop - start,
-                "sha256": file_digest(path),
-                "bytes": path.stat().st_size,
-            }
+        table = rows_table(
+            [f"{split_name}-{i:05d}" for i in range(start, stop)],
+            split.filenames[start:stop],
+            split.labels[start:stop],
+            label_names,
+            split.images[start:stop],
         )
+        entries.append(write_shard(table, path, f"{split_name}/{path.name}"))
     return entries
+
+
+def write_shard(table: pa.Table, path: Path, name: str) -> dict[str, Any]:
+    """Write `table` to `path` as zstd Parquet, atomically; return its manifest entry, its path given as `name`."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return {"path": name, "rows": table.num_rows, "sha256": file_digest(path), "bytes": path.stat().st_size}
 
 
 def build_manifest(
@@ -108,7 +93,7 @@ def build_manifest(
 
 
 def verify_manifest(manifest_path: Path) -> dict[str, Any]:
-    """Load a manifest and check every shard's size and sha256; raise ShardError on any drift."""
+    """The manifest; ShardError when a shard is missing or its size or sha256 changed."""
     if not manifest_path.is_file():
         raise ShardError(f"no shard manifest at {manifest_path}; run the ingest stage first")
     manifest = read_json(manifest_path)
@@ -116,12 +101,9 @@ def verify_manifest(manifest_path: Path) -> dict[str, Any]:
     for split in manifest["splits"].values():
         for entry in split["shards"]:
             path = root / entry["path"]
-            if not path.is_file():
-                raise ShardError(f"shard {path} listed in {manifest_path} is missing; re-run ingest (--refresh ingest)")
-            if path.stat().st_size != entry["bytes"] or file_digest(path) != entry["sha256"]:
+            if not path.is_file() or path.stat().st_size != entry["bytes"] or file_digest(path) != entry["sha256"]:
                 raise ShardError(
-                    f"shard {path} does not match its manifest (sha256 changed: truncated or edited "
-                    "after ingest); re-run ingest with --refresh ingest"
+                    f"shard {path} is missing or changed since ingest; re-run ingest with --refresh ingest"
                 )
     return manifest
 
@@ -132,21 +114,19 @@ def pixel_digest(pixels: np.ndarray) -> str:
 
 
 def shard_files(root: Path, entries: list[dict[str, Any]]) -> tuple[list[Path], list[int]]:
-    """The paths (relative ones resolved against `root`) and row counts of manifest shard entries:
-    the arguments of `read_shards`."""
+    """`read_shards`' arguments for manifest shard entries, paths resolved against `root`."""
     return [Path(root) / e["path"] for e in entries], [e["rows"] for e in entries]
 
 
-def read_split(manifest_path: Path, split_name: str, verify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def read_split(manifest_path: Path, split_name: str) -> tuple[np.ndarray, np.ndarray]:
     """Load one split's images (N, 32, 32, 3) uint8 and labels (N,) uint8 from its shards."""
-    manifest = verify_manifest(manifest_path) if verify else read_json(manifest_path)
+    manifest = verify_manifest(manifest_path)
     return read_shards(*shard_files(manifest_path.parent, manifest["splits"][split_name]["shards"]))
 
 
 def read_shards(paths: list[Path], rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 32, 32, 3) uint8 and labels (N,) uint8 of these shards, in order; `rows` (from a
-    manifest) sizes the arrays up front, so the pixels sit in memory once."""
-    images = np.empty((sum(rows), *IMAGE_SHAPE), np.uint8)  # filled shard by shard
+    """Images (N, 32, 32, 3) uint8 and labels (N,) uint8; ShardError for an unreadable shard or a wrong row count."""
+    images = np.empty((sum(rows), *IMAGE_SHAPE), np.uint8)
     labels = np.empty(sum(rows), np.uint8)
     offset = 0
     for path, expected in zip(paths, rows):

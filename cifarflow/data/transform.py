@@ -1,26 +1,17 @@
-"""Stage 2, preprocess: shards → the fitted transform and training-ready arrays (TFX Transform's idea).
-
-The stage *fits* the normalization on the training split and writes, per split, the uint8 pixels,
-the integer labels and their one-hot encoding, plus `meta.json` holding the fitted parameters.
-No float copy of the data set is written: every model applies the parameters in its own first layer
-(`cifarflow.models.inputs`), so a saved model takes raw uint8 pixels, and training, evaluation and
-serving run the same arithmetic: `pixels * scale + offset` in float32, per channel.
-
-Arrays are `.npy` rather than Parquet because the trainers memory-map them: loading is a page-cache
-read with no decoding, and a run that only evaluates touches just the test arrays.
-"""
+"""Stage 2, preprocess: shards → the fitted normalization (every model's first layer, as TFX Transform) and `.npy`
+arrays per split (uint8 pixels, labels, one-hot labels) the trainers memory-map."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from cifarflow.data.archive import NUM_CLASSES
-from cifarflow.data.dataset_versions import dataset_shards
-from cifarflow.data.shards import SPLITS, read_shards
+from cifarflow.data.shards import SPLITS, read_shards, shard_files
 from cifarflow.data.statistics import channel_stats
 from cifarflow.errors import FeatureError
 from cifarflow.files import atomic_directory, file_digest, read_json, text_digest, write_json
@@ -31,10 +22,7 @@ NormalizationKind = Literal["unit", "standardize"]
 
 @dataclass(frozen=True)
 class Normalization:
-    """The fitted per-channel map from uint8 pixels to model inputs: (pixels / 255 − mean) / std.
-
-    `unit` fits nothing (mean 0, std 1: pixels / 255); `standardize` fits mean and std per channel
-    on the training split."""
+    """Per channel (pixels / 255 − mean) / std; `unit`: mean 0, std 1; `standardize`: fitted on train."""
 
     kind: NormalizationKind
     mean: tuple[float, float, float]
@@ -61,6 +49,7 @@ class Normalization:
 
 
 def fit_normalization(train_pixels: np.ndarray, kind: NormalizationKind) -> Normalization:
+    """Fitted on (N, 32, 32, 3) uint8 pixels; ValueError for an unknown kind."""
     if kind == "unit":
         return Normalization("unit", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     if kind == "standardize":
@@ -81,31 +70,23 @@ def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Features(StageOutput):
-    """Where one preprocessed feature set lives, the hash that pins it, and its fitted transform."""
-
     directory: Path
     features_sha256: str
     label_names: list[str]
     normalization: Normalization
     batch_ids: tuple[str, ...] = ()  # the added batches in its training split (the lineage)
 
-    @property
-    def location(self) -> Path:
-        return self.directory
-
-    @property
-    def fingerprint(self) -> str:
-        return self.features_sha256
+    location = property(attrgetter("directory"))
+    fingerprint = property(attrgetter("features_sha256"))
 
 
 def build_features(dataset_path: Path, out_dir: Path, normalization: NormalizationKind, log=print) -> Features:
-    """Write pixels_/labels_/onehot_{train,test}.npy and meta.json into out_dir (atomically), for the
-    dataset version that `dataset_path` (the validate stage's dataset.json) lists."""
+    """Write pixels_/labels_/onehot_{train,test}.npy and meta.json into out_dir whole."""
     dataset = read_json(dataset_path)
     with atomic_directory(out_dir) as staging:
         fitted = None
         for split in SPLITS:  # train first: the transform is fitted on train only
-            images, labels = read_shards(*dataset_shards(dataset_path, split))
+            images, labels = read_shards(*shard_files(dataset_path.parent, dataset["splits"][split]))
             fitted = fitted or fit_normalization(images, normalization)
             np.save(staging / f"pixels_{split}.npy", images)
             np.save(staging / f"labels_{split}.npy", labels)
@@ -127,18 +108,13 @@ def build_features(dataset_path: Path, out_dir: Path, normalization: Normalizati
 
 
 def features_from_meta(directory: Path, meta: dict) -> Features:
-    batches = meta.get("lineage", {}).get("batches", [])
-    return Features(
-        directory,
-        meta["features_sha256"],
-        meta["label_names"],
-        Normalization.from_json(meta["normalization"]),
-        tuple(b["batch_id"] for b in batches),
-    )
+    batch_ids = tuple(b["batch_id"] for b in meta.get("lineage", {}).get("batches", []))
+    normalization = Normalization.from_json(meta["normalization"])
+    return Features(directory, meta["features_sha256"], meta["label_names"], normalization, batch_ids)
 
 
 def verify_features(directory: Path) -> Features:
-    """The features in `directory`, after checking every array's sha256; FeatureError on drift."""
+    """The features in `directory`; FeatureError when an array's sha256 changed."""
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
         raise FeatureError(f"no features at {directory}; run the preprocess stage first")

@@ -1,1 +1,0 @@
-"""Evaluation: predictions (with test-time augmentation), metrics and plots."""

@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cifarflow.data.transform import load_split, read_features
-from cifarflow.evaluation.metrics import compute_metrics
 from cifarflow.files import atomic_directory, file_digest, read_json, write_json
 from cifarflow.models.presets import get_preset
 from cifarflow.outputs import StageOutput, read_whole
+
+
+def compute_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """metrics.json's evaluation part; `test_loss`: the cross-entropy of probabilities clipped to 1e-7."""
+    from sklearn.metrics import classification_report, confusion_matrix, log_loss
+
+    labels = np.asarray(labels).astype(int)
+    predicted = probabilities.argmax(axis=1)
+    classes = list(range(len(class_names)))
+    return {
+        "test_accuracy": float((predicted == labels).mean()),
+        "test_loss": float(log_loss(labels, np.clip(probabilities, 1e-7, 1.0), labels=classes)),
+        "classification_report": classification_report(
+            labels, predicted, labels=classes, target_names=class_names, output_dict=True, zero_division=0
+        ),
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=classes).tolist(),
+        "class_names": list(class_names),
+    }
 
 
 @dataclass(frozen=True)
@@ -21,38 +40,29 @@ class Evaluation(StageOutput):
     metrics_sha256: str
     test_accuracy: float
 
-    @property
-    def location(self) -> Path:
-        return self.directory
-
-    @property
-    def fingerprint(self) -> str:
-        return self.metrics_sha256
+    location = property(attrgetter("directory"))
+    fingerprint = property(attrgetter("metrics_sha256"))
 
 
 def evaluate_model(
     model_path: Path, history_path: Path, features_dir: Path, preset_name: str, out_dir: Path, log=print
 ) -> Evaluation:
-    """Predict the test split with the preset's predictor, compute metrics, draw the plots; write
-    out_dir whole. The model applies its own normalization: it is fed the raw uint8 pixels."""
+    """Write out_dir whole: the test split's probabilities, metrics.json and the plots."""
     from cifarflow.evaluation import plots
 
     preset = get_preset(preset_name)
-    class_names = read_features(features_dir).label_names
+    names = read_features(features_dir).label_names
     pixels = load_split(features_dir, "test", "pixels")
     probabilities = preset.predict(preset.load(model_path), pixels)
     labels = np.asarray(load_split(features_dir, "test", "labels"))
-    metrics = compute_metrics(labels, probabilities, class_names) | {"tta": preset.tta}
+    metrics = compute_metrics(labels, probabilities, names) | {"tta": preset.tta}
     log(f"test accuracy {metrics['test_accuracy']:.4f}, loss {metrics['test_loss']:.4f} (TTA: {preset.tta})")
     with atomic_directory(out_dir) as staging:
         np.save(staging / "probabilities.npy", probabilities.astype(np.float32))
-        plots.confusion_matrix_plot(
-            np.array(metrics["confusion_matrix"]), class_names, staging / "confusion_matrix.png"
-        )
+        plots.confusion_matrix_plot(np.array(metrics["confusion_matrix"]), names, staging / "confusion_matrix.png")
         plots.training_curves_plot(read_json(history_path), staging / "training_curves.png")
-        plots.sample_predictions_plot(
-            pixels, labels, probabilities.argmax(1), class_names, staging / "sample_predictions.png"
-        )
+        predicted = probabilities.argmax(1)
+        plots.sample_predictions_plot(pixels, labels, predicted, names, staging / "sample_predictions.png")
         write_json(staging / "metrics.json", metrics)
     return find_evaluation(out_dir)
 

@@ -8,10 +8,10 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from cifarflow.calibration.scores import expected_calibration_error, reliability_bins
 from cifarflow.files import atomic_path
 
-# No display on servers and CI. pyplot resolves its backend at the first figure, not at its import,
-# and a switch to a non-interactive backend is always allowed, so this may follow the imports.
+# no display on servers and CI; pyplot resolves its backend at the first figure, so this may follow the imports
 matplotlib.use("Agg")
 
 
@@ -34,9 +34,8 @@ def confusion_matrix_plot(
     limit = np.abs(matrix).max() or 1
     image = ax.imshow(matrix, cmap=cmap, vmin=-limit if center_zero else 0, vmax=limit)
     fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set(
-        xticks=range(len(class_names)), yticks=range(len(class_names)), xlabel="predicted", ylabel="true", title=title
-    )
+    ticks = range(len(class_names))
+    ax.set(xticks=ticks, yticks=ticks, xlabel="predicted", ylabel="true", title=title)
     ax.set_xticklabels(class_names, rotation=45, ha="right")
     ax.set_yticklabels(class_names)
     for (row, col), value in np.ndenumerate(matrix):
@@ -48,12 +47,10 @@ def confusion_matrix_plot(
 def training_curves_plot(history: list[dict[str, float]], path: Path) -> Path:
     epochs = [r["epoch"] for r in history]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("loss", "train"), ("val_loss", "test (monitor)")):
-        if history and key in history[0]:
-            loss_ax.plot(epochs, [r[key] for r in history], marker="o", label=label)
-    for key, label in (("accuracy", "train"), ("val_accuracy", "test (monitor)")):
-        if history and key in history[0]:
-            acc_ax.plot(epochs, [r[key] for r in history], marker="o", label=label)
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        for key, label in ((metric, "train"), (f"val_{metric}", "test (monitor)")):
+            if history and key in history[0]:
+                ax.plot(epochs, [r[key] for r in history], marker="o", label=label)
     loss_ax.set(title="Loss", xlabel="epoch")
     acc_ax.set(title="Accuracy", xlabel="epoch", ylim=(0, 1))
     for ax in (loss_ax, acc_ax):
@@ -62,28 +59,35 @@ def training_curves_plot(history: list[dict[str, float]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def sample_predictions_plot(
-    pixels: np.ndarray,
-    labels: np.ndarray,
-    predicted: np.ndarray,
-    class_names: list[str],
-    path: Path,
-    count: int = 25,
-    seed: int = 0,
-) -> Path:
-    """A grid of test images titled 'true / predicted' (red where wrong)."""
-    chosen = np.sort(np.random.default_rng(seed).choice(len(labels), size=min(count, len(labels)), replace=False))
+def sample_predictions_plot(pixels, labels: np.ndarray, predicted: np.ndarray, names: list[str], path: Path) -> Path:
+    """A grid of 25 seeded random test images titled 'true → predicted' (red where wrong)."""
+    chosen = np.sort(np.random.default_rng(0).choice(len(labels), size=min(25, len(labels)), replace=False))
     side = int(np.ceil(np.sqrt(len(chosen))))
     fig, axes = plt.subplots(side, side, figsize=(side * 1.9, side * 2.1))
     for ax in np.ravel(axes):
         ax.axis("off")
     for ax, index in zip(np.ravel(axes), chosen):
         ax.imshow(np.asarray(pixels[index]))
-        right = labels[index] == predicted[index]
-        ax.set_title(
-            f"{class_names[labels[index]]}\n→ {class_names[predicted[index]]}",
-            fontsize=8,
-            color="green" if right else "red",
-        )
+        title = f"{names[labels[index]]}\n→ {names[predicted[index]]}"
+        ax.set_title(title, fontsize=8, color="green" if labels[index] == predicted[index] else "red")
     fig.suptitle("Test images: true → predicted")
+    return save_figure(fig, path)
+
+
+def reliability_diagram(panels: list[tuple[str, np.ndarray]], labels: np.ndarray, path: Path, bins: int = 15) -> Path:
+    """One panel per (title, (N, classes) probabilities): per bin, the accuracy and its gap to the confidence."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), squeeze=False)
+    for ax, (title, probabilities) in zip(axes[0], panels):
+        binned = reliability_bins(probabilities, labels, bins)
+        filled = binned.counts > 0
+        centres = ((binned.edges[:-1] + binned.edges[1:]) / 2)[filled]
+        accuracy, confidence = binned.accuracy[filled], binned.confidence[filled]
+        ax.bar(centres, accuracy, width=1.0 / bins, edgecolor="black", label="accuracy")
+        gap = {"bottom": np.minimum(confidence, accuracy), "color": "tab:red", "alpha": 0.3, "hatch": "//"}
+        ax.bar(centres, np.abs(confidence - accuracy), width=1.0 / bins, **gap, label="gap: mean confidence − accuracy")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        ece = expected_calibration_error(probabilities, labels, bins)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)", ylabel="accuracy")
+        ax.set_title(f"{title}: ECE {ece:.3f}")
+        ax.legend(loc="lower right", fontsize="small")
     return save_figure(fig, path)

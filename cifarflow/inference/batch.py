@@ -1,11 +1,6 @@
-"""Batch prediction: image files → one Parquet row each, streamed in batches with bounded memory.
-
-Files are decoded by the intake's rules (`cifarflow.intake.images`) on two threads, one batch ahead
-of the model, so decoding overlaps prediction; only two batches of pixels are in memory at a time,
-and every batch is written as a Parquet row group as soon as it is scored. A file that cannot be
-decoded gets a row with its `error` and no label: one bad file never stops the others. Each scored
-image gets a `prediction_id`, and with a prediction log it is appended there (`cifarflow.monitoring.log`).
-"""
+"""Batch prediction: image files → one Parquet row each (`SCHEMA`), decoded on threads one batch ahead of
+the model, each batch written as a row group once scored; a file that cannot be decoded gets a row with its
+`error`. Scored images get a `prediction_id` and go to the prediction log when one is given."""
 
 from __future__ import annotations
 
@@ -60,7 +55,6 @@ class BatchResult:
 
 
 def decode(path: Path) -> tuple[np.ndarray | None, str | None, str | None]:
-    """(pixels, None, note) for a file that decodes, (None, reason, None) for one that does not."""
     try:
         converted = convert_image(path)
     except ImageRejected as rejected:
@@ -81,8 +75,7 @@ def decoded_batches(files: list[Path], batch_size: int, pool: ThreadPoolExecutor
 def score_batch(
     paths: list[Path], decoded: list, predictor: Predictor, prediction_log: PredictionLog | None = None
 ) -> tuple[list[dict], np.ndarray]:
-    """Rows for one batch, and the pixels of the files that decoded (for the contact sheet); the scored
-    images go to `prediction_log` too, when there is one."""
+    """Rows for one batch and the pixels of the files that decoded; the scored images go to `prediction_log`."""
     good = [i for i, (pixels, _, _) in enumerate(decoded) if pixels is not None]
     pixels = np.stack([decoded[i][0] for i in good]) if good else np.zeros((0, 32, 32, 3), np.uint8)
     probabilities = predictor.probabilities(pixels) if good else np.zeros((0, len(predictor.label_names)), np.float32)
@@ -93,18 +86,10 @@ def score_batch(
     rows = []
     for i, path in enumerate(paths):
         top, prediction_id = top_of.get(i, (None, None))
-        rows.append(
-            {
-                "path": printable(path),
-                "label": top[0]["label"] if top else None,
-                "probability": top[0]["probability"] if top else None,
-                "top": top,
-                "model_version": predictor.version,
-                "error": None if top else decoded[i][1],
-                "note": decoded[i][2],
-                "prediction_id": prediction_id,
-            }
-        )
+        best = top[0] if top else {"label": None, "probability": None}
+        error = None if top else decoded[i][1]
+        values = (printable(path), best["label"], best["probability"], top, predictor.version, error, decoded[i][2])
+        rows.append(dict(zip(SCHEMA.names, (*values, prediction_id), strict=True)))
     return rows, pixels
 
 
@@ -117,9 +102,8 @@ def predict_files(
     on_progress: Callable[[int, int, int], None] | None = None,
     prediction_log: PredictionLog | None = None,
 ) -> BatchResult:
-    """Score `files` into the Parquet file `out` (written atomically) and an optional contact sheet,
-    appending each scored image to `prediction_log` when given. `on_progress(done, total, failed)` is
-    called after each batch."""
+    """Score `files` into the Parquet file `out` (atomically) and the contact sheet `sheet`, logging to
+    `prediction_log`; `on_progress(done, total, failed)` after each batch."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     started = time.perf_counter()
@@ -135,9 +119,7 @@ def predict_files(
                 writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
                 scored_rows = [row for row in rows if row["error"] is None]
                 counts.update(row["label"] for row in scored_rows)
-                for image, row in zip(pixels, scored_rows):
-                    if len(shown) < SHEET_IMAGES:
-                        shown.append((image, row))
+                shown += list(zip(pixels, scored_rows))[: SHEET_IMAGES - len(shown)]
                 failures = [{"path": row["path"], "error": row["error"]} for row in rows if row["error"]]
                 errors.extend(failures[: max(0, ERRORS_KEPT - len(errors))])
                 done, failed = done + len(rows), failed + len(failures)

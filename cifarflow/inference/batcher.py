@@ -1,11 +1,5 @@
-"""Micro-batching for the service: the images of concurrent requests scored in one model call.
-
-A model call on one image wastes most of a CPU's vector width, and `fast`'s six-view test-time
-augmentation makes that worse. One worker thread takes every request waiting in the queue (up to
-`MAX_IMAGES` images), scores them together, and hands each request its rows. It never waits for a
-batch to fill: at low load a request is scored alone at once, under load the requests that arrive
-while the model runs form the next batch.
-"""
+"""Micro-batching: one worker thread scores the images of every request waiting (up to `MAX_IMAGES`) in one
+model call. It never waits for a batch to fill: alone, a request is scored at once."""
 
 from __future__ import annotations
 
@@ -20,6 +14,8 @@ TIMEOUT_S = 120.0  # a request never waits forever, even if the worker thread we
 
 
 class MicroBatcher:
+    """`probabilities` scored together with the other requests waiting; `close` stops the worker."""
+
     def __init__(self, max_images: int = MAX_IMAGES):
         self.max_images = max_images
         self._queue: queue.Queue = queue.Queue()

@@ -1,16 +1,5 @@
-"""The model a long-running service holds, switched live when the champion alias moves.
-
-A watcher thread reads the alias (registry/champion.json) every `poll_s` seconds. When it points at a
-new version, the new model is loaded *beside* the old one and then swapped in with one reference
-assignment: a request already running finishes on the model it started with, the next one gets the
-new model, and no request waits for a load. A version that fails to load is logged, the old model
-keeps serving, and the load is tried again every `RETRY_S` seconds. A damaged alias is logged once
-(and is the `problem` /health reports while no model is loaded); the old model keeps serving.
-The files of the version being served are checked against what was registered every `VERIFY_S`
-seconds (a few ms: `store.read_version`): damage since it was loaded is logged once, naming the file
-and the fix (`damage`, which /health shows); the model in memory keeps serving, but a restart would not
-load it.
-"""
+"""The service's model, switched live: a watcher thread loads a new champion beside the old and swaps it in with one
+assignment (a running request finishes on its model); after a failed load or a damaged alias the old one serves on."""
 
 from __future__ import annotations
 
@@ -38,6 +27,7 @@ class LiveModel:
         verify_s: float | None = None,
     ):
         self.registry, self.spec, self.poll_s, self.log = Path(registry), spec, poll_s, log
+        self.follows_alias = spec == store.ALIAS
         self.predictor: Predictor | None = None  # read by request threads; replaced whole, never mutated
         self.problem: str | None = None  # why there is no model, for /health
         self.damage: str | None = None  # what is damaged on disk in the version being served, and the fix
@@ -47,15 +37,11 @@ class LiveModel:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def follows_alias(self) -> bool:
-        return self.spec == store.ALIAS
-
     def refresh(self) -> bool:
         """Load the model if the alias moved (or on the first call); True when a new model was swapped in."""
         try:
             target = store.champion_name(self.registry) if self.follows_alias else self.spec
-        except store.RegistryDamaged as damage:  # champion.json cut or edited: keep serving, say why
+        except store.RegistryDamaged as damage:  # aliases.jsonl cut or edited: keep serving, say why
             if self.problem != str(damage):
                 self.problem = str(damage)
                 self.log(f"the champion alias cannot be read ({damage}); still serving {self.version or 'nothing'}")
@@ -83,8 +69,7 @@ class LiveModel:
         return True
 
     def _verify(self) -> None:
-        """Every `verify_s`, following the alias: check the served version's files; log damage once, and its
-        repair."""
+        """Every `verify_s`, following the alias: check the served version's files; log damage once, and its repair."""
         predictor = self.predictor
         if not self.follows_alias or predictor is None or time.monotonic() - self._verified_at < self.verify_s:
             return
@@ -92,9 +77,7 @@ class LiveModel:
         try:
             store.read_version(self.registry, predictor.version)
             damage = None
-        except store.RegistryDamaged as found:
-            damage = str(store.champion_damage(self.registry, found))
-        except store.RegistryError as error:  # the folder is gone
+        except store.RegistryError as error:  # damaged, or the folder is gone
             damage = str(error)
         if damage != self.damage:
             self.damage = damage

@@ -8,11 +8,6 @@ from collections.abc import Callable
 WIDTH = 24
 
 
-def progress_bar(done: int, total: int) -> str:
-    filled = round(WIDTH * done / total) if total else WIDTH
-    return "[" + "#" * filled + "-" * (WIDTH - filled) + "]"
-
-
 class ProgressLog:
     """Calls `log` with a bar, the count and the rate; at most every `every_s` seconds, and at the end.
     Returns whether it logged, so other progress displays can follow the same pace."""
@@ -27,8 +22,9 @@ class ProgressLog:
             return False
         self.last = now
         rate = done / max(now - self.started, 1e-9)
+        filled = round(WIDTH * done / total) if total else WIDTH
         self.log(
-            f"scored {done:,}/{total:,} {progress_bar(done, total)} {done / max(total, 1):.0%} · "
+            f"scored {done:,}/{total:,} [{'#' * filled}{'-' * (WIDTH - filled)}] {done / max(total, 1):.0%} · "
             f"{failed:,} could not be scored · {rate:,.0f} images/s"
         )
         return True

@@ -1,11 +1,5 @@
-"""PATH arguments → the image files to score: files as given, folders recursively, glob patterns.
-
-A path that exists as written is taken as written, even when it holds glob characters
-(`photos [2024]/a.jpg`); a pattern whose folder part exists as written is matched inside that folder
-(`photos [2024]/*.jpg`). Every file a folder or pattern holds is either selected or listed in
-`Selection.skipped` with the reason (hidden, not an image extension, a broken link, a folder that
-cannot be read): nothing is dropped without a word.
-"""
+"""PATH arguments → the image files to score: files as given (even with glob characters in the name),
+folders recursively, glob patterns; every file left out is listed in `Selection.skipped` with the reason."""
 
 from __future__ import annotations
 
@@ -39,8 +33,7 @@ def skip_reason(path: Path, root: Path) -> str | None:
 
 
 def images_in(folder: Path, skipped: list[tuple[str, str]] | None = None) -> list[Path]:
-    """Image files under `folder` at any depth (links to folders followed once), by extension, in path
-    order; hidden files (`.DS_Store`, a sync tool's `.partial` files) and other files go to `skipped`."""
+    """Image files under `folder` at any depth, in path order; hidden (`.DS_Store`) and other files go to `skipped`."""
     selected = []
     for found in walk(folder):
         reason = found.problem or skip_reason(found.path, folder)
@@ -51,30 +44,20 @@ def images_in(folder: Path, skipped: list[tuple[str, str]] | None = None) -> lis
     return sorted(selected)
 
 
-def literal_prefix_pattern(argument: str) -> str | None:
-    """The pattern with its longest existing folder prefix escaped (`photos [2024]/*.jpg` →
-    `photos [[]2024]/*.jpg`), or None when no prefix with glob characters exists as written."""
+def pattern_matches(argument: str) -> list[Path]:
+    """Matches of a glob pattern, its longest existing folder prefix read as written (`photos [2024]/*.jpg`)."""
     parts = Path(argument).parts
     for cut in range(len(parts) - 1, 0, -1):
         prefix = Path(*parts[:cut])
         if glob.has_magic(str(prefix)) and prefix.is_dir():
-            return str(Path(glob.escape(str(prefix)), *parts[cut:]))
-    return None
-
-
-def pattern_matches(argument: str) -> list[Path]:
-    """Matches of a glob pattern; a folder part that exists as written is read as written."""
-    pattern = literal_prefix_pattern(argument) or argument
-    return sorted(Path(match) for match in glob.glob(pattern, recursive=True))
+            argument = str(Path(glob.escape(str(prefix)), *parts[cut:]))
+            break
+    return sorted(Path(match) for match in glob.glob(argument, recursive=True))
 
 
 def select_files(arguments: list[str], allow_empty: bool = False) -> Selection:
-    """The files to score, each once (by what it is, not how it is reached: a file seen through two
-    links is scored once), in the order given. A file named directly is scored whatever its
-    extension (a bad one gets an error row); folders and patterns contribute image files and list the
-    others in `skipped`, as does a named path that is not a regular file (a pipe, a broken link).
-    `allow_empty`: folders with no images are fine (a scheduled run on a folder emptied since).
-    UnusableArguments for a PATH that names nothing, or that cannot be looked at (a name too long)."""
+    """The files to score, each once by real path, in order: files named, the images of folders and patterns (the
+    rest in `skipped`). UnusableArguments for a PATH naming nothing or unreadable, or no images unless `allow_empty`."""
     selection = Selection()
     files: dict[str, Path] = {}  # real path → the path as reached first
     for argument in arguments:
@@ -114,8 +97,3 @@ def argument_files(argument: str, skipped: list[tuple[str, str]]) -> list[Path]:
     found = [m for m in matches if m.is_file() and m.suffix.lower() in EXTENSIONS]
     skipped += [(printable(m), skip_reason(m, m.parent)) for m in matches if m.is_file() and m not in found]
     return found + [f for m in matches if m.is_dir() for f in images_in(m, skipped)]
-
-
-def expand_paths(arguments: list[str], allow_empty: bool = False) -> list[Path]:
-    """`select_files(…).files`: the files to score."""
-    return select_files(arguments, allow_empty).files

@@ -1,5 +1,4 @@
-"""What one `add_images` run did, for people: summary.json, report.md and a thumbnail grid of the
-images added, in `reports/additions/<addition id>/` (the batch id when a batch was written)."""
+"""What one `add_images` run did: summary.json, report.md and a grid of the images added."""
 
 from __future__ import annotations
 
@@ -26,9 +25,8 @@ def build_summary(
     files: int,
     screening,
     previous_version: str,
-    dataset_version: str,
-    train_images: int,
 ) -> dict[str, Any]:
+    """summary.json less the data's version after the run (`dataset_version`, `train_images`: added on publishing)."""
     return {
         "addition_id": addition_id,
         "batch_id": batch_id,
@@ -41,8 +39,6 @@ def build_summary(
         "notes": screening.notes,
         "class_counts": screening.class_counts,
         "previous_dataset_version": previous_version,
-        "dataset_version": dataset_version,
-        "train_images": train_images,
     }
 
 
@@ -72,30 +68,21 @@ def render_markdown(summary: dict[str, Any], grid: str | None) -> str:
         f"{'' if moved else ' (unchanged: nothing new was added)'}; {summary['train_images']:,} training images.",
         "",
     ]
-    if summary["class_counts"]:
-        lines += ["## Added per class", "", "| class | added |", "|---|---|"]
-        lines += [f"| {escape(name)} | {count} |" for name, count in summary["class_counts"].items()]
-        lines.append("")
-    if summary["rejected"]:
-        lines += ["## Rejected", "", "| file | reason |", "|---|---|"]
-        lines += [f"| {escape(r['path'])} | {escape(r['reason'])} |" for r in summary["rejected"]]
-        lines.append("")
-    if summary.get("notes"):
-        lines += ["## Decoded with a note", "", "| file | note |", "|---|---|"]
-        lines += [f"| {escape(n['path'])} | {escape(n['note'])} |" for n in summary["notes"]]
-        lines.append("")
-    if summary["duplicate_files"]:
-        lines += [
-            "## Already present (not added again)",
-            "",
-            "| file | same image as | its class there |",
-            "|---|---|---|",
-        ]
-        lines += [
-            f"| {escape(d['path'])} | {escape(d['of'])} | {escape(d.get('label', ''))} |"
-            for d in summary["duplicate_files"]
-        ]
-        lines.append("")
+    tables = (
+        ("Added per class", ("class", "added"), [(name, count) for name, count in summary["class_counts"].items()]),
+        ("Rejected", ("file", "reason"), [(r["path"], r["reason"]) for r in summary["rejected"]]),
+        ("Decoded with a note", ("file", "note"), [(n["path"], n["note"]) for n in summary["notes"]]),
+        (
+            "Already present (not added again)",
+            ("file", "same image as", "its class there"),
+            [(d["path"], d["of"], d["label"]) for d in summary["duplicate_files"]],
+        ),
+    )
+    for title, columns, rows in tables:
+        if rows:
+            lines += [f"## {title}", "", f"| {' | '.join(columns)} |", "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(escape(str(cell)) for cell in row) + " |" for row in rows]
+            lines.append("")
     if grid:
         lines += ["## What was added", "", f"![added images]({grid})", ""]
     return "\n".join(lines)
@@ -104,9 +91,8 @@ def render_markdown(summary: dict[str, Any], grid: str | None) -> str:
 def write_summary(directory: Path, summary: dict[str, Any], added_images: list[np.ndarray]) -> Path:
     """Write the addition's report directory whole; return the path of summary.json."""
     with atomic_directory(directory) as staging:
-        grid = None
-        if added_images:
-            grid = "added.png"
+        grid = "added.png" if added_images else None
+        if grid:
             thumbnail_grid(added_images, staging / grid)
         write_json(staging / "summary.json", summary)
         with atomic_path(staging / "report.md") as tmp:

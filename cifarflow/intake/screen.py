@@ -1,39 +1,144 @@
-"""Screen an inbox's candidates: decode each, refuse test-set copies, and set aside what the
-training data already holds. The result says, for every file, added / duplicate / rejected and why.
-"""
+"""Screen an inbox `INBOX/<class name>/<file>` (never written): each file is added, a duplicate, or rejected (why)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from cifarflow.data.dataset_versions import active_batches, batch_shards
 from cifarflow.data.shards import pixel_digest, read_shards, rows_table, shard_files
 from cifarflow.files import read_json
-from cifarflow.intake.images import ImageRejected, convert_image
-from cifarflow.intake.inbox import Candidate, Inbox, Rejection
-from cifarflow.intake.leaks import NEAR_RMS, LeakIndex
+from cifarflow.intake.images import EXTENSIONS, ImageRejected, convert_image
 from cifarflow.layout import DataLayout
-from cifarflow.paths import printable
+from cifarflow.paths import printable, walk
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: Path
+    label: int
+    label_name: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    path: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": self.path, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Inbox:
+    root: Path
+    candidates: list[Candidate]
+    rejected: list[Rejection]
+
+    @property
+    def files(self) -> int:
+        return len(self.candidates) + len(self.rejected)
+
+
+def scan_inbox(root: Path, label_names: list[str]) -> Inbox:
+    """Candidates in `root/<class>/…` (class names case-insensitive, sub-folders included), sorted by path; every
+    other file rejected with the reason (paths as `cifarflow.paths.printable` text)."""
+    classes = {name.lower(): label for label, name in enumerate(label_names)}
+    candidates, rejected = [], []
+    for found in sorted(walk(root), key=lambda found: str(found.path)):
+        path, parts = found.path, found.path.relative_to(root).parts
+        label = classes.get(parts[0].lower()) if parts else None
+        if not parts:  # the inbox itself could not be read (removed since the command started)
+            reason = f"the inbox {found.problem}"
+        elif len(parts) == 1 and found.problem is None:
+            reason = "not in a class folder: put it in INBOX/<class name>/"
+        elif found.problem is not None:
+            reason = found.problem
+        elif label is None:
+            reason = f"folder {parts[0]!r} is not a CIFAR-10 class ({', '.join(label_names)})"
+        elif path.suffix.lower() not in EXTENSIONS:
+            reason = f"extension {printable(path.suffix) or '(none)'!r} is not one of {', '.join(sorted(EXTENSIONS))}"
+        else:
+            candidates.append(Candidate(path, label, label_names[label]))
+            continue
+        rejected.append(Rejection(printable(path), reason))
+    return Inbox(root, candidates, rejected)
+
+
+CELL = 4  # pixels a side of the cells a signature averages
+MAX_SHIFT = 2
+CROP = 32 - 2 * MAX_SHIFT  # 28: the centre every shifted view still contains
+NEAR_RMS = 8.0  # signature RMS distance (pixel units) at or below which an image is a near copy
+CHUNK = 32  # query images per matrix product: 32 × 50 views × 10,000 test images = 64 MB of distances
+
+
+def block_signature(crops: np.ndarray) -> np.ndarray:
+    """(N, 28, 28, 3) pixels → (N, 147) float32 block means."""
+    n = len(crops)
+    blocks = crops.reshape(n, CROP // CELL, CELL, CROP // CELL, CELL, 3).astype(np.float32)
+    return blocks.mean(axis=(2, 4)).reshape(n, -1)
+
+
+def view_signatures(images: np.ndarray) -> np.ndarray:
+    """(N, views, 147): each image at every shift in [-MAX_SHIFT, MAX_SHIFT]², as is and mirrored."""
+    images = np.asarray(images)
+    shifts = range(2 * MAX_SHIFT + 1)
+    crops = (
+        s[:, dy : dy + CROP, dx : dx + CROP] for s in (images, images[:, :, ::-1]) for dy in shifts for dx in shifts
+    )
+    return np.stack([block_signature(crop) for crop in crops], axis=1)
+
+
+@dataclass(frozen=True)
+class LeakIndex:
+    """Test images' signatures: the centre 28×28 pixels averaged over 4×4 blocks, compared at every shift up to
+    MAX_SHIFT and mirrored; RMS ≤ NEAR_RMS (0..255 units) is a near copy. README: "What the leak check catches"."""
+
+    signatures: np.ndarray  # (T, 147) float32
+    image_ids: list[str]
+
+    @classmethod
+    def build(cls, test_images: np.ndarray, image_ids: list[str]) -> LeakIndex:
+        centre = np.asarray(test_images)[:, MAX_SHIFT : MAX_SHIFT + CROP, MAX_SHIFT : MAX_SHIFT + CROP]
+        return cls(block_signature(centre), list(image_ids))
+
+    def nearest(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) int64 indices of the nearest test images and (N,) float32 RMS signature distances to them."""
+        reference = self.signatures
+        reference_norms = np.square(reference).sum(axis=1)
+        indices = np.empty(len(images), np.int64)
+        distances = np.empty(len(images), np.float32)
+        for start in range(0, len(images), CHUNK):
+            views = view_signatures(images[start : start + CHUNK])  # (n, V, D)
+            n, v, d = views.shape
+            flat = views.reshape(n * v, d)
+            squared = np.square(flat).sum(axis=1)[:, None] + reference_norms[None, :] - 2.0 * (flat @ reference.T)
+            best = squared.reshape(n, v, -1).min(axis=1).argmin(axis=1)  # nearest test image, over all views
+            # the expansion above loses float32 precision; the winner's distance is recomputed exactly
+            exact = np.square(views.astype(np.float64) - reference[best][:, None, :].astype(np.float64))
+            indices[start : start + n] = best
+            distances[start : start + n] = np.sqrt(exact.mean(axis=2).min(axis=1))
+        return indices, distances
 
 
 def image_id(digest: str) -> str:
-    """Stable id of an added image: from its content, so the same image always has the same id."""
+    """`add-<20 hex>`: an added image's id, from its pixels' sha256."""
     return f"add-{digest[:20]}"
 
 
 @dataclass
 class Reference:
-    """What new images are checked against: the test set (leaks) and the training data (duplicates)."""
-
     leak_index: LeakIndex
     known: dict[str, str]  # pixel digest → image id, for every training image (base + batches)
     labels: dict[str, str] = field(default_factory=dict)  # pixel digest → its class name in the training data
 
 
 def load_reference(layout: DataLayout) -> Reference:
+    """The test images' LeakIndex and the digests and classes of the ingested and added training images."""
     manifest = read_json(layout.shard_manifest)
     splits, names = manifest["splits"], manifest["label_names"]
     test_images, _ = read_shards(*shard_files(layout.parquet, splits["test"]["shards"]))
@@ -66,10 +171,7 @@ class Screening:
 
     @property
     def class_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for item in self.accepted:
-            counts[item.candidate.label_name] = counts.get(item.candidate.label_name, 0) + 1
-        return dict(sorted(counts.items()))
+        return dict(sorted(Counter(item.candidate.label_name for item in self.accepted).items()))
 
 
 BLOCK = 256  # files decoded and leak-checked together: progress is reported after each block
@@ -81,8 +183,7 @@ def screen_inbox(
     log: Callable[[str], None] = print,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Screening:
-    """Decode every candidate and sort it into accepted, duplicate or rejected (with the reason),
-    in blocks; `on_progress(done, total)` follows each block."""
+    """Every candidate accepted, duplicate or rejected (with the reason); `on_progress(done, total)` per block."""
     result = Screening(rejected=list(inbox.rejected))
     seen = dict(reference.known)
     seen_labels = dict(reference.labels)
@@ -110,8 +211,7 @@ def screen_inbox(
 def sort_decoded(
     decoded: list[tuple[Candidate, np.ndarray]], reference: Reference, seen: dict, seen_labels: dict, result: Screening
 ):
-    """Test-set copies are rejected first; then duplicates of `seen` (training data and earlier files),
-    each with the class the image already has (`label`), which may differ from its folder's."""
+    """Test-set copies rejected first, then duplicates of `seen` set aside with the class they have there."""
     nearest, distances = reference.leak_index.nearest(np.stack([pixels for _, pixels in decoded]))
     for (candidate, pixels), test_index, distance in zip(decoded, nearest, distances):
         if distance <= NEAR_RMS:

@@ -1,1 +1,0 @@
-"""Model presets (the registry), their networks and the input layer that applies the fitted transform."""

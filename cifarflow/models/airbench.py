@@ -1,23 +1,9 @@
-"""The airbench network (Keller Jordan, https://github.com/KellerJordan/cifar10-airbench) in Keras 3.
-Its training loop: `cifarflow/training/airbench_loop.py`; its TTA: `cifarflow/evaluation/scoring.py`.
-
-airbench94's network: the input layer applying the fitted normalization (`cifarflow.models.inputs`), a
-frozen 2×2 *patch-whitening* conv (weights from the eigen-decomposition of the training-patch
-second-moment matrix, ±eigenvectors → 24 channels; its bias trains for the first epochs only), GELU,
-three conv blocks (conv → maxpool 2 → BN → GELU → conv → BN → GELU) of widths 64/256/256 (`fast`;
-`quick` is 32/64/128), a final maxpool over the 3×3 map, a bias-free linear head and a fixed logit
-scale. Convs are bias-free and identity ("dirac") initialized on their first `in_channels` filters;
-BatchNorm has no scale, momentum 0.6, eps 1e-12. The stem (normalize, whitening) always runs in float32.
-
-The model takes uint8 pixels and outputs *logits* (the presets declare `outputs="logits"`), which
-`cifarflow.evaluation.scoring.predict_tta` turns into TTA-averaged probabilities. `load_airbench_net`
-loads a saved one in any process.
-"""
+"""airbench94's network (Keller Jordan, github.com/KellerJordan/cifar10-airbench) in Keras 3: normalization → frozen
+2×2 patch whitening → GELU → three conv blocks of `recipe.widths` → maxpool → bias-free linear head → scale."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -25,18 +11,13 @@ from keras import layers
 
 from cifarflow.data.archive import NUM_CLASSES
 from cifarflow.data.transform import Normalization
-from cifarflow.models.inputs import normalize, pixel_input
-from cifarflow.models.recipes import AirbenchRecipe
-
-# --------------------------------------------------------------------------------------------------
-# Layers and initializers
-# --------------------------------------------------------------------------------------------------
+from cifarflow.models.inputs import normalized_input
+from cifarflow.models.presets import AirbenchRecipe
 
 
 @keras.saving.register_keras_serializable(package="cifar")
 class DiracInit(keras.initializers.Initializer):
-    """PyTorch's default conv init (uniform ±1/√fan_in) with the first `in_channels` filters set to
-    the identity (airbench's implicit residual): a conv kernel of shape (kh, kw, in, out)."""
+    """PyTorch's default conv init (uniform ±1/√fan_in), the first `in` of (kh, kw, in, out) filters the identity."""
 
     def __init__(self, seed: int | None = None):
         self.seed = seed
@@ -58,8 +39,7 @@ class DiracInit(keras.initializers.Initializer):
 
 @keras.saving.register_keras_serializable(package="cifar")
 class PatchWhitening(layers.Layer):
-    """A frozen k×k conv whose 2·k²·C filters are ± the whitened eigenvectors of the training
-    patches (set with `set_whitening`); only the bias is a trainable weight."""
+    """A frozen k×k conv of ± the whitened eigenvectors of training patches (`set_whitening`); only the bias trains."""
 
     def __init__(self, kernel_size: int = 2, **kwargs):
         super().__init__(**kwargs)
@@ -68,12 +48,8 @@ class PatchWhitening(layers.Layer):
     def build(self, input_shape):
         channels = int(input_shape[-1])
         self.filters = 2 * channels * self.kernel_size**2
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(self.kernel_size, self.kernel_size, channels, self.filters),
-            initializer="zeros",
-            trainable=False,
-        )
+        shape = (self.kernel_size, self.kernel_size, channels, self.filters)
+        self.kernel = self.add_weight(name="kernel", shape=shape, initializer="zeros", trainable=False)
         self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros", trainable=True)
 
     def call(self, inputs):
@@ -81,14 +57,8 @@ class PatchWhitening(layers.Layer):
         out = keras.ops.conv(inputs, kernel, strides=1, padding="valid")
         return out + keras.ops.cast(self.bias, out.dtype)
 
-    def compute_output_shape(self, input_shape):
-        k = self.kernel_size - 1
-        n, h, w, c = input_shape
-        return (n, None if h is None else h - k, None if w is None else w - k, 2 * c * self.kernel_size**2)
-
     def set_whitening(self, images: np.ndarray, eps: float = 5e-4) -> None:
-        """Whitening weights from normalized float images (N, H, W, C), as airbench's
-        `init_whitening_conv`: eigen-decomposition of the (uncentered) patch covariance."""
+        """Whitening weights from normalized float images (N, H, W, C), as airbench's `init_whitening_conv`."""
         self.kernel.assign(whitening_kernel(images, self.kernel_size, eps))
 
     def get_config(self):
@@ -96,8 +66,7 @@ class PatchWhitening(layers.Layer):
 
 
 def whitening_kernel(images: np.ndarray, kernel_size: int = 2, eps: float = 5e-4) -> np.ndarray:
-    """(k, k, C, 2·k²·C) kernel: eigenvectors of the patch covariance scaled by 1/√(λ+eps), largest
-    eigenvalue first, then their negatives."""
+    """(k, k, C, 2·k²·C): the uncentered patch covariance's eigenvectors / √(λ+eps), largest first, then negated."""
     images = np.asarray(images, np.float64)
     n, h, w, c = images.shape
     k = kernel_size
@@ -126,15 +95,11 @@ def make_airbench_net(
     num_classes: int = NUM_CLASSES,
     seed: int | None = None,
 ) -> keras.Model:
-    """The airbench94 network of `recipe.widths` (uncompiled; whitening weights are zero until
-    `set_whitening`). Takes uint8 pixels, applies `normalization` itself, outputs float32 logits."""
+    """uint8 pixels → float32 logits, uncompiled; the whitening weights are zero until `set_whitening`."""
     recipe = recipe or AirbenchRecipe()
     widths = recipe.widths
-    inputs = pixel_input()
-    x = normalize(inputs, normalization)
-    # The stem stays float32 under mixed precision: the whitening filters reach ~1/√eps ≈ 45, and
-    # bfloat16 inputs (8-bit mantissa) would bury the high-frequency channels in rounding noise.
-    # It is ~1% of the FLOPs.
+    inputs, x = normalized_input(normalization)
+    # float32 always: the filters reach ~1/√eps ≈ 45, and bfloat16 would bury high-frequency channels in rounding
     x = PatchWhitening(2, name="whiten", dtype="float32")(x)
     x = layers.Activation("gelu", name="whiten_gelu", dtype="float32")(x)
     for block, width in enumerate(widths, start=1):
@@ -150,18 +115,8 @@ def make_airbench_net(
     fan_in = int(widths[-1])
     # PyTorch's Linear init (uniform ±1/√fan_in), or the same rescaled to unit std (airbench94_muon)
     bound = math.sqrt(3.0) if recipe.head_unit_std else 1 / math.sqrt(fan_in)
-    x = layers.Dense(
-        num_classes,
-        use_bias=False,
-        name="head",
-        kernel_initializer=keras.initializers.RandomUniform(-bound, bound, seed=seed),
-    )(x)
+    head_init = keras.initializers.RandomUniform(-bound, bound, seed=seed)
+    x = layers.Dense(num_classes, use_bias=False, name="head", kernel_initializer=head_init)(x)
     x = layers.Rescaling(1 / fan_in if recipe.scaling_factor is None else recipe.scaling_factor, name="scale")(x)
     outputs = layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name="airbench")
-
-
-def load_airbench_net(path: str | Path) -> keras.Model:
-    """A saved airbench network, in any process: importing this module registered its custom layers
-    (`PatchWhitening`, `DiracInit`), which Keras needs to deserialize it."""
-    return keras.models.load_model(path, compile=False)

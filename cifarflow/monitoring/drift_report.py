@@ -1,5 +1,4 @@
-"""A monitor run's report folder: monitor.json (the verdict), report.md and its plots, window against
-reference: the class mix, the top probability and each colour channel's histogram."""
+"""A monitor run's report folder: monitor.json (the verdict), report.md and its plots."""
 
 from __future__ import annotations
 
@@ -20,29 +19,23 @@ PLOTS = {"class_mix": "class_mix.png", "confidence": "confidence.png", "channels
 SIDES = (("reference", "tab:blue"), ("window", "tab:orange"))
 
 
-def class_mix_plot(reference: Scored, window: Scored, label_names: list[str], path: Path) -> Path:
+def write_plots(reference: Scored, window: Scored, label_names: list[str], directory: Path) -> None:
+    """`PLOTS` in `directory`, window against reference: predicted class mix, top probability, channel histograms."""
     fig, ax = plt.subplots(figsize=(8, 3.5))
     positions = np.arange(len(label_names))
-    for offset, (name, scored), (_, colour) in zip((-0.2, 0.2), (("reference", reference), ("window", window)), SIDES):
+    for offset, (name, colour), scored in zip((-0.2, 0.2), SIDES, (reference, window)):
         shares = np.bincount(scored.probabilities.argmax(1), minlength=len(label_names)) / max(len(scored), 1)
         ax.bar(positions + offset, shares, width=0.4, label=name, color=colour)
     ax.set(xticks=positions, ylabel="share of images", title="Predicted class mix")
     ax.set_xticklabels(label_names, rotation=30, ha="right")
     ax.legend()
-    return save_figure(fig, path)
-
-
-def confidence_plot(reference: Scored, window: Scored, path: Path) -> Path:
+    save_figure(fig, directory / PLOTS["class_mix"])
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = np.linspace(0, 1, 21)
     for (name, colour), scored in zip(SIDES, (reference, window)):
-        ax.hist(scored.probabilities.max(1), bins=bins, density=True, alpha=0.5, label=name, color=colour)
+        ax.hist(scored.probabilities.max(1), np.linspace(0, 1, 21), density=True, alpha=0.5, label=name, color=colour)
     ax.set(xlabel="top probability", ylabel="density", title="Confidence")
     ax.legend()
-    return save_figure(fig, path)
-
-
-def channels_plot(reference: Scored, window: Scored, path: Path) -> Path:
+    save_figure(fig, directory / PLOTS["confidence"])
     fig, axes = plt.subplots(1, 3, figsize=(10, 3), sharey=True)
     edges = np.arange(HISTOGRAM_BINS) * (256 // HISTOGRAM_BINS)
     for channel, (ax, title) in enumerate(zip(axes, ("red", "green", "blue"))):
@@ -52,7 +45,7 @@ def channels_plot(reference: Scored, window: Scored, path: Path) -> Path:
         ax.set(title=title, xlabel="pixel value")
     axes[0].set_ylabel("share of pixels")
     axes[0].legend()
-    return save_figure(fig, path)
+    save_figure(fig, directory / PLOTS["channels"])
 
 
 def limit(signal: Signal) -> str:
@@ -61,17 +54,15 @@ def limit(signal: Signal) -> str:
 
 def report_markdown(summary: MonitorSummary, plots: bool) -> str:
     window = summary.window
-    rows = "\n".join(
+    table = "| signal | test | statistic | p-value or threshold | drift |\n|---|---|---|---|---|\n" + "\n".join(
         f"| {s.name} | {s.test} | {s.statistic:.4g} | {limit(s)} | {'**drift**' if s.drift else 'no'} |"
         for s in summary.signals
     )
-    table = (
-        "| signal | test | statistic | p-value or threshold | drift |\n|---|---|---|---|---|\n" + rows
-        if rows
-        else "No signals computed."
-    )
+    table = table if summary.signals else "No signals computed."
     if window.get("incremental"):
-        chosen = f"every logged row no earlier run judged ({window['files']:,} log files, {window['rows']:,} rows), at"
+        chosen = (
+            f"every logged row no earlier run judged ({window['rows']:,} rows, seq {window['seqs'][0] + 1:,} on), at"
+        )
     elif window["last"]:
         chosen = f"the last {window['last']:,} images up to"
     else:
@@ -107,15 +98,11 @@ def fmt_counts(counts: dict[str, int]) -> str:
 def write_monitor_report(
     directory: Path, summary: MonitorSummary, reference: Scored, window: Scored | None, label_names: list[str]
 ) -> Path:
-    """monitor.json, report.md and (when the window had images) the plots, in `directory`; monitor.json
-    is written last, so a folder with it is whole (a folder without it is a killed run's, undone by the
-    next run: `monitor.resume_run`)."""
+    """monitor.json, report.md and the plots in `directory`; monitor.json last, so a folder with it is whole."""
     directory.mkdir(parents=True, exist_ok=True)
     plots = window is not None and len(window) > 0
     if plots:
-        class_mix_plot(reference, window, label_names, directory / PLOTS["class_mix"])
-        confidence_plot(reference, window, directory / PLOTS["confidence"])
-        channels_plot(reference, window, directory / PLOTS["channels"])
+        write_plots(reference, window, label_names, directory)
     with atomic_path(directory / "report.md") as tmp:
         tmp.write_text(report_markdown(summary, plots))
     kill_point("monitor:report-half-written")

@@ -1,11 +1,4 @@
-"""What the champion makes of images, for the drift signals: its penultimate-layer features and its
-probabilities from one forward pass, plus the images' pixel-value counts.
-
-The features are the output of the layer the preset names (`Preset.features`: the classic CNN's Dense(128),
-airbench's pooled last block). The probabilities come from the same pass without test-time
-augmentation, for the window and the reference alike, so the prediction and confidence signals compare
-like with like whichever version served the logged images.
-"""
+"""The champion's penultimate-layer features and probabilities in one pass, for window and reference alike."""
 
 from __future__ import annotations
 
@@ -29,7 +22,7 @@ def load_embedder(preset_name: str, model_path: Path) -> Embed:
     `.keras` file at `model_path` built by the preset `preset_name`."""
     import keras
 
-    from cifarflow.evaluation.scoring import softmax
+    from cifarflow.models.scoring import softmax
 
     preset = get_preset(preset_name)
     model = preset.load(model_path)
@@ -57,7 +50,6 @@ def score(embed: Embed, pixels: np.ndarray) -> Scored:
 
 
 def save_scored(path: Path, scored: Scored) -> Path:
-    """`scored` as one .npz file, written atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, features=scored.features, probabilities=scored.probabilities, value_counts=scored.value_counts)
     return Path(path)

@@ -1,22 +1,6 @@
-"""Drift signals: a window of what the champion was asked, against a reference it did not train on.
-
-Four signals, each a pure function of arrays returning a `Signal` (statistic, threshold or p-value,
-verdict):
-
-- **input**: per-channel pixel histograms, the population stability index the validate stage uses
-  (`cifarflow.validation.checks.psi`: 16 bins, largest over R, G, B) against `INPUT_PSI`;
-- **embedding**: the champion's penultimate-layer features, maximum mean discrepancy (MMD, Gretton et
-  al. 2012, "A Kernel Two-Sample Test", JMLR 13) with a Gaussian kernel of median-heuristic bandwidth,
-  its p-value from a permutation test;
-- **prediction**: the predicted-class counts, Pearson's chi-square test of homogeneity
-  (`scipy.stats.chi2_contingency`);
-- **confidence**: the top probability, the two-sample Kolmogorov–Smirnov test (`scipy.stats.ks_2samp`).
-
-`drift` is true when any signal fires. The three tests with p-values share one family-wise false-alarm
-rate, `FAMILY_ALPHA`, by Bonferroni's correction: each fires at p < FAMILY_ALPHA / 4 (the four signals,
-counting PSI's as one), so a window from the reference's own distribution raises an alarm with
-probability at most about 5% (the PSI threshold adds next to nothing: see benchmarks/bench_monitor.py).
-"""
+"""Drift signals, each a pure function of arrays returning a `Signal`: input PSI, embedding MMD, prediction
+chi-square, confidence KS. The three tests share the family-wise false-alarm rate `FAMILY_ALPHA` by Bonferroni
+over the four signals (PSI counted as one); benchmarks/bench_monitor.py measures the rate on clean windows."""
 
 from __future__ import annotations
 
@@ -53,7 +37,7 @@ class Signal:
 
 
 def input_drift(reference_counts: np.ndarray, window_counts: np.ndarray, threshold: float = INPUT_PSI) -> Signal:
-    """PSI between two (3, 256) int64 pixel-value counts (`cifarflow.data.statistics.pixel_value_counts`)."""
+    """Largest PSI over R, G, B of two (3, 256) int64 pixel-value counts, 16 bins (the validate stage's `psi`)."""
     value = psi(reference_counts, window_counts)
     return Signal("input", "PSI of 16-bin channel histograms, largest of R, G, B", value, value > threshold, threshold)
 
@@ -83,7 +67,7 @@ def mmd_permutation_test(
 
 
 def embedding_drift(reference_features: np.ndarray, window_features: np.ndarray, alpha: float = ALPHA) -> Signal:
-    """MMD permutation test on (n, d) and (m, d) penultimate-layer features (see `mmd_permutation_test`)."""
+    """MMD permutation test (Gretton et al. 2012, JMLR 13) on (n, d) and (m, d) penultimate-layer features."""
     statistic, p_value = mmd_permutation_test(reference_features, window_features)
     return Signal("embedding", "MMD², Gaussian kernel, permutation test", statistic, p_value < alpha, p_value=p_value)
 
@@ -91,27 +75,31 @@ def embedding_drift(reference_features: np.ndarray, window_features: np.ndarray,
 def prediction_drift(
     reference_classes: np.ndarray, window_classes: np.ndarray, classes: int, alpha: float = ALPHA
 ) -> Signal:
-    """Chi-square test that (n,) and (m,) predicted class indices in 0..classes−1 come from one class mix."""
-    table = np.stack(
-        [np.bincount(reference_classes, minlength=classes), np.bincount(window_classes, minlength=classes)]
-    )
+    """Chi-square test of homogeneity (scipy) that (n,), (m,) predicted class indices share one class mix."""
+    table = np.stack([np.bincount(side, minlength=classes) for side in (reference_classes, window_classes)])
     table = table[:, table.sum(axis=0) > 0]  # a class neither side predicted says nothing
     if table.shape[1] < 2:
         return Signal("prediction", "chi-square test of the predicted-class counts", 0.0, False, p_value=1.0)
     result = stats.chi2_contingency(table)
     return Signal(
-        "prediction", "chi-square test of the predicted-class counts", float(result.statistic),
-        bool(result.pvalue < alpha), p_value=float(result.pvalue),
-    )  # fmt: skip
+        "prediction",
+        "chi-square test of the predicted-class counts",
+        float(result.statistic),
+        bool(result.pvalue < alpha),
+        p_value=float(result.pvalue),
+    )
 
 
 def confidence_drift(reference_top: np.ndarray, window_top: np.ndarray, alpha: float = ALPHA) -> Signal:
     """Two-sample Kolmogorov–Smirnov test on (n,) and (m,) top probabilities (0–1)."""
     result = stats.ks_2samp(reference_top, window_top)
     return Signal(
-        "confidence", "Kolmogorov–Smirnov test of the top probability", float(result.statistic),
-        bool(result.pvalue < alpha), p_value=float(result.pvalue),
-    )  # fmt: skip
+        "confidence",
+        "Kolmogorov–Smirnov test of the top probability",
+        float(result.statistic),
+        bool(result.pvalue < alpha),
+        p_value=float(result.pvalue),
+    )
 
 
 @dataclass(frozen=True)

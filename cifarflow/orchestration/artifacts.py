@@ -1,35 +1,34 @@
-"""Publish a finished run to the Prefect UI: the report, per-class metrics and links.
-
-Stable artifact keys make the UI's artifact history show the trend across nightly runs.
-"""
+"""Prefect UI artifacts of every flow, under stable keys: the UI's history of a key is the trend across runs."""
 
 from __future__ import annotations
 
 import base64
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from cifarflow.files import read_json
-from cifarflow.markdown import escape, escaped_rows
-from cifarflow.monitoring.monitor import MonitorSummary
+from cifarflow.markdown import escape
 from cifarflow.paths import printable
 from cifarflow.reporting.report import Report, per_class_rows
+
+if TYPE_CHECKING:  # the monitor's imports (scipy.stats) would slow every pipeline run's start
+    from cifarflow.monitoring.monitor import MonitorSummary
 
 EMBED_MAX_BYTES = 400_000  # per image; larger plots are linked (file://) instead of embedded
 
 
 def publish_table(table: list[dict[str, Any]], key: str, description: str | None = None) -> None:
-    """A table artifact with every text cell and the description escaped (`cifarflow.markdown`): the Prefect
-    UI renders both as Markdown. Every table artifact goes through here."""
-    create_table_artifact(table=escaped_rows(table), key=key, description=description and escape(description))
+    """A table artifact, its text cells and description escaped: the Prefect UI renders both as Markdown."""
+    rows = [{name: escape(value) if isinstance(value, str) else value for name, value in row.items()} for row in table]
+    create_table_artifact(table=rows, key=key, description=description and escape(description))
 
 
 def embed_images(markdown: str, directory: Path, max_bytes: int = EMBED_MAX_BYTES) -> str:
-    """Inline the report's relative PNG links as data: URIs, which the Prefect UI renders (it
-    cannot load files from the worker's disk); an image too large to inline becomes a file:// link."""
+    """`markdown` with its PNG links inlined as data: URIs (the UI cannot read the worker's disk), or over `max_bytes`
+    as file:// links."""
 
     def inline(match: re.Match) -> str:
         path = directory / match.group(1)
@@ -42,17 +41,13 @@ def embed_images(markdown: str, directory: Path, max_bytes: int = EMBED_MAX_BYTE
 
 def publish_report(report: Report, model: str) -> None:
     metrics = read_json(report.metrics_path)
-    markdown = report.report_path.read_text()
-    markdown = embed_images(markdown, report.directory)  # report and promotion plots, visible in the UI
     create_markdown_artifact(
-        markdown=markdown,
+        markdown=embed_images(report.report_path.read_text(), report.directory),
         key=f"cifar10-report-{model}",
         description=f"Run {report.run_name}: test accuracy {metrics['test_accuracy']:.4f}",
     )
     publish_table(
-        table=per_class_rows(metrics),
-        key=f"cifar10-per-class-{model}",
-        description=f"Per-class precision / recall / F1 of {report.run_name}",
+        per_class_rows(metrics), f"cifar10-per-class-{model}", f"Per-class precision / recall / F1 of {report.run_name}"
     )
     create_link_artifact(
         link=f"file://{report.directory}",
@@ -71,11 +66,10 @@ def publish_report(report: Report, model: str) -> None:
 
 
 def promotion_markdown(record: dict[str, Any]) -> str:
-    """The promotion artifact from promotion.json: the decision, and the champion by its version (v1, v2, …)
-    as the logs and `registry.py list` name it, its model sha256 beside."""
+    """The promotion artifact from promotion.json: the decision, and the champion's version and model sha256."""
     decision = record["decision"]
     sha = decision["resulting_champion"]
-    version = record.get("champion_version")  # absent from decisions recorded before versions were named here
+    version = record["champion_version"]  # None: no champion
     champion = f"**{version}** (model sha256 `{sha[:12]}`)" if version else f"`{sha[:12]}`"
     return (
         f"# Champion/challenger: {'promoted' if decision['promoted'] else 'kept champion'}\n\n"
@@ -84,7 +78,7 @@ def promotion_markdown(record: dict[str, Any]) -> str:
 
 
 def publish_addition(summary: dict, summary_path: Path) -> None:
-    """The addition's report, per-class counts and rejected files, as Prefect artifacts."""
+    """An addition's report, per-class counts and rejected files."""
     markdown = embed_images((summary_path.parent / "report.md").read_text(), summary_path.parent)
     create_markdown_artifact(
         markdown=markdown,
@@ -98,24 +92,17 @@ def publish_addition(summary: dict, summary_path: Path) -> None:
         publish_table(table=summary["rejected"], key="cifar10-images-rejected")
 
 
-REGISTRY_ARTIFACT = "cifar10-model-registry"
-
-
 def publish_registry(registry: Path) -> None:
-    """The registry's versions as a table artifact under one stable key (its history is the UI's)."""
+    """The registry's versions as a table, with the champion and its last move in the description."""
     from cifarflow.registry.listing import alias_rows, version_rows
 
     rows = version_rows(registry)
     champion = next((row["version"] for row in rows if row["champion"]), "none")
     moves = alias_rows(registry, last=1)
-    latest = (
-        f"; last move: {moves[0]['from']} → {moves[0]['to']} by {moves[0]['by']} ({moves[0]['reason']})"
-        if moves
-        else ""
-    )
+    latest = "".join(f"; last move: {m['from']} → {m['to']} by {m['by']} ({m['reason']})" for m in moves)
     publish_table(
         table=rows or [{"version": "(none yet)"}],
-        key=REGISTRY_ARTIFACT,
+        key="cifar10-model-registry",
         description=f"Model registry: {len(rows)} versions, champion {champion}{latest}"[:1000],
     )
 
@@ -160,11 +147,7 @@ def publish_predictions(result) -> None:
 def publish_leaderboard(name: str, rows: list[dict[str, Any]], files: dict[str, Path]) -> None:
     """A sweep's leaderboard as a table artifact (best first) and its Markdown with the plot linked."""
     table = [{k: ("" if v is None else v) for k, v in row.items()} for row in rows]
-    publish_table(
-        table=table,
-        key=f"sweep-{name}-leaderboard"[:100],
-        description=f"Sweep {name}: {len(rows)} trials, best first",
-    )
+    publish_table(table, f"sweep-{name}-leaderboard"[:100], f"Sweep {name}: {len(rows)} trials, best first")
     markdown = files["markdown"].read_text()
     if "plot" in files:
         markdown = markdown.replace(f"]({files['plot'].name})", f"](file://{files['plot']})")
@@ -172,8 +155,7 @@ def publish_leaderboard(name: str, rows: list[dict[str, Any]], files: dict[str, 
 
 
 def publish_monitor(summary: MonitorSummary, directory: Path) -> None:
-    """A monitor run in the UI, under stable keys (their history is the drift trend): the report with its
-    plots, and one table row per signal."""
+    """A monitor run's report with its plots, and a table row per drift signal."""
     create_markdown_artifact(
         markdown=embed_images((directory / "report.md").read_text(), directory),
         key="cifar10-monitor-report",

@@ -1,8 +1,9 @@
-"""The Dask task runner a sweep's trials run on: an existing cluster, or a LocalCluster started for
-the run, each worker a single-threaded TensorFlow so that trials do not fight over cores."""
+"""The Dask task runner of a sweep's trials: an existing cluster or a LocalCluster for the run, each
+worker a single-threaded TensorFlow so that trials do not fight over cores."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any
@@ -21,26 +22,19 @@ SINGLE_THREAD_ENV = {
 
 
 class SingleThreadedTensorFlow(WorkerPlugin):
-    """Limits TensorFlow to one thread in every worker of a cluster we did not start ourselves.
-
-    Env vars take effect if TensorFlow has not run an op in that worker yet; otherwise the runtime
-    setting is tried, and a worker whose TensorFlow is already initialized keeps its pools."""
+    """One TensorFlow thread in every worker of a cluster we did not start (unless it already ran an op)."""
 
     def setup(self, worker) -> None:
         os.environ.update(SINGLE_THREAD_ENV)
-        if "tensorflow" in sys.modules:
-            tf = sys.modules["tensorflow"]
-            try:
+        tf = sys.modules.get("tensorflow")
+        with contextlib.suppress(RuntimeError):  # a TensorFlow that already ran an op keeps its pools
+            if tf is not None:
                 tf.config.threading.set_intra_op_parallelism_threads(1)
                 tf.config.threading.set_inter_op_parallelism_threads(1)
-            except RuntimeError:  # already initialized in this worker
-                pass
 
 
 def trial_task_runner(address: str | None = None, n_workers: int | None = None, sequential: bool = False):
-    """The existing cluster at `address`, or a LocalCluster of `n_workers` (default: one per core)
-    single-threaded worker processes, started and stopped with the run. `sequential`: no Dask, one
-    trial after another in this process, TensorFlow using every core (the baseline, or for debugging)."""
+    """The cluster at `address`, else a LocalCluster of `n_workers` (default: one per core); `sequential`: no Dask."""
     if sequential:
         return ThreadPoolTaskRunner(max_workers=1)
     if address:
@@ -58,13 +52,12 @@ def trial_task_runner(address: str | None = None, n_workers: int | None = None, 
 
 
 def single_threaded_workers(runner) -> None:
-    """Register the single-thread plugin on a cluster we did not start (ours start that way)."""
     if isinstance(runner, DaskTaskRunner) and runner.address:
         runner.client.register_plugin(SingleThreadedTensorFlow(), name="cifar-single-threaded-tf")
 
 
 def describe_cluster(runner) -> dict[str, Any]:
-    """What the trials ran on: the runner's kind and, for Dask, its scheduler, workers and threads."""
+    """The runner's kind and, for Dask, its scheduler, workers and threads per worker."""
     if not isinstance(runner, DaskTaskRunner):
         return {"runner": type(runner).__name__}
     info = runner.client.scheduler_info()

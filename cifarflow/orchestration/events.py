@@ -1,9 +1,5 @@
-"""The events the product emits.
-
-`cifar10.dataset.updated`: a batch was added or withdrawn. `deployments/prefect.yaml` declares a retrain
-trigger on it; the payload carries what the UI and the triggered run need (the data directory, the new
-version and the counts). `cifar10.monitor.drift`: a monitor run found drift (flows/monitor_flow.py).
-"""
+"""The events the product emits: `cifar10.dataset.updated` (a batch added or withdrawn; the retrain
+trigger in `deployments/prefect.yaml` listens for it) and `cifar10.monitor.drift` (a monitor run found drift)."""
 
 from __future__ import annotations
 
@@ -12,9 +8,7 @@ from typing import Any
 from prefect.events import emit_event
 
 DATASET_UPDATED = "cifar10.dataset.updated"
-RESOURCE_PREFIX = "cifar10.dataset"
-
-
+MONITOR_DRIFT = "cifar10.monitor.drift"
 PAYLOAD_KEYS = (
     "dataset_version",
     "previous_dataset_version",
@@ -26,36 +20,19 @@ PAYLOAD_KEYS = (
 )
 
 
+def _emit(event: str, data_dir: str, payload: dict[str, Any]):
+    """`event` about the data dir to the server in PREFECT_API_URL (without one, Prefect drops it quietly)."""
+    resource = {"prefect.resource.id": f"{event.rsplit('.', 1)[0]}.{data_dir}", "prefect.resource.name": data_dir}
+    return emit_event(event=event, resource=resource, payload={"data_dir": data_dir} | payload)
+
+
 def emit_dataset_updated(data_dir: str, facts: dict[str, Any]):
-    """Emit the event (to the server in PREFECT_API_URL; without one, Prefect drops it quietly).
-    The payload is the data dir plus the facts of `PAYLOAD_KEYS` that `facts` (a summary) holds."""
-    payload = {"data_dir": data_dir} | {key: facts[key] for key in PAYLOAD_KEYS if key in facts}
-    return emit_event(
-        event=DATASET_UPDATED,
-        resource={"prefect.resource.id": f"{RESOURCE_PREFIX}.{data_dir}", "prefect.resource.name": data_dir},
-        payload=payload,
-    )
-
-
-MONITOR_DRIFT = "cifar10.monitor.drift"
-MONITOR_PREFIX = "cifar10.monitor"
+    """`cifar10.dataset.updated`; payload: the data dir and the facts of `PAYLOAD_KEYS` that `facts` holds."""
+    return _emit(DATASET_UPDATED, data_dir, {key: facts[key] for key in PAYLOAD_KEYS if key in facts})
 
 
 def emit_monitor_drift(data_dir: str, summary: dict[str, Any]):
-    """Emit `cifar10.monitor.drift` for a monitor run that found drift (`summary`: its monitor.json, so a
-    run that finishes a killed one sends the same event). Payload: the data dir, the window, the model
-    version, the signals that fired (with their statistics) and the report folder. Nothing retrains on
-    it by default: drift without new labels gives a retrain nothing new to learn."""
-    payload = {
-        "data_dir": data_dir,
-        "window": summary["window"],
-        "images": summary["images"],
-        "model_version": summary["model_version"],
-        "signals": {name: signal for name, signal in summary["signals"].items() if signal["drift"]},
-        "report": summary["report"],
-    }
-    return emit_event(
-        event=MONITOR_DRIFT,
-        resource={"prefect.resource.id": f"{MONITOR_PREFIX}.{data_dir}", "prefect.resource.name": data_dir},
-        payload=payload,
-    )
+    """`cifar10.monitor.drift` from a monitor run's monitor.json: window, model version, signals that fired, report."""
+    fired = {name: signal for name, signal in summary["signals"].items() if signal["drift"]}
+    keys = ("window", "images", "model_version", "report")
+    return _emit(MONITOR_DRIFT, data_dir, {key: summary[key] for key in keys} | {"signals": fired})

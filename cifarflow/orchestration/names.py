@@ -7,14 +7,12 @@ from pathlib import PurePath
 
 
 def last_part(value: object) -> str:
-    """The last part of a path or name, without a `.keras` suffix: `/srv/cifar/data` → `data`,
-    `models/best.keras` → `best`, `v2` → `v2`."""
+    """The last part of a path or name, without a `.keras` suffix: `/srv/data` → `data`, `m/best.keras` → `best`."""
     return PurePath(str(value)).name.removesuffix(".keras") or str(value)
 
 
 def run_name(prefix: str, parameter: str, default: str) -> Callable[[], str]:
-    """A flow's `flow_run_name`: `<prefix>-<last part of the run's parameter>` (`monitor-data`, `predict-v2`);
-    `default` when the run was not given the parameter (its default applies)."""
+    """A flow's `flow_run_name`: `<prefix>-<last part of the run's parameter or default>` (`predict-v2`)."""
 
     def name() -> str:
         from prefect.runtime import flow_run

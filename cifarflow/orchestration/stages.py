@@ -1,12 +1,5 @@
-"""The pipeline's stages as data, the one declaration of the stage graph: for each, which stages it
-reads (`upstream`), what else its task receives (`given`), what its cache key is made of and where
-its output lives. The runner feeds each task exactly these inputs, and `runner.stage_task` refuses a
-task whose parameters differ.
-
-Every stage output derives from one base (`cifarflow.outputs.StageOutput`): where it lives and its
-content fingerprint. Downstream keys are built from fingerprints, and `find` says whether the output for a
-key is on disk and still whole (sha256-verified), which is how a run reuses it.
-"""
+"""The pipeline's stages as data, the one declaration of the stage graph: what each reads (`upstream`,
+`given`), what its key is made of and where its output lives (`find`)."""
 
 from __future__ import annotations
 
@@ -15,13 +8,12 @@ from typing import Any
 from cifarflow.calibration.calibrate import find_calibration
 from cifarflow.config import PipelineConfig
 from cifarflow.data.archive import is_url, local_path
-from cifarflow.data.dataset_versions import DatasetVersion, current_version
+from cifarflow.data.dataset_versions import current_version
 from cifarflow.data.ingest import find_shards
 from cifarflow.data.transform import find_features
 from cifarflow.evaluation.evaluate import find_evaluation
 from cifarflow.orchestration.cache import StageSpec, source_identity
-from cifarflow.promotion.champions import baseline_id
-from cifarflow.promotion.outcome import find_promotion
+from cifarflow.promotion.outcome import baseline_id, find_promotion
 from cifarflow.reporting.report import find_report
 from cifarflow.robustness.robustness import find_robustness
 from cifarflow.training.run import checkpoint_dir, find_model
@@ -31,16 +23,11 @@ from cifarflow.validation.validate import find_validation
 TF_LIBS = ("tensorflow-cpu", "tensorflow", "keras")
 DATA_CODE = ("cifarflow.data", "cifarflow.files")
 MODEL_CODE = (*DATA_CODE, "cifarflow.models", "cifarflow.training")
-
-
-def dataset_version(config: PipelineConfig, upstream: dict[str, Any]) -> DatasetVersion:
-    """The dataset version on disk now: the ingested shards plus every added batch."""
-    return current_version(config.layout)
+EVALUATION_CODE = ("cifarflow.evaluation", "cifarflow.calibration")
 
 
 def warm_start_plan(config: PipelineConfig, upstream: dict[str, Any]) -> WarmStartPlan:
-    """A warm start depends on the champion it starts from (or why none can serve); a champion that
-    cannot serve this run does not re-key it when it changes. Its code is training's, in the key."""
+    """The champion a warm start starts from, or why none can serve (then a new champion does not re-key)."""
     features = upstream["preprocess"]
     return plan_warm_start(
         config.warm_start == "champion",
@@ -52,8 +39,7 @@ def warm_start_plan(config: PipelineConfig, upstream: dict[str, Any]) -> WarmSta
 
 
 def report_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
-    """The data source the report names: a URL as given; a local archive by its absolute path, or by
-    its path in the data dir when it lies there (a moved data dir keeps its report)."""
+    """The source the report names: a URL, a path in the data dir (a moved data dir keeps its report), else absolute."""
     if is_url(config.source) and not config.source.startswith("file:"):
         return {"source": config.source}
     path, root = local_path(config.source).resolve(), config.layout.root
@@ -61,8 +47,7 @@ def report_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str,
 
 
 def promote_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
-    """The champion the challenger is judged against. (The report the decision is written into is
-    upstream: its fingerprint covers its run name; no path enters a key, so a data dir can move.)"""
+    """The champion the challenger is judged against (no path enters a key, so a data dir can move)."""
     return {"baseline": baseline_id(config.layout.registry, upstream["train"].model_sha256)}
 
 
@@ -77,11 +62,10 @@ SPECS: dict[str, StageSpec] = {
     ),
     "validate": StageSpec(
         "validate",
-        params=(),
         code=(*DATA_CODE, "cifarflow.validation", "cifarflow.markdown"),
         libraries=("pyarrow", "numpy"),
         upstream=("ingest",),
-        given=(("dataset_version", dataset_version),),
+        given=(("dataset_version", lambda config, upstream: current_version(config.layout)),),  # shards + batches
         find=lambda config, key, inputs: find_validation(
             config.layout.validation_dir(key), inputs["dataset_version"].version
         ),
@@ -107,15 +91,14 @@ SPECS: dict[str, StageSpec] = {
     "evaluate": StageSpec(
         "evaluate",
         params=("model",),
-        code=(*MODEL_CODE, "cifarflow.evaluation"),
+        code=(*MODEL_CODE, *EVALUATION_CODE),
         libraries=(*TF_LIBS, "scikit-learn", "matplotlib"),
         upstream=("preprocess", "train"),
         find=lambda config, key, upstream: find_evaluation(config.layout.evaluation_dir(key)),
     ),
     "calibrate": StageSpec(
         "calibrate",
-        params=(),
-        code=(*DATA_CODE, "cifarflow.calibration", "cifarflow.evaluation"),
+        code=(*DATA_CODE, *EVALUATION_CODE),
         libraries=("numpy", "scipy", "matplotlib"),
         upstream=("preprocess", "evaluate"),
         find=lambda config, key, upstream: find_calibration(config.layout.calibration_dir(key)),
@@ -123,7 +106,7 @@ SPECS: dict[str, StageSpec] = {
     "robustness": StageSpec(
         "robustness",
         params=("model",),
-        code=(*MODEL_CODE, "cifarflow.robustness", "cifarflow.calibration", "cifarflow.evaluation"),
+        code=(*MODEL_CODE, *EVALUATION_CODE, "cifarflow.robustness"),
         libraries=(*TF_LIBS, "numpy", "pillow"),
         upstream=("preprocess", "train", "evaluate", "calibrate"),
         find=lambda config, key, upstream: find_robustness(config.layout.robustness_dir(key)),
@@ -133,7 +116,6 @@ SPECS: dict[str, StageSpec] = {
         params=("model", "train_batch_size", "train_learning_rate", "seed"),
         inputs=report_inputs,
         code=("cifarflow.reporting", "cifarflow.files", "cifarflow.markdown"),
-        libraries=(),
         upstream=("ingest", "validate", "preprocess", "train", "evaluate", "calibrate", "robustness"),
         find=lambda config, key, upstream: find_report(config.layout.reports, key),
     ),
@@ -141,26 +123,10 @@ SPECS: dict[str, StageSpec] = {
         "promote",
         params=("promotion_alpha", "resolved_min_accuracy"),
         inputs=promote_inputs,
-        code=(
-            *MODEL_CODE,
-            "cifarflow.promotion",
-            "cifarflow.evaluation",
-            "cifarflow.registry",
-            "cifarflow.calibration",
-        ),
+        code=(*MODEL_CODE, *EVALUATION_CODE, "cifarflow.promotion", "cifarflow.registry", "cifarflow.markdown"),
         libraries=("scipy", *TF_LIBS),
         upstream=("validate", "preprocess", "train", "evaluate", "calibrate", "report"),
         find=lambda config, key, upstream: find_promotion(upstream["report"].directory, key, config.layout.registry),
     ),
 }
 STAGES = tuple(SPECS)
-
-
-def downstream(stage: str) -> tuple[str, ...]:
-    """`stage` and every stage that reads its output, directly or not, in pipeline order: what a
-    change to its output reruns."""
-    reached = {stage}
-    for name in STAGES:
-        if reached & set(SPECS[name].upstream):
-            reached.add(name)
-    return tuple(name for name in STAGES if name in reached)

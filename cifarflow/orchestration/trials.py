@@ -1,18 +1,14 @@
-"""A sweep's trials through the pipeline's own runner and stage declarations.
-
-Which stages a trial runs comes from the declared graph: the data stages (ingest → preprocess) once
-for the sweep, the stages from train up to the report on the cluster, one runner per trial, and the
-report stages in the sweep's process. A stage added to the graph between train and the report
-therefore runs in every trial without a change here.
-"""
+"""A sweep's trials through the pipeline's own runner and stage declarations: the data stages once
+for the sweep, the stages from train up to the report on the cluster, the report in the sweep's process."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from prefect import State, Task
+from prefect.futures import PrefectFuture
 
-from cifarflow.orchestration.runner import PreparedStage, StageRunner
+from cifarflow.orchestration.runner import StageCall, StageRunner
 from cifarflow.orchestration.stages import STAGES
 
 DATA_STAGES = STAGES[: STAGES.index("train")]  # once for the sweep, shared by its trials
@@ -22,63 +18,32 @@ REPORT_STAGES = STAGES[STAGES.index("report") : STAGES.index("promote")]  # in t
 
 def failure_message(state: State) -> str:
     """The failure's own message (the exception's), not Prefect's wrapper text."""
-    try:
-        state.result(raise_on_failure=True)
-    except Exception as error:  # the trial's exception, re-raised from its state
-        return f"{type(error).__name__}: {error}"
-    return state.message or state.name
+    error = state.result(raise_on_failure=False)
+    return f"{type(error).__name__}: {error}" if isinstance(error, Exception) else state.message or state.name
 
 
 def submit_trials(runners: list[StageRunner], names: list[str], tasks: dict[str, Task]) -> list[dict[str, Any]]:
-    """Run `TRIAL_STAGES` for every trial on the flow's task runner: every trial's first stage is
-    submitted at once, each next stage as soon as the one before it is done (its key includes that
-    output's fingerprint, so it is known only then). `tasks` maps stage names to their tasks.
-
-    Returns, per trial: `trial` (its name), `states` (stage → Prefect state name, `NotRun` after a
-    failure) and either `outputs` (stage → output) or `error` (the failure's message); never raises
-    for a failed trial."""
-    running: list[dict[str, tuple[PreparedStage, Any]]] = [{} for _ in runners]
+    """`TRIAL_STAGES` of every trial on the flow's task runner, each stage once the one before it is done (its key
+    holds that output's fingerprint). Returns per trial `states` (stage → state name, `NotRun` after a failure),
+    `error` (the failure's message, or None) and `outputs` (of the completed stages). Never raises."""
+    submitted: list[list[tuple[StageCall, PrefectFuture]]] = [[] for _ in runners]
     for stage in TRIAL_STAGES:
-        for runner, name, submitted in zip(runners, names, running):
-            if submitted and not _finished(runner, submitted):
-                continue  # the stage it reads failed: the trial stops there
-            prepared = runner.prepare(tasks[stage], task_run_name=f"{stage}-{name}")
-            submitted[stage] = (prepared, prepared.task.submit(**runner.arguments(prepared)))
+        for runner, name, calls in zip(runners, names, submitted):
+            if not calls or _finished(runner, *calls[-1]):
+                call = runner.prepare(tasks[stage], task_run_name=f"{stage}-{name}")
+                calls.append((call, call.task.submit(**call.arguments)))
     results = []
-    for runner, name, submitted in zip(runners, names, running):
-        finished = _finished(runner, submitted)
-        states = {stage: submitted[stage][1].state.name if stage in submitted else "NotRun" for stage in TRIAL_STAGES}
-        result: dict[str, Any] = {"trial": name, "states": states}
-        if finished:
-            result["outputs"] = {stage: runner.outputs[stage] for stage in TRIAL_STAGES}
-        else:
-            failed = next(future.state for _, future in submitted.values() if not future.state.is_completed())
-            result["error"] = failure_message(failed)
-        results.append(result)
+    for runner, calls in zip(runners, submitted):
+        error = None if _finished(runner, *calls[-1]) else failure_message(calls[-1][1].state)
+        states = dict.fromkeys(TRIAL_STAGES, "NotRun") | {call.task.name: future.state.name for call, future in calls}
+        outputs = {stage: runner.outputs[stage] for stage in TRIAL_STAGES if stage in runner.outputs}
+        results.append({"states": states, "error": error, "outputs": outputs})
     return results
 
 
-def _finished(runner: StageRunner, submitted: dict[str, tuple[PreparedStage, Any]]) -> bool:
-    """Wait for the trial's last submitted stage; keep its output in the trial's runner if it completed."""
-    stage = next(reversed(submitted))
-    prepared, future = submitted[stage]
+def _finished(runner: StageRunner, call: StageCall, future: PrefectFuture) -> bool:
+    """Wait for the stage; keep its output in the trial's runner if it completed."""
     future.wait()
-    if not future.state.is_completed():
-        return False
-    if stage not in runner.outputs:
-        runner.accept(prepared, future.state)
-    return True
-
-
-def report_trial(runner: StageRunner, name: str, tasks: dict[str, Task]) -> tuple[dict[str, str], str | None]:
-    """Run `REPORT_STAGES` for one finished trial in this process, through its runner (which holds
-    its data and trial stages' outputs). Returns their states, and the failure's message or None."""
-    states = {}
-    for stage in REPORT_STAGES:
-        prepared = runner.prepare(tasks[stage], task_run_name=f"{stage}-{name}")
-        state = prepared.task(**runner.arguments(prepared), return_state=True)
-        states[stage] = state.name
-        if not state.is_completed():
-            return states, failure_message(state)
-        runner.accept(prepared, state)
-    return states, None
+    if future.state.is_completed() and call.task.name not in runner.outputs:
+        runner.keep(call, future.state)
+    return future.state.is_completed()

@@ -1,5 +1,4 @@
-"""The champion/challenger rule: two models' scores on one test set → promote or keep, with the reason.
-The rule itself is described in `cifarflow/promotion/promote.py`'s module docstring."""
+"""The champion/challenger rule (`decide`): two models' scores on one test set → promote or keep, with the reason."""
 
 from __future__ import annotations
 
@@ -14,6 +13,8 @@ from cifarflow.promotion.mcnemar import McNemar, Method, format_p, mcnemar_test
 
 DEFAULT_ALPHA = 0.05
 NO_CHAMPION = "none"
+# what a Score says of its model under the same names as the registry's VersionRecord
+IDENTITY = ("model_id", "run_name", "preset", "dataset_version", "test_set_sha256", "batch_ids", "normalization")
 
 
 @dataclass(frozen=True)
@@ -41,46 +42,21 @@ class Score:
         return self.predictions == self.labels
 
 
-def labels_digest(labels: np.ndarray) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(np.asarray(labels, dtype=np.int64)).tobytes()).hexdigest()
-
-
 def test_set_id(features_dir: Path) -> str:
-    """Identity of a feature set's test split: the sha256 of its raw test pixels and labels (from
-    meta.json), the same whatever the normalization or shard size, different if any image differs."""
+    """A feature set's test split by content (its raw pixels' and labels' sha256), whatever the normalization."""
     files = read_json(Path(features_dir) / "meta.json")["files"]
     return text_digest(files["pixels_test.npy"], files["labels_test.npy"])
 
 
-def score_from_evaluation(
-    evaluation_dir: Path,
-    metrics_path: Path,
-    labels: np.ndarray,
-    *,
-    model_id: str,
-    run_name: str,
-    preset: str,
-    dataset_version: str,
-    test_set_sha256: str,
-) -> Score:
-    """The challenger's score: its predictions from an evaluation directory's probabilities.npy (a
-    temperature would not change them), its metrics from `metrics_path` (the report's metrics.json)."""
+def score_from_evaluation(evaluation_dir: Path, metrics_path: Path, labels: np.ndarray, **identity: Any) -> Score:
+    """The challenger's score: argmax of `evaluation_dir`/probabilities.npy (N, classes) against `labels` (N,),
+    metrics from `metrics_path`, `identity` Score's other fields; ValueError when the counts differ."""
     probabilities = np.load(Path(evaluation_dir) / "probabilities.npy", mmap_mode="r")
     labels = np.asarray(labels).astype(np.int64)
     if len(probabilities) != len(labels):
         raise ValueError(f"{evaluation_dir}: {len(probabilities)} predictions for {len(labels)} test labels")
-    return Score(
-        model_id=model_id,
-        run_name=run_name,
-        preset=preset,
-        dataset_version=dataset_version,
-        test_set_sha256=test_set_sha256,
-        predictions=np.asarray(probabilities).argmax(axis=1).astype(np.int64),
-        labels=labels,
-        metrics=read_json(Path(metrics_path)),
-    )
+    predictions = np.asarray(probabilities).argmax(axis=1).astype(np.int64)
+    return Score(predictions=predictions, labels=labels, metrics=read_json(Path(metrics_path)), **identity)
 
 
 @dataclass(frozen=True)
@@ -116,8 +92,9 @@ def decide(
     method: Method = "exact",
     min_accuracy: float | None = None,
 ) -> Decision:
-    """Promote the challenger or keep the champion, with the reason in words. A challenger below
-    `min_accuracy` is never promoted, even when it beats the champion or there is none."""
+    """Promote the challenger or keep the champion, with the reason: no champion: promote; the same model: keep;
+    the champion trained on a batch withdrawn since, or other test images: promote; otherwise promote only a more
+    accurate challenger with McNemar's p < `alpha` (`method`); never one below `min_accuracy`."""
     decision = compare_with_champion(challenger, champion, alpha, method)
     if decision.promoted and min_accuracy is not None and challenger.accuracy < min_accuracy:
         summary = (
@@ -130,52 +107,31 @@ def decide(
 
 
 def compare_with_champion(challenger: Score, champion: Score | None, alpha: float, method: Method) -> Decision:
-    """The challenger against the champion alone, before the promotion floor (McNemar's test on
-    paired results)."""
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
     common = {"challenger_id": challenger.model_id, "challenger_accuracy": challenger.accuracy, "alpha": alpha}
     if champion is None:
-        return Decision(
-            True,
-            "first",
-            f"promoted: first champion (test accuracy {challenger.accuracy:.3f})",
-            champion_id=None,
-            champion_accuracy=None,
-            comparable=False,
-            **common,
-        )
+        summary = f"promoted: first champion (test accuracy {challenger.accuracy:.3f})"
+        return Decision(True, "first", summary, champion_id=None, champion_accuracy=None, comparable=False, **common)
     common |= {"champion_id": champion.model_id, "champion_accuracy": champion.accuracy}
     if champion.model_id == challenger.model_id:
-        return Decision(
-            False,
-            "already-champion",
-            f"kept champion: the challenger is the champion already (accuracy {champion.accuracy:.3f})",
-            comparable=True,
-            **common,
-        )
+        summary = f"kept champion: the challenger is the champion already (accuracy {champion.accuracy:.3f})"
+        return Decision(False, "already-champion", summary, comparable=True, **common)
+    same_test_set = champion.test_set_sha256 == challenger.test_set_sha256
     withdrawn = sorted(set(champion.batch_ids) - set(challenger.batch_ids))
     if withdrawn:
-        return Decision(
-            True,
-            "champion-data-withdrawn",
+        summary = (
             f"promoted: the champion was trained on batch {', '.join(withdrawn)}, withdrawn since, so it no longer "
             f"stands for the data; the challenger ({challenger.accuracy:.3f}, champion {champion.accuracy:.3f}) "
-            "replaces it without a significance test",
-            comparable=champion.test_set_sha256 == challenger.test_set_sha256,
-            **common,
+            "replaces it without a significance test"
         )
-    if champion.test_set_sha256 != challenger.test_set_sha256 or len(champion.labels) != len(challenger.labels):
-        return Decision(
-            True,
-            "test-set-changed",
+        return Decision(True, "champion-data-withdrawn", summary, comparable=same_test_set, **common)
+    if not same_test_set or len(champion.labels) != len(challenger.labels):
+        summary = (
             f"promoted: the test set changed (test images {champion.test_set_sha256[:12]}… → "
             f"{challenger.test_set_sha256[:12]}…), so no paired comparison is possible; the challenger is the "
             f"only model scored on the current data ({challenger.accuracy:.3f}; the champion had "
-            f"{champion.accuracy:.3f} on its own test set)",
-            comparable=False,
-            **common,
+            f"{champion.accuracy:.3f} on its own test set)"
         )
+        return Decision(True, "test-set-changed", summary, comparable=False, **common)
     test = mcnemar_test(champion.correct, challenger.correct, method)
     delta = challenger.accuracy - champion.accuracy
     counts = (

@@ -1,5 +1,4 @@
-"""McNemar's test on paired per-image correctness: is one model significantly more accurate than another
-on the very same test images?"""
+"""McNemar's test on paired per-image correctness: is one model more accurate than another on the same images?"""
 
 from __future__ import annotations
 
@@ -13,22 +12,17 @@ Method = Literal["exact", "midp"]
 
 @dataclass(frozen=True)
 class McNemar:
-    """McNemar's test on paired correctness. Only discordant images carry information:
-    `champion_only` were right for the champion and wrong for the challenger; `challenger_only`
-    the other way round. Under H0 (equal accuracy) each discordant image is a fair coin."""
+    """The discordant images (`champion_only`: right for the champion alone; `challenger_only`: the other way
+    round) and the two-sided p-value; under H0 (equal accuracy) each discordant image is a fair coin."""
 
     champion_only: int
     challenger_only: int
     p_value: float
     method: Method
 
-    @property
-    def discordant(self) -> int:
-        return self.champion_only + self.challenger_only
-
 
 def mcnemar_test(champion_correct: np.ndarray, challenger_correct: np.ndarray, method: Method = "exact") -> McNemar:
-    """Two-sided exact (binomial) McNemar test, or its mid-p variant (less conservative)."""
+    """Two-sided exact (binomial) McNemar test or its mid-p variant (Fagerland, Lydersen and Laake 2013)."""
     from scipy.stats import binom
 
     champion_correct = np.asarray(champion_correct, dtype=bool)

@@ -1,5 +1,4 @@
-"""A model a person rolled back from is not promoted again by a nightly run, until a person moves the
-champion alias back to it: the rule, over the registry's record of the alias moves."""
+"""A model a person rolled back from is not promoted again by a nightly run until a person moves the champion back."""
 
 from __future__ import annotations
 
@@ -8,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from cifarflow.promotion.decision import Decision
-from cifarflow.registry.api import alias_moves, version_of_model
+from cifarflow.registry.store import alias_moves, version_of_model
 
 
 def demoted_by_hand(registry: Path, model_id: str) -> dict[str, Any] | None:
-    """The move *by hand* away from the version holding this model, if that is the last word a
-    person said about it (a later move by hand back to it lifts the rule); None otherwise."""
+    """The move by hand away from this model's version, if no later move by hand returned to it; else None."""
     version = version_of_model(registry, model_id)
     if version is None:
         return None
@@ -23,7 +21,6 @@ def demoted_by_hand(registry: Path, model_id: str) -> dict[str, Any] | None:
 
 
 def respect_rollback(decision: Decision, registry: Path) -> Decision:
-    """A model a person rolled back from stays out: the nightly run must not undo a rollback."""
     demotion = demoted_by_hand(registry, decision.challenger_id) if decision.promoted else None
     if demotion is None:
         return decision

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from cifarflow.files import atomic_path
+from cifarflow.markdown import table
 from cifarflow.promotion.decision import Decision, Score
 from cifarflow.promotion.mcnemar import format_p
 
@@ -17,27 +17,8 @@ SECTION_END = "<!-- champion-challenger:end -->"
 
 def confusion_difference(challenger: Score, champion: Score) -> np.ndarray:
     """Challenger − champion confusion matrix: positive on the diagonal = more right answers."""
-    return np.array(challenger.metrics["confusion_matrix"], dtype=np.int64) - np.array(
-        champion.metrics["confusion_matrix"], dtype=np.int64
-    )
-
-
-def f1_rows(challenger: Score, champion: Score | None) -> list[dict[str, Any]]:
-    rows = []
-    report = challenger.metrics["classification_report"]
-    old = champion.metrics["classification_report"] if champion is not None else {}
-    for name in challenger.metrics["class_names"]:
-        new_f1 = report[name]["f1-score"]
-        old_f1 = old[name]["f1-score"] if name in old else None
-        rows.append(
-            {
-                "class": name,
-                "champion_f1": None if old_f1 is None else round(old_f1, 4),
-                "challenger_f1": round(new_f1, 4),
-                "delta": None if old_f1 is None else round(new_f1 - old_f1, 4),
-            }
-        )
-    return rows
+    new, old = (np.array(score.metrics["confusion_matrix"], dtype=np.int64) for score in (challenger, champion))
+    return new - old
 
 
 def comparison_markdown(
@@ -57,16 +38,15 @@ def comparison_markdown(
         first = "becomes the first one" if decision.promoted else "does not become the first one"
         lines += [f"No champion yet: this model {first} (model sha256 `{challenger.model_id[:12]}`).", ""]
         return "\n".join(lines)
-    lines += [
-        "| | champion | challenger |",
-        "|---|---|---|",
-        f"| version | {champion.version or '–'} | {challenger.version or 'new'} |",
-        f"| run | `{champion.run_name}` | `{challenger.run_name}` |",
-        f"| model | `{champion.preset}` | `{challenger.preset}` |",
-        f"| model sha256 | `{champion.model_id[:12]}` | `{challenger.model_id[:12]}` |",
-        f"| test accuracy | {champion.accuracy:.4f} | {challenger.accuracy:.4f} |",
-        f"| test images | {len(champion.labels)} | {len(challenger.labels)} |",
-    ]
+    lines += table(
+        ("", "champion", "challenger"),
+        ("version", champion.version or "–", challenger.version or "new"),
+        ("run", f"`{champion.run_name}`", f"`{challenger.run_name}`"),
+        ("model", f"`{champion.preset}`", f"`{challenger.preset}`"),
+        ("model sha256", f"`{champion.model_id[:12]}`", f"`{challenger.model_id[:12]}`"),
+        ("test accuracy", f"{champion.accuracy:.4f}", f"{challenger.accuracy:.4f}"),
+        ("test images", len(champion.labels), len(challenger.labels)),
+    )
     if decision.test is not None:
         t = decision.test
         lines += [
@@ -77,12 +57,14 @@ def comparison_markdown(
         ]
     if not decision.comparable:
         lines += ["", "The two models were scored on different test sets: the deltas below compare different data."]
-    rows = f1_rows(challenger, champion)
-    lines += ["", "### Per-class F1", "", "| class | champion | challenger | Δ |", "|---|---|---|---|"]
-    for r in rows:
-        old = "–" if r["champion_f1"] is None else f"{r['champion_f1']:.3f}"
-        delta = "–" if r["delta"] is None else f"{r['delta']:+.3f}"
-        lines.append(f"| {r['class']} | {old} | {r['challenger_f1']:.3f} | {delta} |")
+    new_report, old_report = challenger.metrics["classification_report"], champion.metrics["classification_report"]
+    f1 = [("class", "champion", "challenger", "Δ")]
+    for name in challenger.metrics["class_names"]:
+        new = new_report[name]["f1-score"]
+        old = old_report[name]["f1-score"] if name in old_report else None
+        cells = ("–", "–") if old is None else (f"{round(old, 4):.3f}", f"{round(new - old, 4):+.3f}")
+        f1.append((name, cells[0], f"{round(new, 4):.3f}", cells[1]))
+    lines += ["", "### Per-class F1", "", *table(*f1)]
     if diff_plot:
         lines += [
             "",
@@ -97,7 +79,7 @@ def comparison_markdown(
 
 
 def with_section(markdown: str, section: str) -> str:
-    """`markdown` with the champion/challenger section replaced (or appended): idempotent."""
+    """`markdown` with the champion/challenger section between its markers replaced, or appended."""
     block = f"{SECTION_BEGIN}\n{section.rstrip()}\n{SECTION_END}\n"
     start, end = markdown.find(SECTION_BEGIN), markdown.find(SECTION_END)
     if start != -1 and end != -1 and end > start:
@@ -113,25 +95,19 @@ def write_section(report_md: Path, section: str) -> None:
 
 
 def test_set_paragraph(served: int, judged: bool, unattributed: int = 0) -> str:
-    """How many promotion decisions these test images have served (`served`, this one included when
-    `judged`); `unattributed` older decisions were logged before the log named test sets."""
+    """How many promotion decisions these test images have served (`served`, this one included when `judged`);
+    `unattributed`: decisions logged without their test set."""
     count = f"this is promotion decision {served}" if judged else f"no new decision; {served} so far"
-    older = (
-        f" ({unattributed} earlier decisions were logged without their test set and may add to it)"
-        if unattributed
-        else ""
-    )
+    older = f" ({unattributed} earlier decisions were logged without their test set and may add to it)"
     return (
-        f"\n**Test set:** {count} on these test images{older}. Every decision on the same images lets chance "
-        "favour the model that happened to do well on them; `benchmarks/test_reuse.md` measures how far that "
-        "lifts the champion's reported accuracy over a year of nightly retrains under this gate.\n"
+        f"\n**Test set:** {count} on these test images{older if unattributed else ''}. Every decision on the same "
+        "images lets chance favour the model that happened to do well on them; `benchmarks/test_reuse.md` measures "
+        "how far that lifts the champion's reported accuracy over a year of nightly retrains under this gate.\n"
     )
 
 
 def robustness_markdown(challenger: Score, champion: Score | None) -> str:
-    """Clean and corrupted accuracy of champion and challenger side by side (the report's corruption
-    table, averaged over severities); the champion's column is empty when it was not measured (an
-    older version) or on other test images."""
+    """Clean and corrupted accuracy (mean over severities); the champion's only if measured on the same images."""
     new = challenger.metrics.get("robustness")
     if not new:
         return ""
@@ -152,10 +128,11 @@ def robustness_markdown(challenger: Score, champion: Score | None) -> str:
         "",
         f"### Robustness (accuracy on the first {new['images']:,} test images, mean of 3 severities)",
         "",
-        "| images | champion | challenger |",
-        "|---|---|---|",
-        f"| clean | {cell(old, 'clean')} | {cell(new, 'clean')} |",
-        *(f"| {name} | {cell(old, name)} | {cell(new, name)} |" for name in new["corruptions"]),
-        f"| **mean under corruption** | {cell(old, 'mean')} | {cell(new, 'mean')} |",
+        *table(
+            ("images", "champion", "challenger"),
+            ("clean", cell(old, "clean"), cell(new, "clean")),
+            *((name, cell(old, name), cell(new, name)) for name in new["corruptions"]),
+            ("**mean under corruption**", cell(old, "mean"), cell(new, "mean")),
+        ),
     ]
     return "\n".join(lines) + "\n"

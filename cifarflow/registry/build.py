@@ -1,7 +1,5 @@
-"""Build one registry version in `.staging/`: copy the model and its scores, export it (with the
-record's calibration temperature), smoke-test the export in a fresh process. Only a version that
-passed is committed (renamed into `versions/`); anything else is deleted, so a failed export or
-smoke test leaves the registry exactly as it was."""
+"""Build the next registry version in `.staging/` (model, scores, export, smoke test in a fresh process) and
+make it the champion; a failed export or smoke test leaves the registry as it was."""
 
 from __future__ import annotations
 
@@ -13,10 +11,8 @@ from typing import Any
 import numpy as np
 
 from cifarflow.files import file_digest, write_json
-from cifarflow.registry.export import export_model
-from cifarflow.registry.model_versions import discard_staging
-from cifarflow.registry.records import VersionRecord
-from cifarflow.registry.smoke import SmokeResult, smoke_test
+from cifarflow.registry import store
+from cifarflow.registry.saved_model import SmokeResult, export_model, smoke_test
 
 
 @dataclass(frozen=True)
@@ -28,7 +24,7 @@ class Canary:
 
 
 class VersionRejected(Exception):
-    """The export failed or did not pass its smoke test; nothing was registered."""
+    """The export failed or did not pass its smoke test (`smoke`, if it ran); nothing was registered."""
 
     def __init__(self, reason: str, smoke: SmokeResult | None = None):
         super().__init__(reason)
@@ -42,19 +38,20 @@ class StagedVersion:
     smoke: SmokeResult
 
 
-def stage_version(
-    staging: Path,
-    name: str,
+def stage_next_version(
+    registry: Path,
     model_path: Path,
-    record: VersionRecord,
+    record: store.VersionRecord,
     metrics: dict[str, Any],
     predictions: np.ndarray,
     labels: np.ndarray,
     canary: Canary,
     log=print,
 ) -> StagedVersion:
-    """Fill the empty `staging` directory with version `name` (`record` is its version.json, less its
-    name and smoke test); VersionRejected (after deleting it) says why not."""
+    """Build the next version in `.staging/` (`record`: its version.json less name and smoke test), registered by
+    `make_champion`; VersionRejected, or ValueError when the model file changed since scored (build deleted)."""
+    name = store.next_name(registry)
+    staging = store.new_staging(registry, name, log)
     try:
         shutil.copy2(model_path, staging / "model.keras")
         if file_digest(staging / "model.keras") != record.model_id:
@@ -64,11 +61,7 @@ def stage_version(
         write_json(staging / "metrics.json", metrics)
         try:
             export_model(
-                staging / "model.keras",
-                record.preset,
-                list(record.label_names),
-                staging / "export",
-                record.temperature,
+                staging / "model.keras", record.preset, list(record.label_names), staging / "export", record.temperature
             )
         except Exception as error:  # any failure to trace or write the SavedModel: not registrable
             raise VersionRejected(f"the export failed: {type(error).__name__}: {error}") from error
@@ -80,5 +73,15 @@ def stage_version(
         write_json(staging / "version.json", replace(record, version=name, smoke=smoke.to_json()).to_json())
         return StagedVersion(name, staging, smoke)
     except BaseException:
-        discard_staging(staging)
+        store.discard_staging(staging)
         raise
+
+
+def make_champion(
+    registry: Path, candidate: StagedVersion | store.Version, reason: str, expected_from: object = store.UNCHECKED
+) -> store.Version:
+    """Commit a staged version and make it the champion (`store.move_alias`: AliasMoved, the version stays)."""
+    if isinstance(candidate, StagedVersion):
+        candidate = store.commit_version(registry, candidate.directory, candidate.name)
+    store.move_alias(registry, candidate.name, by="promotion", reason=reason, expected_from=expected_from)
+    return candidate

@@ -1,7 +1,4 @@
-"""The registry as a table: one row per version, for `registry.py list` and the Prefect artifact.
-A damaged version keeps its row, marked `DAMAGED` with the damaged file in `files`; `store.problems`
-says what is wrong and what to do. `files` is `verified` for a version whose every file matched the
-sha256 recorded at registration, `unverified` for one registered before digests were recorded."""
+"""The registry as a table, one row per version; a damaged version's `model` is DAMAGED, `files` its damaged file."""
 
 from __future__ import annotations
 
@@ -10,61 +7,42 @@ from typing import Any
 
 from cifarflow.registry import store
 
-COLUMNS = (
-    "version",
-    "champion",
-    "model",
-    "accuracy",
-    "dataset",
-    "trained_by_run",
-    "promoted_at",
-    "model_sha256",
-    "files",
-)
+COLUMNS = tuple("version champion model accuracy dataset trained_by_run promoted_at model_sha256 files".split())
 DAMAGED = "DAMAGED"
 
 
 def version_rows(registry: Path) -> list[dict[str, Any]]:
-    """Every version, oldest first; a damaged one with `model` DAMAGED, its name and the damaged file."""
-    try:
-        champion = store.champion_name(registry)
-    except store.RegistryDamaged:
-        champion = None  # listed among the problems
-    found = store.scan(registry)
+    """Every version, oldest first; `files` is `verified` (every file matched its registered sha256)."""
+    champion = store.readable_champion(registry)  # a damaged alias is named among the problems
+    versions, damaged = store.scan(registry)
     rows = [
         {
-            "version": version.name,
-            "champion": "champion" if version.name == champion else "",
-            "model": version.preset,
-            "accuracy": round(version.accuracy, 4),
-            "dataset": version.dataset_version,
-            "trained_by_run": version.run_name,
-            "promoted_at": version.promoted_at,
-            "model_sha256": version.model_id[:12],
-            "files": "unverified" if version.record.files is None else "verified",
+            "version": v.name,
+            "model": v.preset,
+            "accuracy": round(v.accuracy, 4),
+            "dataset": v.dataset_version,
+            "trained_by_run": v.run_name,
+            "promoted_at": v.promoted_at,
+            "model_sha256": v.model_id[:12],
+            "files": "verified",
         }
-        for version in found.versions
+        for v in versions
     ]
-    rows += [
-        dict.fromkeys(COLUMNS, "")
-        | {
-            "version": damage.version,
-            "champion": "champion" if damage.version == champion else "",
-            "model": DAMAGED,
-            "files": _inside(damage.path, store.versions_dir(registry) / damage.version),
-        }
-        for damage in found.damaged
-    ]
+    for damage in damaged:
+        folder = store.versions_dir(registry) / damage.version
+        inside = (
+            damage.path.relative_to(folder).as_posix()
+            if damage.path.is_relative_to(folder) and damage.path != folder
+            else ""
+        )
+        rows.append(dict.fromkeys(COLUMNS, "") | {"version": damage.version, "model": DAMAGED, "files": inside})
+    for row in rows:
+        row["champion"] = "champion" if row["version"] == champion else ""
     return sorted(rows, key=lambda row: int(row["version"][1:]))
 
 
-def _inside(path: Path, directory: Path) -> str:
-    """The damaged file's path in its version folder (`export/saved_model.pb`), or "" for the folder."""
-    return path.relative_to(directory).as_posix() if path.is_relative_to(directory) and path != directory else ""
-
-
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """A plain-text table with aligned columns (what `registry.py list` prints)."""
+    """A plain-text table with aligned columns."""
     if not rows:
         return "no versions yet: a pipeline run registers its model when it is promoted"
     cells = [list(COLUMNS)] + [[str(row[c]) for c in COLUMNS] for row in rows]
@@ -74,5 +52,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def alias_rows(registry: Path, last: int = 10) -> list[dict[str, Any]]:
     """The latest moves of the champion alias, newest first."""
-    moves = store.alias_moves(registry)[-last:][::-1]
-    return [{k: m.get(k) for k in ("at", "from", "to", "by", "reason")} for m in moves]
+    return [
+        {k: m.get(k) for k in ("at", "from", "to", "by", "reason")} for m in store.alias_moves(registry)[-last:][::-1]
+    ]

@@ -1,1 +1,0 @@
-"""The run report: report.md, metrics.json and the model card."""

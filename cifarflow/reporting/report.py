@@ -1,6 +1,4 @@
-"""Stage 5, report: evaluation + training facts → `data/reports/<run-name>/` (report.md,
-metrics.json, plots, model card) and the `latest` link. Prefect artifacts are published from
-these files by the flow (see `cifarflow.orchestration.artifacts`)."""
+"""Stage 5, report: `data/reports/<run-name>/` (report.md, metrics.json, plots, model card) and `latest`."""
 
 from __future__ import annotations
 
@@ -9,13 +7,15 @@ import platform
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from importlib import metadata
+from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cifarflow.files import atomic_directory, atomic_path, file_digest, point_symlink, read_json, write_json
 from cifarflow.markdown import escape, join_wrapped
-from cifarflow.outputs import StageOutput
+from cifarflow.outputs import StageOutput, read_whole
 
 if TYPE_CHECKING:  # the upstream stages' output types, for annotations only: their code is not the report's
     from cifarflow.config import PipelineConfig
@@ -27,17 +27,12 @@ if TYPE_CHECKING:  # the upstream stages' output types, for annotations only: th
 PLOTS = ("confusion_matrix.png", "training_curves.png", "sample_predictions.png")
 RELIABILITY = "reliability.png"  # the calibrate stage's diagram
 LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pyarrow", "scikit-learn", "prefect")
-SEED_PUBLISHED_ACCURACY = 0.615
+CLASSIC_PUBLISHED_ACCURACY = 0.615  # the classic notebook's own test accuracy
 
 
 def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
+    installed = {dist.metadata["Name"].lower().replace("_", "-"): dist.version for dist in metadata.distributions()}
+    return {"python": platform.python_version()} | {name: installed[name] for name in LIBRARIES if name in installed}
 
 
 @dataclass(frozen=True)
@@ -48,65 +43,43 @@ class Report(StageOutput):
     run_name: str
     metrics_sha256: str
 
-    @property
-    def location(self) -> Path:
-        return self.directory
-
-    @property
-    def fingerprint(self) -> str:
-        return self.metrics_sha256
+    location = property(attrgetter("directory"))
+    fingerprint = property(attrgetter("metrics_sha256"))
 
 
 def run_name_for(model: str, epochs: int, key: str, now: datetime | None = None) -> str:
-    """Time first so names sort by age; the key's head keeps reports written in the same second
-    (parallel sweep trials) apart."""
+    """Time first so names sort by age; the key's head keeps parallel sweep trials apart."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     return f"{stamp}-{model}-e{epochs}-{key[:8]}"
+
+
+# the model card's facts that metrics.json repeats
+CARD_FACTS = ("model", "epochs", "batch_size", "train_seconds", "source_sha256", "dataset_version", "train_images")
+CARD_FACTS += ("params", "run_name")
 
 
 def build_metrics(
     evaluation: dict[str, Any], card: dict[str, Any], calibration: dict[str, Any], robustness: dict[str, Any]
 ) -> dict[str, Any]:
-    """The stable metrics.json contract: evaluation results (`test_loss` is the NLL of the network's
-    own probabilities), the calibrated probabilities' scores (`ece`, `nll`, `brier`: what the model
-    returns, cross-fitted) with the temperature, the corruption table, and the run's identifying facts."""
-    after = calibration["after"]
-    return evaluation | {
-        "temperature": calibration["temperature"],
-        "ece": after["ece"],
-        "nll": after["nll"],
-        "brier": after["brier"],
-        "calibration": calibration,
-        "mean_corruption_accuracy": robustness["mean_corruption_accuracy"],
-        "robustness": robustness,
-        "model": card["model"],
-        "epochs": card["epochs"],
-        "batch_size": card["batch_size"],
-        "train_seconds": card["train_seconds"],
-        "source_sha256": card["source_sha256"],
-        "dataset_version": card["dataset_version"],
-        "train_images": card["train_images"],
-        "params": card["params"],
-        "run_name": card["run_name"],
-    }
+    """metrics.json, the contract README states."""
+    scores = {name: calibration["after"][name] for name in ("ece", "nll", "brier")}
+    facts = {"temperature": calibration["temperature"], **scores, "calibration": calibration}
+    facts |= {"mean_corruption_accuracy": robustness["mean_corruption_accuracy"], "robustness": robustness}
+    return evaluation | facts | {name: card[name] for name in CARD_FACTS}
 
 
 def per_class_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     report = metrics["classification_report"]
+    columns = {"precision": "precision", "recall": "recall", "f1": "f1-score"}
     return [
-        {
-            "class": name,
-            "precision": round(report[name]["precision"], 4),
-            "recall": round(report[name]["recall"], 4),
-            "f1": round(report[name]["f1-score"], 4),
-            "support": int(report[name]["support"]),
-        }
+        {"class": name}
+        | {k: round(report[name][v], 4) for k, v in columns.items()}
+        | {"support": int(report[name]["support"])}
         for name in metrics["class_names"]
     ]
 
 
 def describe_normalization(fitted: dict[str, Any]) -> str:
-    """'standardize: mean (0.491, 0.482, 0.447), std (…)', fitted on the training split."""
     if fitted["kind"] == "unit":
         return "unit: pixels / 255, in the model's first layer"
     mean, std = (", ".join(f"{v:.4f}" for v in fitted[k]) for k in ("mean", "std"))
@@ -114,13 +87,11 @@ def describe_normalization(fitted: dict[str, Any]) -> str:
 
 
 def describe_lineage(lineage: dict[str, Any]) -> str:
-    batches = lineage["batches"]
-    added = "".join(f" + `{b['batch_id']}` ({b['images']:,})" for b in batches)
+    added = "".join(f" + `{b['batch_id']}` ({b['images']:,})" for b in lineage["batches"])
     return f"{lineage['train_images']:,}: ingested {lineage['base']['images']:,}{added}"
 
 
 def describe_temperature(calibration: dict[str, Any]) -> str:
-    """The model card's temperature row: the one in the exported model, and whether it is the fit."""
     if not calibration["unsupported"]:
         return f"{calibration['temperature']:.4f} (fitted; in the exported model)"
     return (
@@ -130,17 +101,14 @@ def describe_temperature(calibration: dict[str, Any]) -> str:
 
 
 def describe_warm_start(warm: dict[str, Any] | None) -> str:
-    if not warm or warm.get("requested") in (None, "none"):
+    if not warm:
         return "no (trained from scratch)"
-    if warm.get("applied"):
-        version = warm.get("champion_version")  # recorded since versions were named in the model card
-        sha = f"`{warm['champion_id'][:12]}`"
-        return f"from the champion {version} (model sha256 {sha})" if version else f"from the champion {sha}"
+    if warm["applied"]:
+        return f"from the champion {warm['champion_version']} (model sha256 `{warm['champion_id'][:12]}`)"
     return f"requested, trained from scratch: {escape(warm['reason'])}"
 
 
 def corruption_table(summary: dict[str, Any]) -> str:
-    """The report's corruption table: one row per corruption, one column per severity."""
     lines = [
         f"Accuracy on the first {summary['images']:,} test images (clean {summary['clean_accuracy']:.4f}); "
         f"mean over every corruption and severity **{summary['mean_corruption_accuracy']:.4f}**, "
@@ -155,27 +123,22 @@ def corruption_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def temperature_verdict(calibration: dict[str, Any]) -> str:
-    """What the exported model does with its probabilities, in the report's words: the fitted T, or,
-    when calibration.json lists why the fit is `unsupported`, that it was not deployed and why."""
+def calibration_section(calibration: dict[str, Any]) -> str:
     images, errors = calibration["images"], calibration["errors"]
-    if not calibration["unsupported"]:
-        return (
-            f"The exported model (what the service and batch prediction run) scales the network's probabilities by "
-            f"a temperature **T = {calibration['temperature']:.3f}** (temperature scaling, Guo et al. 2017), "
-            f"fitted by minimising NLL on the {images:,} test images ({errors:,} misclassified)."
-        )
-    why = "".join(f"\n- {reason}" for reason in calibration["unsupported"])
-    return (
-        f"**Temperature not deployed: the {images:,} test images ({errors:,} misclassified) cannot support "
-        f"a fit.** Minimising NLL found T = {calibration['fitted']['temperature']:.3f}, but{why}\n\n"
-        f"The exported model keeps **T = {calibration['temperature']:g}**: the network's own probabilities, "
-        "uncalibrated. Calibrate on a test set with more errors (more images, or a model that is not right "
-        "on all of them) to fit one."
+    verdict = (
+        f"The exported model (what the service and batch prediction run) scales the network's probabilities by "
+        f"a temperature **T = {calibration['temperature']:.3f}** (temperature scaling, Guo et al. 2017), "
+        f"fitted by minimising NLL on the {images:,} test images ({errors:,} misclassified)."
     )
-
-
-def calibration_section(calibration: dict[str, Any], plot_prefix: str = "") -> str:
+    if calibration["unsupported"]:
+        why = "".join(f"\n- {reason}" for reason in calibration["unsupported"])
+        verdict = (
+            f"**Temperature not deployed: the {images:,} test images ({errors:,} misclassified) cannot support "
+            f"a fit.** Minimising NLL found T = {calibration['fitted']['temperature']:.3f}, but{why}\n\n"
+            f"The exported model keeps **T = {calibration['temperature']:g}**: the network's own probabilities, "
+            "uncalibrated. Calibrate on a test set with more errors (more images, or a model that is not right "
+            "on all of them) to fit one."
+        )
     before, after = calibration["before"], calibration["after"]
     rows = "\n".join(
         f"| {label} | {before[key]:.4f} | {after[key]:.4f} |"
@@ -190,7 +153,7 @@ def calibration_section(calibration: dict[str, Any], plot_prefix: str = "") -> s
     halves, fitted = calibration["halves"], calibration["fitted"]
     return f"""## Calibration
 
-{temperature_verdict(calibration)}
+{verdict}
 "Before" scores the network's own probabilities; "after" is {calibration["after_is"]} (halves of
 {halves["A"]:,} and {halves["B"]:,} images, by pixel hash; fitted T = {fitted["half_temperatures"]["A"]:.3f} and
 {fitted["half_temperatures"]["B"]:.3f}).
@@ -199,43 +162,34 @@ def calibration_section(calibration: dict[str, Any], plot_prefix: str = "") -> s
 |---|---|---|
 {rows}
 
-![reliability diagram]({plot_prefix}{RELIABILITY})
+![reliability diagram]({RELIABILITY})
 """
 
 
 def temperature_facts(calibration: dict[str, Any]) -> dict[str, Any]:
-    """The model card's record of the temperature: the one exported, the one fitted, and why the fit is
-    unsupported (empty: it is the one exported)."""
-    return {
-        "exported": calibration["temperature"],
-        "fitted": calibration["fitted"]["temperature"],
-        "unsupported": calibration["unsupported"],
-    }
+    """model_card.json's temperature; `unsupported` empty: the fitted one is the exported one."""
+    fitted, unsupported = calibration["fitted"]["temperature"], calibration["unsupported"]
+    return {"exported": calibration["temperature"], "fitted": fitted, "unsupported": unsupported}
 
 
-def served_as(calibration: dict[str, Any]) -> str:
-    """How the served probabilities came to be, in a few words: calibrated, or the network's own."""
-    if calibration.get("unsupported"):
-        return "the network's own (the fitted temperature is not deployed: see Calibration)"
-    return "calibrated"
-
-
-def render_markdown(
-    metrics: dict[str, Any], card: dict[str, Any], data_section: str = "", plot_prefix: str = ""
-) -> str:
+def render_markdown(metrics: dict[str, Any], card: dict[str, Any], data_section: str = "") -> str:
+    """report.md: `metrics` as in metrics.json, `card` as in model_card.json, `data_section` (validation.md)."""
     rows = "\n".join(
         f"| {r['class']} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['support']} |"
         for r in per_class_rows(metrics)
     )
     versions = ", ".join(f"{k} {v}" for k, v in card["libraries"].items())
-    delta = metrics["test_accuracy"] - SEED_PUBLISHED_ACCURACY
+    delta = metrics["test_accuracy"] - CLASSIC_PUBLISHED_ACCURACY
+    served = "the network's own (the fitted temperature is not deployed: see Calibration)"
+    if not metrics["calibration"]["unsupported"]:
+        served = "calibrated"
     report = metrics["classification_report"]
     markdown = f"""# CIFAR-10 run `{card["run_name"]}`
 
 **Test accuracy {metrics["test_accuracy"]:.4f}** (loss {metrics["test_loss"]:.4f}) with model `{card["model"]}`;
-the classic notebook's published seed is {SEED_PUBLISHED_ACCURACY:.3f} ({delta:+.3f}).
+the classic notebook's published accuracy is {CLASSIC_PUBLISHED_ACCURACY:.3f} ({delta:+.3f}).
 Test-time augmentation: {metrics.get("tta", "none")}. The loss is the network's own; its probabilities as
-served are {served_as(metrics["calibration"])} (T = {metrics["temperature"]:.3f}): ECE {metrics["ece"]:.4f},
+served are {served} (T = {metrics["temperature"]:.3f}): ECE {metrics["ece"]:.4f},
 NLL {metrics["nll"]:.4f}, Brier {metrics["brier"]:.4f}.
 Mean accuracy under corruption {metrics["mean_corruption_accuracy"]:.4f}.
 
@@ -247,16 +201,16 @@ Mean accuracy under corruption {metrics["mean_corruption_accuracy"]:.4f}.
 
 Macro F1 {report["macro avg"]["f1-score"]:.4f}; weighted F1 {report["weighted avg"]["f1-score"]:.4f}.
 
-{calibration_section(metrics["calibration"], plot_prefix)}
+{calibration_section(metrics["calibration"])}
 ## Robustness to corrupted images
 
 {corruption_table(metrics["robustness"])}
 {data_section}
 ## Plots
 
-![confusion matrix]({plot_prefix}confusion_matrix.png)
-![training curves]({plot_prefix}training_curves.png)
-![sample predictions]({plot_prefix}sample_predictions.png)
+![confusion matrix](confusion_matrix.png)
+![training curves](training_curves.png)
+![sample predictions](sample_predictions.png)
 
 ## Model card
 
@@ -289,7 +243,7 @@ def write_report(
     reports_dir: Path,
     data_section: str = "",
 ) -> Report:
-    """Assemble the run's report directory atomically and point `latest` at it."""
+    """Write the run's report directory whole and point `latest` at it."""
     evaluation = read_json(evaluation_dir / "metrics.json")
     calibration = read_json(calibration_dir / "calibration.json")
     metrics = build_metrics(evaluation, card, calibration, read_json(robustness_dir / "robustness.json"))
@@ -307,9 +261,7 @@ def write_report(
 
 
 def point_latest(latest: Path, target: Path) -> None:
-    """Make `latest` a relative link to `target`. A backup that does not keep links (`cp -rL`, zip,
-    an object-store sync) leaves a copy of a report folder (or a small file) in its place: that copy
-    is removed first, and nothing else in the folder names an absolute path."""
+    """`latest` → `target`, relative, replacing the folder a backup that does not keep links left."""
     if latest.is_dir() and not latest.is_symlink():
         aside = latest.with_name(f".{latest.name}.{os.getpid()}.discard")
         shutil.rmtree(aside, ignore_errors=True)
@@ -324,19 +276,16 @@ def report_in(directory: Path, run_name: str) -> Report:
 
 
 def find_report(reports_dir: Path, cache_key: str) -> Report | None:
-    """The report written for this cache key, if it is still whole."""
-    for card_path in sorted(reports_dir.glob(f"*-{cache_key[:8]}/model_card.json"), reverse=True):
-        try:
-            card = read_json(card_path)
-        except (OSError, ValueError):
-            continue
-        directory = card_path.parent
-        if card.get("cache_key") == cache_key and (directory / "report.md").is_file():
-            try:
-                return report_in(directory, card["run_name"])
-            except OSError:
-                continue
-    return None
+    """The newest report written for this cache key that is still whole, or None."""
+
+    def read(directory: Path) -> Report | None:
+        card = read_json(directory / "model_card.json")
+        if card.get("cache_key") != cache_key or not (directory / "report.md").is_file():
+            return None
+        return report_in(directory, card["run_name"])
+
+    cards = sorted(reports_dir.glob(f"*-{cache_key[:8]}/model_card.json"), reverse=True)
+    return next(filter(None, (read_whole(partial(read, card.parent)) for card in cards)), None)
 
 
 def model_card(

@@ -1,28 +1,19 @@
-"""The robustness stage: accuracy under brightness, contrast, Gaussian noise, blur, JPEG re-compression
-and pixelation, each at three severities, on a fixed subset of the test set, beside the clean accuracy.
-
-The corruptions are the library's (`cifarflow.data.corruptions`), the same functions the drift
-monitor's benchmark uses; severity 2 of each is that module's default. The model is scored through
-its preset's serving function (the arithmetic its export traces, test-time augmentation included) and
-scaled by the temperature fitted on the other half of the test set (as the calibrate stage reports
-its own scores), so the figures are the deployed model's and no ECE is in-sample. The subset is the first
-`SUBSET` test images (the test set is in a random class order), fixed for a test set.
-"""
+"""The robustness stage: accuracy and ECE under six corruptions at three severities on the first SUBSET test
+images, through the preset's serving function and each image's held-out temperature: the deployed model's."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cifarflow.calibration.calibrate import held_out_temperatures
-from cifarflow.calibration.halves import half_of
+from cifarflow.calibration.calibrate import apply_temperature, half_of, held_out_temperatures
 from cifarflow.calibration.scores import calibration_scores
-from cifarflow.calibration.temperature import apply_temperature
 from cifarflow.data import corruptions
 from cifarflow.data.transform import load_split
 from cifarflow.files import atomic_directory, file_digest, read_json, write_json
@@ -47,56 +38,37 @@ class Robustness(StageOutput):
     directory: Path
     summary_sha256: str
 
-    @property
-    def location(self) -> Path:
-        return self.directory
-
-    @property
-    def fingerprint(self) -> str:
-        return self.summary_sha256
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        return read_json(self.directory / "robustness.json")
+    location = property(attrgetter("directory"))
+    fingerprint = property(attrgetter("summary_sha256"))
 
 
 def corrupted_sets(pixels: np.ndarray) -> Iterator[tuple[str, int, np.ndarray]]:
-    """(corruption, severity 1..3, corrupted copy of `pixels`) for every entry of SEVERITIES, one
-    copy at a time."""
+    """(corruption, severity 1..3, corrupted copy of `pixels`) for every entry of SEVERITIES."""
     for name, (parameter, values, _) in SEVERITIES.items():
         apply = corruptions.CORRUPTIONS[name].apply
         for severity, value in enumerate(values, start=1):
             yield name, severity, apply(pixels, **{parameter: value}, seed=severity)
 
 
-def score_in_batches(probabilities_of, pixels: np.ndarray, batch: int = BATCH) -> np.ndarray:
-    return np.concatenate([probabilities_of(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
-
-
 def score_corruptions(
     probabilities_of, pixels: np.ndarray, labels: np.ndarray, clean: np.ndarray, temperature: float | np.ndarray
 ) -> dict[str, Any]:
-    """Score every corrupted copy of (N, 32, 32, 3) uint8 `pixels` with `probabilities_of` (uint8
-    batch → (n, classes) uncalibrated probabilities), scale them by `temperature` (one, or (N,) one
-    per image), and tabulate accuracy and ECE per corruption and severity; `clean` are the
-    uncorrupted images' uncalibrated probabilities."""
+    """Accuracy and ECE per corruption and severity of `probabilities_of(uint8 batch)` scaled by `temperature`."""
     labels = np.asarray(labels).astype(np.int64)
     clean_scores = calibration_scores(apply_temperature(clean, temperature), labels)
     table: dict[str, Any] = {}
     for name, _, images in corrupted_sets(pixels):
-        scores = calibration_scores(apply_temperature(score_in_batches(probabilities_of, images), temperature), labels)
+        probabilities = np.concatenate([probabilities_of(images[i : i + BATCH]) for i in range(0, len(images), BATCH)])
+        scores = calibration_scores(apply_temperature(probabilities, temperature), labels)
         entry = table.setdefault(name, {"severities": list(SEVERITIES[name][2]), "accuracy": [], "ece": []})
         entry["accuracy"].append(round(scores.accuracy, 6))
         entry["ece"].append(round(scores.ece, 6))
-    accuracies = [a for entry in table.values() for a in entry["accuracy"]]
     return {
         "images": int(len(labels)),
         "clean_accuracy": round(clean_scores.accuracy, 6),
         "clean_ece": round(clean_scores.ece, 6),
-        "mean_corruption_accuracy": round(float(np.mean(accuracies)), 6) if accuracies else None,
-        "mean_corruption_ece": round(float(np.mean([e for v in table.values() for e in v["ece"]])), 6)
-        if table
-        else None,
+        "mean_corruption_accuracy": round(float(np.mean([a for v in table.values() for a in v["accuracy"]])), 6),
+        "mean_corruption_ece": round(float(np.mean([e for v in table.values() for e in v["ece"]])), 6),
         "corruptions": table,
     }
 
@@ -110,10 +82,7 @@ def measure_robustness(
     out_dir: Path,
     log=print,
 ) -> Robustness:
-    """Score the first SUBSET test images under every corruption with the trained model and write
-    out_dir/robustness.json whole. `evaluated` is the evaluate stage's probabilities.npy (the clean
-    images'); each image is scaled with the temperature fitted on the other half of the test set
-    (`cifarflow.calibration.calibrate.held_out_temperatures`), so no ECE here is in-sample."""
+    """Write out_dir/robustness.json whole; `evaluated`: the evaluate stage's probabilities.npy."""
     import tensorflow as tf
 
     from cifarflow.models.presets import get_preset
@@ -141,8 +110,6 @@ def measure_robustness(
 
 def find_robustness(directory: Path) -> Robustness | None:
     summary = directory / "robustness.json"
-
-    def read() -> Robustness | None:
-        return Robustness(directory, file_digest(summary)) if "corruptions" in read_json(summary) else None
-
-    return read_whole(read)
+    return read_whole(
+        lambda: Robustness(directory, file_digest(summary)) if "corruptions" in read_json(summary) else None
+    )

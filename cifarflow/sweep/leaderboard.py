@@ -3,87 +3,79 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cifarflow.files import atomic_path, write_json
-from cifarflow.markdown import escape
+from cifarflow.markdown import escape, table
 from cifarflow.sweep.space import NAMED_AXES, Trial
 
-
-@dataclass(frozen=True)
-class TrialOutcome:
-    trial: Trial
-    status: str  # "completed", "cached" or "failed"
-    states: dict[str, str]  # stage → Prefect state name ("Completed", "Cached", "Failed", ...)
-    test_accuracy: float | None = None
-    test_loss: float | None = None
-    train_seconds: float | None = None
-    report_dir: str | None = None
-    error: str | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.status != "failed"
-
-
-def leaderboard_rows(outcomes: list[TrialOutcome]) -> list[dict[str, Any]]:
-    """Finished trials by test accuracy (best first), then the failed ones in trial order."""
-    done = sorted((o for o in outcomes if o.succeeded), key=lambda o: -(o.test_accuracy or 0.0))
-    failed = [o for o in outcomes if not o.succeeded]
-    rows = []
-    for rank, o in enumerate(done + failed, start=1):
-        c = o.trial.config
-        rows.append(
-            {
-                "rank": rank if o.succeeded else None,
-                "trial": o.trial.name,
-                "status": o.status,
-                "test_accuracy": _round(o.test_accuracy),
-                "test_loss": _round(o.test_loss),
-                "train_seconds": _round(o.train_seconds, 2),
-                "model": c.model,
-                "epochs": c.train_epochs,
-                "batch_size": c.train_batch_size,
-                "learning_rate": c.train_learning_rate,
-                "seed": c.seed,
-                **{k: v for k, v in o.trial.overrides.items() if k not in NAMED_AXES},
-                "report": o.report_dir,
-                "error": o.error,
-            }
-        )
-    return rows
+# leaderboard.md's columns: header → (row field, format)
+COLUMNS = {
+    "rank": ("rank", "{}"),
+    "trial": ("trial", "{}"),
+    "status": ("status", "{}"),
+    "test accuracy": ("test_accuracy", "{:.4f}"),
+    "test loss": ("test_loss", "{:.4f}"),
+    "train s": ("train_seconds", "{:.1f}"),
+    "model": ("model", "{}"),
+    "epochs": ("epochs", "{}"),
+    "batch": ("batch_size", "{}"),
+    "lr": ("learning_rate", "{:g}"),
+    "seed": ("seed", "{}"),
+    "report": ("report", "{}"),
+}
 
 
-def _round(value: float | None, digits: int = 4) -> float | None:
+def trial_row(trial: Trial, status: str, states: dict[str, str], **measured: Any) -> dict[str, Any]:
+    """One trial's leaderboard row. `status`: completed, cached or failed; `states`: stage → Prefect state
+    name; `measured`: test_accuracy, test_loss, train_seconds, report (its folder), error (each may be absent)."""
+    c = trial.config
+    return {
+        "rank": None,
+        "trial": trial.name,
+        "status": status,
+        "test_accuracy": _round(measured.get("test_accuracy"), 4),
+        "test_loss": _round(measured.get("test_loss"), 4),
+        "train_seconds": _round(measured.get("train_seconds"), 2),
+        "model": c.model,
+        "epochs": c.train_epochs,
+        "batch_size": c.train_batch_size,
+        "learning_rate": c.train_learning_rate,
+        "seed": c.seed,
+        **{k: v for k, v in trial.overrides.items() if k not in NAMED_AXES},
+        "report": measured.get("report"),
+        "error": measured.get("error"),
+        "states": states,
+    }
+
+
+def rank_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Finished trials by test accuracy (best first, ranked 1, 2, …), then the failed ones in trial order."""
+    done = sorted((r for r in rows if r["status"] != "failed"), key=lambda r: -(r["test_accuracy"] or 0.0))
+    ranked = [r | {"rank": rank} for rank, r in enumerate(done, start=1)]
+    return ranked + [r for r in rows if r["status"] == "failed"]
+
+
+def _round(value: float | None, digits: int) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, digits)
+
+
+def _cell(value: Any, field: str, fmt: str) -> str:
+    if value is None:
+        return "–"
+    if field == "report":
+        return f"[{Path(value).name}]({value})"
+    return "**failed**" if field == "status" and value == "failed" else escape(fmt.format(value))
 
 
 def render_leaderboard(name: str, rows: list[dict[str, Any]], plot_file: str | None) -> str:
     finished = [r for r in rows if r["status"] != "failed"]
     counts = f"{len(rows)} trials: {len(finished)} finished, {len(rows) - len(finished)} failed."
     if finished:  # one paragraph, one line: a line break in it shows as a ragged short line in the UI
-        best = finished[0]
-        counts += f" Best: **{escape(best['trial'])}**, test accuracy {best['test_accuracy']:.4f}."
-    lines = [f"# Sweep {escape(name)}", "", counts]
-    lines += [
-        "",
-        "| rank | trial | status | test accuracy | test loss | train s | model | epochs | batch | lr | seed | report |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-
-        def show(value, fmt="{}"):
-            return "–" if value is None else fmt.format(value)
-
-        report = f"[{Path(r['report']).name}]({r['report']})" if r["report"] else "–"
-        status = r["status"] if r["status"] != "failed" else "**failed**"
-        lines.append(
-            f"| {show(r['rank'])} | {escape(r['trial'])} | {status} | {show(r['test_accuracy'], '{:.4f}')} "
-            f"| {show(r['test_loss'], '{:.4f}')} | {show(r['train_seconds'], '{:.1f}')} | {r['model']} | {r['epochs']} "
-            f"| {r['batch_size']} | {r['learning_rate']:g} | {r['seed']} | {report} |"
-        )
+        counts += f" Best: **{escape(finished[0]['trial'])}**, test accuracy {finished[0]['test_accuracy']:.4f}."
+    cells = [[_cell(r[field], field, fmt) for field, fmt in COLUMNS.values()] for r in rows]
+    lines = [f"# Sweep {escape(name)}", "", counts, "", *table(COLUMNS, *cells)]
     errors = [r for r in rows if r["error"]]
     if errors:
         lines += ["", "## Failed trials", ""] + [f"- {escape(r['trial'])}: {escape(r['error'])}" for r in errors]
@@ -97,7 +89,7 @@ def render_leaderboard(name: str, rows: list[dict[str, Any]], plot_file: str | N
 
 
 def plot_leaderboard(name: str, rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """Test accuracy against training time, one labelled point per finished trial."""
+    """Test accuracy against training time, one labelled point per finished trial; None when none finished."""
     points = [r for r in rows if r["status"] != "failed" and r["test_accuracy"] is not None]
     if not points:
         return None
@@ -126,32 +118,3 @@ def write_leaderboard(directory: Path, name: str, rows: list[dict[str, Any]], ex
         tmp.write_text(render_leaderboard(name, rows, plot.name if plot else None))
     data = write_json(directory / "leaderboard.json", {"name": name, "trials": rows} | extra)
     return {"markdown": markdown, "json": data} | ({"plot": plot} if plot else {})
-
-
-def best_outcome(outcomes: list[TrialOutcome]) -> TrialOutcome | None:
-    """The finished trial of highest test accuracy (the first of equals), None when all failed."""
-    return next((o for o in sorted(outcomes, key=lambda o: -(o.test_accuracy or 0)) if o.succeeded), None)
-
-
-def sweep_summary(name: str, directory: Path, files: dict[str, Path], outcomes: list[TrialOutcome]) -> dict[str, Any]:
-    """What the sweep flow returns: where the leaderboard is, the best trial, and every trial's outcome."""
-    best = best_outcome(outcomes)
-    return {
-        "name": name,
-        "directory": str(directory),
-        "leaderboard": str(files["markdown"]),
-        "plot": str(files.get("plot", "")),
-        "best": best.trial.name if best else None,
-        "trials": [
-            {
-                "trial": o.trial.name,
-                "status": o.status,
-                "states": o.states,
-                "test_accuracy": o.test_accuracy,
-                "train_seconds": o.train_seconds,
-                "report": o.report_dir,
-                "error": o.error,
-            }
-            for o in outcomes
-        ],
-    }

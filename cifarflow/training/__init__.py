@@ -1,1 +1,0 @@
-"""Training loops: the resumable run, Keras `fit` for the seed model, the airbench loop with Muon."""

@@ -1,20 +1,5 @@
-"""The airbench presets' training loop (`fast`, `quick`): the train step, optimizers, schedule and the
-tf.data input pipeline. The network lives in `cifarflow/models/airbench.py`, the recipe (hyper-
-parameters) in `cifarflow/models/recipes.py`.
-
-airbench94_muon (Keller Jordan, https://github.com/KellerJordan/cifar10-airbench): conv kernels by Muon
-(`muon.py`: Nesterov momentum 0.6, the update orthogonalized by Newton–Schulz, kernels held at norm
-√out); whitening bias, BatchNorm biases (lr 0.053) and head (lr 0.67) by Nesterov SGD (momentum 0.85,
-weight decay 2e-6 per example); every lr decays linearly to zero; summed label-smoothed (0.2)
-cross-entropy; gradients summed over micro-batches of at most 1000 to bound memory; logits = head / width
-from a unit-std head init. 94.0% in 8 epochs on the official data.
-
-The whitening bias trains for the first 3 epochs only; uint8 pixels are held once in memory,
-shuffled/batched/prefetched by tf.data and normalized inside the model by the fitted transform;
-alternating flip + random 2-pixel reflect translation are done on whole batches in the train step
-(stateless RNG keyed on the step, so a resumed run augments exactly as an unbroken one). Mixed
-precision per `cifarflow.models.precision.choose_policy`.
-"""
+"""The airbench presets' training loop after airbench94_muon (Keller Jordan, github.com/KellerJordan/cifar10-airbench;
+94.0% in 8 epochs). Randomness is keyed on (seed, step), so a resumed run trains exactly as an unbroken one."""
 
 from __future__ import annotations
 
@@ -28,9 +13,9 @@ import tensorflow as tf
 
 from cifarflow.data.transform import Normalization, load_split, read_features
 from cifarflow.models.precision import choose_policy, configure_threads, dtype_policy
-from cifarflow.models.recipes import AirbenchRecipe
+from cifarflow.models.presets import AirbenchRecipe
 from cifarflow.training import augment, muon
-from cifarflow.training.settings import TrainSettings
+from cifarflow.training.run import TrainSettings
 
 
 def linear_decay(step: tf.Tensor, total: int) -> tf.Tensor:
@@ -38,22 +23,8 @@ def linear_decay(step: tf.Tensor, total: int) -> tf.Tensor:
     return tf.maximum(0.0, 1.0 - tf.cast(step, tf.float32) / float(total))
 
 
-@keras.saving.register_keras_serializable(package="cifar")
-class LinearDecaySchedule(keras.optimizers.schedules.LearningRateSchedule):
-    def __init__(self, base: float, total_steps: int):
-        self.base, self.total_steps = base, total_steps
-
-    def __call__(self, step):
-        return self.base * linear_decay(step, self.total_steps)
-
-    def get_config(self):
-        return {"base": self.base, "total_steps": self.total_steps}
-
-
 class AirbenchTrainer(keras.Model):
-    """Wraps the network for `fit`: a custom train step (augmentation, micro-batched gradients, Muon for
-    conv kernels and SGD for the rest). Its weights (network, Muon buffers) and the SGD optimizer's
-    state are what `BackupAndRestore` checkpoints; `optimizer.iterations` is the step counter."""
+    """The network wrapped for `fit` with airbench's train step (Muon buffers as weights, so checkpointed)."""
 
     def __init__(
         self,
@@ -71,7 +42,6 @@ class AirbenchTrainer(keras.Model):
         self.steps_per_epoch, self.total_steps, self.seed_value = steps_per_epoch, total_steps, seed
         self.micro_batches = max(1, math.ceil(batch_size / recipe.micro_batch))
         self.micro_size = math.ceil(batch_size / self.micro_batches)
-        self.base_lr = recipe.bias_lr
         self.wd_over_lr = recipe.weight_decay * batch_size / recipe.bias_lr
         self.muon_buffers = [
             self.add_weight(shape=v.shape, initializer="zeros", trainable=False, name=f"muon_{i}")
@@ -95,38 +65,27 @@ class AirbenchTrainer(keras.Model):
         return [v for v in self.net.trainable_variables if id(v) not in muon_ids]
 
     @property
-    def whiten_bias(self):
-        return self.net.get_layer("whiten").bias
-
-    @property
     def metrics(self):
         return [self.loss_tracker, self.accuracy_tracker]
 
-    def schedule(self) -> keras.optimizers.schedules.LearningRateSchedule:
-        return LinearDecaySchedule(self.base_lr, self.total_steps)
-
     def _gradient_scales(self) -> list[float]:
-        """Per-variable lr multipliers of the SGD variables relative to the optimizer's lr (the head's)."""
         head = id(self.net.get_layer("head").kernel)
         scale = self.recipe.head_lr / self.recipe.bias_lr
         return [scale if id(v) == head else 1.0 for v in self.sgd_variables]
 
     def _whiten_bias_gate(self, step: tf.Tensor, epoch: tf.Tensor) -> tf.Tensor:
-        """Multiplier of the whitening bias's update: it trains for the first epochs, its lr decaying to
-        zero over those epochs instead of over the run, then freezes."""
+        """The whitening bias's update multiplier: its lr decays to zero over its first epochs, then it freezes."""
         live = tf.cast(epoch < self.recipe.whiten_bias_epochs, tf.float32)
         bias_steps = self.recipe.whiten_bias_epochs * self.steps_per_epoch
         own = linear_decay(step, bias_steps) / tf.maximum(linear_decay(step, self.total_steps), 1e-6)
         return live * own
 
     def _gradients(self, images, labels, variables):
-        """Summed-loss gradients over the batch, computed a micro-batch at a time (the activations of
-        one micro-batch are alive at once; BatchNorm normalizes per micro-batch)."""
+        """Summed-loss gradients, per-example losses and logits, a micro-batch at a time (bounds memory)."""
         total, losses, all_logits = None, [], []
         for i in range(self.micro_batches):
             part = slice(i * self.micro_size, (i + 1) * self.micro_size)
-            # the next micro-batch starts once the previous one's gradients exist (else the graph may
-            # run both at once and hold both sets of activations)
+            # one micro-batch at a time: else the graph may run two at once, holding both sets of activations
             with tf.control_dependencies(total or []):
                 inputs = tf.identity(images[part])
             with tf.GradientTape() as tape:
@@ -157,7 +116,7 @@ class AirbenchTrainer(keras.Model):
         updates = []
         for variable, scale in zip(self.sgd_variables, self._gradient_scales()):
             update = by_id[id(variable)] * scale + self.wd_over_lr * variable  # coupled L2, as torch SGD
-            if variable is self.whiten_bias:
+            if variable is self.net.get_layer("whiten").bias:
                 update = update * self._whiten_bias_gate(step, epoch)
             updates.append((update, variable))
         self.optimizer.apply_gradients(updates)  # advances optimizer.iterations
@@ -169,30 +128,15 @@ class AirbenchTrainer(keras.Model):
         return {"loss": self.loss_tracker.result(), "accuracy": self.accuracy_tracker.result()}
 
 
-class EpochFeed(keras.callbacks.Callback):
-    """Tells the input pipeline which epoch it is producing (set before each epoch's iterator starts),
-    so the shuffle order is a function of (seed, epoch) and a resumed run sees the same batches."""
-
-    def __init__(self):
-        super().__init__()
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch.assign(epoch)
-
-
 def train_dataset(
-    pixels: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, epoch: tf.Variable | None = None
+    pixels: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, epoch: tf.Variable
 ) -> tf.data.Dataset:
-    """One epoch of full batches ((uint8 pixels, per-image flip bit), label), as airbench drops the last
-    partial batch. The arrays are held once in memory; each epoch gathers its batches by a permutation
-    drawn from (seed, `epoch`), on a tf.data thread, prefetched ahead of the train step."""
+    """One epoch of full batches ((uint8 pixels, per-image flip bit), label), permuted by (seed, `epoch`)."""
     count = len(pixels)
     steps = count // batch_size
     rng = np.random.default_rng(seed)
     base_flip = tf.constant((rng.random(count) < 0.5).astype(np.uint8))
     pixels, labels = tf.constant(pixels), tf.constant(labels)
-    epoch = epoch if epoch is not None else tf.Variable(0, dtype=tf.int64, trainable=False)
 
     def batches_of_indices(_):
         order = tf.random.experimental.stateless_shuffle(
@@ -203,9 +147,7 @@ def train_dataset(
     def gather(indices):
         return (tf.gather(pixels, indices), tf.gather(base_flip, indices)), tf.gather(labels, indices)
 
-    # One private thread, no autotuning: gathering a batch takes about a millisecond, and on two cores
-    # tf.data's shared pool and autotuner competed with the train step (`quick` epochs took 24 s or
-    # 41 s at random; with this, 23-24 s every epoch).
+    # one private thread, no autotuning: on two cores tf.data's pool competed with the step (24 s or 41 s an epoch)
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
     options.autotune.enabled = False
@@ -215,21 +157,12 @@ def train_dataset(
 
 
 def fit_airbench(
-    settings: TrainSettings,
-    features_dir: Path,
-    callbacks: Sequence[keras.callbacks.Callback],
-    verbose: int | str = "auto",
-    *,
-    mixed_precision: bool | None = None,
-    max_train_images: int | None = None,
+    settings: TrainSettings, features_dir: Path, callbacks: list[keras.callbacks.Callback], verbose: int | str = "auto"
 ) -> keras.Model:
-    """Train `settings.model` airbench-style on the features' training split; returns the bare network
-    (logits). `callbacks` (BackupAndRestore, the epoch recorder) go to `model.fit`.
-    `max_train_images` trains on a prefix of the split (tests and benchmarks only)."""
-    pixels = np.ascontiguousarray(load_split(features_dir, "train", "pixels")[:max_train_images])
-    labels = np.ascontiguousarray(load_split(features_dir, "train", "labels")[:max_train_images]).astype(np.int32)
-    normalization = read_features(features_dir).normalization
-    return fit_arrays(settings, pixels, labels, normalization, callbacks, verbose, mixed_precision=mixed_precision)
+    """The network (logits) trained on the features' train split."""
+    pixels = np.ascontiguousarray(load_split(features_dir, "train", "pixels"))
+    labels = np.ascontiguousarray(load_split(features_dir, "train", "labels")).astype(np.int32)
+    return fit_arrays(settings, pixels, labels, read_features(features_dir).normalization, callbacks, verbose)
 
 
 def fit_arrays(
@@ -248,11 +181,7 @@ def fit_arrays(
     with dtype_policy(choose_policy(mixed_precision)):
         trainer, dataset = make_trainer(settings, pixels, labels, normalization, recipe)
         trainer.fit(
-            dataset,
-            epochs=settings.epochs,
-            callbacks=[trainer.epoch_feed, *callbacks],
-            verbose=verbose,
-            shuffle=False,
+            dataset, epochs=settings.epochs, callbacks=[trainer.epoch_feed, *callbacks], verbose=verbose, shuffle=False
         )
     return trainer.net
 
@@ -264,8 +193,7 @@ def make_trainer(
     normalization: Normalization,
     recipe: AirbenchRecipe | None = None,
 ) -> tuple[AirbenchTrainer, tf.data.Dataset]:
-    """The compiled, built trainer (network whitened from `pixels` under the fitted normalization) and
-    its training dataset, under the current dtype policy. `settings.learning_rate` is Muon's lr."""
+    """The compiled, built trainer and its dataset; `settings.learning_rate` is Muon's lr."""
     recipe = recipe or settings.preset.recipe
     batch_size = min(settings.batch_size, len(pixels))
     steps_per_epoch = len(pixels) // batch_size
@@ -275,9 +203,12 @@ def make_trainer(
     trainer = AirbenchTrainer(
         net, recipe, settings.learning_rate, steps_per_epoch, total_steps, settings.seed, batch_size
     )
-    sgd = keras.optimizers.SGD(learning_rate=trainer.schedule(), momentum=recipe.momentum, nesterov=True)
+    schedule = keras.optimizers.schedules.PolynomialDecay(recipe.bias_lr, total_steps, end_learning_rate=0.0)
+    sgd = keras.optimizers.SGD(learning_rate=schedule, momentum=recipe.momentum, nesterov=True)
     trainer.compile(optimizer=sgd)
     trainer(np.zeros((1, *pixels.shape[1:]), np.uint8))  # builds the wrapper (BackupAndRestore needs it)
     trainer.optimizer.build(trainer.sgd_variables)
-    trainer.epoch_feed = EpochFeed()  # a callback, not a weight: Keras neither tracks nor saves it
-    return trainer, train_dataset(pixels, labels, batch_size, settings.seed, trainer.epoch_feed.epoch)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)  # the shuffle's: its order is a function of (seed, epoch)
+    # a callback, not a weight: Keras neither tracks nor saves it
+    trainer.epoch_feed = keras.callbacks.LambdaCallback(on_epoch_begin=lambda number, logs: epoch.assign(number))
+    return trainer, train_dataset(pixels, labels, batch_size, settings.seed, epoch)

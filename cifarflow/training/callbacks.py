@@ -13,12 +13,10 @@ import numpy as np
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import atomic_path
 from cifarflow.models.presets import Preset
-from cifarflow.training.settings import EpochHook
+from cifarflow.training.run import EpochHook
 
 
 class EpochRecorder(keras.callbacks.Callback):
-    """Appends each finished epoch to a JSON-lines journal that survives a kill, and reports it."""
-
     def __init__(self, journal: Path, total_epochs: int, on_epoch: EpochHook | None):
         super().__init__()
         self.journal, self.total_epochs, self.on_epoch = journal, total_epochs, on_epoch
@@ -28,10 +26,8 @@ class EpochRecorder(keras.callbacks.Callback):
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        record = {k: float(v) for k, v in (logs or {}).items()} | {
-            "epoch": epoch + 1,
-            "seconds": time.perf_counter() - self._started,
-        }
+        seconds = time.perf_counter() - self._started
+        record = {k: float(v) for k, v in logs.items()} | {"epoch": epoch + 1, "seconds": seconds}
         with open(self.journal, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.on_epoch:
@@ -43,20 +39,16 @@ class TrainingDiverged(PipelineInputError):
 
 
 class DivergenceGuard(keras.callbacks.Callback):
-    """Stops training with `TrainingDiverged` when the loss is not finite (checked every batch, like
-    `keras.callbacks.TerminateOnNaN`) or an epoch's mean loss exceeds `explode_factor` × the first
-    batch's loss. Placed before the journal and checkpoint callbacks, so a diverged epoch is never
-    recorded or resumed from."""
+    """`TrainingDiverged` when a batch's loss is not finite or an epoch's exceeds `explode_factor` × the first."""
 
     def __init__(self, learning_rate: float, explode_factor: float = 1e4):
         super().__init__()
         self.learning_rate, self.explode_factor = learning_rate, explode_factor
-        self._first_loss: float | None = None
+        self._first_loss, self._epoch = 0.0, 0
 
-    def _diverged(self, epoch: int, loss: float, why: str) -> None:
-        self.model.stop_training = True
+    def _diverged(self, loss: float, why: str) -> None:
         raise TrainingDiverged(
-            f"training diverged in epoch {epoch + 1}: {why} (loss {loss:.4g}) at learning rate "
+            f"training diverged in epoch {self._epoch + 1}: {why} (loss {loss:.4g}) at learning rate "
             f"{self.learning_rate:g}; lower the learning rate or raise the batch size"
         )
 
@@ -64,27 +56,19 @@ class DivergenceGuard(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        loss = float((logs or {}).get("loss", 0.0))
+        loss = float(logs["loss"])
         if not np.isfinite(loss):
-            self._diverged(getattr(self, "_epoch", 0), loss, "loss is not finite")
-        if self._first_loss is None and loss > 0:
-            self._first_loss = loss
+            self._diverged(loss, "loss is not finite")
+        self._first_loss = self._first_loss or loss
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = float((logs or {}).get("loss", 0.0))
-        if not np.isfinite(loss):
-            self._diverged(epoch, loss, "loss is not finite")
+        loss = float(logs["loss"])
         if self._first_loss and loss > self.explode_factor * self._first_loss:
-            self._diverged(epoch, loss, f"loss exploded to over {self.explode_factor:g}× its first-batch value")
+            self._diverged(loss, f"loss exploded to over {self.explode_factor:g}× its first-batch value")
 
 
 class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` whose checkpoint survives SIGKILL at any instant.
-
-    Keras writes the weights file in place and the epoch counter beside it, so a kill mid-write
-    leaves a corrupt or mismatched pair. Here each epoch's weights go to a new file, renamed
-    into place when complete, and only then does the (atomically replaced) metadata point at it.
-    """
+    """`BackupAndRestore` whose checkpoint survives SIGKILL at any instant (Keras' own writes in place)."""
 
     def __init__(self, backup_dir: str):
         super().__init__(backup_dir, save_freq="epoch", delete_checkpoint=False, double_checkpoint=False)
@@ -114,19 +98,12 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
 
 class WarmStart(keras.callbacks.Callback):
-    """Start from another model's weights (the champion's) when every weight has the same shape.
-
-    Runs at train begin, before `AtomicBackupAndRestore` (list it first), so a resumed run continues
-    from its own checkpoint rather than starting over from the champion. `applied` and `reason`
-    say what happened, for the report. `preset` is the run's, which is the champion's (only a
-    champion of the same preset can serve: `cifarflow.training.warm_start`); its loader reads the file."""
+    """Start from the champion's weights when every weight has the same shape (`applied`, `reason`)."""
 
     def __init__(self, model_path: str, preset: Preset):
         super().__init__()
-        self.model_path = model_path
-        self.preset = preset
-        self.applied = False
-        self.reason = "not started"
+        self.model_path, self.preset = model_path, preset
+        self.applied, self.reason = False, "not started"
 
     def on_train_begin(self, logs=None):
         net = getattr(self.model, "net", self.model)  # airbench trains a wrapper around its network

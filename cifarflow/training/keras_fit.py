@@ -1,5 +1,4 @@
-"""The classic `model.fit` loop (the classic preset): uint8 pixels and one-hot labels in, batch by batch,
-with a stock Keras optimizer named by the recipe (`KerasFitRecipe.optimizer`)."""
+"""The classic preset's `model.fit` loop, with the stock Keras optimizer `KerasFitRecipe.optimizer` names."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import keras
 
 from cifarflow.data.transform import load_split, read_features
 from cifarflow.training.callbacks import DivergenceGuard
-from cifarflow.training.settings import TrainSettings
+from cifarflow.training.run import TrainSettings
 
 
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -20,10 +19,7 @@ def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimize
 
 
 def pixel_batches(features_dir: Path, split: str, batch_size: int, shuffle_seed: int | None = None):
-    """Batches of (uint8 pixels, float32 one-hot labels) from the split's arrays.
-
-    The pixels are held once in memory as uint8 (a quarter of a float32 copy); the model's first
-    layer normalizes them. Shuffling permutes indices, not images."""
+    """Batches of (uint8 pixels, float32 one-hot labels), the arrays held once in memory."""
     import tensorflow as tf
 
     pixels = tf.constant(load_split(features_dir, split, "pixels"))
@@ -41,21 +37,17 @@ def pixel_batches(features_dir: Path, split: str, batch_size: int, shuffle_seed:
 def fit_keras(
     settings: TrainSettings, features_dir: Path, callbacks: list[keras.callbacks.Callback], verbose: int | str = "auto"
 ) -> keras.Model:
-    """The classic `model.fit` loop; the test split is passed as validation data for monitoring only
-    (curves in the report). No early stopping or model selection uses it."""
+    """The classic `model.fit` loop; the test split is validation data for the report's curves only."""
     preset = settings.preset
     features = read_features(features_dir)
     model = preset.build(features.normalization, num_classes=len(features.label_names), seed=settings.seed)
-    model.compile(
-        optimizer=make_optimizer(preset.recipe.optimizer, settings.learning_rate),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    optimizer = make_optimizer(preset.recipe.optimizer, settings.learning_rate)
+    model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
     model.fit(
         pixel_batches(features_dir, "train", settings.batch_size, shuffle_seed=settings.seed),
         epochs=settings.epochs,
         validation_data=pixel_batches(features_dir, "test", 1024),
-        shuffle=False,  # the dataset reshuffles its indices every epoch itself
+        shuffle=False,  # the dataset reshuffles its indices itself
         callbacks=[DivergenceGuard(settings.learning_rate), *callbacks],
         verbose=verbose,
     )

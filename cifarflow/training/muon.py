@@ -1,15 +1,10 @@
-"""Muon for conv kernels (Keller Jordan, airbench94_muon): momentum, then replace the update by the
-nearest semi-orthogonal matrix (a few Newton–Schulz iterations), on a weight kept at a fixed norm.
-
-Pure TensorFlow functions, no Keras state: the trainer owns the momentum buffers.
-"""
+"""Muon for conv kernels (Keller Jordan, airbench94_muon): the Nesterov update orthogonalized (Newton–Schulz)."""
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-# Quintic iteration coefficients tuned for the steepest slope at zero (airbench94_muon): three steps
-# give singular values roughly in [0.5, 1.5], which trains as well as an exact orthogonalization.
+# airbench94_muon's quintic coefficients: three steps give singular values in about [0.5, 1.5], which trains as well
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
@@ -28,17 +23,14 @@ def newton_schulz(matrix: tf.Tensor, steps: int = 3, eps: float = 1e-7) -> tf.Te
 
 
 def orthogonal_update(kernel_gradient: tf.Tensor, steps: int = 3) -> tf.Tensor:
-    """Newton–Schulz on a Keras conv kernel (kh, kw, in, out) seen as an (out, kh·kw·in) matrix, as
-    PyTorch's (out, in, kh, kw) kernel is flattened; returned in the kernel's shape."""
+    """Newton–Schulz on a conv kernel (kh, kw, in, out) seen as an (out, kh·kw·in) matrix, as PyTorch's."""
     shape = tf.shape(kernel_gradient)
     matrix = tf.transpose(tf.reshape(kernel_gradient, [-1, kernel_gradient.shape[-1]]))
     return tf.reshape(tf.transpose(newton_schulz(matrix, steps)), shape)
 
 
 def muon_step(kernel, buffer, gradient: tf.Tensor, lr: tf.Tensor, momentum: float) -> None:
-    """One Nesterov-Muon step on `kernel` (a variable) with its momentum `buffer` (a variable):
-    the kernel is first rescaled to Frobenius norm √out (so the step size is relative), then moved
-    by `lr` along the orthogonalized Nesterov momentum."""
+    """One step on the variable `kernel`, first rescaled to Frobenius norm √out, with its momentum `buffer`."""
     gradient = tf.cast(gradient, tf.float32)
     buffer.assign(momentum * buffer + gradient)
     nesterov = gradient + momentum * buffer

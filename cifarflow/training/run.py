@@ -1,22 +1,34 @@
-"""Stage 3, train: features → a trained `.keras` model, its per-epoch history and timing.
-
-Training checkpoints every epoch (`AtomicBackupAndRestore`, a kill-safe `BackupAndRestore`) in a
-directory beside the final model, so a killed run resumes from its last finished epoch. The final
-model directory is written whole and renamed into place, so a model directory that exists is
-always complete.
-"""
+"""Stage 3, train: features → a `.keras` model, history and timing, written whole; a killed run resumes."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from operator import attrgetter
 from pathlib import Path
 
 from cifarflow.files import atomic_directory, file_digest, read_json, write_json
+from cifarflow.models.presets import Preset, get_preset
 from cifarflow.outputs import StageOutput, read_whole
-from cifarflow.training.settings import EpochHook, TrainSettings
+
+EpochHook = Callable[[int, int, dict[str, float]], None]  # (epoch (1-based), total, metrics)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    model: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    warm_start_from: str | None = None  # a model file whose weights training starts from, if they fit
+
+    @property
+    def preset(self) -> Preset:
+        return get_preset(self.model)
 
 
 @dataclass(frozen=True)
@@ -28,34 +40,27 @@ class TrainResult(StageOutput):
     train_seconds: float
     epochs: int
     params: int
-    warm_start: dict | None = None  # requested, champion_id, applied, reason (None: from scratch)
+    warm_start: dict | None = None  # WarmStartPlan.note with applied, reason (None: not requested)
 
-    @property
-    def location(self) -> Path:
-        return self.model_dir
-
-    @property
-    def fingerprint(self) -> str:
-        return self.model_sha256
+    location = property(attrgetter("model_dir"))
+    fingerprint = property(attrgetter("model_sha256"))
 
 
 def read_journal(journal: Path) -> list[dict[str, float]]:
-    """Finished epochs so far, one record per epoch (the last write wins after a resume)."""
+    """One record per finished epoch (the last write wins; a line cut by a kill is skipped)."""
     if not journal.is_file():
         return []
     records: dict[int, dict] = {}
     for line in journal.read_text().splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a kill
+        except json.JSONDecodeError:
             continue
         records[int(record["epoch"])] = record
     return [records[e] for e in sorted(records)]
 
 
 def checkpoint_dir(model_dir: Path) -> Path:
-    """Where an unfinished training keeps its journal and checkpoint: beside the final model
-    directory, so it survives a kill; removed once the model is written."""
     return model_dir.with_name(f".{model_dir.name}.inprogress")
 
 
@@ -67,10 +72,8 @@ def train_model(
     verbose: int | None = None,
     warm_start: dict | None = None,
 ) -> TrainResult:
-    """Train with the preset's trainer, resuming from a checkpoint left by an interrupted run, and
-    write model_dir whole. `warm_start` describes the request (`WarmStartPlan.note`, see
-    `cifarflow.training.warm_start`); with `settings.warm_start_from` set, training starts from those weights."""
-    import keras  # imported here so that planning and config checks never pay for TensorFlow
+    """Train with the preset's trainer, resuming from a killed run's checkpoint; `warm_start`: `WarmStartPlan.note`."""
+    import keras  # here: planning and config checks never pay for TensorFlow
 
     from cifarflow.training.callbacks import AtomicBackupAndRestore, EpochRecorder, WarmStart
 
@@ -78,9 +81,7 @@ def train_model(
     work.mkdir(parents=True, exist_ok=True)
     journal = work / "epochs.jsonl"
     keras.utils.set_random_seed(settings.seed)
-    # The journal is written before the checkpoint: a kill between the two re-runs that epoch
-    # and overwrites its journal line, so history and weights never disagree. Both live outside
-    # the final model directory, so a killed run resumes from its last finished epoch.
+    # journal before checkpoint: a kill between the two re-runs that epoch, rewriting its journal line
     warm = WarmStart(settings.warm_start_from, settings.preset) if settings.warm_start_from else None
     callbacks = [
         *([warm] if warm else []),  # before the restore: a resumed run continues from its own checkpoint
@@ -123,7 +124,7 @@ def load_train_result(model_dir: Path) -> TrainResult:
 
 
 def find_model(model_dir: Path) -> TrainResult | None:
-    """The model in `model_dir` if it is complete and its file still matches its recorded sha256."""
+    """The model in `model_dir` if it is whole and its file still matches its recorded sha256."""
     result = read_whole(lambda: load_train_result(model_dir))
     if result is None or not result.model_path.is_file() or file_digest(result.model_path) != result.model_sha256:
         return None

@@ -1,1 +1,0 @@
-"""Checking a dataset version before anything trains on it (the validate stage)."""

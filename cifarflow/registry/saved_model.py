@@ -1,0 +1,167 @@
+"""A version's TensorFlow SavedModel, which a client loads without this package, and the smoke test it passes in
+a fresh process (`python -m cifarflow.registry.saved_model EXPORT CANARY.npz OUT.npy`) before it is registered.
+
+    model = tf.saved_model.load(path)  # path: `python flows/registry_flow.py path champion` prints it
+    probabilities = model.serve(pixels_uint8)["probabilities"]  # [N, 32, 32, 3] uint8 → float32 [N, classes]
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarflow.data.archive import IMAGE_SHAPE
+from cifarflow.files import read_json, write_json
+
+ENDPOINT = "serve"  # also the `serving_default` signature
+METADATA = "cifarflow.json"  # beside the SavedModel: endpoint, input, output, label names, preset, temperature
+CANARY_PER_CLASS = 100  # 1,000 images on CIFAR-10: one disagreement in 1,000 is the most 99.9% allows
+MIN_AGREEMENT = 0.999  # share of canary images whose top-1 class must be evaluation's
+TOLERANCE = 1e-3  # max |Δ probability|; float32 graph vs evaluation's float64 sum of the views is ~1e-6
+TIMEOUT_S = 600
+
+
+def export_model(
+    model_path: Path, preset: str, label_names: list[str], out_dir: Path, temperature: float | None = None
+) -> Path:
+    """Write the SavedModel of the `.keras` file at `model_path` into `out_dir` (which must not exist): the
+    preset's serving function (its test-time augmentation traced in), with a `temperature` softmax(log p / T)."""
+    import keras
+    import tensorflow as tf
+
+    from cifarflow.calibration.scores import TINY
+    from cifarflow.models.presets import get_preset
+
+    model = get_preset(preset).load(model_path)
+    probabilities = get_preset(preset).serving_function(model)
+
+    def calibrated(pixels):
+        if temperature is None:
+            return probabilities(pixels)
+        return tf.nn.softmax(tf.math.log(tf.maximum(probabilities(pixels), TINY)) / temperature, axis=-1)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name=ENDPOINT,
+        fn=lambda pixels: {"probabilities": calibrated(pixels)},
+        input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="pixels")],
+    )
+    archive.write_out(str(out_dir), verbose=False)
+    metadata = {
+        "endpoint": ENDPOINT,
+        "input": {"name": "pixels", "dtype": "uint8", "shape": [None, *IMAGE_SHAPE]},
+        "output": {"name": "probabilities", "dtype": "float32", "shape": [None, len(label_names)]},
+        "label_names": list(label_names),
+        "preset": preset,
+        "temperature": temperature,
+    }
+    write_json(Path(out_dir) / METADATA, metadata)
+    return Path(out_dir)
+
+
+def is_export(directory: Path) -> bool:
+    return (Path(directory) / "saved_model.pb").is_file()
+
+
+@dataclass
+class ExportedModel:
+    """A loaded export: its cifarflow.json's `label_names` and `preset`, and `probabilities(pixels)`."""
+
+    label_names: list[str]
+    preset: str
+    _endpoint: Any
+    _loaded: Any  # the restored object owns the variables the endpoint reads: keep it alive
+
+    def probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 (N, 32, 32, 3) → float32 (N, classes)."""
+        import tensorflow as tf
+
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.label_names)), np.float32)
+        return self._endpoint(tf.convert_to_tensor(np.asarray(pixels, np.uint8)))["probabilities"].numpy()
+
+
+def load_export(directory: Path) -> ExportedModel:
+    """The export in `directory`; FileNotFoundError when it holds none, TensorFlow's errors when it is damaged."""
+    import tensorflow as tf
+
+    if not is_export(directory):
+        raise FileNotFoundError(f"{directory} is not an exported model (no saved_model.pb)")
+    loaded = tf.saved_model.load(str(directory))
+    metadata = read_json(Path(directory) / METADATA)
+    endpoint = getattr(loaded, metadata.get("endpoint", ENDPOINT))
+    return ExportedModel(metadata["label_names"], metadata["preset"], endpoint, loaded)
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    passed: bool
+    images: int
+    agreement: float  # share of canary images with evaluation's top-1 class
+    max_difference: float  # largest absolute probability difference
+    seconds: float
+    reason: str  # why it failed, or "" when it passed
+
+    def to_json(self) -> dict:
+        return asdict(self) | {"min_agreement": MIN_AGREEMENT, "tolerance": TOLERANCE}
+
+    @property
+    def summary(self) -> str:
+        verdict = "passed" if self.passed else f"FAILED: {self.reason}"
+        return (
+            f"smoke test {verdict} ({self.images} canary images in a fresh process: top-1 agreement "
+            f"{self.agreement:.2%}, max |Δp| {self.max_difference:.1e}, {self.seconds:.1f} s)"
+        )
+
+
+def canary_indices(labels: np.ndarray, per_class: int = CANARY_PER_CLASS) -> np.ndarray:
+    """The first `per_class` test images of each class, in test order: fixed for a test set, every class in it."""
+    labels = np.asarray(labels)
+    chosen = [np.flatnonzero(labels == label)[:per_class] for label in np.unique(labels)]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def smoke_test(export_dir: Path, pixels: np.ndarray, expected: np.ndarray, timeout_s: float = TIMEOUT_S) -> SmokeResult:
+    """Score `pixels` with the export in a fresh Python process, as a server would load it; it passes with
+    evaluation's top-1 class on MIN_AGREEMENT of them and every probability within TOLERANCE of `expected`."""
+    started, failed = time.perf_counter(), (False, len(pixels), 0.0, float("inf"))
+    with tempfile.TemporaryDirectory(prefix="cifarflow-smoke-") as scratch:
+        canary, out = Path(scratch) / "canary.npz", Path(scratch) / "probabilities.npy"
+        np.savez(canary, pixels=np.asarray(pixels, np.uint8))
+        command = [sys.executable, "-m", "cifarflow.registry.saved_model", str(export_dir), str(canary), str(out)]
+        quiet = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}  # so stderr's last line is the error, not a TF notice
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=quiet)
+        except subprocess.TimeoutExpired:
+            return SmokeResult(*failed, timeout_s, f"no answer in {timeout_s:.0f} s")
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            return SmokeResult(*failed, seconds, f"the export did not load or run: {last}")
+        actual, expected = np.load(out), np.asarray(expected, np.float64)
+    if actual.shape != expected.shape or not np.isfinite(actual).all():
+        return SmokeResult(
+            *failed, seconds, f"the export returned {actual.shape}, expected {expected.shape} finite values"
+        )
+    agreement = float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1))) if len(actual) else 1.0
+    difference = float(np.abs(actual.astype(np.float64) - expected).max()) if len(actual) else 0.0
+    reason = f"a probability differs by {difference:.1e}, over the tolerance {TOLERANCE:g}"
+    if agreement < MIN_AGREEMENT:
+        reason = f"top-1 agreement {agreement:.2%} is below {MIN_AGREEMENT:.1%}"
+    elif difference <= TOLERANCE:
+        reason = ""
+    return SmokeResult(not reason, len(pixels), agreement, difference, seconds, reason)
+
+
+if __name__ == "__main__":
+    export_dir, canary_path, out_path = sys.argv[1:]
+    np.save(out_path, load_export(Path(export_dir)).probabilities(np.load(canary_path)["pixels"]))

@@ -1,0 +1,104 @@
+"""POST /predict, /predict/batch, GET /limits and the page (GET /): decoded under the budget, micro-batched, logged."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+from fastapi import APIRouter, File, Request, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from cifarflow.inference.decode_budget import DecodeBudget, DecodeBusy, header_pixels
+from cifarflow.inference.predictor import Predictor
+from cifarflow.intake.images import ImageRejected, convert_image, describe
+from cifarflow.monitoring.log import new_ids
+from serving.http_errors import BadInput, documented
+from serving.model_routes import served_model
+
+STATIC = Path(__file__).parent / "static"
+
+log = logging.getLogger("cifarflow.serving")
+
+router = APIRouter()
+
+
+class ClassProbability(BaseModel):
+    label: str
+    probability: float = Field(ge=0, le=1)
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="the most probable class")
+    probability: float = Field(ge=0, le=1)
+    top: list[ClassProbability] = Field(description="the 3 most probable classes, most probable first")
+    model_version: str = Field(description="the registry version that scored the image")
+    prediction_id: str = Field(description="this answer's id in the prediction log (a UUID4 in hex)")
+
+
+class Limits(BaseModel):
+    max_upload_bytes: int = Field(description="most bytes in one request body, multipart framing included")
+    max_batch_files: int = Field(description="most `file` fields in one /predict/batch request")
+    max_pixels: int = Field(description="most pixels (width × height) in one image")
+
+
+def decode_upload(upload: UploadFile, name: str, budget: DecodeBudget | None) -> np.ndarray:
+    """One upload → (32, 32, 3) uint8 pixels, holding its pixels of `budget` while it decodes. BadInput 400: empty;
+    415: anything decoding raises (this file's fault alone); 503 with Retry-After: the budget stayed spent."""
+    data = upload.file.read()
+    if not data:
+        raise BadInput(400, f"{name}: the upload is empty (0 bytes)")
+    try:
+        with budget.hold(header_pixels(data)) if budget else nullcontext():
+            return convert_image(data).pixels
+    except ImageRejected as rejected:
+        raise BadInput(415, f"{name}: not a usable image: {rejected}") from None
+    except DecodeBusy as busy:
+        raise BadInput(503, f"{name}: {busy}", {"Retry-After": str(busy.retry_after_s)}) from None
+    except Exception as error:  # escaped the decoder's own checks (reading the header): still this file's
+        log.warning("decoding %s raised %s", name, describe(error), exc_info=True)
+        raise BadInput(415, f"{name}: not a usable image: does not decode: {describe(error)}") from None
+
+
+def predict_uploads(request: Request, uploads: list[UploadFile]) -> list[dict]:
+    """Decode every upload (a bad one fails the request, naming it), score them micro-batched (if on), log them."""
+    predictor: Predictor = served_model(request)
+    state = request.app.state
+    pixels = np.stack(
+        [decode_upload(u, u.filename or f"file {i + 1}", state.decode_budget) for i, u in enumerate(uploads)]
+    )
+    probabilities = state.batcher.probabilities(predictor, pixels) if state.batcher else predictor.probabilities(pixels)
+    ids = new_ids(len(pixels))
+    if state.prediction_log is not None:
+        state.prediction_log.append(ids, "service", predictor.version, probabilities, pixels)
+    tops = predictor.top(probabilities)
+    return [
+        {**top[0], "top": top, "model_version": predictor.version, "prediction_id": id_} for top, id_ in zip(tops, ids)
+    ]
+
+
+@router.get("/", include_in_schema=False)
+def page():
+    return FileResponse(STATIC / "index.html")
+
+
+@router.get("/limits", response_model=Limits)
+def upload_limits(request: Request):
+    return request.app.state.limits
+
+
+@router.post("/predict", response_model=Prediction, responses=documented(400, 415, 422, 503))
+def predict(request: Request, file: UploadFile = File(..., description="the image: PNG, JPEG, WebP or BMP")):
+    return predict_uploads(request, [file])[0]
+
+
+@router.post("/predict/batch", response_model=list[Prediction], responses=documented(400, 415, 422, 503))
+def predict_batch(
+    request: Request, file: list[UploadFile] = File(..., description="the images, at most GET /limits' max_batch_files")
+):
+    most = request.app.state.limits.max_batch_files
+    if len(file) > most:
+        raise BadInput(400, f"{len(file)} files in one request; at most {most}")
+    return predict_uploads(request, file)
