@@ -16,7 +16,7 @@ anything the service's `--model` accepts).
    code (`cifarflow.training.run.train_model`, the preset's recipe and epochs), and `--traffic` (10,000)
    images it then scores, as if served. Of the traffic, `--label` (1,000) get their true labels (the
    reviewers' corrections), chosen in one of these orders:
-     least-confident  the queue's order (`cifarflow.feedback.queue.least_confident_first`, `--measure`,
+     least-confident  the queue's order (`least_confident_first` below, the SQL queue's order in numpy, `--measure`,
                       by default the queue's own): the same images for every seed;
      random           a fresh uniform draw per seed;
      none             no new labels: the same retraining on the champion's images alone, so the gain
@@ -68,7 +68,7 @@ from cifarflow.cli import ArgumentParser, comma_list, done, run_cli
 from cifarflow.data.shards import read_split
 from cifarflow.data.transform import Normalization, fit_normalization, one_hot
 from cifarflow.errors import PipelineInputError
-from cifarflow.feedback.queue import DEFAULT_MEASURE, MEASURES, least_confident_first
+from cifarflow.feedback.queue import DEFAULT_MEASURE, MEASURES, uncertainty
 from cifarflow.files import read_json, write_json
 from cifarflow.inference.predictor import ModelNotFound, locate
 from cifarflow.layout import DataLayout
@@ -95,6 +95,11 @@ class Data:
     test_images: np.ndarray
     test_labels: np.ndarray
     label_names: list[str]
+
+
+def least_confident_first(probabilities: np.ndarray, measure: str = DEFAULT_MEASURE) -> np.ndarray:
+    """(N,) row indices, least confident first, ties in log order: the queue's SQL order, in numpy."""
+    return np.argsort(-uncertainty(probabilities, measure), kind="stable")
 
 
 def load_data(data_dir: Path, need_train: bool) -> Data:

@@ -1,2 +1,1 @@
-"""cifarflow: the plain logic of the CIFAR-10 pipeline, one subpackage per concern. Imports run one way:
-`orchestration` → the stages' logic → the shared helpers here; nothing imports `tasks` or `flows`."""
+"""cifarflow: the CIFAR-10 pipeline's plain logic, one subpackage per concern (orchestration → stages → helpers)."""

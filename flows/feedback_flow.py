@@ -28,13 +28,7 @@ from cifarflow.lock import data_dir_lock
 from cifarflow.orchestration.names import run_name
 from cifarflow.paths import from_printable, printable
 from flows.add_images import add_images
-from tasks.feedback import (
-    gather_answers,
-    publish_feedback_report,
-    record_outcome,
-    remove_unfinished_exports,
-    write_feedback_inbox,
-)
+from tasks import feedback
 
 PROBLEM_VERDICTS = ("conflict", "refused", "lost")  # printed one by one; `duplicate` is in the training data already
 LOCK_TIMEOUT_S = 600.0  # for another feedback export on the same data dir
@@ -58,13 +52,13 @@ def export_feedback(data_dir: Path = Path("data")) -> dict[str, Any]:
             exported = read_exported(layout.feedback_exported, layout.feedback_exports)
             logger.warning("finishing export %s, which a killed run left unfinished", export_id)
         else:
-            plan, exported = gather_answers(layout)
-            remove_unfinished_exports(layout, exported)
+            plan, exported = feedback.gather_answers(layout)
+            feedback.remove_unfinished_exports(layout, exported)
             if not (plan.ready or plan.lost or plan.held):
                 return {"export_id": None, "headline": "no new answers since the last export", "path": None}
             export_id = new_export_id(plan.ready)
             if plan.ready:
-                write_feedback_inbox(layout.feedback_exports / export_id / "inbox", plan.ready)
+                feedback.write_feedback_inbox(layout.feedback_exports / export_id / "inbox", plan.ready)
             begin(layout.feedback_journal, {"export_id": export_id, "plan": plan.to_json()})
         directory = layout.feedback_exports / export_id
         addition = None
@@ -75,10 +69,10 @@ def export_feedback(data_dir: Path = Path("data")) -> dict[str, Any]:
             origin = {"kind": "feedback", "export_id": export_id, "prediction_ids": ids, "reviewers": reviewers}
             addition = read_json(add_images(inbox, root, origin))
         kill_point("feedback:batch-added")
-        summary = record_outcome(layout, exported, export_id, plan, addition)
+        summary = feedback.record_outcome(layout, exported, export_id, plan, addition)
         if killed:
             summary["resumed"] = f"resumed export {export_id}, which a killed run had left unfinished"
-        summary["path"] = str(publish_feedback_report(directory, summary))
+        summary["path"] = str(feedback.publish_feedback_report(directory, summary))
         end(layout.feedback_journal)
         return summary
 

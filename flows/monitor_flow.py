@@ -64,7 +64,7 @@ def monitor(
         if result.drift:
             emit_drift(layout, result, incremental)
         if incremental:
-            commit_window(layout, state, result, bounds, now)
+            commit_window(layout, state, result, now)
         prune_log(layout, keep_days, now)
     return result
 

@@ -1,5 +1,4 @@
-"""The pipeline's Prefect tasks, one module per stage (`tasks/<stage>.py`'s function `<stage>`), thin
-wrappers over `cifarflow`'s plain functions, made by `cifarflow.orchestration.runner.stage_task`."""
+"""Prefect tasks: thin wrappers over `cifarflow`; a stage's task is `tasks/<stage>.py`'s function `<stage>`."""
 
 from __future__ import annotations
 

@@ -10,17 +10,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from cifarflow.data.dataset_versions import (
-    BATCH_FILE,
-    BatchInfo,
-    DatasetVersion,
-    batch_shards,
-    current_version,
-    read_batch,
-    remove_unfinished,
-    withdraw_batch,
-    write_batch,
-)
+from cifarflow.data import dataset_versions
 from cifarflow.data.shards import read_shards, shard_files
 from cifarflow.intake.batch_report import write_summary
 from cifarflow.intake.screen import Inbox, Screening, batch_table, load_reference, scan_inbox, screen_inbox
@@ -67,11 +57,11 @@ def write(
     label_names: list[str],
     inbox: Path,
     origin: dict | None = None,
-) -> BatchInfo:
+) -> dataset_versions.BatchInfo:
     """Write the accepted images as the immutable batch `batch_id`, whole or not at all, with `origin`."""
     record = {"inbox": printable(inbox.resolve()), "class_counts": screening.class_counts}
     record |= {"origin": origin} if origin else {}
-    batch = write_batch(layout, batch_id, batch_table(screening.accepted, label_names), record)
+    batch = dataset_versions.write_batch(layout, batch_id, batch_table(screening.accepted, label_names), record)
     get_run_logger().info("wrote batch %s: %d images", batch.batch_id, batch.rows)
     return batch
 
@@ -80,7 +70,7 @@ def write(
 def publish_addition_report(layout: DataLayout, summary: dict, added_images: list[np.ndarray]) -> Path:
     """Write summary.json (with the data's current version) and report.md, publish them, and announce a new
     dataset version."""
-    after = current_version(layout)
+    after = dataset_versions.current_version(layout)
     summary = summary | {"dataset_version": after.version, "train_images": after.train_images}
     path = write_summary(layout.additions_reports / summary["addition_id"], summary, added_images)
     publish_addition(summary, path)
@@ -90,7 +80,9 @@ def publish_addition_report(layout: DataLayout, summary: dict, added_images: lis
     return path
 
 
-def announce_withdrawal(layout: DataLayout, batch_id: str, previous_version: str, after: DatasetVersion) -> None:
+def announce_withdrawal(
+    layout: DataLayout, batch_id: str, previous_version: str, after: dataset_versions.DatasetVersion
+) -> None:
     """cifar10.dataset.updated for the withdrawal of `batch_id`, which moved the data from `previous_version`."""
     facts = {"dataset_version": after.version, "previous_dataset_version": previous_version, "withdrawn": batch_id}
     emit_dataset_updated(str(layout.root), facts | {"train_images": after.train_images})
@@ -100,7 +92,7 @@ def announce_withdrawal(layout: DataLayout, batch_id: str, previous_version: str
 def finish_killed_run(layout: DataLayout) -> str | None:
     """Under the intake lock: finish the killed run the journal names if its batch had moved, else undo it; the
     sentence saying which, None when no run was killed; PipelineInputError for a damaged journal."""
-    remove_unfinished(layout)
+    dataset_versions.remove_unfinished(layout)
     killed = unfinished(layout.intake_journal, ("run", "batch_id"))
     if killed is None:
         return None
@@ -108,19 +100,21 @@ def finish_killed_run(layout: DataLayout) -> str | None:
     if needs not in killed:  # None: a run of no known kind
         raise damaged(layout.intake_journal, f"no `{needs}` field" if needs else f"`run` is {killed['run']!r}")
     batch_id = killed["batch_id"]
-    active = (layout.batch_dir(batch_id) / BATCH_FILE).is_file()
+    active = (layout.batch_dir(batch_id) / dataset_versions.BATCH_FILE).is_file()
     if killed["run"] == "withdraw" and active:
         message = f"undid the withdrawal of {batch_id} killed before the batch moved: it is still in the training data"
     elif killed["run"] == "withdraw":
-        announce_withdrawal(layout, batch_id, killed["previous_dataset_version"], current_version(layout))
+        announce_withdrawal(
+            layout, batch_id, killed["previous_dataset_version"], dataset_versions.current_version(layout)
+        )
         message = (
             f"finished the withdrawal of {batch_id} killed before it was announced: cifar10.dataset.updated emitted"
         )
     elif not active:
         message = f"undid the add_images run killed before its batch {batch_id} was in place: nothing of it was added"
     else:
-        batch = read_batch(layout.batch_dir(batch_id))
-        images, _ = read_shards(*shard_files(batch.directory, batch_shards(batch)))
+        batch = dataset_versions.read_batch(layout.batch_dir(batch_id))
+        images, _ = read_shards(*shard_files(batch.directory, dataset_versions.batch_shards(batch)))
         publish_addition_report.fn(layout, killed["summary"], list(images))
         message = (
             f"finished the add_images run killed after writing batch {batch_id}: its report written, "
@@ -134,6 +128,6 @@ def finish_killed_run(layout: DataLayout) -> str | None:
 @task(name="withdraw-batch", cache_policy=NO_CACHE)
 def withdraw(layout: DataLayout, batch_id: str) -> Path:
     """Move a batch out of the training data (kept in batches-withdrawn/)."""
-    moved = withdraw_batch(layout, batch_id)
+    moved = dataset_versions.withdraw_batch(layout, batch_id)
     get_run_logger().info("withdrew %s (kept in %s)", batch_id, moved)
     return moved

@@ -15,7 +15,7 @@ UNIT = Normalization("unit", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 FITTED = Normalization("standardize", (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 
 
-def test_seed_model_matches_the_notebook():
+def test_classic_model_matches_the_notebook():
     model = make_classic_model(UNIT)
     assert model.count_params() == 394_970
     assert [type(layer).__name__ for layer in model.layers] == [
@@ -78,7 +78,7 @@ def test_unknown_model_and_optimizer_are_named():
         make_optimizer("sgd-ish", 0.1)
 
 
-def test_seed_training_steps_lower_the_loss():
+def test_classic_training_steps_lower_the_loss():
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)

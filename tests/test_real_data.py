@@ -40,7 +40,7 @@ def real_archive(tmp_path_factory):
     return target
 
 
-def test_real_archive_one_epoch_of_the_seed(real_archive, tmp_path):
+def test_real_archive_one_epoch_of_the_classic_preset(real_archive, tmp_path):
     from cifarflow.config import PipelineConfig
     from tests.flow_helpers import run_flow
 

@@ -132,31 +132,21 @@ def unsupported_reasons(
         )
         return f"on {where} the NLL has no minimum inside T = {low}…{high}: it keeps falling toward {toward}"
 
-    reasons = [edge(whole, "every image")]
-    if whole.errors < MIN_ERRORS:
-        reasons.append(
-            f"only {whole.errors} of {whole.images} images are misclassified (under {MIN_ERRORS}): T would rest on them"
-        )
+    few = f"only {whole.errors} of {whole.images} images are misclassified (under {MIN_ERRORS}): T would rest on them"
+    unmet = [(edge(whole, "every image"), True), (few, whole.errors < MIN_ERRORS)]
     if halves is None:
-        reasons.append(
-            f"a half of the {whole.images} images has under {MIN_HALF}: "
-            "T cannot be checked on images it was not fitted on"
-        )
+        small = f"a half of the {whole.images} images has under {MIN_HALF}"
+        unmet.append((f"{small}: T cannot be checked on images it was not fitted on", True))
     else:
-        reasons += [edge(fit, f"half {name}") for fit, name in zip(halves, "AB")]
         t_a, t_b = halves[0].temperature, halves[1].temperature
-        if max(t_a, t_b) / min(t_a, t_b) > MAX_HALF_RATIO:
-            reasons.append(
-                f"the halves disagree: T = {t_a:.3f} on half A, {t_b:.3f} on half B (over a factor {MAX_HALF_RATIO:g})"
-            )
+        split = f"the halves disagree: T = {t_a:.3f} on half A, {t_b:.3f} on half B (over a factor {MAX_HALF_RATIO:g})"
+        unmet += [(edge(halves[0], "half A"), True), (edge(halves[1], "half B"), True)]
+        unmet.append((split, max(t_a, t_b) / min(t_a, t_b) > MAX_HALF_RATIO))
         for score in ("nll", "ece"):  # what scaling is for: both must not get worse on images T did not see
             before, after = getattr(raw, score), getattr(crossed, score)
-            if after > before:
-                reasons.append(
-                    f"on held-out images it raises the {score.upper()} ({before:.4f} → {after:.4f}): "
-                    "it does not carry over"
-                )
-    return tuple(reason for reason in reasons if reason)
+            raised = f"on held-out images it raises the {score.upper()} ({before:.4f} → {after:.4f})"
+            unmet.append((f"{raised}: it does not carry over", after > before))
+    return tuple(reason for reason, applies in unmet if reason and applies)
 
 
 def cross_fit(probabilities: np.ndarray, labels: np.ndarray, in_a: np.ndarray) -> Fit:
@@ -205,15 +195,12 @@ def calibrate_model(evaluation_dir: Path, features_dir: Path, out_dir: Path, log
     before, after = calibration_scores(raw, labels), calibration_scores(fit.cross_fitted, labels)
     if fit.unsupported:
         after_is = f"the network's own probabilities: the fitted T = {fit.fitted:.3f} is not deployed"
-        log(
-            f"temperature {fit.fitted:.3f} NOT deployed, T = {SAFE_TEMPERATURE:g} instead: {'; '.join(fit.unsupported)}"
-        )
+        outcome = f"{fit.fitted:.3f} NOT deployed, T = {SAFE_TEMPERATURE:g} instead: {'; '.join(fit.unsupported)}"
     else:
         after_is = "cross-fitted: each half scaled with the temperature fitted on the other half"
-        log(
-            f"temperature {fit.temperature:.3f}: ECE {before.ece:.4f} → {after.ece:.4f}, "
-            f"NLL {before.nll:.4f} → {after.nll:.4f} (cross-fitted)"
-        )
+        scores = f"ECE {before.ece:.4f} → {after.ece:.4f}, NLL {before.nll:.4f} → {after.nll:.4f} (cross-fitted)"
+        outcome = f"{fit.temperature:.3f}: {scores}"
+    log(f"temperature {outcome}")
     summary = {
         "method": "temperature scaling (Guo et al. 2017): one T, fitted by minimising NLL",
         "temperature": fit.temperature,

@@ -32,11 +32,6 @@ def uncertainty(probabilities: np.ndarray, measure: str = DEFAULT_MEASURE) -> np
     raise ValueError(f"unknown uncertainty measure {measure!r}: one of {', '.join(MEASURES)}")
 
 
-def least_confident_first(probabilities: np.ndarray, measure: str = DEFAULT_MEASURE) -> np.ndarray:
-    """(N,) int64 row indices, least confident first; ties keep log order (a stable sort)."""
-    return np.argsort(-uncertainty(probabilities, measure), kind="stable")
-
-
 def margins(probabilities: np.ndarray) -> np.ndarray:
     """(N,) p₁ − p₂, in [0, 1]."""
     return 1.0 - uncertainty(probabilities, "margin")

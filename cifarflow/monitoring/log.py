@@ -236,7 +236,12 @@ class PredictionLog:
                 while True:
                     items.append(self._queue.get_nowait())
             stopping = None in items
-            pending += [row for item in items if isinstance(item, tuple) for row in self._rows(item)]
+            for item in items:
+                try:
+                    pending += log_rows(*item) if isinstance(item, tuple) else []
+                except Exception as error:  # a caller's bad rows must not stop the writer for everyone
+                    self.warn(f"prediction log: {len(item[0]):,} rows not logged: {type(error).__name__}: {error}")
+                    self.dropped += len(item[0])
             if pending and (stopping or time.monotonic() >= retry_at):
                 pending = self._write(pending)
                 retry_at = time.monotonic() + FLUSH_S if pending else 0.0
@@ -250,14 +255,6 @@ class PredictionLog:
         if self._db is not None:
             self._db.close()
 
-    def _rows(self, item: tuple) -> list[tuple]:
-        try:
-            return log_rows(*item)
-        except Exception as error:  # a caller's bad rows must not stop the writer for everyone
-            self.warn(f"prediction log: {len(item[0]):,} rows not logged: {type(error).__name__}: {error}")
-            self.dropped += len(item[0])
-            return []
-
     def _write(self, pending: list[tuple]) -> list[tuple]:
         try:
             self._db = self._db or connect(self.path)
@@ -265,9 +262,9 @@ class PredictionLog:
                 self._db.executemany(INSERT, pending)
         except (sqlite3.Error, OSError) as error:  # a full or read-only disk: the writer goes on
             self.warn(f"prediction log: {len(pending):,} rows not written yet ({error}); trying again")
-            if len(pending) > MAX_HELD_ROWS:
-                self.dropped += len(pending) - MAX_HELD_ROWS
-                self.warn(f"prediction log: dropped {len(pending) - MAX_HELD_ROWS:,} rows that could not be written")
+            if (excess := len(pending) - MAX_HELD_ROWS) > 0:
+                self.dropped += excess
+                self.warn(f"prediction log: dropped {excess:,} rows that could not be written")
             return pending[-MAX_HELD_ROWS:]
         self.written += len(pending)
         return []

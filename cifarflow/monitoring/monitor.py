@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import zipfile
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -109,8 +108,6 @@ def resume_run(layout: DataLayout, state: MonitorState, emit: Callable[[dict], N
     try:
         summary = read_json(folder / "monitor.json")
     except (OSError, ValueError):
-        summary = None
-    if summary is None:
         shutil.rmtree(folder, ignore_errors=True)
         journal.end(layout.monitor_journal)
         return (
@@ -252,35 +249,3 @@ class MonitorSummary:
             "created": self.created,
             "notes": list(self.notes),
         }
-
-
-def summarize(
-    window: list[Logged],
-    times: np.ndarray,
-    bounds: WindowBounds,
-    version: Version,
-    reference_images: int,
-    signals: list[Signal],
-    report: str,
-    notes: list[str],
-) -> MonitorSummary:
-    """The verdict from the images scored, the (N,) datetime64[us] times of all the window's rows, the signals."""
-    moment = lambda t: t.astype("datetime64[us]").astype(datetime).replace(tzinfo=UTC).isoformat()  # noqa: E731
-    return MonitorSummary(
-        images=len(window),
-        model_version=version.name,
-        window=bounds.to_json()
-        | {
-            "rows": len(times),
-            "first": moment(times.min()) if len(times) else None,
-            "last_logged": moment(times.max()) if len(times) else None,
-            "sources": dict(Counter(row.source for row in window)),
-            "model_versions": dict(Counter(row.model_version for row in window)),
-        },
-        reference_images=reference_images,
-        drift=any(signal.drift for signal in signals) if signals else None,
-        signals=tuple(signals),
-        report=report,
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-        notes=tuple(notes),
-    )

@@ -1,1 +1,1 @@
-"""Orchestration: stage specs, exact cache keys, the runner that reuses persisted outputs, plans, artifacts."""
+"""Orchestration: the stage graph, exact cache keys, the one reuse mechanism (the runner), plans, artifacts, events."""

@@ -1,6 +1,5 @@
-"""Run or reuse the stages of one flow run, the one place that decides whether a stage computes: a selected
-stage whose output for its key is whole on disk (`StageSpec.find`) ends `Cached` carrying that output;
-otherwise its task runs. Prefect caches and persists nothing."""
+"""The one place that decides whether a stage computes: a selected stage whose output for its key is whole on disk
+(`StageSpec.find`) ends `Cached` carrying that output, otherwise its task runs; Prefect caches nothing."""
 
 from __future__ import annotations
 

@@ -83,17 +83,13 @@ class VersionRecord:
         """The record of version.json's `data`, unknown fields left out; KeyError or TypeError if it is none."""
         attributes = {JSON_NAMES.get(f.name, f.name): f.name for f in fields(VersionRecord)}
         values = {attributes[key]: value for key, value in data.items() if key in attributes}
-        values["label_names"] = tuple(values.get("label_names") or ())
-        values["batch_ids"] = tuple(values.get("batch_ids") or ())
+        values |= {key: tuple(values.get(key) or ()) for key in ("label_names", "batch_ids")}
         return cls(**values | {"accuracy": float(values["accuracy"])}, **extra)
 
     def to_json(self) -> dict[str, Any]:
         """version.json's content, without its seal; a None field is left out."""
-        data = {}
-        for f in fields(VersionRecord):
-            value = getattr(self, f.name)
-            data[JSON_NAMES.get(f.name, f.name)] = list(value) if isinstance(value, tuple) else value
-        return {key: value for key, value in data.items() if value is not None}
+        data = {JSON_NAMES.get(f.name, f.name): getattr(self, f.name) for f in fields(VersionRecord)}
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in data.items() if v is not None}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,8 +184,7 @@ def read_version(registry: Path, name: str) -> Version:
     if not VERSION_NAME.match(name):
         raise RegistryError(f"{name!r} is not a version name: versions are v1, v2, … (see `registry_flow.py list`)")
     if not (versions_dir(registry) / name).exists():
-        known = ", ".join(v.name for v in list_versions(registry)) or "none yet"
-        raise RegistryError(f"no version {name} in {registry} (versions: {known})")
+        raise RegistryError(f"no version {name} in {registry} (versions: {known_versions(registry, 'none yet')})")
     try:
         return load_version(versions_dir(registry) / name, name)
     except RegistryDamaged as damage:
@@ -216,6 +211,10 @@ def scan(registry: Path) -> tuple[list[Version], list[RegistryDamaged]]:
 def list_versions(registry: Path) -> list[Version]:
     """Every healthy version, oldest first."""
     return scan(registry)[0]
+
+
+def known_versions(registry: Path, none: str) -> str:
+    return ", ".join(v.name for v in list_versions(registry)) or none
 
 
 def version_of_model(registry: Path, model_id: str) -> Version | None:
@@ -357,8 +356,7 @@ def read_champion_version(registry: Path) -> Version | None:
     if name is None:
         return None
     if not (versions_dir(registry) / name).exists():
-        known = ", ".join(v.name for v in list_versions(registry)) or "none"
-        problem = f"it names {name}, which is not in the registry (versions: {known})"
+        problem = f"it names {name}, which is not in the registry (versions: {known_versions(registry, 'none')})"
         raise RegistryDamaged(Path(registry) / MOVES, problem, CHOOSE_CHAMPION)
     return read_version(registry, name)
 

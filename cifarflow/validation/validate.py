@@ -74,22 +74,23 @@ def read_part(name: str, shards: Shards, label_names: list[str]) -> tuple[Part, 
     labels, digests, values = [], [], np.zeros((3, 256), np.int64)
     for shard in shards:
         path = Path(shard["path"])
+        problem = f"{name}: shard {path}"
         if not path.is_file() or file_digest(path) != shard["sha256"]:
-            problems.append(f"{name}: shard {path} is missing or changed since it was written")
+            problems.append(f"{problem} is missing or changed since it was written")
             continue
         table = pq.read_table(path)
         if not table.schema.equals(SCHEMA):
-            problems.append(f"{name}: shard {path} has schema {table.schema} instead of the ingest schema")
+            problems.append(f"{problem} has schema {table.schema} instead of the ingest schema")
             continue
         shard_labels = table.column("label").to_numpy()
         names = table.column("label_name").cast(pa.string()).to_numpy(zero_copy_only=False)
         highest = checks.label_out_of_range(shard_labels)
         if highest is not None:
-            problems.append(f"{name}: shard {path} has labels up to {highest} (must be 0..9)")
+            problems.append(f"{problem} has labels up to {highest} (must be 0..9)")
             continue
         wrong = checks.mismatched_label_names(shard_labels, names, label_names)
         if wrong:
-            problems.append(f"{name}: shard {path}: {wrong} label names disagree with their labels")
+            problems.append(f"{problem}: {wrong} label names disagree with their labels")
         pixels = table.column("pixels").combine_chunks().values.to_numpy(zero_copy_only=False)
         images = pixels.reshape(-1, 32 * 32, 3)
         labels.append(shard_labels)
@@ -213,14 +214,9 @@ def validate_dataset(layout: DataLayout, version: DatasetVersion, out_dir: Path,
 def read_validation(directory: Path) -> ValidatedData:
     stats = read_json(directory / "validation.json")
     lineage = read_json(directory / "dataset.json")["lineage"]
-    return ValidatedData(
-        directory,
-        stats["dataset_version"],
-        lineage["train_images"],
-        lineage["test_images"],
-        tuple(stats["warnings"]),
-        text_digest({name: file_digest(directory / name) for name in OUTPUT_FILES}),
-    )
+    images = lineage["train_images"], lineage["test_images"]
+    digest = text_digest({name: file_digest(directory / name) for name in OUTPUT_FILES})
+    return ValidatedData(directory, stats["dataset_version"], *images, tuple(stats["warnings"]), digest)
 
 
 def find_validation(directory: Path, dataset_version: str) -> ValidatedData | None:
