@@ -115,3 +115,16 @@ def test_no_archive_and_no_network_is_one_line_naming_what_was_tried(tmp_path):
     assert message.startswith(f"could not download {url} (") and "refused" in message.lower()
     assert f"{tmp_path / 'data' / 'cache' / 'cifar-10-python.tar.gz'} (absent)" in message
     assert "cifar10-jpeg.tar.gz (" in message and "or pass --source" in message
+
+
+def test_the_old_preset_name_still_works_with_a_notice_for_users_and_silently_for_stored_records(capsys, tmp_path):
+    from cifarflow.models.presets import get_preset
+
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(b"x")
+    assert PipelineConfig(model="seed", source=str(archive)).model == "classic"
+    assert capsys.readouterr().err == "note: the preset 'seed' is now 'classic'; the old name will be removed\n"
+    assert get_preset("seed").name == "classic"  # a registry version or train.json written before the rename
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        get_preset("nope")

@@ -154,5 +154,5 @@ def preset_name(name: str) -> str:
 
 
 def get_preset(name: str) -> Preset:
-    """The preset called `name` (old names accepted: `preset_name`); ValueError if unknown."""
-    return PRESETS[preset_name(name)]
+    """The preset called `name`, an old name too, silently (stored records keep theirs); ValueError if unknown."""
+    return PRESETS[RENAMED.get(name) or preset_name(name)]
