@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 SHARED_JPEG := ../shared/datasets/cifar10-jpeg.tar.gz
 LOCAL_ARCHIVE := data/cache/cifar-10-python.tar.gz
 # Empty: the flow's default source, one rule for every way of running (cifarflow.data.archive.default_source):
-# data/cache/cifar-10-python.tar.gz, else ../shared/datasets/cifar10-jpeg.tar.gz (built on first use), else the URL.
+# data/cache/cifar-10-python.tar.gz, else ../shared/datasets/cifar10-jpeg.tar.gz (read as a folder source: its
+# train/<class>/*.jpg and test/<class>/*.jpg), else the URL. SOURCE may also be a folder of your own images.
 SOURCE ?=
 ARGS ?=
 
@@ -28,7 +29,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-run: install  ## run the pipeline on the default data source (SOURCE=path-or-URL, ARGS="--model fast" etc.)
+run: install  ## run the pipeline on the default data source (SOURCE=folder, path or URL, ARGS="--model fast" etc.)
 	$(BIN)/python flows/cifar_flow.py $(if $(SOURCE),--source $(SOURCE)) $(ARGS)
 
 $(LOCAL_ARCHIVE): | install

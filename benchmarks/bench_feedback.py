@@ -160,6 +160,8 @@ def write_features(directory: Path, data: Data, train_at: np.ndarray, normalizat
         "features_sha256": f"bench-feedback-{len(train_at)}",
         "label_names": data.label_names,
         "normalization": normalization.to_json(),
+        "image_size": int(data.test_images.shape[1]),
+        "dataset": {},
         "files": {},
     }
     write_json(directory / "meta.json", meta)

@@ -24,8 +24,9 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from cifarflow.config import PipelineConfig
 from cifarflow.data.dataset_versions import current_version, new_batch_id, write_batch
-from cifarflow.data.ingest import ingest_archive
+from cifarflow.data.ingest import ingest_source
 from cifarflow.data.shards import read_split
 from cifarflow.files import read_json, text_digest
 from cifarflow.intake.screen import NEAR_RMS, LeakIndex, batch_table, load_reference, scan_inbox, screen_inbox
@@ -153,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     layout = DataLayout(args.data_dir.resolve())
     if not layout.shard_manifest.is_file():
-        ingest_archive(args.source, layout)
+        ingest_source(PipelineConfig(source=args.source, data_dir=layout.root))
     for batch in current_version(layout).batches:  # start from the ingested data each time
         shutil.rmtree(batch.directory)
     train, labels = read_split(layout.shard_manifest, "train")

@@ -61,8 +61,11 @@ def pipeline_overhead(model: str, features: Path, steps: int, batch_size: int) -
     labels = np.ascontiguousarray(load_split(features, "train", "labels")).astype(np.int32)
     configure_threads()
     with dtype_policy(choose_policy()):
-        normalization = read_features(features).normalization
-        trainer, dataset = airbench_loop.make_trainer(settings, pixels, labels, normalization)
+        found = read_features(features)
+        classes = len(found.label_names)
+        trainer, dataset = airbench_loop.make_trainer(
+            settings, pixels, labels, found.normalization, num_classes=classes
+        )
         pipeline = _fit_rate(trainer, dataset.repeat(), steps, batch_size)
         flips = np.zeros(batch_size, np.uint8)
         batch = ((tf.constant(pixels[:batch_size]), tf.constant(flips)), tf.constant(labels[:batch_size]))

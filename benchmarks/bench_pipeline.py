@@ -51,9 +51,9 @@ from pathlib import Path
 step, args = sys.argv[1], json.loads(sys.argv[2])
 started = time.perf_counter()
 if step == "ingest":
-    from cifarflow.data.ingest import ingest_archive
-    from cifarflow.layout import DataLayout
-    ingest_archive(args["source"], DataLayout(Path(args["data"])), log=lambda *_: None)
+    from cifarflow.config import PipelineConfig
+    from cifarflow.data.ingest import ingest_source
+    ingest_source(PipelineConfig(source=args["source"], data_dir=Path(args["data"])), log=lambda *_: None)
 elif step == "preprocess":
     from cifarflow.data.transform import build_features
     build_features(Path(args["data"]) / "parquet" / "manifest.json", Path(args["data"]) / "features" / "bench",

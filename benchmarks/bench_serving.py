@@ -86,7 +86,10 @@ def register(registry: Path, preset_name: str, label_names: list[str], canary: n
     preset = get_preset(preset_name)
     mean, std = NORMALIZATION[preset.normalization]
     keras.mixed_precision.set_global_policy(choose_policy() if preset_name != "classic" else "float32")
-    model = preset.build(Normalization(preset.normalization, mean, std), seed=0)
+    side = int(canary.shape[1])
+    model = preset.build(
+        Normalization(preset.normalization, mean, std), num_classes=len(label_names), image_size=side, seed=0
+    )
     keras.mixed_precision.set_global_policy("float32")
     path = scratch / preset_name / "model.keras"
     path.parent.mkdir(parents=True)
@@ -144,7 +147,7 @@ def throughput(preset_name: str, version: str, registry: Path, pixels: np.ndarra
 
     def decode_only():
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
-            list(pool.map(convert_image, files))
+            list(pool.map(convert_image, files, [predictor.image_size] * len(files)))
 
     steps = {
         "a": lambda: preset.predict(model, pixels),

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from cifarflow.data.archive import default_source, is_url, local_path
+from cifarflow.data.archive import default_source, is_remote, local_path
 from cifarflow.data.shards import ROWS_PER_SHARD
 from cifarflow.data.transform import NormalizationKind
 from cifarflow.layout import DataLayout
@@ -24,13 +24,21 @@ class PipelineConfig(BaseModel):
 
     source: str = Field(
         None,  # filled in by `_default_source`
-        description="URL, file:// URL or local path of cifar-10-python.tar.gz (default: <data dir>/cache/"
-        "cifar-10-python.tar.gz if present, else ../shared/datasets/cifar10-jpeg.tar.gz beside the repository "
-        "if present, else the official URL)",
+        description="a folder of labeled images (train/<class>/… and test/<class>/…, or <class>/… alone), a "
+        ".tar.gz/.tgz/.tar/.zip of one, or the URL, file:// URL or path of cifar-10-python.tar.gz (default: <data "
+        "dir>/cache/cifar-10-python.tar.gz if present, else ../shared/datasets/cifar10-jpeg.tar.gz beside the "
+        "repository if present, else the official URL)",
     )
     sha256: str | None = Field(None, description="expected sha256 of the archive (optional)")
     md5: str | None = Field(None, description="expected md5 of the archive (the official URL's is built in)")
-    data_dir: Path = Field(Path("data"), description="where shards, features, models and reports go")
+    data_dir: Path = Field(Path("data"), description="where shards, features, models and reports go (one data set)")
+    image_size: int = Field(
+        32, ge=8, le=512, description="the data set's image side in pixels: every image's centre square, resized to it"
+    )
+    test_fraction: float = Field(
+        1 / 6, gt=0, lt=1, description="share of each class held out for testing when a folder has no train/ and test/"
+    )
+    split_seed: int = Field(0, ge=0, lt=2**31, description="seeds that held-out split (apart from --seed)")
     model: str = Field("classic", description=f"model preset: {', '.join(sorted(PRESETS))}")
     epochs: int | None = Field(None, gt=0, le=1000, description="training epochs (default: the preset's)")
     batch_size: int | None = Field(None, gt=0, le=65536, description="batch size (default: the preset's)")
@@ -88,11 +96,17 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="after")
     def _source_exists(self) -> PipelineConfig:
-        if (not is_url(self.source) or self.source.startswith("file:")) and not local_path(self.source).is_file():
+        if not is_remote(self.source) and not local_path(self.source).exists():
             raise ValueError(
-                f"source {self.source!r} is not an existing file. Pass the path or URL of "
-                "cifar-10-python.tar.gz; README 'Getting the data' shows how to build one offline."
+                f"source {self.source!r} is not an existing file or folder. Pass a folder of class folders "
+                "(train/<class>/…, test/<class>/… or <class>/…), a .tar.gz or .zip of one, or the path or URL of "
+                "cifar-10-python.tar.gz; README 'Getting the data' and 'Your own images' say more."
             )
+        return self
+
+    @model_validator(mode="after")
+    def _preset_takes_image_size(self) -> PipelineConfig:
+        self.preset.check_image_size(self.image_size)
         return self
 
     @property
@@ -125,7 +139,17 @@ class PipelineConfig(BaseModel):
         return self.learning_rate or self.preset.learning_rate
 
 
-DATA_OPTIONS = {"source": str, "sha256": str, "md5": str, "data_dir": Path, "normalization": str, "rows_per_shard": int}
+DATA_OPTIONS = {
+    "source": str,
+    "sha256": str,
+    "md5": str,
+    "data_dir": Path,
+    "image_size": int,
+    "test_fraction": float,
+    "split_seed": int,
+    "normalization": str,
+    "rows_per_shard": int,
+}
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

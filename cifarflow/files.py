@@ -29,7 +29,7 @@ def file_digest(path: str | Path, algorithm: str = "sha256") -> str:
     """Hex digest of a file, read in 1 MiB chunks (inside `remembered_digests`: a remembered sha256)."""
     memo = _REMEMBERED.get()
     if memo is not None and algorithm == "sha256":
-        return _remembered_digest(Path(path), *memo)
+        return _remembered_digest(os.fspath(path), *memo)
     digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
@@ -55,16 +55,16 @@ def remembered_digests(memo: Path, root: Path) -> Iterator[None]:
         yield
     finally:
         _REMEMBERED.reset(token)
-        kept = {name: entry for name, entry in known.items() if (root / name).exists()} | used
+        kept = {name: entry for name, entry in known.items() if os.path.exists(os.path.join(root, name))} | used
         if kept != known:
             with contextlib.suppress(OSError):  # a read-only data dir: hash again next time
                 write_json(memo, kept)
 
 
-def _remembered_digest(path: Path, known: dict, used: dict, root: Path) -> str:
-    stat = path.stat()
+def _remembered_digest(path: str, known: dict, used: dict, root: Path) -> str:
+    stat = os.stat(path)  # str and os.path, not pathlib: a folder source's identity stats every file
     identity = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
-    name = str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+    name = path.removeprefix(os.path.join(root, ""))  # relative to root when inside it
     entry = known.get(name)
     if not (isinstance(entry, dict) and entry.get("identity") == identity and isinstance(entry.get("sha256"), str)):
         token = _REMEMBERED.set(None)

@@ -1,12 +1,14 @@
 """Add labeled images to the training data as a new, immutable batch (a new dataset version).
 
-    python flows/add_images.py incoming/                 # incoming/<class name>/<file>.png|jpg|jpeg|webp|bmp
+    python flows/add_images.py incoming/                 # incoming/<class name>/<image file>
     python flows/add_images.py incoming/ --data-dir /srv/cifar
     python flows/add_images.py --withdraw 20261126T120000Z-1a2b3c4d   # take a batch out again
     python flows/add_images.py --list                    # the batches in the training data
 
-Every file is accounted for in `<data-dir>/reports/additions/<id>/summary.json`: added, a duplicate, or
-rejected with its reason. The inbox is only read. A new batch emits `cifar10.dataset.updated`.
+The class folders must be the data dir's classes (a data dir holds one data set); each image is converted to the
+data dir's image size as ingest converts it. Every file is accounted for in
+`<data-dir>/reports/additions/<id>/summary.json`: added, a duplicate, or rejected with its reason. The inbox is only
+read. A new batch emits `cifar10.dataset.updated`.
 Exit status: 0 when the run completed (even with files rejected), 2 for unusable arguments, 1 on failure.
 """
 

@@ -1,6 +1,8 @@
-"""The CIFAR-10 pipeline as one Prefect flow (`--plan` lists its stages and what each would do).
+"""The pipeline as one Prefect flow (`--plan` lists its stages and what each would do): CIFAR-10 by default, or your
+own images from a folder of class folders (or a .tar.gz/.zip of one).
 
     python flows/cifar_flow.py --source data/cache/cifar-10-python.tar.gz    # default: --help says which
+    python flows/cifar_flow.py --source ~/photos --image-size 64 --data-dir data-photos   # photos/<class>/*.jpg
     python flows/cifar_flow.py --model classic --epochs 20 --plan     # what would run, and why
     python flows/cifar_flow.py --stages evaluate,report,promote    # only these, reusing the rest
 
@@ -19,6 +21,7 @@ from prefect.runtime import flow_run
 
 from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli
 from cifarflow.config import PipelineConfig, add_data_arguments, data_settings
+from cifarflow.data.ingest import refuse_another_data_set
 from cifarflow.files import ensure_writable
 from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock
 from cifarflow.models.presets import PRESETS
@@ -124,6 +127,7 @@ def check_arguments(args: argparse.Namespace) -> tuple[PipelineConfig, list[str]
     stages = parse_stage_list(args.stages, "--stages")
     refresh = parse_stage_list(args.refresh, "--refresh")
     ensure_writable(config.layout.root)
+    refuse_another_data_set(config)
     return config, stages, refresh
 
 

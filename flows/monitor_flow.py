@@ -91,8 +91,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.since is not None and parse_time(args.since) > datetime.now(UTC):
         raise PipelineInputError(f"--since {args.since} is in the future: nothing is logged after it yet")
     layout = DataLayout(args.data_dir.resolve())
-    locate(store.ALIAS, layout.registry)  # ModelNotFound: no champion yet
-    test_shards(layout)  # the reference: PipelineInputError when the data dir has no test set
+    champion = locate(store.ALIAS, layout.registry)  # ModelNotFound: no champion yet
+    test_shards(layout, champion)  # the reference: PipelineInputError without a test set of the champion's kind
 
 
 def run_monitor(args: argparse.Namespace, _: None) -> int:

@@ -17,6 +17,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from cifarflow.cli import ArgumentParser, comma_list, done, ensure_prefect_api, fail, run_cli
 from cifarflow.config import PipelineConfig, add_data_arguments, data_settings
+from cifarflow.data.ingest import refuse_another_data_set
 from cifarflow.files import read_json
 from cifarflow.lock import DEFAULT_LOCK_TIMEOUT_S, data_dir_lock
 from cifarflow.orchestration.artifacts import publish_leaderboard
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 def check_arguments(args: argparse.Namespace) -> tuple[PipelineConfig, dict[str, Any], list[Trial]]:
     """The base config, space and trials; ValidationError or PipelineInputError (exit 2) before any work."""
     config = PipelineConfig(**data_settings(args))
+    refuse_another_data_set(config)
     axes = {field: getattr(args, field) for field in AXES}  # an axis given here replaces the file's
     space = merge_space(load_space(args.space) if args.space else None, axes, args.name)
     return config, space, build_trials(config, space)

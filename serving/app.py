@@ -33,7 +33,7 @@ from serving.connections import HEADER_TIMEOUT_S, guarded_protocol
 from serving.http_errors import API_DESCRIPTION, add_error_handlers, documented
 from serving.predict_routes import STATIC, Limits
 
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # per request; a phone photo is 2–6 MB
+MAX_UPLOAD_BYTES = 10 * 2**20  # per request; a phone photo is 2–6 MB
 MAX_BATCH_FILES = 64
 MAX_BUDGET_MP = 1_000_000  # --decode-budget's ceiling: far above any machine's memory, and finite
 DRAIN_FACTOR = 4  # an over-limit body up to 4× the limit is read and discarded before the 413 (see BodyLimit)
@@ -157,9 +157,7 @@ def create_app(
             state.prediction_log.close()  # what waits is written before the process ends
         state.live.stop()
 
-    app = FastAPI(
-        title="CIFAR-10 classifier", description=API_DESCRIPTION, lifespan=lifespan, responses=documented(413)
-    )
+    app = FastAPI(title="Image classifier", description=API_DESCRIPTION, lifespan=lifespan, responses=documented(413))
     reviewers = load_reviewers(None, os.environ) if reviewers is None else reviewers
     app.state.access = ReviewAccess(reviewers, loopback_only, review_token_file)
     app.state.live = LiveModel(layout.registry, model, poll_s, log=log.warning)

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-FEEDBACK_EXAMPLE = '{"prediction_id": "<the id /predict answered>", "label": "cat"}'
+FEEDBACK_EXAMPLE = '{"prediction_id": "<the id /predict answered>", "label": "<one of GET /model\'s label_names>"}'
 CURL_HINT = "attach the image as a file: curl -F file=@photo.jpg …"
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
 ERRORS: dict[int, str] = {
@@ -28,7 +28,8 @@ ERRORS: dict[int, str] = {
     "later; feedback: the answer could not be stored; review: the review token file cannot be used now",
 }
 API_DESCRIPTION = (
-    "The registry's champion classifies CIFAR-10 images; the model is switched live when the champion moves. "
+    "The registry's champion classifies images into the classes of the data set it was trained on (GET /model: "
+    "label_names, image_size, dataset); the model is switched live when the champion moves. "
     'Every error is JSON `{"error": "…"}` (ErrorBody), on any path: '
     + "; ".join(f"{status}: {why}" for status, why in ERRORS.items())
     + "."

@@ -23,12 +23,13 @@ class Health(BaseModel):
     error: str | None = Field(None, description="503 only: why there is no model (a damaged file, with the fix)")
 
 
-HIDDEN = ("version", "label_names", "files")  # /model states the first two itself; `files` is the seal's
+HIDDEN = ("version", "label_names", "image_size", "files")  # /model states the first three itself; `files`: the seal's
 ModelRecord = create_model(
     "ModelRecord",
     __doc__="The serving version's record in the registry (store.VersionRecord; fields it lacks are left out).",
     version=(str, ...),
-    label_names=(list[str], ...),
+    label_names=(list[str], Field(description="the classes it tells apart, in its output order")),
+    image_size=(int, Field(description="S: every image is cropped to a square and resized to S × S pixels")),
     **{
         store.JSON_NAMES.get(f.name, f.name): (get_type_hints(store.VersionRecord)[f.name] | None, None)
         for f in fields(store.VersionRecord)
@@ -65,4 +66,8 @@ def model_info(request: Request):
     predictor = served_model(request)
     facts = predictor.record.to_json() if predictor.record else {"id": predictor.model_id}
     record = {key: value for key, value in facts.items() if key in ModelRecord.model_fields}
-    return record | {"version": predictor.version, "label_names": predictor.label_names}
+    return record | {
+        "version": predictor.version,
+        "label_names": predictor.label_names,
+        "image_size": predictor.image_size,
+    }

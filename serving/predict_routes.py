@@ -44,15 +44,15 @@ class Limits(BaseModel):
     max_pixels: int = Field(description="most pixels (width × height) in one image")
 
 
-def decode_upload(upload: UploadFile, name: str, budget: DecodeBudget | None) -> np.ndarray:
-    """One upload → (32, 32, 3) uint8 pixels, holding its pixels of `budget` while it decodes. BadInput 400: empty;
+def decode_upload(upload: UploadFile, name: str, side: int, budget: DecodeBudget | None) -> np.ndarray:
+    """One upload → (side, side, 3) uint8 pixels, holding its pixels of `budget` while it decodes. BadInput 400: empty;
     415: anything decoding raises (this file's fault alone); 503 with Retry-After: the budget stayed spent."""
     data = upload.file.read()
     if not data:
         raise BadInput(400, f"{name}: the upload is empty (0 bytes)")
     try:
         with budget.hold(header_pixels(data)) if budget else nullcontext():
-            return convert_image(data).pixels
+            return convert_image(data, side).pixels
     except ImageRejected as rejected:
         raise BadInput(415, f"{name}: not a usable image: {rejected}") from None
     except DecodeBusy as busy:
@@ -66,9 +66,8 @@ def predict_uploads(request: Request, uploads: list[UploadFile]) -> list[dict]:
     """Decode every upload (a bad one fails the request, naming it), score them micro-batched (if on), log them."""
     predictor: Predictor = served_model(request)
     state = request.app.state
-    pixels = np.stack(
-        [decode_upload(u, u.filename or f"file {i + 1}", state.decode_budget) for i, u in enumerate(uploads)]
-    )
+    side, budget = predictor.image_size, state.decode_budget
+    pixels = np.stack([decode_upload(u, u.filename or f"file {i + 1}", side, budget) for i, u in enumerate(uploads)])
     probabilities = state.batcher.probabilities(predictor, pixels) if state.batcher else predictor.probabilities(pixels)
     ids = new_ids(len(pixels))
     if state.prediction_log is not None:

@@ -46,7 +46,7 @@ class QueueItem(BaseModel):
     margin: float = Field(ge=0, le=1, description="top probability minus the second: the queue's order, smallest first")
     model_version: str
     time: str = Field(description="when it was scored (ISO 8601, UTC)")
-    thumbnail: str = Field(description="URL of the 32×32 PNG the model saw (needs the same token)")
+    thumbnail: str = Field(description="URL of the PNG the model saw, at its data set's size (needs the same token)")
 
 
 class ReviewQueue(BaseModel):
@@ -82,7 +82,7 @@ def logged(state, prediction_id: str) -> Logged:
 
 
 def png_bytes(pixels) -> bytes:
-    """(32, 32, 3) uint8 → PNG bytes (lossless: the exact pixels)."""
+    """(S, S, 3) uint8 → PNG bytes (lossless: the exact pixels)."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -149,11 +149,11 @@ def review_queue(
 @router.get(
     "/review/image/{prediction_id}.png",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}, "description": "the 32×32 RGB image"}}
+    responses={200: {"content": {"image/png": {}}, "description": "the RGB image, at the data set's size"}}
     | documented(401, 403, 404, 422, 503),
     tags=["review"],
 )
 def review_image(request: Request, prediction_id: str, reviewer: str = Depends(require_reviewer)):
-    """The 32×32 image a logged prediction scored, as PNG."""
+    """The image a logged prediction scored (the image the model saw, at the data set's size), as PNG."""
     pixels = logged(request.app.state, prediction_id).pixels
     return Response(png_bytes(pixels), media_type="image/png", headers={"Cache-Control": "no-store"})

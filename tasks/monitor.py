@@ -59,7 +59,7 @@ def check_window(
 ) -> monitor.MonitorSummary:
     """Score the window's pixels with the champion, compute the signals, write the report folder `out`."""
     logger = get_run_logger()
-    window, times, found = monitor.read_bounds(layout, bounds, state, max_images)
+    window, times, found = monitor.read_bounds(layout, bounds, state, max_images, champion.side)
     for note in found:
         logger.warning("%s", note)
     baseline = load_scored(reference)

@@ -13,6 +13,7 @@ def preprocess(config: PipelineConfig, key: str, validate: ValidatedData) -> Fea
     """Fit the normalization on the training split, one-hot encode the labels, write training-ready arrays."""
     return build_features(
         validate.dataset_path,
+        config.layout.shard_manifest,
         config.layout.feature_dir(key),
         config.resolved_normalization,
         log=get_run_logger().info,

@@ -36,7 +36,6 @@ def promote(
         config.promotion_alpha,
         key,
         canary_set(calibrate.probabilities_path, preprocess.directory),
-        preprocess.label_names,
         get_run_logger().info,
         min_accuracy=config.resolved_min_accuracy,
         temperature=calibrate.temperature,

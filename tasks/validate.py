@@ -16,10 +16,13 @@ def validate(config: PipelineConfig, key: str, ingest: IngestResult, dataset_ver
     logger = get_run_logger()
     version = dataset_version
     logger.info(
-        "dataset version %s: %d training images in %d added batches",
+        "dataset version %s: %d training images (%d added batches), %d classes at %d×%d",
         version.version,
         version.train_images,
         len(version.batches),
+        len(version.label_names),
+        version.image_size,
+        version.image_size,
     )
     result = validate_dataset(config.layout, version, config.layout.validation_dir(key), log=logger.info)
     for warning in result.warnings:

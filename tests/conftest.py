@@ -23,8 +23,8 @@ TIERS = ("slow", "server", "flow", "unit")  # slowest first
 def pytest_collection_modifyitems(items):
     """Tiers by what a test starts, so no marker can be forgotten: `server` (a real `prefect server
     start` subprocess) and `slow` (the full data set) are marked by their modules; a test that uses
-    the session's temporary Prefect server, or is marked so because it runs the command line or a
-    fresh process of the product, is `flow`; every other test is `unit`.
+    the session's temporary Prefect server or the two-version registry, or is marked so because it runs
+    the command line or a fresh process of the product, is `flow`; every other test is `unit`.
 
     Then the files are ordered by their slowest tier, each file's tests kept in order: `make test`
     hands whole files to its workers in this order, and starting the long files first (longest
@@ -32,7 +32,9 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if any(item.get_closest_marker(name) for name in ("server", "slow", "flow")):
             continue
-        item.add_marker(pytest.mark.flow if "prefect_server" in item.fixturenames else pytest.mark.unit)
+        # the registry fixture exports and smoke-tests its versions in fresh processes of the product
+        fresh = {"prefect_server", "two_versions"} & set(item.fixturenames)
+        item.add_marker(pytest.mark.flow if fresh else pytest.mark.unit)
     rank: dict[str, int] = {}
     for item in items:
         tier = next(TIERS.index(name) for name in TIERS if item.get_closest_marker(name))

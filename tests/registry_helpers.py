@@ -17,11 +17,11 @@ from tests.synthetic import CLASSES
 CANARY = 20  # images in the smoke test's canary set here (the product uses 1,000)
 
 
-def canary_pixels(seed: int = 0, count: int = CANARY) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+def canary_pixels(seed: int = 0, count: int = CANARY, side: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, side, side, 3), dtype=np.uint8)
 
 
-def tiny_model_file(path: Path, seed: int) -> Path:
+def tiny_model_file(path: Path, seed: int, label_names=CLASSES, image_size: int = 32) -> Path:
     """A `classic`-preset network with random weights (uint8 pixels in, the unit normalization inside)."""
     import keras
 
@@ -29,13 +29,14 @@ def tiny_model_file(path: Path, seed: int) -> Path:
     from cifarflow.models.presets import get_preset
 
     keras.utils.set_random_seed(seed)
-    model = get_preset("classic").build(Normalization("unit", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)), seed=seed)
+    unit = Normalization("unit", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0))
+    model = get_preset("classic").build(unit, num_classes=len(label_names), image_size=image_size, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return path
 
 
-def version_inputs(model_path: Path, seed: int, test_images: int = 100):
+def version_inputs(model_path: Path, seed: int, test_images: int = 100, label_names=CLASSES, image_size: int = 32):
     """(record, metrics, predictions, labels, canary) for `stage_next_version`, as a promotion would pass them
     (`record` a `VersionRecord`)."""
     from cifarflow.files import file_digest
@@ -44,10 +45,10 @@ def version_inputs(model_path: Path, seed: int, test_images: int = 100):
     from cifarflow.registry.store import VersionRecord
 
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, test_images)
-    predictions = np.where(rng.random(test_images) < 0.5, labels, rng.integers(0, 10, test_images))
+    labels = rng.integers(0, len(label_names), test_images)
+    predictions = np.where(rng.random(test_images) < 0.5, labels, rng.integers(0, len(label_names), test_images))
     accuracy = float(np.mean(predictions == labels))
-    pixels = canary_pixels(seed)
+    pixels = canary_pixels(seed, side=image_size)
     preset = get_preset("classic")
     probabilities = preset.predict(preset.load(model_path), pixels)
     record = VersionRecord(
@@ -55,7 +56,8 @@ def version_inputs(model_path: Path, seed: int, test_images: int = 100):
         run_name=f"test-run-{seed}",
         preset="classic",
         accuracy=accuracy,
-        label_names=tuple(CLASSES),
+        label_names=tuple(label_names),
+        image_size=image_size,
         dataset_version=f"dataset-{seed}",
         batch_ids=(),
         normalization="unit",
@@ -66,16 +68,17 @@ def version_inputs(model_path: Path, seed: int, test_images: int = 100):
         decision="promoted: test fixture",
         source_model=str(model_path),
     )
-    return record, evaluation_metrics(predictions, labels), predictions, labels, Canary(pixels, probabilities)
+    metrics = evaluation_metrics(predictions, labels, label_names)
+    return record, metrics, predictions, labels, Canary(pixels, probabilities)
 
 
-def evaluation_metrics(predictions: np.ndarray, labels: np.ndarray) -> dict:
+def evaluation_metrics(predictions: np.ndarray, labels: np.ndarray, label_names=CLASSES) -> dict:
     """metrics.json as evaluation writes it, for these predicted labels (a promotion's report reads it)."""
     from cifarflow.evaluation.evaluate import compute_metrics
 
-    probabilities = np.full((len(predictions), 10), 0.01, np.float32)
+    probabilities = np.full((len(predictions), len(label_names)), 0.09 / (len(label_names) - 1), np.float32)
     probabilities[np.arange(len(predictions)), predictions] = 0.91
-    return compute_metrics(labels, probabilities, CLASSES)
+    return compute_metrics(labels, probabilities, list(label_names))
 
 
 def build_two_versions(data_dir: Path) -> Path:
@@ -94,12 +97,16 @@ def copy_data_dir(template: Path, target: Path) -> Path:
     return target
 
 
-def add_version(registry: Path, seed: int, scratch: Path, reason: str = "promoted: test fixture"):
-    """Register a new version built from a fresh random network and make it the champion."""
+def add_version(
+    registry: Path, seed: int, scratch: Path, reason: str = "promoted: test fixture", label_names=CLASSES, image_size=32
+):
+    """Register a new version built from a fresh random network (of `label_names` at `image_size`) and make it the
+    champion."""
     from cifarflow.registry.build import make_champion, stage_next_version
 
-    model_path = tiny_model_file(scratch / f"model-{seed}" / "model.keras", seed)
-    staged = stage_next_version(registry, model_path, *version_inputs(model_path, seed), log=lambda _: None)
+    model_path = tiny_model_file(scratch / f"model-{seed}" / "model.keras", seed, label_names, image_size)
+    inputs = version_inputs(model_path, seed, label_names=label_names, image_size=image_size)
+    staged = stage_next_version(registry, model_path, *inputs, log=lambda _: None)
     return make_champion(registry, staged, reason=reason)
 
 

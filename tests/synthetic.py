@@ -100,16 +100,18 @@ def write_archive(path: Path, members: dict[str, bytes] | None = None, **kwargs)
 
 
 def write_features(
-    directory: Path, pixels: np.ndarray, labels: np.ndarray, normalization, split: str = "train"
+    directory: Path, pixels: np.ndarray, labels: np.ndarray, normalization, split: str = "train", label_names=CLASSES
 ) -> Path:
-    """A minimal features directory (what preprocess writes) for trainer tests: arrays and meta.json."""
+    """A minimal features directory (what preprocess writes) for trainer tests: arrays and meta.json, the image size
+    that of `pixels` (N, S, S, 3)."""
     from cifarflow.data.transform import one_hot
     from cifarflow.files import write_json
 
     directory.mkdir(parents=True, exist_ok=True)
     np.save(directory / f"pixels_{split}.npy", pixels)
     np.save(directory / f"labels_{split}.npy", np.asarray(labels, np.uint8))
-    np.save(directory / f"onehot_{split}.npy", one_hot(labels))
-    meta = {"features_sha256": "test", "label_names": CLASSES, "normalization": normalization.to_json(), "files": {}}
+    np.save(directory / f"onehot_{split}.npy", one_hot(labels, len(label_names)))
+    meta = {"features_sha256": "test", "label_names": list(label_names), "normalization": normalization.to_json()}
+    meta |= {"files": {}, "image_size": int(pixels.shape[1]), "dataset": {}}
     write_json(directory / "meta.json", meta)
     return directory

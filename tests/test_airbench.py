@@ -21,6 +21,7 @@ from cifarflow.training.run import TrainSettings
 from tests.synthetic import write_features
 
 CIFAR = Normalization("standardize", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+CIFAR_SHAPE = {"num_classes": 10, "image_size": 32}  # the default data set's
 AIRBENCH_PRESETS = [
     name for name, preset in PRESETS.items() if preset.builder == "cifarflow.models.airbench:make_airbench_net"
 ]
@@ -40,7 +41,7 @@ def expected_params(widths, channels=3, classes=10) -> int:
 def test_model_shapes_and_parameter_counts(name):
     preset = get_preset(name)
     widths, params = preset.recipe.widths, preset.params  # the declared size, checked against the formula
-    model = preset.build(CIFAR)
+    model = preset.build(CIFAR, **CIFAR_SHAPE)
     assert model.input_shape == (None, 32, 32, 3)
     assert model.output_shape == (None, 10)
     assert model.count_params() == params == expected_params(widths)
@@ -52,7 +53,7 @@ def test_model_shapes_and_parameter_counts(name):
 
 
 def test_conv_init_is_identity_on_the_first_filters():
-    model = airbench.make_airbench_net(CIFAR, seed=1)
+    model = airbench.make_airbench_net(CIFAR, **CIFAR_SHAPE, seed=1)
     kernel = model.get_layer("block2_conv1").kernel.numpy()  # (3, 3, 64, 256)
     np.testing.assert_array_equal(kernel[:, :, :, :64].sum(axis=(0, 1)), np.eye(64))
     assert np.abs(kernel[:, :, :, 64:]).max() <= 1 / np.sqrt(9 * 64)
@@ -194,9 +195,10 @@ def test_training_steps_lower_the_loss_on_a_tiny_batch(model):
     labels = rng.integers(0, 10, 64).astype(np.int32)
     steps = 6 if model == "quick" else 3
     # micro-batches of 32: each step sums the gradients of two halves, as the 1000-image batches may
-    recipe = replace(get_preset(model).recipe, translate=0, micro_batch=32)
+    recipe = replace(get_preset(model).recipe, translate=0, micro_batch_pixels=32 * 32**2)
     with precision.dtype_policy("float32"):
-        trainer, dataset = airbench_loop.make_trainer(_settings(model, steps, 64), pixels, labels, CIFAR, recipe)
+        settings = _settings(model, steps, 64)
+        trainer, dataset = airbench_loop.make_trainer(settings, pixels, labels, CIFAR, recipe, num_classes=10)
         assert trainer.micro_batches == 2
         assert len(trainer.muon_kernels) == 6
         before = _batch_loss(trainer.net, pixels, labels)
@@ -225,6 +227,7 @@ def test_fit_restores_policy_runs_callbacks_and_saved_model_loads(tmp_path):
         np.load(tmp_path / "labels_train.npy").astype(np.int32),
         CIFAR,
         [Recorder()],
+        num_classes=10,
         mixed_precision=True,
         recipe=with_small_widths,
     )
@@ -242,9 +245,9 @@ def test_fit_restores_policy_runs_callbacks_and_saved_model_loads(tmp_path):
 def test_warm_start_loads_the_champion_with_its_presets_loader(tmp_path):
     quick = get_preset("quick")
     small = replace(quick.recipe, widths=(8, 8, 8))
-    champion = quick.build(CIFAR, small, seed=1)
+    champion = quick.build(CIFAR, small, **CIFAR_SHAPE, seed=1)
     champion.save(tmp_path / "model.keras")
-    net = quick.build(CIFAR, small, seed=2)
+    net = quick.build(CIFAR, small, **CIFAR_SHAPE, seed=2)
     warm = WarmStart(str(tmp_path / "model.keras"), quick)
     warm.set_model(net)
     warm.on_train_begin()
@@ -278,7 +281,7 @@ def test_resumed_training_matches_an_unbroken_run(tmp_path):
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8)
     labels = rng.integers(0, 10, 96).astype(np.int32)
-    recipe = replace(AirbenchRecipe(), widths=(8, 8, 16), whiten_bias_epochs=2, micro_batch=16)
+    recipe = replace(AirbenchRecipe(), widths=(8, 8, 16), whiten_bias_epochs=2, micro_batch_pixels=16 * 32**2)
     settings = _settings("quick", 3, 32)
 
     class Kill(keras.callbacks.Callback):
@@ -289,7 +292,7 @@ def test_resumed_training_matches_an_unbroken_run(tmp_path):
     def fit(callbacks):
         keras.utils.set_random_seed(0)
         return airbench_loop.fit_arrays(
-            settings, pixels, labels, CIFAR, callbacks, recipe=recipe, mixed_precision=False
+            settings, pixels, labels, CIFAR, callbacks, num_classes=10, recipe=recipe, mixed_precision=False
         )
 
     unbroken = fit([])
@@ -307,4 +310,37 @@ def test_every_preset_is_one_complete_registry_entry():
     for name, preset in PRESETS.items():
         for reference in (preset.builder, preset.trainer, preset.serving):
             assert callable(resolve(reference)), f"{name}: {reference}"
-        assert preset.build(CIFAR).count_params() == preset.params, name
+        assert preset.build(CIFAR, **CIFAR_SHAPE).count_params() == preset.params, name
+
+
+def test_the_last_pool_takes_the_whole_map_so_32_px_keeps_airbenchs_graph_and_64_px_reaches_1x1():
+    quick = get_preset("quick")
+    at_32 = quick.build(CIFAR, **CIFAR_SHAPE, seed=0)
+    at_64 = quick.build(CIFAR, num_classes=10, image_size=64, seed=0)
+    assert at_32.get_layer("pool").pool_size == (3, 3)  # airbench's MaxPool(3) of its 3×3 map
+    assert at_64.get_layer("pool").pool_size == (7, 7)
+    for net in (at_32, at_64):
+        assert net.get_layer("pool").output.shape[1:3] == (1, 1)
+    assert [layer.name for layer in at_32.layers] == [layer.name for layer in at_64.layers]
+    assert [w.shape for w in at_32.get_weights()] == [w.shape for w in at_64.get_weights()]
+
+
+def test_quick_trains_an_epoch_on_3_classes_at_64_px_in_pixel_bounded_micro_batches(tmp_path):
+    rng = np.random.default_rng(0)
+    names = ["ant", "bee", "wasp"]
+    write_features(
+        tmp_path,
+        rng.integers(0, 256, (48, 64, 64, 3), dtype=np.uint8),
+        rng.integers(0, 3, 48),
+        CIFAR,
+        label_names=names,
+    )
+    settings = _settings("quick", 1, 24)
+    recipe = replace(get_preset("quick").recipe, micro_batch_pixels=12 * 64**2)
+    pixels, labels = np.load(tmp_path / "pixels_train.npy"), np.load(tmp_path / "labels_train.npy").astype(np.int32)
+    trainer, _ = airbench_loop.make_trainer(settings, pixels, labels, CIFAR, recipe, num_classes=3)
+    assert trainer.micro_batches == 2  # 12 images of 64 px a micro-batch: the same pixels as 48 of 32 px
+    net = airbench_loop.fit_airbench(settings, tmp_path, [], verbose=0)
+    assert net.input_shape == (None, 64, 64, 3) and net.output_shape == (None, 3)
+    probabilities = get_preset("quick").predict(net, rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8))
+    assert probabilities.shape == (5, 3) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)

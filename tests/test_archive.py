@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 
-from cifarflow.data.archive import fetch_archive, read_archive, verify_checksums
+from cifarflow.data.archive import fetch_archive, read_archive, read_label_names, verify_checksums
 from cifarflow.errors import ArchiveError
 from tests.synthetic import CLASSES, archive_members, batch_bytes, write_archive
 
@@ -99,3 +99,11 @@ def test_fetch_accepts_path_and_file_url(synthetic_archive, tmp_path):
     assert by_path == by_url == synthetic_archive and sha == sha_url
     with pytest.raises(ArchiveError, match="not found"):
         fetch_archive(str(tmp_path / "nope.tar.gz"), tmp_path / "raw")
+
+
+def test_the_class_names_are_read_without_the_images(synthetic_archive, tmp_path):
+    assert read_label_names(synthetic_archive) == CLASSES
+    members = archive_members(per_batch=4, test_size=4)
+    del members["batches.meta"]
+    with pytest.raises(ArchiveError, match="missing cifar-10-batches-py/batches.meta"):
+        read_label_names(write_archive(tmp_path / "a.tar.gz", members))

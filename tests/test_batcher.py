@@ -26,7 +26,7 @@ def recording_predictor(name: str, calls: list, delay_s: float = 0.05, shift: in
         out[:, 0] += pixels[:, 0, 0, 1] / 1000.0
         return out
 
-    return Predictor(name, [str(i) for i in range(10)], probabilities)
+    return Predictor(name, [str(i) for i in range(10)], 32, probabilities)
 
 
 def images(tag: int, count: int) -> np.ndarray:
@@ -61,7 +61,7 @@ def test_a_batch_never_mixes_two_models_and_errors_reach_their_requests():
     def broken(pixels):
         raise RuntimeError("model failed")
 
-    bad = Predictor("v3", [str(i) for i in range(10)], broken)
+    bad = Predictor("v3", [str(i) for i in range(10)], 32, broken)
     batcher = MicroBatcher()
     try:
         gate = threading.Event()

@@ -227,3 +227,27 @@ def test_an_archive_inside_the_data_dir_keys_the_report_by_its_place_there(synth
     moved = [inputs(tmp_path / name, tmp_path / name / "cache" / "cifar-10-python.tar.gz") for name in ("D1", "D2")]
     assert moved == [{"source": "<data dir>/cache/cifar-10-python.tar.gz"}] * 2
     assert inputs(tmp_path / "D1", synthetic_archive) == {"source": str(synthetic_archive.resolve())}
+
+
+def test_the_ingest_key_covers_the_data_set_options_and_a_folders_content(synthetic_archive, tmp_path):
+    """image_size, test_fraction and split_seed each re-key ingest; a folder source is keyed by its files' content."""
+    from cifarflow.config import PipelineConfig
+    from cifarflow.orchestration.stages import SPECS
+
+    def ingest_key(**settings) -> str:
+        config = PipelineConfig(**({"source": str(synthetic_archive), "data_dir": tmp_path / "data"} | settings))
+        return key_parts(SPECS["ingest"], config, {}).key
+
+    base = ingest_key()
+    assert ingest_key() == base
+    changed = [ingest_key(image_size=64), ingest_key(test_fraction=0.2), ingest_key(split_seed=1)]
+    assert len({base, *changed}) == 4
+
+    folder = tmp_path / "photos"
+    for name in ("cat/a.png", "dog/b.png"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(name.encode())
+    before = ingest_key(source=str(folder))
+    assert ingest_key(source=str(folder)) == before != base
+    (folder / "dog/b.png").write_bytes(b"dog/c.png")  # same size, other content
+    assert ingest_key(source=str(folder)) != before

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from pydantic import BaseModel, Field
 
 from cifarflow.cli import EXIT_DONE, EXIT_FAILED, EXIT_USAGE, ArgumentParser, done, print_problems, run_cli
@@ -81,6 +82,34 @@ def test_unwritable_data_dir_is_rejected(synthetic_archive, tmp_path, capsys):
     code, out, _ = pipeline(capsys, "--source", synthetic_archive, "--data-dir", blocker / "data")
     error = last_line(out)
     assert code == 2 and "cannot write under" in error and "another --data-dir" in error
+
+
+def test_a_data_dir_holds_one_data_set(synthetic_archive, tmp_path, capsys):
+    """Another class set or another image size than the data dir's shards: refused before any work (exit 2), the
+    data dir untouched; the same data set again is not refused."""
+    from cifarflow.config import PipelineConfig
+    from cifarflow.data.ingest import ingest_source
+
+    data_dir = tmp_path / "data"
+    ingest_source(PipelineConfig(source=str(synthetic_archive), data_dir=data_dir, rows_per_shard=100))
+    manifest = (data_dir / "parquet" / "manifest.json").read_bytes()
+    photos = tmp_path / "photos"
+    for shade, name in enumerate(("kettle", "lantern", "anvil")):
+        (photos / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (shade * 80, 90, 30)).save(photos / name / "a.png")
+    held = f"error: {data_dir} holds 10 classes (airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck)"
+    for source, extra, has in [
+        (photos, [], f"at 32×32; {photos} has 3 classes (anvil, kettle, lantern) at 32×32;"),
+        (synthetic_archive, ["--image-size", "64"], f"at 32×32; {synthetic_archive} has 10 classes (airplane,"),
+    ]:
+        code, out, _ = pipeline(capsys, "--source", source, "--data-dir", data_dir, "--plan", *extra)
+        error = last_line(out)
+        assert code == 2 and error.startswith(held) and has in error, out
+        assert error.endswith(f"use another --data-dir (or remove {data_dir / 'parquet'} to start over)")
+    assert "truck) at 64×64; a data dir holds one data set" in error  # the size asked for is named
+    assert (data_dir / "parquet" / "manifest.json").read_bytes() == manifest
+    code, out, _ = pipeline(capsys, "--source", synthetic_archive, "--data-dir", data_dir, "--plan")
+    assert code == 0 and last_line(out).startswith("done: "), out
 
 
 @pytest.mark.flow  # a fresh process of the product: not the unit tier
@@ -185,11 +214,11 @@ def _bad_source(fault: str, good: Path, tmp_path: Path) -> tuple[Path, list[str]
     ],
 )
 def test_bad_archive_fails_clearly_and_loses_nothing(synthetic_archive, tmp_path, cli_env, fault, message):
-    from cifarflow.data.ingest import ingest_archive
-    from cifarflow.layout import DataLayout
+    from cifarflow.config import PipelineConfig
+    from cifarflow.data.ingest import ingest_source
 
     data_dir = tmp_path / "data"
-    ingest_archive(str(synthetic_archive), DataLayout(data_dir), rows_per_shard=100)  # earlier good shards
+    ingest_source(PipelineConfig(source=str(synthetic_archive), data_dir=data_dir, rows_per_shard=100))  # good shards
     before = {p: p.read_bytes() for p in (data_dir / "parquet").rglob("*") if p.is_file()}
     source, extra = _bad_source(fault, synthetic_archive, tmp_path)
     result = cli("--source", source, "--data-dir", data_dir, "--rows-per-shard", "100", *extra, env=cli_env)

@@ -63,3 +63,44 @@ def test_the_checks_find_a_long_function_and_a_shared_name(tmp_path):
     (tmp_path / "cifarflow" / "train.py").write_text("")
     assert long_functions(tmp_path) == ["cifarflow/feedback/export.py:1 long (81 lines)"]
     assert shared_names(tmp_path) == {"export": ["cifarflow/feedback/export.py", "cifarflow/registry/export.py"]}
+
+
+# Issue 30: the data set's classes and image size come from the data, never from CIFAR-10's constants. The
+# official archive's reader (its format is 32×32, ten classes) and the one default image size are the exceptions.
+CIFAR_CONSTANTS = {
+    "a CIFAR-10 class name": r"\b(airplane|automobile|bird|cat|deer|dog|frog|horse|ship|truck)\b",
+    "a fixed image shape": r"IMAGE_SHAPE|\b32, ?32\b|\b32 ?\* ?32\b|32×32|\b3072\b|\b1024\b",
+    "a fixed class count": r"NUM_CLASSES|num_classes[^=\n]*= ?10\b|\b10 classes\b|Dense\(10\b|minlength=10\b",
+}
+CONSTANT_OWNERS = {Path("cifarflow/data/archive.py")}
+
+
+def cifar_constants(root: Path) -> list[str]:
+    """`path:line what` for each use of a CIFAR-10 constant in product code (string literals and comments too)."""
+    import re
+
+    found = []
+    pages = sorted(path.relative_to(root) for path in (root / "serving" / "static").glob("*.*"))
+    for path in modules(root) + pages:
+        if path in CONSTANT_OWNERS:
+            continue
+        for number, line in enumerate((root / path).read_text().splitlines(), start=1):
+            found += [f"{path}:{number} {what}" for what, rule in CIFAR_CONSTANTS.items() if re.search(rule, line)]
+    return found
+
+
+def test_nothing_hard_codes_cifar_10s_classes_outputs_or_image_size():
+    assert cifar_constants(REPO_ROOT) == []
+
+
+def test_the_constant_check_finds_each_kind(tmp_path):
+    (tmp_path / "serving").mkdir()
+    lines = ["LABELS = ['cat', 'dog']", "x = np.zeros((n, 32, 32, 3))", "y = one_hot(labels, num_classes=10)"]
+    (tmp_path / "serving" / "page.py").write_text("\n".join(lines))
+    (tmp_path / "cifarflow" / "data").mkdir(parents=True)
+    (tmp_path / "cifarflow" / "data" / "archive.py").write_text("SHAPE = (32, 32, 3)\n")
+    assert cifar_constants(tmp_path) == [
+        "serving/page.py:1 a CIFAR-10 class name",
+        "serving/page.py:2 a fixed image shape",
+        "serving/page.py:3 a fixed class count",
+    ]

@@ -11,8 +11,6 @@ from pydantic import ValidationError
 
 from cifarflow.config import PipelineConfig
 from cifarflow.data.archive import DownloadFailed, default_source, fetch_archive
-from cifarflow.errors import ArchiveError
-from cifarflow.files import file_digest
 
 
 @pytest.mark.parametrize(
@@ -52,23 +50,13 @@ def test_preset_defaults_fill_unset_values(synthetic_archive):
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
-def jpeg_copy(shared: Path, builder: str | None) -> Path:
-    """A stand-in for ../shared/datasets: a JPEG copy and, unless None, a builder script with that body."""
-    shared.mkdir(parents=True, exist_ok=True)
-    (shared / "cifar10-jpeg.tar.gz").write_bytes(b"class-folder JPEGs")
-    if builder is not None:
-        (shared / "make_cifar10_archive.py").write_text(builder)
-    return shared / "cifar10-jpeg.tar.gz"
-
-
 def test_the_default_source_is_the_local_archive_then_the_jpeg_copy_then_the_url(
     tmp_path, synthetic_archive, monkeypatch
 ):
     data, shared = tmp_path / "data", tmp_path / "shared"
     assert default_source(data, shared) == URL  # nothing here: download
-    jpeg_copy(shared, builder=None)
-    assert default_source(data, shared) == URL  # a JPEG copy with no builder cannot be turned into an archive
-    (shared / "make_cifar10_archive.py").write_text("")
+    shared.mkdir()
+    (shared / "cifar10-jpeg.tar.gz").write_bytes(b"class-folder JPEGs")  # a folder source, read as one
     assert default_source(data, shared) == str(shared / "cifar10-jpeg.tar.gz")
     (data / "cache").mkdir(parents=True)
     shutil.copy(synthetic_archive, data / "cache" / "cifar-10-python.tar.gz")
@@ -81,24 +69,29 @@ def test_the_default_source_is_the_local_archive_then_the_jpeg_copy_then_the_url
     assert PipelineConfig(data_dir=data, source=URL).source == URL  # a named source wins
 
 
-def test_a_jpeg_copy_is_built_once_into_the_data_dir(tmp_path, synthetic_archive):
-    """`fetch_archive` runs the builder beside the copy (a real subprocess), keeps its output in raw/, reuses it."""
-    copy = jpeg_copy(tmp_path / "shared", f"import shutil, sys; shutil.copy({str(synthetic_archive)!r}, sys.argv[2])")
-    path, digest = fetch_archive(str(copy), tmp_path / "data" / "raw")
-    assert path.parent == tmp_path / "data" / "raw" and digest == file_digest(synthetic_archive)
-    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # nothing half-built left beside it
-    (copy.parent / "make_cifar10_archive.py").write_text("import sys; sys.exit('must not run again')")
-    assert fetch_archive(str(copy), tmp_path / "data" / "raw")[0] == path
+def test_a_folder_is_a_source_and_the_data_set_options_have_their_defaults(tmp_path):
+    config = PipelineConfig(source=str(tmp_path))
+    assert config.source == str(tmp_path)
+    assert (config.image_size, config.test_fraction, config.split_seed) == (32, 1 / 6, 0)
+    with pytest.raises(ValidationError, match="is not an existing file or folder.*a folder of class folders"):
+        PipelineConfig(source=str(tmp_path / "photos"))
 
 
-def test_a_failed_build_is_one_line_naming_the_copy(tmp_path):
-    copy = jpeg_copy(tmp_path / "shared", "import sys; print('Traceback ...', file=sys.stderr); sys.exit('bad JPEG')")
-    with pytest.raises(ArchiveError) as failed:
-        fetch_archive(str(copy), tmp_path / "data" / "raw")
-    assert str(failed.value) == (
-        f"could not build a CIFAR-10 archive from {copy} with {copy.parent / 'make_cifar10_archive.py'}: bad JPEG"
-    )
-    assert not list((tmp_path / "data" / "raw").iterdir())
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"image_size": 4}, "image_size\n.*greater than or equal to 8"),
+        ({"image_size": 1024}, "image_size\n.*less than or equal to 512"),
+        ({"test_fraction": 0}, "test_fraction\n.*greater than 0"),
+        ({"test_fraction": 1}, "test_fraction\n.*less than 1"),
+        ({"split_seed": -1}, "split_seed\n.*greater than or equal to 0"),
+        ({"model": "fast", "image_size": 12}, "preset fast takes image sizes .*got 12"),
+        ({"image_size": 300}, "preset classic takes image sizes .*got 300"),
+    ],
+)
+def test_data_set_options_out_of_range_are_refused(tmp_path, changes, message):
+    with pytest.raises(ValidationError, match=message):
+        PipelineConfig(**({"source": str(tmp_path)} | changes))
 
 
 def test_no_archive_and_no_network_is_one_line_naming_what_was_tried(tmp_path):

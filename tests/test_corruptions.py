@@ -9,8 +9,8 @@ import pytest
 from cifarflow.data.corruptions import CORRUPTIONS, corrupt
 
 
-def noise_images(count: int = 4, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+def noise_images(count: int = 4, seed: int = 0, side: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, side, side, 3), dtype=np.uint8)
 
 
 def high_frequency_energy(images: np.ndarray) -> float:
@@ -19,9 +19,10 @@ def high_frequency_energy(images: np.ndarray) -> float:
     return float((np.diff(values, axis=1) ** 2).mean() + (np.diff(values, axis=2) ** 2).mean())
 
 
+@pytest.mark.parametrize("side", [32, 64])
 @pytest.mark.parametrize("name", CORRUPTIONS)
-def test_each_corruption_keeps_shape_and_dtype_changes_the_images_and_repeats_for_a_seed(name):
-    images = noise_images()
+def test_each_corruption_keeps_shape_and_dtype_changes_the_images_and_repeats_for_a_seed(name, side):
+    images = noise_images(side=side)
     before = images.copy()
     out = corrupt(images, name, seed=5)
     assert out.shape == images.shape and out.dtype == np.uint8
@@ -30,7 +31,7 @@ def test_each_corruption_keeps_shape_and_dtype_changes_the_images_and_repeats_fo
     np.testing.assert_array_equal(corrupt(images, name, seed=5), out)
     assert CORRUPTIONS[name].name == name and CORRUPTIONS[name].severity
     one = corrupt(images[1:2], name, seed=5)  # batches of any size, rectangular images too
-    assert one.shape == (1, 32, 32, 3)
+    assert one.shape == (1, side, side, 3)
     assert corrupt(np.zeros((2, 8, 12, 3), np.uint8) + 100, name).shape == (2, 8, 12, 3)
 
 

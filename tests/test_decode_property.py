@@ -239,7 +239,7 @@ def test_any_mutated_file_converts_or_is_rejected(seed, changes, fix_checksums):
     if fix_checksums:
         data = fix_png_checksums(data)
     try:
-        converted = convert_image(data)
+        converted = convert_image(data, 32)
     except ImageRejected as rejected:
         assert str(rejected)  # a reason people can read
         return
@@ -251,7 +251,7 @@ def test_any_mutated_file_converts_or_is_rejected(seed, changes, fix_checksums):
 @pytest.mark.parametrize("name", sorted(seeds()))
 def test_every_seed_converts_unmutated(name):
     """The property starts from files that decode, so each rejection it sees is the mutation's doing."""
-    assert convert_image(seeds()[name]).pixels.shape == (32, 32, 3)
+    assert convert_image(seeds()[name], 32).pixels.shape == (32, 32, 3)
 
 
 # ------------------------------------------------------------------------------------------------ EXIF
@@ -270,15 +270,15 @@ def test_readable_orientation_is_applied_beside_a_malformed_tag(byte_order):
     with Image.open(io.BytesIO(malformed)) as opened:
         exif = opened.getexif()
         assert exif[ORIENTATION] == 6 and not isinstance(exif[RESOLUTION_UNIT], int)  # the reported shape
-    converted = convert_image(malformed)
+    converted = convert_image(malformed, 32)
     assert converted.notes == ()  # the orientation was read: nothing to report
-    np.testing.assert_array_equal(converted.pixels, convert_image(clean).pixels)
+    np.testing.assert_array_equal(converted.pixels, convert_image(clean, 32).pixels)
     assert converted.pixels[:, 20:, 0].min() > 240  # orientation 6 turns the red top to the right
 
 
 def test_orientation_stored_as_a_rational_is_read_as_its_value():
     data = encode(halves(), "JPEG", quality=95, exif=exif_block([(ORIENTATION, RATIONAL, (3, 1))]))
-    converted = convert_image(data)
+    converted = convert_image(data, 32)
     assert converted.notes == ()
     assert converted.pixels[20:, :, 0].min() > 240  # orientation 3: the red top is at the bottom
 
@@ -286,8 +286,8 @@ def test_orientation_stored_as_a_rational_is_read_as_its_value():
 def test_exif_that_cannot_be_read_leaves_pixels_as_stored_with_a_note():
     plain = encode(halves(), "PNG")
     broken = encode(halves(), "PNG", exif=b"XX*\x00\x08\x00\x00\x00")  # an eXIf chunk that is not TIFF
-    converted = convert_image(broken)
-    np.testing.assert_array_equal(converted.pixels, convert_image(plain).pixels)
+    converted = convert_image(broken, 32)
+    np.testing.assert_array_equal(converted.pixels, convert_image(plain, 32).pixels)
     assert len(converted.notes) == 1
     assert converted.notes[0].startswith("EXIF orientation unreadable (SyntaxError: not a TIFF file")
     assert converted.notes[0].endswith(": pixels as stored")
@@ -299,14 +299,14 @@ def test_exif_that_cannot_be_read_leaves_pixels_as_stored_with_a_note():
 def test_orientation_outside_1_to_8_leaves_pixels_as_stored_with_a_note(entry, shown):
     plain = encode(halves(), "JPEG", quality=95)
     data = encode(halves(), "JPEG", quality=95, exif=exif_block([entry]))
-    converted = convert_image(data)
-    np.testing.assert_array_equal(converted.pixels, convert_image(plain).pixels)
+    converted = convert_image(data, 32)
+    np.testing.assert_array_equal(converted.pixels, convert_image(plain, 32).pixels)
     assert converted.notes == (f"EXIF orientation {shown} is not one of 1..8: pixels as stored",)
 
 
 def test_image_with_clean_exif_has_no_notes():
     data = encode(halves(), "JPEG", exif=exif_block([(ORIENTATION, SHORT, (1,))]))
-    assert convert_image(data).notes == ()
+    assert convert_image(data, 32).notes == ()
 
 
 # -------------------------------------------------------------------------------------------- boundary
@@ -336,7 +336,7 @@ def test_whatever_a_decoder_raises_becomes_image_rejected(monkeypatch, stage, er
     target = {"open": (Image, "open"), "load": (ImageFile.ImageFile, "load"), "convert": (images, "resizable")}[stage]
     monkeypatch.setattr(*target, fail)
     with pytest.raises(ImageRejected) as rejected:
-        convert_image(encode(halves(), "PNG"))
+        convert_image(encode(halves(), "PNG"), 32)
     if stage == "open" and isinstance(error, Image.DecompressionBombError):  # refused by name before the boundary
         assert str(rejected.value) == "too large to decode safely (too many pixels)"
     else:
@@ -349,7 +349,7 @@ def test_whatever_the_exif_parser_raises_becomes_a_note(monkeypatch, error):
         raise error
 
     monkeypatch.setattr(Image.Image, "getexif", fail)
-    converted = convert_image(encode(halves(), "PNG"))
+    converted = convert_image(encode(halves(), "PNG"), 32)
     assert converted.pixels.shape == (32, 32, 3)
     assert converted.notes == (f"EXIF orientation unreadable ({images.describe(error)}): pixels as stored",)
 
@@ -368,4 +368,4 @@ def test_interruptions_are_not_turned_into_rejections(monkeypatch, interruption)
 
     monkeypatch.setattr(images, "resizable", interrupt)
     with pytest.raises(interruption):
-        convert_image(encode(halves(), "PNG"))
+        convert_image(encode(halves(), "PNG"), 32)

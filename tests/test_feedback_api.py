@@ -191,7 +191,7 @@ def test_the_queue_is_unanswered_predictions_least_confident_first(service):
 
     from cifarflow.intake.images import convert_image
 
-    pixels = convert_image(encode(scene(48, 40, seed=105))).pixels
+    pixels = convert_image(encode(scene(48, 40, seed=105)), 32).pixels
     png = service.get(f"/review/image/{made[5]['prediction_id']}.png", headers=bearer())
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content)).convert("RGB")), pixels)
     top = made[5]["top"]

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cifarflow.config import PipelineConfig
 from cifarflow.data.dataset_versions import current_version
-from cifarflow.data.ingest import ingest_archive
+from cifarflow.data.ingest import ingest_source
 from cifarflow.data.shards import read_split
 from cifarflow.feedback.answers import AnswerBook, new_answer
 from cifarflow.files import read_json
@@ -29,7 +30,7 @@ from tests.test_growth import smooth_images
 @pytest.fixture
 def data_dir(tmp_path, synthetic_archive) -> Path:
     data_dir = tmp_path / "data"
-    ingest_archive(str(synthetic_archive), DataLayout(data_dir), rows_per_shard=100)
+    ingest_source(PipelineConfig(source=str(synthetic_archive), data_dir=data_dir, rows_per_shard=100))
     return data_dir
 
 

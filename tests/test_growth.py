@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cifarflow.config import PipelineConfig
 from cifarflow.data.dataset_versions import current_version, write_batch
-from cifarflow.data.ingest import ingest_archive
+from cifarflow.data.ingest import ingest_source
 from cifarflow.data.shards import read_split, rows_table
 from cifarflow.files import read_json
 from cifarflow.registry.store import read_champion_version
@@ -72,7 +73,7 @@ def test_add_images_then_retrain_on_the_grown_data(prefect_server, tiny_config, 
     for name, why in (
         ("Cat/leak.png", "test-set leak"),
         ("ship/broken.jpg", "does not decode"),
-        ("unicorn/u.png", "not a"),
+        ("unicorn/u.png", "not one of this data dir's classes"),
     ):
         assert any(line.startswith(f"  {inbox / name}: ") and why in line for line in printed), printed
     assert summary["added"] == 12 and summary["duplicates"] == 0
@@ -80,7 +81,7 @@ def test_add_images_then_retrain_on_the_grown_data(prefect_server, tiny_config, 
     reasons = {Path(r["path"]).name: r["reason"] for r in summary["rejected"]}
     assert set(reasons) == {"leak.png", "broken.jpg", "u.png"}
     assert "test-set leak" in reasons["leak.png"] and "test-00007" in reasons["leak.png"]
-    assert "is not a CIFAR-10 class" in reasons["u.png"] and "does not decode" in reasons["broken.jpg"]
+    assert "is not one of this data dir's classes" in reasons["u.png"] and "does not decode" in reasons["broken.jpg"]
     assert summary["previous_dataset_version"] == before.version != summary["dataset_version"]
     assert (summary_path.parent / "report.md").is_file() and (summary_path.parent / "added.png").is_file()
     assert sorted((p, p.stat().st_mtime_ns) for p in inbox.rglob("*")) == snapshot  # the inbox is only read
@@ -155,7 +156,7 @@ def test_a_damaged_batch_record_is_named_with_the_fix_and_following_it_works(
     stops naming the file and what to do, not a bare JSONDecodeError or KeyError, nor does it drop the
     batch from the training data unsaid; the command it gives takes the batch out, and the next run works."""
     layout = tiny_config.layout
-    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    ingest_source(PipelineConfig(source=str(synthetic_archive), data_dir=layout.root, rows_per_shard=100))
     table = rows_table(["a", "b"], ["x", "y"], np.array([3, 8], np.uint8), CLASSES, smooth_images(2, 1))
     write_batch(layout, "20260101T000000Z-mine", table, {"class_counts": {"cat": 1, "ship": 1}})
     record = layout.batch_dir("20260101T000000Z-mine") / "batch.json"
@@ -186,7 +187,7 @@ def test_a_damaged_intake_journal_stops_add_images_naming_it(
 ):
     """Not a bare KeyError: the file, what is wrong and what to do; once deleted as it says, the run goes on."""
     layout = tiny_config.layout
-    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    ingest_source(PipelineConfig(source=str(synthetic_archive), data_dir=layout.root, rows_per_shard=100))
     text, problem = INTAKE_JOURNAL_DAMAGE[damage]
     layout.intake_journal.write_text(text)
     inbox = one_image_inbox(tmp_path / "inbox")

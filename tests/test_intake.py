@@ -27,12 +27,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifarflow.data.shards import SCHEMA, pixel_digest
+from cifarflow.data.shards import pixel_digest, shard_schema
 from cifarflow.intake.batch_report import build_summary, write_summary
-from cifarflow.intake.images import MAX_PIXELS, MIN_SIDE, ImageRejected, convert_image, open_checked
+from cifarflow.intake.images import MAX_PIXELS, MIN_SIDE, ImageRejected, convert_image, open_checked, resize_pixels
 from cifarflow.intake.screen import (
-    MAX_SHIFT,
     NEAR_RMS,
+    Geometry,
     LeakIndex,
     Reference,
     Screening,
@@ -43,6 +43,8 @@ from cifarflow.intake.screen import (
 from cifarflow.markdown import escape, join_wrapped
 from tests.markdown_check import inline_tags, table_cells, wrapped_lines
 from tests.synthetic import CLASSES
+
+MAX_SHIFT = Geometry.of(32).shifts[-1]  # the leak check's largest shift at 32 px
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -149,7 +151,7 @@ def snapshot(root: Path) -> list[tuple[str, int, int]]:
 )
 def test_every_supported_format_converts_to_32x32_rgb_uint8(tmp_path, suffix, options):
     path = save(solid((48, 48), GREEN), tmp_path / f"green{suffix}", **options)
-    converted = convert_image(path)
+    converted = convert_image(path, 32)
     assert converted.pixels.shape == (32, 32, 3)
     assert converted.pixels.dtype == np.uint8
     assert converted.original_size == (48, 48)
@@ -159,20 +161,20 @@ def test_every_supported_format_converts_to_32x32_rgb_uint8(tmp_path, suffix, op
 
 def test_format_is_read_from_content_not_extension(tmp_path):
     path = save(solid((40, 40), BLUE), tmp_path / "actually_a_jpeg.png", format="JPEG", quality=95)
-    converted = convert_image(path)
+    converted = convert_image(path, 32)
     assert converted.original_format == "JPEG"
     assert_close(converted.pixels, BLUE)
 
 
 def test_grayscale_becomes_equal_rgb_channels(tmp_path):
     path = save(solid((40, 40), 100, "L"), tmp_path / "gray.png")
-    assert_close(convert_image(path).pixels, (100, 100, 100), tolerance=0)
+    assert_close(convert_image(path, 32).pixels, (100, 100, 100), tolerance=0)
 
 
 def test_bilevel_image_converts(tmp_path):
     image = Image.new("1", (40, 40), 0)
     image.paste(1, (0, 0, 40, 20))
-    pixels = convert_image(save(image, tmp_path / "bilevel.png")).pixels
+    pixels = convert_image(save(image, tmp_path / "bilevel.png"), 32).pixels
     assert_close(pixels[:14], WHITE, tolerance=0)
     assert_close(pixels[18:], (0, 0, 0), tolerance=0)
 
@@ -181,7 +183,7 @@ def test_palette_image_keeps_its_colours(tmp_path):
     image = halves((40, 40), RED, BLUE).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
     path = save(image, tmp_path / "palette.png")
     assert Image.open(path).mode == "P"
-    pixels = convert_image(path).pixels
+    pixels = convert_image(path, 32).pixels
     assert_close(pixels[:14], RED, tolerance=0)
     assert_close(pixels[18:], BLUE, tolerance=0)
 
@@ -191,7 +193,7 @@ def test_palette_transparent_index_is_composited_on_white(tmp_path):
     image.putpalette([0, 0, 0, *RED] + [0] * (256 - 2) * 3)  # index 0 black (transparent), 1 red
     image.paste(1, (0, 20, 40, 40))
     path = save(image, tmp_path / "palette_transparent.png", transparency=0)
-    pixels = convert_image(path).pixels
+    pixels = convert_image(path, 32).pixels
     assert_close(pixels[:14], WHITE, tolerance=0)  # the transparent index's black must not show
     assert_close(pixels[18:], RED, tolerance=0)
 
@@ -200,13 +202,13 @@ def test_palette_transparent_index_is_composited_on_white(tmp_path):
 def test_fully_transparent_rgba_region_becomes_white(tmp_path, suffix, options):
     image = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # transparent black on top
     image.paste((*RED, 255), (0, 20, 40, 40))  # opaque red below
-    pixels = convert_image(save(image, tmp_path / f"rgba{suffix}", **options)).pixels
+    pixels = convert_image(save(image, tmp_path / f"rgba{suffix}", **options), 32).pixels
     assert_close(pixels[:14], WHITE, tolerance=0)
     assert_close(pixels[18:], RED, tolerance=0)
 
 
 def test_half_transparent_rgba_is_blended_with_white(tmp_path):
-    pixels = convert_image(save(solid((40, 40), (0, 0, 0, 128), "RGBA"), tmp_path / "half.png")).pixels
+    pixels = convert_image(save(solid((40, 40), (0, 0, 0, 128), "RGBA"), tmp_path / "half.png"), 32).pixels
     assert_close(pixels, (127, 127, 127), tolerance=1)
 
 
@@ -215,7 +217,7 @@ def test_la_transparent_region_becomes_white(tmp_path):
     image.paste((50, 255), (0, 20, 40, 40))
     path = save(image, tmp_path / "la.png")
     assert Image.open(path).mode == "LA"
-    pixels = convert_image(path).pixels
+    pixels = convert_image(path, 32).pixels
     assert_close(pixels[:14], WHITE, tolerance=0)
     assert_close(pixels[18:], (50, 50, 50), tolerance=0)
 
@@ -224,26 +226,76 @@ def test_16_bit_grayscale_png_is_scaled_to_8_bits(tmp_path):
     white = save(Image.fromarray(np.full((40, 40), 65535, np.uint16)), tmp_path / "white16.png")
     mid = save(Image.fromarray(np.full((40, 40), 32896, np.uint16)), tmp_path / "mid16.png")  # 128 × 257
     assert Image.open(white).mode == "I;16"
-    assert_close(convert_image(white).pixels, WHITE, tolerance=0)
-    assert_close(convert_image(mid).pixels, (128, 128, 128), tolerance=0)
+    assert_close(convert_image(white, 32).pixels, WHITE, tolerance=0)
+    assert_close(convert_image(mid, 32).pixels, (128, 128, 128), tolerance=0)
 
 
 def test_cmyk_jpeg_becomes_rgb(tmp_path):
     path = save(solid((40, 40), (0, 255, 255, 0), "CMYK"), tmp_path / "cmyk.jpg", quality=95)  # CMYK red
     assert Image.open(path).mode == "CMYK"
-    assert_close(convert_image(path).pixels, RED, tolerance=3)
+    assert_close(convert_image(path, 32).pixels, RED, tolerance=3)
 
 
 @pytest.mark.parametrize("size", [(400, 300), (300, 400), (9, 9), (MIN_SIDE, MIN_SIDE), (1000, 8)])
 def test_any_size_becomes_32x32(tmp_path, size):
-    converted = convert_image(save(noisy(size), tmp_path / "any.png"))
+    converted = convert_image(save(noisy(size), tmp_path / "any.png"), 32)
     assert converted.pixels.shape == (32, 32, 3)
     assert converted.original_size == size
 
 
+@pytest.mark.parametrize("side", [8, 48, 64, 200])
+def test_the_side_asked_for_is_the_side_given(tmp_path, side):
+    """The data set's image size, any of them: a wide photo's centre square at side × side, upscaled if need be."""
+    image = Image.new("RGB", (150, 100), RED)
+    image.paste(BLUE, (25, 0, 125, 100))  # the centre square
+    pixels = convert_image(save(image, tmp_path / "wide.jpg", quality=95), side).pixels
+    assert pixels.shape == (side, side, 3) and pixels.dtype == np.uint8
+    assert_close(pixels[side // 4 : -side // 4, side // 4 : -side // 4], BLUE, tolerance=6)
+
+
+def test_arrays_and_files_are_resized_by_one_rule(tmp_path):
+    """`resize_pixels` (an archive's decoded images at another size) gives exactly what a file's decode gives."""
+    pixels = np.asarray(noisy((40, 30), seed=3))
+    path = save(pixels, tmp_path / "a.png")
+    for side in (16, 64):
+        np.testing.assert_array_equal(resize_pixels(pixels, side), convert_image(path, side).pixels)
+    np.testing.assert_array_equal(resize_pixels(pixels[:30, :30], 30), pixels[:30, :30])  # already that size
+
+
+def test_gif_tiff_and_apng_are_accepted_first_frame_first(tmp_path):
+    red, blue = solid((40, 30), RED), solid((40, 30), BLUE)
+    files = {
+        "anim.gif": {"save_all": True, "append_images": [blue]},
+        "anim.png": {"save_all": True, "append_images": [blue]},  # an APNG: a PNG with more frames
+        "pages.tiff": {"save_all": True, "append_images": [blue]},
+        "plain.tif": {},
+    }
+    for name, options in files.items():
+        converted = convert_image(save(red, tmp_path / name, **options), 32)
+        assert converted.original_format in {"GIF", "PNG", "TIFF"}
+        assert_close(converted.pixels, RED, tolerance=0)
+
+
+def test_gif_transparency_lies_on_white(tmp_path):
+    image = solid((20, 20), RED).convert("P")
+    pixels = convert_image(save(image, tmp_path / "clear.gif", transparency=image.getpixel((0, 0))), 16).pixels
+    assert_close(pixels, WHITE, tolerance=0)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".tiff"])
+def test_cmyk_becomes_rgb(tmp_path, suffix):
+    """A print shop's CMYK JPEG or TIFF: pure cyan ink is RGB (0, 255, 255), no ink is white."""
+    image = Image.new("CMYK", (40, 40), (255, 0, 0, 0))
+    image.paste((0, 0, 0, 0), (0, 20, 40, 40))
+    options = {"quality": 95} if suffix == ".jpg" else {}
+    pixels = convert_image(save(image, tmp_path / f"cmyk{suffix}", **options), 32).pixels
+    assert_close(pixels[:14], (0, 255, 255), tolerance=4)
+    assert_close(pixels[18:], WHITE, tolerance=4)
+
+
 def test_large_jpeg_converts_without_distortion(tmp_path):
     path = save(halves((1600, 1600), RED, BLUE), tmp_path / "large.jpg", quality=95)
-    converted = convert_image(path)
+    converted = convert_image(path, 32)
     assert converted.original_size == (1600, 1600)
     assert_close(converted.pixels[:14], RED, tolerance=4)
     assert_close(converted.pixels[18:], BLUE, tolerance=4)
@@ -253,19 +305,19 @@ def test_wide_image_is_centre_cropped_not_squashed(tmp_path):
     image = Image.new("RGB", (90, 30), RED)  # red | blue | red, thirds of 30 px: the centre square is blue
     image.paste(BLUE, (30, 0, 60, 30))
     # Lanczos reads a little past the crop box, so the outermost pixels pick up a trace of red
-    assert_close(convert_image(save(image, tmp_path / "wide.png")).pixels, BLUE, tolerance=8)
+    assert_close(convert_image(save(image, tmp_path / "wide.png"), 32).pixels, BLUE, tolerance=8)
 
 
 def test_tall_image_is_centre_cropped_not_squashed(tmp_path):
     image = Image.new("RGB", (30, 90), GREEN)
     image.paste(RED, (0, 30, 30, 60))
-    assert_close(convert_image(save(image, tmp_path / "tall.png")).pixels, RED, tolerance=8)
+    assert_close(convert_image(save(image, tmp_path / "tall.png"), 32).pixels, RED, tolerance=8)
 
 
 def test_off_centre_non_square_image_is_mostly_centre_colour(tmp_path):
     image = Image.new("RGB", (120, 60), RED)  # centre square is columns 30..90; blue covers 35..85 of it
     image.paste(BLUE, (35, 0, 85, 60))
-    pixels = convert_image(save(image, tmp_path / "mostly_blue.png")).pixels
+    pixels = convert_image(save(image, tmp_path / "mostly_blue.png"), 32).pixels
     blue_share = np.mean((pixels[..., 2] > 200) & (pixels[..., 0] < 50))
     assert blue_share > 0.7
     assert mean_colour(pixels)[2] > 2 * mean_colour(pixels)[0]
@@ -275,7 +327,7 @@ def test_exif_orientation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 3  # rotate 180°: the stored top (red) is shown at the bottom
     path = save(halves((64, 64), RED, BLUE), tmp_path / "rotated.jpg", exif=exif, quality=95)
-    pixels = convert_image(path).pixels
+    pixels = convert_image(path, 32).pixels
     assert_close(pixels[:14], BLUE, tolerance=4)
     assert_close(pixels[18:], RED, tolerance=4)
 
@@ -284,13 +336,13 @@ def test_exif_orientation_rotating_90_degrees_swaps_sides(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display: stored top (red) ends up on the right
     path = save(halves((64, 64), RED, BLUE), tmp_path / "rotated90.jpg", exif=exif, quality=95)
-    pixels = convert_image(path).pixels
+    pixels = convert_image(path, 32).pixels
     assert_close(pixels[:, 18:], RED, tolerance=4)
     assert_close(pixels[:, :14], BLUE, tolerance=4)
 
 
 def test_image_without_exif_keeps_its_orientation(tmp_path):
-    pixels = convert_image(save(halves((64, 64), RED, BLUE), tmp_path / "upright.jpg", quality=95)).pixels
+    pixels = convert_image(save(halves((64, 64), RED, BLUE), tmp_path / "upright.jpg", quality=95), 32).pixels
     assert_close(pixels[:14], RED, tolerance=4)
     assert_close(pixels[18:], BLUE, tolerance=4)
 
@@ -298,7 +350,7 @@ def test_image_without_exif_keeps_its_orientation(tmp_path):
 def test_multi_picture_jpeg_from_a_phone_is_accepted_as_jpeg(tmp_path):
     path = tmp_path / "phone.jpg"
     solid((64, 64), RED).save(path, format="MPO", save_all=True, append_images=[solid((64, 64), BLUE)])
-    assert_close(convert_image(path).pixels, RED, tolerance=4)
+    assert_close(convert_image(path, 32).pixels, RED, tolerance=4)
 
 
 # ---------------------------------------------------------------------------------- images: rejections
@@ -308,14 +360,14 @@ def test_empty_file_is_rejected(tmp_path):
     path = tmp_path / "empty.png"
     path.write_bytes(b"")
     with pytest.raises(ImageRejected, match=r"^empty file"):
-        convert_image(path)
+        convert_image(path, 32)
 
 
 def test_text_file_named_png_is_rejected(tmp_path):
     path = tmp_path / "notes.png"
     path.write_text("these are not pixels\n" * 20)
     with pytest.raises(ImageRejected, match=r"^not an image"):
-        convert_image(path)
+        convert_image(path, 32)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
@@ -324,23 +376,23 @@ def test_truncated_file_is_rejected_as_not_decoding(tmp_path, suffix):
     data = whole.read_bytes()
     truncated = tmp_path / f"truncated{suffix}"
     truncated.write_bytes(data[: len(data) // 2])
-    assert convert_image(whole).pixels.shape == (32, 32, 3)  # the whole file is fine
+    assert convert_image(whole, 32).pixels.shape == (32, 32, 3)  # the whole file is fine
     with pytest.raises(ImageRejected, match=r"^does not decode"):
-        convert_image(truncated)
+        convert_image(truncated, 32)
 
 
-@pytest.mark.parametrize("format_", ["GIF", "TIFF"])
+@pytest.mark.parametrize("format_", ["ICO", "PPM"])
 def test_other_image_format_with_png_extension_is_rejected(tmp_path, format_):
     path = save(solid((40, 40), RED), tmp_path / "disguised.png", format=format_)
-    with pytest.raises(ImageRejected, match=rf"^unsupported image format {format_}"):
-        convert_image(path)
+    with pytest.raises(ImageRejected, match=rf"^unsupported image format {format_}; use PNG, .* GIF or TIFF"):
+        convert_image(path, 32)
 
 
 @pytest.mark.parametrize("size", [(4, 4), (MIN_SIDE - 1, 100), (100, MIN_SIDE - 1)])
 def test_too_small_image_is_rejected(tmp_path, size):
     path = save(solid(size, RED), tmp_path / "tiny.png")
     with pytest.raises(ImageRejected, match=rf"^too small: {size[0]}×{size[1]}"):
-        convert_image(path)
+        convert_image(path, 32)
 
 
 @pytest.mark.parametrize(
@@ -354,7 +406,7 @@ def test_decompression_bomb_is_rejected_from_its_header_quickly(tmp_path, size):
     assert path.stat().st_size < 1_000_000  # tiny on disk, hundreds of megabytes once decoded
     start = time.perf_counter()
     with pytest.raises(ImageRejected, match=r"^too large"):
-        convert_image(path)
+        convert_image(path, 32)
     assert time.perf_counter() - start < 2.0  # header only: decoding 400 MP would take far longer
 
 
@@ -421,10 +473,25 @@ def test_scan_rejects_an_unknown_class_folder_naming_it(tmp_path):
     assert [r.path for r in result.rejected] == [str(inbox / "Giraffe/a.png"), str(inbox / "Giraffe/sub/b.png")]
     for rejection in result.rejected:
         assert "'Giraffe'" in rejection.reason
-        assert "not a CIFAR-10 class" in rejection.reason
+        assert f"is not one of this data dir's classes ({', '.join(CLASSES)})" in rejection.reason
+        assert "a data dir holds one data set" in rejection.reason and "another --data-dir" in rejection.reason
 
 
-@pytest.mark.parametrize("name", ["notes.txt", "animated.gif", "no_extension"])
+def test_scan_takes_the_data_dirs_own_classes_not_cifar_10s(tmp_path):
+    inbox = make_inbox(tmp_path / "inbox", ["Lantern/a.png", "anvil/b.png", "cat/c.png"])
+    result = scan_inbox(inbox, ["kettle", "lantern", "anvil"])
+    assert [(c.path.name, c.label, c.label_name) for c in result.candidates] == [
+        ("a.png", 1, "lantern"),
+        ("b.png", 2, "anvil"),
+    ]
+    (rejected,) = result.rejected
+    assert (
+        rejected.path.endswith("c.png")
+        and "'cat' is not one of this data dir's classes (kettle, lantern, anvil)" in rejected.reason
+    )
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "icon.ico", "no_extension"])
 def test_scan_rejects_a_wrong_extension(tmp_path, name):
     inbox = make_inbox(tmp_path / "inbox", [f"cat/{name}"])
     result = scan_inbox(inbox, CLASSES)
@@ -450,7 +517,7 @@ def test_scan_rejects_a_broken_symbolic_link(tmp_path):
 
 
 def test_scan_accounts_for_every_file_and_does_not_modify_the_inbox(tmp_path):
-    files = ["Cat/a.png", "DOG/sub/b.png", "top.png", "zebra/c.png", "cat/d.txt", "horse/e.gif", "bird/f.jpg"]
+    files = ["Cat/a.png", "DOG/sub/b.png", "top.png", "zebra/c.png", "cat/d.txt", "horse/e.ico", "bird/f.jpg"]
     inbox = make_inbox(tmp_path / "inbox", files)
     before = snapshot(inbox)
     result = scan_inbox(inbox, CLASSES)
@@ -534,13 +601,34 @@ def test_leak_index_keeps_the_image_ids(leak_index):
     assert leak_index.signatures.shape == (200, 7 * 7 * 3)
 
 
+@pytest.mark.parametrize("side", [8, 16, 48, 64, 100])
+def test_the_leak_check_scales_its_crop_and_shifts_with_the_image_size(side):
+    """At S px the check finds copies shifted by its largest shift and mirrored (and JPEG'd, where JPEG's 8×8 blocks
+    leave an image: from 32 px) and flags no other image."""
+    rng = np.random.default_rng(side)
+    grids = rng.integers(0, 256, (90, 4, 4, 3), np.uint8)
+    smooth = [Image.fromarray(g).resize((side, side), Image.Resampling.BILINEAR) for g in grids]
+    images = np.stack([np.asarray(image) for image in smooth])
+    index = LeakIndex.build(images[:60], [f"test-{i}" for i in range(60)])
+    most = index.geometry.shifts[-1]
+    padded = np.pad(images[:10], ((0, 0), (most, most), (most, most), (0, 0)), mode="edge")
+    moved = padded[:, :side, 2 * most : 2 * most + side]  # down and left by the largest shift
+    copies = np.stack(
+        [jpeg_roundtrip(np.ascontiguousarray(m[:, ::-1]), 90) if side >= 32 else m[:, ::-1] for m in moved]
+    )
+    assert index.signatures.shape == (60, 7 * 7 * 3)
+    indices, distances = index.nearest(copies)
+    assert indices.tolist() == list(range(10)) and (distances <= NEAR_RMS).all(), distances
+    assert (index.nearest(images[60:])[1] > NEAR_RMS).all()
+
+
 # ----------------------------------------------------------------------------------------------- screen
 
 
 def test_screen_inbox_sorts_every_file_into_accepted_duplicate_or_rejected(tmp_path, test_images, leak_index):
     training = smooth_images(3, seed=4)
     new = smooth_images(3, seed=5)
-    reference = Reference(leak_index, {pixel_digest(image): f"train-{i:05d}" for i, image in enumerate(training)})
+    reference = Reference(leak_index, {pixel_digest(image): f"train-{i:05d}" for i, image in enumerate(training)}, 32)
     inbox = tmp_path / "inbox"
     paths = {
         "new": save(new[0], inbox / "cat" / "new.png"),
@@ -591,7 +679,7 @@ def test_exact_copies_in_a_large_batch_are_reported_as_exact(tmp_path, test_imag
     inbox = tmp_path / "inbox"
     for number in range(40):
         save(test_images[number], inbox / "cat" / f"copy{number:02d}.png")
-    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}), log=lambda _: None)
+    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}, 32), log=lambda _: None)
     assert len(screening.rejected) == 40
     near = [r.reason for r in screening.rejected if "an exact copy" not in r.reason]
     assert near == []
@@ -601,7 +689,7 @@ def test_screen_inbox_with_nothing_decodable_returns_only_rejections(tmp_path, l
     inbox = tmp_path / "inbox"
     (inbox / "cat").mkdir(parents=True)
     (inbox / "cat" / "empty.png").write_bytes(b"")
-    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}), log=lambda _: None)
+    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}, 32), log=lambda _: None)
     assert screening.accepted == [] and screening.duplicates == []
     assert [(Path(r.path).name, r.reason) for r in screening.rejected] == [("empty.png", "empty file (0 bytes)")]
 
@@ -612,11 +700,11 @@ def test_batch_table_is_in_the_ingest_schema_with_ids_paths_and_labels(tmp_path,
     save(new[0], inbox / "Horse" / "a.png")
     save(new[1], inbox / "airplane" / "b.png")
     save(new[2], inbox / "truck" / "sub" / "c.png")
-    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}), log=lambda _: None)
+    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}, 32), log=lambda _: None)
     assert len(screening.accepted) == 3
 
     table = batch_table(screening.accepted, CLASSES)
-    assert table.schema.equals(SCHEMA)
+    assert table.schema.equals(shard_schema(32))
     rows = table.to_pylist()
     assert [row["filename"] for row in rows] == [
         str((inbox / p).resolve()) for p in ("Horse/a.png", "airplane/b.png", "truck/sub/c.png")
@@ -639,7 +727,7 @@ def screening_for_summary(tmp_path: Path, leak_index: LeakIndex, added: int) -> 
     (inbox / "dog").mkdir(parents=True, exist_ok=True)
     (inbox / "dog" / "empty.png").write_bytes(b"")
     (inbox / "dog" / "readme.txt").write_text("hello")
-    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}), log=lambda _: None)
+    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}, 32), log=lambda _: None)
     return inbox, screening
 
 
@@ -689,6 +777,18 @@ def test_write_summary_writes_json_report_and_thumbnail_grid(tmp_path, leak_inde
     assert sorted(p.name for p in out.iterdir()) == ["added.png", "report.md", "summary.json"]
 
 
+@pytest.mark.parametrize(("side", "drawn"), [(16, 64), (96, 96)])
+def test_the_thumbnail_grid_draws_any_image_size_whole_at_least_64_px(tmp_path, side, drawn):
+    from cifarflow.intake.batch_report import thumbnail_grid
+
+    images = [np.random.default_rng(i).integers(0, 256, (side, side, 3), np.uint8) for i in range(3)]
+    thumbnail_grid(images, tmp_path / "grid.png")
+    with Image.open(tmp_path / "grid.png") as image:
+        assert image.size == (3 * drawn, drawn)
+        last = np.asarray(image.convert("RGB"))[:, 2 * drawn :]
+    np.testing.assert_array_equal(np.asarray(Image.fromarray(images[2]).resize((drawn, drawn), Image.NEAREST)), last)
+
+
 def test_write_summary_without_additions_writes_no_grid(tmp_path, leak_index):
     inbox, screening = screening_for_summary(tmp_path, leak_index, added=0)
     summary = summarize(inbox, screening, version="v1")
@@ -709,7 +809,7 @@ def test_summary_lists_duplicates_with_what_they_duplicate(tmp_path, leak_index)
     known = smooth_images(1, seed=8)[0]
     inbox = tmp_path / "inbox"
     save(known, inbox / "cat" / "again.png")
-    reference = Reference(leak_index, {pixel_digest(known): "train-00042"})
+    reference = Reference(leak_index, {pixel_digest(known): "train-00042"}, 32)
     screening = screen_inbox(scan_inbox(inbox, CLASSES), reference, log=lambda _: None)
     summary = summarize(inbox, screening, version="v1")
     write_summary(tmp_path / "out", summary, [])
@@ -743,7 +843,7 @@ def test_the_addition_report_shows_names_and_reasons_as_they_are(tmp_path, leak_
     inbox = tmp_path / "inbox"
     for name in MARKDOWN_SPECIALS[1:]:
         save(solid((32, 32), "red"), inbox / f"{name}.png")
-    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}), log=lambda _: None)
+    screening = screen_inbox(scan_inbox(inbox, CLASSES), Reference(leak_index, {}, 32), log=lambda _: None)
     write_summary(tmp_path / "out", summarize(inbox, screening, version="v1"), [])
     report = (tmp_path / "out" / "report.md").read_text()
     cells = table_cells(report)

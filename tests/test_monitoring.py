@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cifarflow.data.ingest import ingest_archive
+from cifarflow.config import PipelineConfig
+from cifarflow.data.ingest import ingest_source
 from cifarflow.data.shards import pixel_digest, read_split
 from cifarflow.journal import KILL_AT
 from cifarflow.layout import DataLayout
@@ -51,7 +52,8 @@ def data_dir(two_versions, tmp_path_factory) -> Path:
     """The registry (v2 champion) and an ingested synthetic test split: the monitor's reference."""
     root = tmp_path_factory.mktemp("monitoring")
     data = copy_data_dir(two_versions, root / "data")
-    ingest_archive(str(write_archive(root / "source" / "cifar-10-python.tar.gz")), DataLayout(data), rows_per_shard=100)
+    archive = write_archive(root / "source" / "cifar-10-python.tar.gz")
+    ingest_source(PipelineConfig(source=str(archive), data_dir=data, rows_per_shard=100))
     return data
 
 
@@ -308,6 +310,26 @@ def test_a_window_served_by_models_with_two_label_sets_is_judged_not_stuck(
     assert code == 0 and summary["images"] == 150, lines
     code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
     assert summary["images"] == 0 and judged(layout) == 200
+
+
+def test_rows_at_another_image_size_are_reported_and_left_out_never_a_crash(
+    prefect_server, data_dir, test_images, capsys, tmp_path
+):
+    """Rows a 16×16 model of another data set logged beside the champion's 32×32 ones: the window is judged on the
+    champion's size, the others are named in a note and count as judged; a data dir of another data set than the
+    champion's is refused before any work (its test set cannot be the reference)."""
+    layout = private_copy(data_dir, tmp_path)
+    log_earlier(layout, test_images)
+    log_earlier(layout, test_images[:40, ::2, ::2], ago=timedelta(seconds=30), classes=3, version="v9")
+    code, lines, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert code == 0 and summary["images"] == 100 and summary["drift"] is not None, lines
+    assert any(note.startswith("40 rows at another image size (16×16 px)") for note in summary["notes"])
+    code, _, summary = run_monitor(capsys, "--data-dir", layout.root)
+    assert summary["images"] == 0 and judged(layout) == 140
+    manifest = json.loads(layout.shard_manifest.read_text())
+    layout.shard_manifest.write_text(json.dumps(manifest | {"label_names": ["kettle", "lantern", "anvil"]}))
+    assert monitor_main(["--data-dir", str(layout.root)]) == 2
+    assert "holds 3 classes (kettle, lantern, anvil) at 32×32" in capsys.readouterr().out.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize(

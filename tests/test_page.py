@@ -143,6 +143,7 @@ def test_page_names_the_model_and_classifies_a_chosen_image(service, page):
     accuracy = f"{100 * version.accuracy:.1f}%"
     expect(page.locator("#model")).to_have_text(f"Model v2 (classic) · test accuracy {accuracy}")
     expect(page.locator("#classes")).to_have_text(", ".join(CLASSES))
+    expect(page.locator("#size")).to_have_text("32×32 pixels")
     expect(page.locator("#result")).to_be_hidden()
 
     image = photo(tmp)
@@ -219,3 +220,33 @@ def test_a_dropped_image_is_classified(service, page):
     headline, bars = shown_result(page)
     assert_matches_api(headline, bars, api_result(server, image))
     expect(page.locator("#drop")).not_to_have_class(re.compile(r"\bover\b"))
+
+
+def test_the_page_shows_a_champion_of_other_classes_and_size_and_offers_only_its_classes(browser, tmp_path):
+    """A champion of 3 classes at 48×48 (not CIFAR-10's): the page lists its classes and size, the result's bars and
+    the "No, it is" choices name its classes only, and so do the review page's keys and class filter."""
+    from playwright.sync_api import expect
+
+    import serving.app
+    from tests.registry_helpers import add_version
+    from tests.serving_helpers import serving_in_thread
+
+    tools = ["kettle", "lantern", "anvil"]
+    add_version(tmp_path / "data" / "registry", 6, tmp_path / "scratch", label_names=tools, image_size=48)
+    app = serving.app.create_app(tmp_path / "data", reviewers=[], loopback_only=True)
+    with serving_in_thread(app) as url:
+        page = browser.new_page()
+        page.goto(url, wait_until="networkidle")
+        expect(page.locator("#classes")).to_have_text("kettle, lantern, anvil")
+        expect(page.locator("#size")).to_have_text("48×48 pixels")
+        image = tmp_path / "photo.png"
+        image.write_bytes(encode(scene(120, 90, seed=8)))
+        page.set_input_files("#file", str(image))
+        expect(page.locator("#feedback")).to_be_visible(timeout=30_000)
+        bars = page.eval_on_selector_all("#bars .bar", "bars => bars.map(bar => bar.dataset.label)")
+        choices = page.eval_on_selector_all("#choices button", "buttons => buttons.map(b => b.dataset.label)")
+        assert sorted(bars) == sorted(tools) and sorted([*choices, bars[0]]) == sorted(tools)
+        page.goto(f"{url}/review", wait_until="networkidle")  # the review page's keys and filter: its classes
+        expect(page.locator("#legend button")).to_have_text(["0 kettle", "1 lantern", "2 anvil"])
+        assert page.eval_on_selector_all("#filter option", "options => options.map(o => o.value)")[-3:] == tools
+        page.close()

@@ -105,7 +105,7 @@ def expected_probabilities(files: list[Path], registry: Path, version: str) -> d
     from cifarflow.inference.predictor import load_predictor
 
     predictor = load_predictor(version, registry)
-    probabilities = predictor.probabilities(np.stack([convert_image(path).pixels for path in files]))
+    probabilities = predictor.probabilities(np.stack([convert_image(path, 32).pixels for path in files]))
     return {
         str(path.absolute()): dict(zip(predictor.label_names, map(float, p))) for path, p in zip(files, probabilities)
     }
@@ -345,3 +345,44 @@ def test_a_keras_file_without_a_known_preset_beside_it_is_refused_with_the_reaso
         (tmp_path / "train.json").write_text(train_json)
     with pytest.raises(ModelNotFound, match="no train.json beside it says which preset made it"):
         load_predictor(str(model), tmp_path / "registry")
+
+
+@pytest.mark.flow  # the version's export is smoke-tested in a fresh process
+def test_a_champion_of_other_classes_and_size_scores_batches_and_a_bare_model_file_takes_its_data_dirs_classes(
+    inbox, tmp_path
+):
+    """3 classes at 16×16: each file converted to 16×16 and scored by the export, rows and sheet name its classes;
+    the same network as a bare `.keras` file takes its classes from train.json, else from its data dir's manifest."""
+    import json
+    import shutil
+
+    from cifarflow.inference.predictor import ModelNotFound, load_predictor
+    from tests.registry_helpers import add_version
+
+    tools = ["kettle", "lantern", "anvil"]
+    add_version(tmp_path / "registry", 7, tmp_path / "scratch", label_names=tools, image_size=16)
+    predictor = load_predictor("champion", tmp_path / "registry")
+    assert (predictor.label_names, predictor.image_size) == (tools, 16)
+    _, good, _ = inbox
+    result = predict_files(good, predictor, tmp_path / "out.parquet", tmp_path / "sheet.png")
+    rows = pq.read_table(result.out).to_pylist()
+    want = predictor.probabilities(np.stack([convert_image(path, 16).pixels for path in good]))
+    assert [row["label"] for row in rows] == [tools[i] for i in want.argmax(axis=1)]
+    assert set(result.label_counts) <= set(tools) and result.scored == len(good)
+    with Image.open(result.sheet) as sheet:
+        assert sheet.width == min(10, len(good)) * (96 + 8)  # 16 px images drawn at the sheet's 96 px
+
+    model = tmp_path / "data" / "models" / "k" / "model.keras"
+    model.parent.mkdir(parents=True)
+    shutil.copy(tmp_path / "scratch" / "model-7" / "model.keras", model)
+    (model.parent / "train.json").write_text(json.dumps({"settings": {"model": "classic"}}))
+    with pytest.raises(ModelNotFound, match="nor its data dir names the model's 3 classes"):
+        load_predictor(str(model), tmp_path / "registry")
+    (tmp_path / "data" / "parquet").mkdir()
+    (tmp_path / "data" / "parquet" / "manifest.json").write_text(json.dumps({"label_names": tools}))
+    bare = load_predictor(str(model), tmp_path / "registry")
+    assert (bare.label_names, bare.image_size) == (tools, 16)
+    (model.parent / "train.json").write_text(
+        json.dumps({"settings": {"model": "classic"}, "label_names": "a b c".split()})
+    )
+    assert load_predictor(str(model), tmp_path / "registry").label_names == ["a", "b", "c"]

@@ -32,8 +32,8 @@ CLASSES = 10
 pytestmark = pytest.mark.unit
 
 
-def images(count: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (count, 32, 32, 3), dtype=np.uint8)
+def images(count: int, seed: int = 0, side: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (count, side, side, 3), dtype=np.uint8)
 
 
 def probabilities(count: int, seed: int = 0) -> np.ndarray:
@@ -64,10 +64,24 @@ def test_rows_round_trip_exactly(tmp_path):
     assert [d for (d,) in digests] == [pixel_digest(r.pixels) for r in window]
 
 
+def test_images_of_any_size_and_class_count_round_trip_side_by_side(tmp_path):
+    """Two data sets' models logging to one database: each row's pixels come back at the size they were scored at."""
+    db, small, large = tmp_path / "log.sqlite", new_ids(2), new_ids(3)
+    with PredictionLog(db) as prediction_log:
+        prediction_log.append(small, "service", "v1", probabilities(2)[:, :3], images(2, 1, side=16))
+        prediction_log.append(large, "batch", "v2", probabilities(3), images(3, 2, side=48))
+    window = {row.prediction_id: row for row in read_window(db)}
+    assert np.array_equal([window[i].pixels for i in small], images(2, 1, side=16))
+    assert np.array_equal([window[i].pixels for i in large], images(3, 2, side=48))
+    assert [len(window[i].probabilities) for i in small + large] == [3, 3, 10, 10, 10]
+    with pytest.raises(ValueError, match="400 bytes is not a square RGB image"):
+        log_module.image_of(bytes(400))
+
+
 def test_bad_rows_are_dropped_and_named_and_a_closed_log_refuses_more(tmp_path):
     warnings = []
     with PredictionLog(tmp_path / "log.sqlite", warn=warnings.append) as prediction_log:
-        prediction_log.append(new_ids(2), "service", "v1", probabilities(2), np.zeros((2, 8, 8, 3), np.uint8))
+        prediction_log.append(new_ids(2), "service", "v1", probabilities(2), np.zeros((2, 8, 6, 3), np.uint8))
         prediction_log.append(new_ids(3), "service", "v1", probabilities(3), images(3))
         prediction_log.append([], "service", "v1", probabilities(0), images(0))  # nothing to log: fine
     assert prediction_log.dropped == 2 and prediction_log.written == 3 and "2 rows not logged" in warnings[0]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from cifarflow.config import PipelineConfig
 from cifarflow.data.dataset_versions import current_version
-from cifarflow.data.ingest import ingest_archive
+from cifarflow.data.ingest import ingest_source
 from cifarflow.data.transform import (
     Normalization,
     build_features,
@@ -43,20 +46,20 @@ def test_standardize_is_fitted_to_zero_mean_unit_std():
 
 
 def test_one_hot():
-    encoded = one_hot(np.array([0, 3, 9]))
+    encoded = one_hot(np.array([0, 3, 9]), 10)
     assert encoded.shape == (3, 10) and encoded.dtype == np.uint8
     np.testing.assert_array_equal(encoded.argmax(1), [0, 3, 9])
     assert encoded.sum() == 3
     with pytest.raises(ValueError, match="0..9"):
-        one_hot(np.array([10]))
+        one_hot(np.array([10]), 10)
 
 
 @pytest.mark.parametrize("normalization", ["unit", "standardize"])
 def test_build_features_writes_compact_training_ready_arrays(synthetic_archive, tmp_path, normalization):
     layout = DataLayout(tmp_path / "data")
-    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    ingest_source(PipelineConfig(source=str(synthetic_archive), data_dir=layout.root, rows_per_shard=100))
     validated = validate_dataset(layout, current_version(layout), tmp_path / "validated")
-    features = build_features(validated.dataset_path, tmp_path / "features", normalization)
+    features = build_features(validated.dataset_path, layout.shard_manifest, tmp_path / "features", normalization)
     pixels = load_split(features.directory, "train", "pixels")
     onehot = load_split(features.directory, "train", "onehot")
     assert isinstance(pixels, np.memmap) and pixels.shape == (300, 32, 32, 3) and pixels.dtype == np.uint8
@@ -68,7 +71,13 @@ def test_build_features_writes_compact_training_ready_arrays(synthetic_archive, 
     assert features.normalization.kind == normalization
     if normalization == "standardize":  # fitted on train only
         np.testing.assert_allclose(features.normalization.apply(pixels).mean(axis=(0, 1, 2)), 0, atol=1e-4)
-    assert features.label_names[0] == "airplane"
+    assert features.label_names[0] == "airplane" and features.image_size == 32
+    manifest = json.loads(layout.shard_manifest.read_text())
+    assert features.dataset == {
+        "dataset_sha256": manifest["dataset_sha256"],
+        "source": {"kind": "cifar-archive", "uri": manifest["source"]["uri"], "sha256": manifest["source"]["sha256"]},
+        "split": manifest["split"],
+    }
     assert verify_features(features.directory) == features
     (features.directory / "onehot_test.npy").write_bytes(b"garbage")
     with pytest.raises(FeatureError, match="onehot_test.npy is missing or changed"):

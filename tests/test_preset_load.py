@@ -37,11 +37,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from cifarflow.inference.predictor import CIFAR10_LABEL_NAMES, load_predictor
+from cifarflow.inference.predictor import load_predictor
 from cifarflow.models.presets import PRESETS
 from cifarflow.registry.saved_model import export_model, load_export
 
 work = Path(sys.argv[1])
+names = [f"class {i}" for i in range(10)]
 pixels = np.load(work / "pixels.npy")
 registered = keras.saving.get_custom_objects()
 at_start = set(registered)
@@ -50,10 +51,10 @@ for name, preset in PRESETS.items():
         sys.modules.pop(registered.pop(added).__module__, None)
     model_path = work / name / "model.keras"
     loaded = preset.predict(preset.load(model_path), pixels)
-    export_model(model_path, name, list(CIFAR10_LABEL_NAMES), work / name / "export")
+    export_model(model_path, name, names, work / name / "export")
     exported = load_export(work / name / "export").probabilities(pixels)
     from_file = load_predictor(str(model_path), work / "registry").probabilities(pixels)
-    export_model(model_path, name, list(CIFAR10_LABEL_NAMES), work / name / "calibrated", float(sys.argv[2]))
+    export_model(model_path, name, names, work / name / "calibrated", float(sys.argv[2]))
     calibrated = load_export(work / name / "calibrated").probabilities(pixels)
     np.savez(work / name / "fresh.npz", loaded=loaded, exported=exported, from_file=from_file, calibrated=calibrated)
 """
@@ -68,7 +69,8 @@ def untrained_network(preset: Preset, seed: int):
     from cifarflow.data.transform import Normalization
 
     keras.utils.set_random_seed(seed)
-    model = preset.build(Normalization(preset.normalization, *CIFAR_STATISTICS), seed=seed)
+    shape = {"num_classes": 10, "image_size": 32}
+    model = preset.build(Normalization(preset.normalization, *CIFAR_STATISTICS), **shape, seed=seed)
     rng = np.random.default_rng(seed)
     model.set_weights(
         [
@@ -82,13 +84,14 @@ def untrained_network(preset: Preset, seed: int):
 
 
 def save_as_trained(model, preset: Preset, directory: Path) -> Path:
-    """model.keras with the train.json the trainer writes beside it (it names the preset)."""
+    """model.keras with the train.json the trainer writes beside it (it names the preset and the classes)."""
     from cifarflow.training.run import TrainSettings
 
     directory.mkdir(parents=True)
     model.save(directory / "model.keras")
     settings = TrainSettings(preset.name, preset.epochs, preset.batch_size, preset.learning_rate, seed=0)
-    (directory / "train.json").write_text(json.dumps({"settings": asdict(settings)}))
+    names = [f"class {i}" for i in range(10)]
+    (directory / "train.json").write_text(json.dumps({"settings": asdict(settings), "label_names": names}))
     return directory / "model.keras"
 
 

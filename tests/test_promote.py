@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cifarflow.data.transform import Features, Normalization
 from cifarflow.evaluation.evaluate import compute_metrics
 from cifarflow.promotion.decision import NO_CHAMPION, Score, decide, score_from_evaluation
 from cifarflow.promotion.mcnemar import format_p, mcnemar_test
@@ -69,6 +70,8 @@ def make_score(
         predictions=np.asarray(predicted),
         labels=np.asarray(labels),
         metrics=compute_metrics(labels, one_hot(predicted), CLASSES),
+        label_names=tuple(CLASSES),
+        image_size=32,
     )
 
 
@@ -240,7 +243,7 @@ def register_fake(registry: Path, model_path: Path, score: Score, decision) -> s
     np.save(staging / "predictions.npy", score.predictions.astype(np.int16))
     np.save(staging / "labels.npy", score.labels.astype(np.int16))
     (staging / "metrics.json").write_text(json.dumps(score.metrics))
-    record = version_record(score, decision, CLASSES, model_path, datetime.now(UTC))
+    record = version_record(score, decision, model_path, datetime.now(UTC))
     (staging / "version.json").write_text(json.dumps(record.to_json() | {"version": name}))
     store.commit_version(registry, staging, name)
     store.move_alias(registry, name, by="promotion", reason=decision.summary)
@@ -309,8 +312,14 @@ def test_a_champion_trained_on_a_withdrawn_batch_is_replaced(labels):
     assert decide(grown, champion).reason == "not-better"
 
 
-def warm_start_source(registry, preset, normalization, batch_ids):
-    plan = plan_warm_start(True, registry, preset, normalization, batch_ids)
+def features_of(normalization: str, batch_ids, label_names=CLASSES, image_size: int = 32) -> Features:
+    """A preprocess output's facts, as the warm start plan reads them."""
+    kind = Normalization(normalization, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    return Features(Path("features"), "f", list(label_names), kind, image_size, {}, tuple(batch_ids))
+
+
+def warm_start_source(registry, preset, normalization, batch_ids, **data_set):
+    plan = plan_warm_start(True, registry, preset, features_of(normalization, batch_ids, **data_set))
     return plan.model_path, plan.note
 
 
@@ -326,10 +335,19 @@ def test_warm_start_serves_only_a_champion_that_fits(tmp_path, labels):
     assert "`classic` model, this run trains `fast`" in refused
     assert "normalized as `unit`" in warm_start_source(registry, "classic", "standardize", ("b1",))[1]["reason"]
     assert "withdrawn batch b1" in warm_start_source(registry, "classic", "unit", ())[1]["reason"]
-    plan = plan_warm_start(True, registry, "classic", "unit", ("b1",))  # what enters the train key: the champion
+    plan = plan_warm_start(True, registry, "classic", features_of("unit", ("b1",)))  # the train key's: the champion
     assert plan.fingerprint == model_id
-    assert plan_warm_start(True, registry, "fast", "unit", ("b1",)).fingerprint.startswith("none: the champion is")
-    assert plan_warm_start(False, registry, "classic", "unit", ("b1",)) == WarmStartPlan()  # not asked: not read
+    refused = plan_warm_start(True, registry, "fast", features_of("unit", ("b1",)))
+    assert refused.fingerprint.startswith("none: the champion is")
+    assert plan_warm_start(False, registry, "classic", features_of("unit", ("b1",))) == WarmStartPlan()  # not read
+    other_classes = warm_start_source(registry, "classic", "unit", ("b1",), label_names=["ant", "bee", "wasp"])[1]
+    assert other_classes["reason"] == (
+        "the champion classifies 10 classes (airplane, automobile, bird, cat, deer, dog, …) at 32×32, "
+        "this run's model 3 classes (ant, bee, wasp) at 32×32"
+    )
+    other_size = warm_start_source(registry, "classic", "unit", ("b1",), image_size=64)
+    assert other_size[0] is None and "this run's model 10 classes (airplane" in other_size[1]["reason"]
+    assert other_size[1]["reason"].endswith("at 64×64")
 
 
 def test_a_version_is_not_staged_from_a_model_file_that_is_not_the_challenger(tmp_path, labels):
@@ -343,6 +361,37 @@ def test_a_version_is_not_staged_from_a_model_file_that_is_not_the_challenger(tm
     with pytest.raises(ValueError, match="no longer has the sha256"):
         stage_next_version(registry, model, record, {}, labels, labels, canary)
     assert not (registry / ".staging").exists() and champion_score(registry) is None  # nothing half-registered
+
+
+@pytest.mark.parametrize(
+    ("data_set", "words"),
+    [
+        ({"label_names": ("ant", "bee", "wasp")}, "3 classes (ant, bee, wasp) at 32×32"),
+        ({"image_size": 64}, "10 classes (airplane, automobile, bird, cat, deer, dog, …) at 64×64"),
+    ],
+)
+def test_a_champion_is_never_compared_with_a_model_of_another_data_set(tmp_path, labels, data_set, words):
+    from types import SimpleNamespace
+
+    from cifarflow.promotion.promote import PromotionRefused, promote_challenger
+
+    registry = tmp_path / "registry"
+    model, model_id = write_model(tmp_path / "a" / "model.keras", b"champion")
+    champion = make_score(labels, labels, model_id)
+    register_fake(registry, model, champion, decide(champion, None))
+    before = sorted((p.relative_to(registry), p.read_bytes()) for p in registry.rglob("*") if p.is_file())
+    challenger = replace(make_score(labels, labels, "c" * 64), **data_set)
+    report = SimpleNamespace(directory=tmp_path / "report", report_path=tmp_path / "report" / "report.md")
+    with pytest.raises(PromotionRefused) as refused:
+        promote_challenger(challenger, model, report, registry, 0.05, "key", canary=None, log=lambda _: None)
+    assert str(refused.value) == (
+        f"the champion v1 in {registry} classifies 10 classes (airplane, automobile, bird, cat, deer, dog, …) at "
+        f"32×32, this run's model {words}: a champion is never compared with a model of another data set; use "
+        f"another --data-dir for this data set (or move {registry} away to start anew)"
+    )
+    after = sorted((p.relative_to(registry), p.read_bytes()) for p in registry.rglob("*") if p.is_file())
+    assert after == before and not (tmp_path / "report").exists()  # refused before any write
+    assert read_decisions(registry) == []
 
 
 def test_score_from_evaluation_uses_argmax_of_saved_probabilities(tmp_path, labels):
@@ -463,3 +512,35 @@ def test_report_section_names_the_champion_by_its_version(labels):
     challenger = make_score(labels, with_accuracy(labels, idx % 100 < 70), "b" * 64)
     text = comparison_markdown(decide(challenger, champion), challenger, champion)
     assert "| version | v3 | new |" in text
+
+
+def test_the_report_names_the_data_set_by_its_source_with_classes_size_and_split():
+    from cifarflow.reporting.report import dataset_name, describe_dataset, describe_split
+
+    assert dataset_name({"kind": "cifar-archive", "uri": "https://example.org/cifar-10-python.tar.gz"}) == "CIFAR-10"
+    assert dataset_name({"kind": "folder", "uri": "/home/me/photos/fruit/"}) == "fruit"
+    assert dataset_name({"kind": "folder", "uri": "../shared/datasets/cifar10-jpeg.tar.gz"}) == "cifar10-jpeg"
+    assert dataset_name({"kind": "folder", "uri": "birds.zip"}) == "birds"
+    card = {"dataset_name": "fruit", "label_names": ["quince", "apricot", "medlar"], "image_size": 64}
+    assert describe_dataset(card) == "fruit: 3 classes (quince, apricot, medlar) at 64×64 px"
+    assert describe_dataset(card, named=False) == "fruit: 3 classes at 64×64 px"
+    held_out = {"method": "held-out", "test_fraction": 1 / 6, "split_seed": 3}
+    assert describe_split(held_out) == "held out 0.167 of each class as test (split seed 3)"
+    assert describe_split({"method": "given"}) == "as given by the source (its own train and test images)"
+
+
+@pytest.mark.parametrize("classes", [2, 120])
+def test_the_confusion_matrix_grows_with_the_classes_and_names_them_while_readable(tmp_path, classes):
+    from PIL import Image
+
+    from cifarflow.evaluation.plots import MAX_LABELLED, confusion_matrix_plot
+
+    matrix = np.random.default_rng(0).integers(0, 50, (classes, classes))
+    names = [f"class {i}" for i in range(classes)]
+    path = confusion_matrix_plot(matrix, names, tmp_path / "confusion.png")
+    width, height = Image.open(path).size
+    assert 600 < width and 500 < height < 2200  # 18 inches at most
+    if classes > MAX_LABELLED:
+        assert width > 1500  # 120 cells need room, without their names or counts
+    small = Image.open(confusion_matrix_plot(matrix[:2, :2], names[:2], tmp_path / "two.png")).size
+    assert classes == 2 or width > small[0]

@@ -40,6 +40,25 @@ def real_archive(tmp_path_factory):
     return target
 
 
+def test_the_jpeg_copy_as_a_folder_source_gives_the_archives_images_and_labels(real_archive, tmp_path):
+    """The class-folder JPEG copy ingested as a folder (sorted class names: the official label order) and the
+    official-layout archive built from it hold the same multiset of (split, label, sha256 of pixels)."""
+    from collections import Counter
+
+    from cifarflow.data.archive import read_archive
+    from cifarflow.data.folder import ingest_folder
+    from cifarflow.data.shards import pixel_digest, read_shards, shard_files
+
+    found = ingest_folder(SHARED_DATASETS / "cifar10-jpeg.tar.gz", tmp_path, 32, 1 / 6, 0, 10_000, print, None)
+    splits, label_names = read_archive(real_archive)
+    assert found["label_names"] == label_names and found["skipped"] == [] and found["split"] == {"method": "given"}
+    for split in ("train", "test"):
+        images, labels = read_shards(*shard_files(tmp_path, found["shards"][split]))
+        folder = Counter(zip(labels.tolist(), map(pixel_digest, images)))
+        archive = Counter(zip(splits[split].labels.tolist(), map(pixel_digest, splits[split].images)))
+        assert sum(folder.values()) == len(splits[split].labels) and folder == archive, split
+
+
 def test_real_archive_one_epoch_of_the_classic_preset(real_archive, tmp_path):
     from cifarflow.config import PipelineConfig
     from tests.flow_helpers import run_flow

@@ -278,7 +278,7 @@ def test_a_failed_smoke_test_leaves_the_registry_as_it_was(registry, built):
     assert [v.name for v in store.list_versions(registry)] == ["v1", "v2"] and store.champion_name(registry) == "v2"
 
 
-def _export_then_fail(model_path, preset, label_names, out_dir, temperature=None):
+def _export_then_fail(model_path, preset, label_names, out_dir, temperature=None, dataset=None):
     from cifarflow.registry.saved_model import export_model
 
     export_model(model_path, preset, label_names, out_dir)  # a whole SavedModel is written first…
@@ -316,6 +316,8 @@ def challenger_score(inputs, model_id: str, test_set: str = "a-new-test-set"):
         predictions=np.asarray(predictions, np.int64),
         labels=np.asarray(labels, np.int64),
         metrics=metrics,
+        label_names=tuple(CLASSES),
+        image_size=32,
     )
 
 
@@ -348,7 +350,6 @@ def test_a_model_rolled_back_by_hand_is_not_promoted_again(registry, built, tmp_
         alpha=0.05,
         key="k",
         canary=built.fresh_inputs[-1],
-        label_names=CLASSES,
         log=lambda _: None,
     )
     assert not outcome.promoted
@@ -382,7 +383,6 @@ def test_a_smoke_test_failure_turns_a_promotion_into_kept(registry, built, tmp_p
         key="k",
         log=lambda _: None,
         canary=wrong,
-        label_names=CLASSES,
     )
     assert not outcome.promoted and outcome.champion_id == store.read_version(registry, "v2").model_id
     recorded = json.loads((tmp_path / "report" / "promotion.json").read_text())["decision"]
@@ -428,6 +428,8 @@ def test_cli_lists_the_versions_and_marks_the_champion(registry):
         "champion",
         "model",
         "accuracy",
+        "classes",
+        "size",
         "dataset",
         "trained_by_run",
         "promoted_at",
@@ -436,8 +438,9 @@ def test_cli_lists_the_versions_and_marks_the_champion(registry):
     ]
     rows = {line.split()[0]: line.split() for line in lines[1:3]}
     v1, v2 = store.list_versions(registry)
-    assert rows["v1"][1:4] == ["classic", f"{round(v1.accuracy, 4)}", "dataset-1"] and "champion" not in rows["v1"]
-    assert rows["v2"][1:5] == ["champion", "classic", f"{round(v2.accuracy, 4)}", "dataset-2"]
+    assert rows["v1"][1:6] == ["classic", f"{round(v1.accuracy, 4)}", "10", "32×32", "dataset-1"]
+    assert "champion" not in rows["v1"]
+    assert rows["v2"][1:7] == ["champion", "classic", f"{round(v2.accuracy, 4)}", "10", "32×32", "dataset-2"]
     assert rows["v2"][-2] == v2.model_id[:12] and rows["v1"][-2] == v1.model_id[:12]
     assert rows["v1"][-1] == rows["v2"][-1] == "verified"
     assert "latest moves of the champion alias:" in result.stdout
@@ -727,7 +730,7 @@ KILLED_REGISTRATION = textwrap.dedent(
     model.write_bytes(b"a network")
     record = store.VersionRecord(file_digest(model), "classic", 0.5, "run-3", "dataset-3", "t" * 64)
     if point == "exporting":
-        def export_half(model_path, preset, label_names, out_dir, temperature=None):
+        def export_half(model_path, preset, label_names, out_dir, temperature=None, dataset=None):
             Path(out_dir).mkdir()
             (Path(out_dir) / "saved_model.pb").write_bytes(b"half a graph")
             pause()
@@ -837,7 +840,6 @@ def test_the_promote_stage_stops_before_writing_anything_when_the_champion_is_da
             alpha=0.05,
             key="k",
             canary=canary,
-            label_names=CLASSES,
             log=lambda _: None,
         )
     assert snapshot(registry) == before
@@ -964,3 +966,39 @@ def test_version_json_is_read_as_a_typed_record_and_written_back_the_same(regist
     v1.write_text(json.dumps({k: v for k, v in sealed.items() if k != "record_sha256"}))
     with pytest.raises(store.RegistryDamaged, match=r"version.json is damaged \(not a sealed version record"):
         store.read_version(registry, "v1")
+
+
+@pytest.mark.flow  # the smoke test is a fresh process of the product: not the unit tier
+def test_an_export_takes_the_models_image_size_and_carries_its_data_set(tmp_path):
+    import keras
+
+    from cifarflow.data.transform import Normalization
+    from cifarflow.models.presets import get_preset
+    from cifarflow.registry.saved_model import METADATA, canary_indices, export_model, load_export, smoke_test
+
+    keras.utils.set_random_seed(0)
+    classic = get_preset("classic")
+    model = classic.build(Normalization("unit", (0.0,) * 3, (1.0,) * 3), num_classes=3, image_size=64)
+    model.save(tmp_path / "model.keras")
+    dataset = {"dataset_sha256": "d" * 64, "source": {"kind": "folder", "uri": "/photos/fruit", "sha256": "s"}}
+    dataset |= {"split": {"method": "held-out", "test_fraction": 1 / 6, "split_seed": 0}}
+    export_model(
+        tmp_path / "model.keras", "classic", ["quince", "apricot", "medlar"], tmp_path / "export", None, dataset
+    )
+    metadata = json.loads((tmp_path / "export" / METADATA).read_text())
+    assert metadata["input"]["shape"] == [None, 64, 64, 3] and metadata["output"]["shape"] == [None, 3]
+    assert metadata["image_size"] == 64 and metadata["dataset"] == dataset
+    exported = load_export(tmp_path / "export")
+    assert exported.image_size == 64 and exported.label_names == ["quince", "apricot", "medlar"]
+    pixels = np.random.default_rng(0).integers(0, 256, (9, 64, 64, 3), dtype=np.uint8)
+    expected = classic.predict(classic.load(tmp_path / "model.keras"), pixels)
+    np.testing.assert_allclose(exported.probabilities(pixels), expected, atol=1e-5)
+    assert smoke_test(tmp_path / "export", pixels, expected).passed
+
+    # an export written before the image size was kept: its input shape says it
+    (tmp_path / "export" / METADATA).write_text(json.dumps(metadata | {"image_size": None}))
+    assert load_export(tmp_path / "export").image_size == 64
+    # the canary spreads about 1,000 images over the classes, whatever their number
+    three, hundred = np.repeat(np.arange(3), 500), np.repeat(np.arange(100), 50)
+    assert len(canary_indices(three)) == 1002 and len(canary_indices(hundred)) == 1000
+    assert set(np.bincount(three[canary_indices(three)])) == {334}

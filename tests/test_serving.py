@@ -80,7 +80,7 @@ def expected(predictor, data: bytes) -> dict:
     """What the service should answer for this file: the product's decoding, then the version's model."""
     from cifarflow.intake.images import convert_image
 
-    pixels = convert_image(data).pixels[None]
+    pixels = convert_image(data, predictor.image_size).pixels[None]
     top = predictor.top(predictor.probabilities(pixels))[0]
     return {**top[0], "top": top, "model_version": predictor.version}
 
@@ -464,10 +464,10 @@ def test_any_exception_decoding_one_upload_is_415_for_that_request_alone(data_di
 
     real = serving.predict_routes.convert_image
 
-    def convert_or_fail(data: bytes):
+    def convert_or_fail(data: bytes, side: int):
         if data == POISON:
             raise struct.error("unpack requires a buffer of 4 bytes")
-        return real(data)
+        return real(data, side)
 
     monkeypatch.setattr(serving.predict_routes, "convert_image", convert_or_fail)
     images = [encode(scene(48, 48, seed=30 + i)) for i in range(6)]
@@ -515,9 +515,9 @@ def test_a_request_that_cannot_get_its_decode_budget_in_time_is_503_with_retry_a
 
     real = serving.predict_routes.convert_image
 
-    def slow_convert(data: bytes):
+    def slow_convert(data: bytes, side: int):
         time.sleep(1.0)
-        return real(data)
+        return real(data, side)
 
     monkeypatch.setattr(serving.predict_routes, "convert_image", slow_convert)
     image = encode(scene(1000, 1000, seed=5))
@@ -613,7 +613,7 @@ buffer = io.BytesIO()
 Image.new("RGBA", (3000, 3000), (255, 255, 255, 255)).save(buffer, format="PNG")
 base = psutil.Process().memory_info().rss
 for _ in range(4):  # one after another, each in a thread of its own, as the service's requests are
-    thread = threading.Thread(target=convert_image, args=(buffer.getvalue(),))
+    thread = threading.Thread(target=convert_image, args=(buffer.getvalue(), 32))
     thread.start()
     thread.join()
 print((psutil.Process().memory_info().rss - base) // 2**20)
@@ -770,7 +770,7 @@ def test_top_names_the_classes_in_the_models_order():
 
     from cifarflow.inference.predictor import Predictor
 
-    predictor = Predictor("v9", CLASSES, lambda pixels: pixels)
+    predictor = Predictor("v9", CLASSES, 32, lambda pixels: pixels)
     top = predictor.top(np.array([[0.05, 0.1, 0.5, 0.05, 0.05, 0.05, 0.05, 0.05, 0.1, 0.0]]))[0]
     assert [t["label"] for t in top] == ["bird", "automobile", "ship"]
     assert [t["probability"] for t in top] == pytest.approx([0.5, 0.1, 0.1])
@@ -842,3 +842,53 @@ def test_champion_switch_while_requests_run(service, reference):
         store.move_alias(service.registry, "v2", by="hand", reason="test: back to v2")
         with service.client() as client:
             wait_until(lambda: client.get("/health").json().get("model_version") == "v2", 15, what="back to v2")
+
+
+TOOLS = ["kettle", "lantern", "anvil"]  # a champion that is not CIFAR-10's: 3 classes, not in sorted order
+
+
+def test_a_champion_of_other_classes_and_size_is_what_every_answer_and_the_review_follow(tmp_path):
+    """/model, /predict, the review queue and image, and the feedback API follow the champion's own 3 classes at
+    48×48: uploads are converted to 48×48, answers name its classes only, a CIFAR-10 class is not a label."""
+    import io
+    from dataclasses import replace
+
+    import numpy as np
+    from PIL import Image
+
+    import serving.app
+    from cifarflow.inference.predictor import load_predictor
+    from cifarflow.intake.images import convert_image
+    from cifarflow.registry.build import make_champion, stage_next_version
+    from tests.registry_helpers import tiny_model_file, version_inputs
+
+    registry, model_file = tmp_path / "data" / "registry", tiny_model_file(tmp_path / "m.keras", 5, TOOLS, 48)
+    record, *inputs = version_inputs(model_file, 5, label_names=TOOLS, image_size=48)
+    dataset = {"dataset_sha256": "d" * 64, "source": {"kind": "folder", "uri": "/photos/tools", "sha256": "e" * 64}}
+    dataset |= {"split": {"method": "held-out", "test_fraction": 0.25, "split_seed": 0}}
+    staged = stage_next_version(registry, model_file, replace(record, dataset=dataset), *inputs, log=lambda _: None)
+    make_champion(registry, staged, reason="promoted: test fixture")
+    data = encode(scene(90, 60, seed=3))
+    champion = load_predictor("v1", registry)
+    want = champion.probabilities(convert_image(data, 48).pixels[None])[0]
+    app = serving.app.create_app(tmp_path / "data", reviewers=[], loopback_only=True)
+    with serving_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+        model = client.get("/model").json()
+        assert (model["label_names"], model["image_size"], model["version"]) == (TOOLS, 48, "v1")
+        assert model["dataset"] == dataset
+        got = client.post("/predict", files={"file": ("a.png", data)}).json()
+        assert [t["label"] for t in got["top"]] == [TOOLS[i] for i in np.argsort(-want, kind="stable")]
+        assert [t["probability"] for t in got["top"]] == pytest.approx(sorted(want, reverse=True), abs=1e-5)
+        queue = client.get("/review/queue").json()
+        assert [(item["prediction_id"], item["label"]) for item in queue["items"]] == [
+            (got["prediction_id"], got["label"])
+        ]
+        png = client.get(queue["items"][0]["thumbnail"])
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content))), convert_image(data, 48).pixels)
+        refused = client.post("/feedback", json={"prediction_id": got["prediction_id"], "label": CLASSES[3]})
+        assert refused.status_code == 422 and "one of kettle, lantern, anvil" in refused.json()["error"]
+        answer = client.post("/feedback", json={"prediction_id": got["prediction_id"], "label": "Anvil "}).json()
+        assert (answer["label"], answer["predicted"], answer["status"]) == ("anvil", got["label"], "recorded")
+        assert client.get("/review/queue", params={"label": "lantern"}).json()["unanswered"] == 0
+        assert client.get("/review/queue", params={"label": CLASSES[0]}).status_code == 422
+        assert 'id="size"' in client.get("/").text and "CIFAR" not in client.get("/openapi.json").text

@@ -37,7 +37,7 @@ def picture(mode: str, background, square) -> Image.Image:
 
 def reference(colour) -> np.ndarray:
     """What every kind must convert to: the RGBA picture, transparent black around an opaque `colour` square."""
-    return convert_image(encode(picture("RGBA", (0, 0, 0, 0), (*colour, 255)), "PNG")).pixels
+    return convert_image(encode(picture("RGBA", (0, 0, 0, 0), (*colour, 255)), "PNG"), 32).pixels
 
 
 def encode(image: Image.Image, format_: str, **options) -> bytes:
@@ -126,7 +126,7 @@ def test_every_kind_of_transparency_in_a_file_is_composited_on_white(kind):
     with Image.open(io.BytesIO(data)) as opened:
         assert opened.mode == mode  # the file really is of this kind
         assert opened.has_transparency_data
-    pixels = convert_image(data).pixels
+    pixels = convert_image(data, 32).pixels
     assert_background_white_and_square(pixels, colour)
     assert_same_as(pixels, reference(colour))
 
@@ -139,13 +139,13 @@ def test_palette_transparency_given_as_alpha_bytes_is_read_as_bytes():
 def test_colour_key_matches_only_the_key_colour():
     """A key of (0, 0, 0) makes pure black transparent, and nothing else: near-black stays near-black."""
     image = picture("RGB", (0, 0, 0), (1, 0, 0))
-    pixels = convert_image(encode(image, "PNG", transparency=(0, 0, 0))).pixels
+    pixels = convert_image(encode(image, "PNG", transparency=(0, 0, 0)), 32).pixels
     assert_background_white_and_square(pixels, (1, 0, 0))
 
 
 def test_lossy_webp_with_alpha_is_composited_on_white():
     data = encode(picture("RGBA", (0, 0, 0, 0), (*COLOUR, 255)), "WEBP", quality=90)
-    pixels = convert_image(data).pixels
+    pixels = convert_image(data, 32).pixels
     assert_background_white_and_square(pixels, COLOUR, tolerance=8)  # lossy colours, lossless alpha
 
 

@@ -22,8 +22,9 @@ import pytest
 import yaml
 from PIL import Image
 
+from cifarflow.config import PipelineConfig
 from cifarflow.data.dataset_versions import current_version
-from cifarflow.data.ingest import ingest_archive
+from cifarflow.data.ingest import ingest_source
 from cifarflow.data.shards import read_split
 from cifarflow.files import read_json
 from cifarflow.journal import KILL_AT
@@ -122,7 +123,7 @@ def deployed(tmp_path_factory):
 def test_adding_a_batch_creates_a_flow_run_of_the_triggered_deployment(deployed, tmp_path, synthetic_archive):
     server, deployment = deployed
     data_dir = tmp_path / "data"
-    ingest_archive(str(synthetic_archive), DataLayout(data_dir), rows_per_shard=100)
+    ingest_source(PipelineConfig(source=str(synthetic_archive), data_dir=data_dir, rows_per_shard=100))
     assert triggered_runs(server, deployment.id, data_dir) == []
     added = server.run(
         sys.executable, "flows/add_images.py", str(write_inbox(tmp_path / "inbox")), "--data-dir", str(data_dir)
@@ -153,7 +154,7 @@ def test_corrections_sent_to_the_service_become_a_batch_and_a_retrain(
     server, deployment = deployed
     data_dir = tmp_path / "data"
     layout = DataLayout(data_dir)
-    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    ingest_source(PipelineConfig(source=str(synthetic_archive), data_dir=layout.root, rows_per_shard=100))
     shutil.copytree(two_versions / "registry", layout.registry, symlinks=True)  # a champion to serve
     before = current_version(layout)
     tokens = tmp_path / "review-tokens"
@@ -223,7 +224,7 @@ def test_a_feedback_export_killed_after_writing_its_batch_is_finished_by_the_nex
     server, deployment = deployed
     data_dir = tmp_path / "data"
     layout = DataLayout(data_dir)
-    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    ingest_source(PipelineConfig(source=str(synthetic_archive), data_dir=layout.root, rows_per_shard=100))
     ids = serve(data_dir, smooth_images(12, 88))
     for number, prediction_id in enumerate(ids):
         answer(data_dir, prediction_id, ("cat", "ship")[number % 2])
@@ -264,7 +265,7 @@ def test_add_images_killed_mid_write_is_undone_or_finished_by_the_next_run(
     server, deployment = deployed
     data_dir = tmp_path / "data"
     layout = DataLayout(data_dir)
-    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    ingest_source(PipelineConfig(source=str(synthetic_archive), data_dir=layout.root, rows_per_shard=100))
     command = ("flows/add_images.py", str(write_inbox(tmp_path / "inbox")), "--data-dir", str(data_dir))
 
     run_killed_at(server, point, *command)
@@ -290,7 +291,7 @@ def test_a_withdrawal_killed_before_its_event_is_announced_by_the_next_intake_ru
     server, _ = deployed
     data_dir = tmp_path / "data"
     layout = DataLayout(data_dir)
-    ingest_archive(str(synthetic_archive), layout, rows_per_shard=100)
+    ingest_source(PipelineConfig(source=str(synthetic_archive), data_dir=layout.root, rows_per_shard=100))
     inbox = str(write_inbox(tmp_path / "inbox"))
     added = server.run(sys.executable, "flows/add_images.py", inbox, "--data-dir", str(data_dir))
     assert added.returncode == 0, added.stdout + added.stderr

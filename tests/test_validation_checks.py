@@ -12,7 +12,9 @@ from cifarflow.validation.checks import (
     MIN_DRIFT_IMAGES,
     PSI_FLOOR,
     copies,
+    difference_hash,
     drift,
+    duplicates_within_classes,
     imbalance_ratio,
     label_out_of_range,
     mismatched_label_names,
@@ -57,12 +59,38 @@ def test_psi_is_zero_for_the_same_histogram_and_known_for_opposite_ends():
 
 
 def test_label_and_copy_checks_return_what_they_found():
-    assert label_out_of_range(np.array([0, 9, 3], np.uint8)) is None
-    assert label_out_of_range(np.array([1, 12, 10], np.uint8)) == 12
-    assert label_out_of_range(np.empty(0, np.uint8)) is None
-    names = ["airplane", "automobile", "bird"]
+    assert label_out_of_range(np.array([0, 9, 3], np.uint8), 10) is None
+    assert label_out_of_range(np.array([1, 12, 10], np.uint8), 10) == 12
+    assert label_out_of_range(np.array([0, 3], np.uint8), 3) == 3  # 3 classes: labels 0..2
+    assert label_out_of_range(np.empty(0, np.uint8), 2) is None
+    names = ["ant", "bee", "wasp"]
     labels = np.array([0, 1, 2, 1], np.uint8)
-    assert mismatched_label_names(labels, np.array(["airplane", "automobile", "bird", "bird"], object), names) == 1
-    assert copies(["a", "b", "a", "c"], {"a", "c"}) == 3  # repeats counted
+    assert mismatched_label_names(labels, np.array(["ant", "bee", "wasp", "wasp"], object), names) == 1
+    assert copies(["a", "b", "a", "c"], {"a", "c"}) == [0, 2, 3]  # repeats counted
     assert imbalance_ratio(np.array([30, 45, 30])) == 1.5
     assert imbalance_ratio(np.array([0, 7])) == 7.0  # an empty class counts as one image
+
+
+@pytest.mark.parametrize("side", [8, 16, 31, 64])
+def test_the_difference_hash_has_a_bit_per_cell_brighter_than_its_left_neighbour(side):
+    ramp = np.broadcast_to(np.linspace(0, 255, side).astype(np.uint8)[None, :, None], (side, side, 3))
+    images = np.stack([ramp, ramp[:, ::-1], np.full_like(ramp, 77)])  # brighter rightwards, darker, flat
+    hashes = difference_hash(images)
+    assert hashes.dtype == np.uint64 and hashes.shape == (3,)
+    assert hashes.tolist() == [2**64 - 1, 0, 0]  # all 64 bits set; none; none (equal is not brighter)
+    stripes = np.zeros((side, side, 3), np.uint8)
+    stripes[: side // 2] = ramp[: side // 2]  # the top half rises, the bottom half is flat
+    assert difference_hash(stripes[None])[0] == 2**64 - 2**32  # the first four rows' bits, most significant first
+
+
+def test_duplicates_within_classes_are_counted_per_class():
+    h = 0x0123_4567_89AB_CDEF
+    labels = np.array([0, 0, 0, 1, 1, 0, 0], np.uint8)
+    hashes = np.array([h, h ^ 0b11, h, h, h ^ 0b111, h ^ 0b1100, ~h & (2**64 - 1)], np.uint64)
+    digests = ["a", "b", "a", "c", "d", "e", "f"]
+    exact, near = duplicates_within_classes(labels, hashes, digests)
+    assert exact == [(0, 2)]  # position 2 repeats position 0's pixels in class 0
+    # 1 is 2 bits from 0, 5 is 2 bits from 0 (4 from 1: chained); 3 has 0's hash in another class, 4 is 3 bits
+    # from 3; 6 is 64 bits from all
+    assert near == [[0, 1, 5]]
+    assert duplicates_within_classes(np.zeros(0, np.uint8), np.zeros(0, np.uint64), []) == ([], [])

@@ -1,13 +1,11 @@
-"""Obtain and read the official CIFAR-10 python archive; an allow-list unpickler keeps a bad one from running code."""
+"""Obtain and read the official CIFAR-10 python archive (its own 32×32 format, ten classes); an allow-list unpickler
+keeps a bad one from running code. The default source when none is named (`default_source`)."""
 
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import socket
-import subprocess
-import sys
 import tarfile
 import zlib
 from dataclasses import dataclass
@@ -26,23 +24,18 @@ ARCHIVE_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)
 META_FILE = "batches.meta"
-NUM_CLASSES = 10
-IMAGE_SHAPE = (32, 32, 3)
+_CLASSES, _SIDE = 10, 32  # the format's own: ten classes of 32×32 images, each stored as 3 planes of 32·32 bytes
 DOWNLOAD_TIMEOUT_SECONDS = 60
 LOCAL_ARCHIVE = Path("cache") / "cifar-10-python.tar.gz"  # in the data directory: an archive put there once
-# offline machines: a class-folder JPEG copy and its builder to the official layout (../shared/datasets/README.md)
+# offline machines: CIFAR-10 as class-folder JPEGs (train/<class>/, test/<class>/), a folder source
 SHARED_DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
-JPEG_COPY, JPEG_BUILDER = "cifar10-jpeg.tar.gz", "make_cifar10_archive.py"
+JPEG_COPY = "cifar10-jpeg.tar.gz"
 
 
 def default_source(data_dir: Path, shared_datasets: Path = SHARED_DATASETS) -> str:
     """The first that exists of `<data_dir>/cache/cifar-10-python.tar.gz`, the JPEG copy, the official URL."""
     local, jpeg_copy = Path(data_dir) / LOCAL_ARCHIVE, Path(shared_datasets) / JPEG_COPY
-    return str(local) if local.is_file() else str(jpeg_copy) if is_jpeg_copy(jpeg_copy) else OFFICIAL_URL
-
-
-def is_jpeg_copy(path: Path) -> bool:
-    return path.name == JPEG_COPY and path.is_file() and (path.parent / JPEG_BUILDER).is_file()
+    return str(local) if local.is_file() else str(jpeg_copy) if jpeg_copy.is_file() else OFFICIAL_URL
 
 
 class DownloadFailed(OSError):
@@ -51,13 +44,18 @@ class DownloadFailed(OSError):
 
 @dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # (N, 32, 32, 3) uint8
-    labels: np.ndarray  # (N,) uint8 in 0..9
+    images: np.ndarray  # (N, S, S, 3) uint8
+    labels: np.ndarray  # (N,) uint8, indices into the label names
     filenames: list[str]
 
 
 def is_url(source: str) -> bool:
     return urlparse(str(source)).scheme in {"http", "https", "file"}
+
+
+def is_remote(source: str) -> bool:
+    """A URL to download (http, https), not a local path or file:// URL."""
+    return is_url(source) and not str(source).startswith("file:")
 
 
 def local_path(source: str) -> Path:
@@ -91,28 +89,7 @@ def fetch_archive(source: str, raw_dir: Path, sha256: str | None = None, md5: st
                 f"CIFAR-10 archive not found at {path}. Pass --source with the path or URL of "
                 "cifar-10-python.tar.gz (see README: 'Getting the data')."
             )
-        if is_jpeg_copy(path):
-            path = build_from_jpeg_copy(path, raw_dir)
     return path, verify_checksums(path, sha256=sha256, md5=md5)
-
-
-def build_from_jpeg_copy(jpeg_copy: Path, raw_dir: Path) -> Path:
-    """The archive built once from `jpeg_copy` into `raw_dir`; ArchiveError when the builder fails."""
-    target = raw_dir / f"cifar-10-python.{file_digest(jpeg_copy)[:16]}.tar.gz"
-    if target.is_file():
-        return target
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    building = raw_dir / f".{target.name}.{os.getpid()}.building"
-    builder = jpeg_copy.parent / JPEG_BUILDER
-    made = subprocess.run(
-        [sys.executable, str(builder), str(jpeg_copy), str(building)], capture_output=True, text=True, check=False
-    )
-    if made.returncode != 0 or not building.is_file():
-        building.unlink(missing_ok=True)
-        last = (made.stderr.strip().splitlines() or ["no message"])[-1]
-        raise ArchiveError(f"could not build a CIFAR-10 archive from {jpeg_copy} with {builder}: {last}")
-    os.replace(building, target)
-    return target
 
 
 def _download(url: str, raw_dir: Path, sha256: str | None, md5: str | None) -> Path:
@@ -178,28 +155,32 @@ def _batch_to_split(batch: dict[bytes, object], member: str) -> Split:
         filenames = [f.decode() if isinstance(f, bytes) else str(f) for f in batch[b"filenames"]]
     except KeyError as error:
         raise ArchiveError(f"{member} lacks the key {error.args[0]!r}") from error
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ArchiveError(f"{member}: data has shape {data.shape} {data.dtype}, expected (N, 3072) uint8")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * _SIDE * _SIDE:
+        raise ArchiveError(
+            f"{member}: data has shape {data.shape} {data.dtype}, expected (N, {3 * _SIDE * _SIDE}) uint8"
+        )
     if labels.shape != (data.shape[0],) or len(filenames) != data.shape[0]:
         raise ArchiveError(
             f"{member}: {data.shape[0]} images but {labels.shape[0]} labels and {len(filenames)} file names"
         )
-    if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise ArchiveError(f"{member}: labels span {labels.min()}..{labels.max()}, expected 0..9")
+    if labels.size and (labels.min() < 0 or labels.max() >= _CLASSES):
+        raise ArchiveError(f"{member}: labels span {labels.min()}..{labels.max()}, expected 0..{_CLASSES - 1}")
     # The archive stores each image as 1024 red, then green, then blue bytes (CHW); keep HWC.
-    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    images = data.reshape(-1, 3, _SIDE, _SIDE).transpose(0, 2, 3, 1)
     return Split(np.ascontiguousarray(images), labels.astype(np.uint8), filenames)
 
 
-def read_archive(path: Path) -> tuple[dict[str, Split], list[str]]:
-    """{"train": Split, "test": Split} and the ten label names; ArchiveError naming what is wrong."""
-    wanted = {f"{ARCHIVE_DIR}/{name}" for name in (*TRAIN_BATCHES, *TEST_BATCHES, META_FILE)}
+def read_members(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+    """The archive's `cifar-10-batches-py/<name>` files by name; ArchiveError when unreadable or one is missing."""
+    wanted = {f"{ARCHIVE_DIR}/{name}" for name in names}
     blobs: dict[str, bytes] = {}
     try:
         with tarfile.open(path, mode="r:*") as tar:
             for member in tar:
                 if member.name in wanted and member.isfile():
                     blobs[member.name.rsplit("/", 1)[1]] = tar.extractfile(member).read()
+                if len(blobs) == len(wanted):
+                    break
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
         raise ArchiveError(
             f"{path} is not a readable tar.gz archive ({error}). It may be truncated or not the "
@@ -208,12 +189,28 @@ def read_archive(path: Path) -> tuple[dict[str, Split], list[str]]:
     missing = sorted(name for name in wanted if name.rsplit("/", 1)[1] not in blobs)
     if missing:
         raise ArchiveError(f"{path} is missing {', '.join(missing)}; it is not a complete CIFAR-10 python archive")
+    return blobs
 
-    meta = _unpickle(blobs[META_FILE], META_FILE)
+
+def label_names_of(meta_blob: bytes) -> list[str]:
+    """The class names `batches.meta` lists, in label order; ArchiveError unless there are ten."""
+    meta = _unpickle(meta_blob, META_FILE)
     label_names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get(b"label_names", [])]
-    if len(label_names) != NUM_CLASSES:
-        raise ArchiveError(f"{META_FILE} lists {len(label_names)} label names, expected {NUM_CLASSES}")
+    if len(label_names) != _CLASSES:
+        raise ArchiveError(f"{META_FILE} lists {len(label_names)} label names, expected {_CLASSES}")
+    return label_names
 
+
+def read_label_names(path: Path) -> list[str]:
+    """The archive's class names, reading only as far as `batches.meta` (no image decoded)."""
+    return label_names_of(read_members(path, (META_FILE,))[META_FILE])
+
+
+def read_archive(path: Path) -> tuple[dict[str, Split], list[str]]:
+    """{"train": Split, "test": Split} of (N, 32, 32, 3) images and the ten label names; ArchiveError naming what is
+    wrong."""
+    blobs = read_members(path, (*TRAIN_BATCHES, *TEST_BATCHES, META_FILE))
+    label_names = label_names_of(blobs[META_FILE])
     splits = {}
     for split, names in (("train", TRAIN_BATCHES), ("test", TEST_BATCHES)):
         parts = [_batch_to_split(_unpickle(blobs.pop(n), n), n) for n in names]

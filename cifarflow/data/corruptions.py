@@ -1,4 +1,5 @@
-"""Corruptions after CIFAR-10-C (Hendrycks & Dietterich, 2019): (N, H, W, 3) uint8 → the same, fixed by `seed`."""
+"""Corruptions after CIFAR-10-C (Hendrycks & Dietterich, 2019): (N, H, W, 3) uint8 → the same, fixed by `seed`, at
+any image size. Their parameters are per value or per pixel, as CIFAR-10-C's, which were calibrated at 32 px."""
 
 from __future__ import annotations
 

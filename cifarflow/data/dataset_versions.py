@@ -96,6 +96,7 @@ class DatasetVersion:
     test_images: int
     batches: list[BatchInfo]
     label_names: list[str]
+    image_size: int  # S: the images are (S, S, 3) uint8
 
     @property
     def train_images(self) -> int:
@@ -124,7 +125,8 @@ def current_version(layout: DataLayout) -> DatasetVersion:
     batches = active_batches(layout)
     version = text_digest(manifest["dataset_sha256"], [b.batch_sha256 for b in batches])[:16]
     train, test = (manifest["splits"][split]["rows"] for split in SPLITS)
-    return DatasetVersion(version, manifest["dataset_sha256"], train, test, batches, manifest["label_names"])
+    names, size = manifest["label_names"], manifest["image_size"]
+    return DatasetVersion(version, manifest["dataset_sha256"], train, test, batches, names, size)
 
 
 def remove_unfinished(layout: DataLayout) -> None:

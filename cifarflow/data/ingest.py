@@ -1,14 +1,17 @@
-"""Stage 1, ingest: archive → verified Parquet shards + manifest."""
+"""Stage 1, ingest: the source (the CIFAR-10 python archive, or a labeled image folder or an archive of one) →
+verified Parquet shards at the data set's image size + the manifest (version 2), written whole or not at all."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
-from cifarflow.data.archive import fetch_archive, read_archive
-from cifarflow.data.shards import ROWS_PER_SHARD, SPLITS, build_manifest, verify_manifest, write_split_shards
-from cifarflow.errors import ShardError
+from cifarflow.data.archive import fetch_archive, is_remote, local_path, read_archive, read_label_names
+from cifarflow.data.folder import describe_folder, folder_identity, ingest_folder, is_folder_source
+from cifarflow.data.shards import SPLITS, build_manifest, verify_manifest, write_split_shards
+from cifarflow.errors import ArchiveError, PipelineInputError, ShardError
 from cifarflow.files import atomic_directory, read_json, write_json
 from cifarflow.layout import DataLayout
 from cifarflow.outputs import StageOutput, read_whole
@@ -20,6 +23,8 @@ class IngestResult(StageOutput):
     dataset_sha256: str
     source_sha256: str
     rows: dict[str, int]
+    label_names: list[str]  # class names in label order
+    image_size: int  # S: the shards hold (S, S, 3) uint8 images
 
     location = property(attrgetter("manifest_path"))
 
@@ -28,34 +33,116 @@ class IngestResult(StageOutput):
 
 def result_from_manifest(manifest_path: Path, manifest: dict) -> IngestResult:
     rows = {s: manifest["splits"][s]["rows"] for s in SPLITS}
-    return IngestResult(manifest_path, manifest["dataset_sha256"], manifest["source"]["sha256"], rows)
+    names, size = manifest["label_names"], manifest["image_size"]
+    return IngestResult(manifest_path, manifest["dataset_sha256"], manifest["source"]["sha256"], rows, names, size)
 
 
-def ingest_archive(
-    source: str,
-    layout: DataLayout,
-    sha256: str | None = None,
-    md5: str | None = None,
-    rows_per_shard: int = ROWS_PER_SHARD,
-    cache_key: str | None = None,
-    log=print,
-) -> IngestResult:
-    """Fetch and verify the archive, then write the shards and their manifest (recording `cache_key`)."""
-    archive_path, source_sha256 = fetch_archive(source, layout.raw, sha256=sha256, md5=md5)
-    log(f"reading {archive_path}")
-    splits, label_names = read_archive(archive_path)
-    source_info = {"uri": str(source), "path": str(archive_path), "sha256": source_sha256}
-    source_info["bytes"] = archive_path.stat().st_size
-    # one rename swaps the whole parquet/ folder: readers never see old and new shards mixed
+def source_digest(source: str, layout: DataLayout) -> str:
+    """A local source's content identity, as its manifest records it (`source.sha256`): an archive file's sha256, or
+    a folder's `folder_identity`; file digests remembered in the data dir's memo (an unchanged file is not read)."""
+    return folder_identity(local_path(source).resolve(), layout.digest_memo, layout.root)
+
+
+def is_folder(source: str) -> bool:
+    """Whether `source` is a folder source (a folder, or an archive of one), not the CIFAR-10 python archive."""
+    return not is_remote(source) and is_folder_source(local_path(source))
+
+
+def ingest_source(config: Any, cache_key: str | None = None, log=print, progress=None) -> IngestResult:
+    """Shards and manifest for a PipelineConfig's source, image_size, test_fraction, split_seed and rows_per_shard
+    (recording `cache_key`); `progress(done, total)` as a folder's files decode. The archive is fetched and verified
+    first; one rename then swaps the whole parquet/ folder, so readers never see old and new shards mixed."""
+    layout: DataLayout = config.layout
+    archive = None if is_folder(config.source) else fetch_archive(config.source, layout.raw, config.sha256, config.md5)
     with atomic_directory(layout.parquet) as staging:
-        shards = {}
-        for split in SPLITS:
-            shards[split] = write_split_shards(split, splits.pop(split), label_names, staging / split, rows_per_shard)
-            log(f"wrote {len(shards[split])} {split} shards")
-        facts = {"rows_per_shard": rows_per_shard, "cache_key": cache_key}
-        manifest = build_manifest(shards, label_names, source_info) | facts
+        if archive is None:
+            found = ingest_folder(
+                local_path(config.source),
+                staging,
+                config.image_size,
+                config.test_fraction,
+                config.split_seed,
+                config.rows_per_shard,
+                log,
+                progress,
+            )
+        else:
+            found = archive_shards(config.source, *archive, staging, config.image_size, config.rows_per_shard, log)
+        pieces = {name: found[name] for name in ("image_size", "split", "skipped")}
+        manifest = build_manifest(found["shards"], found["label_names"], found["source"], **pieces)
+        manifest |= {"rows_per_shard": config.rows_per_shard, "cache_key": cache_key}
         write_json(staging / "manifest.json", manifest)
     return result_from_manifest(layout.shard_manifest, manifest)
+
+
+def archive_shards(
+    source: str, path: Path, sha256: str, staging: Path, image_size: int, rows_per_shard: int, log=print
+) -> dict[str, Any]:
+    """The CIFAR-10 python archive at `path` as shards in `staging` (its images resized to `image_size` by the
+    intake's rule when that is not the archive's own), and the manifest's pieces (as `ingest_folder` returns them)."""
+    log(f"reading {path}")
+    splits, label_names = read_archive(path)
+    shards = {}
+    for split in SPLITS:
+        shards[split] = write_split_shards(
+            split, splits.pop(split), label_names, staging / split, image_size, rows_per_shard
+        )
+        log(f"wrote {len(shards[split])} {split} shards")
+    return {
+        "label_names": label_names,
+        "image_size": image_size,
+        "source": {"kind": "cifar-archive", "uri": str(source), "path": str(path), "sha256": sha256}
+        | {"bytes": path.stat().st_size},
+        "split": {"method": "given"},
+        "skipped": [],
+        "shards": shards,
+    }
+
+
+def refuse_another_data_set(config: Any) -> None:
+    """PipelineInputError (a refusal before any work): a folder source that cannot be a data set (`describe_folder`
+    says why), or a data dir whose shards hold another data set than the source at config.image_size: other class
+    names (or order), or another image size. The source's classes are read (a folder's names, an archive's member
+    names or batches.meta) only when it is not the source of those shards."""
+    layout, source = config.layout, config.source
+    manifest = read_whole(lambda: read_json(layout.shard_manifest))
+    recorded = isinstance(manifest, dict) and "image_size" in manifest  # manifests before issue 30 recorded no size
+    held = (list(manifest["label_names"]), manifest["image_size"]) if recorded else None
+    if held is not None and is_source_of(source, layout, manifest["source"]):
+        names = held[0]
+    else:
+        names = source_label_names(source) or (held[0] if held else None)  # a URL's classes are not known here
+    if held is not None and (names, config.image_size) != held:
+        raise PipelineInputError(
+            f"{layout.root} holds {classes(held[0])} at {held[1]}×{held[1]}; {source} has {classes(names)} at "
+            f"{config.image_size}×{config.image_size}; a data dir holds one data set: use another --data-dir "
+            f"(or remove {layout.parquet} to start over)"
+        )
+
+
+def is_source_of(source: str, layout: DataLayout, recorded: dict[str, Any]) -> bool:
+    """Whether the manifest's `recorded` source is `source` (a URL by name, a local one by content)."""
+    if is_remote(source):
+        return recorded.get("uri") == source
+    return not local_path(source).is_dir() and source_digest(source, layout) == recorded.get("sha256")
+
+
+def source_label_names(source: str) -> list[str] | None:
+    """The class names of a local source, from names only (a folder's, or batches.meta); None for a URL or an
+    archive that does not read (ingest says what is wrong with it)."""
+    if is_remote(source):
+        return None
+    if is_folder(source):
+        return list(describe_folder(local_path(source)).label_names)
+    try:
+        return read_label_names(local_path(source))
+    except ArchiveError:
+        return None
+
+
+def classes(names: list[str], shown: int = 10) -> str:
+    """`3 classes (kettle, lantern, anvil)`; past `shown` names, the rest as `…`."""
+    return f"{len(names)} classes ({', '.join(names[:shown])}{', …' if len(names) > shown else ''})"
 
 
 def find_shards(layout: DataLayout, cache_key: str) -> IngestResult | None:

@@ -10,7 +10,6 @@ from typing import Literal
 
 import numpy as np
 
-from cifarflow.data.archive import NUM_CLASSES
 from cifarflow.data.shards import SPLITS, read_shards, shard_files
 from cifarflow.data.statistics import channel_stats
 from cifarflow.errors import FeatureError
@@ -49,7 +48,7 @@ class Normalization:
 
 
 def fit_normalization(train_pixels: np.ndarray, kind: NormalizationKind) -> Normalization:
-    """Fitted on (N, 32, 32, 3) uint8 pixels; ValueError for an unknown kind."""
+    """Fitted on (N, S, S, 3) uint8 pixels; ValueError for an unknown kind."""
     if kind == "unit":
         return Normalization("unit", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     if kind == "standardize":
@@ -58,7 +57,7 @@ def fit_normalization(train_pixels: np.ndarray, kind: NormalizationKind) -> Norm
     raise ValueError(f"unknown normalization {kind!r}; choose 'unit' or 'standardize'")
 
 
-def one_hot(labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """(N, num_classes) uint8 one-hot rows (a tenth of float32's size; cast when batched)."""
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
@@ -74,15 +73,23 @@ class Features(StageOutput):
     features_sha256: str
     label_names: list[str]
     normalization: Normalization
+    image_size: int  # the images' side S: pixels are (N, S, S, 3)
+    dataset: dict  # the manifest's {dataset_sha256, source {kind, uri, sha256}, split}: what its models carry
     batch_ids: tuple[str, ...] = ()  # the added batches in its training split (the lineage)
 
     location = property(attrgetter("directory"))
     fingerprint = property(attrgetter("features_sha256"))
 
 
-def build_features(dataset_path: Path, out_dir: Path, normalization: NormalizationKind, log=print) -> Features:
-    """Write pixels_/labels_/onehot_{train,test}.npy and meta.json into out_dir whole."""
-    dataset = read_json(dataset_path)
+def build_features(
+    dataset_path: Path, manifest_path: Path, out_dir: Path, normalization: NormalizationKind, log=print
+) -> Features:
+    """Write pixels_/labels_/onehot_{train,test}.npy and meta.json (with the data set's image size, source and
+    split from the ingest manifest at `manifest_path`) into out_dir whole; FeatureError when the manifest is not
+    the one the validated `dataset_path` was made from."""
+    dataset, manifest = read_json(dataset_path), read_json(manifest_path)
+    if manifest["dataset_sha256"] != dataset["lineage"]["base"]["dataset_sha256"]:
+        raise FeatureError(f"{manifest_path} changed since {dataset_path} was validated; run the pipeline again")
     with atomic_directory(out_dir) as staging:
         fitted = None
         for split in SPLITS:  # train first: the transform is fitted on train only
@@ -99,6 +106,9 @@ def build_features(dataset_path: Path, out_dir: Path, normalization: Normalizati
             "dataset_version": dataset["lineage"]["dataset_version"],
             "lineage": dataset["lineage"],
             "label_names": dataset["label_names"],
+            "image_size": manifest["image_size"],
+            "dataset": {key: manifest[key] for key in ("dataset_sha256", "split")}
+            | {"source": {key: manifest["source"].get(key) for key in ("kind", "uri", "sha256")}},
             "normalization": fitted.to_json(),
             "files": files,
             "features_sha256": text_digest(files, fitted.to_json()),
@@ -110,7 +120,8 @@ def build_features(dataset_path: Path, out_dir: Path, normalization: Normalizati
 def features_from_meta(directory: Path, meta: dict) -> Features:
     batch_ids = tuple(b["batch_id"] for b in meta.get("lineage", {}).get("batches", []))
     normalization = Normalization.from_json(meta["normalization"])
-    return Features(directory, meta["features_sha256"], meta["label_names"], normalization, batch_ids)
+    facts = meta["label_names"], normalization, meta["image_size"], meta["dataset"]
+    return Features(directory, meta["features_sha256"], *facts, batch_ids)
 
 
 def verify_features(directory: Path) -> Features:

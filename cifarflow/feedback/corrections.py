@@ -25,7 +25,7 @@ LOST = "the prediction log no longer holds this image (past its retention)"
 @dataclass(frozen=True)
 class Ready:
     answer: Answer
-    pixels: np.ndarray | None  # (32, 32, 3) uint8; None in a plan read back from a journal (its inbox is written)
+    pixels: np.ndarray | None  # (S, S, 3) uint8; None in a plan read back from a journal (its inbox is written)
     digest: str  # pixel_sha256
 
 
@@ -76,7 +76,7 @@ def plan_export(
     latest: dict[str, Answer], exported: dict[str, dict[str, str]], pixels: dict[str, np.ndarray]
 ) -> ExportPlan:
     """The pending answers as ready, held (its image's current answers name two classes) or lost (not in
-    `pixels`: prediction_id → (32, 32, 3) uint8)."""
+    `pixels`: prediction_id → (S, S, 3) uint8)."""
     todo = pending(latest, exported)
     new = {a.prediction_id for a in todo}
     digests = {pid: record["pixel_sha256"] for pid, record in exported.items() if record.get("pixel_sha256")}

@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -54,21 +55,23 @@ class BatchResult:
     errors: list[dict[str, str]] = field(default_factory=list)  # the first failures, for the summary
 
 
-def decode(path: Path) -> tuple[np.ndarray | None, str | None, str | None]:
+def decode(path: Path, side: int) -> tuple[np.ndarray | None, str | None, str | None]:
     try:
-        converted = convert_image(path)
+        converted = convert_image(path, side)
     except ImageRejected as rejected:
         return None, str(rejected), None
     return converted.pixels, None, "; ".join(converted.notes) or None
 
 
-def decoded_batches(files: list[Path], batch_size: int, pool: ThreadPoolExecutor) -> Iterator[tuple[list, list]]:
+def decoded_batches(
+    files: list[Path], batch_size: int, pool: ThreadPoolExecutor, side: int
+) -> Iterator[tuple[list, list]]:
     """(paths, decoded) per batch; the next batch is already decoding while the caller scores this one."""
     chunks = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
-    pending = pool.map(decode, chunks[0]) if chunks else None
+    pending = pool.map(decode, chunks[0], repeat(side)) if chunks else None
     for number, chunk in enumerate(chunks):
         decoded = list(pending)
-        pending = pool.map(decode, chunks[number + 1]) if number + 1 < len(chunks) else None
+        pending = pool.map(decode, chunks[number + 1], repeat(side)) if number + 1 < len(chunks) else None
         yield chunk, decoded
 
 
@@ -77,7 +80,8 @@ def score_batch(
 ) -> tuple[list[dict], np.ndarray]:
     """Rows for one batch and the pixels of the files that decoded; the scored images go to `prediction_log`."""
     good = [i for i, (pixels, _, _) in enumerate(decoded) if pixels is not None]
-    pixels = np.stack([decoded[i][0] for i in good]) if good else np.zeros((0, 32, 32, 3), np.uint8)
+    side = predictor.image_size
+    pixels = np.stack([decoded[i][0] for i in good]) if good else np.zeros((0, side, side, 3), np.uint8)
     probabilities = predictor.probabilities(pixels) if good else np.zeros((0, len(predictor.label_names)), np.float32)
     ids = new_ids(len(good))
     if prediction_log is not None:
@@ -114,7 +118,7 @@ def predict_files(
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, ThreadPoolExecutor(DECODE_THREADS) as pool:
         with open(tmp, "wb") as sink, pq.ParquetWriter(sink, SCHEMA) as writer:  # a handle: pyarrow wants UTF-8 paths
-            for paths, decoded in decoded_batches(files, batch_size, pool):
+            for paths, decoded in decoded_batches(files, batch_size, pool, predictor.image_size):
                 rows, pixels = score_batch(paths, decoded, predictor, prediction_log)
                 writer.write_table(pa.Table.from_pylist(rows, schema=SCHEMA))
                 scored_rows = [row for row in rows if row["error"] is None]

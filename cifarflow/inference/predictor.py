@@ -1,6 +1,7 @@
 """A model ready to score pixels. `--model` is `champion`, a version (`v3`), a registry version folder, an exported
 SavedModel folder, or a `.keras` file (preset from the `train.json` beside it). Versions are scored through their
-export, calibration traced in; a bare `.keras` file's probabilities are the network's, uncalibrated."""
+export, calibration traced in; a bare `.keras` file's probabilities are the network's, uncalibrated. Its classes and
+image size are the model's own: the export's metadata, or a bare file's input shape and train.json's data set."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from cifarflow.outputs import read_whole
 from cifarflow.registry import store
 from cifarflow.registry.saved_model import is_export, load_export
 
-CIFAR10_LABEL_NAMES = tuple("airplane automobile bird cat deer dog frog horse ship truck".split())  # batches.meta
 TOP_K = 3
 
 
@@ -30,7 +30,8 @@ class ModelNotFound(PipelineInputError):
 class Predictor:
     version: str  # "v3", or the path it was loaded from
     label_names: list[str]
-    probabilities: Callable[[np.ndarray], np.ndarray] = field(repr=False)  # uint8 (N, 32, 32, 3) → (N, classes)
+    image_size: int  # S: the side of the square images it scores
+    probabilities: Callable[[np.ndarray], np.ndarray] = field(repr=False)  # uint8 (N, S, S, 3) → (N, classes)
     preset: str | None = None  # the preset that built it, when known
     model_id: str | None = None  # sha256 of the model file, when known
     record: store.VersionRecord | None = None  # a registry version's record
@@ -84,7 +85,8 @@ def load_predictor(spec: str, registry: Path) -> Predictor:
         return from_version(found)
     if is_export(found):
         exported = load_export(found)
-        return Predictor(str(found), exported.label_names, exported.probabilities, preset=exported.preset)
+        size = exported.image_size
+        return Predictor(str(found), list(exported.label_names), size, exported.probabilities, preset=exported.preset)
     return from_keras_file(found)
 
 
@@ -92,28 +94,43 @@ def from_version(version: store.Version) -> Predictor:
     """The version's export, loaded; RegistryDamaged naming the export when it does not load (damaged since checked)."""
     try:
         exported = load_export(version.export_dir)
-        label_names = list(exported.label_names)
+        label_names, size = list(exported.label_names), exported.image_size
     except Exception as error:  # TensorFlow's errors for a cut graph, a KeyError, a JSONDecodeError
         problem = f"the SavedModel does not load: {type(error).__name__}: {str(error).strip()[:300]}"
         fix = store.version_fix(version.directory)
         raise store.RegistryDamaged(version.export_dir, problem, fix, version.name) from None
-    return Predictor(version.name, label_names, exported.probabilities, version.preset, version.model_id, version)
+    return Predictor(version.name, label_names, size, exported.probabilities, version.preset, version.model_id, version)
 
 
 def from_keras_file(path: Path) -> Predictor:
-    """A `.keras` file scored with its preset's serving arithmetic (the same as its export would be)."""
+    """A `.keras` file scored with its preset's serving arithmetic (the same as its export would be); its classes from
+    the train.json beside it, else from the manifest of the data dir it was trained in (`models/<key>/model.keras`)."""
     import tensorflow as tf
 
-    name = read_whole(lambda: read_json(path.parent / "train.json")["settings"]["model"])
+    train = read_whole(lambda: read_json(path.parent / "train.json"))
+    name = train.get("settings", {}).get("model") if isinstance(train, dict) else None
     if not isinstance(name, str) or name not in (*PRESETS, *RENAMED):
         raise ModelNotFound(
             f"{path}: no train.json beside it says which preset made it (one of {', '.join(PRESETS)}); "
             "pass its registry version or export instead"
         )
     preset = get_preset(name)
-    graph = tf.function(preset.serving_function(preset.load(path)), reduce_retracing=True)
+    model = preset.load(path)
+    data_dir = path.resolve().parent.parent.parent  # <data dir>/models/<key>/model.keras
+    manifest = read_whole(lambda: read_json(data_dir / "parquet" / "manifest.json"))
+    named = [source.get("label_names") for source in (train, manifest) if isinstance(source, dict)]
+    label_names = next(
+        (names for names in named if isinstance(names, list) and len(names) == model.output_shape[-1]), None
+    )
+    if label_names is None:
+        raise ModelNotFound(
+            f"{path}: neither the train.json beside it nor its data dir names the model's {model.output_shape[-1]} "
+            "classes; pass its registry version or export instead"
+        )
+    graph = tf.function(preset.serving_function(model), reduce_retracing=True)
 
     def probabilities(pixels: np.ndarray) -> np.ndarray:
         return graph(tf.convert_to_tensor(np.asarray(pixels, np.uint8))).numpy()
 
-    return Predictor(str(path), list(CIFAR10_LABEL_NAMES), probabilities, preset=name, model_id=file_digest(path))
+    size = model.input_shape[1]
+    return Predictor(str(path), label_names, size, probabilities, preset=name, model_id=file_digest(path))

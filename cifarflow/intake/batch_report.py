@@ -14,7 +14,7 @@ from cifarflow.paths import printable
 
 THUMBNAILS = 100  # at most this many added images in the grid (the first ones, by path)
 GRID_COLUMNS = 10
-THUMB_SCALE = 2  # 32 px images drawn at 64 px
+THUMB_SIDE = 64  # the least a thumbnail is drawn at (nearest neighbour: the pixels themselves)
 
 
 def build_summary(
@@ -43,10 +43,11 @@ def build_summary(
 
 
 def thumbnail_grid(images: list[np.ndarray], path: Path) -> None:
+    """A PNG at `path` of the first THUMBNAILS (S, S, 3) uint8 `images`, each drawn at max(THUMB_SIDE, S) px."""
     images = images[:THUMBNAILS]
     columns = min(GRID_COLUMNS, len(images))
     rows = -(-len(images) // columns)
-    side = 32 * THUMB_SCALE
+    side = max(THUMB_SIDE, images[0].shape[0])
     grid = Image.new("RGB", (columns * side, rows * side), (255, 255, 255))
     for number, pixels in enumerate(images):
         thumb = Image.fromarray(pixels).resize((side, side), Image.Resampling.NEAREST)

@@ -1,5 +1,6 @@
-"""One user image file → CIFAR-10's 32×32 RGB uint8 pixels (EXIF orientation, transparency on white, centre square,
-Lanczos, as README states), or `ImageRejected` with the reason."""
+"""One image file → the data set's (side, side, 3) RGB uint8 pixels, or `ImageRejected` with the reason. The decoder:
+EXIF orientation, transparency on white, 16-bit → 8-bit, palette and CMYK → RGB, a GIF's or APNG's first frame. The
+one resize policy (`fit`, for every way an image enters): the centre square of the shorter side, Lanczos to side."""
 
 from __future__ import annotations
 
@@ -12,13 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cifarflow.data.archive import IMAGE_SHAPE
-
-FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP"}  # MPO: a phone's JPEG with a second picture inside
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+# MPO: a phone's JPEG with a second picture inside; an APNG is a PNG (its first frame is the image)
+FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF"}
+EXTENSIONS = {".png", ".apng", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MAX_PIXELS = 50_000_000  # 50 megapixels: larger than any camera photo a person labels by hand
 MIN_SIDE = 8  # below this there is nothing left to classify
-SIZE = IMAGE_SHAPE[:2]
 
 ORIENTATION = 0x0112  # the EXIF tag; its values 1..8 name how the stored pixels must turn to be shown upright
 TURN_UPRIGHT = {
@@ -39,7 +38,7 @@ LONGEST_DETAIL = 160  # characters of a decoder's message kept in a reason or a 
 
 @dataclass(frozen=True)
 class Converted:
-    pixels: np.ndarray  # (32, 32, 3) uint8
+    pixels: np.ndarray  # (side, side, 3) uint8
     original_size: tuple[int, int]  # (width, height) as stored in the file
     original_format: str
     notes: tuple[str, ...] = ()  # what was decoded differently from the file's wish (unreadable EXIF)
@@ -80,7 +79,7 @@ def open_checked(source: Path | bytes) -> Image.Image:
         raise ImageRejected(f"does not decode: {describe(error)}") from None
     width, height = image.size
     if image.format not in FORMATS:
-        problem = f"unsupported image format {image.format}; use PNG, JPEG, WebP or BMP"
+        problem = f"unsupported image format {image.format}; use PNG, JPEG, WebP, BMP, GIF or TIFF"
     elif width * height > MAX_PIXELS:
         problem = f"too large: {width}×{height} pixels is over the {MAX_PIXELS:,}-pixel limit"
     elif min(width, height) < MIN_SIDE:
@@ -165,18 +164,30 @@ def square_box(width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
-def decode(source: Path | bytes) -> Converted:
+def fit(image: Image.Image, side: int) -> Image.Image:
+    """The resize policy: the centre square of the shorter side, Lanczos to side × side (any mode)."""
+    return image.resize((side, side), Image.Resampling.LANCZOS, box=square_box(*image.size), reducing_gap=3.0)
+
+
+def resize_pixels(pixels: np.ndarray, side: int) -> np.ndarray:
+    """(H, W, 3) uint8 → (side, side, 3) uint8 by `fit` (decoded arrays, e.g. an archive's, at another size)."""
+    if pixels.shape[:2] == (side, side):
+        return pixels
+    return np.asarray(fit(Image.fromarray(pixels, "RGB"), side), dtype=np.uint8)
+
+
+def decode(source: Path | bytes, side: int) -> Converted:
     image = open_checked(source)
     try:
         original_size, original_format = image.size, image.format
         if image.format == "JPEG":
-            image.draft("RGB", (SIZE[0] * 4, SIZE[1] * 4))  # decode large JPEGs at 1/2…1/8 scale: much faster
+            image.draft("RGB", (side * 4, side * 4))  # decode large JPEGs at 1/2…1/8 scale: much faster
         key = colour_key(image)
-        image.load()
+        image.load()  # a GIF's, an APNG's or a multi-page TIFF's first frame
         turn, note = read_orientation(image)
         # shrink first, then composite and turn: the same arithmetic (Lanczos is linear), without full-size copies
         stored = resizable(image, key)
-        small = stored.resize(SIZE, Image.Resampling.LANCZOS, box=square_box(*stored.size), reducing_gap=3.0)
+        small = fit(stored, side)
         del stored
         upright = small.transpose(turn) if turn is not None else small
         pixels = np.asarray(on_white(upright), dtype=np.uint8).copy()
@@ -185,10 +196,11 @@ def decode(source: Path | bytes) -> Converted:
     return Converted(pixels, original_size, original_format, (note,) if note else ())
 
 
-def convert_image(source: Path | bytes) -> Converted:
-    """A file's or an upload's pixels; ImageRejected, and only that, for every file that cannot become pixels."""
+def convert_image(source: Path | bytes, side: int) -> Converted:
+    """A file's or an upload's pixels, (side, side, 3) uint8; ImageRejected, and only that, for every file that cannot
+    become pixels."""
     try:
-        return decode(source)
+        return decode(source, side)
     except ImageRejected:
         raise
     except Exception as error:  # the boundary: see the docstring

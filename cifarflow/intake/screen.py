@@ -59,7 +59,10 @@ def scan_inbox(root: Path, label_names: list[str]) -> Inbox:
         elif found.problem is not None:
             reason = found.problem
         elif label is None:
-            reason = f"folder {parts[0]!r} is not a CIFAR-10 class ({', '.join(label_names)})"
+            reason = (
+                f"folder {parts[0]!r} is not one of this data dir's classes ({', '.join(label_names)}): a data dir "
+                "holds one data set; put images of other classes in another --data-dir"
+            )
         elif path.suffix.lower() not in EXTENSIONS:
             reason = f"extension {printable(path.suffix) or '(none)'!r} is not one of {', '.join(sorted(EXTENSIONS))}"
         else:
@@ -69,42 +72,64 @@ def scan_inbox(root: Path, label_names: list[str]) -> Inbox:
     return Inbox(root, candidates, rejected)
 
 
-CELL = 4  # pixels a side of the cells a signature averages
-MAX_SHIFT = 2
-CROP = 32 - 2 * MAX_SHIFT  # 28: the centre every shifted view still contains
+BLOCKS = 7  # a signature averages a BLOCKS × BLOCKS grid of cells (× 3 channels): 147 numbers at any image size
 NEAR_RMS = 8.0  # signature RMS distance (pixel units) at or below which an image is a near copy
 CHUNK = 32  # query images per matrix product: 32 × 50 views × 10,000 test images = 64 MB of distances
 
 
-def block_signature(crops: np.ndarray) -> np.ndarray:
-    """(N, 28, 28, 3) pixels → (N, 147) float32 block means."""
+@dataclass(frozen=True)
+class Geometry:
+    """Where a signature looks in an S × S image: cells of `cell` = S // 8 pixels (4 at 32), the centre crop of
+    BLOCKS cells (28 px at 32) at `base`, shifted by each of `shifts` (up to half the margin: ±2 px at 32)."""
+
+    cell: int
+    base: int
+    shifts: tuple[int, ...]
+
+    @classmethod
+    def of(cls, side: int) -> Geometry:
+        cell = max(1, side // 8)
+        base = (side - BLOCKS * cell) // 2
+        return cls(cell, base, tuple(sorted({round(base * k / 2) for k in range(-2, 3)})))
+
+    @property
+    def crop(self) -> int:
+        return BLOCKS * self.cell
+
+
+def block_signature(crops: np.ndarray, cell: int) -> np.ndarray:
+    """(N, BLOCKS·cell, BLOCKS·cell, 3) pixels → (N, 147) float32 block means."""
     n = len(crops)
-    blocks = crops.reshape(n, CROP // CELL, CELL, CROP // CELL, CELL, 3).astype(np.float32)
+    blocks = crops.reshape(n, BLOCKS, cell, BLOCKS, cell, 3).astype(np.float32)
     return blocks.mean(axis=(2, 4)).reshape(n, -1)
 
 
-def view_signatures(images: np.ndarray) -> np.ndarray:
-    """(N, views, 147): each image at every shift in [-MAX_SHIFT, MAX_SHIFT]², as is and mirrored."""
-    images = np.asarray(images)
-    shifts = range(2 * MAX_SHIFT + 1)
-    crops = (
-        s[:, dy : dy + CROP, dx : dx + CROP] for s in (images, images[:, :, ::-1]) for dy in shifts for dx in shifts
-    )
-    return np.stack([block_signature(crop) for crop in crops], axis=1)
+def view_signatures(images: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(N, views, 147): each image at every shift in `geometry.shifts`², as is and mirrored."""
+    images, crop = np.asarray(images), geometry.crop
+    starts = [geometry.base + shift for shift in geometry.shifts]
+    crops = (s[:, y : y + crop, x : x + crop] for s in (images, images[:, :, ::-1]) for y in starts for x in starts)
+    return np.stack([block_signature(view, geometry.cell) for view in crops], axis=1)
 
 
 @dataclass(frozen=True)
 class LeakIndex:
-    """Test images' signatures: the centre 28×28 pixels averaged over 4×4 blocks, compared at every shift up to
-    MAX_SHIFT and mirrored; RMS ≤ NEAR_RMS (0..255 units) is a near copy. README: "What the leak check catches"."""
+    """Test images' signatures: the centre crop averaged over cells (`Geometry`: 28×28 px in 4×4 cells at 32),
+    compared at every shift and mirrored; RMS ≤ NEAR_RMS (0..255 units) is a near copy. README: "What the leak
+    check catches"."""
 
     signatures: np.ndarray  # (T, 147) float32
     image_ids: list[str]
+    geometry: Geometry
 
     @classmethod
     def build(cls, test_images: np.ndarray, image_ids: list[str]) -> LeakIndex:
-        centre = np.asarray(test_images)[:, MAX_SHIFT : MAX_SHIFT + CROP, MAX_SHIFT : MAX_SHIFT + CROP]
-        return cls(block_signature(centre), list(image_ids))
+        """The index of (T, S, S, 3) uint8 `test_images`; the images it is asked about must be S × S too."""
+        test_images = np.asarray(test_images)
+        geometry = Geometry.of(test_images.shape[1])
+        base, crop = geometry.base, geometry.crop
+        centre = test_images[:, base : base + crop, base : base + crop]
+        return cls(block_signature(centre, geometry.cell), list(image_ids), geometry)
 
     def nearest(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N,) int64 indices of the nearest test images and (N,) float32 RMS signature distances to them."""
@@ -113,7 +138,7 @@ class LeakIndex:
         indices = np.empty(len(images), np.int64)
         distances = np.empty(len(images), np.float32)
         for start in range(0, len(images), CHUNK):
-            views = view_signatures(images[start : start + CHUNK])  # (n, V, D)
+            views = view_signatures(images[start : start + CHUNK], self.geometry)  # (n, V, D)
             n, v, d = views.shape
             flat = views.reshape(n * v, d)
             squared = np.square(flat).sum(axis=1)[:, None] + reference_norms[None, :] - 2.0 * (flat @ reference.T)
@@ -134,6 +159,7 @@ def image_id(digest: str) -> str:
 class Reference:
     leak_index: LeakIndex
     known: dict[str, str]  # pixel digest → image id, for every training image (base + batches)
+    image_size: int  # the data set's side: candidates are converted to it
     labels: dict[str, str] = field(default_factory=dict)  # pixel digest → its class name in the training data
 
 
@@ -152,7 +178,7 @@ def load_reference(layout: DataLayout) -> Reference:
         for image, label in zip(images, batch_labels):
             digest = pixel_digest(image)
             known[digest], labels[digest] = image_id(digest), names[label]
-    return Reference(leak_index, known, labels)
+    return Reference(leak_index, known, manifest.get("image_size", test_images.shape[1]), labels)
 
 
 @dataclass(frozen=True)
@@ -192,7 +218,7 @@ def screen_inbox(
         decoded = []
         for candidate in inbox.candidates[start : start + BLOCK]:
             try:
-                converted = convert_image(candidate.path)
+                converted = convert_image(candidate.path, reference.image_size)
             except ImageRejected as reason:
                 result.rejected.append(Rejection(printable(candidate.path), str(reason)))
                 continue

@@ -9,7 +9,6 @@ import keras
 import numpy as np
 from keras import layers
 
-from cifarflow.data.archive import NUM_CLASSES
 from cifarflow.data.transform import Normalization
 from cifarflow.models.inputs import normalized_input
 from cifarflow.models.presets import AirbenchRecipe
@@ -92,13 +91,15 @@ def make_airbench_net(
     normalization: Normalization,
     recipe: AirbenchRecipe | None = None,
     *,
-    num_classes: int = NUM_CLASSES,
+    num_classes: int,
+    image_size: int,
     seed: int | None = None,
 ) -> keras.Model:
-    """uint8 pixels → float32 logits, uncompiled; the whitening weights are zero until `set_whitening`."""
+    """(N, image_size, image_size, 3) uint8 pixels → (N, num_classes) float32 logits, uncompiled; the whitening
+    weights are zero until `set_whitening`. image_size ≥ 16: three halvings leave a map of at least 1×1."""
     recipe = recipe or AirbenchRecipe()
     widths = recipe.widths
-    inputs, x = normalized_input(normalization)
+    inputs, x = normalized_input(normalization, image_size)
     # float32 always: the filters reach ~1/√eps ≈ 45, and bfloat16 would bury high-frequency channels in rounding
     x = PatchWhitening(2, name="whiten", dtype="float32")(x)
     x = layers.Activation("gelu", name="whiten_gelu", dtype="float32")(x)
@@ -110,7 +111,8 @@ def make_airbench_net(
         x = _conv(width, f"block{block}_conv2", None if seed is None else seed + 2 * block + 1)(x)
         x = _batch_norm(f"block{block}_norm2", recipe.bn_momentum)(x)
         x = layers.Activation("gelu", name=f"block{block}_gelu2")(x)
-    x = layers.MaxPooling2D(3, name="pool")(x)  # 3×3 map → 1×1, as airbench
+    # the last map (k×k: 3×3 from airbench's 32 px, 7×7 from 64 px) pooled whole to 1×1, as airbench's MaxPool(3)
+    x = layers.MaxPooling2D(int(x.shape[1]), name="pool")(x)
     x = layers.Flatten(name="flatten")(x)
     fan_in = int(widths[-1])
     # PyTorch's Linear init (uniform ±1/√fan_in), or the same rescaled to unit std (airbench94_muon)

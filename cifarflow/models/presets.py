@@ -31,7 +31,10 @@ class AirbenchRecipe:
     bn_momentum: float = 0.6
     scaling_factor: float | None = None  # logits × this; None: 1 / the last width
     head_unit_std: bool = True  # head init rescaled to unit std
-    micro_batch: int = 1000  # a step sums the gradients of micro-batches this large: its memory bound
+    # a step sums the gradients of micro-batches of this many input pixels (images × side²): its memory bound,
+    # whatever the image size (1,000 images of CIFAR-10's size)
+    micro_batch_pixels: int = 1_024_000
+    whiten_pixels: int = 5_120_000  # input pixels of the training images the whitening is fitted on (5,000 CIFAR-10's)
     muon_momentum: float = 0.6
     bias_lr: float = 0.053
     head_lr: float = 0.67
@@ -60,12 +63,21 @@ class Preset:
     batch_size: int
     learning_rate: float
     normalization: str  # the default fitted transform: "unit" or "standardize"
-    params: int  # the network's count_params() with 10 classes, as documented (a test checks it)
+    params: int  # the network's count_params() on CIFAR-10 (the default data set), as documented (a test checks it)
+    image_sizes: tuple[int, int]  # the smallest and largest image side it trains at (memory and architecture)
     min_accuracy: float | None = None  # promotion floor: never promote a model of this preset below it
 
-    def build(self, normalization, recipe=None, *, num_classes: int = 10, seed: int | None = None):
-        """The uncompiled network; `recipe` overrides the preset's (tests and benchmarks)."""
-        return resolve(self.builder)(normalization, recipe or self.recipe, num_classes=num_classes, seed=seed)
+    def check_image_size(self, side: int) -> None:
+        """ValueError naming the sizes this preset takes when it cannot train on side × side images."""
+        low, high = self.image_sizes
+        if not low <= side <= high:
+            raise ValueError(f"preset {self.name} takes image sizes from {low} to {high} pixels (got {side})")
+
+    def build(self, normalization, recipe=None, *, num_classes: int, image_size: int, seed: int | None = None):
+        """The uncompiled network of (N, image_size, image_size, 3) uint8 → (N, num_classes); `recipe` overrides the
+        preset's (tests and benchmarks)."""
+        builder = resolve(self.builder)
+        return builder(normalization, recipe or self.recipe, num_classes=num_classes, image_size=image_size, seed=seed)
 
     def load(self, path):
         """The `.keras` network at `path`, in any process (the builder's module registers its custom layers)."""
@@ -90,7 +102,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "classic": Preset(
         name="classic",
-        description="The classic notebook's CNN: Conv2D(12) → MaxPool → Dense(128) → Dense(10); "
+        description="The classic notebook's CNN: Conv2D(12) → MaxPool → Dense(128) → Dense(classes); "
         "RMSprop, categorical cross-entropy, 15 epochs, batch 32 (≈61.5% on official data).",
         builder="cifarflow.models.classic:make_classic_model",
         trainer="cifarflow.training.keras_fit:fit_keras",
@@ -104,6 +116,7 @@ PRESETS: dict[str, Preset] = {
         learning_rate=0.001,
         normalization="unit",
         params=394_970,
+        image_sizes=(8, 256),  # Dense(128) over (S/2)²·12 inputs: 25 M weights at 256
     ),
     # airbench94_muon with batch 1000, not 2000 (a CPU gains nothing from big batches), so Muon lr 0.24 × √½
     "fast": Preset(
@@ -123,6 +136,7 @@ PRESETS: dict[str, Preset] = {
         learning_rate=0.17,
         normalization="standardize",
         params=1_973_944,
+        image_sizes=(16, 256),  # three halvings of the whitened (S − 1) map leave ≥ 1×1; memory is per pixel
         min_accuracy=0.85,  # reaches ≈0.91 on the full data; below 0.85 something went wrong
     ),
 }

@@ -15,7 +15,7 @@ BATCH_SIZE = 1000
 
 
 def predict_in_batches(serving, pixels: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """(N, classes) float32 probabilities of (N, 32, 32, 3) uint8 pixels through a serving function."""
+    """(N, classes) float32 probabilities of (N, S, S, 3) uint8 pixels through a serving function."""
     configure_threads()
     batches = (tf.convert_to_tensor(np.asarray(pixels[i : i + batch_size])) for i in range(0, len(pixels), batch_size))
     return np.concatenate([np.asarray(serving(batch), np.float32) for batch in batches])

@@ -18,7 +18,7 @@ Embed = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def load_embedder(preset_name: str, model_path: Path) -> Embed:
-    """(N, 32, 32, 3) uint8 → ((N, d) float32 features, (N, classes) float32 probabilities), for the
+    """(N, S, S, 3) uint8 → ((N, d) float32 features, (N, classes) float32 probabilities), for the
     `.keras` file at `model_path` built by the preset `preset_name`."""
     import keras
 
@@ -44,7 +44,7 @@ def load_embedder(preset_name: str, model_path: Path) -> Embed:
 
 
 def score(embed: Embed, pixels: np.ndarray) -> Scored:
-    """The features, probabilities and pixel-value counts of (N, 32, 32, 3) uint8 `pixels`."""
+    """The features, probabilities and pixel-value counts of (N, S, S, 3) uint8 `pixels`."""
     features, probabilities = embed(pixels)
     return Scored(features, probabilities, pixel_value_counts(pixels))
 

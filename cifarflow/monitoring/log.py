@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -19,7 +20,6 @@ from typing import Literal
 
 import numpy as np
 
-from cifarflow.data.archive import IMAGE_SHAPE
 from cifarflow.data.shards import pixel_digest
 
 FLUSH_S = 1.0  # a write the disk refused is tried again this often
@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     label INTEGER NOT NULL,                 -- the predicted class index: argmax of probabilities
     uncertainty REAL NOT NULL,              -- 1 − (p₁ − p₂), the review queue's order (feedback/queue.py)
     probabilities BLOB NOT NULL,            -- K float32, little-endian
-    pixels BLOB NOT NULL,                   -- the 32×32×3 uint8 image the model scored, row-major HWC
+    pixels BLOB NOT NULL,                   -- the S×S×3 uint8 image the model scored, row-major HWC (S from its length)
     pixel_sha256 TEXT NOT NULL              -- cifarflow.data.shards.pixel_digest of pixels
 );
 CREATE INDEX IF NOT EXISTS predictions_queue ON predictions (classes, uncertainty DESC, seq, label, prediction_id);
@@ -125,7 +125,7 @@ def micros(moment: datetime) -> int:
 def log_rows(
     ids: list[str], source: str, model_version: str, probabilities: np.ndarray, pixels: np.ndarray, at: int
 ) -> list[tuple]:
-    """`predictions` rows for (N,) ids, (N, K) probabilities, (N, 32, 32, 3) uint8 pixels scored at `at` (µs);
+    """`predictions` rows for (N,) ids, (N, K) probabilities, (N, S, S, 3) uint8 pixels scored at `at` (µs);
     ValueError for an unknown source or shapes that disagree."""
     from cifarflow.feedback.queue import uncertainty
 
@@ -133,7 +133,8 @@ def log_rows(
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     pixels = np.ascontiguousarray(pixels, np.uint8)
     scores = np.asarray(probabilities, "<f4").reshape(len(probabilities), -1)
-    if pixels.shape[1:] != IMAGE_SHAPE or not len(ids) == len(pixels) == len(scores):
+    square = pixels.ndim == 4 and pixels.shape[1] == pixels.shape[2] and pixels.shape[3] == 3
+    if not square or not len(ids) == len(pixels) == len(scores):
         raise ValueError(f"{len(ids)} ids, {len(scores)} probability rows and pixels of shape {pixels.shape}")
     doubt, labels = uncertainty(scores), scores.argmax(axis=1)
     n, k = len(ids), scores.shape[1]
@@ -143,7 +144,7 @@ def log_rows(
 
 @dataclass(frozen=True)
 class Logged:
-    """One logged prediction: (K,) float32 probabilities, (32, 32, 3) uint8 pixels; (0,) and None when not read."""
+    """One logged prediction: (K,) float32 probabilities, (S, S, 3) uint8 pixels; (0,) and None when not read."""
 
     prediction_id: str
     time: str  # ISO 8601, UTC, seconds
@@ -155,8 +156,16 @@ class Logged:
 
 def logged(id_: str, at: int, source: str, version: str, scores: bytes, pixels: bytes | None) -> Logged:
     when = datetime.fromtimestamp(at / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    image = None if pixels is None else np.frombuffer(pixels, np.uint8).reshape(IMAGE_SHAPE)
+    image = None if pixels is None else image_of(pixels)
     return Logged(id_, when, source, version, np.frombuffer(scores, "<f4"), image)
+
+
+def image_of(blob: bytes) -> np.ndarray:
+    """A pixels BLOB → (S, S, 3) uint8, S = √(length / 3); ValueError for a length that is no square RGB image."""
+    side = math.isqrt(len(blob) // 3)
+    if len(blob) != 3 * side * side or side == 0:
+        raise ValueError(f"a pixels blob of {len(blob):,} bytes is not a square RGB image (S × S × 3 bytes)")
+    return np.frombuffer(blob, np.uint8).reshape(side, side, 3)
 
 
 ROW = "prediction_id, time, source, model_version"  # then probabilities and pixels: `logged`'s arguments

@@ -57,7 +57,7 @@ def judged_files(state: Path) -> set[str] | None:
 
 def import_log(db: sqlite3.Connection, folder: Path, judged: set[str] | None) -> int | None:
     """Insert the day files' rows, judged files first; the seq the judged rows end at (None without a state)."""
-    from cifarflow.monitoring.log import INSERT, log_rows
+    from cifarflow.monitoring.log import INSERT, image_of, log_rows
 
     files = sorted(p for p in folder.glob("day=*/*.parquet") if not p.name.startswith((".", "_")))
     is_judged = {
@@ -73,7 +73,7 @@ def import_log(db: sqlite3.Connection, folder: Path, judged: set[str] | None) ->
             log.warning("%s not imported: %s", path, error)
             continue
         for row in rows:
-            pixels = np.frombuffer(row["pixels"], np.uint8).reshape(1, 32, 32, 3)
+            pixels = image_of(row["pixels"])[None]
             at = round(row["time"].timestamp() * 1_000_000)
             scores = np.asarray([row["probabilities"]], np.float32)
             db.executemany(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from cifarflow.monitoring.embedding import load_embedder, load_scored, save_scor
 from cifarflow.monitoring.log import FLUSH_S, Logged, last_seq, read_window, window_keys
 from cifarflow.monitoring.signals import FAMILY_ALPHA, MIN_WINDOW, Signal
 from cifarflow.outputs import read_whole
-from cifarflow.registry.store import Version
+from cifarflow.registry.store import Version, data_set_words
 
 MAX_IMAGES = 10_000  # the most images a window is judged on (a random sample of a bigger one)
 LATE_S = 2 * FLUSH_S  # rows scored this long before the newest judged row: a late arrival
@@ -154,9 +155,10 @@ def odd_bookmark(layout: DataLayout, state: MonitorState, now: datetime) -> list
 
 
 def read_bounds(
-    layout: DataLayout, bounds: WindowBounds, state: MonitorState | None, max_images: int
+    layout: DataLayout, bounds: WindowBounds, state: MonitorState | None, max_images: int, side: int
 ) -> tuple[list[Logged], np.ndarray, list[str]]:
-    """The window's rows, unscored (a seeded sample of `max_images`); (N,) datetime64[us] times of all; notes."""
+    """The window's rows at `side` × `side` px, unscored (a seeded sample of `max_images`); (N,) datetime64[us]
+    times of all; notes (rows at another size, scored by a model of another data set, are left out, noted)."""
     if bounds.incremental:
         seqs, times = window_keys(layout.prediction_log, bounds.after_seq, bounds.upto_seq)
         if len(seqs) > max_images:
@@ -165,7 +167,12 @@ def read_bounds(
         seqs, times = window_keys(layout.prediction_log, since=bounds.since, until=bounds.until)
         seqs, times = seqs[-(bounds.last or max_images) :], times[-(bounds.last or max_images) :]
     window = read_window(layout.prediction_log, seqs, probabilities=False)
-    notes = []
+    other = Counter(f"{row.pixels.shape[0]}×{row.pixels.shape[0]}" for row in window if row.pixels.shape[0] != side)
+    window = [row for row in window if row.pixels.shape[0] == side]
+    notes = [
+        f"{sum(other.values()):,} rows at another image size ({', '.join(other)} px) than the champion's {side}×{side} "
+        "px, scored by a model of another data set, were left out of the judgement; they count as judged"
+    ][: len(other)]
     newest = state and state.newest and np.datetime64(state.newest.replace(tzinfo=None), "us")
     late = times[times < newest - np.timedelta64(round(LATE_S * 1e6), "us")] if newest is not None else times[:0]
     if len(late):
@@ -182,14 +189,23 @@ def read_bounds(
     return window, times, notes
 
 
-def test_shards(layout: DataLayout) -> list[dict[str, Any]]:
-    """The ingested test split's shard entries; PipelineInputError when the data dir has none."""
+def test_shards(layout: DataLayout, champion: Version) -> list[dict[str, Any]]:
+    """The ingested test split's shard entries; PipelineInputError when the data dir has none, or holds another data
+    set than `champion`'s (other classes or image size): the reference is the champion's own kind of data."""
     manifest = read_whole(lambda: read_json(layout.shard_manifest))
-    shards = (manifest or {}).get("splits", {}).get("test", {}).get("shards") if isinstance(manifest, dict) else None
+    manifest = manifest if isinstance(manifest, dict) else {}
+    shards = manifest.get("splits", {}).get("test", {}).get("shards")
     if not shards:
         raise PipelineInputError(
             f"no test set in {layout.root} to compare with: the monitor's reference is the ingested test split "
             "(run the pipeline on this data dir first)"
+        )
+    names, side = manifest.get("label_names") or [], manifest.get("image_size", champion.side)  # v1: no size kept
+    if champion.data_set_difference(names, side):
+        raise PipelineInputError(
+            f"the champion {champion.name} classifies {data_set_words(champion.label_names, champion.side)}, but "
+            f"{layout.root} holds {data_set_words(names, side)}: the monitor's reference is the champion's own data "
+            "set; run it on the data dir the champion was trained in"
         )
     return shards
 
@@ -197,7 +213,7 @@ def test_shards(layout: DataLayout) -> list[dict[str, Any]]:
 def build_reference(layout: DataLayout, version: Version, warn: Callable[[str], None] = print) -> Path:
     """`version`'s scores of the test set, scored unless whole on disk, in a file named by the model file's and the
     test shards' digests; PipelineInputError without a test set."""
-    test_set = text_digest([shard["sha256"] for shard in test_shards(layout)])
+    test_set = text_digest([shard["sha256"] for shard in test_shards(layout, version)])
     path = layout.monitor_references / f"{version.model_id[:16]}-{test_set[:12]}" / "reference.npz"
     if path.is_file():
         try:

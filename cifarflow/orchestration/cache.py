@@ -106,13 +106,13 @@ def key_parts(spec: StageSpec, config: Any, upstream: dict[str, Any]) -> KeyPart
 
 
 def source_identity(config: Any, upstream: dict[str, Any] | None = None) -> dict[str, str]:
-    """A local archive is known by its content; a URL by itself and its expected checksum."""
-    from cifarflow.data.archive import is_url, local_path
+    """A local archive or folder is known by its content (`source_digest`); a URL by itself and its checksum."""
+    from cifarflow.data.archive import is_remote
+    from cifarflow.data.ingest import source_digest
 
-    if is_url(config.source) and not config.source.startswith("file:"):
+    if is_remote(config.source):
         return {"source_identity": f"{config.source}#{config.sha256 or config.md5 or 'unverified'}"}
-    with remembered_digests(config.layout.digest_memo, config.layout.root):
-        return {"source_identity": f"sha256:{file_digest(local_path(config.source).resolve())}"}
+    return {"source_identity": f"sha256:{source_digest(config.source, config.layout)}"}
 
 
 def record_stage(state_dir: Path, stage: str, parts: KeyParts, fingerprint: str) -> None:

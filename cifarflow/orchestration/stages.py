@@ -7,7 +7,7 @@ from typing import Any
 
 from cifarflow.calibration.calibrate import find_calibration
 from cifarflow.config import PipelineConfig
-from cifarflow.data.archive import is_url, local_path
+from cifarflow.data.archive import is_remote, local_path
 from cifarflow.data.dataset_versions import current_version
 from cifarflow.data.ingest import find_shards
 from cifarflow.data.transform import find_features
@@ -21,26 +21,21 @@ from cifarflow.training.warm_start import WarmStartPlan, plan_warm_start
 from cifarflow.validation.validate import find_validation
 
 TF_LIBS = ("tensorflow-cpu", "tensorflow", "keras")
-DATA_CODE = ("cifarflow.data", "cifarflow.files")
+DATA_CODE = ("cifarflow.data", "cifarflow.files", "cifarflow.intake.images")
 MODEL_CODE = (*DATA_CODE, "cifarflow.models", "cifarflow.training")
 EVALUATION_CODE = ("cifarflow.evaluation", "cifarflow.calibration")
 
 
 def warm_start_plan(config: PipelineConfig, upstream: dict[str, Any]) -> WarmStartPlan:
     """The champion a warm start starts from, or why none can serve (then a new champion does not re-key)."""
-    features = upstream["preprocess"]
     return plan_warm_start(
-        config.warm_start == "champion",
-        config.layout.registry,
-        config.model,
-        features.normalization.kind,
-        features.batch_ids,
+        config.warm_start == "champion", config.layout.registry, config.model, upstream["preprocess"]
     )
 
 
 def report_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str, str]:
     """The source the report names: a URL, a path in the data dir (a moved data dir keeps its report), else absolute."""
-    if is_url(config.source) and not config.source.startswith("file:"):
+    if is_remote(config.source):
         return {"source": config.source}
     path, root = local_path(config.source).resolve(), config.layout.root
     return {"source": f"<data dir>/{path.relative_to(root)}" if path.is_relative_to(root) else str(path)}
@@ -54,7 +49,7 @@ def promote_inputs(config: PipelineConfig, upstream: dict[str, Any]) -> dict[str
 SPECS: dict[str, StageSpec] = {
     "ingest": StageSpec(
         "ingest",
-        params=("sha256", "md5", "rows_per_shard"),
+        params=("sha256", "md5", "rows_per_shard", "image_size", "test_fraction", "split_seed"),
         inputs=source_identity,
         code=DATA_CODE,
         libraries=("pyarrow", "numpy"),

@@ -14,7 +14,10 @@ from cifarflow.promotion.mcnemar import McNemar, Method, format_p, mcnemar_test
 DEFAULT_ALPHA = 0.05
 NO_CHAMPION = "none"
 # what a Score says of its model under the same names as the registry's VersionRecord
-IDENTITY = ("model_id", "run_name", "preset", "dataset_version", "test_set_sha256", "batch_ids", "normalization")
+IDENTITY = (
+    *("model_id", "run_name", "preset", "dataset_version", "test_set_sha256", "batch_ids", "normalization"),
+    *("label_names", "image_size", "dataset"),
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,9 @@ class Score:
     metrics: dict[str, Any] = field(repr=False)  # evaluation metrics.json
     batch_ids: tuple[str, ...] = ()  # the added batches it was trained on
     normalization: str | None = None  # the fitted transform's kind (a warm start needs the same)
+    label_names: tuple[str, ...] = ()  # its classes, in output order
+    image_size: int | None = None  # the side of the square images it takes (None: a version registered before)
+    dataset: dict[str, Any] | None = None  # the data set it was trained on (features' `dataset`)
     version: str | None = None  # its registry version (v1, v2, …); None for a model not registered
 
     @property

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cifarflow.data.transform import load_split
+from cifarflow.errors import PipelineInputError
 from cifarflow.files import atomic_path, read_json, write_json
 from cifarflow.promotion.decision import IDENTITY, Decision, Score, decide, score_from_evaluation, test_set_id
 from cifarflow.promotion.outcome import Promotion, baseline_of, record_outcome
@@ -40,6 +41,10 @@ if TYPE_CHECKING:  # the upstream stages' output types, for annotations only
     from cifarflow.training.run import TrainResult
 
 
+class PromotionRefused(PipelineInputError):
+    """The champion is of another data set (classes or image size): the two cannot be compared."""
+
+
 def challenger_score(
     evaluation_dir: Path, features: Features, train: TrainResult, report: Report, preset: str, dataset_version: str
 ) -> Score:
@@ -55,6 +60,9 @@ def challenger_score(
         test_set_sha256=test_set_id(features.directory),
         batch_ids=features.batch_ids,
         normalization=features.normalization.kind,
+        label_names=tuple(features.label_names),
+        image_size=features.image_size,
+        dataset=features.dataset,
     )
 
 
@@ -75,7 +83,6 @@ def canary_set(calibrated: Path, features_dir: Path) -> Canary:
 def version_record(
     challenger: Score,
     decision: Decision,
-    label_names: list[str],
     model_path: Path,
     now: datetime,
     data_dir: Path | None = None,
@@ -88,7 +95,6 @@ def version_record(
         accuracy=challenger.accuracy,
         temperature=temperature,
         test_set_decisions=test_set_decisions,
-        label_names=tuple(label_names),
         test_images=int(len(challenger.labels)),
         promoted_at=now.isoformat(timespec="seconds"),
         replaced=decision.champion_id,
@@ -103,7 +109,6 @@ def stage_challenger(
     model_path: Path,
     registry: Path,
     canary: Canary,
-    label_names,
     log,
     temperature: float | None = None,
     test_set_decisions: int | None = None,
@@ -117,7 +122,7 @@ def stage_challenger(
         return decision, registered
     data_dir = Path(registry).parent  # the layout's: <data dir>/registry
     record = version_record(
-        challenger, decision, label_names, model_path, datetime.now(UTC), data_dir, temperature, test_set_decisions
+        challenger, decision, model_path, datetime.now(UTC), data_dir, temperature, test_set_decisions
     )
     try:
         staged = stage_next_version(
@@ -147,16 +152,21 @@ def promote_challenger(
     alpha: float,
     key: str,
     canary: Canary,
-    label_names: list[str],
     log=print,
     min_accuracy: float | None = None,
     temperature: float | None = None,
 ) -> Promotion:
     """Decide, stage the winner, write promotion.md/.json and the report section, then register it and move the
-    champion unless someone moved it meanwhile (store.AliasMoved); RegistryDamaged before any write."""
+    champion unless someone moved it meanwhile (store.AliasMoved); before any write, RegistryDamaged, or
+    PromotionRefused when the champion classifies other classes or another image size."""
     from cifarflow.evaluation import plots
 
     current = read_champion_version(registry)
+    if current and (difference := current.data_set_difference(challenger.label_names, challenger.image_size)):
+        raise PromotionRefused(
+            f"the champion {current.name} in {registry} {difference}: a champion is never compared with a model of "
+            f"another data set; use another --data-dir for this data set (or move {registry} away to start anew)"
+        )
     judged_against = current.name if current else None
     champion = version_score(current) if current else None
     decision = respect_rollback(decide(challenger, champion, alpha=alpha, min_accuracy=min_accuracy), registry)
@@ -164,7 +174,7 @@ def promote_challenger(
     judged = decision.reason != "already-champion"
     served = earlier + judged  # this decision included, when it judged anything
     decision, candidate = stage_challenger(
-        challenger, decision, model_path, registry, canary, label_names, log, temperature, test_set_decisions=served
+        challenger, decision, model_path, registry, canary, log, temperature, test_set_decisions=served
     )
     log(decision.summary)
     out = Path(report.directory)

@@ -19,7 +19,7 @@ from cifarflow.registry.saved_model import SmokeResult, export_model, smoke_test
 class Canary:
     """The canary images and the probabilities evaluation measured for them with the `.keras` model."""
 
-    pixels: np.ndarray  # (N, 32, 32, 3) uint8
+    pixels: np.ndarray  # (N, S, S, 3) uint8
     probabilities: np.ndarray  # (N, classes)
 
 
@@ -60,9 +60,8 @@ def stage_next_version(
         np.save(staging / "labels.npy", np.asarray(labels).astype(np.int16))
         write_json(staging / "metrics.json", metrics)
         try:
-            export_model(
-                staging / "model.keras", record.preset, list(record.label_names), staging / "export", record.temperature
-            )
+            names, export = list(record.label_names), staging / "export"
+            export_model(staging / "model.keras", record.preset, names, export, record.temperature, record.dataset)
         except Exception as error:  # any failure to trace or write the SavedModel: not registrable
             raise VersionRejected(f"the export failed: {type(error).__name__}: {error}") from error
         log(f"exported {name} as a SavedModel; smoke-testing it in a fresh process on {len(canary.pixels)} images")

@@ -7,12 +7,15 @@ from typing import Any
 
 from cifarflow.registry import store
 
-COLUMNS = tuple("version champion model accuracy dataset trained_by_run promoted_at model_sha256 files".split())
+COLUMNS = tuple(
+    "version champion model accuracy classes size dataset trained_by_run promoted_at model_sha256 files".split()
+)
 DAMAGED = "DAMAGED"
 
 
 def version_rows(registry: Path) -> list[dict[str, Any]]:
-    """Every version, oldest first; `files` is `verified` (every file matched its registered sha256)."""
+    """Every version, oldest first, with its class count and image size; `files` is `verified` (every file matched
+    its registered sha256)."""
     champion = store.readable_champion(registry)  # a damaged alias is named among the problems
     versions, damaged = store.scan(registry)
     rows = [
@@ -20,6 +23,8 @@ def version_rows(registry: Path) -> list[dict[str, Any]]:
             "version": v.name,
             "model": v.preset,
             "accuracy": round(v.accuracy, 4),
+            "classes": len(v.label_names),
+            "size": f"{v.side}×{v.side}",
             "dataset": v.dataset_version,
             "trained_by_run": v.run_name,
             "promoted_at": v.promoted_at,

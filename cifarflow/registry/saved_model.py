@@ -2,7 +2,7 @@
 a fresh process (`python -m cifarflow.registry.saved_model EXPORT CANARY.npz OUT.npy`) before it is registered.
 
     model = tf.saved_model.load(path)  # path: `python flows/registry_flow.py path champion` prints it
-    probabilities = model.serve(pixels_uint8)["probabilities"]  # [N, 32, 32, 3] uint8 → float32 [N, classes]
+    probabilities = model.serve(pixels_uint8)["probabilities"]  # [N, S, S, 3] uint8 → float32 [N, classes]
 """
 
 from __future__ import annotations
@@ -18,22 +18,27 @@ from typing import Any
 
 import numpy as np
 
-from cifarflow.data.archive import IMAGE_SHAPE
 from cifarflow.files import read_json, write_json
 
 ENDPOINT = "serve"  # also the `serving_default` signature
-METADATA = "cifarflow.json"  # beside the SavedModel: endpoint, input, output, label names, preset, temperature
-CANARY_PER_CLASS = 100  # 1,000 images on CIFAR-10: one disagreement in 1,000 is the most 99.9% allows
+METADATA = "cifarflow.json"  # beside the SavedModel: endpoint, input, output, label names, image size, data set…
+CANARY = 1000  # canary images, spread over the classes: one disagreement in 1,000 is the most 99.9% allows
 MIN_AGREEMENT = 0.999  # share of canary images whose top-1 class must be evaluation's
 TOLERANCE = 1e-3  # max |Δ probability|; float32 graph vs evaluation's float64 sum of the views is ~1e-6
 TIMEOUT_S = 600
 
 
 def export_model(
-    model_path: Path, preset: str, label_names: list[str], out_dir: Path, temperature: float | None = None
+    model_path: Path,
+    preset: str,
+    label_names: list[str],
+    out_dir: Path,
+    temperature: float | None = None,
+    dataset: dict | None = None,
 ) -> Path:
     """Write the SavedModel of the `.keras` file at `model_path` into `out_dir` (which must not exist): the
-    preset's serving function (its test-time augmentation traced in), with a `temperature` softmax(log p / T)."""
+    preset's serving function (its test-time augmentation traced in) of [None, S, S, 3] uint8 (S: the model's input
+    side), with a `temperature` softmax(log p / T); `dataset`, the data set it was trained on, goes into METADATA."""
     import keras
     import tensorflow as tf
 
@@ -42,6 +47,7 @@ def export_model(
 
     model = get_preset(preset).load(model_path)
     probabilities = get_preset(preset).serving_function(model)
+    side = int(model.input_shape[1])
 
     def calibrated(pixels):
         if temperature is None:
@@ -53,14 +59,16 @@ def export_model(
     archive.add_endpoint(
         name=ENDPOINT,
         fn=lambda pixels: {"probabilities": calibrated(pixels)},
-        input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.uint8, name="pixels")],
+        input_signature=[tf.TensorSpec([None, side, side, 3], tf.uint8, name="pixels")],
     )
     archive.write_out(str(out_dir), verbose=False)
     metadata = {
         "endpoint": ENDPOINT,
-        "input": {"name": "pixels", "dtype": "uint8", "shape": [None, *IMAGE_SHAPE]},
+        "input": {"name": "pixels", "dtype": "uint8", "shape": [None, side, side, 3]},
         "output": {"name": "probabilities", "dtype": "float32", "shape": [None, len(label_names)]},
         "label_names": list(label_names),
+        "image_size": side,
+        "dataset": dataset,
         "preset": preset,
         "temperature": temperature,
     }
@@ -74,15 +82,16 @@ def is_export(directory: Path) -> bool:
 
 @dataclass
 class ExportedModel:
-    """A loaded export: its cifarflow.json's `label_names` and `preset`, and `probabilities(pixels)`."""
+    """A loaded export: its cifarflow.json's `label_names`, `image_size` and `preset`, and `probabilities(pixels)`."""
 
     label_names: list[str]
+    image_size: int
     preset: str
     _endpoint: Any
     _loaded: Any  # the restored object owns the variables the endpoint reads: keep it alive
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (N, 32, 32, 3) → float32 (N, classes)."""
+        """uint8 (N, image_size, image_size, 3) → float32 (N, classes)."""
         import tensorflow as tf
 
         if len(pixels) == 0:
@@ -99,7 +108,8 @@ def load_export(directory: Path) -> ExportedModel:
     loaded = tf.saved_model.load(str(directory))
     metadata = read_json(Path(directory) / METADATA)
     endpoint = getattr(loaded, metadata.get("endpoint", ENDPOINT))
-    return ExportedModel(metadata["label_names"], metadata["preset"], endpoint, loaded)
+    side = metadata.get("image_size") or metadata["input"]["shape"][1]  # the latter: written before it was kept
+    return ExportedModel(metadata["label_names"], side, metadata["preset"], endpoint, loaded)
 
 
 @dataclass(frozen=True)
@@ -123,9 +133,11 @@ class SmokeResult:
         )
 
 
-def canary_indices(labels: np.ndarray, per_class: int = CANARY_PER_CLASS) -> np.ndarray:
-    """The first `per_class` test images of each class, in test order: fixed for a test set, every class in it."""
+def canary_indices(labels: np.ndarray, total: int = CANARY) -> np.ndarray:
+    """The first ⌈total / classes⌉ test images of each class, in test order: fixed for a test set, every class in
+    it, about `total` in all (fewer where a class has fewer)."""
     labels = np.asarray(labels)
+    per_class = -(-total // max(1, len(np.unique(labels))))
     chosen = [np.flatnonzero(labels == label)[:per_class] for label in np.unique(labels)]
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 

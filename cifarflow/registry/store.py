@@ -77,6 +77,8 @@ class VersionRecord:
     temperature: float | None = None  # the calibration temperature traced into its export (None: none)
     test_set_decisions: int | None = None  # promotion decisions its test set had served, its own included
     files: dict[str, dict[str, Any]] | None = None  # path in the folder → {size: bytes, sha256: hex}, once committed
+    image_size: int | None = None  # the side S of the (S, S, 3) images it takes (None: registered before it was kept)
+    dataset: dict[str, Any] | None = None  # {dataset_sha256, source {kind, uri, sha256}, split} it was trained on
 
     @classmethod
     def from_json(cls, data: dict[str, Any], **extra: Any) -> Self:
@@ -109,6 +111,26 @@ class Version(VersionRecord):
     @property
     def export_dir(self) -> Path:
         return self.directory / "export"
+
+    @property
+    def side(self) -> int:
+        """Its image size; of a version registered before it was kept, its export's input shape [None, S, S, 3]."""
+        from cifarflow.registry.saved_model import METADATA
+
+        return self.image_size or read_json(self.export_dir / METADATA)["input"]["shape"][1]
+
+    def data_set_difference(self, label_names: list[str], image_size: int) -> str:
+        """'' when it classifies `label_names` (in order) at `image_size`, else what differs, in words."""
+        if list(self.label_names) == list(label_names) and self.side == image_size:
+            return ""
+        theirs = data_set_words(self.label_names, self.side)
+        return f"classifies {theirs}, this run's model {data_set_words(label_names, image_size)}"
+
+
+def data_set_words(label_names, image_size: int) -> str:
+    """'3 classes (ant, bee, wasp) at 64×64' (the first 6 names)."""
+    names = ", ".join(list(label_names)[:6]) + (", …" if len(label_names) > 6 else "")
+    return f"{len(label_names)} classes ({names}) at {image_size}×{image_size}"
 
 
 def versions_dir(registry: Path) -> Path:

@@ -27,7 +27,8 @@ if TYPE_CHECKING:  # the upstream stages' output types, for annotations only: th
 PLOTS = ("confusion_matrix.png", "training_curves.png", "sample_predictions.png")
 RELIABILITY = "reliability.png"  # the calibrate stage's diagram
 LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pyarrow", "scikit-learn", "prefect")
-CLASSIC_PUBLISHED_ACCURACY = 0.615  # the classic notebook's own test accuracy
+CLASSIC_PUBLISHED_ACCURACY = 0.615  # the classic notebook's own test accuracy (on the CIFAR-10 archive)
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
 def library_versions() -> dict[str, str]:
@@ -84,6 +85,27 @@ def describe_normalization(fitted: dict[str, Any]) -> str:
         return "unit: pixels / 255, in the model's first layer"
     mean, std = (", ".join(f"{v:.4f}" for v in fitted[k]) for k in ("mean", "std"))
     return f"{fitted['kind']}: (pixels / 255 − ({mean})) / ({std}), fitted on train, in the model's first layer"
+
+
+def dataset_name(source: dict[str, Any]) -> str:
+    """What the data set is called: "CIFAR-10" for the official archive, else its folder's (or archive's) name."""
+    if source["kind"] == "cifar-archive":
+        return "CIFAR-10"
+    name = Path(str(source.get("uri") or "").rstrip("/")).name
+    return next((name[: -len(s)] for s in ARCHIVE_SUFFIXES if name.endswith(s)), name) or "data set"
+
+
+def describe_split(split: dict[str, Any]) -> str:
+    if split.get("method") == "held-out":
+        return f"held out {split['test_fraction']:.3g} of each class as test (split seed {split['split_seed']})"
+    return "as given by the source (its own train and test images)"
+
+
+def describe_dataset(card: dict[str, Any], named: bool = True) -> str:
+    """'fruit: 3 classes (quince, apricot, medlar) at 64×64 px' (`named`: with the class names)."""
+    side, names = card["image_size"], card["label_names"]
+    listed = f" ({escape(', '.join(names))})" if named else ""
+    return f"{escape(card['dataset_name'])}: {len(names)} classes{listed} at {side}×{side} px"
 
 
 def describe_lineage(lineage: dict[str, Any]) -> str:
@@ -184,10 +206,13 @@ def render_markdown(metrics: dict[str, Any], card: dict[str, Any], data_section:
     if not metrics["calibration"]["unsupported"]:
         served = "calibrated"
     report = metrics["classification_report"]
-    markdown = f"""# CIFAR-10 run `{card["run_name"]}`
+    published = f"the classic notebook's published accuracy is {CLASSIC_PUBLISHED_ACCURACY:.3f} ({delta:+.3f})"
+    if card["dataset"]["source"]["kind"] != "cifar-archive":
+        published = f"data set {describe_dataset(card, named=False)}"
+    markdown = f"""# {escape(card["dataset_name"])} run `{card["run_name"]}`
 
 **Test accuracy {metrics["test_accuracy"]:.4f}** (loss {metrics["test_loss"]:.4f}) with model `{card["model"]}`;
-the classic notebook's published accuracy is {CLASSIC_PUBLISHED_ACCURACY:.3f} ({delta:+.3f}).
+{published}.
 Test-time augmentation: {metrics.get("tta", "none")}. The loss is the network's own; its probabilities as
 served are {served} (T = {metrics["temperature"]:.3f}): ECE {metrics["ece"]:.4f},
 NLL {metrics["nll"]:.4f}, Brier {metrics["brier"]:.4f}.
@@ -222,6 +247,8 @@ Macro F1 {report["macro avg"]["f1-score"]:.4f}; weighted F1 {report["weighted av
 | normalization | {describe_normalization(card["normalization"])} |
 | temperature | {describe_temperature(metrics["calibration"])} |
 | training time | {card["train_seconds"]:.1f} s |
+| data set | {describe_dataset(card)} |
+| test split | {describe_split(card["dataset"]["split"])} |
 | dataset version | `{card["dataset_version"]}` |
 | training images | {describe_lineage(card["lineage"])} |
 | warm start | {describe_warm_start(card.get("warm_start"))} |
@@ -309,6 +336,10 @@ def model_card(
         "normalization": features.normalization.to_json(),
         "train_seconds": round(train.train_seconds, 2),
         "source": config.source,
+        "dataset_name": dataset_name(features.dataset["source"]),
+        "label_names": list(features.label_names),
+        "image_size": features.image_size,
+        "dataset": features.dataset,
         "source_sha256": ingest.source_sha256,
         "dataset_sha256": ingest.dataset_sha256,
         "dataset_version": dataset.dataset_version,

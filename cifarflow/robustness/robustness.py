@@ -22,14 +22,16 @@ from cifarflow.outputs import StageOutput, read_whole
 SUBSET = 2000
 BATCH = 250  # images per graph call: the fastest of 250/500/1000 for `quick` on 2 cores
 
-# corruption → (parameter, three severities, mildest first, and how each reads in a table)
+# corruption → (parameter, three severities, mildest first, and how each reads in a table); noise, JPEG, brightness
+# and contrast act per value, blur's radius is in pixels: the severities were calibrated on CIFAR-10's 32 px images,
+# so a blur is milder on larger ones (pixelate scales with the image)
 SEVERITIES: dict[str, tuple[str, tuple[float, ...], tuple[str, ...]]] = {
     "brightness": ("factor", (0.7, 0.5, 0.3), ("×0.7", "×0.5", "×0.3")),
     "contrast": ("factor", (0.7, 0.5, 0.3), ("×0.7", "×0.5", "×0.3")),
     "gaussian_noise": ("sigma", (10.0, 20.0, 30.0), ("σ 10", "σ 20", "σ 30")),
     "blur": ("radius", (0.5, 1.0, 1.5), ("r 0.5", "r 1", "r 1.5")),
     "jpeg": ("quality", (30, 10, 5), ("q 30", "q 10", "q 5")),
-    "pixelate": ("scale", (0.75, 0.5, 0.375), ("24 px", "16 px", "12 px")),
+    "pixelate": ("scale", (0.75, 0.5, 0.375), ("¾ size", "½ size", "⅜ size")),
 }
 
 

@@ -40,7 +40,8 @@ class AirbenchTrainer(keras.Model):
         super().__init__(**kwargs)
         self.net, self.recipe, self.muon_lr = net, recipe, muon_lr
         self.steps_per_epoch, self.total_steps, self.seed_value = steps_per_epoch, total_steps, seed
-        self.micro_batches = max(1, math.ceil(batch_size / recipe.micro_batch))
+        micro_batch = max(1, recipe.micro_batch_pixels // int(net.input_shape[1]) ** 2)
+        self.micro_batches = max(1, math.ceil(batch_size / micro_batch))
         self.micro_size = math.ceil(batch_size / self.micro_batches)
         self.wd_over_lr = recipe.weight_decay * batch_size / recipe.bias_lr
         self.muon_buffers = [
@@ -159,10 +160,12 @@ def train_dataset(
 def fit_airbench(
     settings: TrainSettings, features_dir: Path, callbacks: list[keras.callbacks.Callback], verbose: int | str = "auto"
 ) -> keras.Model:
-    """The network (logits) trained on the features' train split."""
+    """The network (logits, one per class of the features) trained on the features' train split."""
     pixels = np.ascontiguousarray(load_split(features_dir, "train", "pixels"))
     labels = np.ascontiguousarray(load_split(features_dir, "train", "labels")).astype(np.int32)
-    return fit_arrays(settings, pixels, labels, read_features(features_dir).normalization, callbacks, verbose)
+    features = read_features(features_dir)
+    classes = len(features.label_names)
+    return fit_arrays(settings, pixels, labels, features.normalization, callbacks, verbose, num_classes=classes)
 
 
 def fit_arrays(
@@ -173,13 +176,14 @@ def fit_arrays(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = 0,
     *,
+    num_classes: int,
     mixed_precision: bool | None = None,
     recipe: AirbenchRecipe | None = None,
 ) -> keras.Model:
-    """`fit_airbench` on in-memory uint8 pixels (N, 32, 32, 3) and integer labels (N,)."""
+    """`fit_airbench` on in-memory uint8 pixels (N, S, S, 3) and integer labels (N,) in 0..num_classes − 1."""
     configure_threads()
     with dtype_policy(choose_policy(mixed_precision)):
-        trainer, dataset = make_trainer(settings, pixels, labels, normalization, recipe)
+        trainer, dataset = make_trainer(settings, pixels, labels, normalization, recipe, num_classes=num_classes)
         trainer.fit(
             dataset, epochs=settings.epochs, callbacks=[trainer.epoch_feed, *callbacks], verbose=verbose, shuffle=False
         )
@@ -192,14 +196,19 @@ def make_trainer(
     labels: np.ndarray,
     normalization: Normalization,
     recipe: AirbenchRecipe | None = None,
+    *,
+    num_classes: int,
 ) -> tuple[AirbenchTrainer, tf.data.Dataset]:
-    """The compiled, built trainer and its dataset; `settings.learning_rate` is Muon's lr."""
+    """The compiled, built trainer of uint8 (N, S, S, 3) `pixels` and its dataset; `settings.learning_rate` is
+    Muon's lr."""
     recipe = recipe or settings.preset.recipe
     batch_size = min(settings.batch_size, len(pixels))
     steps_per_epoch = len(pixels) // batch_size
     total_steps = steps_per_epoch * settings.epochs
-    net = settings.preset.build(normalization, recipe, seed=settings.seed)
-    net.get_layer("whiten").set_whitening(normalization.apply(pixels[:5000]), eps=recipe.whiten_eps)
+    side = pixels.shape[1]
+    net = settings.preset.build(normalization, recipe, num_classes=num_classes, image_size=side, seed=settings.seed)
+    whitening_images = pixels[: max(1, recipe.whiten_pixels // side**2)]
+    net.get_layer("whiten").set_whitening(normalization.apply(whitening_images), eps=recipe.whiten_eps)
     trainer = AirbenchTrainer(
         net, recipe, settings.learning_rate, steps_per_epoch, total_steps, settings.seed, batch_size
     )

@@ -40,13 +40,14 @@ def fit_keras(
     """The classic `model.fit` loop; the test split is validation data for the report's curves only."""
     preset = settings.preset
     features = read_features(features_dir)
-    model = preset.build(features.normalization, num_classes=len(features.label_names), seed=settings.seed)
+    classes, side = len(features.label_names), features.image_size
+    model = preset.build(features.normalization, num_classes=classes, image_size=side, seed=settings.seed)
     optimizer = make_optimizer(preset.recipe.optimizer, settings.learning_rate)
     model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
     model.fit(
         pixel_batches(features_dir, "train", settings.batch_size, shuffle_seed=settings.seed),
         epochs=settings.epochs,
-        validation_data=pixel_batches(features_dir, "test", 1024),
+        validation_data=pixel_batches(features_dir, "test", 1000),
         shuffle=False,  # the dataset reshuffles its indices itself
         callbacks=[DivergenceGuard(settings.learning_rate), *callbacks],
         verbose=verbose,

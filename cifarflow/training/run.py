@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from operator import attrgetter
 from pathlib import Path
 
+from cifarflow.data.transform import read_features
 from cifarflow.files import atomic_directory, file_digest, read_json, write_json
 from cifarflow.models.presets import Preset, get_preset
 from cifarflow.outputs import StageOutput, read_whole
@@ -95,8 +96,11 @@ def train_model(
     with atomic_directory(model_dir) as staging:
         model.save(staging / "model.keras")
         write_json(staging / "history.json", history)
+        features = read_features(features_dir)
         summary = {
             "settings": asdict(settings),
+            "label_names": features.label_names,  # the model's outputs, in order, and its input side
+            "image_size": features.image_size,
             "train_seconds": sum(r["seconds"] for r in history),
             "params": model.count_params(),
             "epochs_completed": len(history),

@@ -25,8 +25,11 @@ async function showModel() {
     const model = await response.json();
     if (!response.ok) throw new Error(model.error || response.statusText);
     const accuracy = model.accuracy === undefined ? "" : ` · test accuracy ${(100 * model.accuracy).toFixed(1)}%`;
-    $("model").textContent = `Model ${model.version} (${model.model || "exported"})${accuracy}`;
+    const source = model.dataset?.source?.uri?.split(/[\\/]/).filter(Boolean).pop();
+    const data = source ? ` · trained on ${source}` : "";
+    $("model").textContent = `Model ${model.version} (${model.model || "exported"})${accuracy}${data}`;
     $("model").dataset.version = model.version;
+    $("size").textContent = `${model.image_size}×${model.image_size} pixels`;
     $("classes").textContent = model.label_names.join(", ");
     labelNames = model.label_names;
   } catch (error) {

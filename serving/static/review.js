@@ -252,7 +252,7 @@ function startReviewPage() {
         const button = document.createElement("button");
         button.type = "button";
         button.dataset.label = name;
-        button.innerHTML = index < 10 ? `<kbd>${index}</kbd> ` : ""; // past 10 classes: the buttons only
+        button.innerHTML = index < 10 ? `<kbd>${index}</kbd> ` : ""; // a digit key for each of the first ten classes
         button.append(name);
         button.addEventListener("click", () => answerCard(selected(), name));
         return button;
