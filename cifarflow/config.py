@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from cifarflow.data.archive import default_source, is_remote, local_path
+from cifarflow.data.archive import default_source, is_cifar10, is_remote, local_path
 from cifarflow.data.shards import ROWS_PER_SHARD
 from cifarflow.data.transform import NormalizationKind
 from cifarflow.layout import DataLayout
@@ -54,7 +54,11 @@ class PipelineConfig(BaseModel):
         0.05, gt=0, lt=1, description="promote a new model over the champion only if McNemar's p is below this"
     )
     min_accuracy: float | None = Field(
-        None, ge=0, le=1, description="never promote a model below this test accuracy (default: the preset's; 0: none)"
+        None,
+        ge=0,
+        le=1,
+        description="never promote a model below this test accuracy (default: the preset's floor on CIFAR-10, "
+        "none on other data sets; 0: none)",
     )
     warm_start: Literal["none", "champion"] = Field(
         "none",
@@ -121,10 +125,11 @@ class PipelineConfig(BaseModel):
     def resolved_normalization(self) -> str:
         return self.normalization or self.preset.normalization
 
-    @property
-    def resolved_min_accuracy(self) -> float | None:
-        floor = self.preset.min_accuracy if self.min_accuracy is None else self.min_accuracy
-        return floor or None  # 0 means no floor
+    def promotion_floor(self, label_names: list[str], image_size: int) -> float | None:
+        """--min-accuracy (0: none), else the preset's floor on CIFAR-10, where it was measured, else none."""
+        if self.min_accuracy is not None:
+            return self.min_accuracy or None
+        return self.preset.min_accuracy if is_cifar10(label_names, image_size) else None
 
     @property
     def train_epochs(self) -> int:

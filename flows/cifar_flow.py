@@ -100,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--min-accuracy",
         type=float,
-        help="promotion floor: never promote a model below this test accuracy (default: the preset's: "
+        help="promotion floor: never promote a model below this test accuracy (default on CIFAR-10: the preset's: "
         + ", ".join(f"{p.name} {p.min_accuracy or 'none'}" for p in PRESETS.values())
-        + "; 0 turns it off)",
+        + "; none on other data sets; 0 turns it off)",
     )
     parser.add_argument(
         "--warm-start", choices=["none", "champion"], default="none", help=fields["warm_start"].description

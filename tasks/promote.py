@@ -37,6 +37,6 @@ def promote(
         key,
         canary_set(calibrate.probabilities_path, preprocess.directory),
         get_run_logger().info,
-        min_accuracy=config.resolved_min_accuracy,
+        min_accuracy=config.promotion_floor(preprocess.label_names, preprocess.image_size),
         temperature=calibrate.temperature,
     )

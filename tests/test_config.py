@@ -47,6 +47,18 @@ def test_preset_defaults_fill_unset_values(synthetic_archive):
     assert PipelineConfig(source=str(synthetic_archive), epochs=3).train_epochs == 3
 
 
+def test_the_presets_promotion_floor_holds_on_cifar_10_only_and_an_explicit_one_everywhere(synthetic_archive):
+    cifar10 = "airplane automobile bird cat deer dog frog horse ship truck".split()
+    quick = PipelineConfig(source=str(synthetic_archive), model="quick")
+    assert quick.promotion_floor(cifar10, 32) == 0.80  # where the floor was measured (the archive or the JPEG copy)
+    assert quick.promotion_floor(cifar10, 64) is None  # the same pictures upscaled: not what it was measured on
+    assert quick.promotion_floor(["quince", "apricot", "medlar"], 32) is None
+    assert quick.promotion_floor(cifar10[::-1], 32) is None  # another label order is another data set
+    chosen = PipelineConfig(source=str(synthetic_archive), model="quick", min_accuracy=0.5)
+    assert chosen.promotion_floor(["quince", "apricot"], 64) == 0.5
+    assert PipelineConfig(source=str(synthetic_archive), min_accuracy=0).promotion_floor(cifar10, 32) is None
+
+
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 

@@ -54,7 +54,7 @@ def rows(staging: Path, found: dict, split: str) -> list[tuple[int, str, str]]:
     ]
 
 
-def test_the_given_layout_keeps_its_split_with_rows_by_class_then_path_and_labels_by_sorted_name(tmp_path):
+def test_the_given_layout_keeps_its_split_with_rows_by_content_and_labels_by_sorted_name(tmp_path):
     source = make_tree(tmp_path / "src", {"train/dog": 2, "train/cat": 3, "test/dog": 1, "test/cat": 1})
     (source / "train" / "cat" / "sub").mkdir()
     picture(99).save(source / "train" / "cat" / "sub" / "00.png")
@@ -62,7 +62,8 @@ def test_the_given_layout_keeps_its_split_with_rows_by_class_then_path_and_label
     found = ingest(source, tmp_path / "out")
     assert found["label_names"] == ["cat", "dog"] and found["split"] == {"method": "given"}
     train = rows(tmp_path / "out", found, "train")
-    assert [(label, name) for label, name, _ in train] == [
+    files = {name: (source / name).read_bytes() for name in (name for _, name, _ in train)}
+    assert sorted((label, name) for label, name, _ in train) == [
         (0, "train/cat/00.png"),
         (0, "train/cat/01.png"),
         (0, "train/cat/02.png"),
@@ -70,9 +71,17 @@ def test_the_given_layout_keeps_its_split_with_rows_by_class_then_path_and_label
         (1, "train/dog/00.png"),
         (1, "train/dog/01.png"),
     ]
+    # rows by the files' content sha256: classes mixed, so a first-N subset is a fair sample; never listing order
+    assert [name for _, name, _ in train] == sorted(files, key=lambda name: hashlib.sha256(files[name]).digest())
     expected = convert_image((source / "train/cat/01.png").read_bytes(), 8).pixels
-    assert train[1][2] == hashlib.sha256(expected.tobytes()).hexdigest()
-    assert [name for _, name, _ in rows(tmp_path / "out", found, "test")] == ["test/cat/00.png", "test/dog/00.png"]
+    assert (
+        dict((name, pixels) for _, name, pixels in train)["train/cat/01.png"]
+        == hashlib.sha256(expected.tobytes()).hexdigest()
+    )
+    assert sorted(name for _, name, _ in rows(tmp_path / "out", found, "test")) == [
+        "test/cat/00.png",
+        "test/dog/00.png",
+    ]
     assert found["source"]["kind"] == "folder" and found["source"]["files"] == 8 and found["skipped"] == []
     assert not (tmp_path / "out" / ".pixels.scratch").exists()
 
@@ -82,7 +91,7 @@ def test_classes_txt_sets_the_label_order_and_classes_only_in_train_are_no_error
     (source / "classes.txt").write_text("c\n\nb\na\n")
     assert describe_folder(source).label_names == ("c", "b", "a")
     found = ingest(source, tmp_path / "out")
-    assert [(label, name) for label, name, _ in rows(tmp_path / "out", found, "train")] == [
+    assert sorted((label, name) for label, name, _ in rows(tmp_path / "out", found, "train")) == [
         (0, "train/c/00.png"),
         (1, "train/b/00.png"),
         (2, "train/a/00.png"),

@@ -25,6 +25,7 @@ TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCHES = ("test_batch",)
 META_FILE = "batches.meta"
 _CLASSES, _SIDE = 10, 32  # the format's own: ten classes of 32×32 images, each stored as 3 planes of 32·32 bytes
+LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")  # batches.meta
 DOWNLOAD_TIMEOUT_SECONDS = 60
 LOCAL_ARCHIVE = Path("cache") / "cifar-10-python.tar.gz"  # in the data directory: an archive put there once
 # offline machines: CIFAR-10 as class-folder JPEGs (train/<class>/, test/<class>/), a folder source
@@ -36,6 +37,12 @@ def default_source(data_dir: Path, shared_datasets: Path = SHARED_DATASETS) -> s
     """The first that exists of `<data_dir>/cache/cifar-10-python.tar.gz`, the JPEG copy, the official URL."""
     local, jpeg_copy = Path(data_dir) / LOCAL_ARCHIVE, Path(shared_datasets) / JPEG_COPY
     return str(local) if local.is_file() else str(jpeg_copy) if jpeg_copy.is_file() else OFFICIAL_URL
+
+
+def is_cifar10(label_names: list[str] | tuple[str, ...], image_size: int) -> bool:
+    """Whether a data set is CIFAR-10 as published: its ten classes in label order at 32×32 px (the official archive,
+    or the shared JPEG copy read as a folder). The presets' promotion floors and published accuracies hold there."""
+    return tuple(label_names) == LABEL_NAMES and image_size == 32
 
 
 class DownloadFailed(OSError):

@@ -120,9 +120,9 @@ def ingest_folder(
     progress: Callable[[int, int], Any] | None = None,
 ) -> dict[str, Any]:
     """Decode every file below the class folders of the folder source `path` with `convert_image(·, image_size)` on
-    every core, and write `staging_dir/{train,test}/part-NNNNN.parquet` (rows_table/write_shard; rows in the order
-    split, class index, relative path, so the same content gives the same bytes). Memory holds the file names and
-    one shard's rows, never all images (the decoded rows wait in a scratch file in `staging_dir`, removed after).
+    every core, and write `staging_dir/{train,test}/part-NNNNN.parquet` (rows_table/write_shard; rows ordered by
+    content sha256, then relative path: the same content gives the same bytes, and classes are mixed). Memory holds
+    the file names and one shard's rows, never all images (decoded rows wait in a scratch file in `staging_dir`).
     The split: the given train/ and test/, or within each class the distinct contents ordered by
     sha256(f"{split_seed}:{content sha256}"), the first round(n × test_fraction) to test (at least 1 and at most n-1
     when n ≥ 2; identical files on one side). `progress(done, total)` after each chunk of files decoded.
@@ -287,7 +287,9 @@ def _chunks(path: Path, listing: Listing) -> Iterator[tuple[int, list[str | byte
 def _rows(
     listing: Listing, digests: ContentDigests, reasons: dict[int, str], fraction: float, seed: int
 ) -> tuple[np.ndarray, dict[str, list[int]]]:
-    """Each file's label (uint8), and each split's decoded file indices in row order (class, relative path)."""
+    """Each file's label (uint8), and each split's decoded file indices in row order: by content sha256, then
+    relative path, so classes are mixed (a first-N subset of the test split is a fair sample) and the order never
+    depends on the file system's."""
     shape = listing.shape
     labels = np.zeros(len(listing.files), np.uint8)
     groups: dict[tuple[str | None, int], list[int]] = {}
@@ -303,8 +305,8 @@ def _rows(
         else:
             parts = _held_out(groups.get((None, label), []), digests, fraction, seed)
         for split, indices in parts.items():
-            rows[split].extend(sorted(indices, key=listing.files.__getitem__))
-    return labels, rows
+            rows[split].extend(indices)
+    return labels, {split: sorted(rows[split], key=lambda i: (digests[i], listing.files[i])) for split in rows}
 
 
 def _held_out(indices: list[int], digests: ContentDigests, fraction: float, seed: int) -> dict[str, list[int]]:

@@ -116,7 +116,7 @@ SPECS: dict[str, StageSpec] = {
     ),
     "promote": StageSpec(
         "promote",
-        params=("promotion_alpha", "resolved_min_accuracy"),
+        params=("promotion_alpha", "min_accuracy"),
         inputs=promote_inputs,
         code=(*MODEL_CODE, *EVALUATION_CODE, "cifarflow.promotion", "cifarflow.registry", "cifarflow.markdown"),
         libraries=("scipy", *TF_LIBS),

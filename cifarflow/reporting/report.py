@@ -13,6 +13,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cifarflow.data.archive import is_cifar10
 from cifarflow.files import atomic_directory, atomic_path, file_digest, point_symlink, read_json, write_json
 from cifarflow.markdown import escape, join_wrapped
 from cifarflow.outputs import StageOutput, read_whole
@@ -207,7 +208,7 @@ def render_markdown(metrics: dict[str, Any], card: dict[str, Any], data_section:
         served = "calibrated"
     report = metrics["classification_report"]
     published = f"the classic notebook's published accuracy is {CLASSIC_PUBLISHED_ACCURACY:.3f} ({delta:+.3f})"
-    if card["dataset"]["source"]["kind"] != "cifar-archive":
+    if not is_cifar10(card["label_names"], card["image_size"]):
         published = f"data set {describe_dataset(card, named=False)}"
     markdown = f"""# {escape(card["dataset_name"])} run `{card["run_name"]}`
 
