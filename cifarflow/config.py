@@ -12,9 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from cifarflow.data.archive import default_source, is_cifar10, is_remote, local_path
 from cifarflow.data.shards import ROWS_PER_SHARD
 from cifarflow.data.transform import NormalizationKind
+from cifarflow.files import read_json
 from cifarflow.layout import DataLayout
 from cifarflow.models.presets import PRESETS, Preset, get_preset, preset_name
+from cifarflow.outputs import read_whole
 from cifarflow.paths import printable
+
+IMAGE_SIZE = 32  # the default data set's image side (CIFAR-10's), when the data dir holds none yet
 
 
 class PipelineConfig(BaseModel):
@@ -33,7 +37,11 @@ class PipelineConfig(BaseModel):
     md5: str | None = Field(None, description="expected md5 of the archive (the official URL's is built in)")
     data_dir: Path = Field(Path("data"), description="where shards, features, models and reports go (one data set)")
     image_size: int = Field(
-        32, ge=8, le=512, description="the data set's image side in pixels: every image's centre square, resized to it"
+        None,  # filled in by `_defaults_from_data_dir`
+        ge=8,
+        le=512,
+        description=f"the data set's image side in pixels: every image's centre square, resized to it (default: the "
+        f"data dir's data set's, else {IMAGE_SIZE})",
     )
     test_fraction: float = Field(
         1 / 6, gt=0, lt=1, description="share of each class held out for testing when a folder has no train/ and test/"
@@ -68,10 +76,20 @@ class PipelineConfig(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_source(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("source") is None:
-            data_dir = Path(data.get("data_dir") or cls.model_fields["data_dir"].default)
-            data = data | {"source": default_source(data_dir)}
+    def _defaults_from_data_dir(cls, data: Any) -> Any:
+        """An unset source and image size are those of the data set the data dir holds (its manifest's), else the
+        default source and IMAGE_SIZE: a retrain without --source stays on the data dir's data set."""
+        if not isinstance(data, dict) or (data.get("source") is not None and data.get("image_size") is not None):
+            return data
+        data_dir = Path(data.get("data_dir") or cls.model_fields["data_dir"].default)
+        held = read_whole(lambda: read_json(DataLayout(data_dir).shard_manifest))
+        held = held if isinstance(held, dict) and "image_size" in held else {}
+        recorded = held.get("source", {}).get("uri")
+        if data.get("source") is None:
+            usable = recorded and (is_remote(recorded) or local_path(recorded).exists())
+            data = data | {"source": recorded if usable else default_source(data_dir)}
+        if data.get("image_size") is None:
+            data = data | {"image_size": held.get("image_size", IMAGE_SIZE)}
         return data
 
     @field_validator("sha256", "md5")

@@ -43,8 +43,9 @@ _REMEMBERED: ContextVar[tuple[dict, dict, Path] | None] = ContextVar("remembered
 
 @contextlib.contextmanager
 def remembered_digests(memo: Path, root: Path) -> Iterator[None]:
-    """Inside, `file_digest` hashes a file again only when its (inode, size, mtime ns), what git's index trusts,
-    differs from `memo`'s; a file under `root` is remembered by its relative path, so a moved root keeps its memo."""
+    """Inside, `file_digest` hashes a file again only when its (inode, size, mtime ns, ctime ns), what git's index
+    trusts, differs from `memo`'s; a file under `root` is remembered by its relative path (a moved root keeps its
+    memo)."""
     try:
         known = read_json(memo) if memo.is_file() else {}
     except (OSError, ValueError):  # a memo cut short or edited: hash again
@@ -63,7 +64,7 @@ def remembered_digests(memo: Path, root: Path) -> Iterator[None]:
 
 def _remembered_digest(path: str, known: dict, used: dict, root: Path) -> str:
     stat = os.stat(path)  # str and os.path, not pathlib: a folder source's identity stats every file
-    identity = [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+    identity = [stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns]  # ctime: no tool can set it back
     name = path.removeprefix(os.path.join(root, ""))  # relative to root when inside it
     entry = known.get(name)
     if not (isinstance(entry, dict) and entry.get("identity") == identity and isinstance(entry.get("sha256"), str)):

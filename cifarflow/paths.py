@@ -6,9 +6,15 @@ from __future__ import annotations
 import os
 import re
 import stat
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def name_key(name: str) -> str:
+    """What two class names are compared by: Unicode NFC (macOS writes names decomposed) and case folded."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def printable(path: str | os.PathLike) -> str:

@@ -11,9 +11,10 @@ from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
-from cifarflow.feedback.answers import PREDICTION_ID, new_answer
+from cifarflow.feedback.answers import MAX_LABEL, PREDICTION_ID, new_answer
 from cifarflow.feedback.queue import DEFAULT_MEASURE, DEFAULT_ORDER, ORDERS, margins, unanswered
 from cifarflow.monitoring.log import Logged, find
+from cifarflow.paths import name_key
 from serving.access import require_reviewer
 from serving.http_errors import BadInput, documented
 from serving.model_routes import served_model
@@ -27,7 +28,7 @@ router = APIRouter()
 
 class FeedbackRequest(BaseModel):
     prediction_id: str = Field(pattern=f"^{PREDICTION_ID.pattern}$", description="a /predict answer's `prediction_id`")
-    label: str = Field(max_length=64, description="the right class (the predicted one to confirm it)")
+    label: str = Field(max_length=MAX_LABEL, description="the right class (the predicted one to confirm it)")
 
 
 class FeedbackAnswer(BaseModel):
@@ -58,7 +59,7 @@ class ReviewQueue(BaseModel):
 
 def class_named(text: str, label_names: list[str]) -> str:
     """The class `text` names (any case, surrounding spaces ignored); BadInput 422 listing the classes."""
-    label = next((c for c in label_names if c.lower() == text.strip().lower()), None)
+    label = next((c for c in label_names if name_key(c) == name_key(text.strip())), None)
     if label is None:
         raise BadInput(422, f"{text!r} is not a class: one of {', '.join(label_names)}")
     return label

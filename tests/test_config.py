@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from pydantic import ValidationError
 
 from cifarflow.config import PipelineConfig
@@ -133,3 +134,29 @@ def test_the_old_preset_name_still_works_with_a_notice_for_users_and_silently_fo
     assert capsys.readouterr().err == ""
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         get_preset("nope")
+
+
+def test_a_run_without_source_or_size_stays_on_the_data_set_its_data_dir_holds_and_a_url_is_cifar_10(tmp_path):
+    from cifarflow.data.ingest import ingest_source, refuse_another_data_set
+    from cifarflow.errors import PipelineInputError
+    from cifarflow.files import write_json
+
+    data_dir, pets = tmp_path / "data", tmp_path / "pets"
+    for name in ("cat", "dog"):
+        (pets / name).mkdir(parents=True)
+        Image.new("RGB", (9, 9), name == "cat" and "red" or "blue").save(pets / name / "a.png")
+    held = {"label_names": ["cat", "dog"], "image_size": 64, "source": {"kind": "folder", "uri": str(pets)}}
+    write_json(data_dir / "parquet" / "manifest.json", held)
+    before = (data_dir / "parquet" / "manifest.json").read_bytes()
+    config = PipelineConfig(data_dir=data_dir)
+    assert (config.source, config.image_size) == (str(pets), 64)
+    assert PipelineConfig(data_dir=data_dir, image_size=48).image_size == 48
+    with pytest.raises(PipelineInputError, match=r"holds 2 classes \(cat, dog\) at 64×64; .* has 10 classes"):
+        refuse_another_data_set(PipelineConfig(data_dir=data_dir, source=URL))  # a URL is the CIFAR-10 archive
+    with pytest.raises(PipelineInputError, match=r"at 32×32; a data dir holds one data set: .* --image-size 64\)"):
+        refuse_another_data_set(PipelineConfig(data_dir=data_dir, image_size=32))
+    # a deployment skips the command line's checks: ingest checks again under the run's lock, before the swap
+    with pytest.raises(PipelineInputError, match="use another --data-dir"):
+        ingest_source(PipelineConfig(data_dir=data_dir, image_size=16), log=lambda _: None)
+    assert (data_dir / "parquet" / "manifest.json").read_bytes() == before
+    assert sorted(path.name for path in (data_dir / "parquet").iterdir()) == ["manifest.json"]

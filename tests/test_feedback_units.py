@@ -319,3 +319,18 @@ def test_an_id_or_label_that_is_a_path_is_no_answer():
         new_answer("../../escape" + "0" * 20, "cat", "dog", "v1", "alice")
     with pytest.raises(ValueError, match="not a class name"):
         new_answer("b" * 32, "../../etc", "dog", "v1", "alice")
+
+
+def test_any_class_name_is_an_answer_and_names_match_in_any_unicode_form_and_case():
+    from serving.http_errors import BadInput
+    from serving.review_routes import class_named
+
+    classes = ["猫 cat", "Ñandú", "emoji😀", "a.b+c", "x" * 200]
+    for name in classes:  # a class folder's name, whatever its letters, is a label a reviewer can give
+        assert new_answer("0" * 32, name, classes[0], "v1", "local").label == name
+    decomposed = "N\u0303andu\u0301"  # how macOS writes "Ñandú"
+    assert class_named(f" {decomposed.upper()} ", classes) == "Ñandú"
+    with pytest.raises(BadInput, match="is not a class"):
+        class_named("cat", classes)
+    with pytest.raises(ValueError, match="is not a class name"):
+        new_answer("0" * 32, "two\nlines", classes[0], "v1", "local")

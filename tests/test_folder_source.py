@@ -184,6 +184,41 @@ def test_the_held_out_split_depends_only_on_content_and_seed_is_stratified_and_k
     assert sorted(p for _, _, p in rows(tmp_path / "out3", other_seed, "test")) != sorted(p for _, _, p in test)
 
 
+def test_a_damaged_zip_member_a_device_and_a_name_that_is_not_utf8_are_each_that_files_problem(tmp_path):
+    source = make_tree(tmp_path / "src", {"cat": 3, "dog": 3})
+    (source / "dog" / "zero.png").symlink_to("/dev/zero")  # read whole, it would never end
+    odd = os.fsencode(source / "cat") + b"/caf\xe9.png"  # Latin-1, not UTF-8
+    with open(odd, "wb") as handle:
+        picture(40).save(handle, format="PNG")
+    found = ingest(source, tmp_path / "out")
+    assert {e["path"]: e["reason"] for e in found["skipped"]} == {
+        "dog/zero.png": "could not be read: not a regular file (a device, pipe or socket)"
+    }
+    names = {name for split in ("train", "test") for _, name, _ in rows(tmp_path / "out", found, split)}
+    assert "cat/caf\\xe9.png" in names and len(names) == 7  # stored escaped, as printable text
+
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted((tmp_path / "src").rglob("*.png")):
+            if path.is_file() and not path.is_symlink() and b"\xe9" not in os.fsencode(path):
+                zipped.write(path, path.relative_to(tmp_path / "src").as_posix())
+    data = bytearray(archive.read_bytes())
+    at = data.find(b"cat/01.png") + len("cat/01.png") + 10  # inside the first member's compressed bytes
+    data[at] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    found = ingest(archive, tmp_path / "out-zip")
+    skipped = {e["path"]: e["reason"] for e in found["skipped"]}
+    assert list(skipped) == ["cat/01.png"] and skipped["cat/01.png"].startswith("could not be read")
+    assert sum(len(rows(tmp_path / "out-zip", found, s)) for s in ("train", "test")) == 5
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_refused_before_any_work(tmp_path):
+    source = make_tree(tmp_path / "src", {"cat": 1})
+    os.mkdir(os.fsencode(source) + b"/caf\xe9")
+    with pytest.raises(PipelineInputError, match=r"not UTF-8 text \(caf\\xe9\): a class name"):
+        describe_folder(source)
+
+
 def test_a_zip_and_a_tar_gz_of_the_folder_give_the_folders_shards_byte_for_byte(tmp_path):
     source = make_tree(tmp_path / "photos", {"train/cat": 2, "train/dog": 2, "test/cat": 1, "test/dog": 1})
     (source / "classes.txt").write_text("dog\ncat\n")
@@ -300,3 +335,16 @@ def test_the_ingest_task_shows_decoding_progress_as_a_bar_and_a_prefect_progress
     assert [(a.type, a.data) for a in artifacts] == [("progress", 100.0)]
     shown = capsys.readouterr().out
     assert "decoding images" in shown and "150/150" in shown
+
+
+def test_a_link_to_itself_is_skipped_and_classes_txt_may_start_with_a_bom_but_must_be_utf8(tmp_path):
+    source = make_tree(tmp_path / "src", {"cat": 2, "dog": 2})
+    (source / "cat" / "loop.png").symlink_to("loop.png")
+    (source / "classes.txt").write_bytes("\ufeffdog\r\ncat\r\n".encode())  # Notepad's UTF-8, Windows line ends
+    assert describe_folder(source).label_names == ("dog", "cat")
+    found = ingest(source, tmp_path / "out")
+    assert [entry["path"] for entry in found["skipped"]] == ["cat/loop.png"]
+    assert found["skipped"][0]["reason"].startswith("could not be read: Too many levels of symbolic links")
+    (source / "classes.txt").write_bytes("dog\ncat\nb\xe4r\n".encode("latin-1"))
+    with pytest.raises(PipelineInputError, match="classes.txt is not UTF-8 text: save it as UTF-8"):
+        describe_folder(source)

@@ -850,3 +850,11 @@ def test_the_addition_report_shows_names_and_reasons_as_they_are(tmp_path, leak_
     for name in MARKDOWN_SPECIALS[1:]:
         assert [str(inbox / f"{name}.png"), "not in a class folder: put it in INBOX/<class name>/"] in cells
     assert not inline_tags(report.partition("## Rejected")[2])  # no formatting made of a name or reason
+
+
+def test_an_inbox_class_folder_matches_its_class_in_any_unicode_form_and_case(tmp_path):
+    folder = tmp_path / "inbox" / "N\u0303ANDU\u0301"  # decomposed, as macOS writes names; upper case
+    folder.mkdir(parents=True)
+    Image.new("RGB", (12, 12), "red").save(folder / "bird.png")
+    result = scan_inbox(tmp_path / "inbox", ["cat", "Ñandú"])
+    assert [(c.label, c.path.name) for c in result.candidates] == [(1, "bird.png")] and result.rejected == []

@@ -96,6 +96,7 @@ def test_a_clean_data_set_passes_and_soft_problems_are_warned_with_counts_and_na
         (0, copy, f"train/{first}/resaved.jpg"),
         (0, train[1][1], f"train/{first}/again.png"),  # an exact copy in its own class
         (1, elsewhere, f"train/{second}/other-class.jpg"),
+        (1, train[3][1], f"train/{second}/mislabelled.png"),  # the first class's fourth photo, under another label
         *[(classes - 1, image, f"train/{other}/more-{i}.png") for i, image in enumerate(more)],
     ]
     skipped = [{"path": f"train/{second}/broken-{i}.jpg", "reason": "cannot identify image file"} for i in range(4)]
@@ -114,7 +115,10 @@ def test_a_clean_data_set_passes_and_soft_problems_are_warned_with_counts_and_na
         in warnings
     )
 
-    counts = [TRAIN + 2, TRAIN + 1, *[TRAIN] * (classes - 3), TRAIN + 30]  # as `extra` adds them
+    assert stats["label_conflicts"] == 1
+    assert f"label conflicts: 1 images repeat an image of another class (train/{first}/3.png = " in warnings
+
+    counts = [TRAIN + 2, TRAIN + 2, *[TRAIN] * (classes - 3), TRAIN + 30]  # as `extra` adds them
     least = int(np.argmin(counts))
     assert stats["class_counts"] == dict(zip(names, counts))
     assert f"class imbalance: {other} has {counts[-1]} training images, {names[least]} {counts[least]}" in warnings

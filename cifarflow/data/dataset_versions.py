@@ -122,6 +122,11 @@ def current_version(layout: DataLayout) -> DatasetVersion:
             "--stages ingest` (or `make run`) first"
         )
     manifest = read_json(layout.shard_manifest)
+    if "image_size" not in manifest:
+        raise PipelineInputError(
+            f"the shards in {layout.root} were ingested before data sets recorded their image size; run the pipeline "
+            f"once (`python flows/cifar_flow.py --data-dir {layout.root}`) to ingest them again"
+        )
     batches = active_batches(layout)
     version = text_digest(manifest["dataset_sha256"], [b.batch_sha256 for b in batches])[:16]
     train, test = (manifest["splits"][split]["rows"] for split in SPLITS)

@@ -4,9 +4,14 @@ its exact and cheap identity, and its ingest into Parquet shards, decoded on eve
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import multiprocessing
 import os
+import stat
+import tarfile
+import zipfile
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -32,7 +37,8 @@ from cifarflow.data.folder_listing import (
 from cifarflow.data.shards import rows_table, write_shard
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import file_digest, remembered_digests
-from cifarflow.intake.images import ImageRejected, convert_image
+from cifarflow.intake.images import ImageRejected, convert_image, describe
+from cifarflow.paths import printable
 
 __all__ = ["FolderShape", "describe_folder", "folder_identity", "ingest_folder", "is_folder_source"]
 
@@ -98,7 +104,7 @@ def content_digest(path: Path, files: Iterable[tuple[str, str]]) -> str:
     classes = path / CLASSES_FILE
     lead = [(CLASSES_FILE, _digest_or_unreadable(classes))] if classes.is_file() else []
     for name, file_sha256 in (*lead, *files):
-        digest.update(f"{name}\0{file_sha256}\n".encode())
+        digest.update(f"{printable(name)}\0{file_sha256}\n".encode())
     return digest.hexdigest()
 
 
@@ -147,8 +153,8 @@ def ingest_folder(
         }
     finally:
         scratch.unlink(missing_ok=True)
-    skipped = [{"path": listing.files[i], "reason": reason} for i, reason in reasons.items()]
-    skipped += [{"path": name, "reason": ARCHIVE_LINK} for name in listing.links]
+    skipped = [{"path": printable(listing.files[i]), "reason": reason} for i, reason in reasons.items()]
+    skipped += [{"path": printable(name), "reason": ARCHIVE_LINK} for name in listing.links]
     skipped.sort(key=lambda entry: entry["path"])
     log(f"wrote {sum(map(len, shards.values()))} shards; skipped {len(skipped)} files that do not decode")
     identity = file_digest(path) if path.is_file() else content_digest(path, _named_digests(listing.files, digests))
@@ -164,7 +170,7 @@ def ingest_folder(
     }
 
 
-def _named_digests(files: list[str], digests: ContentDigests) -> Iterator[tuple[str, str]]:
+def _named_digests(files: list[str], digests: list[bytes | None]) -> Iterator[tuple[str, str]]:
     for index in sorted(range(len(files)), key=files.__getitem__):
         yield files[index], UNREADABLE if digests[index] is None else digests[index].hex()
 
@@ -186,7 +192,9 @@ def decode_chunk(scratch: str, start: int, side: int, root: str | None, sources:
     return results
 
 
-def _decode_one(source: str | bytes, side: int, row: np.ndarray) -> tuple[bytes | None, str | None]:
+def _decode_one(source: str | bytes | Exception, side: int, row: np.ndarray) -> tuple[bytes | None, str | None]:
+    if isinstance(source, Exception):  # an archive member that did not read (damaged, encrypted)
+        return None, f"could not be read: {describe(source)}"
     try:
         data = source if isinstance(source, bytes) else _read(source)
     except OSError as error:
@@ -198,34 +206,19 @@ def _decode_one(source: str | bytes, side: int, row: np.ndarray) -> tuple[bytes 
     return hashlib.sha256(data).digest(), None
 
 
-class ContentDigests:
-    """Each file's content sha256 by file index (32 bytes, None when unreadable), kept in one bytearray: 32 bytes a
-    file rather than a bytes object's 65."""
-
-    def __init__(self, count: int) -> None:
-        self.packed, self.unreadable = bytearray(32 * count), set()
-
-    def __setitem__(self, index: int, digest: bytes | None) -> None:
-        if digest is None:
-            self.unreadable.add(index)
-        else:
-            self.packed[32 * index : 32 * index + 32] = digest
-
-    def __getitem__(self, index: int) -> bytes | None:
-        return None if index in self.unreadable else bytes(self.packed[32 * index : 32 * index + 32])
-
-
 def _read(path: str) -> bytes:
     with open(path, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # a link to a device or a pipe: never read it
+            raise OSError(errno.EINVAL, "not a regular file (a device, pipe or socket)")
         return handle.read()
 
 
 def _decode_all(
     path: Path, listing: Listing, side: int, scratch: Path, progress: Callable[[int, int], Any] | None
-) -> tuple[ContentDigests, dict[int, str]]:
+) -> tuple[list[bytes | None], dict[int, str]]:
     """Every file's content digest (None: unreadable) and rejection reasons by file index, the rows in `scratch`."""
     total = len(listing.files)
-    digests = ContentDigests(total)
+    digests: list[bytes | None] = [None] * total
     reasons: dict[int, str] = {}
     root = None if path.is_file() else str(path)
     if progress is not None:
@@ -270,8 +263,12 @@ def _chunks(path: Path, listing: Listing) -> Iterator[tuple[int, list[str | byte
         relative = "/".join(member_parts(path, name)).removeprefix(listing.prefix)
         if kind != "file" or start + len(batch) >= len(files) or files[start + len(batch)] != relative:
             continue
-        batch.append(data := read())
-        size += len(data)
+        try:
+            data = read()
+        except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError, RuntimeError, OSError) as error:
+            data = error  # that file's problem (a bad CRC, an encrypted member), listed as skipped
+        batch.append(data)
+        size += len(data) if isinstance(data, bytes) else 0
         if len(batch) == CHUNK_FILES or size >= CHUNK_BYTES:
             yield start, batch
             start, batch, size = start + len(batch), [], 0
@@ -285,7 +282,7 @@ def _chunks(path: Path, listing: Listing) -> Iterator[tuple[int, list[str | byte
 
 
 def _rows(
-    listing: Listing, digests: ContentDigests, reasons: dict[int, str], fraction: float, seed: int
+    listing: Listing, digests: list[bytes | None], reasons: dict[int, str], fraction: float, seed: int
 ) -> tuple[np.ndarray, dict[str, list[int]]]:
     """Each file's label (uint8), and each split's decoded file indices in row order: by content sha256, then
     relative path, so classes are mixed (a first-N subset of the test split is a fair sample) and the order never
@@ -309,7 +306,7 @@ def _rows(
     return labels, {split: sorted(rows[split], key=lambda i: (digests[i], listing.files[i])) for split in rows}
 
 
-def _held_out(indices: list[int], digests: ContentDigests, fraction: float, seed: int) -> dict[str, list[int]]:
+def _held_out(indices: list[int], digests: list[bytes | None], fraction: float, seed: int) -> dict[str, list[int]]:
     """One class's files split by content: distinct contents ranked by sha256(f"{seed}:{content sha256 hex}"), the
     first round(n × fraction) (1 to n-1 when n ≥ 2) to test; copies of one content share its side."""
     rank = {d: hashlib.sha256(f"{seed}:{d.hex()}".encode()).digest() for d in {digests[i] for i in indices}}
@@ -340,7 +337,7 @@ def _write_split(
                 os.preadv(handle.fileno(), [row], index * row.nbytes)
             table = rows_table(
                 [f"{split}-{start + k:05d}" for k in range(len(chunk))],
-                [listing.files[i] for i in chunk],
+                [printable(listing.files[i]) for i in chunk],  # file names that are not UTF-8, escaped
                 labels[chunk],
                 list(listing.shape.label_names),
                 images,

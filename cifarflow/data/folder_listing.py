@@ -15,6 +15,7 @@ from operator import attrgetter
 from pathlib import Path
 
 from cifarflow.errors import PipelineInputError
+from cifarflow.paths import printable
 
 SPLITS = ("train", "test")  # the given layout's folders, in row order
 CLASSES_FILE = "classes.txt"  # at the root: the class order, one name a line
@@ -42,7 +43,7 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name == IGNORED
 
 
-def _shape(where: str, children: Callable[[str], list[str]], classes_text: str | None) -> FolderShape:
+def _shape(where: str, children: Callable[[str], list[str]], classes_text: bytes | None) -> FolderShape:
     """The shape of a tree whose sub-folders `children(relative folder)` lists ("" the root); errors name `where`."""
     top = children("")
     split_folders = [name for name in top if name in SPLITS]
@@ -70,6 +71,12 @@ def _shape(where: str, children: Callable[[str], list[str]], classes_text: str |
             f"{in_place} holds {what}: put each class's images in a folder named after the class "
             f"(<class>/… or train/<class>/… and test/<class>/…); a classifier needs at least 2 classes"
         )
+    unnamable = [printable(name) for name in found if printable(name) != name]
+    if unnamable:
+        raise PipelineInputError(
+            f"{in_place} has class folders whose names are not UTF-8 text ({', '.join(unnamable)}): a class name "
+            f"is shown, stored and sent as UTF-8; rename them"
+        )
     if len(found) > MAX_CLASSES:
         raise PipelineInputError(
             f"{in_place} holds {len(found)} class folders; at most {MAX_CLASSES} classes are supported (labels are "
@@ -78,10 +85,14 @@ def _shape(where: str, children: Callable[[str], list[str]], classes_text: str |
     return FolderShape(_class_order(where, found, classes_text), layout)
 
 
-def _class_order(where: str, found: list[str], classes_text: str | None) -> tuple[str, ...]:
+def _class_order(where: str, found: list[str], classes_text: bytes | None) -> tuple[str, ...]:
     if classes_text is None:
         return tuple(sorted(found))
-    listed = [line.strip() for line in classes_text.splitlines() if line.strip()]
+    try:
+        text = classes_text.decode("utf-8-sig")  # Notepad starts its UTF-8 with a byte-order mark
+    except UnicodeDecodeError:
+        raise PipelineInputError(f"{where}/{CLASSES_FILE} is not UTF-8 text: save it as UTF-8") from None
+    listed = [line.strip() for line in text.splitlines() if line.strip()]
     repeated = sorted({name for name in listed if listed.count(name) > 1})
     unknown, unlisted = [n for n in listed if n not in found], [n for n in found if n not in listed]
     if repeated or unknown or unlisted:
@@ -123,7 +134,7 @@ def directory_shape(path: Path) -> FolderShape:
     classes = path / CLASSES_FILE
     try:
         return _shape(
-            str(path), lambda folder: _subfolders(path / folder), classes.read_text() if classes.is_file() else None
+            str(path), lambda folder: _subfolders(path / folder), classes.read_bytes() if classes.is_file() else None
         )
     except OSError as error:
         raise PipelineInputError(
@@ -156,12 +167,15 @@ def _walk(folder: Path, relative: str, seen: set[tuple[int, int]]) -> Iterator[s
         if _hidden(entry.name):
             continue
         name = f"{relative}/{entry.name}"
-        if entry.is_dir():  # follows a symlink; a cycle (or a folder linked twice) is visited once
-            stat = entry.stat()
+        try:
+            stat = entry.stat() if entry.is_dir() else None  # follows a symlink
+        except OSError:  # a link to itself, or gone since the listing: ingest lists it as skipped, with why
+            stat = None
+        if stat is not None:  # a cycle (or a folder linked twice) is visited once
             if (stat.st_dev, stat.st_ino) not in seen:
                 seen.add((stat.st_dev, stat.st_ino))
                 yield from _walk(Path(entry.path), name, seen)
-        elif entry.is_file() or entry.is_symlink():  # a broken link too: ingest lists it as skipped, with why
+        elif entry.is_symlink() or entry.is_file(follow_symlinks=False):  # a broken link too: skipped, with why
             yield name
 
 
@@ -213,7 +227,7 @@ def archive_listing(path: Path) -> Listing:
         if parts and not any(_hidden(part) for part in parts):
             entries.append(("/".join(parts), kind))
             if kind == "file" and parts[-1] == CLASSES_FILE and len(parts) <= 2:
-                texts["/".join(parts)] = read().decode("utf-8", "replace")
+                texts["/".join(parts)] = read()
     tops = {name.split("/")[0] for name, _ in entries}
     wrapper = next(iter(tops)) if len(tops) == 1 else None
     nested = wrapper not in (None, *SPLITS) and any("/" in name for name, _ in entries)

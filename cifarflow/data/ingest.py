@@ -8,7 +8,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from cifarflow.data.archive import fetch_archive, is_remote, local_path, read_archive, read_label_names
+from cifarflow.data.archive import LABEL_NAMES, fetch_archive, is_remote, local_path, read_archive, read_label_names
 from cifarflow.data.folder import describe_folder, folder_identity, ingest_folder, is_folder_source
 from cifarflow.data.shards import SPLITS, build_manifest, verify_manifest, write_split_shards
 from cifarflow.errors import ArchiveError, PipelineInputError, ShardError
@@ -68,6 +68,7 @@ def ingest_source(config: Any, cache_key: str | None = None, log=print, progress
             )
         else:
             found = archive_shards(config.source, *archive, staging, config.image_size, config.rows_per_shard, log)
+        check_same_data_set(layout, config.source, found["label_names"], found["image_size"])  # under the run's lock
         pieces = {name: found[name] for name in ("image_size", "split", "skipped")}
         manifest = build_manifest(found["shards"], found["label_names"], found["source"], **pieces)
         manifest |= {"rows_per_shard": config.rows_per_shard, "cache_key": cache_key}
@@ -101,37 +102,45 @@ def archive_shards(
 
 def refuse_another_data_set(config: Any) -> None:
     """PipelineInputError (a refusal before any work): a folder source that cannot be a data set (`describe_folder`
-    says why), or a data dir whose shards hold another data set than the source at config.image_size: other class
-    names (or order), or another image size. The source's classes are read (a folder's names, an archive's member
-    names or batches.meta) only when it is not the source of those shards."""
+    says why), or one whose classes or image size differ from the data set the data dir holds. The source's classes
+    are read (a folder's names, an archive's member names or batches.meta) only when it is not that data set's."""
     layout, source = config.layout, config.source
     manifest = read_whole(lambda: read_json(layout.shard_manifest))
-    recorded = isinstance(manifest, dict) and "image_size" in manifest  # manifests before issue 30 recorded no size
-    held = (list(manifest["label_names"]), manifest["image_size"]) if recorded else None
-    if held is not None and is_source_of(source, layout, manifest["source"]):
-        names = held[0]
-    else:
-        names = source_label_names(source) or (held[0] if held else None)  # a URL's classes are not known here
-    if held is not None and (names, config.image_size) != held:
+    recorded = manifest.get("source", {}) if isinstance(manifest, dict) else {}
+    names = manifest["label_names"] if is_source_of(source, layout, recorded) else source_label_names(source)
+    if names is not None:
+        check_same_data_set(layout, source, names, config.image_size)
+
+
+def check_same_data_set(layout: DataLayout, source: str, names: list[str], image_size: int) -> None:
+    """PipelineInputError when the data dir holds a data set of other class names (or order) or another image size
+    (shards from before image sizes were recorded hold none)."""
+    manifest = read_whole(lambda: read_json(layout.shard_manifest))
+    if not isinstance(manifest, dict) or "image_size" not in manifest:
+        return
+    held, side = list(manifest["label_names"]), manifest["image_size"]
+    if (list(names), image_size) != (held, side):
+        hint = f" (or pass --image-size {side})" if list(names) == held else ""
         raise PipelineInputError(
-            f"{layout.root} holds {classes(held[0])} at {held[1]}×{held[1]}; {source} has {classes(names)} at "
-            f"{config.image_size}×{config.image_size}; a data dir holds one data set: use another --data-dir "
-            f"(or remove {layout.parquet} to start over)"
+            f"{layout.root} holds {classes(held)} at {side}×{side}; {source} has {classes(names)} at "
+            f"{image_size}×{image_size}; a data dir holds one data set: use another --data-dir{hint}"
         )
 
 
 def is_source_of(source: str, layout: DataLayout, recorded: dict[str, Any]) -> bool:
     """Whether the manifest's `recorded` source is `source` (a URL by name, a local one by content)."""
+    if not recorded:
+        return False
     if is_remote(source):
         return recorded.get("uri") == source
     return not local_path(source).is_dir() and source_digest(source, layout) == recorded.get("sha256")
 
 
 def source_label_names(source: str) -> list[str] | None:
-    """The class names of a local source, from names only (a folder's, or batches.meta); None for a URL or an
-    archive that does not read (ingest says what is wrong with it)."""
+    """The class names of a source, from names only (a folder's, or batches.meta; a URL is the CIFAR-10 archive: its
+    official names); None for an archive that does not read (ingest says what is wrong with it)."""
     if is_remote(source):
-        return None
+        return list(LABEL_NAMES)
     if is_folder(source):
         return list(describe_folder(local_path(source)).label_names)
     try:

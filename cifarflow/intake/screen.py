@@ -14,7 +14,7 @@ from cifarflow.data.shards import pixel_digest, read_shards, rows_table, shard_f
 from cifarflow.files import read_json
 from cifarflow.intake.images import EXTENSIONS, ImageRejected, convert_image
 from cifarflow.layout import DataLayout
-from cifarflow.paths import printable, walk
+from cifarflow.paths import name_key, printable, walk
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,11 @@ class Inbox:
 def scan_inbox(root: Path, label_names: list[str]) -> Inbox:
     """Candidates in `root/<class>/…` (class names case-insensitive, sub-folders included), sorted by path; every
     other file rejected with the reason (paths as `cifarflow.paths.printable` text)."""
-    classes = {name.lower(): label for label, name in enumerate(label_names)}
+    classes = {name_key(name): label for label, name in enumerate(label_names)}
     candidates, rejected = [], []
     for found in sorted(walk(root), key=lambda found: str(found.path)):
         path, parts = found.path, found.path.relative_to(root).parts
-        label = classes.get(parts[0].lower()) if parts else None
+        label = classes.get(name_key(parts[0])) if parts else None
         if not parts:  # the inbox itself could not be read (removed since the command started)
             reason = f"the inbox {found.problem}"
         elif len(parts) == 1 and found.problem is None:

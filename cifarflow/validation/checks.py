@@ -76,6 +76,17 @@ def near_groups(hashes: np.ndarray) -> np.ndarray:
     return connected_components(links, directed=False)[1][inverse]
 
 
+def label_conflicts(labels: np.ndarray, digests: list[str]) -> list[tuple[int, int]]:
+    """(earlier, later) positions of images whose pixels repeat an earlier image's under another label, over (N,)
+    labels and N pixel digests: one of each pair is mislabelled (a class folder linked under two names, a copy)."""
+    first: dict[str, int] = {}
+    return [
+        (first[digest], position)
+        for position, (label, digest) in enumerate(zip(labels.tolist(), digests))
+        if labels[first.setdefault(digest, position)] != label
+    ]
+
+
 def duplicates_within_classes(
     labels: np.ndarray, hashes: np.ndarray, digests: list[str]
 ) -> tuple[list[tuple[int, int]], list[list[int]]]:

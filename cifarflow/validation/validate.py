@@ -166,11 +166,18 @@ def data_warnings(parts: list[Part], skipped: list[dict[str, str]]) -> tuple[dic
     if exact:
         copies = listed([f"{filenames[i]} = {filenames[j]}" for i, j in exact])
         warnings.append(f"exact copies: {len(exact)} images repeat another image of their class ({copies})")
+    conflicts = checks.label_conflicts(labels, digests)
+    if conflicts:
+        pairs = listed([f"{filenames[i]} = {filenames[j]}" for i, j in conflicts])
+        warnings.append(
+            f"label conflicts: {len(conflicts)} images repeat an image of another class ({pairs}): one of each pair "
+            "is mislabelled; remove it"
+        )
     if skipped:
         unreadable = listed([f"{s['path']} ({s['reason']})" for s in skipped])
         warnings.append(f"unreadable files: ingest skipped {len(skipped)}: {unreadable}; replace or delete them")
     findings = {"exact_duplicates": len(exact), "near_duplicates": near_images, "near_duplicates_across_splits": across}
-    findings |= {"near_duplicate_groups": near_groups}
+    findings |= {"near_duplicate_groups": near_groups, "label_conflicts": len(conflicts)}
     return findings | {"skipped": skipped}, warnings
 
 
