@@ -21,7 +21,7 @@ from cifarflow.training.warm_start import WarmStartPlan, plan_warm_start
 from cifarflow.validation.validate import find_validation
 
 TF_LIBS = ("tensorflow-cpu", "tensorflow", "keras")
-DATA_CODE = ("cifarflow.data", "cifarflow.files", "cifarflow.intake.images")
+DATA_CODE = ("cifarflow.data", "cifarflow.files", "cifarflow.intake.images", "cifarflow.paths")
 MODEL_CODE = (*DATA_CODE, "cifarflow.models", "cifarflow.training")
 EVALUATION_CODE = ("cifarflow.evaluation", "cifarflow.calibration")
 
@@ -110,7 +110,7 @@ SPECS: dict[str, StageSpec] = {
         "report",
         params=("model", "train_batch_size", "train_learning_rate", "seed"),
         inputs=report_inputs,
-        code=("cifarflow.reporting", "cifarflow.files", "cifarflow.markdown"),
+        code=("cifarflow.reporting", "cifarflow.data.archive", "cifarflow.files", "cifarflow.markdown"),
         upstream=("ingest", "validate", "preprocess", "train", "evaluate", "calibrate", "robustness"),
         find=lambda config, key, upstream: find_report(config.layout.reports, key),
     ),
