@@ -98,14 +98,14 @@ def test_a_data_dir_holds_one_data_set(synthetic_archive, tmp_path, capsys):
         (photos / name).mkdir(parents=True)
         Image.new("RGB", (40, 40), (shade * 80, 90, 30)).save(photos / name / "a.png")
     held = f"error: {data_dir} holds 10 classes (airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck)"
-    for source, extra, has in [
-        (photos, [], f"at 32×32; {photos} has 3 classes (anvil, kettle, lantern) at 32×32;"),
-        (synthetic_archive, ["--image-size", "64"], f"at 32×32; {synthetic_archive} has 10 classes (airplane,"),
+    for source, extra, has, hint in [
+        (photos, [], f"at 32×32; {photos} has 3 classes (anvil, kettle, lantern) at 32×32;", ""),
+        (synthetic_archive, ["--image-size", "64"], f"at 32×32; {synthetic_archive} has 10 classes (airplane,", "32"),
     ]:
         code, out, _ = pipeline(capsys, "--source", source, "--data-dir", data_dir, "--plan", *extra)
         error = last_line(out)
         assert code == 2 and error.startswith(held) and has in error, out
-        assert error.endswith(f"use another --data-dir (or remove {data_dir / 'parquet'} to start over)")
+        assert error.endswith(f"use another --data-dir (or pass --image-size {hint})" if hint else "--data-dir")
     assert "truck) at 64×64; a data dir holds one data set" in error  # the size asked for is named
     assert (data_dir / "parquet" / "manifest.json").read_bytes() == manifest
     code, out, _ = pipeline(capsys, "--source", synthetic_archive, "--data-dir", data_dir, "--plan")

@@ -30,8 +30,14 @@ class Answer:
     def __post_init__(self):
         if not PREDICTION_ID.fullmatch(str(self.prediction_id)):
             raise ValueError(f"prediction_id {self.prediction_id!r} is not 32 hex digits")
-        if not (0 < len(str(self.label)) <= MAX_LABEL and str(self.label).isprintable()):
+        if not is_class_name(str(self.label)):
             raise ValueError(f"label {self.label!r} is not a class name")
+
+
+def is_class_name(text: str) -> bool:
+    """Whether `text` can name a class folder (the export writes `<label>/<prediction_id>.png`): printable, at most
+    MAX_LABEL characters, no path separator, not hidden (ingest ignores names starting with '.')."""
+    return 0 < len(text) <= MAX_LABEL and text.isprintable() and not ({"/", "\\"} & set(text)) and text[0] != "."
 
 
 ANSWER_FIELDS = tuple(f.name for f in fields(Answer))
