@@ -7,6 +7,8 @@
 2. Memory: peak RSS (the largest of the process and its workers) of ingesting the 60,000-file folder and the same
    folder repeated 4× as hard links (240,000 files): it must not grow with the folder (within 20 %) and stay < 1 GB.
 3. The cached identity of the unchanged folder (every file's digest from the memo) against the archive source's.
+4. With --rerun: the whole pipeline re-run with nothing changed (every stage Cached) on the 60,000-file folder against
+   the same on the official-layout archive built from the copy, alternated after one cold run of each (--epochs 1).
 Each measurement runs in a fresh process (`--measure`), so its peak RSS is its own.
 """
 
@@ -17,6 +19,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -77,10 +80,35 @@ def identity_seconds(source: Path, memo: Path, root: Path) -> float:
     return time.perf_counter() - started
 
 
+def cached_reruns(folder: Path, jpeg_copy: Path, work: Path, rounds: int) -> dict[str, list[float]]:
+    """Seconds of `flows/cifar_flow.py` re-runs with nothing changed, per source, alternated (a cold run of each
+    first, classic preset, one epoch), each in a fresh process on Prefect's temporary server."""
+    archive = work / "cifar-10-python.tar.gz"
+    builder = jpeg_copy.parent / "make_cifar10_archive.py"
+    subprocess.run([sys.executable, str(builder), str(jpeg_copy), str(archive)], check=True, capture_output=True)
+    env = os.environ | {"PREFECT_HOME": str(work / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)
+    sources = {"folder": folder, "archive": archive}
+    seconds: dict[str, list[float]] = {name: [] for name in sources}
+    for attempt in range(rounds + 1):
+        for name, source in sources.items():
+            command = [sys.executable, "flows/cifar_flow.py", "--source", str(source), "--epochs", "1"]
+            started = time.perf_counter()
+            run = subprocess.run(
+                [*command, "--data-dir", str(work / f"data-{name}")], cwd=REPO, env=env, text=True, capture_output=True
+            )
+            if run.returncode != 0:
+                raise RuntimeError(f"{name}: {run.stdout[-2000:]}")
+            if attempt:  # the first is the cold run
+                seconds[name].append(time.perf_counter() - started)
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jpeg-copy", type=Path, default=JPEG_COPY)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rerun", action="store_true", help="also time cached pipeline re-runs, folder vs archive")
     parser.add_argument("--measure", nargs=2, metavar=("KIND", "FOLDER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.measure:
@@ -117,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         folder_s = identity_seconds(folder, work / "digests.json", work)
         archive_s = identity_seconds(args.jpeg_copy, work / "archive-digests.json", work)  # its own data dir's memo
         print(f"cached identity: folder {folder_s:.2f} s, archive {archive_s:.3f} s")
+        if args.rerun:
+            reruns = cached_reruns(folder, args.jpeg_copy, work, args.rounds)
+            medians = {name: statistics.median(values) for name, values in reruns.items()}
+            print(
+                f"cached re-run: folder {', '.join(f'{s:.1f}' for s in reruns['folder'])} s, archive "
+                f"{', '.join(f'{s:.1f}' for s in reruns['archive'])} s; medians {medians['folder']:.1f} / "
+                f"{medians['archive']:.1f} s = {medians['folder'] / medians['archive']:.2f}×"
+            )
         bounded = growth <= 0.20 and big["rss_mb"] < 1024
         print(
             f"done: ingest {rates['ingest']:.0f} images/s = {ratio:.2f}× one-process decoding; peak RSS "

@@ -342,8 +342,8 @@ def test_warm_start_serves_only_a_champion_that_fits(tmp_path, labels):
     assert plan_warm_start(False, registry, "classic", features_of("unit", ("b1",))) == WarmStartPlan()  # not read
     other_classes = warm_start_source(registry, "classic", "unit", ("b1",), label_names=["ant", "bee", "wasp"])[1]
     assert other_classes["reason"] == (
-        "the champion classifies 10 classes (airplane, automobile, bird, cat, deer, dog, …) at 32×32, "
-        "this run's model 3 classes (ant, bee, wasp) at 32×32"
+        "the champion classifies 10 classes (airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck) at "
+        "32×32, this run's model 3 classes (ant, bee, wasp) at 32×32"
     )
     other_size = warm_start_source(registry, "classic", "unit", ("b1",), image_size=64)
     assert other_size[0] is None and "this run's model 10 classes (airplane" in other_size[1]["reason"]
@@ -367,7 +367,10 @@ def test_a_version_is_not_staged_from_a_model_file_that_is_not_the_challenger(tm
     ("data_set", "words"),
     [
         ({"label_names": ("ant", "bee", "wasp")}, "3 classes (ant, bee, wasp) at 32×32"),
-        ({"image_size": 64}, "10 classes (airplane, automobile, bird, cat, deer, dog, …) at 64×64"),
+        (
+            {"image_size": 64},
+            "10 classes (airplane, automobile, bird, cat, deer, dog, frog, horse, ship, truck) at 64×64",
+        ),
     ],
 )
 def test_a_champion_is_never_compared_with_a_model_of_another_data_set(tmp_path, labels, data_set, words):
@@ -385,9 +388,9 @@ def test_a_champion_is_never_compared_with_a_model_of_another_data_set(tmp_path,
     with pytest.raises(PromotionRefused) as refused:
         promote_challenger(challenger, model, report, registry, 0.05, "key", canary=None, log=lambda _: None)
     assert str(refused.value) == (
-        f"the champion v1 in {registry} classifies 10 classes (airplane, automobile, bird, cat, deer, dog, …) at "
-        f"32×32, this run's model {words}: a champion is never compared with a model of another data set; use "
-        f"another --data-dir for this data set (or move {registry} away to start anew)"
+        f"the champion v1 in {registry} classifies 10 classes (airplane, automobile, bird, cat, deer, dog, frog, "
+        f"horse, ship, truck) at 32×32, this run's model {words}: a champion is never compared with a model of "
+        f"another data set; use another --data-dir for this data set (or move {registry} away to start anew)"
     )
     after = sorted((p.relative_to(registry), p.read_bytes()) for p in registry.rglob("*") if p.is_file())
     assert after == before and not (tmp_path / "report").exists()  # refused before any write
@@ -515,7 +518,8 @@ def test_report_section_names_the_champion_by_its_version(labels):
 
 
 def test_the_report_names_the_data_set_by_its_source_with_classes_size_and_split():
-    from cifarflow.reporting.report import dataset_name, describe_dataset, describe_split
+    from cifarflow.data.shards import describe_split
+    from cifarflow.reporting.report import dataset_name, describe_dataset
 
     assert dataset_name({"kind": "cifar-archive", "uri": "https://example.org/cifar-10-python.tar.gz"}) == "CIFAR-10"
     assert dataset_name({"kind": "folder", "uri": "/home/me/photos/fruit/"}) == "fruit"

@@ -10,7 +10,7 @@ from typing import Any
 
 from cifarflow.data.archive import LABEL_NAMES, fetch_archive, is_remote, local_path, read_archive, read_label_names
 from cifarflow.data.folder import describe_folder, folder_identity, ingest_folder, is_folder_source
-from cifarflow.data.shards import SPLITS, build_manifest, verify_manifest, write_split_shards
+from cifarflow.data.shards import SPLITS, build_manifest, data_set_words, verify_manifest, write_split_shards
 from cifarflow.errors import ArchiveError, PipelineInputError, ShardError
 from cifarflow.files import atomic_directory, read_json, write_json
 from cifarflow.layout import DataLayout
@@ -122,8 +122,8 @@ def check_same_data_set(layout: DataLayout, source: str, names: list[str], image
     if (list(names), image_size) != (held, side):
         hint = f" (or pass --image-size {side})" if list(names) == held else ""
         raise PipelineInputError(
-            f"{layout.root} holds {classes(held)} at {side}×{side}; {source} has {classes(names)} at "
-            f"{image_size}×{image_size}; a data dir holds one data set: use another --data-dir{hint}"
+            f"{layout.root} holds {data_set_words(held, side)}; {source} has {data_set_words(names, image_size)}; "
+            f"a data dir holds one data set: use another --data-dir{hint}"
         )
 
 
@@ -147,11 +147,6 @@ def source_label_names(source: str) -> list[str] | None:
         return read_label_names(local_path(source))
     except ArchiveError:
         return None
-
-
-def classes(names: list[str], shown: int = 10) -> str:
-    """`3 classes (kettle, lantern, anvil)`; past `shown` names, the rest as `…`."""
-    return f"{len(names)} classes ({', '.join(names[:shown])}{', …' if len(names) > shown else ''})"
 
 
 def find_shards(layout: DataLayout, cache_key: str) -> IngestResult | None:

@@ -186,3 +186,16 @@ def pixel_side(kind: pa.DataType, path: Path) -> int:
     if size == 0 or side * side * 3 != size:
         raise ShardError(f"shard {path}: pixels are {kind}, not S·S·3 uint8 lists; re-run ingest (--refresh ingest)")
     return side
+
+
+def data_set_words(label_names, image_size: int, shown: int = 10) -> str:
+    """'3 classes (ant, bee, wasp) at 64×64' (past `shown` names, the rest as '…')."""
+    names = ", ".join(list(label_names)[:shown]) + (", …" if len(label_names) > shown else "")
+    return f"{len(label_names)} classes ({names}) at {image_size}×{image_size}"
+
+
+def describe_split(split: dict[str, Any]) -> str:
+    """How a manifest's test split was made, in words."""
+    if split.get("method") == "held-out":
+        return f"held out {split['test_fraction']:.3g} of each class as test (split seed {split['split_seed']})"
+    return "as given by the source (its own train and test images)"

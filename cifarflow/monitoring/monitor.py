@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cifarflow import journal
-from cifarflow.data.shards import read_split
+from cifarflow.data.shards import data_set_words, read_split
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import read_json, text_digest, write_json
 from cifarflow.layout import DataLayout
@@ -23,7 +23,7 @@ from cifarflow.monitoring.embedding import load_embedder, load_scored, save_scor
 from cifarflow.monitoring.log import FLUSH_S, Logged, last_seq, read_window, window_keys
 from cifarflow.monitoring.signals import FAMILY_ALPHA, MIN_WINDOW, Signal
 from cifarflow.outputs import read_whole
-from cifarflow.registry.store import Version, data_set_words
+from cifarflow.registry.store import Version
 
 MAX_IMAGES = 10_000  # the most images a window is judged on (a random sample of a bigger one)
 LATE_S = 2 * FLUSH_S  # rows scored this long before the newest judged row: a late arrival

@@ -18,6 +18,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from cifarflow.data.shards import data_set_words
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import field_problem, file_digest, read_json, storage_errors, write_json
 from cifarflow.lock import DataDirLocked, data_dir_lock
@@ -125,12 +126,6 @@ class Version(VersionRecord):
             return ""
         theirs = data_set_words(self.label_names, self.side)
         return f"classifies {theirs}, this run's model {data_set_words(label_names, image_size)}"
-
-
-def data_set_words(label_names, image_size: int) -> str:
-    """'3 classes (ant, bee, wasp) at 64×64' (the first 6 names)."""
-    names = ", ".join(list(label_names)[:6]) + (", …" if len(label_names) > 6 else "")
-    return f"{len(label_names)} classes ({names}) at {image_size}×{image_size}"
 
 
 def versions_dir(registry: Path) -> Path:

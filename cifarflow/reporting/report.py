@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cifarflow.data.archive import is_cifar10
+from cifarflow.data.folder import ARCHIVE_SUFFIXES
+from cifarflow.data.shards import describe_split
 from cifarflow.files import atomic_directory, atomic_path, file_digest, point_symlink, read_json, write_json
 from cifarflow.markdown import escape, join_wrapped
 from cifarflow.outputs import StageOutput, read_whole
@@ -29,7 +31,6 @@ PLOTS = ("confusion_matrix.png", "training_curves.png", "sample_predictions.png"
 RELIABILITY = "reliability.png"  # the calibrate stage's diagram
 LIBRARIES = ("tensorflow-cpu", "tensorflow", "keras", "numpy", "pyarrow", "scikit-learn", "prefect")
 CLASSIC_PUBLISHED_ACCURACY = 0.615  # the classic notebook's own test accuracy (on the CIFAR-10 archive)
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
 def library_versions() -> dict[str, str]:
@@ -94,12 +95,6 @@ def dataset_name(source: dict[str, Any]) -> str:
         return "CIFAR-10"
     name = Path(str(source.get("uri") or "").rstrip("/")).name
     return next((name[: -len(s)] for s in ARCHIVE_SUFFIXES if name.endswith(s)), name) or "data set"
-
-
-def describe_split(split: dict[str, Any]) -> str:
-    if split.get("method") == "held-out":
-        return f"held out {split['test_fraction']:.3g} of each class as test (split seed {split['split_seed']})"
-    return "as given by the source (its own train and test images)"
 
 
 def describe_dataset(card: dict[str, Any], named: bool = True) -> str:

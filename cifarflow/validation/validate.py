@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cifarflow.data.dataset_versions import DatasetVersion, batch_shards
-from cifarflow.data.shards import SPLITS, pixel_digest, shard_schema
+from cifarflow.data.shards import SPLITS, describe_split, pixel_digest, shard_schema
 from cifarflow.data.statistics import mean_std, pixel_value_counts
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import atomic_directory, atomic_path, file_digest, read_json, text_digest, write_json
@@ -238,12 +238,6 @@ def part_row(part: Part, classes: int, drift_psi: float | None = None, repeated:
         "drift_psi": None if drift_psi is None else round(drift_psi, 4),
         "duplicates": repeated,
     }
-
-
-def describe_split(split: dict[str, Any]) -> str:
-    if split.get("method") == "held-out":
-        return f"held out: {split['test_fraction']:.3g} of each class, split seed {split['split_seed']}"
-    return "the source's own test split"
 
 
 def data_section(version: DatasetVersion, stats: dict[str, Any]) -> str:
