@@ -110,7 +110,7 @@ SPECS: dict[str, StageSpec] = {
         "report",
         params=("model", "train_batch_size", "train_learning_rate", "seed"),
         inputs=report_inputs,
-        code=("cifarflow.reporting", "cifarflow.data", "cifarflow.files", "cifarflow.markdown"),
+        code=("cifarflow.reporting", *DATA_CODE, "cifarflow.markdown"),
         upstream=("ingest", "validate", "preprocess", "train", "evaluate", "calibrate", "robustness"),
         find=lambda config, key, upstream: find_report(config.layout.reports, key),
     ),
