@@ -62,6 +62,8 @@ class DataLayout:
     latest_report = _Under("reports", "latest")
     stage_state = _Under(".stage-state")  # each stage's last cache key and its inputs (for --plan and --stages)
     digest_memo = _Under(".stage-state", "digests.json")  # sha256 of verified files by identity (files.py)
+    source_memo = _Under(".stage-state", "source-digests.json")  # the same for a folder source's files: apart, as
+    # every stage reads the outputs' memo, and a folder's holds an entry per image
     lock_file = _Under(".pipeline.lock")
 
     split_dir = _Keyed("parquet")

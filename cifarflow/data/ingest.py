@@ -40,7 +40,7 @@ def result_from_manifest(manifest_path: Path, manifest: dict) -> IngestResult:
 def source_digest(source: str, layout: DataLayout) -> str:
     """A local source's content identity, as its manifest records it (`source.sha256`): an archive file's sha256, or
     a folder's `folder_identity`; file digests remembered in the data dir's memo (an unchanged file is not read)."""
-    return folder_identity(local_path(source).resolve(), layout.digest_memo, layout.root)
+    return folder_identity(local_path(source).resolve(), layout.source_memo, layout.root)
 
 
 def is_folder(source: str) -> bool:
