@@ -155,7 +155,7 @@ def test_local_source_is_keyed_by_content_not_path(synthetic_archive, tmp_path):
     assert identity(copy.as_uri()) == original
     copy.write_bytes(copy.read_bytes() + b"\0")  # a new mtime and size: hashed again, not remembered
     assert identity(copy) != original
-    assert str(copy.resolve()) in (tmp_path / "data" / ".stage-state" / "digests.json").read_text()
+    assert str(copy.resolve()) in (tmp_path / "data" / ".stage-state" / "source-digests.json").read_text()
 
 
 @pytest.fixture
