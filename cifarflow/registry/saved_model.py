@@ -108,8 +108,13 @@ def load_export(directory: Path) -> ExportedModel:
     loaded = tf.saved_model.load(str(directory))
     metadata = read_json(Path(directory) / METADATA)
     endpoint = getattr(loaded, metadata.get("endpoint", ENDPOINT))
-    side = metadata.get("image_size") or metadata["input"]["shape"][1]  # the latter: written before it was kept
-    return ExportedModel(metadata["label_names"], side, metadata["preset"], endpoint, loaded)
+    return ExportedModel(metadata["label_names"], export_image_size(metadata), metadata["preset"], endpoint, loaded)
+
+
+def export_image_size(metadata: dict[str, Any]) -> int:
+    """The side S an export's cifarflow.json scores: its `image_size`, or for an export written before that was kept,
+    its input shape [None, S, S, 3]."""
+    return metadata.get("image_size") or metadata["input"]["shape"][1]
 
 
 @dataclass(frozen=True)

@@ -116,9 +116,9 @@ class Version(VersionRecord):
     @property
     def side(self) -> int:
         """Its image size; of a version registered before it was kept, its export's input shape [None, S, S, 3]."""
-        from cifarflow.registry.saved_model import METADATA
+        from cifarflow.registry.saved_model import METADATA, export_image_size
 
-        return self.image_size or read_json(self.export_dir / METADATA)["input"]["shape"][1]
+        return self.image_size or export_image_size(read_json(self.export_dir / METADATA))
 
     def data_set_difference(self, label_names: list[str], image_size: int) -> str:
         """'' when it classifies `label_names` (in order) at `image_size`, else what differs, in words."""
