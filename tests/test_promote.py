@@ -518,8 +518,9 @@ def test_report_section_names_the_champion_by_its_version(labels):
 
 
 def test_the_report_names_the_data_set_by_its_source_with_classes_size_and_split():
+    from cifarflow.data.ingest import dataset_name
     from cifarflow.data.shards import describe_split
-    from cifarflow.reporting.report import dataset_name, describe_dataset
+    from cifarflow.reporting.report import describe_dataset
 
     assert dataset_name({"kind": "cifar-archive", "uri": "https://example.org/cifar-10-python.tar.gz"}) == "CIFAR-10"
     assert dataset_name({"kind": "folder", "uri": "/home/me/photos/fruit/"}) == "fruit"

@@ -3,13 +3,15 @@ verified Parquet shards at the data set's image size + the manifest (version 2),
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 from cifarflow.data.archive import LABEL_NAMES, fetch_archive, is_remote, local_path, read_archive, read_label_names
-from cifarflow.data.folder import describe_folder, folder_identity, ingest_folder, is_folder_source
+from cifarflow.data.folder import ARCHIVE_SUFFIXES, describe_folder, folder_identity, ingest_folder, is_folder_source
 from cifarflow.data.shards import SPLITS, build_manifest, data_set_words, verify_manifest, write_split_shards
 from cifarflow.errors import ArchiveError, PipelineInputError, ShardError
 from cifarflow.files import atomic_directory, read_json, write_json
@@ -158,3 +160,20 @@ def find_shards(layout: DataLayout, cache_key: str) -> IngestResult | None:
         return result_from_manifest(layout.shard_manifest, verify_manifest(layout.shard_manifest))
 
     return read_whole(read, ShardError)
+
+
+def dataset_name(source: dict[str, Any]) -> str:
+    """What the data set is called: "CIFAR-10" for the official archive, else its folder's (or archive's) name."""
+    if source["kind"] == "cifar-archive":
+        return "CIFAR-10"
+    name = Path(str(source.get("uri") or "").rstrip("/")).name
+    return next((name[: -len(s)] for s in ARCHIVE_SUFFIXES if name.endswith(s)), name) or "data set"
+
+
+def model_name(source: dict[str, Any] | None) -> str:
+    """The name clients call the model by (the Open Inference Protocol's `{name}` in /v2/models/{name}): the data set's
+    name folded to ASCII lower case, other characters than a-z, 0-9, '.', '_' and '-' dropped ("CIFAR-10" → "cifar-10",
+    "Été photos" → "etephotos"); "classifier" when nothing is left or the model predates keeping its data set."""
+    folded = unicodedata.normalize("NFKD", dataset_name(source)).encode("ascii", "ignore").decode() if source else ""
+    name = re.sub(r"[^a-z0-9._-]+", "", folded.lower())
+    return name.strip(".-_") or "classifier"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cifarflow.data.archive import is_cifar10
-from cifarflow.data.folder import ARCHIVE_SUFFIXES
+from cifarflow.data.ingest import dataset_name
 from cifarflow.data.shards import describe_split
 from cifarflow.files import atomic_directory, atomic_path, file_digest, point_symlink, read_json, write_json
 from cifarflow.markdown import escape, join_wrapped
@@ -87,14 +87,6 @@ def describe_normalization(fitted: dict[str, Any]) -> str:
         return "unit: pixels / 255, in the model's first layer"
     mean, std = (", ".join(f"{v:.4f}" for v in fitted[k]) for k in ("mean", "std"))
     return f"{fitted['kind']}: (pixels / 255 − ({mean})) / ({std}), fitted on train, in the model's first layer"
-
-
-def dataset_name(source: dict[str, Any]) -> str:
-    """What the data set is called: "CIFAR-10" for the official archive, else its folder's (or archive's) name."""
-    if source["kind"] == "cifar-archive":
-        return "CIFAR-10"
-    name = Path(str(source.get("uri") or "").rstrip("/")).name
-    return next((name[: -len(s)] for s in ARCHIVE_SUFFIXES if name.endswith(s)), name) or "data set"
 
 
 def describe_dataset(card: dict[str, Any], named: bool = True) -> str:
