@@ -11,12 +11,13 @@ LOCAL_ARCHIVE := data/cache/cifar-10-python.tar.gz
 # train/<class>/*.jpg and test/<class>/*.jpg), else the URL. SOURCE may also be a folder of your own images.
 SOURCE ?=
 ARGS ?=
+DATA_DIR ?= data
 
 # The offline defaults (no telemetry, quiet TensorFlow) live in cifarflow/environment.py: importing it sets
 # them (the flows, benchmarks and tests import it first), and the Prefect CLI runs through it.
 WITH_DEFAULTS := $(BIN)/python -m cifarflow.environment
 
-.PHONY: help install run test test-fast lint format system-deps server schedule serve predict monitor feedback bench clean-data
+.PHONY: help install run test test-fast lint format system-deps server schedule serve predict monitor feedback mlflow-ui bench clean-data
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -71,6 +72,9 @@ monitor: install  ## compare what the champion was asked lately with its test se
 feedback: install  ## the reviewers' new answers into the training data: one screened batch (ARGS="--data-dir D")
 	$(BIN)/python flows/feedback_flow.py $(ARGS)
 
+mlflow-ui: install  ## browse the MLflow runs of DATA_DIR (default data) on http://127.0.0.1:5000 (ARGS="--port 5001")
+	$(WITH_DEFAULTS) $(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(DATA_DIR))/mlflow.db --host 127.0.0.1 $(ARGS)
+
 # The benchmarks read an archive file: with ../shared beside the repo it is built into data/cache first,
 # after which the one rule (default_source) names it; elsewhere the rule gives the official URL.
 BENCH_SOURCE = $(or $(SOURCE),$(shell $(BIN)/python -c 'from cifarflow.data.archive import default_source; print(default_source("data"))'))
@@ -79,5 +83,5 @@ bench: install $(if $(wildcard $(SHARED_JPEG)),$(LOCAL_ARCHIVE))  ## measure spe
 	$(BIN)/python benchmarks/bench_pipeline.py --source $(BENCH_SOURCE) --out benchmarks/results.md
 	$(BIN)/python benchmarks/bench_serving.py --source $(BENCH_SOURCE) --out benchmarks/serving.md
 
-clean-data:  ## delete generated data (shards, features, models, reports, caches); keeps added image batches, the model registry, the prediction log and the reviewers' answers
-	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep ! -name batches ! -name batches-withdrawn ! -name registry ! -name log ! -name monitoring ! -name feedback -exec rm -rf {} +
+clean-data:  ## delete generated data (shards, features, models, reports, caches); keeps added image batches, the model registry, the prediction log, the reviewers' answers and the MLflow runs
+	find data -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitkeep ! -name batches ! -name batches-withdrawn ! -name registry ! -name log ! -name monitoring ! -name feedback ! -name mlflow.db ! -name mlflow-artifacts -exec rm -rf {} +

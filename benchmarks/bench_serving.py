@@ -32,6 +32,9 @@ registered as a real registry version (export + smoke test), as a promotion woul
    measured requests must give one row per answer (200), every id distinct, exactly the
    `prediction_id`s the clients received. The batch flow: 1d against 1d′ (target: log on keeps ≥ 90%
    of the images/s).
+4. Runtimes: each preset (classic, quick, fast) as a float32 random-weight version, scored in memory by its
+   SavedModel (TensorFlow) and its model.onnx (onnxruntime), batch 1 and 256, alternated; images/s and p50/p99 per
+   call. `--runtimes-only` measures just this, on random pixels (a few minutes).
 """
 
 from __future__ import annotations
@@ -76,23 +79,20 @@ NORMALIZATION = {
 
 
 def register(registry: Path, preset_name: str, label_names: list[str], canary: np.ndarray, scratch: Path) -> str:
-    """A random-weight network of the preset, registered as the next version (export + smoke test)."""
-    import keras
+    """A random-weight network of the preset, registered as the next version (exports + smoke test), in float32 as
+    training returns every network (`cifarflow.training.airbench_loop.in_float32`)."""
 
     from cifarflow.data.transform import Normalization
-    from cifarflow.models.precision import choose_policy
     from cifarflow.models.presets import get_preset
 
     preset = get_preset(preset_name)
     mean, std = NORMALIZATION[preset.normalization]
-    keras.mixed_precision.set_global_policy(choose_policy() if preset_name != "classic" else "float32")
     side = int(canary.shape[1])
     model = preset.build(
         Normalization(preset.normalization, mean, std), num_classes=len(label_names), image_size=side, seed=0
     )
-    keras.mixed_precision.set_global_policy("float32")
-    path = scratch / preset_name / "model.keras"
-    path.parent.mkdir(parents=True)
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{preset_name}-", dir=scratch)) / "model.keras"
     model.save(path)
     probabilities = preset.predict(preset.load(path), canary)
     record = store.VersionRecord(
@@ -109,6 +109,68 @@ def register(registry: Path, preset_name: str, label_names: list[str], canary: n
     labels = np.zeros(1, np.int64)
     staged = stage_next_version(registry, path, record, {}, labels, labels, Canary(canary, probabilities))
     return make_champion(registry, staged, reason=f"benchmark: {preset_name}").name
+
+
+def runtime_calls(score, pixels: np.ndarray, calls: int) -> list[float]:
+    """Seconds of each of `calls` calls of `score(pixels)`."""
+    seconds = []
+    for _ in range(calls):
+        seconds.append(timed(lambda: score(pixels)))
+    return seconds
+
+
+def runtimes(registry: Path, label_names: list[str], pixels: np.ndarray, scratch: Path, args) -> list[str]:
+    """The markdown section "Runtimes": each preset's float32 random-weight version scored in memory by its
+    SavedModel (TensorFlow) and by its model.onnx (onnxruntime), batch 1 and 256, the two alternated in each of
+    `args.runtime_rounds` rounds; images/s over all calls, p50 and p99 of a call. The rule: onnxruntime serves a
+    preset only if it is faster at both batch sizes (the service micro-batches: it sees both)."""
+    import onnxruntime
+
+    from cifarflow.registry.saved_model import load_export
+
+    rows, choices = [], {}
+    for preset_name in ("classic", "quick", "fast"):
+        version = store.read_version(registry, register(registry, preset_name, label_names, pixels[:64], scratch))
+        session = onnxruntime.InferenceSession(str(version.onnx_path), providers=["CPUExecutionProvider"])
+        scorers = {
+            "SavedModel": load_export(version.export_dir).probabilities,
+            "onnxruntime": lambda batch, session=session: session.run(["probabilities"], {"pixels": batch})[0],
+        }
+        faster = []
+        for batch in (1, 256):
+            x, calls = pixels[:batch], args.runtime_calls if batch == 1 else max(2, args.runtime_calls // 20)
+            times: dict[str, list[float]] = {name: [] for name in scorers}
+            for score in scorers.values():
+                runtime_calls(score, x, 3)  # warm-up
+            for number in range(args.runtime_rounds):
+                for name in list(scorers) if number % 2 == 0 else list(scorers)[::-1]:
+                    times[name] += runtime_calls(scorers[name], x, calls)
+            rate = {name: batch * len(t) / sum(t) for name, t in times.items()}
+            faster.append(rate["onnxruntime"] > rate["SavedModel"])
+            for name, t in times.items():
+                p50, p99 = np.percentile(t, 50) * 1000, np.percentile(t, 99) * 1000
+                rows.append(
+                    f"| `{preset_name}` | {batch} | {name} | {len(t)} | {rate[name]:,.0f} img/s | {p50:.2f} ms | "
+                    f"{p99:.2f} ms | {rate[name] / rate['SavedModel']:.2f} |"
+                )
+            print(rows[-2], rows[-1], sep="\n", flush=True)
+        choices[preset_name] = "onnxruntime" if all(faster) else "SavedModel"
+    return [
+        "",
+        "## Runtimes: the SavedModel (TensorFlow) against model.onnx (onnxruntime)",
+        "",
+        f"Each preset's random-weight network in float32 at {pixels.shape[1]} px, registered as a real version (so "
+        "its model.onnx passed the smoke test), scored in memory in this one process: batch 1 and 256, the two "
+        f"runtimes alternated in each of {args.runtime_rounds} rounds; images/s over all calls, p50/p99 of one call.",
+        "",
+        "| network | batch | runtime | calls | images/s | p50 per call | p99 per call | ÷ SavedModel |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "Serves (onnxruntime only where faster at both batch sizes): "
+        + ", ".join(f"`{name}` {runtime}" for name, runtime in choices.items())
+        + ".",
+    ]
 
 
 def write_pngs(pixels: np.ndarray, folder: Path) -> list[Path]:
@@ -340,7 +402,19 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50, help="requests per client (8 clients; 500: 4,000 in all)")
     parser.add_argument("--log-rounds", type=int, default=3, help="service runs with the log on, and as many off")
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    parser.add_argument("--runtime-rounds", type=int, default=6, help="SavedModel/onnxruntime alternations")
+    parser.add_argument("--runtime-calls", type=int, default=100, help="batch-1 calls per round (batch 256: ÷ 20)")
+    parser.add_argument("--runtimes-only", action="store_true", help="only the runtime section, on random pixels")
     args = parser.parse_args()
+    if args.runtimes_only:
+        work = Path(tempfile.mkdtemp(prefix="bench-runtimes-"))
+        pixels = np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8)
+        text = "\n".join(runtimes(work / "data" / "registry", [f"class {n}" for n in range(10)], pixels, work, args))
+        print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+        shutil.rmtree(work, ignore_errors=True)
+        return
 
     splits, label_names = read_archive(local_path(args.source))
     pixels = np.ascontiguousarray(splits["test"].images[: args.images])
@@ -404,6 +478,7 @@ def main() -> None:
                 f"{r['p99_ms']:.1f} ms | {r['errors']} |"
             )
     lines += log_overhead(versions, logged, flow_rates, args)
+    lines += runtimes(registry, label_names, pixels[:256], work / "models", args)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

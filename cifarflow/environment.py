@@ -11,6 +11,8 @@ OFFLINE_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # no telemetry DNS look-ups (machines may be offline)
     "DO_NOT_TRACK": "1",
     "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's C++ start-up chatter off
+    "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow reads DO_NOT_TRACK only as "true", not "1"
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",  # a tracking server that is down costs seconds, not minutes (default 7)
 }
 
 

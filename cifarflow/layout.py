@@ -53,6 +53,8 @@ class DataLayout:
     monitor_state = _Under("monitoring", "state.json")  # the last log seq incremental monitor runs have judged
     monitor_lock = _Under("monitoring", ".monitor.lock")  # one monitor run at a time per data dir
     monitor_journal = _Under("monitoring", ".run-journal.json")  # an unfinished incremental monitor run (journal.py)
+    mlflow_db = _Under("mlflow.db")  # the MLflow runs of this data dir, its default tracking store (tracking.py)
+    mlflow_artifacts = _Under("mlflow-artifacts")  # their artifacts (the report folders as logged)
     feedback = _Under("feedback")  # what reviewers answered, and what the feedback flow made of it
     feedback_exported = _Under("feedback", "exported.json")  # the answer of each prediction handled, and its verdict
     feedback_exports = _Under("feedback", "exports")  # a folder per feedback run with answers: inbox, summary.json

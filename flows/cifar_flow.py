@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from prefect import flow, get_run_logger
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli
@@ -29,6 +30,7 @@ from cifarflow.orchestration.artifacts import publish_registry, publish_report
 from cifarflow.orchestration.plan import plan_stages
 from cifarflow.orchestration.runner import StageRunner, parse_stage_list
 from cifarflow.orchestration.stages import STAGES
+from cifarflow.tracking import track_pipeline
 from tasks.calibrate import calibrate
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
@@ -82,6 +84,7 @@ def cifar_pipeline(
         publish_registry(config.layout.registry)
     if "train" in run.cached:
         logger.info(REUSED_HINT)
+    track_pipeline(config, run.outputs, run.cached, FlowRunContext.get().flow_run)  # an MLflow run, if installed
     return run.locations()
 
 

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow
+from prefect.context import FlowRunContext
 
 from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli
 from cifarflow.errors import PipelineInputError
@@ -31,6 +32,7 @@ from cifarflow.monitoring.signals import MIN_WINDOW
 from cifarflow.orchestration.names import run_name
 from cifarflow.paths import from_printable, printable
 from cifarflow.registry import store
+from cifarflow.tracking import track_monitor
 from tasks.monitor import check_window, commit_window, emit_drift, open_bookmark, prepare_reference, prune_log
 
 
@@ -66,6 +68,7 @@ def monitor(
         if incremental:
             commit_window(layout, state, result, now)
         prune_log(layout, keep_days, now)
+    track_monitor(layout, champion, result, FlowRunContext.get().flow_run)  # an MLflow run, if installed
     return result
 
 

@@ -4,9 +4,10 @@
     python flows/registry_flow.py path [champion|v2]                    # the folder tf.saved_model.load reads
     python flows/registry_flow.py promote v2 --reason "v3 misreads night photos"   # roll back (or forward)
 
-A move by hand is a Prefect flow run, recorded in registry/aliases.jsonl with its reason; the nightly run does
-not promote a model rolled back from. Exit status: 0 done, 2 unusable arguments (an unknown or damaged version,
-no reason, no champion yet), 1 failure; the last line on stdout is `done: …` or `error: …`.
+A move by hand is a Prefect flow run, recorded in registry/aliases.jsonl with its reason and announced as the event
+`cifar10.model.promoted`; the nightly run does not promote a model rolled back from. Exit status: 0 done, 2 unusable
+arguments (an unknown or damaged version, no reason, no champion yet), 1 failure; the last line on stdout is `done: …`
+or `error: …`.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from cifarflow.orchestration.runner import StageRunner
 from cifarflow.orchestration.trials import DATA_STAGES, REPORT_STAGES, failure_message, submit_trials
 from cifarflow.sweep.leaderboard import rank_rows, trial_row, write_leaderboard
 from cifarflow.sweep.space import Trial, build_trials, load_space, merge_space, sweep_name
+from cifarflow.tracking import track_sweep
 from tasks import stage_tasks
 
 STAGE_TASKS = stage_tasks()
@@ -91,6 +92,7 @@ def cifar_sweep(
         files = write_leaderboard(config.layout.reports / "sweeps" / name, name, rows, extra)
         publish_leaderboard(name, rows, files)
         logger.info("leaderboard: %s", files["markdown"])
+        track_sweep(config, name, trials, reported, files["markdown"].parent, FlowRunContext.get().flow_run)
         summary = {"name": name, "leaderboard": str(files["markdown"]), "best": best and best.name, "trials": rows}
         summary |= {"cluster": ran["cluster"], "trials_flow_run_id": ran["flow_run_id"]}
         if best is not None:

@@ -27,7 +27,7 @@ from cifarflow.intake.images import MAX_PIXELS
 from cifarflow.layout import DataLayout
 from cifarflow.monitoring.log import PredictionLog
 from cifarflow.registry import store
-from serving import model_routes, predict_routes, review_routes
+from serving import model_routes, predict_routes, review_routes, v2_routes
 from serving.access import ReviewAccess, Reviewer, listens_on_loopback, load_reviewers, refused
 from serving.connections import HEADER_TIMEOUT_S, guarded_protocol
 from serving.http_errors import API_DESCRIPTION, add_error_handlers, documented
@@ -166,7 +166,7 @@ def create_app(
     app.state.answers = AnswerBook(layout.prediction_log)
     app.state.log_path = layout.prediction_log
     app.state.batcher = app.state.prediction_log = None  # set while the lifespan runs
-    for routes in (predict_routes, model_routes, review_routes):
+    for routes in (predict_routes, model_routes, review_routes, v2_routes):
         app.include_router(routes.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     add_error_handlers(app, refused)

@@ -15,10 +15,12 @@ FEEDBACK_EXAMPLE = '{"prediction_id": "<the id /predict answered>", "label": "<o
 CURL_HINT = "attach the image as a file: curl -F file=@photo.jpg …"
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
 ERRORS: dict[int, str] = {
-    400: "an empty upload, or more `file` fields than the batch limit; feedback: a body that is not JSON",
+    400: "an empty upload, or more `file` fields than the batch limit; feedback: a body that is not JSON; /v2 "
+    "inference: a request the model cannot take (its input, outputs, parameters, binary data), said how",
     401: "a review endpoint without a reviewer's token, or with a wrong one (`Authorization: Bearer <token>`)",
     403: "a review endpoint on a service reachable from other machines that has no review token configured",
-    404: "no such path, or (feedback, review images) no logged prediction with that id",
+    404: "no such path, or (feedback, review images) no logged prediction with that id, or (/v2) a model name or "
+    "version this service does not serve (the error names the one it does)",
     405: "the path exists, with another method",
     413: "the request body is over the size limit (see GET /limits)",
     415: "a file that is not a usable image (PNG, JPEG, WebP or BMP within the size limits), with the reason",

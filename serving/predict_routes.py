@@ -40,7 +40,7 @@ class Prediction(BaseModel):
 
 class Limits(BaseModel):
     max_upload_bytes: int = Field(description="most bytes in one request body, multipart framing included")
-    max_batch_files: int = Field(description="most `file` fields in one /predict/batch request")
+    max_batch_files: int = Field(description="most images in one request: `file` fields (/predict/batch), or N (/v2)")
     max_pixels: int = Field(description="most pixels (width × height) in one image")
 
 
@@ -62,16 +62,23 @@ def decode_upload(upload: UploadFile, name: str, side: int, budget: DecodeBudget
         raise BadInput(415, f"{name}: not a usable image: does not decode: {describe(error)}") from None
 
 
-def predict_uploads(request: Request, uploads: list[UploadFile]) -> list[dict]:
-    """Decode every upload (a bad one fails the request, naming it), score them micro-batched (if on), log them."""
-    predictor: Predictor = served_model(request)
+def score(request: Request, predictor: Predictor, pixels: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """uint8 (N, S, S, 3) → (float32 probabilities (N, classes), their prediction ids): scored micro-batched (if on),
+    appended to the prediction log (if kept) as the service's. Every route that scores images calls this."""
     state = request.app.state
-    side, budget = predictor.image_size, state.decode_budget
-    pixels = np.stack([decode_upload(u, u.filename or f"file {i + 1}", side, budget) for i, u in enumerate(uploads)])
     probabilities = state.batcher.probabilities(predictor, pixels) if state.batcher else predictor.probabilities(pixels)
     ids = new_ids(len(pixels))
     if state.prediction_log is not None:
         state.prediction_log.append(ids, "service", predictor.version, probabilities, pixels)
+    return probabilities, ids
+
+
+def predict_uploads(request: Request, uploads: list[UploadFile]) -> list[dict]:
+    """Decode every upload (a bad one fails the request, naming it), score them micro-batched (if on), log them."""
+    predictor: Predictor = served_model(request)
+    side, budget = predictor.image_size, request.app.state.decode_budget
+    pixels = np.stack([decode_upload(u, u.filename or f"file {i + 1}", side, budget) for i, u in enumerate(uploads)])
+    probabilities, ids = score(request, predictor, pixels)
     tops = predictor.top(probabilities)
     return [
         {**top[0], "top": top, "model_version": predictor.version, "prediction_id": id_} for top, id_ in zip(tops, ids)

@@ -8,14 +8,18 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from cifarflow.orchestration.artifacts import publish_registry
+from cifarflow.orchestration.events import emit_model_promoted
+from cifarflow.paths import printable
 from cifarflow.registry import store
 
 
 @task(name="move-champion", cache_policy=NO_CACHE)
 def move_champion(registry: Path, version: str, reason: str) -> dict:
-    """Point `champion` at `version` (a rollback or roll-forward) and record who moved it and why."""
+    """Point `champion` at `version` (a rollback or roll-forward), record who moved it and why, and emit
+    `cifar10.model.promoted`."""
     move = store.move_alias(registry, version, by="hand", reason=reason)
     get_run_logger().info("champion: %s → %s (%s)", move["from"], move["to"], move["reason"])
+    emit_model_promoted(printable(Path(registry).parent), move, registry)  # the layout's <data dir>/registry
     return move
 
 

@@ -6,9 +6,12 @@ from cifarflow.calibration.calibrate import Calibration
 from cifarflow.config import PipelineConfig
 from cifarflow.data.transform import Features
 from cifarflow.evaluation.evaluate import Evaluation
+from cifarflow.orchestration.events import emit_model_promoted
 from cifarflow.orchestration.runner import stage_task
+from cifarflow.paths import printable
 from cifarflow.promotion.outcome import Promotion
 from cifarflow.promotion.promote import canary_set, challenger_score, promote_challenger
+from cifarflow.registry import store
 from cifarflow.reporting.report import Report
 from cifarflow.training.run import TrainResult
 from cifarflow.validation.validate import ValidatedData
@@ -26,9 +29,10 @@ def promote(
     report: Report,
 ) -> Promotion:
     """Champion/challenger: this run's model becomes the registry's next version if it is significantly
-    better (McNemar's test) and its export (temperature traced in) passes the smoke test."""
+    better (McNemar's test) and its export (temperature traced in) passes the smoke test; a promotion emits
+    `cifar10.model.promoted`."""
     challenger = challenger_score(evaluate.directory, preprocess, train, report, config.model, validate.dataset_version)
-    return promote_challenger(
+    outcome = promote_challenger(
         challenger,
         train.model_path,
         report,
@@ -40,3 +44,8 @@ def promote(
         min_accuracy=config.promotion_floor(preprocess.label_names, preprocess.image_size),
         temperature=calibrate.temperature,
     )
+    if outcome.promoted:  # the alias moved to this run's model: announce that move (not a later one by hand)
+        moves = reversed(store.alias_moves(config.layout.registry))
+        move = next(m for m in moves if m["by"] == "promotion" and m["model_id"] == outcome.champion_id)
+        emit_model_promoted(printable(config.layout.root), move, config.layout.registry)
+    return outcome

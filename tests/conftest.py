@@ -16,6 +16,8 @@ from tests.synthetic import write_archive
 # imports it before any test module, and nothing imported above imports Prefect.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# MLflow tracking off (its SQLite store costs ~2.7 s per new data dir); tests/test_tracking.py turns it on
+os.environ["CIFARFLOW_TRACKING"] = "off"
 
 TIERS = ("slow", "server", "flow", "unit")  # slowest first
 

@@ -6,6 +6,7 @@ the images whose probabilities the smoke test compares."""
 
 from __future__ import annotations
 
+import functools
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +82,64 @@ def evaluation_metrics(predictions: np.ndarray, labels: np.ndarray, label_names=
     return compute_metrics(labels, probabilities, list(label_names))
 
 
+def report_facts(evaluation: dict, image_size: int = 32, model_id: str = "0" * 64) -> tuple[dict, dict]:
+    """(model_card.json, metrics.json) as the report stage writes them around `evaluation` (`evaluation_metrics`),
+    with made-up, well-formed calibration and robustness figures: what a promotion renders a version's card from."""
+    from cifarflow.reporting.report import build_metrics
+
+    confusion = np.asarray(evaluation["confusion_matrix"])
+    images, accuracy = int(confusion.sum()), evaluation["test_accuracy"]
+    scores = {"ece": 0.04, "nll": 1.1, "brier": 0.5, "mean_confidence": accuracy, "accuracy": accuracy}
+    calibration = {
+        "temperature": 1.5,
+        "fitted": {"temperature": 1.5, "half_temperatures": {"A": 1.4, "B": 1.6}},
+        "unsupported": [],
+        "images": images,
+        "errors": images - int(np.trace(confusion)),
+        "bins": 15,
+        "halves": {"A": images // 2, "B": images - images // 2},
+        "after_is": "cross-fitted: each half scaled with the temperature fitted on the other half",
+        "before": scores | {"ece": 0.16, "nll": 1.4},
+        "after": scores,
+    }
+    fall = {"gaussian_noise": (0.9, 0.7, 0.5), "blur": (0.95, 0.85, 0.75), "contrast": (1.0, 0.9, 0.8)}
+    corruptions = {
+        name: {"accuracy": [accuracy * f for f in factors], "ece": [0.05] * 3, "severities": ["mild", "middle", "hard"]}
+        for name, factors in fall.items()
+    }
+    every = [a for entry in corruptions.values() for a in entry["accuracy"]]
+    robustness = {"images": images, "clean_accuracy": accuracy, "clean_ece": 0.04, "corruptions": corruptions}
+    robustness |= {"mean_corruption_accuracy": float(np.mean(every)), "mean_corruption_ece": 0.05}
+    source = {"kind": "folder", "uri": "/photos/synthetic"}
+    card = {
+        "run_name": "test-run",
+        "model": "classic",
+        "params": 1234,
+        "epochs": 1,
+        "batch_size": 32,
+        "learning_rate": 0.001,
+        "seed": 42,
+        "normalization": {"kind": "unit", "mean": [0.0] * 3, "std": [1.0] * 3},
+        "train_seconds": 1.5,
+        "source": source["uri"],
+        "dataset_name": "synthetic",
+        "label_names": list(evaluation["class_names"]),
+        "image_size": image_size,
+        "dataset": {"source": source, "split": {"method": "held-out", "test_fraction": 0.2, "split_seed": 0}},
+        "source_sha256": "s" * 64,
+        "dataset_sha256": "d" * 64,
+        "dataset_version": "dataset-test",
+        "train_images": 4 * images,
+        "lineage": {"base": {"images": 4 * images}, "batches": [], "train_images": 4 * images},
+        "data_warnings": [],
+        "warm_start": None,
+        "model_sha256": model_id,
+        "created": "2026-01-01T00:00:00+00:00",
+        "libraries": {"python": "3.11"},
+    }
+    return card, build_metrics(evaluation, card, calibration, robustness)
+
+
 def build_two_versions(data_dir: Path) -> Path:
     """<data_dir>/registry with v1 (seed 1) and v2 (seed 2, the champion); what the session's
     `two_versions` fixture builds once."""
@@ -105,8 +164,12 @@ def add_version(
     from cifarflow.registry.build import make_champion, stage_next_version
 
     model_path = tiny_model_file(scratch / f"model-{seed}" / "model.keras", seed, label_names, image_size)
+    from cifarflow.reporting.model_card import render_model_card
+
     inputs = version_inputs(model_path, seed, label_names=label_names, image_size=image_size)
-    staged = stage_next_version(registry, model_path, *inputs, log=lambda _: None)
+    card, metrics = report_facts(inputs[1], image_size, inputs[0].model_id)
+    readme = functools.partial(render_model_card, card, metrics)
+    staged = stage_next_version(registry, model_path, *inputs, log=lambda _: None, model_card=readme)
     return make_champion(registry, staged, reason=reason)
 
 

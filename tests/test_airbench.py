@@ -209,15 +209,16 @@ def test_training_steps_lower_the_loss_on_a_tiny_batch(model):
     assert after < before
 
 
-def test_fit_restores_policy_runs_callbacks_and_saved_model_loads(tmp_path):
+def test_fit_trains_in_bfloat16_returns_float32_restores_policy_and_saved_model_loads(tmp_path):
     rng = np.random.default_rng(0)
     write_features(tmp_path, rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 64), CIFAR)
     test_pixels = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-    epochs_seen = []
+    epochs_seen, trained_in = [], set()
 
     class Recorder(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             epochs_seen.append(epoch)
+            trained_in.add(self.model.net.get_layer("block1_conv1").dtype_policy.name)
 
     policy = keras.config.dtype_policy().name
     with_small_widths = replace(get_preset("quick").recipe, widths=(8, 16, 16))
@@ -232,8 +233,8 @@ def test_fit_restores_policy_runs_callbacks_and_saved_model_loads(tmp_path):
         recipe=with_small_widths,
     )
     assert keras.config.dtype_policy().name == policy
-    assert net.get_layer("block1_conv1").dtype_policy.name == "mixed_bfloat16"
-    assert net.get_layer("whiten").dtype_policy.name == "float32"  # the stem stays float32
+    assert trained_in == {"mixed_bfloat16"}  # trained in bfloat16, returned to be scored and served in float32
+    assert {layer.dtype_policy.name for layer in net.layers} == {"float32"}
     assert epochs_seen == [0, 1]
     net.save(tmp_path / "model.keras")
     quick = get_preset("quick")

@@ -1,10 +1,12 @@
 """deployments/prefect.yaml against a real local Prefect server: `prefect deploy` creates the nightly
 deployment with the declared schedule, parameters and concurrency limit; a run triggered through the API
-is executed by a `process` worker, and writes its report."""
+is executed by a `process` worker, and writes its report; its promotion emits `cifar10.model.promoted`, which
+triggers the monitor, and a rerun that keeps the champion emits nothing."""
 
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 import yaml
 
 from tests.live_server import PREFECT, REPO_ROOT, live_prefect_server
+from tests.test_triggers import stored_events, wait_for_runs
 
 PREFECT_YAML = REPO_ROOT / "deployments" / "prefect.yaml"
 DEPLOYMENTS = {d["entrypoint"]: d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}
@@ -61,6 +64,10 @@ def test_prefect_yaml_monitors_hourly():
     assert MONITOR["schedules"] == [{"cron": "15 * * * *", "timezone": "UTC", "active": True}]
     assert set(MONITOR["parameters"]) <= set(inspect.signature(monitor.fn).parameters)
     assert MONITOR["work_pool"]["name"] == POOL
+    (trigger,) = MONITOR["triggers"]  # and on every move of the champion, on the data dir it moved in
+    assert trigger["type"] == "event" and trigger["expect"] == ["cifar10.model.promoted"]
+    assert trigger["match"] == {"prefect.resource.id": "cifar10.model.*"}
+    assert trigger["parameters"] == {"data_dir": "{{ event.payload.data_dir }}"}
 
 
 def test_prefect_yaml_exports_feedback_before_the_nightly_retrain():
@@ -78,11 +85,12 @@ def test_prefect_yaml_exports_feedback_before_the_nightly_retrain():
 def test_every_deployment_and_automation_has_a_name_of_its_own():
     """`prefect deployment ls` and the UI's automations list tell them apart: no two deployments share a
     name (Prefect names them by flow and name, but a list by name alone showed `nightly` twice) and the
-    event trigger's automation is named (Prefect's default would be `nightly-retrain__automation_1`)."""
+    event triggers' automations are named (Prefect's default would be `nightly-retrain__automation_1`)."""
     names = [d["name"] for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]]
     assert len(names) == len(set(names)) == 4, names
     assert SPEC["name"] == "nightly-retrain" and FEEDBACK["name"] == "nightly-export"
     assert [t["name"] for t in SPEC["triggers"]] == ["retrain-when-the-data-grows"]
+    assert [t["name"] for t in MONITOR["triggers"]] == ["monitor-the-new-champion"]
 
 
 def test_every_deployment_takes_the_default_source_of_its_data_dir(tmp_path, synthetic_archive):
@@ -182,6 +190,7 @@ def test_deploy_then_worker_runs_the_nightly_deployment(server, synthetic_archiv
     run = wait_final(server, flow_run.id, timeout=30)
     assert run.state.is_completed(), f"{run.state!r}\n{worker.stdout[-4000:]}\n{worker.stderr[-4000:]}"
     assert_report(data_dir)
+    assert_promotion_announced(server, data_dir)
 
     # the batch-prediction deployment scores a folder with the champion that run registered
     import numpy as np
@@ -204,6 +213,48 @@ def test_deploy_then_worker_runs_the_nightly_deployment(server, synthetic_archiv
 
     # the monitor deployment finds the drift in what the champion was asked, and the event reaches the server
     assert_drift_event(server, data_dir, scored_ids={row["prediction_id"] for row in table})
+
+    # a rerun that keeps the champion (the challenger is the champion already) moves nothing and announces nothing
+    kept = server.run(sys.executable, "flows/cifar_flow.py", *cli_arguments(synthetic_archive, data_dir), timeout=240)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert "kept champion: the challenger is the champion already" in kept.stderr, kept.stderr[-3000:]
+    time.sleep(5)  # the server stores events in batches
+    assert len(stored_events(server, data_dir, name="cifar10.model.promoted")) == 1
+
+
+def cli_arguments(archive: Path, data_dir: Path) -> list[str]:
+    """`run_parameters` as flows/cifar_flow.py's options, recomputing only the promote stage."""
+    config = run_parameters(archive, data_dir)["config"]
+    return [f"--{name.replace('_', '-')}={value}" for name, value in config.items()] + ["--refresh", "promote"]
+
+
+def assert_promotion_announced(server, data_dir: Path) -> None:
+    """The run made v1 the first champion: one `cifar10.model.promoted` (from none, by the promotion, with the
+    decision as its reason) reached the server, and the monitor deployment's automation created a run on the data
+    dir; that run is deleted (no worker is to run it)."""
+    from prefect.client.orchestration import get_client
+
+    from cifarflow.registry.store import alias_moves, read_version
+
+    registry = data_dir / "registry"
+    (move,) = alias_moves(registry)
+    (event,) = stored_events(server, data_dir, at_least=1, name="cifar10.model.promoted")
+    assert event.payload == {
+        "data_dir": str(data_dir.resolve()),
+        "from_version": None,
+        "to_version": "v1",
+        "from_accuracy": None,
+        "to_accuracy": read_version(registry, "v1").accuracy,
+        "model_id": read_version(registry, "v1").model_id,
+        "by": "promotion",
+        "reason": move["reason"],
+        "at": move["at"],
+    }
+    assert move["reason"].startswith("promoted: first champion"), move
+    (run,) = wait_for_runs(server, read_deployment(server, "monitor/hourly").id, data_dir)
+    assert run.parameters == {"data_dir": str(data_dir.resolve())}
+    with server.client_settings(), get_client(sync_client=True) as client:
+        client.delete_flow_run(run.id)
 
 
 def without_scheduled_runs(server, deployment) -> None:

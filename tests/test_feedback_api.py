@@ -123,6 +123,8 @@ def test_without_a_right_token_nobody_answers_or_reads_the_queue(service, data_d
 # what anyone may use: they read nothing of the reviewers' and teach the model nothing
 PUBLIC = {"/", "/health", "/model", "/limits", "/predict", "/predict/batch", "/review", "/static"}
 PUBLIC |= {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+PUBLIC |= {"/v2", "/v2/health/live", "/v2/health/ready"}  # the Open Inference Protocol: /predict's twin
+PUBLIC |= {f"/v2/models/{{name}}{at}{end}" for at in ("", "/versions/{version}") for end in ("", "/ready", "/infer")}
 
 
 def test_every_route_but_the_public_ones_requires_a_reviewer(service, data_dir):

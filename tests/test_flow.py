@@ -108,6 +108,8 @@ def check_calibration_and_robustness(config, report_dir, metrics):
     assert read_json(champion / "version.json")["test_set_decisions"] == 1
     assert read_json(report_dir / "model_card.json")["test_set_decisions"] == 1
     assert read_json(report_dir / "promotion.json")["test_set_decisions"] == 1
+    card = (report_dir / "README.md").read_text()  # the standard model card, rewritten by promote: the version's own
+    assert f"registry version **{champion.name}**" in card and (champion / "README.md").read_text() == card
     (features,) = config.layout.features.iterdir()
     (calibrated,) = config.layout.calibrations.glob("*/probabilities.npy")
     exported = load_export(champion / "export").probabilities(load_split(features, "test", "pixels"))

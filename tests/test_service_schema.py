@@ -1,8 +1,9 @@
 """The service's OpenAPI schema (/openapi.json) held to the service: schemathesis generates requests for
 every operation from the schema, valid and invalid (random bytes as images, text where the file
-belongs, missing fields, wrong types), and sends them in-process to the ASGI app on a real registry
-(two versions built as a promotion builds them, champion v2). No answer may be a 5xx, and each answer's
-status, content type and body must be the ones the schema documents for that operation."""
+belongs, missing fields, wrong types, /v2 inference requests with random tensors and binary bodies),
+and sends them in-process to the ASGI app on a real registry (two versions built as a promotion builds
+them, champion v2). No answer may be a 5xx, and each answer's status, content type and body must be
+the ones the schema documents for that operation."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from tests.registry_helpers import copy_data_dir
 
 pytestmark = pytest.mark.server  # loads the registry's model into this process (seconds)
 
+V2_MODEL = {"name": "classifier", "version": "v2"}  # the champion's v2 name (model_name(None)) and version
 EXAMPLES = 100  # per operation, fuzzing phase: about 80 requests per POST operation, a few seconds in all
 CHECKS = [
     not_a_server_error,
@@ -63,7 +65,13 @@ def registry(two_versions):
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_operation_answers_only_documented_statuses_and_bodies(case, registry):
+    if case.operation.path.startswith("/v2/models/"):  # the served model's name and version: the body is read
+        case.path_parameters = {**case.path_parameters, **V2_MODEL}
     case.call_and_validate(checks=CHECKS, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+V2_VERSION = ("", "/versions/{version}")  # each /v2/models route, and its version-qualified form
+V2_MODEL_PATHS = (*V2_VERSION, *(f"{path}/ready" for path in V2_VERSION))
 
 
 def test_every_error_status_is_documented_with_the_error_body():
@@ -80,6 +88,14 @@ def test_every_error_status_is_documented_with_the_error_body():
         ("post", "/feedback"): {"200", "400", "401", "403", "404", "413", "422", "503"},
         ("get", "/review/queue"): {"200", "401", "403", "413", "422", "503"},
         ("get", "/review/image/{prediction_id}.png"): {"200", "401", "403", "404", "413", "422", "503"},
+        ("get", "/v2"): {"200", "413"},
+        ("get", "/v2/health/live"): {"200", "413"},
+        ("get", "/v2/health/ready"): {"200", "413", "503"},
+        **{("get", f"/v2/models/{{name}}{path}"): {"200", "404", "413", "422", "503"} for path in V2_MODEL_PATHS},
+        **{
+            ("post", f"/v2/models/{{name}}{path}/infer"): {"200", "400", "404", "413", "422", "503"}
+            for path in V2_VERSION
+        },
     }
     assert {(method, path) for path, item in paths.items() for method in item} == set(answers)
     for (method, path), statuses in answers.items():
@@ -93,5 +109,8 @@ def test_every_error_status_is_documented_with_the_error_body():
         "$ref": "#/components/schemas/Prediction"
     }
     assert openapi["components"]["schemas"]["ErrorBody"]["required"] == ["error"]
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}  # binary extension
+    assert infer["requestBody"]["content"]["application/json"]["schema"]["required"] == ["inputs"]
     for status in ("404", "405"):  # no operation answers these (the path or the method does not exist)
         assert f"{status}: " in openapi["info"]["description"]

@@ -375,7 +375,8 @@ def test_head_is_get_without_its_body_on_every_route(service, data_dir):
 
     with service.client() as client:
         made = post_image(client, PNG).json()["prediction_id"]
-        paths = get_paths(serving.app.create_app(data_dir), {"prediction_id": made})
+        v2_model = {"name": "classifier", "version": "v2"}  # the /v2 routes' model (model_name(None)) and version
+        paths = get_paths(serving.app.create_app(data_dir), {"prediction_id": made, **v2_model})
         assert {"/", "/health", "/model", "/limits", "/review/queue", f"/review/image/{made}.png"} <= set(paths)
         paths += ["/no-such-page", f"/review/image/{'f' * 32}.png", "/review/queue?n=0", "/predict"]  # 404, 422, 405
         for path in paths:

@@ -2,6 +2,7 @@
 nightly deployment with its event trigger (an automation), and `flows/add_images.py` adding a batch
 emits `cifar10.dataset.updated`, which makes the server create a flow run of that deployment for the
 data directory that grew (read back through the API). No worker runs: the run stays scheduled.
+Likewise a move of the champion by hand emits `cifar10.model.promoted`, which runs the monitor.
 
 The loop from use: corrections sent to a real service (`POST /feedback`, with a reviewer's token)
 become, through `flows/feedback_flow.py`, one batch, one event and one triggered retrain; corrections
@@ -62,7 +63,8 @@ def write_inbox(root: Path, count: int = 6) -> Path:
 
 
 def triggered_runs(server, deployment_id, data_dir: Path):
-    """The deployment's flow runs that an automation created for `data_dir` (the schedule makes others)."""
+    """The deployment's flow runs that an automation created for `data_dir` (the schedule makes others); the
+    pipeline's data dir is in its `config`, the monitor's a parameter of its own."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
@@ -73,7 +75,7 @@ def triggered_runs(server, deployment_id, data_dir: Path):
         for run in runs
         if run.created_by is not None
         and run.created_by.type == "AUTOMATION"
-        and run.parameters["config"]["data_dir"] == str(data_dir.resolve())
+        and run.parameters.get("config", run.parameters)["data_dir"] == str(data_dir.resolve())
     ]
 
 
@@ -84,19 +86,19 @@ def wait_for_runs(server, deployment_id, data_dir: Path, timeout: float = 90) ->
     return runs
 
 
-def dataset_events(server, data_dir: Path, at_least: int = 0, timeout: float = 30) -> list:
-    """The server's stored `cifar10.dataset.updated` events for `data_dir`, waiting up to `timeout` s
-    for `at_least` of them: the server stores events in batches, after its triggers have seen them."""
+def stored_events(
+    server, data_dir: Path, at_least: int = 0, timeout: float = 30, name: str = "cifar10.dataset.updated"
+) -> list:
+    """The server's stored `name` events for `data_dir`, waiting up to `timeout` s for `at_least` of
+    them: the server stores events in batches, after its triggers have seen them."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
 
     deadline = time.monotonic() + timeout
     while True:
         with server.client_settings(), get_client(sync_client=True) as client:
-            events = client.read_events(
-                EventFilter(event=EventNameFilter(name=["cifar10.dataset.updated"])), limit=50
-            ).events
-        found = [e for e in events if e.resource.id == f"cifar10.dataset.{data_dir.resolve()}"]
+            events = client.read_events(EventFilter(event=EventNameFilter(name=[name])), limit=50).events
+        found = [e for e in events if e.resource.id == f"{name.rsplit('.', 1)[0]}.{data_dir.resolve()}"]
         if len(found) >= at_least or time.monotonic() > deadline:
             return found
         time.sleep(1)
@@ -139,6 +141,41 @@ def test_adding_a_batch_creates_a_flow_run_of_the_triggered_deployment(deployed,
     assert again.returncode == 0, again.stdout + again.stderr
     time.sleep(8)  # nothing new was added: no event, so no second run
     assert len(triggered_runs(server, deployment.id, data_dir)) == 1
+
+
+def test_a_move_of_the_champion_by_hand_emits_one_event_and_triggers_the_monitor(deployed, tmp_path, two_versions):
+    """`registry_flow.py promote v1` (a rollback from v2) emits one `cifar10.model.promoted` with both versions,
+    their accuracies from version.json, by, reason and the move's time; the monitor deployment's automation
+    creates a run on that data dir (a run that keeps the champion emits nothing: tests/test_deployments.py)."""
+    from prefect.client.orchestration import get_client
+
+    from cifarflow.registry import store
+    from tests.registry_helpers import copy_data_dir
+
+    server, _ = deployed
+    data_dir = copy_data_dir(two_versions, tmp_path / "data")
+    registry = DataLayout(data_dir).registry
+    command = ("flows/registry_flow.py", "promote", "v1", "--reason", "v2 misreads night photos", "--data-dir")
+    moved = server.run(sys.executable, *command, str(data_dir))
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+
+    (event,) = stored_events(server, data_dir, at_least=1, name="cifar10.model.promoted")
+    move = store.alias_moves(registry)[-1]
+    assert event.payload == {
+        "data_dir": str(data_dir.resolve()),
+        "from_version": "v2",
+        "to_version": "v1",
+        "from_accuracy": store.read_version(registry, "v2").accuracy,
+        "to_accuracy": store.read_version(registry, "v1").accuracy,
+        "model_id": store.read_version(registry, "v1").model_id,
+        "by": "hand",
+        "reason": "v2 misreads night photos",
+        "at": move["at"],
+    }
+    with server.client_settings(), get_client(sync_client=True) as client:
+        monitor = client.read_deployment_by_name("monitor/hourly")
+    (run,) = wait_for_runs(server, monitor.id, data_dir)
+    assert run.parameters == {"data_dir": str(data_dir.resolve())}
 
 
 TOKEN = "carol-review-token-0123456789"
@@ -190,13 +227,13 @@ def test_corrections_sent_to_the_service_become_a_batch_and_a_retrain(
 
     runs = wait_for_runs(server, deployment.id, data_dir)
     assert len(runs) == 1, "the event trigger did not create a flow run within 90 s"
-    assert len(dataset_events(server, data_dir, at_least=1)) == 1
+    assert len(stored_events(server, data_dir, at_least=1)) == 1
 
     again = server.run(sys.executable, "flows/feedback_flow.py", "--data-dir", str(data_dir), timeout=240)
     assert again.stdout.strip().splitlines()[-1] == "done: no new answers since the last export", again.stdout
     time.sleep(8)  # nothing new: no event, no second run
     assert len(triggered_runs(server, deployment.id, data_dir)) == 1
-    assert len(dataset_events(server, data_dir)) == 1
+    assert len(stored_events(server, data_dir)) == 1
 
 
 def run_killed_at(server, point: str, *args: str) -> None:
@@ -243,7 +280,7 @@ def test_a_feedback_export_killed_after_writing_its_batch_is_finished_by_the_nex
     exported = read_json(layout.feedback_exported)["answers"]
     assert sorted(exported) == sorted(ids) and {v["verdict"] for v in exported.values()} == {"added"}
     assert len(wait_for_runs(server, deployment.id, data_dir)) == 1, "no retrain was triggered within 90 s"
-    assert len(dataset_events(server, data_dir, at_least=1)) == 1
+    assert len(stored_events(server, data_dir, at_least=1)) == 1
 
     again = server.run(sys.executable, *command, timeout=240)
     assert again.stdout.strip().splitlines()[-1] == "done: no new answers since the last export", again.stdout
@@ -280,7 +317,7 @@ def test_add_images_killed_mid_write_is_undone_or_finished_by_the_next_run(
     report = read_json(layout.additions_reports / batch.batch_id / "summary.json")
     assert report["added"] == 6 and report["dataset_version"] == current_version(layout).version
     assert len(wait_for_runs(server, deployment.id, data_dir)) == 1, "no retrain was triggered within 90 s"
-    assert len(dataset_events(server, data_dir, at_least=1)) == 1
+    assert len(stored_events(server, data_dir, at_least=1)) == 1
 
 
 def test_a_withdrawal_killed_before_its_event_is_announced_by_the_next_intake_run(
@@ -296,7 +333,7 @@ def test_a_withdrawal_killed_before_its_event_is_announced_by_the_next_intake_ru
     added = server.run(sys.executable, "flows/add_images.py", inbox, "--data-dir", str(data_dir))
     assert added.returncode == 0, added.stdout + added.stderr
     (batch,) = current_version(layout).batches
-    assert len(dataset_events(server, data_dir, at_least=1)) == 1
+    assert len(stored_events(server, data_dir, at_least=1)) == 1
 
     run_killed_at(
         server, "withdraw:batch-moved", "flows/add_images.py", "--withdraw", batch.batch_id, "--data-dir", str(data_dir)
@@ -306,6 +343,6 @@ def test_a_withdrawal_killed_before_its_event_is_announced_by_the_next_intake_ru
     assert again.returncode == 0, again.stdout + again.stderr
     last = again.stdout.strip().splitlines()[-1]
     assert f"first finished the withdrawal of {batch.batch_id} killed before it was announced" in last, last
-    events = dataset_events(server, data_dir, at_least=3)  # the addition, the withdrawal, the new addition
+    events = stored_events(server, data_dir, at_least=3)  # the addition, the withdrawal, the new addition
     assert [e.payload.get("withdrawn") for e in events].count(batch.batch_id) == 1, [e.payload for e in events]
     assert len(events) == 3

@@ -1,13 +1,19 @@
-"""The events the product emits: `cifar10.dataset.updated` (a batch added or withdrawn; the retrain
-trigger in `deployments/prefect.yaml` listens for it) and `cifar10.monitor.drift` (a monitor run found drift)."""
+"""The events the product emits: `cifar10.dataset.updated` (a batch added or withdrawn; the retrain trigger in
+`deployments/prefect.yaml` listens for it), `cifar10.model.promoted` (the champion moved; the monitor's trigger
+listens for it) and `cifar10.monitor.drift` (a monitor run found drift)."""
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
 from typing import Any
 
 from prefect.events import emit_event
 
+from cifarflow.registry import store
+
 DATASET_UPDATED = "cifar10.dataset.updated"
+MODEL_PROMOTED = "cifar10.model.promoted"
 MONITOR_DRIFT = "cifar10.monitor.drift"
 PAYLOAD_KEYS = (
     "dataset_version",
@@ -36,3 +42,18 @@ def emit_monitor_drift(data_dir: str, summary: dict[str, Any]):
     fired = {name: signal for name, signal in summary["signals"].items() if signal["drift"]}
     keys = ("window", "images", "model_version", "report")
     return _emit(MONITOR_DRIFT, data_dir, {key: summary[key] for key in keys} | {"signals": fired})
+
+
+def emit_model_promoted(data_dir: str, move: dict[str, Any], registry: Path):
+    """`cifar10.model.promoted` for `move` (the line `store.move_alias` appended to `registry`'s aliases.jsonl):
+    from/to version, their test accuracies from version.json (None: no version before, or a damaged one), the
+    model id, by (promotion | hand), reason, at."""
+    payload = {"from_version": move["from"], "to_version": move["to"], "model_id": move["model_id"]}
+    payload |= {"from_accuracy": _accuracy(registry, move["from"]), "to_accuracy": _accuracy(registry, move["to"])}
+    return _emit(MODEL_PROMOTED, data_dir, payload | {key: move[key] for key in ("by", "reason", "at")})
+
+
+def _accuracy(registry: Path, version: str | None) -> float | None:
+    with contextlib.suppress(store.RegistryError):  # a move by hand away from a damaged version still announces itself
+        return store.read_version(registry, version).accuracy if version else None
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,7 @@ from cifarflow.registry.store import (
     record_decision,
     version_of_model,
 )
+from cifarflow.reporting.model_card import render_model_card
 
 if TYPE_CHECKING:  # the upstream stages' output types, for annotations only
     from cifarflow.data.transform import Features
@@ -112,9 +114,11 @@ def stage_challenger(
     log,
     temperature: float | None = None,
     test_set_decisions: int | None = None,
+    model_card: dict | None = None,
 ) -> tuple[Decision, StagedVersion | Version | None]:
-    """A promoted challenger staged (exported, smoke-tested) or its version if registered already; None when
-    kept. A failed smoke test turns the decision into "smoke-test-failed" and leaves no trace in the registry."""
+    """A promoted challenger staged (exported, smoke-tested; README.md from `model_card`, model_card.json's facts)
+    or its version if registered already; None when kept. A failed smoke test turns the decision into
+    "smoke-test-failed" and leaves no trace in the registry."""
     if not decision.promoted:
         return decision, None
     registered = version_of_model(registry, challenger.model_id)
@@ -125,9 +129,9 @@ def stage_challenger(
         challenger, decision, model_path, datetime.now(UTC), data_dir, temperature, test_set_decisions
     )
     try:
-        staged = stage_next_version(
-            registry, model_path, record, challenger.metrics, challenger.predictions, challenger.labels, canary, log
-        )
+        scores = (challenger.metrics, challenger.predictions, challenger.labels)
+        readme = partial(render_model_card, model_card, challenger.metrics) if model_card else None
+        staged = stage_next_version(registry, model_path, record, *scores, canary, log, model_card=readme)
     except VersionRejected as rejected:
         kept = "kept champion" if decision.champion_id else "kept no champion"
         summary = f"{kept}: the challenger won ({decision.summary}), but {rejected}"
@@ -173,11 +177,14 @@ def promote_challenger(
     earlier, unattributed = decisions_on_test_set(registry, challenger.test_set_sha256)
     judged = decision.reason != "already-champion"
     served = earlier + judged  # this decision included, when it judged anything
+    out = Path(report.directory)
+    card = None  # the run's model card records how many decisions its test set served
+    if (out / "model_card.json").is_file():
+        card = read_json(out / "model_card.json") | {"test_set_decisions": served}
     decision, candidate = stage_challenger(
-        challenger, decision, model_path, registry, canary, log, temperature, test_set_decisions=served
+        challenger, decision, model_path, registry, canary, log, temperature, served, card
     )
     log(decision.summary)
-    out = Path(report.directory)
     diff_plot = None
     if champion is not None and decision.comparable and decision.reason != "already-champion":
         plots.confusion_matrix_plot(
@@ -198,8 +205,11 @@ def promote_challenger(
     with atomic_path(out / "promotion.md") as tmp:
         tmp.write_text(section)
     write_section(report.report_path, section)
-    if (out / "model_card.json").is_file():  # the run's model card records how many decisions its test set served
-        write_json(out / "model_card.json", read_json(out / "model_card.json") | {"test_set_decisions": served})
+    if card is not None:
+        write_json(out / "model_card.json", card)
+        registered = candidate or version_of_model(registry, challenger.model_id)
+        with atomic_path(out / "README.md") as tmp:
+            tmp.write_text(render_model_card(card, challenger.metrics, registered.name if registered else None))
     # the decision is written before the alias moves: a crash in between makes the next run see a
     # registry that disagrees with promotion.json, and decide again (reusing the registered version)
     baseline = baseline_of(current, challenger.model_id)  # what the stage's key read (`baseline_id`)

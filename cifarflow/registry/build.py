@@ -1,9 +1,10 @@
-"""Build the next registry version in `.staging/` (model, scores, export, smoke test in a fresh process) and
-make it the champion; a failed export or smoke test leaves the registry as it was."""
+"""Build the next registry version in `.staging/` (model, scores, SavedModel and ONNX exports, smoke test in fresh
+processes) and make it the champion; a failed export or smoke test leaves the registry as it was."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from cifarflow.files import file_digest, write_json
-from cifarflow.registry import store
+from cifarflow.registry import onnx_export, store
 from cifarflow.registry.saved_model import SmokeResult, export_model, smoke_test
 
 
@@ -47,9 +48,11 @@ def stage_next_version(
     labels: np.ndarray,
     canary: Canary,
     log=print,
+    model_card: Callable[[str], str] | None = None,
 ) -> StagedVersion:
     """Build the next version in `.staging/` (`record`: its version.json less name and smoke test), registered by
-    `make_champion`; VersionRejected, or ValueError when the model file changed since scored (build deleted)."""
+    `make_champion` (`model_card`: README.md for the version's name); VersionRejected, or ValueError when the model
+    file changed since scored (build deleted)."""
     name = store.next_name(registry)
     staging = store.new_staging(registry, name, log)
     try:
@@ -59,13 +62,19 @@ def stage_next_version(
         np.save(staging / "predictions.npy", np.asarray(predictions).astype(np.int16))
         np.save(staging / "labels.npy", np.asarray(labels).astype(np.int16))
         write_json(staging / "metrics.json", metrics)
+        if model_card is not None:
+            (staging / "README.md").write_text(model_card(name))
         try:
             names, export = list(record.label_names), staging / "export"
             export_model(staging / "model.keras", record.preset, names, export, record.temperature, record.dataset)
         except Exception as error:  # any failure to trace or write the SavedModel: not registrable
             raise VersionRejected(f"the export failed: {type(error).__name__}: {error}") from error
-        log(f"exported {name} as a SavedModel; smoke-testing it in a fresh process on {len(canary.pixels)} images")
-        smoke = smoke_test(staging / "export", canary.pixels, canary.probabilities)
+        try:
+            onnx = onnx_export.export_onnx(export, staging / onnx_export.FILE)
+        except Exception as error:  # tf2onnx could not convert it: not registrable
+            raise VersionRejected(f"the ONNX conversion failed: {type(error).__name__}: {error}") from error
+        log(f"exported {name} (SavedModel, ONNX); smoke-testing it in fresh processes on {len(canary.pixels)} images")
+        smoke = smoke_test(export, canary.pixels, canary.probabilities, onnx=onnx)
         write_json(staging / "smoke.json", smoke.to_json())
         if not smoke.passed:
             raise VersionRejected(smoke.summary, smoke)

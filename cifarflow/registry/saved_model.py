@@ -1,5 +1,6 @@
 """A version's TensorFlow SavedModel, which a client loads without this package, and the smoke test it passes in
-a fresh process (`python -m cifarflow.registry.saved_model EXPORT CANARY.npz OUT.npy`) before it is registered.
+a fresh process (`python -m cifarflow.registry.saved_model EXPORT CANARY.npz OUT.npy`) before it is registered, with
+its `model.onnx` (cifarflow.registry.onnx_export) scored by onnxruntime alone in another.
 
     model = tf.saved_model.load(path)  # path: `python flows/registry_flow.py path champion` prints it
     probabilities = model.serve(pixels_uint8)["probabilities"]  # [N, S, S, 3] uint8 → float32 [N, classes]
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ METADATA = "cifarflow.json"  # beside the SavedModel: endpoint, input, output, l
 CANARY = 1000  # canary images, spread over the classes: one disagreement in 1,000 is the most 99.9% allows
 MIN_AGREEMENT = 0.999  # share of canary images whose top-1 class must be evaluation's
 TOLERANCE = 1e-3  # max |Δ probability|; float32 graph vs evaluation's float64 sum of the views is ~1e-6
+ONNX_TOLERANCE = 1e-4  # max |Δ probability| of model.onnx against the SavedModel (measured ≤ 3e-8)
 TIMEOUT_S = 600
 
 
@@ -125,16 +127,24 @@ class SmokeResult:
     max_difference: float  # largest absolute probability difference
     seconds: float
     reason: str  # why it failed, or "" when it passed
+    onnx_agreement: float | None = None  # share of canary images where model.onnx has the SavedModel's top class
+    onnx_max_difference: float | None = None  # largest |Δp| of model.onnx against the SavedModel (None: not run)
 
     def to_json(self) -> dict:
-        return asdict(self) | {"min_agreement": MIN_AGREEMENT, "tolerance": TOLERANCE}
+        return asdict(self) | {"min_agreement": MIN_AGREEMENT, "tolerance": TOLERANCE, "onnx_tolerance": ONNX_TOLERANCE}
 
     @property
     def summary(self) -> str:
         verdict = "passed" if self.passed else f"FAILED: {self.reason}"
+        onnx = ""
+        if self.onnx_max_difference is not None:
+            onnx = (
+                f"; model.onnx in onnxruntime alone: max |Δp| {self.onnx_max_difference:.1e} from the SavedModel, "
+                f"its top class on {self.onnx_agreement:.2%}"
+            )
         return (
             f"smoke test {verdict} ({self.images} canary images in a fresh process: top-1 agreement "
-            f"{self.agreement:.2%}, max |Δp| {self.max_difference:.1e}, {self.seconds:.1f} s)"
+            f"{self.agreement:.2%}, max |Δp| {self.max_difference:.1e}{onnx}, {self.seconds:.1f} s)"
         )
 
 
@@ -147,36 +157,75 @@ def canary_indices(labels: np.ndarray, total: int = CANARY) -> np.ndarray:
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
-def smoke_test(export_dir: Path, pixels: np.ndarray, expected: np.ndarray, timeout_s: float = TIMEOUT_S) -> SmokeResult:
+def smoke_test(
+    export_dir: Path, pixels: np.ndarray, expected: np.ndarray, timeout_s: float = TIMEOUT_S, onnx: Path | None = None
+) -> SmokeResult:
     """Score `pixels` with the export in a fresh Python process, as a server would load it; it passes with
-    evaluation's top-1 class on MIN_AGREEMENT of them and every probability within TOLERANCE of `expected`."""
+    evaluation's top-1 class on MIN_AGREEMENT of them and every probability within TOLERANCE of `expected`, and, with
+    `onnx`, that file scored by onnxruntime alone in another within ONNX_TOLERANCE of the export, top classes equal."""
     started, failed = time.perf_counter(), (False, len(pixels), 0.0, float("inf"))
-    with tempfile.TemporaryDirectory(prefix="cifarflow-smoke-") as scratch:
-        canary, out = Path(scratch) / "canary.npz", Path(scratch) / "probabilities.npy"
-        np.savez(canary, pixels=np.asarray(pixels, np.uint8))
-        command = [sys.executable, "-m", "cifarflow.registry.saved_model", str(export_dir), str(canary), str(out)]
-        quiet = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}  # so stderr's last line is the error, not a TF notice
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=quiet)
-        except subprocess.TimeoutExpired:
-            return SmokeResult(*failed, timeout_s, f"no answer in {timeout_s:.0f} s")
-        seconds = time.perf_counter() - started
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            return SmokeResult(*failed, seconds, f"the export did not load or run: {last}")
-        actual, expected = np.load(out), np.asarray(expected, np.float64)
+    actual = fresh_scores("cifarflow.registry.saved_model", export_dir, pixels, timeout_s)
+    if isinstance(actual, str):
+        return SmokeResult(*failed, time.perf_counter() - started, f"the export {actual}")
+    expected = np.asarray(expected, np.float64)
     if actual.shape != expected.shape or not np.isfinite(actual).all():
         return SmokeResult(
-            *failed, seconds, f"the export returned {actual.shape}, expected {expected.shape} finite values"
+            *failed,
+            time.perf_counter() - started,
+            f"the export returned {actual.shape}, expected {expected.shape} finite values",
         )
-    agreement = float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1))) if len(actual) else 1.0
-    difference = float(np.abs(actual.astype(np.float64) - expected).max()) if len(actual) else 0.0
+    agreement, difference = compare(actual, expected)
     reason = f"a probability differs by {difference:.1e}, over the tolerance {TOLERANCE:g}"
     if agreement < MIN_AGREEMENT:
         reason = f"top-1 agreement {agreement:.2%} is below {MIN_AGREEMENT:.1%}"
     elif difference <= TOLERANCE:
         reason = ""
-    return SmokeResult(not reason, len(pixels), agreement, difference, seconds, reason)
+    result = SmokeResult(not reason, len(pixels), agreement, difference, 0.0, reason)
+    if onnx is not None and not reason:
+        result = onnx_check(result, onnx, pixels, actual, timeout_s)
+    return replace(result, seconds=time.perf_counter() - started)
+
+
+def compare(actual: np.ndarray, expected: np.ndarray) -> tuple[float, float]:
+    """(share of rows with the same top class, max |Δ|) of two (N, classes) arrays; (1.0, 0.0) when N = 0."""
+    if not len(actual):
+        return 1.0, 0.0
+    same = float(np.mean(actual.argmax(axis=1) == expected.argmax(axis=1)))
+    return same, float(np.abs(np.asarray(actual, np.float64) - expected).max())
+
+
+def onnx_check(result: SmokeResult, onnx: Path, pixels: np.ndarray, saved: np.ndarray, timeout_s: float) -> SmokeResult:
+    """`result` with the ONNX numbers: `onnx` scored by onnxruntime alone in a fresh process against the SavedModel's
+    probabilities `saved`; failed unless within ONNX_TOLERANCE with the same top class on every image."""
+    scores = fresh_scores("cifarflow.registry.onnx_export", onnx, pixels, timeout_s)
+    if isinstance(scores, str) or scores.shape != saved.shape or not np.isfinite(scores).all():
+        problem = (
+            scores if isinstance(scores, str) else f"returned {scores.shape}, expected {saved.shape} finite values"
+        )
+        return replace(result, passed=False, reason=f"{onnx.name} in onnxruntime {problem}")
+    agreement, difference = compare(scores, saved)
+    reason = ""
+    if agreement < 1.0:
+        reason = f"{onnx.name} has another top class than the SavedModel on {agreement:.2%} of the images"
+    elif difference > ONNX_TOLERANCE:
+        reason = f"{onnx.name} differs from the SavedModel by {difference:.1e}, over {ONNX_TOLERANCE:g}"
+    return replace(result, passed=not reason, reason=reason, onnx_agreement=agreement, onnx_max_difference=difference)
+
+
+def fresh_scores(module: str, model: Path, pixels: np.ndarray, timeout_s: float) -> np.ndarray | str:
+    """(N, classes) of `python -m module MODEL CANARY.npz OUT.npy` run in a fresh process, or why it gave none."""
+    with tempfile.TemporaryDirectory(prefix="cifarflow-smoke-") as scratch:
+        canary, out = Path(scratch) / "canary.npz", Path(scratch) / "probabilities.npy"
+        np.savez(canary, pixels=np.asarray(pixels, np.uint8))
+        command = [sys.executable, "-m", module, str(model), str(canary), str(out)]
+        quiet = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}  # so stderr's last line is the error, not a TF notice
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=quiet)
+        except subprocess.TimeoutExpired:
+            return f"gave no answer in {timeout_s:.0f} s"
+        if done.returncode != 0:
+            return f"did not load or run: {(done.stderr.strip().splitlines() or ['(no output)'])[-1]}"
+        return np.load(out)
 
 
 if __name__ == "__main__":

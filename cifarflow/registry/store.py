@@ -114,6 +114,11 @@ class Version(VersionRecord):
         return self.directory / "export"
 
     @property
+    def onnx_path(self) -> Path:
+        """Its ONNX export (cifarflow.registry.onnx_export); absent in versions registered before it was made."""
+        return self.directory / "model.onnx"
+
+    @property
     def side(self) -> int:
         """Its image size; of a version registered before it was kept, its export's input shape [None, S, S, 3]."""
         from cifarflow.registry.saved_model import METADATA, export_image_size

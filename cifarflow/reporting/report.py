@@ -133,7 +133,8 @@ def corruption_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def calibration_section(calibration: dict[str, Any]) -> str:
+def calibration_section(calibration: dict[str, Any], diagram: bool = True) -> str:
+    """The Calibration section (`diagram`: with the reliability diagram, which the report directory holds)."""
     images, errors = calibration["images"], calibration["errors"]
     verdict = (
         f"The exported model (what the service and batch prediction run) scales the network's probabilities by "
@@ -161,6 +162,7 @@ def calibration_section(calibration: dict[str, Any]) -> str:
         )
     )
     halves, fitted = calibration["halves"], calibration["fitted"]
+    picture = f"\n![reliability diagram]({RELIABILITY})\n" if diagram else ""
     return f"""## Calibration
 
 {verdict}
@@ -171,9 +173,7 @@ def calibration_section(calibration: dict[str, Any]) -> str:
 | score | before | after |
 |---|---|---|
 {rows}
-
-![reliability diagram]({RELIABILITY})
-"""
+{picture}"""
 
 
 def temperature_facts(calibration: dict[str, Any]) -> dict[str, Any]:
@@ -258,7 +258,9 @@ def write_report(
     reports_dir: Path,
     data_section: str = "",
 ) -> Report:
-    """Write the run's report directory whole and point `latest` at it."""
+    """Write the run's report directory whole (README.md: its standard model card) and point `latest` at it."""
+    from cifarflow.reporting.model_card import render_model_card  # which reuses this module's descriptions
+
     evaluation = read_json(evaluation_dir / "metrics.json")
     calibration = read_json(calibration_dir / "calibration.json")
     metrics = build_metrics(evaluation, card, calibration, read_json(robustness_dir / "robustness.json"))
@@ -271,6 +273,7 @@ def write_report(
         write_json(staging / "model_card.json", card | {"temperature": temperature_facts(calibration)})
         with atomic_path(staging / "report.md") as tmp:
             tmp.write_text(render_markdown(metrics, card, data_section))
+        (staging / "README.md").write_text(render_model_card(card, metrics))
     point_latest(reports_dir / "latest", target)
     return report_in(target, card["run_name"])
 

@@ -180,14 +180,30 @@ def fit_arrays(
     mixed_precision: bool | None = None,
     recipe: AirbenchRecipe | None = None,
 ) -> keras.Model:
-    """`fit_airbench` on in-memory uint8 pixels (N, S, S, 3) and integer labels (N,) in 0..num_classes − 1."""
+    """`fit_airbench` on in-memory uint8 pixels (N, S, S, 3) and integer labels (N,) in 0..num_classes − 1: the
+    trained net, in float32 whatever precision trained it (see `in_float32`)."""
     configure_threads()
     with dtype_policy(choose_policy(mixed_precision)):
         trainer, dataset = make_trainer(settings, pixels, labels, normalization, recipe, num_classes=num_classes)
         trainer.fit(
             dataset, epochs=settings.epochs, callbacks=[trainer.epoch_feed, *callbacks], verbose=verbose, shuffle=False
         )
-    return trainer.net
+    return in_float32(trainer.net)
+
+
+def in_float32(net: keras.Model) -> keras.Model:
+    """`net` with float32 computation and the same (float32) weights. bfloat16 speeds training on CPUs that have it;
+    the model that is scored, exported and served computes in float32, so it answers alike on every CPU and in ONNX
+    (onnxruntime has no bfloat16 convolution) and evaluation's probabilities are the export's."""
+    if all(layer.dtype_policy.name == "float32" for layer in net.layers):
+        return net
+    copy = keras.models.clone_model(net, clone_function=lambda layer: layer.from_config(float32_config(layer)))
+    copy.set_weights(net.get_weights())
+    return copy
+
+
+def float32_config(layer: keras.layers.Layer) -> dict:
+    return layer.get_config() | {"dtype": "float32"}
 
 
 def make_trainer(
