@@ -47,7 +47,10 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[MetadataTensor]
     outputs: list[MetadataTensor]
-    parameters: dict[str, list[str]] = Field(description="label_names: the classes, in `probabilities`' order")
+    parameters: dict[str, str] = Field(
+        description="label_names: the classes in `probabilities`' order, a JSON list in a string (the protocol's "
+        "parameters are strings, numbers or booleans)"
+    )
 
 
 class ServerLive(BaseModel):
@@ -156,13 +159,14 @@ def read_request(body: bytes, header_length: str | None) -> tuple[InferenceReque
     """The JSON inference request and the binary tensor data after it (b"" without the binary extension);
     BadInput 400 saying what is wrong."""
     if header_length is not None:
-        if not header_length.isdecimal() or not 0 < int(header_length) <= len(body):
+        size = int(header_length) if header_length.isdecimal() and len(header_length) <= len(str(len(body))) else 0
+        if not 0 < size <= len(body):
             raise BadInput(
                 400,
                 f"{HEADER_LENGTH} {header_length!r} must be the length in bytes of the JSON at the start of the "
                 f"body (1 to {len(body):,} here)",
             )
-        body, binary = body[: int(header_length)], body[int(header_length) :]
+        body, binary = body[:size], body[size:]
     else:
         binary = b""
     try:
@@ -289,7 +293,7 @@ def metadata(predictor: Predictor) -> dict:
             {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, classes]},
             {"name": LABEL, "datatype": "BYTES", "shape": [-1]},
         ],
-        "parameters": {"label_names": predictor.label_names},
+        "parameters": {"label_names": json.dumps(predictor.label_names, ensure_ascii=False)},
     }
 
 

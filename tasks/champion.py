@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from cifarflow.orchestration.artifacts import publish_registry
-from cifarflow.orchestration.events import emit_model_promoted
+from cifarflow.orchestration.events import announce_moves
 from cifarflow.paths import printable
 from cifarflow.registry import store
 
@@ -19,7 +19,7 @@ def move_champion(registry: Path, version: str, reason: str) -> dict:
     `cifar10.model.promoted`."""
     move = store.move_alias(registry, version, by="hand", reason=reason)
     get_run_logger().info("champion: %s → %s (%s)", move["from"], move["to"], move["reason"])
-    emit_model_promoted(printable(Path(registry).parent), move, registry)  # the layout's <data dir>/registry
+    announce_moves(printable(Path(registry).parent), registry, moved=True)  # the layout's <data dir>/registry
     return move
 
 

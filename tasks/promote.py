@@ -6,12 +6,11 @@ from cifarflow.calibration.calibrate import Calibration
 from cifarflow.config import PipelineConfig
 from cifarflow.data.transform import Features
 from cifarflow.evaluation.evaluate import Evaluation
-from cifarflow.orchestration.events import emit_model_promoted
+from cifarflow.orchestration.events import announce_moves
 from cifarflow.orchestration.runner import stage_task
 from cifarflow.paths import printable
 from cifarflow.promotion.outcome import Promotion
 from cifarflow.promotion.promote import canary_set, challenger_score, promote_challenger
-from cifarflow.registry import store
 from cifarflow.reporting.report import Report
 from cifarflow.training.run import TrainResult
 from cifarflow.validation.validate import ValidatedData
@@ -44,8 +43,5 @@ def promote(
         min_accuracy=config.promotion_floor(preprocess.label_names, preprocess.image_size),
         temperature=calibrate.temperature,
     )
-    if outcome.promoted:  # the alias moved to this run's model: announce that move (not a later one by hand)
-        moves = reversed(store.alias_moves(config.layout.registry))
-        move = next(m for m in moves if m["by"] == "promotion" and m["model_id"] == outcome.champion_id)
-        emit_model_promoted(printable(config.layout.root), move, config.layout.registry)
+    announce_moves(printable(config.layout.root), config.layout.registry, moved=outcome.promoted)
     return outcome

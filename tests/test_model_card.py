@@ -60,7 +60,7 @@ def test_metadata_is_yaml_hugging_face_reads_with_the_test_accuracy():
     (model,) = metadata["model-index"]
     (result,) = model["results"]
     assert result["metrics"] == [{"type": "accuracy", "value": metrics["test_accuracy"], "name": "Test accuracy"}]
-    assert model["name"] == "synthetic" and metadata["datasets"] == ["synthetic"]  # the v2 name: the folder's slug
+    assert model["name"] == "synthetic" and "datasets" not in metadata  # the v2 name; no Hub dataset id to claim
     assert result["dataset"]["revision"] == card["dataset_version"] and result["dataset"]["split"] == "test"
     assert result["task"]["type"] == metadata["pipeline_tag"] == "image-classification"
     assert {"image-classification", "classic"} <= set(metadata["tags"]) and metadata["library_name"] == "keras"

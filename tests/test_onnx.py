@@ -155,12 +155,16 @@ def airbench_model(path: Path, policy: str, side: int = 16, classes: int = 4) ->
     return path
 
 
-def test_an_airbench_network_trained_in_bfloat16_converts_its_exact_gelu_and_passes_the_onnx_smoke_test(tmp_path):
+def test_an_airbench_network_built_in_bfloat16_converts_its_exact_gelu_and_passes_the_onnx_smoke_test(tmp_path):
+    import onnx as onnx_format
+
     from cifarflow.models.presets import get_preset
 
     model = airbench_model(tmp_path / "model.keras", "mixed_bfloat16")  # as a CPU with bfloat16 trains it
     export = export_model(model, "quick", ["a", "b", "c", "d"], tmp_path / "export")
     onnx = onnx_export.export_onnx(export, tmp_path / "model.onnx")
+    operators = {node.op_type for node in onnx_format.load(onnx).graph.node}
+    assert "Erf" in operators and not operators & {"Erfc", "Tanh"}  # the exact GELU, not tanh's approximation
     pixels = canary_pixels(5, 40, side=16)
     quick = get_preset("quick")
     expected = quick.predict(quick.load(model), pixels)

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from cifarflow.data.ingest import model_name
 from cifarflow.layout import DataLayout
 from cifarflow.registry import store
 from cifarflow.registry.saved_model import load_export
@@ -96,6 +97,11 @@ def test_three_classes_at_64_px_with_no_test_split_go_through_every_stage(prefec
         image = next(photos.rglob("*.png"))
         answer = httpx.post(f"{server.url}/predict", files={"file": image.read_bytes()}).json()
         assert answer["label"] in FRUIT and {top["label"] for top in answer["top"]} <= set(FRUIT)
+        (name,) = httpx.get(f"{server.url}/v2").json()["models"]  # the Open Inference Protocol's: the folder's name
+        assert name == model_name(model["dataset"]["source"]) and name not in ("", "classifier")
+        metadata = httpx.get(f"{server.url}/v2/models/{name}").json()
+        assert metadata["inputs"][0]["shape"] == [-1, 64, 64, 3] and metadata["outputs"][0]["shape"] == [-1, 3]
+        assert json.loads(metadata["parameters"]["label_names"]) == FRUIT
         queue = httpx.get(f"{server.url}/review/queue").json()
         assert queue["items"] and {item["label"] for item in queue["items"]} <= set(FRUIT)
         thumbnail = httpx.get(f"{server.url}{queue['items'][0]['thumbnail']}")

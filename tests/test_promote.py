@@ -518,7 +518,7 @@ def test_report_section_names_the_champion_by_its_version(labels):
 
 
 def test_the_report_names_the_data_set_by_its_source_with_classes_size_and_split():
-    from cifarflow.data.ingest import dataset_name
+    from cifarflow.data.ingest import dataset_name, model_name
     from cifarflow.data.shards import describe_split
     from cifarflow.reporting.report import describe_dataset
 
@@ -526,6 +526,10 @@ def test_the_report_names_the_data_set_by_its_source_with_classes_size_and_split
     assert dataset_name({"kind": "folder", "uri": "/home/me/photos/fruit/"}) == "fruit"
     assert dataset_name({"kind": "folder", "uri": "../shared/datasets/cifar10-jpeg.tar.gz"}) == "cifar10-jpeg"
     assert dataset_name({"kind": "folder", "uri": "birds.zip"}) == "birds"
+    assert model_name({"kind": "cifar-archive", "uri": "cifar-10-python.tar.gz"}) == "cifar-10"  # the /v2 name
+    assert model_name({"kind": "folder", "uri": "../shared/datasets/cifar10-jpeg.tar.gz"}) == "cifar10-jpeg"
+    assert model_name({"kind": "folder", "uri": "/x/Été Photos/"}) == "etephotos"  # ASCII, no spaces: a URL segment
+    assert model_name({"kind": "folder", "uri": "/x/猫/"}) == model_name(None) == "classifier"
     card = {"dataset_name": "fruit", "label_names": ["quince", "apricot", "medlar"], "image_size": 64}
     assert describe_dataset(card) == "fruit: 3 classes (quince, apricot, medlar) at 64×64 px"
     assert describe_dataset(card, named=False) == "fruit: 3 classes at 64×64 px"

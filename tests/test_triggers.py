@@ -143,23 +143,34 @@ def test_adding_a_batch_creates_a_flow_run_of_the_triggered_deployment(deployed,
     assert len(triggered_runs(server, deployment.id, data_dir)) == 1
 
 
-def test_a_move_of_the_champion_by_hand_emits_one_event_and_triggers_the_monitor(deployed, tmp_path, two_versions):
-    """`registry_flow.py promote v1` (a rollback from v2) emits one `cifar10.model.promoted` with both versions,
-    their accuracies from version.json, by, reason and the move's time; the monitor deployment's automation
-    creates a run on that data dir (a run that keeps the champion emits nothing: tests/test_deployments.py)."""
+def test_a_move_of_the_champion_by_hand_emits_its_event_and_one_lost_before_and_triggers_the_monitor(
+    deployed, tmp_path, two_versions
+):
+    """`registry_flow.py promote v1` (a rollback from v2) emits `cifar10.model.promoted` with both versions, their
+    accuracies from version.json, by, reason and the move's time, and first the event of the promotion to v2, which
+    a killed run never sent; the monitor deployment's automation creates runs on that data dir (a run that keeps the
+    champion emits nothing: tests/test_deployments.py)."""
     from prefect.client.orchestration import get_client
 
+    from cifarflow.files import write_json
+    from cifarflow.orchestration.events import ANNOUNCED
     from cifarflow.registry import store
     from tests.registry_helpers import copy_data_dir
 
     server, _ = deployed
     data_dir = copy_data_dir(two_versions, tmp_path / "data")
     registry = DataLayout(data_dir).registry
+    lost = store.alias_moves(registry)[-1]  # the promotion to v2, counted as not announced, as a kill would leave it
+    write_json(registry / ANNOUNCED, {"moves": len(store.alias_moves(registry)) - 1})
     command = ("flows/registry_flow.py", "promote", "v1", "--reason", "v2 misreads night photos", "--data-dir")
     moved = server.run(sys.executable, *command, str(data_dir))
     assert moved.returncode == 0, moved.stdout + moved.stderr
 
-    (event,) = stored_events(server, data_dir, at_least=1, name="cifar10.model.promoted")
+    events = stored_events(server, data_dir, at_least=2, name="cifar10.model.promoted")
+    assert sorted(e.payload["to_version"] for e in events) == ["v1", "v2"]  # each move once
+    (late,) = [e for e in events if e.payload["to_version"] == "v2"]
+    assert (late.payload["by"], late.payload["at"], late.payload["from_version"]) == ("promotion", lost["at"], "v1")
+    (event,) = [e for e in events if e.payload["to_version"] == "v1"]
     move = store.alias_moves(registry)[-1]
     assert event.payload == {
         "data_dir": str(data_dir.resolve()),
@@ -174,8 +185,9 @@ def test_a_move_of_the_champion_by_hand_emits_one_event_and_triggers_the_monitor
     }
     with server.client_settings(), get_client(sync_client=True) as client:
         monitor = client.read_deployment_by_name("monitor/hourly")
-    (run,) = wait_for_runs(server, monitor.id, data_dir)
-    assert run.parameters == {"data_dir": str(data_dir.resolve())}
+    runs = wait_for_runs(server, monitor.id, data_dir)
+    assert runs and all(run.parameters == {"data_dir": str(data_dir.resolve())} for run in runs)
+    assert read_json(registry / ANNOUNCED) == {"moves": len(store.alias_moves(registry))}
 
 
 TOKEN = "carol-review-token-0123456789"

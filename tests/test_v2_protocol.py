@@ -79,7 +79,7 @@ def test_tritonclient_finds_the_server_the_model_and_its_metadata(service):
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(CLASSES)]},
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
         ],
-        "parameters": {"label_names": CLASSES},
+        "parameters": {"label_names": json.dumps(CLASSES)},
     }
     assert client.get_model_metadata(NAME) == want
     assert client.get_model_metadata(NAME, "v2") == want
@@ -175,7 +175,7 @@ def test_bad_binary_tensor_data_is_a_400_and_good_binary_data_scores(service):
     head, data = binary_request(PIXELS[:2]), PIXELS[:2].tobytes()
     url = f"/v2/models/{NAME}/infer"
     with service.client() as client:
-        for length in ("abc", str(len(head) + len(data) + 1), "0"):
+        for length in ("abc", str(len(head) + len(data) + 1), "0", "9" * 5000):
             answer = client.post(url, content=head + data, headers={"Inference-Header-Content-Length": length})
             assert_error(answer, 400, "Inference-Header-Content-Length", "length in bytes of the JSON")
         short = client.post(url, content=head + data[:-1], headers={"Inference-Header-Content-Length": str(len(head))})

@@ -10,11 +10,13 @@ from typing import Any
 
 from prefect.events import emit_event
 
+from cifarflow.files import read_json, write_json
 from cifarflow.registry import store
 
 DATASET_UPDATED = "cifar10.dataset.updated"
 MODEL_PROMOTED = "cifar10.model.promoted"
 MONITOR_DRIFT = "cifar10.monitor.drift"
+ANNOUNCED = "announced.json"  # in the registry: {"moves": how many moves of aliases.jsonl have had their event}
 PAYLOAD_KEYS = (
     "dataset_version",
     "previous_dataset_version",
@@ -42,6 +44,23 @@ def emit_monitor_drift(data_dir: str, summary: dict[str, Any]):
     fired = {name: signal for name, signal in summary["signals"].items() if signal["drift"]}
     keys = ("window", "images", "model_version", "report")
     return _emit(MONITOR_DRIFT, data_dir, {key: summary[key] for key in keys} | {"signals": fired})
+
+
+def announce_moves(data_dir: str, registry: Path, moved: bool) -> list[dict[str, Any]]:
+    """Emit `cifar10.model.promoted` for each move of the champion not announced yet, then count it in ANNOUNCED: a
+    move whose event a crash or a kill lost is announced by the next promotion run or move by hand. Before the first
+    count, the moves so far count as announced, but for the last one when `moved` (the caller has just made it)."""
+    moves, path = store.alias_moves(registry), Path(registry) / ANNOUNCED
+    if not moves:
+        return []
+    try:
+        announced = int(read_json(path)["moves"])
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: start from the caller's move
+        announced = len(moves) - moved
+    for move in moves[announced:]:
+        emit_model_promoted(data_dir, move, registry)
+    write_json(path, {"moves": len(moves)})
+    return moves[announced:]
 
 
 def emit_model_promoted(data_dir: str, move: dict[str, Any], registry: Path):

@@ -22,6 +22,7 @@ from cifarflow.data.shards import data_set_words
 from cifarflow.errors import PipelineInputError
 from cifarflow.files import field_problem, file_digest, read_json, storage_errors, write_json
 from cifarflow.lock import DataDirLocked, data_dir_lock
+from cifarflow.registry.onnx_export import FILE as ONNX_FILE
 
 ALIAS = "champion"
 MOVES = "aliases.jsonl"
@@ -116,7 +117,7 @@ class Version(VersionRecord):
     @property
     def onnx_path(self) -> Path:
         """Its ONNX export (cifarflow.registry.onnx_export); absent in versions registered before it was made."""
-        return self.directory / "model.onnx"
+        return self.directory / ONNX_FILE
 
     @property
     def side(self) -> int:

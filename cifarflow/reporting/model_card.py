@@ -49,7 +49,6 @@ def front_matter(card: dict[str, Any], metrics: dict[str, Any], name: str) -> st
         "library_name": "keras",
         "pipeline_tag": "image-classification",
         "tags": ["image-classification", "keras", "onnx", "cifarflow", card["model"]],
-        "datasets": [name],
         "metrics": ["accuracy"],
         "model-index": [{"name": name, "results": [{"task": task, "dataset": dataset, "metrics": [accuracy]}]}],
     }
