@@ -62,6 +62,7 @@ from PIL import Image
 from cifarflow.data.archive import local_path, read_archive
 from cifarflow.files import file_digest
 from cifarflow.layout import DataLayout
+from cifarflow.models.presets import PRESETS
 from cifarflow.monitoring.log import read_window, window_keys
 from cifarflow.registry import store
 from cifarflow.registry.build import Canary, make_champion, stage_next_version
@@ -129,7 +130,7 @@ def runtimes(registry: Path, label_names: list[str], pixels: np.ndarray, scratch
     from cifarflow.registry.saved_model import load_export
 
     rows, choices = [], {}
-    for preset_name in ("classic", "quick", "fast"):
+    for preset_name in PRESETS:
         version = store.read_version(registry, register(registry, preset_name, label_names, pixels[:64], scratch))
         session = onnxruntime.InferenceSession(str(version.onnx_path), providers=["CPUExecutionProvider"])
         scorers = {

@@ -37,10 +37,18 @@ def tracking_uri(layout: DataLayout) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{layout.mlflow_db}"
 
 
-def track_pipeline(config: PipelineConfig, outputs: Mapping[str, StageOutput], reused: set[str], flow_run: Any) -> None:
-    """One MLflow run for the pipeline's Prefect `flow_run` (its name, start and id) from its stages' `outputs`
-    (computed, or `reused`: Cached)."""
-    _track(config.layout, "", functools.partial(_log_pipeline, config, outputs, reused, flow_run))
+@contextlib.contextmanager
+def tracked_pipeline(config: PipelineConfig, runner: Any, flow_run: Any) -> Iterator[None]:
+    """The pipeline's Prefect `flow_run` (its name, start and id) as one MLflow run when the block ends, from the
+    `runner`'s (StageRunner) outputs, computed or reused (Cached); FAILED with the error's name when the block raised,
+    with what its stages made until then."""
+    try:
+        yield
+    except BaseException as error:
+        failure = f"{type(error).__name__}: {error}"
+        _track(config.layout, "", functools.partial(_log_pipeline, config, runner, flow_run, failure))
+        raise
+    _track(config.layout, "", functools.partial(_log_pipeline, config, runner, flow_run, None))
 
 
 def track_sweep(
@@ -124,10 +132,10 @@ def _mlflow_run(
     client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
 
 
-def _log_pipeline(config, outputs, reused, flow_run, client, experiment) -> None:
-    tags = {"kind": "pipeline", "reused_stages": ",".join(sorted(reused))}
-    with _mlflow_run(client, experiment, flow_run.name, tags, flow_run) as run_id:
-        _log_stages(client, run_id, config, outputs)
+def _log_pipeline(config, runner, flow_run, failure, client, experiment) -> None:
+    tags = {"kind": "pipeline", "reused_stages": ",".join(sorted(runner.cached)), "error": failure}
+    with _mlflow_run(client, experiment, flow_run.name, tags, flow_run, failed=failure is not None) as run_id:
+        _log_stages(client, run_id, config, runner.outputs)
 
 
 def _log_sweep(sweep, trials, reported, board, flow_run, client, experiment) -> None:

@@ -30,7 +30,7 @@ from cifarflow.orchestration.artifacts import publish_registry, publish_report
 from cifarflow.orchestration.plan import plan_stages
 from cifarflow.orchestration.runner import StageRunner, parse_stage_list
 from cifarflow.orchestration.stages import STAGES
-from cifarflow.tracking import track_pipeline
+from cifarflow.tracking import tracked_pipeline
 from tasks.calibrate import calibrate
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
@@ -67,7 +67,8 @@ def cifar_pipeline(
     logger = get_run_logger()
     ensure_writable(config.layout.root)
     run = StageRunner(config, parse_stage_list(stages, "stages"), parse_stage_list(refresh, "refresh"))
-    with data_dir_lock(config.layout.lock_file, lock_timeout_s, log=logger.info):
+    tracked = tracked_pipeline(config, run, FlowRunContext.get().flow_run)  # an MLflow run, if installed
+    with tracked, data_dir_lock(config.layout.lock_file, lock_timeout_s, log=logger.info):
         shards = run(ingest)  # the archive → Parquet shards
         dataset = run(validate, shards)  # the dataset version (shards + added batches), checked
         features = run(preprocess, dataset)  # the fitted transform and training-ready arrays
@@ -84,7 +85,6 @@ def cifar_pipeline(
         publish_registry(config.layout.registry)
     if "train" in run.cached:
         logger.info(REUSED_HINT)
-    track_pipeline(config, run.outputs, run.cached, FlowRunContext.get().flow_run)  # an MLflow run, if installed
     return run.locations()
 
 

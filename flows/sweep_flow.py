@@ -92,7 +92,6 @@ def cifar_sweep(
         files = write_leaderboard(config.layout.reports / "sweeps" / name, name, rows, extra)
         publish_leaderboard(name, rows, files)
         logger.info("leaderboard: %s", files["markdown"])
-        track_sweep(config, name, trials, reported, files["markdown"].parent, FlowRunContext.get().flow_run)
         summary = {"name": name, "leaderboard": str(files["markdown"]), "best": best and best.name, "trials": rows}
         summary |= {"cluster": ran["cluster"], "trials_flow_run_id": ran["flow_run_id"]}
         if best is not None:
@@ -102,7 +101,9 @@ def cifar_sweep(
             promotion = StageRunner(best.config, outputs=outputs).run_declared(STAGE_TASKS["promote"])
             logger.info("champion/challenger for the best trial: %s", promotion.summary)
             summary["promotion"] = promotion.summary
-        return summary
+            outputs["promote"] = promotion  # its MLflow run gets the registry version, when promoted
+    track_sweep(config, name, trials, reported, files["markdown"].parent, FlowRunContext.get().flow_run)  # lock freed
+    return summary
 
 
 def _report_trial(trial: Trial, result: dict[str, Any], data: dict[str, Any]) -> tuple[dict[str, Any], dict | None]:

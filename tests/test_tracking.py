@@ -164,6 +164,19 @@ def test_each_sweep_trial_is_a_child_run_of_the_sweeps_run_failed_trials_failed(
     assert failed.data.params["learning_rate"] == "9.0" and not failed.data.metrics
 
 
+def test_a_failed_pipeline_run_is_a_failed_mlflow_run_with_its_error_and_what_its_stages_made(tracked):
+    config, _, _ = tracked
+    diverging = config.model_copy(update={"learning_rate": 9.0, "batch_size": 64})
+    state, states = run_flow(diverging)
+    assert state.is_failed() and states["train"] == "Failed"
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(state.state_details.flow_run_id).name
+    (run,) = [run for run in runs_of(client_for(config), "CIFAR-10") if run.info.run_name == name]
+    assert run.info.status == "FAILED" and "TrainingDiverged" in run.data.tags["error"]
+    assert run.data.params["learning_rate"] == "9.0" and run.data.tags["dataset_version"]  # validate ran
+    assert "test_accuracy" not in run.data.metrics
+
+
 def test_a_broken_tracking_store_is_warned_once_and_the_run_goes_on(tracked, monkeypatch, caplog, tmp_path):
     config, _, _ = tracked
     (tmp_path / "a-file").write_text("not a folder")
