@@ -5,6 +5,8 @@ installed, off with CIFARFLOW_TRACKING=off; the only module that imports MLflow.
 
 from __future__ import annotations
 
+import cifarflow.environment  # MLflow's retries and telemetry set before it is imported
+
 import contextlib
 import functools
 import logging
@@ -33,8 +35,13 @@ RESOLVED |= {"normalization": "resolved_normalization"}
 
 
 def tracking_uri(layout: DataLayout) -> str:
-    """MLFLOW_TRACKING_URI if set (a team server), else the data dir's own store `sqlite:///<abs dir>/mlflow.db`."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{layout.mlflow_db}"
+    """MLFLOW_TRACKING_URI if set (a team server), else the data dir's own store `sqlite:///<abs dir>/mlflow.db`;
+    ValueError for a data dir whose path has a '?', which a SQLite URL cannot carry (it starts the URL's query)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if "?" in str(layout.mlflow_db):
+        raise ValueError(f"{layout.root} has a '?' in its path, which a sqlite:/// URL cannot name")
+    return f"sqlite:///{layout.mlflow_db}"
 
 
 @contextlib.contextmanager
@@ -71,10 +78,11 @@ def track_monitor(layout: DataLayout, champion: Version, result: MonitorSummary,
 
 def _track(layout: DataLayout, suffix: str, record: Callable[[Any, str], None]) -> None:
     """`record(client, experiment_id)` unless tracking is off or MLflow is not installed; any failure warned."""
-    if os.environ.get("CIFARFLOW_TRACKING", "").strip().lower() == "off":
+    if os.environ.get("CIFARFLOW_TRACKING", "").strip().lower() in ("off", "0", "false", "no"):
         return
-    uri = tracking_uri(layout)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"the store in {layout.root}"
     try:
+        uri = tracking_uri(layout)
         try:
             from mlflow import MlflowClient  # here: without the extra, or turned off, nothing imports MLflow
         except ModuleNotFoundError as error:

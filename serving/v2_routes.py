@@ -10,7 +10,7 @@ import struct
 
 import numpy as np
 from fastapi import APIRouter, Depends, Header, Request, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StrictInt, ValidationError
 
 from cifarflow.data.ingest import model_name
 from cifarflow.inference.predictor import Predictor
@@ -68,7 +68,7 @@ class ModelReady(BaseModel):
 
 class RequestInput(BaseModel):
     name: str = Field(examples=[INPUT])
-    shape: list[int] = Field(examples=[[1, 2, 2, 3]])
+    shape: list[StrictInt] = Field(examples=[[1, 2, 2, 3]])
     datatype: str = Field(examples=["UINT8"])
     parameters: dict[str, Parameter] | None = Field(None, description="binary_data_size: its bytes after the JSON")
     data: list | None = Field(None, description="the elements, row-major, flat or nested (absent: binary data)")
@@ -199,7 +199,7 @@ def input_pixels(request: InferenceRequest, binary: bytes, side: int, most: int)
         raise BadInput(400, f"input parameters {sorted(parameters)}: only binary_data_size is supported")
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
-        if tensor.data is not None or size != len(binary) or size != count:
+        if tensor.data is not None or type(size) is not int or size != len(binary) or size != count:
             raise BadInput(
                 400,
                 f"input {INPUT!r}: binary_data_size {size!r} with {len(binary):,} bytes after the JSON "
@@ -212,10 +212,14 @@ def input_pixels(request: InferenceRequest, binary: bytes, side: int, most: int)
     try:
         values = np.asarray(tensor.data)
         fits = values.dtype.kind in "iu" and values.size == count and 0 <= values.min() and values.max() <= 255
+        fits = fits and (values.ndim == 1 or values.shape == tuple(tensor.shape))
     except (ValueError, OverflowError, TypeError):  # ragged lists, numbers past int64
         fits = False
     if not fits:
-        raise BadInput(400, f"input {INPUT!r} data: expected {count:,} integers 0 to 255 (row-major, flat or nested)")
+        raise BadInput(
+            400,
+            f"input {INPUT!r} data: expected {count:,} integers 0 to 255, flat or nested as its shape {tensor.shape}",
+        )
     return values.astype(np.uint8).reshape(tensor.shape)
 
 
@@ -223,6 +227,8 @@ def asked_outputs(request: InferenceRequest) -> list[tuple[str, bool]]:
     """(name, binary) for each output to answer, as asked (none asked: every output); BadInput 400 for an unknown
     output or parameter."""
     default = (request.parameters or {}).get("binary_data_output", False)
+    if not isinstance(default, bool):
+        raise BadInput(400, f"parameter binary_data_output {default!r}: true or false")
     outputs = request.outputs or [RequestOutput(name=name) for name in (PROBABILITIES, LABEL)]
     asked = [(output.name, (output.parameters or {}).get("binary_data", default)) for output in outputs]
     for output, (name, binary) in zip(outputs, asked):
@@ -275,6 +281,9 @@ def bytes_element(text: str) -> bytes:
 
 
 def infer(request: Request, predictor: Predictor, body: bytes, header_length: str | None) -> Response:
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding != "identity":
+        raise BadInput(400, f"Content-Encoding {encoding}: not supported here; send the body uncompressed")
     inference, binary = read_request(body, header_length)
     pixels = input_pixels(inference, binary, predictor.image_size, request.app.state.limits.max_batch_files)
     asked = asked_outputs(inference)  # a bad output is refused before the model runs

@@ -1002,3 +1002,23 @@ def test_an_export_takes_the_models_image_size_and_carries_its_data_set(tmp_path
     three, hundred = np.repeat(np.arange(3), 500), np.repeat(np.arange(100), 50)
     assert len(canary_indices(three)) == 1002 and len(canary_indices(hundred)) == 1000
     assert set(np.bincount(three[canary_indices(three)])) == {334}
+
+
+@pytest.mark.parametrize("count", [None, "garbage", 99, -5, True, 1.5, 10**400])
+def test_a_count_of_announced_moves_that_is_not_one_announces_the_callers_move_once(built, tmp_path, count):
+    """registry/announced.json missing, unreadable or not a count of these moves: the caller's move is announced, not
+    every move (-5) nor none (99), and the count is written right (without a server the events are dropped)."""
+    from cifarflow.files import write_json
+    from cifarflow.orchestration.events import ANNOUNCED, announce_moves
+
+    registry = shutil.copytree(built.data_dir / "registry", tmp_path / "registry")
+    moves = store.alias_moves(registry)
+    if count == "garbage":
+        (registry / ANNOUNCED).write_text("{not json")
+    elif count is not None:
+        (registry / ANNOUNCED).write_text(f'{{"moves": {json.dumps(count) if count != 10**400 else "1e400"}}}')
+    assert announce_moves(str(tmp_path), registry, moved=True) == moves[-1:]
+    assert json.loads((registry / ANNOUNCED).read_text()) == {"moves": len(moves)}
+    assert announce_moves(str(tmp_path), registry, moved=False) == []  # nothing new: nothing announced again
+    write_json(registry / ANNOUNCED, {"moves": len(moves) - 2})  # two moves whose events were lost
+    assert announce_moves(str(tmp_path), registry, moved=False) == moves[-2:]

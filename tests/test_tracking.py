@@ -21,6 +21,7 @@ from prefect.client.orchestration import get_client
 from cifarflow.config import PipelineConfig
 from cifarflow.data.shards import read_split
 from cifarflow.files import read_json
+from cifarflow.layout import DataLayout
 from cifarflow.monitoring.log import INSERT, connect, log_rows, micros, new_ids, transaction
 from cifarflow.orchestration.stages import STAGES
 from cifarflow.registry.store import read_champion_version
@@ -188,6 +189,26 @@ def test_a_broken_tracking_store_is_warned_once_and_the_run_goes_on(tracked, mon
     warnings = [record for record in caplog.records if record.name == "cifarflow.tracking"]
     assert len(warnings) == 1 and uri in warnings[0].getMessage()
     assert "CIFARFLOW_TRACKING=off" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize("value", ["off", " OFF ", "0", "false", "no"])
+def test_tracking_turned_off_opens_no_store(value, monkeypatch, tmp_path):
+    from cifarflow.tracking import _track
+
+    monkeypatch.setenv("CIFARFLOW_TRACKING", value)
+    recorded = []
+    _track(DataLayout(tmp_path), "", lambda client, experiment: recorded.append(experiment))
+    assert recorded == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_data_dir_whose_path_a_sqlite_url_cannot_name_is_warned_and_nothing_written_outside(caplog, tmp_path):
+    from cifarflow.tracking import _track
+
+    data_dir = tmp_path / "runs?nightly"  # '?' would start the URL's query: the store would land beside the dir
+    data_dir.mkdir()
+    with caplog.at_level(logging.WARNING, logger="cifarflow.tracking"):
+        _track(DataLayout(data_dir), "", lambda client, experiment: None)
+    assert "has a '?' in its path" in caplog.text and list(tmp_path.iterdir()) == [data_dir]
 
 
 def test_without_mlflow_the_pipeline_runs_and_nothing_imports_it(tracked, cli_env, tmp_path):

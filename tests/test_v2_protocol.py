@@ -4,6 +4,7 @@ against a real `python serving/app.py` on a real registry (v1 and v2, champion v
 
 from __future__ import annotations
 
+import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,20 @@ BAD_JSON_REQUESTS = {
         json.dumps(request_json(np.zeros((MOST + 1, SIDE, SIDE, 3), np.uint8))).encode(),
         f"at most {MOST}",
     ),
+    "a shape of floats": (
+        json.dumps(GOOD | {"inputs": [GOOD["inputs"][0] | {"shape": [1.0, SIDE, SIDE, 3]}]}).encode(),
+        "not an inference request",
+    ),
+    "nested data of another shape (NCHW)": (
+        json.dumps(
+            GOOD | {"inputs": [GOOD["inputs"][0] | {"data": np.zeros((1, 3, SIDE, SIDE), int).tolist()}]}
+        ).encode(),
+        f"nested as its shape [1, {SIDE}, {SIDE}, 3]",
+    ),
+    "binary_data_output not a boolean": (
+        json.dumps(GOOD | {"parameters": {"binary_data_output": "yes"}}).encode(),
+        "true or false",
+    ),
     "an unknown output": (json.dumps(GOOD | {"outputs": [{"name": "logits"}]}).encode(), "'probabilities'"),
     "the classification extension": (
         json.dumps(GOOD | {"outputs": [{"name": "label", "parameters": {"classification": 3}}]}).encode(),
@@ -182,6 +197,13 @@ def test_bad_binary_tensor_data_is_a_400_and_good_binary_data_scores(service):
         assert_error(short, 400, "binary_data_size", f"{len(data) - 1:,} bytes")
         unannounced = client.post(url, content=head + data)  # no header: the whole body is read as JSON
         assert_error(unannounced, 400, "not an inference request")
+        floated = binary_request(PIXELS[:2], float(len(data)))  # 6144.0 bytes: not a count
+        answer = client.post(
+            url, content=floated + data, headers={"Inference-Header-Content-Length": str(len(floated))}
+        )
+        assert_error(answer, 400, "binary_data_size 6144.0")
+        gzipped = client.post(url, content=gzip.compress(head + data), headers={"Content-Encoding": "gzip"})
+        assert_error(gzipped, 400, "Content-Encoding gzip", "uncompressed")
         good = client.post(url, content=head + data, headers={"Inference-Header-Content-Length": str(len(head))})
         assert good.status_code == 200 and good.headers["content-type"] == "application/json"  # no binary output asked
         assert good.json()["outputs"][0]["shape"] == [2, len(CLASSES)]

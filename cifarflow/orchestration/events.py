@@ -54,9 +54,11 @@ def announce_moves(data_dir: str, registry: Path, moved: bool) -> list[dict[str,
     if not moves:
         return []
     try:
-        announced = int(read_json(path)["moves"])
-    except (OSError, ValueError, KeyError, TypeError):  # none yet, or unreadable: start from the caller's move
-        announced = len(moves) - moved
+        announced = read_json(path)["moves"]
+    except (OSError, ValueError, KeyError, TypeError):
+        announced = None
+    if isinstance(announced, bool) or not (isinstance(announced, int) and 0 <= announced <= len(moves)):  # none yet, or not a count of these moves
+        announced = len(moves) - moved  # from the caller's move
     for move in moves[announced:]:
         emit_model_promoted(data_dir, move, registry)
     write_json(path, {"moves": len(moves)})
