@@ -57,7 +57,7 @@ def announce_moves(data_dir: str, registry: Path, moved: bool) -> list[dict[str,
         announced = read_json(path)["moves"]
     except (OSError, ValueError, KeyError, TypeError):
         announced = None
-    if isinstance(announced, bool) or not (isinstance(announced, int) and 0 <= announced <= len(moves)):  # none yet, or not a count of these moves
+    if type(announced) is not int or not 0 <= announced <= len(moves):  # none yet, or not a count of these moves
         announced = len(moves) - moved  # from the caller's move
     for move in moves[announced:]:
         emit_model_promoted(data_dir, move, registry)
