@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from prefect.context import FlowRunContext
+
 from cifarflow.data.ingest import dataset_name
 from cifarflow.files import read_json
 from cifarflow.layout import DataLayout
@@ -45,10 +47,11 @@ def tracking_uri(layout: DataLayout) -> str:
 
 
 @contextlib.contextmanager
-def tracked_pipeline(config: PipelineConfig, runner: Any, flow_run: Any) -> Iterator[None]:
-    """The pipeline's Prefect `flow_run` (its name, start and id) as one MLflow run when the block ends, from the
+def tracked_pipeline(config: PipelineConfig, runner: Any) -> Iterator[None]:
+    """The pipeline's Prefect flow run (its name, start and id) as one MLflow run when the block ends, from the
     `runner`'s (StageRunner) outputs, computed or reused (Cached); FAILED with the error's name when the block raised,
     with what its stages made until then."""
+    flow_run = FlowRunContext.get().flow_run
     try:
         yield
     except BaseException as error:
@@ -64,16 +67,16 @@ def track_sweep(
     trials: list,
     reported: Mapping[str, tuple],
     board: Path,
-    flow_run: Any,
 ) -> None:
-    """A parent MLflow run for the sweep (its leaderboard folder `board`) and a child run per trial (`Trial`s;
-    `reported`: trial name → (leaderboard row, the trial's stage outputs or None when it failed))."""
+    """A parent MLflow run for the sweep's flow run (its leaderboard folder `board`) and a child run per trial
+    (`Trial`s; `reported`: trial name → (leaderboard row, the trial's stage outputs or None when it failed))."""
+    flow_run = FlowRunContext.get().flow_run
     _track(config.layout, "", functools.partial(_log_sweep, sweep, trials, reported, board, flow_run))
 
 
-def track_monitor(layout: DataLayout, champion: Version, result: MonitorSummary, flow_run: Any) -> None:
-    """One MLflow run (experiment "<data set> monitoring") for a monitor run's verdict on `champion`."""
-    _track(layout, " monitoring", functools.partial(_log_monitor, champion, result, flow_run))
+def track_monitor(layout: DataLayout, champion: Version, result: MonitorSummary) -> None:
+    """One MLflow run (experiment "<data set> monitoring") for a monitor flow run's verdict on `champion`."""
+    _track(layout, " monitoring", functools.partial(_log_monitor, champion, result, FlowRunContext.get().flow_run))
 
 
 def _track(layout: DataLayout, suffix: str, record: Callable[[Any, str], None]) -> None:

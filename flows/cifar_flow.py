@@ -17,7 +17,6 @@ import argparse
 import sys
 
 from prefect import flow, get_run_logger
-from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 
 from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli
@@ -67,8 +66,7 @@ def cifar_pipeline(
     logger = get_run_logger()
     ensure_writable(config.layout.root)
     run = StageRunner(config, parse_stage_list(stages, "stages"), parse_stage_list(refresh, "refresh"))
-    tracked = tracked_pipeline(config, run, FlowRunContext.get().flow_run)  # an MLflow run, if installed
-    with tracked, data_dir_lock(config.layout.lock_file, lock_timeout_s, log=logger.info):
+    with tracked_pipeline(config, run), data_dir_lock(config.layout.lock_file, lock_timeout_s, log=logger.info):
         shards = run(ingest)  # the archive → Parquet shards
         dataset = run(validate, shards)  # the dataset version (shards + added batches), checked
         features = run(preprocess, dataset)  # the fitted transform and training-ready arrays

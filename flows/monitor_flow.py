@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow
-from prefect.context import FlowRunContext
 
 from cifarflow.cli import ArgumentParser, done, ensure_prefect_api, run_cli
 from cifarflow.errors import PipelineInputError
@@ -68,7 +67,7 @@ def monitor(
         if incremental:
             commit_window(layout, state, result, now)
         prune_log(layout, keep_days, now)
-    track_monitor(layout, champion, result, FlowRunContext.get().flow_run)  # an MLflow run, if installed
+    track_monitor(layout, champion, result)  # an MLflow run, if installed
     return result
 
 

@@ -102,7 +102,7 @@ def cifar_sweep(
             logger.info("champion/challenger for the best trial: %s", promotion.summary)
             summary["promotion"] = promotion.summary
             outputs["promote"] = promotion  # its MLflow run gets the registry version, when promoted
-    track_sweep(config, name, trials, reported, files["markdown"].parent, FlowRunContext.get().flow_run)  # lock freed
+    track_sweep(config, name, trials, reported, files["markdown"].parent)  # an MLflow run, if installed; lock freed
     return summary
 
 
