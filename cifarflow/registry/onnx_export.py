@@ -32,7 +32,7 @@ def export_onnx(export_dir: Path, out_path: Path) -> Path:
     side = exported.image_size
     with atomic_path(out_path) as partial:
         tf2onnx.convert.from_function(
-            tf.function(lambda pixels: exported._endpoint(pixels)),
+            tf.function(lambda pixels: exported.endpoint(pixels)),
             input_signature=[tf.TensorSpec([None, side, side, 3], tf.uint8, name="pixels")],
             opset=OPSET,
             custom_op_handlers={"Erfc": (_erfc, [])},

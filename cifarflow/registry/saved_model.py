@@ -84,12 +84,13 @@ def is_export(directory: Path) -> bool:
 
 @dataclass
 class ExportedModel:
-    """A loaded export: its cifarflow.json's `label_names`, `image_size` and `preset`, and `probabilities(pixels)`."""
+    """A loaded export: its cifarflow.json's `label_names`, `image_size` and `preset`, its `endpoint` (the traced
+    function: uint8 tensor [N, S, S, 3] → {"probabilities": float32 [N, classes]}) and `probabilities(pixels)`."""
 
     label_names: list[str]
     image_size: int
     preset: str
-    _endpoint: Any
+    endpoint: Any
     _loaded: Any  # the restored object owns the variables the endpoint reads: keep it alive
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
@@ -98,7 +99,7 @@ class ExportedModel:
 
         if len(pixels) == 0:
             return np.zeros((0, len(self.label_names)), np.float32)
-        return self._endpoint(tf.convert_to_tensor(np.asarray(pixels, np.uint8)))["probabilities"].numpy()
+        return self.endpoint(tf.convert_to_tensor(np.asarray(pixels, np.uint8)))["probabilities"].numpy()
 
 
 def load_export(directory: Path) -> ExportedModel:
