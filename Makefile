@@ -17,7 +17,7 @@ DATA_DIR ?= data
 # them (the flows, benchmarks and tests import it first), and the Prefect CLI runs through it.
 WITH_DEFAULTS := $(BIN)/python -m cifarflow.environment
 
-.PHONY: help install run test test-fast lint format system-deps server schedule serve predict monitor feedback mlflow-ui bench clean-data
+.PHONY: help install run test test-fast lint format system-deps docs docs-serve server schedule serve predict monitor feedback mlflow-ui bench clean-data
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,6 +47,16 @@ lint: install  ## ruff lint and format check
 
 format: install  ## apply ruff formatting
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+# mkdocs-material prints a banner about its successor on every build (see docs/how-to/develop.md): off.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+
+docs: install  ## build the documentation site into site/ (strict: a broken link or a missing page fails; offline)
+	$(MKDOCS) build --strict --quiet
+	@echo "done: site/index.html (make docs-serve to browse it)"
+
+docs-serve: install  ## serve the documentation site on http://127.0.0.1:8001, rebuilding on changes
+	$(MKDOCS) serve --strict --dev-addr 127.0.0.1:8001
 
 system-deps:  ## Debian packages the browser and PostgreSQL tests use (run as root)
 	apt-get update -qq
@@ -79,7 +89,7 @@ mlflow-ui: install  ## browse the MLflow runs of DATA_DIR (default data) on http
 # after which the one rule (default_source) names it; elsewhere the rule gives the official URL.
 BENCH_SOURCE = $(or $(SOURCE),$(shell $(BIN)/python -c 'from cifarflow.data.archive import default_source; print(default_source("data"))'))
 
-bench: install $(if $(wildcard $(SHARED_JPEG)),$(LOCAL_ARCHIVE))  ## measure speed and memory (writes benchmarks/results.md)
+bench: install $(if $(wildcard $(SHARED_JPEG)),$(LOCAL_ARCHIVE))  ## measure speed and memory (writes benchmarks/results.md and benchmarks/serving.md)
 	$(BIN)/python benchmarks/bench_pipeline.py --source $(BENCH_SOURCE) --out benchmarks/results.md
 	$(BIN)/python benchmarks/bench_serving.py --source $(BENCH_SOURCE) --out benchmarks/serving.md
 

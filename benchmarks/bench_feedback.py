@@ -12,7 +12,7 @@ also needs a model (`--queue-model`: `champion`, a version, a data dir whose cha
 anything the service's `--model` accepts).
 
 1. Retrain ("does least-confident first pay?"). The ingested training set is split by a fixed seeded
-   permutation into `--train` (40,000) images a `seed` champion is trained on by the train stage's own
+   permutation into `--train` (40,000) images a `classic` champion is trained on by the train stage's own
    code (`cifarflow.training.run.train_model`, the preset's recipe and epochs), and `--traffic` (10,000)
    images it then scores, as if served. Of the traffic, `--label` (1,000) get their true labels (the
    reviewers' corrections), chosen in one of these orders:

@@ -6,7 +6,7 @@ once, with the decode budget at each setting given (0: no budget; freed memory i
 The image is a white RGBA PNG: 208 KB on the wire, 49 MP (under the 50 MP limit), and RGBA is the
 costliest kind to decode (composited on white: several full-size copies). One service process runs per
 setting (`python serving/app.py --decode-budget MP`, uvicorn, on a data dir with a champion: a tiny
-`seed` version registered as a promotion registers it, unless --data-dir names one), all started
+`classic` version registered as a promotion registers it, unless --data-dir names one), all started
 before the first round; each round sends the 8 requests to each service in turn, so the settings
 alternate under the same conditions. Per round and setting: the peak RSS of the service process and
 its children (psutil, polled every 10 ms) against its RSS just before, every answer's status (200, or
@@ -125,7 +125,7 @@ def run_round(server: ServingProcess, budget_mp: float, image: bytes) -> Round:
 
 
 def make_data_dir(work: Path) -> Path:
-    """A data dir whose registry has one champion (a tiny random-weight `seed` network)."""
+    """A data dir whose registry has one champion (a tiny random-weight `classic` network)."""
     from tests.registry_helpers import add_version
 
     data_dir = work / "data"

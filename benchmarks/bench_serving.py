@@ -1,6 +1,6 @@
 """Using the model, measured: batch prediction from image files against scoring the same arrays in
 memory, the HTTP service under 8 concurrent clients, and what the prediction log costs both, for the
-`seed` and `fast` networks.
+`classic` and `fast` networks.
 
     python benchmarks/bench_serving.py --source data/cache/cifar-10-python.tar.gz --requests 500 \
         --out benchmarks/serving.md
@@ -18,7 +18,7 @@ registered as a real registry version (export + smoke test), as a promotion woul
       log on (the default), and d′, the same with it off (`log_predictions=False`, `--no-log`);
    e. the decoding floor: the same files only decoded (`convert_image`, 2 threads, no model).
    The flow's overhead is d's time ÷ a's time (target ≤ 1.3). Where decoding a file costs more than
-   the network (the small `seed` CNN), d ÷ (a + e) says how the flow compares with doing the two
+   the network (the small `classic` CNN), d ÷ (a + e) says how the flow compares with doing the two
    unavoidable pieces of work one after the other.
 2. The service (`serving/app.py`, a real uvicorn process on loopback): requests/s and p50/p99
    latency of single-image POST /predict requests from 8 concurrent clients, and the error count,
@@ -423,7 +423,7 @@ def main() -> None:
     registry = work / "data" / "registry"
     folder = work / "images"
     write_pngs(pixels, folder)
-    folders = {"seed": folder, "fast": work / "images-fast"}
+    folders = {"classic": folder, "fast": work / "images-fast"}
     folders["fast"].mkdir()
     for path in sorted(folder.glob("*.png"))[: args.fast_images]:
         os.link(path, folders["fast"] / path.name)
@@ -435,7 +435,7 @@ def main() -> None:
         f"(`python benchmarks/bench_serving.py --images {args.images} --fast-images {args.fast_images} "
         f"--rounds {args.rounds} --requests {args.requests} --log-rounds {args.log_rounds}`): "
         "CIFAR-10 test images as 32×32 PNG files "
-        f"({len(pixels):,} for `seed`, {min(args.fast_images, len(pixels)):,} for `fast`); random-weight networks "
+        f"({len(pixels):,} for `classic`, {min(args.fast_images, len(pixels)):,} for `fast`); random-weight networks "
         "registered as real versions. Median of the rounds.",
         "",
         "| network | a: `model.predict`, arrays in memory | b: exported endpoint, in memory | c: files → Parquet "

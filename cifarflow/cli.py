@@ -1,5 +1,5 @@
 """What every command shares: its last stdout line (`done: …` or `error: …`), its Prefect API, its exit code
-(`run_cli`): 0 done; 1 failed once the work had started; 2 refused before any work (a bad option or input)."""
+(`run_cli`; what each means: `EXIT_CODES`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,15 @@ from cifarflow.paths import printable
 
 Checked = TypeVar("Checked")
 
-EXIT_DONE, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = {  # every exit code a command ends with, and when (docs/reference/exit-codes.md shows them)
+    EXIT_DONE: "done: the command did what it was asked; the last line is `done: …`",
+    EXIT_FAILED: "failed: the work had started and did not succeed, whatever stopped it (a damaged file met while "
+    "running, a model that will not load, the data dir busy past --lock-timeout, an unexpected error)",
+    EXIT_USAGE: "refused before any work: a bad option or value, a missing folder, an unknown or damaged version "
+    "named; the message names the option",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); nothing half-written is left behind",
+}
 
 SERVER_START_TIMEOUT_S = 180  # per try: a fresh home migrates its database first (≈ 10 s idle, far more when busy)
 SERVER_START_ATTEMPTS = 3
@@ -94,7 +102,9 @@ def run_cli(
             return fail(str(error), EXIT_USAGE)
         return run(args, checked)
     except KeyboardInterrupt:
-        return fail("interrupted; nothing half-written was left behind (outputs are written atomically)", 130)
+        return fail(
+            "interrupted; nothing half-written was left behind (outputs are written atomically)", EXIT_INTERRUPTED
+        )
     except PipelineInputError as error:
         return fail(str(error), EXIT_FAILED)
     except Exception as error:

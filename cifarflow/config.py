@@ -122,7 +122,7 @@ class PipelineConfig(BaseModel):
             raise ValueError(
                 f"source {self.source!r} is not an existing file or folder. Pass a folder of class folders "
                 "(train/<class>/…, test/<class>/… or <class>/…), a .tar.gz or .zip of one, or the path or URL of "
-                "cifar-10-python.tar.gz; README 'Getting the data' and 'Your own images' say more."
+                "cifar-10-python.tar.gz; docs/how-to/get-data.md and docs/how-to/own-images.md say more."
             )
         return self
 

@@ -67,6 +67,7 @@ def cifar_pipeline(
     ensure_writable(config.layout.root)
     run = StageRunner(config, parse_stage_list(stages, "stages"), parse_stage_list(refresh, "refresh"))
     with tracked_pipeline(config, run), data_dir_lock(config.layout.lock_file, lock_timeout_s, log=logger.info):
+        # --8<-- [start:story] (docs/explanation/pipeline.md shows these lines)
         shards = run(ingest)  # the archive → Parquet shards
         dataset = run(validate, shards)  # the dataset version (shards + added batches), checked
         features = run(preprocess, dataset)  # the fitted transform and training-ready arrays
@@ -76,6 +77,7 @@ def cifar_pipeline(
         corruption = run(robustness, features, model, evaluation, calibration)  # accuracy on corrupted images
         run_report = run(report, shards, dataset, features, model, evaluation, calibration, corruption)
         decision = run(promote, dataset, features, model, evaluation, calibration, run_report)  # the next champion?
+        # --8<-- [end:story]
     if run_report is not None and "report" in run.selected:
         publish_report(run_report, config.model)
         logger.info("report: %s", run_report.report_path)

@@ -1,6 +1,6 @@
 """Hyper-parameter sweep: the data stages once, every trial's stages from train to the report in parallel on a
 Dask cluster (default: a LocalCluster, one single-threaded worker per core), and a leaderboard in
-data/reports/sweeps/<name>/ and the UI. README "Sweeps" says how trials are cached and failures listed."""
+data/reports/sweeps/<name>/ and the UI. docs/how-to/sweep.md says how trials are cached and failures listed."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def cifar_sweep(
         rows = rank_rows([row for row, _ in reported.values()])
         best = next((trial for trial in trials if trial.name == rows[0]["trial"] and rows[0]["rank"]), None)
         extra = {"best_config": best.config.model_dump(mode="json") if best else None, "cluster": ran["cluster"]}
-        files = write_leaderboard(config.layout.reports / "sweeps" / name, name, rows, extra)
+        files = write_leaderboard(config.layout.sweeps / name, name, rows, extra)
         publish_leaderboard(name, rows, files)
         logger.info("leaderboard: %s", files["markdown"])
         summary = {"name": name, "leaderboard": str(files["markdown"]), "best": best and best.name, "trials": rows}

@@ -132,7 +132,7 @@ class ReviewAccess:
                 raise AccessDenied(
                     403,
                     "reviewing is off: this service is reachable from other machines and has no review token; "
-                    f"give it one (--review-token-file PATH or ${TOKEN_ENV}; see the README, 'Learning from use')",
+                    f"give it one (--review-token-file PATH or ${TOKEN_ENV}; see docs/how-to/review.md)",
                 )
             if forwarded or not listens_on_loopback(host):
                 raise AccessDenied(

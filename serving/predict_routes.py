@@ -87,6 +87,7 @@ def predict_uploads(request: Request, uploads: list[UploadFile]) -> list[dict]:
 
 @router.get("/", include_in_schema=False)
 def page():
+    """The page: try the model on your own images (serving/static/index.html)."""
     return FileResponse(STATIC / "index.html")
 
 

@@ -112,6 +112,7 @@ def feedback(request: Request, answer: FeedbackRequest = Body(...), reviewer: st
 
 @router.get("/review", include_in_schema=False)
 def review_page():
+    """The review page: answer the least confident predictions (serving/static/review.html)."""
     return FileResponse(STATIC / "review.html")
 
 

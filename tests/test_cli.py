@@ -73,7 +73,8 @@ def test_invalid_options_exit_2_before_any_work(synthetic_archive, tmp_path, cap
 def test_missing_source_says_how_to_get_one(tmp_path, capsys):
     code, out, _ = pipeline(capsys, "--source", tmp_path / "absent.tar.gz", "--data-dir", tmp_path / "data")
     error = last_line(out)
-    assert code == 2 and "is not an existing file" in error and "Getting the data" in error
+    assert code == 2 and "is not an existing file" in error and "docs/how-to/get-data.md" in error
+    assert (REPO_ROOT / "docs/how-to/get-data.md").is_file()  # the page the error points at exists
 
 
 def test_unwritable_data_dir_is_rejected(synthetic_archive, tmp_path, capsys):
@@ -346,7 +347,8 @@ def test_flaky_download_is_retried_with_backoff(synthetic_archive, tmp_path, cli
 
 def test_second_run_on_same_data_dir_waits_or_fails_clearly(synthetic_archive, tmp_path, cli_env):
     """The test holds the data directory's lock itself, as a running pipeline would: a run that may
-    not wait fails clearly (exit 1) and writes nothing; a run that may wait starts once it is free."""
+    not wait fails clearly (exit 1) and writes nothing; a run that may wait starts once it is free (its first
+    stage only: the lock is taken before any stage, so one shows it as well as nine)."""
     from cifarflow.files import read_json
     from cifarflow.lock import data_dir_lock
 
@@ -360,7 +362,7 @@ def test_second_run_on_same_data_dir_waits_or_fails_clearly(synthetic_archive, t
         log = tmp_path / "waiting.log"
         with open(log, "w") as out:
             waiting = subprocess.Popen(
-                [sys.executable, FLOW, *map(str, args), "--lock-timeout", "300"],
+                [sys.executable, FLOW, *map(str, args), "--lock-timeout", "300", "--stages", "ingest"],
                 env=cli_env,
                 cwd=REPO_ROOT,
                 stdout=out,
@@ -377,7 +379,7 @@ def test_second_run_on_same_data_dir_waits_or_fails_clearly(synthetic_archive, t
     finally:
         waiting.kill()
     assert waiting.returncode == 0, log.read_text()
-    assert read_json(data_dir / "reports" / "latest" / "metrics.json")["epochs"] == 1
+    assert read_json(data_dir / "parquet" / "manifest.json")["splits"]["train"]["rows"] > 0
 
 
 # ------------------------------------ run names ----------------------------------------------
@@ -446,14 +448,15 @@ def test_problems_are_printed_one_a_line_then_counted(capsys):
     assert capsys.readouterr().out == ""  # nothing rejected: no heading either
 
 
-def test_what_the_readme_makes_in_the_repo_root_is_ignored():
-    """Each file or folder a README command writes into the repository root (`> review-tokens`, `--out
-    scored.parquet` and its contact sheet, `--out bench_models.md`, `--out incoming`) is git-ignored: a
+def test_what_the_documented_commands_make_in_the_repo_root_is_ignored():
+    """Each file or folder a command of the README or the docs writes into the repository root (`> review-tokens`,
+    `--out scored.parquet` and its contact sheet, `--out bench_models.md`, `--out incoming`) is git-ignored: a
     token file must never be committed by `git add .`, nor a user's scores or reports."""
     import re
 
-    readme = (REPO_ROOT / "README.md").read_text()
-    made = set(re.findall(r"(?:> |--out |--review-token-file )([A-Za-z][\w.-]*)(?=[\s\"`\]])", readme))
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").rglob("*.md"))]
+    readme = "\n".join(page.read_text() for page in pages)
+    made = set(re.findall(r"(?:(?<!\S)> |--out |--review-token-file )([A-Za-z][\w.-]*)(?=[\s\"`\]])", readme))
     made |= {name.removesuffix(".parquet") + ".png" for name in made if name.endswith(".parquet")}
     assert {"review-tokens", "scored.parquet", "bench_models.md", "incoming"} <= made, made
     for name in sorted(made):
@@ -461,4 +464,4 @@ def test_what_the_readme_makes_in_the_repo_root_is_ignored():
         ignored = [
             subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO_ROOT).returncode for path in as_file_or_folder
         ]
-        assert 0 in ignored, f"{name}: made in the repository root by a README command, not git-ignored"
+        assert 0 in ignored, f"{name}: made in the repository root by a documented command, not git-ignored"

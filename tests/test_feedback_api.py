@@ -319,14 +319,14 @@ def queued(client: httpx.Client) -> set[str]:
     return {item["prediction_id"] for item in response.json()["items"]}
 
 
-WITHDRAW = (  # the README's command
+WITHDRAW = (  # the command of docs/how-to/review.md
     "import sqlite3; db = sqlite3.connect('data/log/predictions.sqlite'); "
     "db.execute(\"DELETE FROM answers WHERE reviewer = 'mallory'\"); db.commit()"
 )
 
 
 def test_answers_withdrawn_with_sql_are_seen_by_the_running_service(service, data_dir):
-    """An operator withdraws a poisoned answer with the README's command while the service runs: the image is
+    """An operator withdraws a poisoned answer with the documented command while the service runs: the image is
     back in the queue, and answering it again is `recorded`; an answer left in place still says `replaced`."""
     from cifarflow.layout import DataLayout
 

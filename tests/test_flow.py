@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cifarflow.data.transform import load_split
 from cifarflow.files import read_json
+from cifarflow.orchestration.stages import SPECS
 from cifarflow.registry.saved_model import load_export
 from cifarflow.registry.store import read_champion_version
 from cifarflow.robustness.robustness import SEVERITIES
@@ -36,6 +39,7 @@ def test_end_to_end_then_cached_then_downstream_only(tiny_config, capfd):
     state, first = run_flow(tiny_config)
     assert state.is_completed(), state.message
     assert first == ALL_COMPLETED
+    check_outputs_where_declared(tiny_config, state.result())
     printed = "".join(capfd.readouterr())
     assert "Epoch 1/1" not in printed  # Keras' own epoch line: the train task logs each epoch once, itself
 
@@ -67,6 +71,18 @@ def test_end_to_end_then_cached_then_downstream_only(tiny_config, capfd):
     assert third == ALL_CACHED | retrained
     assert read_json(tiny_config.layout.latest_report / "metrics.json")["epochs"] == 2
     assert metrics["train_images"] == 300 and metrics["dataset_version"] == card["dataset_version"]
+
+
+def check_outputs_where_declared(config, locations: dict[str, str]):
+    """Each stage's output is where its spec's `writes` says (the stages reference page shows it): `<key>` is the
+    key the stage recorded, another `<…>` one path part; a trailing `/` a folder."""
+    assert list(locations) == list(SPECS)
+    for stage, location in locations.items():
+        writes, key = SPECS[stage].writes, read_json(config.layout.stage_state / f"{stage}.json")["key"]
+        parts = re.split(r"(<[a-z-]+>)", writes.rstrip("/"))
+        pattern = "".join(key if p == "<key>" else "[^/]+" if p.startswith("<") else re.escape(p) for p in parts)
+        assert re.fullmatch(pattern, Path(location).relative_to(config.layout.root).as_posix()), (stage, location)
+        assert Path(location).is_dir() == writes.endswith("/"), (stage, location)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
 """The calibrate stage: a temperature fitted on every test image, scored cross-fitted over two fixed halves
-(`half_of`); a fit the data cannot support is not deployed. README: "Probabilities you can trust"."""
+(`half_of`); a fit the data cannot support is not deployed. Why: docs/explanation/calibration.md."""
 
 from __future__ import annotations
 

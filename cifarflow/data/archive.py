@@ -17,6 +17,7 @@ import numpy as np
 
 from cifarflow.errors import ArchiveError
 from cifarflow.files import file_digest
+from cifarflow.layout import DataLayout
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -27,7 +28,6 @@ META_FILE = "batches.meta"
 _CLASSES, _SIDE = 10, 32  # the format's own: ten classes of 32×32 images, each stored as 3 planes of 32·32 bytes
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")  # batches.meta
 DOWNLOAD_TIMEOUT_SECONDS = 60
-LOCAL_ARCHIVE = Path("cache") / "cifar-10-python.tar.gz"  # in the data directory: an archive put there once
 # offline machines: CIFAR-10 as class-folder JPEGs (train/<class>/, test/<class>/), a folder source
 SHARED_DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 JPEG_COPY = "cifar10-jpeg.tar.gz"
@@ -35,7 +35,7 @@ JPEG_COPY = "cifar10-jpeg.tar.gz"
 
 def default_source(data_dir: Path, shared_datasets: Path = SHARED_DATASETS) -> str:
     """The first that exists of `<data_dir>/cache/cifar-10-python.tar.gz`, the JPEG copy, the official URL."""
-    local, jpeg_copy = Path(data_dir) / LOCAL_ARCHIVE, Path(shared_datasets) / JPEG_COPY
+    local, jpeg_copy = DataLayout(Path(data_dir)).local_archive, Path(shared_datasets) / JPEG_COPY
     return str(local) if local.is_file() else str(jpeg_copy) if jpeg_copy.is_file() else OFFICIAL_URL
 
 
@@ -94,7 +94,7 @@ def fetch_archive(source: str, raw_dir: Path, sha256: str | None = None, md5: st
         if not path.is_file():
             raise ArchiveError(
                 f"CIFAR-10 archive not found at {path}. Pass --source with the path or URL of "
-                "cifar-10-python.tar.gz (see README: 'Getting the data')."
+                "cifar-10-python.tar.gz (see docs/how-to/get-data.md)."
             )
     return path, verify_checksums(path, sha256=sha256, md5=md5)
 
@@ -114,7 +114,7 @@ def _download(url: str, raw_dir: Path, sha256: str | None, md5: str | None) -> P
     except ValueError as error:  # get_file's word for a hash mismatch after download
         raise ArchiveError(f"download of {url} failed verification: {error}") from error
     except Exception as error:  # get_file wraps every network failure in a bare Exception
-        places = (raw_dir.parent / LOCAL_ARCHIVE, SHARED_DATASETS / JPEG_COPY)
+        places = (DataLayout(raw_dir.parent).local_archive, SHARED_DATASETS / JPEG_COPY)
         tried = ", ".join(f"{place} ({'present' if place.is_file() else 'absent'})" for place in places)
         raise DownloadFailed(
             f"could not download {url} ({' '.join(str(error).split())}); the default source looks first at {tried}. "

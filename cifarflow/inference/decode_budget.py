@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from cifarflow.intake.images import open_checked
 
-DEFAULT_PIXELS = 50_000_000  # one largest accepted image (MAX_PIXELS) at a time: see the README's measurement
+DEFAULT_PIXELS = 50_000_000  # one largest accepted image (MAX_PIXELS) at a time: see docs/benchmarks/large-images.md
 WAIT_S = 10.0  # a 49 MP RGBA PNG decodes in about 2 s on 2 cores: a few such ahead of a request still fit
 RETRY_AFTER_S = 2  # what a refused request is told to wait before trying again
 MMAP_THRESHOLD_BYTES = 2**20  # allocations this large or larger are unmapped when freed (return_freed_memory)

@@ -115,8 +115,8 @@ def view_signatures(images: np.ndarray, geometry: Geometry) -> np.ndarray:
 @dataclass(frozen=True)
 class LeakIndex:
     """Test images' signatures: the centre crop averaged over cells (`Geometry`: 28×28 px in 4×4 cells at 32),
-    compared at every shift and mirrored; RMS ≤ NEAR_RMS (0..255 units) is a near copy. README: "What the leak
-    check catches"."""
+    compared at every shift and mirrored; RMS ≤ NEAR_RMS (0..255 units) is a near copy. What it
+    catches and misses: docs/explanation/leak-check.md."""
 
     signatures: np.ndarray  # (T, 147) float32
     image_ids: list[str]

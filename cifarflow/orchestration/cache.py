@@ -29,6 +29,7 @@ class StageSpec:
     given: tuple[tuple[str, Callable[[Any, dict[str, Any]], Any]], ...] = ()
     find: Callable[[Any, str, dict], Any] | None = None  # (config, key, task inputs) → output on disk if whole
     scratch: Callable[[Any, str], Path] | None = None  # partial work a forced run discards first
+    writes: str = ""  # where its output lives in the data dir, `<key>`: its key (checked by tests/test_flow.py)
 
     @property
     def task_parameters(self) -> tuple[str, ...]:

@@ -1,10 +1,10 @@
-"""The events the product emits: `cifar10.dataset.updated` (a batch added or withdrawn; the retrain trigger in
-`deployments/prefect.yaml` listens for it), `cifar10.model.promoted` (the champion moved; the monitor's trigger
-listens for it) and `cifar10.monitor.drift` (a monitor run found drift)."""
+"""The events the product emits, declared once in `EVENTS` (when, and what each payload key means); the triggers
+in `deployments/prefect.yaml` listen for them."""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +17,77 @@ DATASET_UPDATED = "cifar10.dataset.updated"
 MODEL_PROMOTED = "cifar10.model.promoted"
 MONITOR_DRIFT = "cifar10.monitor.drift"
 ANNOUNCED = "announced.json"  # in the registry: {"moves": how many moves of aliases.jsonl have had their event}
-PAYLOAD_KEYS = (
-    "dataset_version",
-    "previous_dataset_version",
-    "batch_id",
-    "added",
-    "withdrawn",
-    "train_images",
-    "class_counts",
-)
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event's declaration: when it is emitted, and its payload's keys with their meaning."""
+
+    when: str
+    payload: dict[str, str]
+
+
+DATA_DIR = {"data_dir": "the data directory, an absolute path (what a deployment's trigger passes on)"}
+EVENTS = {  # every event the product emits (docs/reference/events.md shows them); `_emit` refuses other keys
+    DATASET_UPDATED: Event(
+        "a batch of images was added (flows/add_images.py, flows/feedback_flow.py) or withdrawn (--withdraw)",
+        DATA_DIR
+        | {
+            "dataset_version": "the training data's version now",
+            "previous_dataset_version": "its version before",
+            "batch_id": "the batch added (an addition only)",
+            "added": "how many images the batch holds (an addition only)",
+            "class_counts": "the batch's images per class (an addition only)",
+            "withdrawn": "the batch withdrawn (a withdrawal only)",
+            "train_images": "training images now: ingested + added",
+        },
+    ),
+    MODEL_PROMOTED: Event(
+        "the champion moved: a promotion by a pipeline run, or `flows/registry_flow.py promote` by hand",
+        DATA_DIR
+        | {
+            "from_version": "the champion before (None: there was none)",
+            "to_version": "the champion now",
+            "model_id": "the new champion's model id (the sha256 of its model.keras)",
+            "from_accuracy": "the test accuracy in the old champion's version.json (None: none, or damaged)",
+            "to_accuracy": "the test accuracy in the new champion's version.json",
+            "by": "`promotion` or `hand`",
+            "reason": "why it moved",
+            "at": "when (ISO 8601, UTC)",
+        },
+    ),
+    MONITOR_DRIFT: Event(
+        "a monitor run found drift: at least one signal fired",
+        DATA_DIR
+        | {
+            "window": "the window judged: its bounds, rows, first and last time, sources, model versions",
+            "images": "how many of its images were judged",
+            "model_version": "the champion judged",
+            "signals": "the signals that fired: {name: {statistic, threshold or p_value, drift}}",
+            "report": "the monitor run's report folder",
+        },
+    ),
+}
+
+
+def resource_id(event: str, data_dir: str) -> str:
+    """The id of what `event` is about: `cifar10.dataset.<data dir>` for `cifar10.dataset.updated`."""
+    return f"{event.rsplit('.', 1)[0]}.{data_dir}"
 
 
 def _emit(event: str, data_dir: str, payload: dict[str, Any]):
     """`event` about the data dir to the server in PREFECT_API_URL (without one, Prefect drops it quietly)."""
-    resource = {"prefect.resource.id": f"{event.rsplit('.', 1)[0]}.{data_dir}", "prefect.resource.name": data_dir}
-    return emit_event(event=event, resource=resource, payload={"data_dir": data_dir} | payload)
+    payload = {"data_dir": data_dir} | payload
+    if undeclared := payload.keys() - EVENTS[event].payload.keys():
+        raise ValueError(f"{event}: payload keys {sorted(undeclared)} are not declared in EVENTS")
+    resource = {"prefect.resource.id": resource_id(event, data_dir), "prefect.resource.name": data_dir}
+    return emit_event(event=event, resource=resource, payload=payload)
 
 
 def emit_dataset_updated(data_dir: str, facts: dict[str, Any]):
-    """`cifar10.dataset.updated`; payload: the data dir and the facts of `PAYLOAD_KEYS` that `facts` holds."""
-    return _emit(DATASET_UPDATED, data_dir, {key: facts[key] for key in PAYLOAD_KEYS if key in facts})
+    """`cifar10.dataset.updated`; payload: the data dir and the facts its declaration names that `facts` holds."""
+    declared = EVENTS[DATASET_UPDATED].payload.keys() - DATA_DIR.keys()
+    return _emit(DATASET_UPDATED, data_dir, {key: value for key, value in facts.items() if key in declared})
 
 
 def emit_monitor_drift(data_dir: str, summary: dict[str, Any]):

@@ -1,5 +1,5 @@
 """The pipeline's stages as data, the one declaration of the stage graph: what each reads (`upstream`,
-`given`), what its key is made of and where its output lives (`find`)."""
+`given`), what its key is made of and where its output lives (`writes`; `find` reads it back)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ SPECS: dict[str, StageSpec] = {
         code=DATA_CODE,
         libraries=("pyarrow", "numpy"),
         find=lambda config, key, upstream: find_shards(config.layout, key),
+        writes="parquet/manifest.json",
     ),
     "validate": StageSpec(
         "validate",
@@ -64,6 +65,7 @@ SPECS: dict[str, StageSpec] = {
         find=lambda config, key, inputs: find_validation(
             config.layout.validation_dir(key), inputs["dataset_version"].version
         ),
+        writes="validations/<key>/",
     ),
     "preprocess": StageSpec(
         "preprocess",
@@ -72,6 +74,7 @@ SPECS: dict[str, StageSpec] = {
         libraries=("numpy",),
         upstream=("validate",),
         find=lambda config, key, upstream: find_features(config.layout.feature_dir(key)),
+        writes="features/<key>/",
     ),
     "train": StageSpec(
         "train",
@@ -81,6 +84,7 @@ SPECS: dict[str, StageSpec] = {
         upstream=("preprocess",),
         given=(("warm_start_from", warm_start_plan),),
         find=lambda config, key, upstream: find_model(config.layout.model_dir(key)),
+        writes="models/<key>/",
         scratch=lambda config, key: checkpoint_dir(config.layout.model_dir(key)),
     ),
     "evaluate": StageSpec(
@@ -90,6 +94,7 @@ SPECS: dict[str, StageSpec] = {
         libraries=(*TF_LIBS, "scikit-learn", "matplotlib"),
         upstream=("preprocess", "train"),
         find=lambda config, key, upstream: find_evaluation(config.layout.evaluation_dir(key)),
+        writes="evaluations/<key>/",
     ),
     "calibrate": StageSpec(
         "calibrate",
@@ -97,6 +102,7 @@ SPECS: dict[str, StageSpec] = {
         libraries=("numpy", "scipy", "matplotlib"),
         upstream=("preprocess", "evaluate"),
         find=lambda config, key, upstream: find_calibration(config.layout.calibration_dir(key)),
+        writes="calibrations/<key>/",
     ),
     "robustness": StageSpec(
         "robustness",
@@ -105,6 +111,7 @@ SPECS: dict[str, StageSpec] = {
         libraries=(*TF_LIBS, "numpy", "pillow"),
         upstream=("preprocess", "train", "evaluate", "calibrate"),
         find=lambda config, key, upstream: find_robustness(config.layout.robustness_dir(key)),
+        writes="robustness/<key>/",
     ),
     "report": StageSpec(
         "report",
@@ -113,6 +120,7 @@ SPECS: dict[str, StageSpec] = {
         code=("cifarflow.reporting", *DATA_CODE, "cifarflow.markdown"),
         upstream=("ingest", "validate", "preprocess", "train", "evaluate", "calibrate", "robustness"),
         find=lambda config, key, upstream: find_report(config.layout.reports, key),
+        writes="reports/<run-name>/",
     ),
     "promote": StageSpec(
         "promote",
@@ -129,6 +137,7 @@ SPECS: dict[str, StageSpec] = {
         libraries=("scipy", "pyyaml", "tf2onnx", "onnx", "onnxruntime", *TF_LIBS),
         upstream=("validate", "preprocess", "train", "evaluate", "calibrate", "report"),
         find=lambda config, key, upstream: find_promotion(upstream["report"].directory, key, config.layout.registry),
+        writes="reports/<run-name>/promotion.json",
     ),
 }
 STAGES = tuple(SPECS)

@@ -56,15 +56,69 @@ def run_name_for(model: str, epochs: int, key: str, now: datetime | None = None)
     return f"{stamp}-{model}-e{epochs}-{key[:8]}"
 
 
+# model_card.json's fields (docs/reference/metrics.md shows them; `write_report` refuses a card with others)
+MODEL_CARD_FIELDS = {
+    "run_name": "`<time>-<model>-e<epochs>-<key head>`: the report folder's name",
+    "model": "the model preset",
+    "params": "the network's parameter count",
+    "epochs": "epochs trained",
+    "batch_size": "batch size",
+    "learning_rate": "learning rate",
+    "seed": "random seed for weights and shuffling",
+    "normalization": "the fitted transform inside the model: `kind`, per-channel `mean` and `std`",
+    "train_seconds": "training time in seconds",
+    "source": "the data source: a folder, an archive's path or a URL",
+    "dataset_name": "`CIFAR-10` for the official archive, else the folder's or archive's name",
+    "label_names": "the class names, in label order",
+    "image_size": "the images' side in pixels",
+    "dataset": "the data set's source (kind, uri, sha256) and how its test split was made",
+    "source_sha256": "sha256 of the source archive, or of a folder's files",
+    "dataset_sha256": "sha256 over the classes, the image size and the ingested shards' digests",
+    "dataset_version": "the training data's version: the shards and the added batches",
+    "train_images": "training images: ingested + added",
+    "lineage": "where the training images came from: the ingested base and each batch (id, images, sha256)",
+    "data_warnings": "the validate stage's warnings about the training data",
+    "warm_start": "the warm start requested: the champion it started from, applied or why not (null: none requested)",
+    "model_sha256": "sha256 of the trained model file (the registry's model id)",
+    "created": "when the report was written (ISO 8601, UTC)",
+    "libraries": "Python's version and the libraries' that the outputs depend on",
+    "cache_key": "the report stage's key: how a rerun finds this report",
+    "temperature": "`exported` (in the model), `fitted`, and why a fitted one is `unsupported` (empty: it is not)",
+    "test_set_decisions": "promotion decisions this test set has served, this one included (written by promote)",
+}
 # the model card's facts that metrics.json repeats
 CARD_FACTS = ("model", "epochs", "batch_size", "train_seconds", "source_sha256", "dataset_version", "train_images")
 CARD_FACTS += ("params", "run_name")
+# metrics.json's fields, the contract users read (docs/reference/metrics.md; `write_report` refuses others)
+METRICS_FIELDS = {
+    "test_accuracy": "accuracy on the test split, 0..1",
+    "test_loss": "cross-entropy of the network's own, uncalibrated probabilities (nats)",
+    "classification_report": "per-class precision, recall, F1 and support: scikit-learn's `output_dict=True` form",
+    "confusion_matrix": "counts, K×K for K classes: rows the true class, columns the predicted one",
+    "class_names": "the class names, in label order",
+    "tta": "the preset's test-time augmentation (`none`: none)",
+    "temperature": "the temperature in the exported model (1: the network's own probabilities)",
+    "ece": "expected calibration error of the calibrated probabilities (cross-fitted)",
+    "nll": "negative log-likelihood of the calibrated probabilities (cross-fitted)",
+    "brier": "Brier score of the calibrated probabilities (cross-fitted)",
+    "calibration": "the calibrate stage's figures: scores before and after, the halves, the fitted temperature",
+    "mean_corruption_accuracy": "mean accuracy over every corruption and severity",
+    "robustness": "the robustness stage's table: accuracy and ECE per corruption and severity",
+} | {name: MODEL_CARD_FIELDS[name] for name in CARD_FACTS}
+
+
+def check_fields(record: dict[str, Any], declared: dict[str, str], name: str, added_later: tuple[str, ...] = ()):
+    """A programming error (RuntimeError) when `record`, written as `name`, has other fields than `declared` has
+    (but `added_later`): the declaration is what the docs show."""
+    if record.keys() != declared.keys() - set(added_later):
+        wrong = sorted(record.keys() ^ (declared.keys() - set(added_later)))
+        raise RuntimeError(f"{name}'s fields {wrong} differ from its declaration in cifarflow/reporting/report.py")
 
 
 def build_metrics(
     evaluation: dict[str, Any], card: dict[str, Any], calibration: dict[str, Any], robustness: dict[str, Any]
 ) -> dict[str, Any]:
-    """metrics.json, the contract README states."""
+    """metrics.json, the contract `METRICS_FIELDS` declares."""
     scores = {name: calibration["after"][name] for name in ("ece", "nll", "brier")}
     facts = {"temperature": calibration["temperature"], **scores, "calibration": calibration}
     facts |= {"mean_corruption_accuracy": robustness["mean_corruption_accuracy"], "robustness": robustness}
@@ -264,13 +318,16 @@ def write_report(
     evaluation = read_json(evaluation_dir / "metrics.json")
     calibration = read_json(calibration_dir / "calibration.json")
     metrics = build_metrics(evaluation, card, calibration, read_json(robustness_dir / "robustness.json"))
+    card_file = card | {"temperature": temperature_facts(calibration)}
+    check_fields(metrics, METRICS_FIELDS, "metrics.json")
+    check_fields(card_file, MODEL_CARD_FIELDS, "model_card.json", added_later=("test_set_decisions",))
     target = reports_dir / card["run_name"]
     with atomic_directory(target) as staging:
         for plot in PLOTS:
             shutil.copy2(evaluation_dir / plot, staging / plot)
         shutil.copy2(calibration_dir / RELIABILITY, staging / RELIABILITY)
         write_json(staging / "metrics.json", metrics)
-        write_json(staging / "model_card.json", card | {"temperature": temperature_facts(calibration)})
+        write_json(staging / "model_card.json", card_file)
         with atomic_path(staging / "report.md") as tmp:
             tmp.write_text(render_markdown(metrics, card, data_section))
         (staging / "README.md").write_text(render_model_card(card, metrics))
