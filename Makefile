@@ -53,7 +53,7 @@ MKDOCS := NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
 
 docs: install  ## build the documentation site into site/ (strict: a broken link or a missing page fails; offline)
 	$(MKDOCS) build --strict --quiet
-	@echo "done: site/index.html (make docs-serve to browse it)"
+	@echo "done: site/index.html (open it, or make docs-serve for search too)"
 
 docs-serve: install  ## serve the documentation site on http://127.0.0.1:8001, rebuilding on changes
 	$(MKDOCS) serve --strict --dev-addr 127.0.0.1:8001

@@ -28,7 +28,8 @@ EXIT_CODES = {  # every exit code a command ends with, and when (docs/reference/
     "running, a model that will not load, the data dir busy past --lock-timeout, an unexpected error)",
     EXIT_USAGE: "refused before any work: a bad option or value, a missing folder, an unknown or damaged version "
     "named; the message names the option",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C); nothing half-written is left behind",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); nothing half-written is left behind (the service, whose way to end is "
+    "Ctrl-C or SIGTERM, ends with 0 and `done: the service stopped`)",
 }
 
 SERVER_START_TIMEOUT_S = 180  # per try: a fresh home migrates its database first (≈ 10 s idle, far more when busy)

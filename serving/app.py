@@ -8,6 +8,7 @@ import argparse
 import logging
 import math
 import os
+import socket
 import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from cifarflow.cli import ArgumentParser, done, run_cli
+from cifarflow.cli import ArgumentParser, done, fail, run_cli
 from cifarflow.errors import StorageError
 from cifarflow.feedback.answers import AnswerBook
 from cifarflow.files import ensure_writable
@@ -225,7 +226,25 @@ def check_arguments(parser: ArgumentParser, args: argparse.Namespace) -> int | N
         parser.error(f"--header-timeout must be a positive number of seconds, got {args.header_timeout:g}")
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be 0 to 65535, got {args.port}")
+    if problem := address_problem(args.host, args.port):
+        parser.error(problem)
     return round(args.decode_budget * 1e6) or None
+
+
+def address_problem(host: str, port: int) -> str | None:
+    """Why the service could not listen on host:port (taken, not this machine's), or None; port 0 is any free port."""
+    if port == 0:
+        return None
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as error:
+        return (
+            f"cannot listen on {host}:{port}: {error.strerror or error} (another service there? --port picks another)"
+        )
+    return None
 
 
 def run_service(args: argparse.Namespace, budget: int | None) -> int:
@@ -246,7 +265,10 @@ def run_service(args: argparse.Namespace, budget: int | None) -> int:
     log.info("answers (POST /feedback) taken from: %s", ", ".join(r.name for r in args.reviewers) or local)
     protocol, backlog = guarded_protocol(args.header_timeout)
     log.info("at most %d connections; a request head is due within %g s", protocol.max_connections, args.header_timeout)
-    uvicorn.run(app, host=args.host, port=args.port, http=protocol, backlog=backlog)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, http=protocol, backlog=backlog)
+    except SystemExit as stopped:  # uvicorn's way out when it cannot listen (the port taken since the check)
+        return fail(f"the service could not listen on {args.host}:{args.port} (uvicorn exit {stopped.code}; see above)")
     return done("the service stopped")
 
 

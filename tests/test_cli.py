@@ -235,7 +235,7 @@ def test_plan_explains_without_running(synthetic_archive, tmp_path, cli_env):
     fresh = cli(*base, "--plan", env=cli_env)
     assert fresh.returncode == 0 and "ingest: will run: never ran in this data directory" in fresh.stdout
     assert not (tmp_path / "data" / "parquet").exists()
-    assert cli(*base, "--epochs", "1", env=cli_env).returncode == 0
+    assert cli(*base, "--epochs", "1", "--stages", "ingest,validate,preprocess,train", env=cli_env).returncode == 0
     plan = cli(*base, "--epochs", "2", "--plan", env=cli_env).stdout
     assert "ingest: cached: source sha256" in plan and "preprocess: cached" in plan
     assert "train: will run: train_epochs 1→2" in plan

@@ -211,7 +211,10 @@ def test_every_event_and_payload_key_is_on_the_page_and_no_other(pages):
     deployments = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())["deployments"]
     triggers = {(d["name"], event) for d in deployments for t in d.get("triggers", []) for event in t["expect"]}
     listed = sections(pages["reference/events.md"])["Triggers"]
-    assert set(zip(table_column(listed), table_column(listed, 3))) == triggers
+    assert {(name.rsplit("/", 1)[1], event) for name, event in zip(table_column(listed), table_column(listed, 3))} == (
+        triggers
+    )
+    assert all(name.count("/") == 1 for name in table_column(listed))  # a deployment's full name: flow/deployment
     assert {event for _, event in triggers} <= set(EVENTS)
 
 

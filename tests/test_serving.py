@@ -408,6 +408,26 @@ def test_the_service_command_refuses_bad_options_with_an_error_line(option, mess
     assert "Traceback" not in result.stderr
 
 
+def test_a_port_in_use_is_refused_with_an_error_line_before_any_work():
+    """A second service on a taken port ends like every command: `error: …` naming the address, exit 2 (uvicorn's
+    own exit on a failed bind is 1 or 3 with no such line)."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "serving/app.py", "--port", str(port)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    last = result.stdout.strip().splitlines()[-1]
+    assert result.returncode == 2 and last.startswith(f"error: cannot listen on 127.0.0.1:{port}"), result.stdout
+
+
 def test_limits_say_what_the_service_accepts(service):
     from cifarflow.intake.images import MAX_PIXELS
 

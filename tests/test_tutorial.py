@@ -261,6 +261,7 @@ def runner(tmp_path, cli_env) -> Runner:
     return Runner(repo, env, PAGE_PORT if port_is_free(PAGE_PORT) else free_port())
 
 
+@pytest.mark.server  # it starts the service (`make serve`), and at over a minute it is one of the files to start first
 def test_the_tutorial_runs_as_written(runner, tmp_path):
     commands = console_commands(PAGE.read_text())
     runner.run_all(commands, tmp_path)

@@ -116,6 +116,14 @@ def kept_by_clean_data() -> list[str]:
     return [name for name in re.findall(r"! -name (\S+)", recipe) if name not in {"README.md", ".gitkeep"}]
 
 
+def flow_name(entrypoint: str) -> str:
+    """The flow's name for `flows/cifar_flow.py:cifar_pipeline`: a deployment's full name begins with it."""
+    import importlib
+
+    path, function = entrypoint.split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), function).name
+
+
 def triggers() -> list[dict[str, str]]:
     """Each event trigger of deployments/prefect.yaml: its deployment, name, events, match and parameters."""
     found = []
@@ -123,7 +131,7 @@ def triggers() -> list[dict[str, str]]:
         for trigger in deployment.get("triggers") or []:
             found.append(
                 {
-                    "deployment": deployment["name"],
+                    "deployment": f"{flow_name(deployment['entrypoint'])}/{deployment['name']}",
                     "entrypoint": deployment["entrypoint"],
                     "name": trigger.get("name", ""),
                     "events": trigger["expect"],
