@@ -51,7 +51,9 @@ class DataLayout:
     features = _Under("features", about="the preprocess stage's outputs, a folder per key")
     models = _Under("models", about="the train stage's outputs, a folder per key")
     evaluations = _Under("evaluations", about="the evaluate stage's outputs, a folder per key")
+    # --8<-- [start:calibrations]
     calibrations = _Under("calibrations", about="the calibrate stage's outputs, a folder per key")
+    # --8<-- [end:calibrations]
     robustness = _Under("robustness", about="the robustness stage's outputs, a folder per key")
     reports = _Under("reports", about="a folder per pipeline run (`<run-name>`): report.md, metrics.json, model card")
     registry = _Under(
@@ -96,5 +98,7 @@ class DataLayout:
     feature_dir = _Keyed("features", about="the preprocess stage's output: pixels, labels, the fitted transform")
     model_dir = _Keyed("models", about="the train stage's output: model.keras, history.json, train.json")
     evaluation_dir = _Keyed("evaluations", about="the evaluate stage's output: metrics.json, probabilities, plots")
+    # --8<-- [start:calibration-dir]
     calibration_dir = _Keyed("calibrations", about="the calibrate stage's output: calibration.json, reliability.png")
+    # --8<-- [end:calibration-dir]
     robustness_dir = _Keyed("robustness", about="the robustness stage's output: robustness.json")

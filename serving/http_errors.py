@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cifarflow.intake.images import format_names
+
 FEEDBACK_EXAMPLE = '{"prediction_id": "<the id /predict answered>", "label": "<one of GET /model\'s label_names>"}'
 CURL_HINT = "attach the image as a file: curl -F file=@photo.jpg …"
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before trying again", "schema": {"type": "integer"}}}
@@ -23,7 +25,7 @@ ERRORS: dict[int, str] = {
     "version this service does not serve (the error names the one it does)",
     405: "the path exists, with another method",
     413: "the request body is over the size limit (see GET /limits)",
-    415: "a file that is not a usable image (PNG, JPEG, WebP or BMP within the size limits), with the reason",
+    415: f"a file that is not a usable image ({format_names()}, within the size limits), with the reason",
     422: "the form lacks the field `file`, or `file` is text, not a file upload; feedback: a label that is "
     "not a class, or a malformed prediction id",
     503: "no model loaded yet, or (for an upload) the decode budget stayed spent, with Retry-After: try again "

@@ -54,6 +54,9 @@ def served_model(request: Request) -> Predictor:
     responses={503: {"model": Health, "description": "no model loaded yet: the error says why"}},
 )
 def health(request: Request):
+    """Whether a model serves: 200 `{"status": "ok", "model_version"}` (with `damage` if a served file was damaged on
+    disk since loading, and the fix); 503 `{"status": "no model", "error"}` saying why (no champion yet, a file that
+    does not load)."""
     live = request.app.state.live
     predictor = live.predictor
     if predictor is None:
@@ -63,6 +66,8 @@ def health(request: Request):
 
 @router.get("/model", response_model=ModelRecord, response_model_exclude_none=True, responses=documented(503))
 def model_info(request: Request):
+    """The serving version's registry record: `version`, the `label_names` it tells apart, its `image_size`, and its
+    accuracy, data set and promotion facts. 503: no model loaded yet."""
     predictor = served_model(request)
     facts = predictor.record.to_json() if predictor.record else {"id": predictor.model_id}
     record = {key: value for key, value in facts.items() if key in ModelRecord.model_fields}

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from cifarflow.inference.decode_budget import DecodeBudget, DecodeBusy, header_pixels
 from cifarflow.inference.predictor import Predictor
-from cifarflow.intake.images import ImageRejected, convert_image, describe
+from cifarflow.intake.images import ImageRejected, convert_image, describe, format_names
 from cifarflow.monitoring.log import new_ids
 from serving.http_errors import BadInput, documented
 from serving.model_routes import served_model
@@ -93,11 +93,17 @@ def page():
 
 @router.get("/limits", response_model=Limits)
 def upload_limits(request: Request):
+    """What one request may carry: `max_upload_bytes` (10 MiB, else 413), `max_batch_files` (64 images, else 400)
+    and `max_pixels` per image (50 megapixels, else 415)."""
     return request.app.state.limits
 
 
 @router.post("/predict", response_model=Prediction, responses=documented(400, 415, 422, 503))
-def predict(request: Request, file: UploadFile = File(..., description="the image: PNG, JPEG, WebP or BMP")):
+def predict(request: Request, file: UploadFile = File(..., description=f"the image: {format_names()}")):
+    """Classify one image sent as the multipart field `file` (at most 10 MiB and 50 megapixels, at least 8 pixels a
+    side; cropped to its centre square and resized to the model's size). Answers `label`, `probability`, the `top` 3
+    and the `prediction_id` to send to POST /feedback. 400: empty file; 413: over 10 MiB; 415: not a usable image (the
+    reason); 422: no `file` field; 503: no model yet, or the decode budget is spent (Retry-After)."""
     return predict_uploads(request, [file])[0]
 
 
@@ -105,6 +111,9 @@ def predict(request: Request, file: UploadFile = File(..., description="the imag
 def predict_batch(
     request: Request, file: list[UploadFile] = File(..., description="the images, at most GET /limits' max_batch_files")
 ):
+    """Classify up to 64 images in one request, each a multipart field `file` (10 MiB in all): a list of /predict's
+    answers in upload order. One bad file fails the whole request with its name in the error: 400 for an empty file
+    or over 64 files, 415 for one that is not a usable image; 413, 422 and 503 as for /predict."""
     most = request.app.state.limits.max_batch_files
     if len(file) > most:
         raise BadInput(400, f"{len(file)} files in one request; at most {most}")

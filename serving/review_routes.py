@@ -95,7 +95,11 @@ def png_bytes(pixels) -> bytes:
     "/feedback", response_model=FeedbackAnswer, responses=documented(400, 401, 403, 404, 422, 503), tags=["review"]
 )
 def feedback(request: Request, answer: FeedbackRequest = Body(...), reviewer: str = Depends(require_reviewer)):
-    """Say which class a logged prediction really is (its own label confirms it); the last answer counts."""
+    """Say which class a logged prediction really is: JSON `{"prediction_id", "label"}` (its own label confirms it;
+    any case); the last answer counts (`status`: `recorded` or `replaced`). Needs `Authorization: Bearer <token>`
+    unless the service has no tokens and listens on 127.0.0.1 only. 400: not JSON; 401: no or wrong token; 403:
+    reviewing is off; 404: no logged prediction with that id; 422: not a class, or a malformed id; 503: no model, or
+    the answer could not be stored."""
     label_names = served_model(request).label_names
     label = class_named(answer.label, label_names)
     row = logged(request.app.state, answer.prediction_id)
@@ -124,7 +128,10 @@ def review_queue(
     label: str | None = Query(None, description="only images predicted as this class"),
     order: Literal[ORDERS] = Query(DEFAULT_ORDER, description="smallest margin first, or random"),  # type: ignore[valid-type]
 ):
-    """Logged predictions nobody has answered yet, least confident (smallest margin) first."""
+    """Logged predictions nobody has answered yet, least confident (smallest margin) first, or `order=random`: `n`
+    items (1–500, default 50), optionally only those predicted as `label`; each with its `thumbnail` URL, and the
+    `unanswered` count. Same token as POST /feedback (401, 403); 422: a bad `n`, `order` or class; 503: no model, or
+    the prediction log cannot be read."""
     label_names = served_model(request).label_names
     wanted = None if label is None else label_names.index(class_named(label, label_names))
     if request.app.state.prediction_log is not None:
@@ -156,6 +163,8 @@ def review_queue(
     tags=["review"],
 )
 def review_image(request: Request, prediction_id: str, reviewer: str = Depends(require_reviewer)):
-    """The image a logged prediction scored (the image the model saw, at the data set's size), as PNG."""
+    """The image a logged prediction scored (the image the model saw, at the data set's size), as PNG: the queue's
+    `thumbnail`. Same token as POST /feedback (401, 403); 404: no logged prediction with that id; 503: the prediction
+    log cannot be read."""
     pixels = logged(request.app.state, prediction_id).pixels
     return Response(png_bytes(pixels), media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -308,6 +308,8 @@ def metadata(predictor: Predictor) -> dict:
 
 @router.get("", response_model=ServerMetadata)
 def server_metadata(request: Request):
+    """The server's name (`cifarflow`), version and protocol extensions (`binary_tensor_data`), and the name of the
+    model it serves in `models` ([] while none is). Always 200."""
     predictor = request.app.state.live.predictor
     served = [served_name(predictor)] if predictor else []
     return {"name": SERVER, "version": library_version("cifar-flow"), "extensions": EXTENSIONS, "models": served}
@@ -315,33 +317,41 @@ def server_metadata(request: Request):
 
 @router.get("/health/live", response_model=ServerLive)
 def server_live():
+    """`{"live": true}` whenever the process answers, model or not."""
     return {"live": True}
 
 
 @router.get("/health/ready", response_model=ServerReady, responses=documented(503))
 def server_ready(request: Request):
+    """`{"ready": true}` once a model is loaded; 503 until then, saying why."""
     served_model(request)
     return {"ready": True}
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, responses=NAMED)
 def model_metadata(request: Request, name: str):
+    """The served model's tensors: input `pixels` UINT8 [N, S, S, 3], outputs `probabilities` FP32 [N, classes] and
+    `label` BYTES [N], the serving version and `label_names`. 404: another name (the error names the served one);
+    503: no model loaded yet."""
     return metadata(named_model(request, name))
 
 
 @router.get("/models/{name}/versions/{version}", response_model=ModelMetadata, responses=NAMED)
 def version_metadata(request: Request, name: str, version: str):
+    """As GET /v2/models/{name}, for the version serving now only (e.g. `v3`); 404 for any other version."""
     return metadata(named_model(request, name, version))
 
 
 @router.get("/models/{name}/ready", response_model=ModelReady, responses=NAMED)
 def model_ready(request: Request, name: str):
+    """`{"name", "ready": true}` when the model of that name serves; 404: another name; 503: no model loaded yet."""
     named_model(request, name)
     return {"name": name, "ready": True}
 
 
 @router.get("/models/{name}/versions/{version}/ready", response_model=ModelReady, responses=NAMED)
 def version_ready(request: Request, name: str, version: str):
+    """As GET /v2/models/{name}/ready, for the version serving now only; 404 for any other version."""
     named_model(request, name, version)
     return {"name": name, "ready": True}
 
@@ -352,6 +362,10 @@ def version_ready(request: Request, name: str, version: str):
 def model_infer(
     request: Request, name: str, body: bytes = Depends(raw_body), length: str | None = Header(None, alias=HEADER_LENGTH)
 ):
+    """Classify 1 to 64 images sent as one input `pixels` UINT8 [N, S, S, 3] (S: the metadata's), as JSON `data` or
+    as binary tensor data after the JSON (`Inference-Header-Content-Length`); answers `probabilities` and `label`,
+    each as JSON or binary as asked. Scored and logged as /predict's are. 400: a request the model cannot take (the
+    error says what it expects); 404: another name; 413: over 10 MiB; 503: no model loaded yet."""
     return infer(request, named_model(request, name), body, length)
 
 
@@ -368,4 +382,5 @@ def version_infer(
     body: bytes = Depends(raw_body),
     length: str | None = Header(None, alias=HEADER_LENGTH),
 ):
+    """As POST /v2/models/{name}/infer, for the version serving now only; 404 for any other version."""
     return infer(request, named_model(request, name, version), body, length)

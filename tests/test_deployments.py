@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cifarflow.orchestration.events import EVENTS
 from tests.live_server import PREFECT, REPO_ROOT, live_prefect_server
 from tests.test_triggers import stored_events, wait_for_runs
 
@@ -250,6 +251,7 @@ def assert_promotion_announced(server, data_dir: Path) -> None:
         "reason": move["reason"],
         "at": move["at"],
     }
+    assert event.payload.keys() == EVENTS["cifar10.model.promoted"].payload.keys()  # the reference page's keys
     assert move["reason"].startswith("promoted: first champion"), move
     (run,) = wait_for_runs(server, read_deployment(server, "monitor/hourly").id, data_dir)
     assert run.parameters == {"data_dir": str(data_dir.resolve())}
@@ -315,4 +317,5 @@ def assert_drift_event(server, data_dir: Path, scored_ids: set[str]) -> None:
     (event,) = events
     assert event.resource.id == f"cifar10.monitor.{data_dir}"
     assert event.payload["model_version"] == "v1" and event.payload["data_dir"] == str(data_dir)
+    assert event.payload.keys() == EVENTS["cifar10.monitor.drift"].payload.keys()  # the reference page's keys
     assert set(event.payload["signals"]) == set(summary["fired"]) and event.payload["images"] == summary["images"]

@@ -72,6 +72,7 @@ MAX_HALF_RATIO = 2.0  # the halves' temperatures may differ by at most this fact
 SAFE_TEMPERATURE = 1.0  # exported when the data cannot support the fit: the network's own probabilities
 
 
+# --8<-- [start:calibration-output]
 @dataclass(frozen=True)
 class Calibration(StageOutput):
     directory: Path
@@ -80,6 +81,7 @@ class Calibration(StageOutput):
 
     location = property(attrgetter("directory"))
     fingerprint = property(attrgetter("summary_sha256"))
+    # --8<-- [end:calibration-output]
 
     @property
     def probabilities_path(self) -> Path:
@@ -224,6 +226,7 @@ def calibrate_model(evaluation_dir: Path, features_dir: Path, out_dir: Path, log
     return find_calibration(out_dir)
 
 
+# --8<-- [start:find-calibration]
 def find_calibration(directory: Path) -> Calibration | None:
     summary = directory / "calibration.json"
 
@@ -233,3 +236,4 @@ def find_calibration(directory: Path) -> Calibration | None:
         return Calibration(directory, float(read_json(summary)["temperature"]), file_digest(summary))
 
     return read_whole(read)
+    # --8<-- [end:find-calibration]

@@ -27,6 +27,7 @@ BATCH_SIZE = 256
 DECODE_THREADS = 2  # Pillow releases the GIL while decoding
 ERRORS_KEPT = 100  # failures listed in the summary and the UI; the Parquet file has every one
 
+# --8<-- [start:schema]
 TOP = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float32())]))
 SCHEMA = pa.schema(
     [
@@ -40,6 +41,7 @@ SCHEMA = pa.schema(
         ("prediction_id", pa.string()),  # the row in the prediction log; null when the file could not be scored
     ]
 )
+# --8<-- [end:schema]
 
 
 @dataclass

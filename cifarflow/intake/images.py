@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# MPO: a phone's JPEG with a second picture inside; an APNG is a PNG (its first frame is the image)
-FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF"}
+# Pillow's name → the name people know; MPO: a phone's JPEG with a second picture inside; an APNG is a PNG
+FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP", "BMP": "BMP", "GIF": "GIF", "TIFF": "TIFF"}
+# --8<-- [start:extensions]
 EXTENSIONS = {".png", ".apng", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+# --8<-- [end:extensions]
 MAX_PIXELS = 50_000_000  # 50 megapixels: larger than any camera photo a person labels by hand
 MIN_SIDE = 8  # below this there is nothing left to classify
 
@@ -42,6 +44,12 @@ class Converted:
     original_size: tuple[int, int]  # (width, height) as stored in the file
     original_format: str
     notes: tuple[str, ...] = ()  # what was decoded differently from the file's wish (unreadable EXIF)
+
+
+def format_names() -> str:
+    """The formats the decoder takes, as people name them: `PNG, JPEG, WebP, BMP, GIF or TIFF`."""
+    *names, last = dict.fromkeys(FORMATS.values())
+    return f"{', '.join(names)} or {last}"
 
 
 class ImageRejected(ValueError):
@@ -79,7 +87,7 @@ def open_checked(source: Path | bytes) -> Image.Image:
         raise ImageRejected(f"does not decode: {describe(error)}") from None
     width, height = image.size
     if image.format not in FORMATS:
-        problem = f"unsupported image format {image.format}; use PNG, JPEG, WebP, BMP, GIF or TIFF"
+        problem = f"unsupported image format {image.format}; use {format_names()}"
     elif width * height > MAX_PIXELS:
         problem = f"too large: {width}×{height} pixels is over the {MAX_PIXELS:,}-pixel limit"
     elif min(width, height) < MIN_SIDE:

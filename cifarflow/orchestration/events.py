@@ -4,6 +4,7 @@ in `deployments/prefect.yaml` listen for them."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ class Event:
 
 
 DATA_DIR = {"data_dir": "the data directory, an absolute path (what a deployment's trigger passes on)"}
-EVENTS = {  # every event the product emits (docs/reference/events.md shows them); `_emit` refuses other keys
+EVENTS = {  # every event the product emits (docs/reference/events.md shows them); `_emit` warns on other keys
     DATASET_UPDATED: Event(
         "a batch of images was added (flows/add_images.py, flows/feedback_flow.py) or withdrawn (--withdraw)",
         DATA_DIR
@@ -78,8 +79,8 @@ def resource_id(event: str, data_dir: str) -> str:
 def _emit(event: str, data_dir: str, payload: dict[str, Any]):
     """`event` about the data dir to the server in PREFECT_API_URL (without one, Prefect drops it quietly)."""
     payload = {"data_dir": data_dir} | payload
-    if undeclared := payload.keys() - EVENTS[event].payload.keys():
-        raise ValueError(f"{event}: payload keys {sorted(undeclared)} are not declared in EVENTS")
+    if undeclared := payload.keys() - EVENTS[event].payload.keys():  # sent all the same: the move or batch is made
+        warnings.warn(f"{event}: payload keys {sorted(undeclared)} are not declared in EVENTS", stacklevel=2)
     resource = {"prefect.resource.id": resource_id(event, data_dir), "prefect.resource.name": data_dir}
     return emit_event(event=event, resource=resource, payload=payload)
 

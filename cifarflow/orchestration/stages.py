@@ -96,6 +96,7 @@ SPECS: dict[str, StageSpec] = {
         find=lambda config, key, upstream: find_evaluation(config.layout.evaluation_dir(key)),
         writes="evaluations/<key>/",
     ),
+    # --8<-- [start:calibrate-spec]
     "calibrate": StageSpec(
         "calibrate",
         code=(*DATA_CODE, *EVALUATION_CODE),
@@ -104,6 +105,7 @@ SPECS: dict[str, StageSpec] = {
         find=lambda config, key, upstream: find_calibration(config.layout.calibration_dir(key)),
         writes="calibrations/<key>/",
     ),
+    # --8<-- [end:calibrate-spec]
     "robustness": StageSpec(
         "robustness",
         params=("model",),

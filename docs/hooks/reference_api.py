@@ -123,7 +123,9 @@ def http_api_page() -> str:
         f"The prediction service, `serving/app.py` ([its options](commands.md#{anchor('serving/app.py')})): "
         f"**{cell(schema['info']['title'])}**, version {schema['info']['version']}. Generated from the OpenAPI "
         "schema the service itself serves at `/openapi.json`; the same schema as a file: "
-        "[openapi.json](openapi.json). `HEAD` is answered on every `GET` path.\n",
+        "[openapi.json](openapi.json). `HEAD` is answered on every `GET` path. The service's own `/docs` and "
+        "`/redoc` pages (FastAPI's) fetch Swagger UI and ReDoc from a CDN, so they stay blank on a machine without "
+        "internet; this page and `/openapi.json` need none.\n",
         f"{cell(schema['info'].get('description', ''))}\n",
         "## Operations\n",
         rows(
