@@ -36,7 +36,9 @@ class DataLayout:
 
     raw = _Under("raw", about="archives downloaded from a URL, verified by checksum (a local one is read in place)")
     local_archive = _Under(
-        "cache", "cifar-10-python.tar.gz", about="CIFAR-10 put here once (`make bench` builds it): the default source"
+        "cache",
+        "cifar-10-python.tar.gz",
+        about="CIFAR-10 put here once (`make data/cache/cifar-10-python.tar.gz` builds it): a new data dir's source",
     )
     parquet = _Under(
         "parquet", about="the ingested images as Parquet shards: `train/` and `test/`, `part-NNNNN.parquet`"

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--warm-start", choices=["none", "champion"], default="none", help=fields["warm_start"].description
     )
-    parser.add_argument("--stages", help=f"comma-separated stages to run (default all): {','.join(STAGES)}")
+    parser.add_argument("--stages", help=f"comma-separated stages to run (default all): {', '.join(STAGES)}")
     parser.add_argument(
         "--refresh",
         nargs="?",

@@ -205,6 +205,8 @@ def test_predict_png_matches_the_registry_version(service, reference):
         ("photo.jpg", "image/jpeg", "JPEG", None, {"quality": 85}),
         ("photo.webp", "image/webp", "WEBP", None, {"quality": 80}),
         ("photo.bmp", "image/bmp", "BMP", None, {}),
+        ("photo.gif", "image/gif", "GIF", None, {}),
+        ("scan.tiff", "image/tiff", "TIFF", None, {}),
         ("gray.png", "image/png", "PNG", "L", {}),
         ("alpha.png", "image/png", "PNG", "RGBA", {}),
         ("palette.png", "image/png", "PNG", "P", {}),
