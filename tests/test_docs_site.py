@@ -114,7 +114,9 @@ def test_home_navigation_and_search_work_offline_in_chromium(how, site, request)
 
         if how == "http":  # search loads its index in a web worker, which browsers refuse on file://
             page.locator("label.md-search__icon, .md-search__input").first.click()
-            page.locator("input.md-search__input").fill("McNemar")
+            meta = page.locator(".md-search-result__meta")  # "Initializing search" until the worker's index is built
+            meta.filter(has_text="Type to start searching").wait_for(timeout=120_000)
+            page.locator("input.md-search__input").press_sequentially("McNemar")  # keystrokes, as a person types
             results = page.locator(".md-search-result__item a")
             results.first.wait_for(timeout=30_000)
             targets = [results.nth(i).get_attribute("href") for i in range(results.count())]
