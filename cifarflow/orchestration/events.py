@@ -85,17 +85,23 @@ def _emit(event: str, data_dir: str, payload: dict[str, Any]):
     return emit_event(event=event, resource=resource, payload=payload)
 
 
+def declared_keys(event: str) -> set[str]:
+    """The payload keys `EVENTS` declares for `event`, but the data dir every event carries."""
+    return EVENTS[event].payload.keys() - DATA_DIR.keys()
+
+
 def emit_dataset_updated(data_dir: str, facts: dict[str, Any]):
     """`cifar10.dataset.updated`; payload: the data dir and the facts its declaration names that `facts` holds."""
-    declared = EVENTS[DATASET_UPDATED].payload.keys() - DATA_DIR.keys()
+    declared = declared_keys(DATASET_UPDATED)
     return _emit(DATASET_UPDATED, data_dir, {key: value for key, value in facts.items() if key in declared})
 
 
 def emit_monitor_drift(data_dir: str, summary: dict[str, Any]):
-    """`cifar10.monitor.drift` from a monitor run's monitor.json: window, model version, signals that fired, report."""
+    """`cifar10.monitor.drift` from a monitor run's monitor.json: its facts the declaration names, but only the
+    signals that fired."""
     fired = {name: signal for name, signal in summary["signals"].items() if signal["drift"]}
-    keys = ("window", "images", "model_version", "report")
-    return _emit(MONITOR_DRIFT, data_dir, {key: summary[key] for key in keys} | {"signals": fired})
+    facts = {key: summary[key] for key in declared_keys(MONITOR_DRIFT) - {"signals"}}
+    return _emit(MONITOR_DRIFT, data_dir, facts | {"signals": fired})
 
 
 def announce_moves(data_dir: str, registry: Path, moved: bool) -> list[dict[str, Any]]:
